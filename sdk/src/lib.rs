@@ -1,0 +1,27 @@
+//! rolegate-sdk: everything a vendor needs to ship an MFA provider plugin for rolegate.
+//!
+//! - [`Provider`]: the typed trait a Rust vendor implements;
+//! - [`export_provider!`]: turns it into a plugin (the C entry symbol, panic containment);
+//! - [`message`]: the JSON messages of the contract, stable within an ABI version;
+//! - [`abi`]: the C ABI itself, for hosts and for vendors in other languages
+//!   (`include/rolegate_provider.h` is the same layout in C);
+//! - [`conformance`]: the contract checks `rolegate provider check` runs, usable from a
+//!   vendor's own tests.
+//!
+//! The SDK knows nothing of storage, HTTP or roles: those are the host's.
+
+pub mod abi;
+pub mod bytes;
+pub mod error;
+pub mod message;
+pub mod provider;
+pub mod settings;
+
+pub use bytes::Bytes;
+pub use error::{ErrorKind, ProviderError, SdkError};
+pub use message::{
+    ChallengeContext, Credential, DenyReason, EnrollContext, FactorKind, Health, HealthStatus,
+    Input, Prompt, PromptKind, ProviderInfo, Request, Response, Step, UserContext, Verdict,
+};
+pub use provider::Provider;
+pub use settings::Settings;

@@ -1,0 +1,496 @@
+//! The messages that cross the plugin boundary, as JSON.
+//!
+//! Every message tolerates added fields in both directions: decoders ignore fields they do
+//! not know, and every field added after ABI v1 is optional (`#[serde(default)]`), so an old
+//! plugin runs on a new host and a new plugin on an old host. Nothing here is ever removed or
+//! renamed within one ABI version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::bytes::Bytes;
+use crate::error::ProviderError;
+
+/// A call from the host to a provider instance.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Request {
+    /// Describe the provider.
+    Info,
+    /// Report whether the provider can serve challenges now.
+    Health,
+    /// Begin enrolling a user.
+    EnrollStart {
+        /// Who is enrolling.
+        ctx: EnrollContext,
+    },
+    /// Continue an enrolment with the user's input.
+    EnrollContinue {
+        /// Who is enrolling.
+        ctx: EnrollContext,
+        /// The state returned by the previous step.
+        state: Bytes,
+        /// What the user answered.
+        input: Input,
+    },
+    /// Begin a challenge.
+    ChallengeStart {
+        /// The user, role, request and stored credentials.
+        ctx: ChallengeContext,
+    },
+    /// Continue a challenge with the user's answer to an `Ask`.
+    ChallengeContinue {
+        /// The user, role, request and stored credentials.
+        ctx: ChallengeContext,
+        /// The state returned by the previous step.
+        state: Bytes,
+        /// What the user answered.
+        input: Input,
+    },
+    /// Ask for the outcome of an out-of-band challenge after a `Wait`.
+    ChallengePoll {
+        /// The user, role, request and stored credentials.
+        ctx: ChallengeContext,
+        /// The state returned by the previous step.
+        state: Bytes,
+    },
+    /// Abandon a challenge (hang up a call, forget a code); must be idempotent.
+    Cancel {
+        /// The user, role, request and stored credentials.
+        ctx: ChallengeContext,
+        /// The state returned by the previous step.
+        state: Bytes,
+    },
+}
+
+impl Request {
+    /// The operation's name as it travels in the `op` field.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Info => "info",
+            Request::Health => "health",
+            Request::EnrollStart { .. } => "enroll_start",
+            Request::EnrollContinue { .. } => "enroll_continue",
+            Request::ChallengeStart { .. } => "challenge_start",
+            Request::ChallengeContinue { .. } => "challenge_continue",
+            Request::ChallengePoll { .. } => "challenge_poll",
+            Request::Cancel { .. } => "cancel",
+        }
+    }
+}
+
+/// A provider's answer: a value, or an error.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response<T> {
+    /// The call succeeded.
+    Ok(T),
+    /// The call failed.
+    Error(ProviderError),
+}
+
+impl<T> Response<T> {
+    /// Turns the response into a `Result`.
+    pub fn into_result(self) -> Result<T, ProviderError> {
+        match self {
+            Response::Ok(v) => Ok(v),
+            Response::Error(e) => Err(e),
+        }
+    }
+}
+
+impl<T> From<Result<T, ProviderError>> for Response<T> {
+    fn from(r: Result<T, ProviderError>) -> Self {
+        match r {
+            Ok(v) => Response::Ok(v),
+            Err(e) => Response::Error(e),
+        }
+    }
+}
+
+/// What a provider is, for admins and for the host's choice of client responder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    /// Stable identifier of the provider implementation, lower-case (`totp`, `sms-twilio`).
+    pub id: String,
+    /// Name shown to users and admins.
+    pub name: String,
+    /// The provider's own version.
+    pub version: String,
+    /// Who ships it.
+    pub vendor: String,
+    /// What kind of factor it is.
+    pub factor: FactorKind,
+    /// Whether a user must enrol (and hold a credential) before a challenge.
+    pub needs_enrolment: bool,
+    /// Whether a challenge needs the user's phone number.
+    pub needs_phone: bool,
+    /// The client responder a challenge needs.
+    pub responder: PromptKind,
+    /// The SDK version the provider was built with (filled by the Rust SDK).
+    #[serde(default)]
+    pub sdk_version: String,
+}
+
+/// The kind of factor a provider checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FactorKind {
+    /// A one-time code the user types (TOTP, SMS, email).
+    Code,
+    /// A phone call the user answers.
+    Phone,
+    /// A WebAuthn authenticator or Windows Hello.
+    Webauthn,
+    /// A smartcard signing through PC/SC.
+    Smartcard,
+    /// Anything else; kinds unknown to this SDK decode as `Other`.
+    #[serde(other)]
+    Other,
+}
+
+/// The kind of prompt a provider shows, answered by a client responder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PromptKind {
+    /// Digits to type.
+    Code,
+    /// Nothing to type: answer the phone.
+    Phone,
+    /// WebAuthn creation or request options.
+    Webauthn,
+    /// A challenge the card signs.
+    Smartcard,
+    /// Enrolment material to show (otpauth URI, QR code).
+    Display,
+}
+
+/// Provider health.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Overall state.
+    pub status: HealthStatus,
+    /// Detail for an admin.
+    #[serde(default)]
+    pub message: String,
+}
+
+impl Health {
+    /// Healthy, with nothing to add.
+    pub fn ok() -> Self {
+        Self {
+            status: HealthStatus::Ok,
+            message: String::new(),
+        }
+    }
+}
+
+/// Whether a provider can serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HealthStatus {
+    /// Serving.
+    Ok,
+    /// Serving with trouble (slow upstream, backup endpoint in use).
+    Degraded,
+    /// Cannot serve; states unknown to this SDK decode as `Down`.
+    #[serde(other)]
+    Down,
+}
+
+/// The user a call is about.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserContext {
+    /// Account name (`CONTOSO\jdoe` or `jdoe`).
+    pub account: String,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: String,
+    /// Phone in E.164 (`+14255550100`), with an optional extension after `x`, when known.
+    #[serde(default)]
+    pub phone: Option<String>,
+    /// E-mail address, when known.
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+/// Context of an enrolment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollContext {
+    /// Who is enrolling.
+    pub user: UserContext,
+    /// The user's existing credentials for this provider (to avoid duplicates).
+    #[serde(default)]
+    pub credentials: Vec<Credential>,
+    /// The web origin the user came from (WebAuthn needs it), when any.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// The host's clock, Unix seconds: providers use it instead of their own.
+    pub now: u64,
+}
+
+/// Context of a challenge.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeContext {
+    /// Who is being challenged.
+    pub user: UserContext,
+    /// The role being activated.
+    pub role: String,
+    /// The activation request's id.
+    pub request_id: String,
+    /// The user's stored credentials for this provider.
+    #[serde(default)]
+    pub credentials: Vec<Credential>,
+    /// The web origin the user came from (WebAuthn needs it), when any.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// The host's clock, Unix seconds: providers use it instead of their own.
+    pub now: u64,
+}
+
+/// An opaque credential a provider issued at enrolment; the host stores it encrypted.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credential {
+    /// Identifies the credential among a user's credentials for one provider.
+    pub id: String,
+    /// A name the user recognises ("YubiKey 5", "Authenticator app").
+    #[serde(default)]
+    pub label: String,
+    /// The provider's private data (secret, public key, counters).
+    pub data: Bytes,
+}
+
+/// The user's answer to an `Ask`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Input {
+    /// Typed text (digits of a code).
+    Code {
+        /// What the user typed.
+        code: String,
+    },
+    /// A structured answer (a WebAuthn credential response).
+    Json {
+        /// The answer.
+        value: serde_json::Value,
+    },
+    /// Raw bytes (a smartcard's signature).
+    Bytes {
+        /// The answer.
+        data: Bytes,
+    },
+    /// No content: the user acknowledged a `Display` prompt.
+    Acknowledge,
+}
+
+/// What the host must do next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Step {
+    /// The user must answer the prompt within `expires_in` seconds.
+    Ask {
+        /// What to show.
+        prompt: Prompt,
+        /// Opaque state the host hands back with the answer.
+        state: Bytes,
+        /// Seconds the prompt stays valid.
+        expires_in: u64,
+    },
+    /// Something happens out of band (a phone is ringing); poll after `poll_after_ms`.
+    Wait {
+        /// Opaque state the host hands back on poll.
+        state: Bytes,
+        /// How long to wait before polling, in milliseconds.
+        poll_after_ms: u64,
+        /// What is happening, for the user's spinner ("calling +1 425 555 0100").
+        #[serde(default)]
+        status: String,
+    },
+    /// The challenge or enrolment is over.
+    Done {
+        /// The outcome.
+        verdict: Verdict,
+    },
+}
+
+/// The outcome of a challenge or enrolment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Verdict {
+    /// The factor was verified (challenge) or the credential issued (enrolment).
+    Approved {
+        /// For an enrolment, the new credential; for a challenge, an updated credential
+        /// (replay state such as TOTP's last step or a WebAuthn counter) that the host stores
+        /// atomically with the verdict.
+        #[serde(default)]
+        credential: Option<Credential>,
+    },
+    /// The factor was not verified.
+    Denied {
+        /// Why, for the host's counters and events.
+        reason: DenyReason,
+        /// What to tell the user and the admin (never a secret).
+        message: String,
+    },
+}
+
+/// Why a challenge was denied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DenyReason {
+    /// The answer was wrong (the host counts it toward the attempt cap and lockout).
+    WrongAnswer,
+    /// The challenge's time ran out.
+    Expired,
+    /// The user declined (pressed a "deny" key, cancelled on the device).
+    Declined,
+    /// The user could not be reached (no answer, voicemail, hung up).
+    Unreachable,
+    /// The user reported fraud: the host locks the user out.
+    Fraud,
+    /// The user has no usable credential or phone for this provider.
+    NotEnrolled,
+    /// The code or response was already used.
+    Replayed,
+    /// Anything else; reasons unknown to this SDK decode as `Other`.
+    #[serde(other)]
+    Other,
+}
+
+/// A prompt for the user, presented by the CLI or web page.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Prompt {
+    /// Type a code.
+    Code {
+        /// What to tell the user ("Enter the 6-digit code from your app").
+        message: String,
+        /// Expected number of digits, when fixed.
+        #[serde(default)]
+        length: Option<u8>,
+    },
+    /// Answer the phone.
+    Phone {
+        /// What to tell the user.
+        message: String,
+    },
+    /// Run a WebAuthn ceremony with these options.
+    Webauthn {
+        /// `PublicKeyCredentialCreationOptions` or `...RequestOptions` as JSON.
+        options: serde_json::Value,
+    },
+    /// Sign this challenge with the smartcard.
+    Smartcard {
+        /// What to tell the user.
+        message: String,
+        /// Bytes the card must sign.
+        challenge: Bytes,
+    },
+    /// Show enrolment material, then acknowledge or answer with a code.
+    Display {
+        /// What to tell the user.
+        message: String,
+        /// A URI to show or encode (`otpauth://...`).
+        #[serde(default)]
+        uri: Option<String>,
+        /// A PNG image (a QR code) for the web page.
+        #[serde(default)]
+        png: Option<Bytes>,
+        /// A text rendering (a terminal QR code).
+        #[serde(default)]
+        text: Option<String>,
+    },
+}
+
+impl Prompt {
+    /// The prompt's kind.
+    pub fn kind(&self) -> PromptKind {
+        match self {
+            Prompt::Code { .. } => PromptKind::Code,
+            Prompt::Phone { .. } => PromptKind::Phone,
+            Prompt::Webauthn { .. } => PromptKind::Webauthn,
+            Prompt::Smartcard { .. } => PromptKind::Smartcard,
+            Prompt::Display { .. } => PromptKind::Display,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ignores_unknown_fields_from_a_newer_host() {
+        let json = r#"{"op":"challenge_start","future_field":1,
+            "ctx":{"user":{"account":"jdoe","shoe_size":44},"role":"r","request_id":"1","now":5,"x":[]}}"#;
+        let r: Request = serde_json::from_str(json).unwrap();
+        match r {
+            Request::ChallengeStart { ctx } => {
+                assert_eq!(ctx.user.account, "jdoe");
+                assert_eq!(ctx.now, 5);
+                assert!(ctx.credentials.is_empty());
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn step_wire_format_is_stable() {
+        let step = Step::Ask {
+            prompt: Prompt::Code {
+                message: "m".into(),
+                length: Some(6),
+            },
+            state: Bytes(vec![1]),
+            expires_in: 60,
+        };
+        let s = serde_json::to_string(&Response::Ok(step)).unwrap();
+        assert_eq!(
+            s,
+            r#"{"ok":{"step":"ask","prompt":{"kind":"code","message":"m","length":6},"state":"AQ==","expires_in":60}}"#
+        );
+        let denied = Step::Done {
+            verdict: Verdict::Denied {
+                reason: DenyReason::WrongAnswer,
+                message: "no".into(),
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&denied).unwrap(),
+            r#"{"step":"done","verdict":{"outcome":"denied","reason":"wrong_answer","message":"no"}}"#
+        );
+    }
+
+    #[test]
+    fn unknown_reasons_and_factors_degrade_gracefully() {
+        let v: Verdict =
+            serde_json::from_str(r#"{"outcome":"denied","reason":"solar_flare","message":"m"}"#)
+                .unwrap();
+        assert_eq!(
+            v,
+            Verdict::Denied {
+                reason: DenyReason::Other,
+                message: "m".into()
+            }
+        );
+        let f: FactorKind = serde_json::from_str("\"iris\"").unwrap();
+        assert_eq!(f, FactorKind::Other);
+    }
+
+    #[test]
+    fn error_response_wire_format() {
+        let r: Response<()> = Response::Error(ProviderError::bad_input("bad"));
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"error":{"kind":"bad_input","message":"bad"}}"#
+        );
+    }
+}
