@@ -388,7 +388,8 @@ impl Table {
     pub fn create(&self, settings_json: &[u8]) -> Result<Instance, ProviderError> {
         let mut raw: *mut c_void = std::ptr::null_mut();
         // SAFETY: the table is valid (checked in `from_raw`) and the buffers are ours.
-        let buf = unsafe { (self.table.create)(settings_json.as_ptr(), settings_json.len(), &mut raw) };
+        let buf =
+            unsafe { (self.table.create)(settings_json.as_ptr(), settings_json.len(), &mut raw) };
         let bytes = self.take(buf);
         let response: Response<Option<serde_json::Value>> = serde_json::from_slice(&bytes)
             .map_err(|e| {
@@ -398,10 +399,7 @@ impl Table {
             Response::Ok(_) if raw.is_null() => Err(ProviderError::internal(
                 "the plugin reported success from create but returned no instance",
             )),
-            Response::Ok(_) => Ok(Instance {
-                table: *self,
-                raw,
-            }),
+            Response::Ok(_) => Ok(Instance { table: *self, raw }),
             Response::Error(e) => {
                 if !raw.is_null() {
                     // SAFETY: the plugin made this instance; we drop it once.
@@ -530,7 +528,12 @@ mod tests {
             r#"{"op":"challenge_start","ctx":{"user":{"account":"a"},"role":"r","request_id":"1","now":0}}"#,
         );
         assert_eq!(v["error"]["kind"], "panicked");
-        assert!(v["error"]["message"].as_str().unwrap().contains("panic in challenge_start"));
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("panic in challenge_start")
+        );
         let e = Table::for_provider::<Echo>()
             .create(br#"{"boom":1}"#)
             .unwrap_err();
@@ -550,10 +553,16 @@ mod tests {
     fn garbage_is_bad_input_and_unknown_ops_unsupported() {
         let i = Table::for_provider::<Echo>().create(b"{}").unwrap();
         assert_eq!(call(&i, "\u{1}garbage")["error"]["kind"], "bad_input");
-        assert_eq!(call(&i, r#"{"op":"teleport"}"#)["error"]["kind"], "unsupported");
+        assert_eq!(
+            call(&i, r#"{"op":"teleport"}"#)["error"]["kind"],
+            "unsupported"
+        );
         let v = call(&i, r#"{"op":"challenge_continue","ctx":{}}"#);
         assert_eq!(v["error"]["kind"], "bad_input");
-        assert!(v["error"]["message"].as_str().unwrap().contains("`user`"), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("`user`"),
+            "{v}"
+        );
         // Default trait methods answer cleanly.
         let v = call(
             &i,

@@ -103,6 +103,9 @@ mod tests {
 
     #[test]
     fn debug_hides_content() {
-        assert_eq!(format!("{:?}", Bytes(b"secret".to_vec())), "Bytes(<6 bytes>)");
+        assert_eq!(
+            format!("{:?}", Bytes(b"secret".to_vec())),
+            "Bytes(<6 bytes>)"
+        );
     }
 }

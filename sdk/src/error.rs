@@ -110,8 +110,7 @@ mod tests {
 
     #[test]
     fn unknown_kind_decodes_as_internal() {
-        let e: ProviderError =
-            serde_json::from_str(r#"{"kind":"quantum","message":"x"}"#).unwrap();
+        let e: ProviderError = serde_json::from_str(r#"{"kind":"quantum","message":"x"}"#).unwrap();
         assert_eq!(e.kind, ErrorKind::Internal);
     }
 

@@ -25,3 +25,8 @@ pub use message::{
 };
 pub use provider::Provider;
 pub use settings::Settings;
+
+/// The serde version the messages use, so vendors need no separate dependency.
+pub use serde;
+/// The serde_json version the messages use.
+pub use serde_json;

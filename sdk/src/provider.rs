@@ -1,9 +1,7 @@
 //! The typed trait a Rust vendor implements.
 
 use crate::error::ProviderError;
-use crate::message::{
-    ChallengeContext, EnrollContext, Health, Input, ProviderInfo, Step,
-};
+use crate::message::{ChallengeContext, EnrollContext, Health, Input, ProviderInfo, Step};
 use crate::settings::Settings;
 
 /// One MFA factor, as a state machine the host drives.
@@ -27,7 +25,9 @@ pub trait Provider: Send + Sync + Sized + 'static {
     /// Begins an enrolment; providers that need none keep the default refusal.
     fn enroll_start(&self, ctx: &EnrollContext) -> Result<Step, ProviderError> {
         let _ = ctx;
-        Err(ProviderError::unsupported("this provider needs no enrolment"))
+        Err(ProviderError::unsupported(
+            "this provider needs no enrolment",
+        ))
     }
 
     /// Continues an enrolment with the user's input; ends in `Done(Approved { credential })`.
@@ -38,7 +38,9 @@ pub trait Provider: Send + Sync + Sized + 'static {
         input: &Input,
     ) -> Result<Step, ProviderError> {
         let _ = (ctx, state, input);
-        Err(ProviderError::unsupported("this provider needs no enrolment"))
+        Err(ProviderError::unsupported(
+            "this provider needs no enrolment",
+        ))
     }
 
     /// Begins a challenge: `Ask` the user, `Wait` for something out of band, or decide at once.
