@@ -12,6 +12,7 @@
 
 pub mod abi;
 pub mod bytes;
+pub mod conformance;
 pub mod error;
 pub mod message;
 pub mod provider;

@@ -25,10 +25,11 @@ impl Settings {
         serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();
-            if path == "." || path.is_empty() {
-                ProviderError::config(format!("settings: {inner}"))
+            let message = inner.to_string();
+            if path == "." || path.is_empty() || message.starts_with("unknown field") {
+                ProviderError::config(format!("settings: {message}"))
             } else {
-                ProviderError::config(format!("setting `{path}`: {inner}"))
+                ProviderError::config(format!("setting `{path}`: {message}"))
             }
         })
     }

@@ -1,0 +1,238 @@
+//! ABI round-trip benchmark: prints a table of call latencies and plugin load time.
+//!
+//! Run: `cargo build --release --workspace && cargo bench -p rolegate --bench abi`.
+//! It loads the example hello provider built beside the bench binary, in-process and in a
+//! worker process, and measures a `challenge_continue` round trip with a ~200-byte request.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: failing loudly is right
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rolegate::config::{Isolation, PluginsConfig};
+use rolegate::plugins::{Plugin, library};
+use rolegate_sdk::message::{ChallengeContext, Input, Request, Response, Step, UserContext};
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/release/deps/abi-<hash> → target/release
+    exe.parent()
+        .and_then(|p| p.parent())
+        .map(PathBuf::from)
+        .unwrap_or_default()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn row(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    println!(
+        "| {name:<44} | {:>7} | {:>9.2} | {:>9.2} | {:>9.2} | {:>9.2} |",
+        samples.len(),
+        percentile(&samples, 0.50).as_secs_f64() * 1e6,
+        percentile(&samples, 0.99).as_secs_f64() * 1e6,
+        percentile(&samples, 0.999).as_secs_f64() * 1e6,
+        mean.as_secs_f64() * 1e6,
+    );
+}
+
+fn main() {
+    let dir = target_dir();
+    let lib = dir.join("librolegate_example_hello.so");
+    let worker = dir.join("rolegate");
+    if !lib.exists() || !worker.exists() {
+        eprintln!(
+            "{} or {} is missing: run `cargo build --release --workspace` first",
+            lib.display(),
+            worker.display()
+        );
+        std::process::exit(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let ctx = ChallengeContext {
+        user: UserContext {
+            account: "CONTOSO\\jdoe".into(),
+            display_name: "Jane Doe".into(),
+            phone: Some("+14255550100".into()),
+            email: None,
+        },
+        role: "Domain Admins".into(),
+        request_id: "0b6f2a3c-1f1e-4a55-9d0a-7c1a2b3c4d5e".into(),
+        now: 1_764_000_000,
+        ..Default::default()
+    };
+
+    // A state from a real challenge, then the request measured.
+    let table = library::open("bench", &lib, None).expect("load").table;
+    let instance = table.create(b"{}").expect("create");
+    let start = serde_json::to_vec(&Request::ChallengeStart { ctx: ctx.clone() }).expect("encode");
+    let step: Response<Step> = serde_json::from_slice(&instance.call_raw(&start)).expect("decode");
+    let Ok(Step::Ask { state, .. }) = step.into_result() else {
+        panic!("hello did not ask")
+    };
+    let request = serde_json::to_vec(&Request::ChallengeContinue {
+        ctx: ctx.clone(),
+        state,
+        input: Input::Code {
+            code: "000000".into(),
+        },
+    })
+    .expect("encode");
+    println!("request size: {} bytes\n", request.len());
+    println!(
+        "| {:<44} | {:>7} | {:>9} | {:>9} | {:>9} | {:>9} |",
+        "path", "calls", "p50 µs", "p99 µs", "p99.9 µs", "mean µs"
+    );
+    println!(
+        "|{:-<46}|{:->9}|{:->11}|{:->11}|{:->11}|{:->11}|",
+        "", "", "", "", "", ""
+    );
+
+    const N: usize = 50_000;
+    let budget = Duration::from_secs(20);
+
+    // 1. The bare ABI: encode nothing, one C call, copy the answer, free it.
+    let mut samples = Vec::with_capacity(N);
+    let t0 = Instant::now();
+    for _ in 0..N {
+        let t = Instant::now();
+        let out = instance.call_raw(&request);
+        samples.push(t.elapsed());
+        assert!(!out.is_empty());
+        if t0.elapsed() > budget {
+            break;
+        }
+    }
+    row("in-process, raw ABI call (sync)", samples);
+
+    // 2. The same plus encoding the request and decoding the step (what the host does).
+    let mut samples = Vec::with_capacity(N);
+    let t0 = Instant::now();
+    let typed = Request::ChallengeContinue {
+        ctx: ctx.clone(),
+        state: serde_json::from_slice::<Request>(&request)
+            .ok()
+            .and_then(|r| match r {
+                Request::ChallengeContinue { state, .. } => Some(state),
+                _ => None,
+            })
+            .expect("state"),
+        input: Input::Code {
+            code: "000000".into(),
+        },
+    };
+    for _ in 0..N {
+        let t = Instant::now();
+        let bytes = serde_json::to_vec(&typed).expect("encode");
+        let out = instance.call_raw(&bytes);
+        let step: Response<Step> = serde_json::from_slice(&out).expect("decode");
+        samples.push(t.elapsed());
+        assert!(step.into_result().is_ok());
+        if t0.elapsed() > budget {
+            break;
+        }
+    }
+    row("in-process, typed (encode + call + decode)", samples);
+
+    // 3 and 4. Through the host's async handle, in-process (spawn_blocking) and isolated.
+    let plugins = PluginsConfig {
+        worker: Some(worker.clone()),
+        ..Default::default()
+    };
+    for (label, isolation) in [
+        (
+            "in-process, async handle (spawn_blocking)",
+            Isolation::InProcess,
+        ),
+        ("process-isolated, async handle (pipe)", Isolation::Process),
+    ] {
+        let samples = rt.block_on(async {
+            let plugin = Plugin::open(
+                "bench",
+                &lib,
+                None,
+                isolation,
+                Duration::from_secs(5),
+                &plugins,
+            )
+            .await
+            .expect("open");
+            let p = plugin
+                .instantiate(&serde_json::json!({}))
+                .await
+                .expect("instantiate");
+            let mut samples = Vec::with_capacity(N);
+            let t0 = Instant::now();
+            for _ in 0..N {
+                let t = Instant::now();
+                let out = p
+                    .call_raw("challenge_continue", request.clone())
+                    .await
+                    .expect("call");
+                samples.push(t.elapsed());
+                assert!(!out.is_empty());
+                if t0.elapsed() > budget {
+                    break;
+                }
+            }
+            p.shutdown().await;
+            samples
+        });
+        row(label, samples);
+    }
+
+    // 5. Load time: read + hash + stage + dlopen + validate the table + create + info.
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let p = rt.block_on(async {
+            Plugin::open(
+                "bench",
+                &lib,
+                None,
+                Isolation::InProcess,
+                Duration::from_secs(5),
+                &plugins,
+            )
+            .await
+            .expect("open")
+            .instantiate(&serde_json::json!({}))
+            .await
+            .expect("instantiate")
+        });
+        samples.push(t.elapsed());
+        drop(p);
+    }
+    row("plugin load, in-process (read+pin+dlopen+create)", samples);
+
+    let mut samples = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        rt.block_on(async {
+            let p = Plugin::open(
+                "bench",
+                &lib,
+                None,
+                Isolation::Process,
+                Duration::from_secs(5),
+                &plugins,
+            )
+            .await
+            .expect("open")
+            .instantiate(&serde_json::json!({}))
+            .await
+            .expect("instantiate");
+            p.shutdown().await;
+        });
+        samples.push(t.elapsed());
+    }
+    row("plugin load, process (spawn worker+create+info)", samples);
+}

@@ -1,0 +1,304 @@
+//! The host's configuration file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// The host's configuration, as read from `rolegate.toml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How plugins run.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+    /// The MFA providers, one `[[provider]]` table each.
+    #[serde(default, rename = "provider")]
+    pub providers: Vec<ProviderConfig>,
+}
+
+/// Settings shared by all plugins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginsConfig {
+    /// The executable that serves `isolation = "process"` plugins (`rolegate plugin-worker`);
+    /// the running `rolegate` binary when unset.
+    #[serde(default)]
+    pub worker: Option<PathBuf>,
+    /// Deadline of one provider call, in milliseconds, unless a provider sets its own.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// How many worker crashes within `crash_window_s` put a provider on hold.
+    #[serde(default = "default_max_crashes")]
+    pub max_crashes: usize,
+    /// The window, in seconds, in which crashes are counted.
+    #[serde(default = "default_crash_window_s")]
+    pub crash_window_s: u64,
+}
+
+fn default_deadline_ms() -> u64 {
+    5_000
+}
+
+fn default_max_crashes() -> usize {
+    5
+}
+
+fn default_crash_window_s() -> u64 {
+    60
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            worker: None,
+            deadline_ms: default_deadline_ms(),
+            max_crashes: default_max_crashes(),
+            crash_window_s: default_crash_window_s(),
+        }
+    }
+}
+
+/// Where a plugin runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Loaded into the host: fastest; a crash or hang in the plugin affects the host.
+    #[default]
+    InProcess,
+    /// In a supervised child process: a crash or hang costs one call and a restart.
+    Process,
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isolation::InProcess => "in-process",
+            Isolation::Process => "process",
+        })
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "in-process" => Ok(Isolation::InProcess),
+            "process" => Ok(Isolation::Process),
+            other => Err(format!(
+                "unknown isolation `{other}`: use `in-process` or `process`"
+            )),
+        }
+    }
+}
+
+/// One provider: which library, how it runs, and its own settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The id roles refer to (`totp`, `phone-legacy`); unique in the config.
+    pub id: String,
+    /// The shared library, relative to the config file's folder when not absolute.
+    pub library: PathBuf,
+    /// The SHA-256 of the library, in hex; loading refuses any other file.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Load without a pin (for development only): the host logs a warning.
+    #[serde(default)]
+    pub unpinned: bool,
+    /// Where the plugin runs.
+    #[serde(default)]
+    pub isolation: Isolation,
+    /// Deadline of one call in milliseconds; `[plugins].deadline_ms` when unset.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// The provider's own settings, handed to it as a JSON object.
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+impl ProviderConfig {
+    /// The provider's settings as a JSON object.
+    pub fn settings_json(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(&self.settings).map_err(|e| Error::Load {
+            id: self.id.clone(),
+            library: self.library.clone(),
+            reason: format!("its settings cannot be expressed as JSON: {e}"),
+        })
+    }
+
+    /// The effective call deadline.
+    pub fn deadline(&self, plugins: &PluginsConfig) -> Duration {
+        Duration::from_millis(self.deadline_ms.unwrap_or(plugins.deadline_ms))
+    }
+}
+
+/// Refuses a file that its group or others can read, as OpenSSH does for private keys.
+pub fn check_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
+        what: format!("cannot read {}", path.display()),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads and checks a config file: private permissions, known keys, unique provider ids.
+    pub fn load(path: &Path) -> Result<Self> {
+        check_private(path)?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: format!("cannot read config {}", path.display()),
+            source,
+        })?;
+        let mut config = Self::parse(&text, path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in &mut config.providers {
+            if p.library.is_relative() {
+                p.library = base.join(&p.library);
+            }
+        }
+        if let Some(w) = &mut config.plugins.worker
+            && w.is_relative()
+        {
+            *w = base.join(&*w);
+        }
+        Ok(config)
+    }
+
+    /// Parses config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        let mut seen: HashMap<&str, &Path> = HashMap::new();
+        for p in &config.providers {
+            if let Some(first) = seen.insert(p.id.as_str(), p.library.as_path()) {
+                return Err(Error::DuplicateProvider {
+                    id: p.id.clone(),
+                    first: first.to_path_buf(),
+                    second: p.library.clone(),
+                });
+            }
+            if p.id.is_empty()
+                || p.id.len() > 64
+                || !p
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "provider id `{}` must be 1 to 64 lower-case letters, digits, `-` or `_`",
+                        p.id
+                    ),
+                });
+            }
+            if p.sha256.is_some() && p.unpinned {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "provider `{}` sets both `sha256` and `unpinned = true`; keep one",
+                        p.id
+                    ),
+                });
+            }
+            if p.sha256.is_none() && !p.unpinned {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "provider `{}` has no `sha256` pin; pin the library (`rolegate provider pin {}`) or set `unpinned = true` for development",
+                        p.id,
+                        p.library.display()
+                    ),
+                });
+            }
+            if p.deadline_ms == Some(0) {
+                return Err(Error::Config {
+                    path: path.to_path_buf(),
+                    message: format!("provider `{}`: `deadline_ms` must be above 0", p.id),
+                });
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn a_provider_with_settings_parses() {
+        let c = parse(
+            r#"
+            [[provider]]
+            id = "hello"
+            library = "libhello.so"
+            sha256 = "00"
+            isolation = "process"
+            [provider.settings]
+            digits = 6
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].isolation, Isolation::Process);
+        assert_eq!(
+            c.providers[0].settings_json().unwrap(),
+            serde_json::json!({"digits": 6})
+        );
+        assert_eq!(c.providers[0].deadline(&c.plugins), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let e = parse("[[provider]]\nid='a'\nlibrary='x'\nsha256='0'\ncolour=1").unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = parse("[[provider]]\nid='a'\nlibrary='x'").unwrap_err();
+        assert!(e.to_string().contains("no `sha256` pin"), "{e}");
+        let e = parse("[[provider]]\nid='A b'\nlibrary='x'\nunpinned=true").unwrap_err();
+        assert!(e.to_string().contains("`A b`"), "{e}");
+        let e =
+            parse("[[provider]]\nid='a'\nlibrary='x'\nunpinned=true\nisolation='vm'").unwrap_err();
+        assert!(e.to_string().contains("vm"), "{e}");
+        let e = parse(
+            "[[provider]]\nid='a'\nlibrary='x'\nunpinned=true\n[[provider]]\nid='a'\nlibrary='y'\nunpinned=true",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("provider id `a` is declared twice in the config (libraries x and y)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn readable_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rolegate.toml");
+        std::fs::write(&p, "").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Config::load(&p).unwrap_err();
+        assert!(e.to_string().contains("mode 644"), "{e}");
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Config::load(&p).unwrap();
+    }
+}

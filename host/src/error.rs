@@ -1,0 +1,151 @@
+//! The host's error type.
+
+use std::path::PathBuf;
+
+use rolegate_sdk::ProviderError;
+
+/// Everything that can go wrong in the host, each naming the file, key or provider at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The config file cannot be used.
+    #[error("config {path}: {message}")]
+    Config {
+        /// The config file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+
+    /// A secret or config file is readable by others.
+    #[error(
+        "{path} is readable by group or others (mode {mode:03o}); run `chmod 600 {path}` — rolegate refuses secrets others can read"
+    )]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+
+    /// A provider library was refused at load time.
+    #[error("provider `{id}`: {library}: {reason}")]
+    Load {
+        /// The provider id from the config.
+        id: String,
+        /// The library file.
+        library: PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// The same provider id is declared twice.
+    #[error("provider id `{id}` is declared twice in the config (libraries {first} and {second})")]
+    DuplicateProvider {
+        /// The repeated id.
+        id: String,
+        /// The library of the first declaration.
+        first: PathBuf,
+        /// The library of the second declaration.
+        second: PathBuf,
+    },
+
+    /// A provider refused its settings at create time.
+    #[error("provider `{id}`: {library}: refused its settings: {source}")]
+    Settings {
+        /// The provider id.
+        id: String,
+        /// The library file.
+        library: PathBuf,
+        /// The provider's error, naming the key.
+        #[source]
+        source: ProviderError,
+    },
+
+    /// A provider answered a call with an error.
+    #[error("provider `{id}` failed `{op}`: {source}")]
+    Provider {
+        /// The provider id.
+        id: String,
+        /// The operation.
+        op: &'static str,
+        /// The provider's error.
+        #[source]
+        source: ProviderError,
+    },
+
+    /// A provider did not answer in time.
+    #[error("provider `{id}` did not answer `{op}` within {ms} ms; {action}")]
+    Deadline {
+        /// The provider id.
+        id: String,
+        /// The operation.
+        op: &'static str,
+        /// The deadline in milliseconds.
+        ms: u64,
+        /// What the host did about it.
+        action: &'static str,
+    },
+
+    /// A provider's worker process died during a call.
+    #[error(
+        "provider `{id}`: its worker process {status} during `{op}`; it restarts on the next call"
+    )]
+    WorkerCrashed {
+        /// The provider id.
+        id: String,
+        /// The operation.
+        op: &'static str,
+        /// How the worker ended ("was killed by signal 11 (SIGSEGV)").
+        status: String,
+    },
+
+    /// A provider's worker keeps crashing and is held down for a while.
+    #[error(
+        "provider `{id}`: its worker crashed {crashes} times in {window_s} s; not restarting it for {wait_s} s"
+    )]
+    CrashLoop {
+        /// The provider id.
+        id: String,
+        /// Crashes counted in the window.
+        crashes: usize,
+        /// The window in seconds.
+        window_s: u64,
+        /// Seconds until the next restart is allowed.
+        wait_s: u64,
+    },
+
+    /// A provider's answer broke the protocol.
+    #[error("provider `{id}` sent an invalid answer to `{op}`: {message}")]
+    Protocol {
+        /// The provider id.
+        id: String,
+        /// The operation.
+        op: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+
+    /// An I/O error outside any provider.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The provider's own error, when the provider answered with one.
+    pub fn provider_error(&self) -> Option<&ProviderError> {
+        match self {
+            Error::Provider { source, .. } | Error::Settings { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The host's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,141 @@
+//! The plugin worker process: serves one plugin instance over the framed pipe.
+//!
+//! `rolegate plugin-worker --library L --sha256 H` loads the library (refusing any file that
+//! does not match the hash the host checked), reads a `CREATE` frame with the settings, then
+//! answers `CALL` frames on a small thread pool until its input closes. Anything the plugin
+//! prints to stdout is sent to stderr, so it cannot corrupt the pipe.
+
+use std::fs::File;
+use std::io::{BufReader, Write as _};
+use std::os::fd::FromRawFd as _;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use rolegate_sdk::ProviderError;
+use rolegate_sdk::abi::Instance;
+use rolegate_sdk::message::Response;
+
+use super::frame::{self, CALL, CREATE, FATAL};
+use super::library;
+
+/// How many threads serve calls concurrently inside one worker.
+const THREADS: usize = 8;
+
+/// Moves the protocol off fd 1 and points fd 1 at stderr; returns the protocol output.
+fn take_stdout() -> std::io::Result<File> {
+    // SAFETY: dup of a descriptor the process owns.
+    let proto = unsafe { libc::dup(1) };
+    if proto < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors are open; fd 1 is replaced by a copy of fd 2.
+    if unsafe { libc::dup2(2, 1) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `proto` is a fresh descriptor this function owns.
+    Ok(unsafe { File::from_raw_fd(proto) })
+}
+
+fn send(out: &Mutex<File>, kind: u8, id: u64, payload: &[u8]) {
+    let bytes = frame::encode(kind, id, payload);
+    let mut out = match out.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    if out.write_all(&bytes).and_then(|()| out.flush()).is_err() {
+        // The host is gone: nothing left to serve.
+        std::process::exit(0);
+    }
+}
+
+/// Runs the worker until the host closes the pipe; returns the process exit code.
+pub fn run(library: &Path, sha256: &str) -> i32 {
+    // Die with the host, whatever happens to the pipe.
+    // SAFETY: prctl with PR_SET_PDEATHSIG and a valid signal number.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    let out = match take_stdout() {
+        Ok(f) => Arc::new(Mutex::new(f)),
+        Err(e) => {
+            eprintln!("rolegate plugin-worker: cannot set up the pipe: {e}");
+            return 2;
+        }
+    };
+    let loaded = match library::open("worker", library, Some(sha256)) {
+        Ok(l) => l,
+        Err(e) => {
+            let reason = match e {
+                crate::Error::Load { reason, .. } => reason,
+                other => other.to_string(),
+            };
+            send(&out, FATAL, 0, reason.as_bytes());
+            return 2;
+        }
+    };
+    let mut input = BufReader::new(std::io::stdin().lock());
+    let settings = match frame::read_sync(&mut input) {
+        Ok(Some(f)) if f.kind == CREATE => f,
+        Ok(None) => return 0,
+        Ok(Some(f)) => {
+            send(
+                &out,
+                FATAL,
+                f.id,
+                b"protocol error: the first frame must be CREATE",
+            );
+            return 2;
+        }
+        Err(e) => {
+            send(&out, FATAL, 0, format!("protocol error: {e}").as_bytes());
+            return 2;
+        }
+    };
+    let instance: Arc<Instance> = match loaded.table.create(&settings.payload) {
+        Ok(i) => {
+            send(&out, CREATE, settings.id, br#"{"ok":null}"#);
+            Arc::new(i)
+        }
+        Err(e) => {
+            let body = serde_json::to_vec(&Response::<()>::Error(e)).unwrap_or_default();
+            send(&out, CREATE, settings.id, &body);
+            return 0;
+        }
+    };
+    let (tx, rx) = mpsc::channel::<frame::Frame>();
+    let rx = Arc::new(Mutex::new(rx));
+    for _ in 0..THREADS {
+        let rx = Arc::clone(&rx);
+        let out = Arc::clone(&out);
+        let instance = Arc::clone(&instance);
+        std::thread::spawn(move || {
+            loop {
+                let next = match rx.lock() {
+                    Ok(g) => g.recv(),
+                    Err(poisoned) => poisoned.into_inner().recv(),
+                };
+                let Ok(f) = next else { return };
+                let answer = instance.call_raw(&f.payload);
+                send(&out, CALL, f.id, &answer);
+            }
+        });
+    }
+    loop {
+        match frame::read_sync(&mut input) {
+            Ok(Some(f)) if f.kind == CALL => {
+                if tx.send(f).is_err() {
+                    return 2;
+                }
+            }
+            Ok(Some(f)) => {
+                let e = ProviderError::bad_input(format!("unexpected frame kind {}", f.kind));
+                let body = serde_json::to_vec(&Response::<()>::Error(e)).unwrap_or_default();
+                send(&out, CALL, f.id, &body);
+            }
+            Ok(None) => return 0,
+            Err(e) => {
+                send(&out, FATAL, 0, format!("protocol error: {e}").as_bytes());
+                return 2;
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! misbehave: a provider that breaks on purpose, chosen by its `mode` setting.
+//!
+//! Modes act in `challenge_start` (every other call behaves): `ok` asks for code `1234`;
+//! `panic` panics; `segfault` writes through a null pointer; `abort` aborts the process;
+//! `hang` never returns; `noisy` prints to stdout, then asks. `lenient` behaves but accepts unknown settings keys (it breaks the
+//! contract that `rolegate provider check` verifies); `panic-create` panics while creating.
+
+use rolegate_sdk::serde::Deserialize;
+use rolegate_sdk::{
+    ChallengeContext, DenyReason, FactorKind, Input, Prompt, PromptKind, Provider, ProviderError,
+    ProviderInfo, Settings, Step, Verdict, export_provider,
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(crate = "rolegate_sdk::serde", deny_unknown_fields)]
+struct Strict {
+    mode: String,
+}
+
+/// The misbehaving provider.
+#[derive(Debug)]
+pub struct Misbehave {
+    mode: String,
+}
+
+impl Provider for Misbehave {
+    fn create(settings: Settings) -> Result<Self, ProviderError> {
+        let mode = match settings.0.get("mode").and_then(|v| v.as_str()) {
+            Some("lenient") => "lenient".to_string(),
+            _ => settings.parse::<Strict>()?.mode,
+        };
+        match mode.as_str() {
+            "ok" | "panic" | "segfault" | "abort" | "hang" | "lenient" | "noisy" => {
+                Ok(Self { mode })
+            }
+            "panic-create" => panic!("misbehave: panic while creating"),
+            other => Err(ProviderError::config(format!(
+                "setting `mode`: unknown mode `{other}`"
+            ))),
+        }
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            id: "misbehave".into(),
+            name: "Misbehave (test plugin)".into(),
+            version: "0.1.0".into(),
+            vendor: "rolegate tests".into(),
+            factor: FactorKind::Code,
+            needs_enrolment: false,
+            needs_phone: false,
+            responder: PromptKind::Code,
+            sdk_version: String::new(),
+        }
+    }
+
+    fn challenge_start(&self, ctx: &ChallengeContext) -> Result<Step, ProviderError> {
+        match self.mode.as_str() {
+            "panic" => panic!("misbehave: deliberate panic for {}", ctx.request_id),
+            "segfault" => {
+                let p: *mut u8 = std::ptr::null_mut();
+                // SAFETY: not safe at all: this plugin exists to crash its process.
+                unsafe { p.write_volatile(1) };
+                Err(ProviderError::internal("unreachable"))
+            }
+            "abort" => std::process::abort(),
+            "noisy" => {
+                // Output on stdout must not corrupt a worker's pipe.
+                println!("misbehave: noise on stdout");
+                print!("{{\"ok\":");
+                self.challenge_start_ok(ctx)
+            }
+            "hang" => loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            },
+            _ => self.challenge_start_ok(ctx),
+        }
+    }
+
+    fn challenge_continue(
+        &self,
+        ctx: &ChallengeContext,
+        state: &[u8],
+        input: &Input,
+    ) -> Result<Step, ProviderError> {
+        if state != ctx.request_id.as_bytes() {
+            return Err(ProviderError::bad_input("state is not this request's"));
+        }
+        let Input::Code { code } = input else {
+            return Err(ProviderError::bad_input("expected a code"));
+        };
+        let verdict = if code == "1234" {
+            Verdict::Approved { credential: None }
+        } else {
+            Verdict::Denied {
+                reason: DenyReason::WrongAnswer,
+                message: "wrong code".into(),
+            }
+        };
+        Ok(Step::Done { verdict })
+    }
+}
+
+impl Misbehave {
+    fn challenge_start_ok(&self, ctx: &ChallengeContext) -> Result<Step, ProviderError> {
+        Ok(Step::Ask {
+            prompt: Prompt::Code {
+                message: "Type 1234".into(),
+                length: Some(4),
+            },
+            state: ctx.request_id.as_bytes().to_vec().into(),
+            expires_in: 60,
+        })
+    }
+}
+
+export_provider!(Misbehave);

@@ -1,0 +1,82 @@
+//! Test harness: locates the libraries and binaries the workspace built, builds C plugins.
+//!
+//! The tests need `cargo build --workspace` (the cdylibs and the `rolegate` binary) to have
+//! run first; the README's test command does that.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace's root folder.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// The folder with the built binaries and cdylibs (`target/debug`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn built(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        p.display()
+    );
+    p
+}
+
+/// The example hello provider library.
+pub fn hello_lib() -> PathBuf {
+    built("librolegate_example_hello.so")
+}
+
+/// The misbehaving test provider library.
+pub fn misbehave_lib() -> PathBuf {
+    built("librolegate_test_misbehave.so")
+}
+
+/// The `rolegate` binary.
+pub fn rolegate_bin() -> PathBuf {
+    built("rolegate")
+}
+
+/// Compiles a C plugin source into a shared library in `out_dir`.
+pub fn build_c(src: &Path, out_dir: &Path) -> PathBuf {
+    let stem = src.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+    let out = out_dir.join(format!("lib{stem}.so"));
+    let include = workspace_root().join("sdk/include");
+    let status = Command::new("cc")
+        .args(["-std=c11", "-O1", "-Wall", "-shared", "-fPIC", "-I"])
+        .arg(&include)
+        .arg("-o")
+        .arg(&out)
+        .arg(src)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cc: {e}"));
+    assert!(status.success(), "cc failed on {}", src.display());
+    out
+}
+
+/// A C source from `tests/plugins/broken/`, compiled.
+pub fn broken_c(name: &str, out_dir: &Path) -> PathBuf {
+    build_c(
+        &workspace_root().join("tests/plugins/broken").join(name),
+        out_dir,
+    )
+}
+
+/// Writes a file readable by its owner only (config and settings files must be private).
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}

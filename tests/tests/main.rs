@@ -1,0 +1,6 @@
+//! End-to-end tests: the host loading real plugin libraries.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
+
+mod check_cli;
+mod isolation;
+mod loader;
