@@ -169,12 +169,12 @@ fn check(
     )) {
         Ok(p) => p,
         Err(e) => {
-            println!("  FAIL  load               {e}");
+            println!("  FAIL  {:<32} {e}", "load");
             println!("checks: 0 ok, 1 failed, 0 skipped");
             return Ok(ExitCode::FAILURE);
         }
     };
-    println!("  ok    load               sha256 {}", plugin.sha256);
+    println!("  ok    {:<32} sha256 {}", "load", plugin.sha256);
     let target = rolegate::check::HostTarget::new(plugin, rt.handle().clone());
     let options = rolegate_sdk::conformance::Options {
         settings,
@@ -182,7 +182,7 @@ fn check(
         ..Default::default()
     };
     let report = rolegate_sdk::conformance::run(&target, &options);
-    print!("{report}");
+    println!("{report}");
     let ok = report.passed();
     drop(target);
     rt.shutdown_timeout(Duration::from_secs(2));

@@ -313,3 +313,20 @@ mod tests {
         assert_eq!(hello(json!({"digits": 4})).unwrap().settings.digits, 4);
     }
 }
+
+#[cfg(test)]
+mod conformance {
+    use rolegate_sdk::conformance::{Options, check_provider};
+
+    #[test]
+    fn hello_passes_the_conformance_suite_through_the_c_abi() {
+        let report = check_provider::<super::Hello>(&Options::default());
+        assert!(report.passed(), "{report}");
+        let four = Options {
+            settings: rolegate_sdk::serde_json::json!({"digits": 4}),
+            ..Options::default()
+        };
+        let report = check_provider::<super::Hello>(&four);
+        assert!(report.passed(), "{report}");
+    }
+}

@@ -16,7 +16,6 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::{Mutex, oneshot};
 
-use rolegate_sdk::ProviderError;
 use rolegate_sdk::message::Response;
 
 use super::frame::{self, CALL, CREATE, FATAL};
@@ -56,6 +55,7 @@ struct Worker {
     stdin: Mutex<ChildStdin>,
     pending: Arc<Pending>,
     dead: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
     next_id: AtomicU64,
 }
 
@@ -190,9 +190,10 @@ impl Supervisor {
                     self.spec.exe.display()
                 ))
             })?;
-        let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(self.load_error("the worker process has no pipes".into()));
         };
+        let mut stdout = tokio::io::BufReader::with_capacity(64 * 1024, stdout);
         // Create the instance, under the deadline.
         let hello = frame::encode(CREATE, 0, &self.spec.settings);
         let created = tokio::time::timeout(self.spec.deadline, async {
@@ -253,11 +254,13 @@ impl Supervisor {
         let pending: Arc<Pending> = Arc::new(StdMutex::new(HashMap::new()));
         let dead = Arc::new(AtomicBool::new(false));
         let (kill_tx, mut kill_rx) = oneshot::channel::<()>();
+        let stopping = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             kill: StdMutex::new(Some(kill_tx)),
             stdin: Mutex::new(stdin),
             pending: Arc::clone(&pending),
             dead: Arc::clone(&dead),
+            stopping: Arc::clone(&stopping),
             next_id: AtomicU64::new(1),
         };
         // The reader task owns the child: it routes answers, kills the child when asked, and
@@ -287,10 +290,14 @@ impl Supervisor {
             }
             dead.store(true, Ordering::SeqCst);
             let status = describe_exit(child.wait().await);
-            if let Ok(mut c) = crashes.lock() {
-                c.push_back(Instant::now());
+            if stopping.load(Ordering::SeqCst) {
+                tracing::debug!(provider = %id, %status, "plugin worker stopped");
+            } else {
+                if let Ok(mut c) = crashes.lock() {
+                    c.push_back(Instant::now());
+                }
+                tracing::warn!(provider = %id, %status, "plugin worker ended");
             }
-            tracing::warn!(provider = %id, %status, "plugin worker ended");
             let waiting: Vec<_> = pending
                 .lock()
                 .map(|mut p| p.drain().collect())
@@ -353,12 +360,19 @@ impl Supervisor {
     /// Stops the worker process.
     pub async fn shutdown(&self) {
         if let Some(w) = self.current.lock().await.take() {
+            w.stopping.store(true, Ordering::SeqCst);
             w.kill();
         }
     }
 }
 
-/// The error value a host returns for an answer it cannot decode.
-pub fn undecodable(op: &str, e: &serde_json::Error) -> ProviderError {
-    ProviderError::internal(format!("the answer to `{op}` is not valid: {e}"))
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        if let Ok(mut current) = self.current.try_lock()
+            && let Some(w) = current.take()
+        {
+            w.stopping.store(true, Ordering::SeqCst);
+            w.kill();
+        }
+    }
 }

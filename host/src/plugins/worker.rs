@@ -9,7 +9,6 @@ use std::fs::File;
 use std::io::{BufReader, Write as _};
 use std::os::fd::FromRawFd as _;
 use std::path::Path;
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use rolegate_sdk::ProviderError;
@@ -72,7 +71,7 @@ pub fn run(library: &Path, sha256: &str) -> i32 {
             return 2;
         }
     };
-    let mut input = BufReader::new(std::io::stdin().lock());
+    let mut input = BufReader::with_capacity(64 * 1024, std::io::stdin());
     let settings = match frame::read_sync(&mut input) {
         Ok(Some(f)) if f.kind == CREATE => f,
         Ok(None) => return 0,
@@ -101,41 +100,50 @@ pub fn run(library: &Path, sha256: &str) -> i32 {
             return 0;
         }
     };
-    let (tx, rx) = mpsc::channel::<frame::Frame>();
-    let rx = Arc::new(Mutex::new(rx));
+    // Leader/follower: each thread takes the input in turn, reads one frame, releases the
+    // input and answers that frame itself, so no call pays a hand-off to another thread.
+    let input = Arc::new(Mutex::new(input));
+    let mut threads = Vec::with_capacity(THREADS);
     for _ in 0..THREADS {
-        let rx = Arc::clone(&rx);
+        let input = Arc::clone(&input);
         let out = Arc::clone(&out);
         let instance = Arc::clone(&instance);
-        std::thread::spawn(move || {
+        threads.push(std::thread::spawn(move || {
             loop {
-                let next = match rx.lock() {
-                    Ok(g) => g.recv(),
-                    Err(poisoned) => poisoned.into_inner().recv(),
+                let next = {
+                    let mut input = match input.lock() {
+                        Ok(g) => g,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    frame::read_sync(&mut *input)
                 };
-                let Ok(f) = next else { return };
-                let answer = instance.call_raw(&f.payload);
-                send(&out, CALL, f.id, &answer);
+                let code = match next {
+                    Ok(Some(f)) if f.kind == CALL => {
+                        let answer = instance.call_raw(&f.payload);
+                        send(&out, CALL, f.id, &answer);
+                        continue;
+                    }
+                    Ok(Some(f)) => {
+                        let e =
+                            ProviderError::bad_input(format!("unexpected frame kind {}", f.kind));
+                        let body =
+                            serde_json::to_vec(&Response::<()>::Error(e)).unwrap_or_default();
+                        send(&out, CALL, f.id, &body);
+                        continue;
+                    }
+                    Ok(None) => 0,
+                    Err(e) => {
+                        send(&out, FATAL, 0, format!("protocol error: {e}").as_bytes());
+                        2
+                    }
+                };
+                // The input is closed or broken: the whole worker is done.
+                std::process::exit(code);
             }
-        });
+        }));
     }
-    loop {
-        match frame::read_sync(&mut input) {
-            Ok(Some(f)) if f.kind == CALL => {
-                if tx.send(f).is_err() {
-                    return 2;
-                }
-            }
-            Ok(Some(f)) => {
-                let e = ProviderError::bad_input(format!("unexpected frame kind {}", f.kind));
-                let body = serde_json::to_vec(&Response::<()>::Error(e)).unwrap_or_default();
-                send(&out, CALL, f.id, &body);
-            }
-            Ok(None) => return 0,
-            Err(e) => {
-                send(&out, FATAL, 0, format!("protocol error: {e}").as_bytes());
-                return 2;
-            }
-        }
+    for t in threads {
+        let _ = t.join();
     }
+    0
 }
