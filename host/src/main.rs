@@ -279,10 +279,10 @@ fn quickstart(dir: &Path) -> anyhow::Result<ExitCode> {
         }
         let hash = plugins::library::sha256_file(&lib)
             .with_context(|| format!("cannot read {}", lib.display()))?;
+        let library = toml::Value::String(lib.display().to_string());
         writeln!(
             text,
-            "[[provider]]\nid = \"{id}\"\nlibrary = \"{}\"\nsha256 = \"{hash}\"\nisolation = \"{isolation}\"\n",
-            lib.display()
+            "[[provider]]\nid = \"{id}\"\nlibrary = {library}\nsha256 = \"{hash}\"\nisolation = \"{isolation}\"\n"
         )?;
     }
     let path = dir.join("rolegate.toml");

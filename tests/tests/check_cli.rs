@@ -120,3 +120,36 @@ fn a_library_that_is_not_a_plugin_fails_at_load() {
         "{out}"
     );
 }
+
+#[test]
+fn quickstart_writes_a_private_config_and_loads_both_isolation_modes() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let qs = dir.path().join("qs");
+    let out = Command::new(rolegate_bin())
+        .args(["quickstart", "--dir"])
+        .arg(&qs)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(qs.join("rolegate.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("hello")).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(
+        rows[0].contains("in-process") && rows[0].contains(" ok "),
+        "{text}"
+    );
+    assert!(
+        rows[1].contains("process") && rows[1].contains(" ok "),
+        "{text}"
+    );
+}
