@@ -237,3 +237,54 @@ async fn concurrent_calls_to_a_worker_each_get_their_own_answer() {
     }
     p.shutdown().await;
 }
+
+/// The same containment for plugins written in C, compiled from tests/plugins/broken/.
+mod c_plugins {
+    use super::*;
+    use rolegate::plugins::Plugin;
+    use rolegate_e2e::broken_c;
+
+    async fn c_plugin(name: &str, deadline_ms: u64) -> (tempfile::TempDir, LoadedProvider) {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = broken_c(name, dir.path());
+        let p = Plugin::open(
+            "c",
+            &lib,
+            None,
+            Isolation::Process,
+            Duration::from_millis(deadline_ms),
+            &plugins(100),
+        )
+        .await
+        .unwrap()
+        .instantiate(&serde_json::json!({}))
+        .await
+        .unwrap();
+        (dir, p)
+    }
+
+    #[tokio::test]
+    async fn a_c_segfault_costs_one_call() {
+        let (_dir, p) = c_plugin("segfault.c", 5_000).await;
+        assert_eq!(p.info().unwrap().id, "segfault");
+        let e = p.challenge_start(ctx("r1")).await.unwrap_err();
+        assert!(e.to_string().contains("signal 11 (SIGSEGV)"), "{e}");
+        assert_eq!(
+            p.health().await.unwrap().status,
+            rolegate_sdk::HealthStatus::Ok
+        );
+        p.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_c_hang_passes_its_deadline() {
+        let (_dir, p) = c_plugin("hang.c", 300).await;
+        let e = p.challenge_start(ctx("r1")).await.unwrap_err();
+        assert!(matches!(e, Error::Deadline { .. }), "{e}");
+        assert_eq!(
+            p.health().await.unwrap().status,
+            rolegate_sdk::HealthStatus::Ok
+        );
+        p.shutdown().await;
+    }
+}
