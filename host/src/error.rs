@@ -126,6 +126,28 @@ pub enum Error {
         message: String,
     },
 
+    /// A phone number that cannot be normalised to E.164.
+    #[error("phone number `{input}`: {reason}")]
+    Phone {
+        /// What was given (at most 64 characters).
+        input: String,
+        /// Why it is refused.
+        reason: String,
+    },
+
+    /// A value (role, window, user) that breaks a rule; the message names the field.
+    #[error("{what}: {message}")]
+    Invalid {
+        /// What is invalid.
+        what: String,
+        /// Which field, and why.
+        message: String,
+    },
+
+    /// The policy refuses the action.
+    #[error("{0}")]
+    Refused(crate::role::Refusal),
+
     /// An I/O error outside any provider.
     #[error("{what}: {source}")]
     Io {

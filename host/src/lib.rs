@@ -3,9 +3,13 @@
 //! The host loads MFA provider plugins through the stable ABI of `rolegate-sdk`, in-process
 //! or in supervised worker processes, and drives them for role activation.
 
+pub mod activation;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod error;
+pub mod phone;
 pub mod plugins;
+pub mod role;
 
 pub use error::{Error, Result};
