@@ -144,6 +144,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The database failed.
+    #[error("database: {what}: {message}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// The database's message.
+        message: String,
+    },
+
     /// The policy refuses the action.
     #[error("{0}")]
     Refused(crate::role::Refusal),

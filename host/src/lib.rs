@@ -11,5 +11,6 @@ pub mod error;
 pub mod phone;
 pub mod plugins;
 pub mod role;
+pub mod store;
 
 pub use error::{Error, Result};

@@ -1,0 +1,137 @@
+//! The schema, as numbered migrations both backends run.
+//!
+//! A migration is applied once, inside the writer's transaction, and recorded in
+//! `schema_migrations`; a database newer than this binary is refused rather than touched.
+//! `{blob}` stands for the backend's byte type.
+
+use crate::error::{Error, Result};
+use crate::store::{Tx, Value};
+
+/// Every migration, in order. Never edit one that has shipped: add the next.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "users, roles, requests, credentials, events, tokens, lockouts",
+    r#"
+CREATE TABLE users (
+    account       TEXT PRIMARY KEY,
+    account_key   TEXT NOT NULL UNIQUE,
+    display_name  TEXT NOT NULL,
+    phone         TEXT,
+    email         TEXT,
+    source        TEXT,
+    enabled       BIGINT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    updated_at    BIGINT NOT NULL
+);
+CREATE TABLE roles (
+    name          TEXT PRIMARY KEY,
+    policy        TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    updated_at    BIGINT NOT NULL
+);
+CREATE TABLE requests (
+    id            TEXT PRIMARY KEY,
+    account_key   TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    state         TEXT NOT NULL,
+    justification TEXT NOT NULL,
+    ttl_s         BIGINT NOT NULL,
+    provider      TEXT,
+    challenge     {blob},
+    created_at    BIGINT NOT NULL,
+    updated_at    BIGINT NOT NULL,
+    starts_at     BIGINT,
+    expires_at    BIGINT
+);
+CREATE INDEX requests_by_state ON requests (state, expires_at);
+CREATE INDEX requests_by_user ON requests (account_key, created_at);
+CREATE TABLE credentials (
+    account_key   TEXT NOT NULL,
+    provider      TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    label         TEXT NOT NULL,
+    sealed        {blob} NOT NULL,
+    created_at    BIGINT NOT NULL,
+    updated_at    BIGINT NOT NULL,
+    PRIMARY KEY (account_key, provider, id)
+);
+CREATE TABLE events (
+    seq           BIGINT PRIMARY KEY,
+    id            BIGINT NOT NULL,
+    severity      TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    at            BIGINT NOT NULL,
+    account       TEXT,
+    role          TEXT,
+    request       TEXT,
+    provider      TEXT,
+    message       TEXT NOT NULL,
+    prev_hash     TEXT NOT NULL,
+    hash          TEXT NOT NULL
+);
+CREATE INDEX events_by_id ON events (id, at);
+CREATE TABLE tokens (
+    hash          TEXT PRIMARY KEY,
+    account       TEXT NOT NULL,
+    admin         BIGINT NOT NULL,
+    label         TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    expires_at    BIGINT
+);
+CREATE TABLE lockouts (
+    account_key   TEXT NOT NULL,
+    provider      TEXT NOT NULL,
+    failures      BIGINT NOT NULL,
+    locked_until  BIGINT,
+    PRIMARY KEY (account_key, provider)
+);
+"#,
+)];
+
+/// The newest schema version this binary knows.
+pub fn latest() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// Applies the migrations the database lacks; returns how many ran.
+pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        &[],
+    )?;
+    let rows = tx.query(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        &[],
+    )?;
+    let current = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
+    if current > latest() {
+        return Err(Error::Store {
+            what: "opening the database".into(),
+            message: format!(
+                "its schema is version {current}, newer than this rolegate knows ({}); run the newer rolegate",
+                latest()
+            ),
+        });
+    }
+    let blob = if tx.backend() == "postgres" {
+        "BYTEA"
+    } else {
+        "BLOB"
+    };
+    let mut ran = 0;
+    for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            tx.execute(&statement.replace("{blob}", blob), &[])?;
+        }
+        tx.execute(
+            "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
+            &[
+                Value::Int(*version),
+                Value::from(*description),
+                Value::Int(now_ms),
+            ],
+        )?;
+        ran += 1;
+    }
+    Ok(ran)
+}
