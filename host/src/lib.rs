@@ -8,6 +8,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod phone;
 pub mod plugins;
 pub mod role;

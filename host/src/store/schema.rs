@@ -70,6 +70,12 @@ CREATE TABLE events (
     hash          TEXT NOT NULL
 );
 CREATE INDEX events_by_id ON events (id, at);
+CREATE TABLE event_head (
+    one           BIGINT PRIMARY KEY,
+    seq           BIGINT NOT NULL,
+    hash          TEXT NOT NULL
+);
+INSERT INTO event_head (one, seq, hash) VALUES (1, 0, '');
 CREATE TABLE tokens (
     hash          TEXT PRIMARY KEY,
     account       TEXT NOT NULL,

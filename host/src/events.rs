@@ -1,0 +1,418 @@
+//! The audit log: numbered events, hash-chained so that an edited or deleted row is detected.
+//!
+//! MIM PAM's event ids keep their meaning (101, 103, 825); the others are rolegate's own and
+//! never change meaning once shipped (see docs/events.md).
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+use crate::store::{Row, Tx, Value};
+
+/// MIM 101 (Error): the user did not complete MFA during activation.
+pub const MFA_NOT_COMPLETED: i64 = 101;
+/// MIM 103 (Information): the user completed MFA during activation.
+pub const MFA_COMPLETED: i64 = 103;
+/// MIM 825 (Warning): a user's telephone number changed.
+pub const PHONE_CHANGED: i64 = 825;
+
+/// How serious an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// Normal operation.
+    Information,
+    /// Needs an admin's eye.
+    Warning,
+    /// Something failed.
+    Error,
+}
+
+impl Severity {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Information => "information",
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
+    }
+}
+
+/// An event to append.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The event id (see the table in docs/events.md).
+    pub id: i64,
+    /// Its severity name.
+    pub severity: &'static str,
+    /// What raised it (`activation`, `monitoring`, `admin`, `plugins`).
+    pub source: &'static str,
+    /// The user, when there is one.
+    pub account: Option<String>,
+    /// The role, when there is one.
+    pub role: Option<String>,
+    /// The request, when there is one.
+    pub request: Option<String>,
+    /// The provider, when there is one.
+    pub provider: Option<String>,
+    /// What happened, for an admin (never a secret).
+    pub message: String,
+}
+
+impl NewEvent {
+    /// An event with an id, severity, source and message; the rest is set by field.
+    pub fn new(
+        id: i64,
+        severity: Severity,
+        source: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            id,
+            severity: severity.as_str(),
+            source,
+            message: message.into(),
+            ..Default::default()
+        }
+    }
+}
+
+/// A stored event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Position in the chain, from 1.
+    pub seq: i64,
+    /// The event id.
+    pub id: i64,
+    /// Severity name.
+    pub severity: String,
+    /// What raised it.
+    pub source: String,
+    /// When, in Unix milliseconds.
+    pub at: i64,
+    /// The user.
+    pub account: Option<String>,
+    /// The role.
+    pub role: Option<String>,
+    /// The request.
+    pub request: Option<String>,
+    /// The provider.
+    pub provider: Option<String>,
+    /// The message.
+    pub message: String,
+    /// The previous event's hash.
+    pub prev_hash: String,
+    /// This event's hash.
+    pub hash: String,
+}
+
+fn chain_hash(prev: &str, e: &Event) -> String {
+    // A JSON array is an unambiguous encoding of the fields (lengths and nulls included).
+    let canonical = serde_json::json!([
+        e.seq, e.id, e.severity, e.source, e.at, e.account, e.role, e.request, e.provider,
+        e.message
+    ]);
+    let mut h = Sha256::new();
+    h.update(prev.as_bytes());
+    h.update(canonical.to_string().as_bytes());
+    hex::encode(h.finalize())
+}
+
+const COLUMNS: &str =
+    "seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash";
+
+fn from_row(r: &Row) -> Result<Event> {
+    Ok(Event {
+        seq: r.int(0)?,
+        id: r.int(1)?,
+        severity: r.text(2)?,
+        source: r.text(3)?,
+        at: r.int(4)?,
+        account: r.opt_text(5)?,
+        role: r.opt_text(6)?,
+        request: r.opt_text(7)?,
+        provider: r.opt_text(8)?,
+        message: r.text(9)?,
+        prev_hash: r.text(10)?,
+        hash: r.text(11)?,
+    })
+}
+
+/// Appends an event inside the caller's transaction, extending the chain.
+pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<Event> {
+    let lock = if tx.backend() == "postgres" {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let head = tx.query(
+        &format!("SELECT seq, hash FROM event_head WHERE one = 1{lock}"),
+        &[],
+    )?;
+    let head = head.first().ok_or_else(|| Error::Store {
+        what: "appending an event".into(),
+        message: "the event chain has no head row".into(),
+    })?;
+    let (prev_seq, prev_hash) = (head.int(0)?, head.text(1)?);
+    let mut event = Event {
+        seq: prev_seq + 1,
+        id: e.id,
+        severity: e.severity.to_string(),
+        source: e.source.to_string(),
+        at: at_ms,
+        account: e.account,
+        role: e.role,
+        request: e.request,
+        provider: e.provider,
+        message: e.message,
+        prev_hash: prev_hash.clone(),
+        hash: String::new(),
+    };
+    event.hash = chain_hash(&prev_hash, &event);
+    tx.execute(
+        &format!("INSERT INTO events ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"),
+        &[
+            Value::Int(event.seq),
+            Value::Int(event.id),
+            event.severity.clone().into(),
+            event.source.clone().into(),
+            Value::Int(event.at),
+            event.account.clone().into(),
+            event.role.clone().into(),
+            event.request.clone().into(),
+            event.provider.clone().into(),
+            event.message.clone().into(),
+            event.prev_hash.clone().into(),
+            event.hash.clone().into(),
+        ],
+    )?;
+    tx.execute(
+        "UPDATE event_head SET seq = $1, hash = $2 WHERE one = 1",
+        &[Value::Int(event.seq), event.hash.clone().into()],
+    )?;
+    Ok(event)
+}
+
+/// Which events to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Only this event id.
+    pub id: Option<i64>,
+    /// Only this user.
+    pub account: Option<String>,
+    /// Only this role.
+    pub role: Option<String>,
+    /// Only at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Only before this time (Unix ms).
+    pub until_ms: Option<i64>,
+    /// At most this many, newest first.
+    pub limit: Option<i64>,
+}
+
+/// Lists events, newest first.
+pub fn list(tx: &mut dyn Tx, f: &Filter) -> Result<Vec<Event>> {
+    let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1 = 1");
+    let mut params = Vec::new();
+    let mut add = |clause: &str, v: Value, params: &mut Vec<Value>| {
+        params.push(v);
+        sql.push_str(&format!(" AND {clause} ${}", params.len()));
+    };
+    if let Some(id) = f.id {
+        add("id =", Value::Int(id), &mut params);
+    }
+    if let Some(a) = &f.account {
+        add("account =", a.clone().into(), &mut params);
+    }
+    if let Some(r) = &f.role {
+        add("role =", r.clone().into(), &mut params);
+    }
+    if let Some(t) = f.since_ms {
+        add("at >=", Value::Int(t), &mut params);
+    }
+    if let Some(t) = f.until_ms {
+        add("at <", Value::Int(t), &mut params);
+    }
+    let limit = f.limit.unwrap_or(1000).clamp(1, 100_000);
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT {limit}"));
+    tx.query(&sql, &params)?.iter().map(from_row).collect()
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verification {
+    /// Every event is intact; this many were checked.
+    Intact(i64),
+    /// The chain breaks at this sequence number, for this reason.
+    Broken {
+        /// The first event at fault.
+        seq: i64,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Walks the whole chain: recomputes every hash, checks the links, the numbering and the head.
+pub fn verify(tx: &mut dyn Tx) -> Result<Verification> {
+    let mut expected_seq = 1;
+    let mut prev = String::new();
+    loop {
+        let rows = tx.query(
+            &format!("SELECT {COLUMNS} FROM events WHERE seq >= $1 ORDER BY seq LIMIT 1000"),
+            &[Value::Int(expected_seq)],
+        )?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let e = from_row(r)?;
+            if e.seq != expected_seq {
+                return Ok(Verification::Broken {
+                    seq: expected_seq,
+                    reason: format!("event {expected_seq} is missing (deleted?)"),
+                });
+            }
+            if e.prev_hash != prev {
+                return Ok(Verification::Broken {
+                    seq: e.seq,
+                    reason: "its link to the previous event does not match".into(),
+                });
+            }
+            if chain_hash(&prev, &e) != e.hash {
+                return Ok(Verification::Broken {
+                    seq: e.seq,
+                    reason: "its content does not match its hash (edited?)".into(),
+                });
+            }
+            prev = e.hash;
+            expected_seq += 1;
+        }
+    }
+    let head = tx.query("SELECT seq, hash FROM event_head WHERE one = 1", &[])?;
+    if let Some(h) = head.first() {
+        let (seq, hash) = (h.int(0)?, h.text(1)?);
+        if seq != expected_seq - 1 || hash != prev {
+            return Ok(Verification::Broken {
+                seq: expected_seq,
+                reason: format!(
+                    "the chain ends at event {} but {seq} were written (the newest were deleted?)",
+                    expected_seq - 1
+                ),
+            });
+        }
+    }
+    Ok(Verification::Intact(expected_seq - 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::Sqlite;
+
+    async fn db_with_events(n: i64) -> (tempfile::TempDir, Sqlite) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        for i in 0..n {
+            db.write(move |tx| {
+                let mut e = NewEvent::new(
+                    if i % 2 == 0 {
+                        MFA_COMPLETED
+                    } else {
+                        MFA_NOT_COMPLETED
+                    },
+                    Severity::Information,
+                    "activation",
+                    format!("event {i}"),
+                );
+                e.account = Some(if i % 3 == 0 { "jdoe" } else { "ann" }.into());
+                append(tx, e, 1000 + i)
+            })
+            .await
+            .unwrap();
+        }
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn an_intact_chain_verifies_and_filters_work() {
+        let (_d, db) = db_with_events(10).await;
+        assert_eq!(db.read(verify).await.unwrap(), Verification::Intact(10));
+        let f = Filter {
+            id: Some(MFA_COMPLETED),
+            account: Some("jdoe".into()),
+            ..Default::default()
+        };
+        let got = db.read(move |tx| list(tx, &f)).await.unwrap();
+        let seqs: Vec<i64> = got.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [7, 1]); // i = 6 and 0: even and divisible by 3, newest first
+        let f = Filter {
+            since_ms: Some(1005),
+            limit: Some(2),
+            ..Default::default()
+        };
+        let got = db.read(move |tx| list(tx, &f)).await.unwrap();
+        assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [10, 9]);
+    }
+
+    #[tokio::test]
+    async fn an_edited_row_is_detected() {
+        let (_d, db) = db_with_events(5).await;
+        db.write(|tx| {
+            tx.execute(
+                "UPDATE events SET message = 'nothing happened' WHERE seq = 3",
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+        let v = db.read(verify).await.unwrap();
+        assert_eq!(
+            v,
+            Verification::Broken {
+                seq: 3,
+                reason: "its content does not match its hash (edited?)".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_row_is_detected_in_the_middle_and_at_the_end() {
+        let (_d, db) = db_with_events(5).await;
+        db.write(|tx| tx.execute("DELETE FROM events WHERE seq = 2", &[]))
+            .await
+            .unwrap();
+        let v = db.read(verify).await.unwrap();
+        assert!(matches!(v, Verification::Broken { seq: 2, .. }), "{v:?}");
+
+        let (_d, db) = db_with_events(5).await;
+        db.write(|tx| tx.execute("DELETE FROM events WHERE seq = 5", &[]))
+            .await
+            .unwrap();
+        let v = db.read(verify).await.unwrap();
+        match v {
+            Verification::Broken { seq: 5, reason } => {
+                assert!(reason.contains("newest were deleted"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rehashed_edit_still_breaks_the_next_link() {
+        let (_d, db) = db_with_events(4).await;
+        // An attacker edits event 2 and recomputes its own hash, but not the chain after it.
+        db.write(|tx| {
+            let rows = tx.query(&format!("SELECT {COLUMNS} FROM events WHERE seq = 2"), &[])?;
+            let mut e = from_row(&rows[0])?;
+            e.message = "forged".into();
+            let h = chain_hash(&e.prev_hash, &e);
+            tx.execute(
+                "UPDATE events SET message = 'forged', hash = $1 WHERE seq = 2",
+                &[h.into()],
+            )
+        })
+        .await
+        .unwrap();
+        let v = db.read(verify).await.unwrap();
+        assert!(matches!(v, Verification::Broken { seq: 3, .. }), "{v:?}");
+    }
+}
