@@ -1,0 +1,202 @@
+//! Secrets at rest: credentials sealed with a key kept outside the database, API tokens
+//! stored as hashes, and a CSPRNG for everything unguessable.
+
+use std::path::Path;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use sha2::{Digest as _, Sha256};
+
+use crate::config::check_private;
+use crate::error::{Error, Result};
+
+/// Format byte of sealed data; a new scheme gets a new byte.
+const SEALED_V1: u8 = 1;
+const NONCE: usize = 24;
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
+    getrandom::fill(buf).map_err(|e| Error::Io {
+        what: "reading the system's random source".into(),
+        source: std::io::Error::other(e.to_string()),
+    })
+}
+
+/// A random identifier: 128 bits, lower-case hex.
+pub fn random_id() -> Result<String> {
+    let mut b = [0u8; 16];
+    random_bytes(&mut b)?;
+    Ok(hex::encode(b))
+}
+
+/// The key that seals credentials, read from a file only its owner can read.
+pub struct SealingKey {
+    cipher: XChaCha20Poly1305,
+}
+
+impl std::fmt::Debug for SealingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealingKey(<secret>)")
+    }
+}
+
+impl SealingKey {
+    /// Reads the key file (64 hex digits), creating it with a fresh key and mode 0600 when
+    /// it does not exist. A file its group or others can read is refused.
+    pub fn load_or_create(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            use std::io::Write as _;
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut key = [0u8; 32];
+            random_bytes(&mut key)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| Error::Io {
+                    what: format!("creating the key file {}", path.display()),
+                    source,
+                })?;
+            f.write_all(format!("{}\n", hex::encode(key)).as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|source| Error::Io {
+                    what: format!("writing the key file {}", path.display()),
+                    source,
+                })?;
+        }
+        check_private(path)?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            what: format!("reading the key file {}", path.display()),
+            source,
+        })?;
+        let key = hex::decode(text.trim())
+            .ok()
+            .filter(|k| k.len() == 32)
+            .ok_or_else(|| Error::Config {
+                path: path.to_path_buf(),
+                message: "the key file must hold 64 hex digits (a 256-bit key)".into(),
+            })?;
+        Ok(Self {
+            cipher: XChaCha20Poly1305::new(Key::from_slice(&key)),
+        })
+    }
+
+    /// Seals `plain`, bound to `context` (the row it belongs to): sealed data moved to another
+    /// row does not open.
+    pub fn seal(&self, plain: &[u8], context: &str) -> Result<Vec<u8>> {
+        let mut nonce = [0u8; NONCE];
+        random_bytes(&mut nonce)?;
+        let sealed = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Store {
+                what: "sealing a credential".into(),
+                message: "encryption failed".into(),
+            })?;
+        let mut out = Vec::with_capacity(1 + NONCE + sealed.len());
+        out.push(SEALED_V1);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens data sealed for `context`; fails when the key, the context or a byte differs.
+    pub fn open(&self, sealed: &[u8], context: &str) -> Result<Vec<u8>> {
+        let refused = || Error::Store {
+            what: "opening a credential".into(),
+            message:
+                "it does not open with this key (wrong key file, or the data was altered or moved)"
+                    .into(),
+        };
+        if sealed.len() < 1 + NONCE + 16 || sealed[0] != SEALED_V1 {
+            return Err(refused());
+        }
+        self.cipher
+            .decrypt(
+                XNonce::from_slice(&sealed[1..1 + NONCE]),
+                Payload {
+                    msg: &sealed[1 + NONCE..],
+                    aad: context.as_bytes(),
+                },
+            )
+            .map_err(|_| refused())
+    }
+}
+
+/// A new API token (shown once) and the hash that is stored.
+pub fn new_token() -> Result<(String, String)> {
+    let mut b = [0u8; 32];
+    random_bytes(&mut b)?;
+    let token = format!("rg_{}", hex::encode(b));
+    let hash = token_hash(&token);
+    Ok((token, hash))
+}
+
+/// The stored form of a token: its SHA-256 (tokens are 256 random bits, so no salt or
+/// stretching is needed).
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_data_opens_only_with_its_key_and_context() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rolegate.key");
+        let key = SealingKey::load_or_create(&path).unwrap();
+        let sealed = key.seal(b"JBSWY3DPEHPK3PXP", "jdoe/totp/app").unwrap();
+        assert!(!sealed.windows(8).any(|w| w == b"JBSWY3DP"));
+        assert_eq!(
+            key.open(&sealed, "jdoe/totp/app").unwrap(),
+            b"JBSWY3DPEHPK3PXP"
+        );
+        assert!(key.open(&sealed, "eve/totp/app").is_err());
+        let mut flipped = sealed.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        assert!(key.open(&flipped, "jdoe/totp/app").is_err());
+        // The same file gives the same key; another key does not open it.
+        let again = SealingKey::load_or_create(&path).unwrap();
+        assert!(again.open(&sealed, "jdoe/totp/app").is_ok());
+        let other = SealingKey::load_or_create(&dir.path().join("other.key")).unwrap();
+        let e = other.open(&sealed, "jdoe/totp/app").unwrap_err();
+        assert!(e.to_string().contains("wrong key file"), "{e}");
+        assert_eq!(format!("{key:?}"), "SealingKey(<secret>)");
+    }
+
+    #[test]
+    fn a_readable_or_malformed_key_file_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rolegate.key");
+        SealingKey::load_or_create(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = SealingKey::load_or_create(&path).unwrap_err();
+        assert!(e.to_string().contains("mode 640"), "{e}");
+        std::fs::write(&path, "not hex").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = SealingKey::load_or_create(&path).unwrap_err();
+        assert!(e.to_string().contains("64 hex digits"), "{e}");
+        assert!(!e.to_string().contains("not hex"), "{e}");
+    }
+
+    #[test]
+    fn tokens_are_stored_as_hashes() {
+        let (token, hash) = new_token().unwrap();
+        assert!(token.starts_with("rg_") && token.len() == 67);
+        assert_eq!(token_hash(&token), hash);
+        assert_ne!(hash, token);
+        assert_ne!(new_token().unwrap().0, token);
+        assert_eq!(random_id().unwrap().len(), 32);
+    }
+}
