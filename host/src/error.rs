@@ -153,6 +153,17 @@ pub enum Error {
         message: String,
     },
 
+    /// The thing asked for does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for (`user \`jdoe\``).
+        what: String,
+    },
+
+    /// The action conflicts with what is stored (it exists already, or changed meanwhile).
+    #[error("{0}")]
+    Conflict(String),
+
     /// The policy refuses the action.
     #[error("{0}")]
     Refused(crate::role::Refusal),

@@ -14,5 +14,6 @@ pub mod plugins;
 pub mod role;
 pub mod secrets;
 pub mod store;
+pub mod users;
 
 pub use error::{Error, Result};

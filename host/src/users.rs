@@ -1,0 +1,404 @@
+//! Users: the candidates and approvers rolegate knows, with the phone number phone and SMS
+//! providers use. A changed phone number raises event 825, as in MIM.
+
+use crate::error::{Error, Result};
+use crate::events::{self, NewEvent, Severity};
+use crate::phone::PhoneNumber;
+use crate::store::{Row, Tx, Value};
+
+/// A user as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// Account name as given (`CONTOSO\jdoe`); unique without regard to case.
+    pub account: String,
+    /// Display name.
+    pub display_name: String,
+    /// Phone in E.164, with ` x<extension>` when there is one.
+    pub phone: Option<String>,
+    /// E-mail address.
+    pub email: Option<String>,
+    /// Where the user came from (a directory DN), when imported.
+    pub source: Option<String>,
+    /// Whether the user may request roles.
+    pub enabled: bool,
+    /// Created, Unix ms.
+    pub created_at: i64,
+    /// Last changed, Unix ms.
+    pub updated_at: i64,
+}
+
+/// The fields of a new user; the phone is normalised on the way in.
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    /// Account name.
+    pub account: String,
+    /// Display name (the account when empty).
+    pub display_name: String,
+    /// Phone as written by an admin or a directory.
+    pub phone: Option<String>,
+    /// E-mail address.
+    pub email: Option<String>,
+    /// Directory DN it was copied from.
+    pub source: Option<String>,
+}
+
+/// Changes to a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserChanges {
+    /// New display name.
+    pub display_name: Option<String>,
+    /// New phone (`Some(None)` removes it).
+    pub phone: Option<Option<String>>,
+    /// New e-mail (`Some(None)` removes it).
+    pub email: Option<Option<String>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+}
+
+/// The case-insensitive key accounts are compared by.
+pub fn account_key(account: &str) -> String {
+    account.trim().to_lowercase()
+}
+
+fn check_account(account: &str) -> Result<()> {
+    let a = account.trim();
+    if a.is_empty() || a.len() > 256 || a.chars().any(char::is_control) {
+        return Err(Error::Invalid {
+            what: "account".into(),
+            message: "an account name is 1 to 256 printable characters".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_email(email: &str) -> Result<()> {
+    let ok = email.len() <= 254
+        && email.split_once('@').is_some_and(|(l, d)| {
+            !l.is_empty() && d.contains('.') && !email.chars().any(char::is_whitespace)
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid {
+            what: "email".into(),
+            message: format!("`{email}` is not an e-mail address"),
+        })
+    }
+}
+
+fn normalise_phone(phone: Option<&str>, default_cc: u16) -> Result<Option<String>> {
+    match phone.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(p) => Ok(Some(PhoneNumber::parse(p, default_cc)?.to_string())),
+    }
+}
+
+/// The last four digits, for messages that must not spread whole numbers.
+fn masked(phone: Option<&str>) -> String {
+    match phone {
+        None => "none".into(),
+        Some(p) => {
+            let digits: String = p
+                .split(" x")
+                .next()
+                .unwrap_or("")
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
+            let tail = &digits[digits.len().saturating_sub(4)..];
+            format!("…{tail}")
+        }
+    }
+}
+
+const COLUMNS: &str =
+    "account, display_name, phone, email, source, enabled, created_at, updated_at";
+
+fn from_row(r: &Row) -> Result<User> {
+    Ok(User {
+        account: r.text(0)?,
+        display_name: r.text(1)?,
+        phone: r.opt_text(2)?,
+        email: r.opt_text(3)?,
+        source: r.opt_text(4)?,
+        enabled: r.int(5)? != 0,
+        created_at: r.int(6)?,
+        updated_at: r.int(7)?,
+    })
+}
+
+/// Creates a user; an account that exists (in any case) is a conflict.
+pub fn create(tx: &mut dyn Tx, new: NewUser, default_cc: u16, now_ms: i64) -> Result<User> {
+    check_account(&new.account)?;
+    if let Some(e) = &new.email {
+        check_email(e)?;
+    }
+    let phone = normalise_phone(new.phone.as_deref(), default_cc)?;
+    let account = new.account.trim().to_string();
+    if get(tx, &account)?.is_some() {
+        return Err(Error::Conflict(format!("user `{account}` exists already")));
+    }
+    let display_name = if new.display_name.trim().is_empty() {
+        account.clone()
+    } else {
+        new.display_name.trim().to_string()
+    };
+    let user = User {
+        account: account.clone(),
+        display_name,
+        phone,
+        email: new.email,
+        source: new.source,
+        enabled: true,
+        created_at: now_ms,
+        updated_at: now_ms,
+    };
+    tx.execute(
+        &format!(
+            "INSERT INTO users ({COLUMNS}, account_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+        ),
+        &[
+            user.account.clone().into(),
+            user.display_name.clone().into(),
+            user.phone.clone().into(),
+            user.email.clone().into(),
+            user.source.clone().into(),
+            user.enabled.into(),
+            Value::Int(now_ms),
+            Value::Int(now_ms),
+            account_key(&account).into(),
+        ],
+    )?;
+    Ok(user)
+}
+
+/// The user with this account (any case).
+pub fn get(tx: &mut dyn Tx, account: &str) -> Result<Option<User>> {
+    let rows = tx.query(
+        &format!("SELECT {COLUMNS} FROM users WHERE account_key = $1"),
+        &[account_key(account).into()],
+    )?;
+    rows.first().map(from_row).transpose()
+}
+
+/// All users, by account.
+pub fn list(tx: &mut dyn Tx) -> Result<Vec<User>> {
+    tx.query(
+        &format!("SELECT {COLUMNS} FROM users ORDER BY account_key"),
+        &[],
+    )?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+/// Changes a user; a different phone number raises event 825 in the same transaction.
+pub fn update(
+    tx: &mut dyn Tx,
+    account: &str,
+    changes: UserChanges,
+    default_cc: u16,
+    actor: &str,
+    now_ms: i64,
+) -> Result<User> {
+    let mut user = get(tx, account)?.ok_or_else(|| Error::NotFound {
+        what: format!("user `{account}`"),
+    })?;
+    let old_phone = user.phone.clone();
+    if let Some(d) = changes.display_name {
+        user.display_name = d.trim().to_string();
+    }
+    if let Some(p) = changes.phone {
+        user.phone = normalise_phone(p.as_deref(), default_cc)?;
+    }
+    if let Some(e) = changes.email {
+        if let Some(e) = &e {
+            check_email(e)?;
+        }
+        user.email = e;
+    }
+    if let Some(en) = changes.enabled {
+        user.enabled = en;
+    }
+    user.updated_at = now_ms;
+    tx.execute(
+        "UPDATE users SET display_name = $1, phone = $2, email = $3, enabled = $4, updated_at = $5 WHERE account_key = $6",
+        &[
+            user.display_name.clone().into(),
+            user.phone.clone().into(),
+            user.email.clone().into(),
+            user.enabled.into(),
+            Value::Int(now_ms),
+            account_key(account).into(),
+        ],
+    )?;
+    if user.phone != old_phone {
+        let mut e = NewEvent::new(
+            events::PHONE_CHANGED,
+            Severity::Warning,
+            "admin",
+            format!(
+                "telephone number changed from {} to {} by `{actor}`",
+                masked(old_phone.as_deref()),
+                masked(user.phone.as_deref())
+            ),
+        );
+        e.account = Some(user.account.clone());
+        events::append(tx, e, now_ms)?;
+    }
+    Ok(user)
+}
+
+/// Removes a user and their credentials; true when there was one.
+pub fn remove(tx: &mut dyn Tx, account: &str) -> Result<bool> {
+    let key = account_key(account);
+    tx.execute(
+        "DELETE FROM credentials WHERE account_key = $1",
+        &[key.clone().into()],
+    )?;
+    Ok(tx.execute("DELETE FROM users WHERE account_key = $1", &[key.into()])? > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Filter, PHONE_CHANGED};
+    use crate::store::sqlite::Sqlite;
+
+    fn db() -> (tempfile::TempDir, Sqlite) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        (dir, db)
+    }
+
+    fn jdoe(phone: Option<&str>) -> NewUser {
+        NewUser {
+            account: "CONTOSO\\jdoe".into(),
+            display_name: "Jane Doe".into(),
+            phone: phone.map(String::from),
+            email: Some("jdoe@contoso.com".into()),
+            source: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_user_is_created_with_a_normalised_phone_and_found_in_any_case() {
+        let (_d, db) = db();
+        let u = db
+            .write(|tx| create(tx, jdoe(Some("(425) 555-0100 x12")), 1, 5))
+            .await
+            .unwrap();
+        assert_eq!(u.phone.as_deref(), Some("+14255550100 x12"));
+        let got = db
+            .read(|tx| get(tx, "contoso\\JDOE"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, u);
+        let e = db
+            .write(|tx| create(tx, jdoe(None), 1, 6))
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "user `CONTOSO\\jdoe` exists already");
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_and_nothing_is_stored() {
+        let (_d, db) = db();
+        let e = db
+            .write(|tx| create(tx, jdoe(Some("call me maybe")), 1, 5))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("phone number `call me maybe`:"),
+            "{e}"
+        );
+        let mut bad = jdoe(None);
+        bad.email = Some("not-an-address".into());
+        let e = db.write(move |tx| create(tx, bad, 1, 5)).await.unwrap_err();
+        assert!(e.to_string().contains("is not an e-mail address"), "{e}");
+        assert!(db.read(|tx| list(tx)).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_phone_change_raises_825_and_a_failed_change_keeps_the_old_number() {
+        let (_d, db) = db();
+        db.write(|tx| create(tx, jdoe(Some("+1 425 555 0100")), 1, 5))
+            .await
+            .unwrap();
+        let change = |p: &'static str| UserChanges {
+            phone: Some(Some(p.into())),
+            ..Default::default()
+        };
+        let u = db
+            .write(move |tx| {
+                update(
+                    tx,
+                    "CONTOSO\\jdoe",
+                    change("+1 425 555 0199"),
+                    1,
+                    "admin",
+                    9,
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(u.phone.as_deref(), Some("+14255550199"));
+        let e = db
+            .write(move |tx| update(tx, "CONTOSO\\jdoe", change("555-CALL-NOW"), 1, "admin", 10))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().starts_with("phone number"), "{e}");
+        // The same number again is no change.
+        db.write(move |tx| {
+            update(
+                tx,
+                "CONTOSO\\jdoe",
+                change("(425) 555-0199"),
+                1,
+                "admin",
+                11,
+            )
+        })
+        .await
+        .unwrap();
+        let stored = db
+            .read(|tx| get(tx, "CONTOSO\\jdoe"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.phone.as_deref(), Some("+14255550199"));
+        let events = db
+            .read(|tx| {
+                events::list(
+                    tx,
+                    &Filter {
+                        id: Some(PHONE_CHANGED),
+                        ..Default::default()
+                    },
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].severity, "warning");
+        assert_eq!(events[0].account.as_deref(), Some("CONTOSO\\jdoe"));
+        assert_eq!(
+            events[0].message,
+            "telephone number changed from …0100 to …0199 by `admin`"
+        );
+    }
+
+    #[tokio::test]
+    async fn removing_and_missing_users() {
+        let (_d, db) = db();
+        db.write(|tx| create(tx, jdoe(None), 1, 5)).await.unwrap();
+        assert!(db.write(|tx| remove(tx, "contoso\\jdoe")).await.unwrap());
+        assert!(!db.write(|tx| remove(tx, "contoso\\jdoe")).await.unwrap());
+        let e = db
+            .write(|tx| update(tx, "nobody", UserChanges::default(), 1, "a", 1))
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "user `nobody` not found");
+    }
+}
