@@ -12,6 +12,7 @@ pub mod events;
 pub mod phone;
 pub mod plugins;
 pub mod role;
+pub mod roles;
 pub mod secrets;
 pub mod store;
 pub mod users;

@@ -1,0 +1,220 @@
+//! Stored roles: the policy of each role, kept as a JSON document so that policy fields can be
+//! added without a migration.
+
+use std::collections::BTreeSet;
+
+use jiff::SignedDuration;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::role::{AvailabilityWindow, Role};
+use crate::store::{Tx, Value};
+
+/// A role's policy as it is stored and exchanged (API, CLI, import).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    /// Role name.
+    pub name: String,
+    /// Candidate accounts.
+    #[serde(default)]
+    pub candidates: BTreeSet<String>,
+    /// Approver accounts.
+    #[serde(default)]
+    pub approvers: BTreeSet<String>,
+    /// Default activation length, seconds.
+    pub ttl_s: i64,
+    /// Longest activation, seconds.
+    pub max_ttl_s: i64,
+    /// Availability window, when the role has one.
+    #[serde(default)]
+    pub availability: Option<WindowSpec>,
+    /// Whether a justification is required.
+    #[serde(default)]
+    pub justification_required: bool,
+    /// Whether approval is required (MIM ApprovalEnabled).
+    #[serde(default)]
+    pub approval_enabled: bool,
+    /// Whether MFA is required (MIM MFAEnabled).
+    #[serde(default)]
+    pub mfa_enabled: bool,
+    /// Accepted providers, in order of preference.
+    #[serde(default)]
+    pub providers: Vec<String>,
+}
+
+/// An availability window as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    /// Days (`mon`, `mon-fri`).
+    pub days: Vec<String>,
+    /// Opening time, `HH:MM`.
+    pub from: String,
+    /// Closing time, `HH:MM`.
+    pub to: String,
+    /// IANA time zone.
+    pub time_zone: String,
+}
+
+impl RoleSpec {
+    /// The policy, checked: every field valid, the time zone known.
+    pub fn to_role(&self) -> Result<Role> {
+        let availability = match &self.availability {
+            None => None,
+            Some(w) => {
+                let days: Vec<&str> = w.days.iter().map(String::as_str).collect();
+                Some(AvailabilityWindow::new(
+                    &days,
+                    &w.from,
+                    &w.to,
+                    &w.time_zone,
+                )?)
+            }
+        };
+        let role = Role {
+            name: self.name.trim().to_string(),
+            candidates: self.candidates.clone(),
+            approvers: self.approvers.clone(),
+            ttl_default: SignedDuration::from_secs(self.ttl_s),
+            ttl_max: SignedDuration::from_secs(self.max_ttl_s),
+            availability,
+            justification_required: self.justification_required,
+            approval_enabled: self.approval_enabled,
+            mfa_enabled: self.mfa_enabled,
+            providers: self.providers.clone(),
+        };
+        role.validate()?;
+        Ok(role)
+    }
+}
+
+fn decode(name: &str, policy: &str) -> Result<RoleSpec> {
+    serde_json::from_str(policy).map_err(|e| Error::Store {
+        what: format!("reading role `{name}`"),
+        message: format!("its stored policy is not valid: {e}"),
+    })
+}
+
+/// Stores a new role; the name must be free.
+pub fn create(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
+    spec.to_role()?;
+    if get(tx, &spec.name)?.is_some() {
+        return Err(Error::Conflict(format!(
+            "role `{}` exists already",
+            spec.name
+        )));
+    }
+    let policy = serde_json::to_string(spec).map_err(|e| Error::Store {
+        what: "encoding a role".into(),
+        message: e.to_string(),
+    })?;
+    tx.execute(
+        "INSERT INTO roles (name, policy, created_at, updated_at) VALUES ($1, $2, $3, $3)",
+        &[spec.name.trim().into(), policy.into(), Value::Int(now_ms)],
+    )?;
+    Ok(())
+}
+
+/// Replaces a role's policy.
+pub fn replace(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
+    spec.to_role()?;
+    let policy = serde_json::to_string(spec).map_err(|e| Error::Store {
+        what: "encoding a role".into(),
+        message: e.to_string(),
+    })?;
+    let n = tx.execute(
+        "UPDATE roles SET policy = $1, updated_at = $2 WHERE name = $3",
+        &[policy.into(), Value::Int(now_ms), spec.name.trim().into()],
+    )?;
+    if n == 0 {
+        return Err(Error::NotFound {
+            what: format!("role `{}`", spec.name),
+        });
+    }
+    Ok(())
+}
+
+/// The role with this name.
+pub fn get(tx: &mut dyn Tx, name: &str) -> Result<Option<RoleSpec>> {
+    let rows = tx.query(
+        "SELECT name, policy FROM roles WHERE name = $1",
+        &[name.trim().into()],
+    )?;
+    match rows.first() {
+        None => Ok(None),
+        Some(r) => decode(&r.text(0)?, &r.text(1)?).map(Some),
+    }
+}
+
+/// All roles, by name.
+pub fn list(tx: &mut dyn Tx) -> Result<Vec<RoleSpec>> {
+    tx.query("SELECT name, policy FROM roles ORDER BY name", &[])?
+        .iter()
+        .map(|r| decode(&r.text(0)?, &r.text(1)?))
+        .collect()
+}
+
+/// Removes a role; true when there was one.
+pub fn remove(tx: &mut dyn Tx, name: &str) -> Result<bool> {
+    Ok(tx.execute("DELETE FROM roles WHERE name = $1", &[name.trim().into()])? > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::Sqlite;
+
+    fn spec() -> RoleSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "Domain Admins",
+            "candidates": ["CONTOSO\\jdoe"],
+            "approvers": ["CONTOSO\\boss"],
+            "ttl_s": 3600, "max_ttl_s": 14400,
+            "availability": {"days": ["mon-fri"], "from": "08:00", "to": "18:00", "time_zone": "Europe/London"},
+            "approval_enabled": true, "mfa_enabled": true,
+            "providers": ["phone-legacy", "totp"]
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn roles_round_trip_and_bad_policies_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        let s = spec();
+        let s2 = s.clone();
+        db.write(move |tx| create(tx, &s2, 1)).await.unwrap();
+        let got = db
+            .read(|tx| get(tx, "Domain Admins"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, s);
+        assert!(got.to_role().unwrap().availability.is_some());
+        let e = db
+            .write(move |tx| create(tx, &spec(), 2))
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "role `Domain Admins` exists already");
+
+        let mut bad = spec();
+        bad.providers.clear();
+        let e = db.write(move |tx| replace(tx, &bad, 3)).await.unwrap_err();
+        assert!(e.to_string().contains("no provider"), "{e}");
+        let stored = db
+            .read(|tx| get(tx, "Domain Admins"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.providers.len(), 2, "the failed change lost nothing");
+
+        let e = serde_json::from_value::<RoleSpec>(serde_json::json!({
+            "name": "x", "ttl_s": 1, "max_ttl_s": 1, "mfa": true
+        }))
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `mfa`"), "{e}");
+        assert!(db.write(|tx| remove(tx, "Domain Admins")).await.unwrap());
+        assert!(db.read(list).await.unwrap().is_empty());
+    }
+}
