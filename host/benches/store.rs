@@ -41,7 +41,7 @@ fn main() {
                         let t = Instant::now();
                         db.write(move |tx| {
                             tx.execute(
-                                "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                                "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, created_at, updated_at, version, wrong_answers) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 0, 0)",
                                 &[format!("req-{n}").into(), "jdoe".into(), "admins".into(), "active".into(), "bench".into(), Value::Int(3600), Value::Int(n)],
                             )?;
                             tx.execute(

@@ -14,6 +14,22 @@ pub const MFA_NOT_COMPLETED: i64 = 101;
 pub const MFA_COMPLETED: i64 = 103;
 /// MIM 825 (Warning): a user's telephone number changed.
 pub const PHONE_CHANGED: i64 = 825;
+/// A request was created.
+pub const REQUEST_CREATED: i64 = 200;
+/// An approver approved a request.
+pub const REQUEST_APPROVED: i64 = 201;
+/// An approver rejected a request (or approval timed out).
+pub const REQUEST_REJECTED: i64 = 202;
+/// A request became active: the user holds the role.
+pub const REQUEST_ACTIVATED: i64 = 203;
+/// An activation ran its time.
+pub const REQUEST_EXPIRED: i64 = 204;
+/// An activation or request was closed before its time.
+pub const REQUEST_CLOSED: i64 = 205;
+/// A user was locked out of a provider after repeated failures.
+pub const LOCKED_OUT: i64 = 300;
+/// An admin lifted a lockout.
+pub const UNLOCKED: i64 = 301;
 
 /// How serious an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ pub mod plugins;
 pub mod role;
 pub mod roles;
 pub mod secrets;
+pub mod service;
 pub mod store;
 pub mod users;
 

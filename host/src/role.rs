@@ -61,6 +61,18 @@ pub enum Refusal {
         /// The providers the role accepts, in order.
         accepted: Vec<String>,
     },
+    /// The user is unknown or disabled.
+    UserNotAllowed {
+        /// The account.
+        account: String,
+    },
+    /// The user is locked out of a provider after repeated failures.
+    LockedOut {
+        /// The provider.
+        provider: String,
+        /// Until when, RFC 3339.
+        until: String,
+    },
     /// The user chose a provider the role does not accept, or cannot use.
     ProviderNotAllowed {
         /// The role.
@@ -103,6 +115,14 @@ impl fmt::Display for Refusal {
                     .map(|p| format!("`{p}`"))
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+            Refusal::UserNotAllowed { account } => write!(
+                f,
+                "`{account}` is not an enabled rolegate user; ask an admin to add or enable the account"
+            ),
+            Refusal::LockedOut { provider, until } => write!(
+                f,
+                "too many failed attempts with `{provider}`: locked out until {until} (an admin can unlock)"
             ),
             Refusal::ProviderNotAllowed {
                 role,

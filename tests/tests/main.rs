@@ -4,3 +4,4 @@
 mod check_cli;
 mod isolation;
 mod loader;
+mod service;

@@ -482,7 +482,7 @@ mod tests {
         let (_dir, db) = open();
         db.write(|tx| {
             tx.execute(
-                "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, created_at, updated_at, version, wrong_answers) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 0, 0)",
                 &["q1".into(), "jdoe".into(), "r".into(), "pending_approval".into(), "x".into(), Value::Int(3600), Value::Int(0)],
             )
         })

@@ -1,0 +1,1073 @@
+//! The activation service: requests, MFA through the role's provider, approval, expiry.
+//!
+//! Provider calls happen outside database transactions; their outcome is then written with a
+//! version check, so two answers to one prompt, two approvals or an expiry racing a close can
+//! never both take effect. Every write that matters carries its event in the same transaction.
+
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use rolegate_sdk::message::{ChallengeContext, Credential, UserContext};
+use rolegate_sdk::{Bytes, DenyReason, Input, Prompt, Step, Verdict};
+use serde::Serialize;
+
+use crate::activation::RequestState;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::events::{self, NewEvent, Severity};
+use crate::plugins::Providers;
+use crate::role::{Refusal, Usability};
+use crate::roles;
+use crate::secrets::{SealingKey, random_id};
+use crate::store::sqlite::Sqlite;
+use crate::store::{Row, Tx, Value};
+use crate::users::{self, User, account_key};
+
+/// Limits the host enforces for every provider.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Country code for phone numbers written without one.
+    pub default_country_code: u16,
+    /// Wrong answers allowed in one challenge before it fails.
+    pub max_wrong_answers: i64,
+    /// Failed challenges (per user and provider) that lock the user out.
+    pub lockout_threshold: i64,
+    /// How long a lockout lasts.
+    pub lockout_duration: SignedDuration,
+    /// How long a request may wait for an approver.
+    pub approval_timeout: SignedDuration,
+    /// Longest a prompt stays open, whatever the provider asks for.
+    pub max_prompt_lifetime: SignedDuration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            default_country_code: 1,
+            max_wrong_answers: 3,
+            lockout_threshold: 5,
+            lockout_duration: SignedDuration::from_mins(15),
+            approval_timeout: SignedDuration::from_hours(24),
+            max_prompt_lifetime: SignedDuration::from_mins(10),
+        }
+    }
+}
+
+/// A request as the API and CLI show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RequestView {
+    /// Request id.
+    pub id: String,
+    /// Requester's account key.
+    pub account: String,
+    /// Role.
+    pub role: String,
+    /// State name.
+    pub state: String,
+    /// Justification.
+    pub justification: String,
+    /// Activation length, seconds.
+    pub ttl_s: i64,
+    /// The MFA provider, when MFA applies.
+    pub provider: Option<String>,
+    /// What the user must do now (a prompt, or a wait status), while MFA is pending.
+    pub prompt: Option<serde_json::Value>,
+    /// When the activation ends (Unix ms), once active.
+    pub expires_at: Option<i64>,
+    /// Why it ended the way it did, or what the last answer did.
+    pub reason: Option<String>,
+    /// Created, Unix ms.
+    pub created_at: i64,
+}
+
+struct Stored {
+    view: RequestView,
+    state: RequestState,
+    challenge: Option<Vec<u8>>,
+    ask_expires_at: Option<i64>,
+    version: i64,
+    wrong_answers: i64,
+    needs_approval: bool,
+    updated_at: i64,
+}
+
+const COLUMNS: &str = "id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, challenge, ask_expires_at, version, wrong_answers, needs_approval, updated_at";
+
+fn from_row(r: &Row) -> Result<Stored> {
+    let state: RequestState = r.text(3)?.parse()?;
+    let prompt = r
+        .opt_text(7)?
+        .and_then(|p| serde_json::from_str::<serde_json::Value>(&p).ok());
+    let challenge = match &r.0.get(11) {
+        Some(Value::Blob(b)) => Some(b.clone()),
+        _ => None,
+    };
+    let opt_int = |i: usize| match r.0.get(i) {
+        Some(Value::Int(v)) => Some(*v),
+        _ => None,
+    };
+    Ok(Stored {
+        view: RequestView {
+            id: r.text(0)?,
+            account: r.text(1)?,
+            role: r.text(2)?,
+            state: state.to_string(),
+            justification: r.text(4)?,
+            ttl_s: r.int(5)?,
+            provider: r.opt_text(6)?,
+            prompt,
+            expires_at: opt_int(8),
+            reason: r.opt_text(9)?,
+            created_at: r.int(10)?,
+        },
+        state,
+        challenge,
+        ask_expires_at: opt_int(12),
+        version: r.int(13)?,
+        wrong_answers: r.int(14)?,
+        needs_approval: r.int(15)? != 0,
+        updated_at: r.int(16)?,
+    })
+}
+
+fn load(tx: &mut dyn Tx, id: &str) -> Result<Option<Stored>> {
+    let rows = tx.query(
+        &format!("SELECT {COLUMNS} FROM requests WHERE id = $1"),
+        &[id.into()],
+    )?;
+    rows.first().map(from_row).transpose()
+}
+
+fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+fn event(
+    id: i64,
+    severity: Severity,
+    s: &Stored,
+    provider: Option<&str>,
+    message: String,
+) -> NewEvent {
+    let mut e = NewEvent::new(id, severity, "activation", message);
+    e.account = Some(s.view.account.clone());
+    e.role = Some(s.view.role.clone());
+    e.request = Some(s.view.id.clone());
+    e.provider = provider.map(String::from);
+    e
+}
+
+/// What a provider's step means for the stored request.
+enum Outcome {
+    /// A new prompt (or wait) with its sealed state.
+    Prompt {
+        prompt: serde_json::Value,
+        sealed: Vec<u8>,
+        expires_at: i64,
+    },
+    /// The factor was verified.
+    Approved(Option<Credential>),
+    /// The factor was not verified.
+    Denied(DenyReason, String),
+}
+
+/// The activation service.
+pub struct Service {
+    store: Arc<Sqlite>,
+    providers: Arc<Providers>,
+    clock: Arc<dyn Clock>,
+    key: Arc<SealingKey>,
+    settings: Settings,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service").finish_non_exhaustive()
+    }
+}
+
+impl Service {
+    /// A service over a store, the loaded providers, a clock and the sealing key.
+    pub fn new(
+        store: Arc<Sqlite>,
+        providers: Arc<Providers>,
+        clock: Arc<dyn Clock>,
+        key: Arc<SealingKey>,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            store,
+            providers,
+            clock,
+            key,
+            settings,
+        }
+    }
+
+    /// The store, for admin operations.
+    pub fn store(&self) -> &Arc<Sqlite> {
+        &self.store
+    }
+
+    /// The service's settings.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn seal_state(&self, state: &Bytes, request: &str) -> Result<Vec<u8>> {
+        self.key
+            .seal(state.as_slice(), &format!("challenge/{request}"))
+    }
+
+    fn credential_context(account_key: &str, provider: &str, id: &str) -> String {
+        format!("credential/{account_key}/{provider}/{id}")
+    }
+
+    async fn credentials(&self, account_key: &str, provider: &str) -> Result<Vec<Credential>> {
+        let (a, p) = (account_key.to_string(), provider.to_string());
+        let rows = self
+            .store
+            .read(move |tx| {
+                tx.query(
+                    "SELECT id, label, sealed FROM credentials WHERE account_key = $1 AND provider = $2 ORDER BY created_at",
+                    &[a.into(), p.into()],
+                )
+            })
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let id = r.text(0)?;
+                let data = self.key.open(
+                    &r.blob(2)?,
+                    &Self::credential_context(account_key, provider, &id),
+                )?;
+                Ok(Credential {
+                    id,
+                    label: r.text(1)?,
+                    data: data.into(),
+                })
+            })
+            .collect()
+    }
+
+    fn user_context(user: &User) -> UserContext {
+        UserContext {
+            account: user.account.clone(),
+            display_name: user.display_name.clone(),
+            phone: user.phone.clone(),
+            email: user.email.clone(),
+        }
+    }
+
+    fn outcome(&self, step: Step, request: &str, now: Timestamp) -> Result<Outcome> {
+        let cap = ms(now) + self.settings.max_prompt_lifetime.as_millis() as i64;
+        Ok(match step {
+            Step::Ask {
+                prompt,
+                state,
+                expires_in,
+            } => {
+                let asked = ms(now).saturating_add((expires_in as i64).saturating_mul(1000));
+                Outcome::Prompt {
+                    prompt: serde_json::to_value(&prompt).unwrap_or_default(),
+                    sealed: self.seal_state(&state, request)?,
+                    expires_at: asked.min(cap),
+                }
+            }
+            Step::Wait {
+                state,
+                poll_after_ms,
+                status,
+            } => Outcome::Prompt {
+                prompt: serde_json::json!({"kind": "wait", "status": status, "poll_after_ms": poll_after_ms}),
+                sealed: self.seal_state(&state, request)?,
+                expires_at: cap,
+            },
+            Step::Done {
+                verdict: Verdict::Approved { credential },
+            } => Outcome::Approved(credential),
+            Step::Done {
+                verdict: Verdict::Denied { reason, message },
+            } => Outcome::Denied(reason, message),
+            _ => Outcome::Denied(
+                DenyReason::Other,
+                "the provider sent an unknown step".into(),
+            ),
+        })
+    }
+
+    /// Creates a request: checks the role's policy, then starts MFA or activates at once.
+    pub async fn request(
+        &self,
+        account: &str,
+        role_name: &str,
+        justification: &str,
+        ttl: Option<SignedDuration>,
+        provider_choice: Option<&str>,
+    ) -> Result<RequestView> {
+        let now = self.clock.now();
+        let (a, r) = (account.to_string(), role_name.to_string());
+        let key = account_key(account);
+        let key2 = key.clone();
+        let (spec, user, enrolled) = self
+            .store
+            .read(move |tx| {
+                let spec = roles::get(tx, &r)?;
+                let user = users::get(tx, &a)?;
+                let enrolled: Vec<String> = tx
+                    .query(
+                        "SELECT DISTINCT provider FROM credentials WHERE account_key = $1",
+                        &[key2.into()],
+                    )?
+                    .iter()
+                    .map(|r| r.text(0))
+                    .collect::<Result<_>>()?;
+                Ok((spec, user, enrolled))
+            })
+            .await?;
+        let spec = spec.ok_or_else(|| Error::NotFound {
+            what: format!("role `{role_name}`"),
+        })?;
+        let role = spec.to_role()?;
+        let user = match user {
+            Some(u) if u.enabled => u,
+            _ => {
+                return Err(Error::Refused(Refusal::UserNotAllowed {
+                    account: account.to_string(),
+                }));
+            }
+        };
+        let admission = role.admit(&user.account, justification, ttl, now)?;
+        let id = random_id()?;
+        let mut stored = Stored {
+            view: RequestView {
+                id: id.clone(),
+                account: key.clone(),
+                role: role.name.clone(),
+                state: String::new(),
+                justification: justification.trim().to_string(),
+                ttl_s: admission.ttl.as_secs(),
+                provider: None,
+                prompt: None,
+                expires_at: None,
+                reason: None,
+                created_at: ms(now),
+            },
+            state: RequestState::initial(&admission, false),
+            challenge: None,
+            ask_expires_at: None,
+            version: 0,
+            wrong_answers: 0,
+            needs_approval: admission.needs_approval,
+            updated_at: ms(now),
+        };
+        if !admission.needs_mfa {
+            stored.view.state = stored.state.to_string();
+            if stored.state == RequestState::Active {
+                stored.view.expires_at = Some(ms(now) + admission.ttl.as_millis() as i64);
+            }
+            let s = stored.clone_for_write();
+            return self
+                .store
+                .write(move |tx| {
+                    insert(tx, &s)?;
+                    created_events(tx, &s)?;
+                    Ok(s.view)
+                })
+                .await;
+        }
+        // MFA: pick the provider the user can use.
+        let usability = |p: &str| match self.providers.get(p).and_then(|lp| lp.info()) {
+            None => Usability::Unavailable,
+            Some(info) if info.needs_phone && user.phone.is_none() => Usability::NoPhone,
+            Some(info) if info.needs_enrolment && !enrolled.iter().any(|e| e == p) => {
+                Usability::NotEnrolled
+            }
+            Some(_) => Usability::Usable,
+        };
+        let provider_id = role.choose_provider(provider_choice, usability)?;
+        self.check_lockout(&key, &provider_id, now).await?;
+        let provider =
+            self.providers
+                .get(&provider_id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("provider `{provider_id}`"),
+                })?;
+        let ctx = ChallengeContext {
+            user: Self::user_context(&user),
+            role: role.name.clone(),
+            request_id: id.clone(),
+            credentials: self.credentials(&key, &provider_id).await?,
+            origin: None,
+            now: now.as_second().max(0) as u64,
+        };
+        stored.view.provider = Some(provider_id.clone());
+        stored.view.state = RequestState::PendingMfa.to_string();
+        stored.state = RequestState::PendingMfa;
+        let step = provider.challenge_start(ctx).await;
+        let outcome = match step {
+            Ok(step) => self.outcome(step, &id, now)?,
+            Err(e) => Outcome::Denied(DenyReason::Other, e.to_string()),
+        };
+        let s = stored.clone_for_write();
+        let settings = self.settings.clone();
+        let key = Arc::clone(&self.key);
+        self.store
+            .write(move |tx| {
+                insert(tx, &s)?;
+                created_events(tx, &s)?;
+                apply(tx, s, outcome, &settings, &key, now)
+            })
+            .await
+    }
+
+    async fn check_lockout(&self, key: &str, provider: &str, now: Timestamp) -> Result<()> {
+        let (k, p) = (key.to_string(), provider.to_string());
+        let rows = self
+            .store
+            .read(move |tx| {
+                tx.query(
+                    "SELECT locked_until FROM lockouts WHERE account_key = $1 AND provider = $2",
+                    &[k.into(), p.into()],
+                )
+            })
+            .await?;
+        if let Some(Value::Int(until)) = rows.first().and_then(|r| r.0.first())
+            && *until > ms(now)
+        {
+            let until = Timestamp::from_millisecond(*until)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            return Err(Error::Refused(Refusal::LockedOut {
+                provider: provider.to_string(),
+                until,
+            }));
+        }
+        Ok(())
+    }
+
+    async fn pending(&self, id: &str, account: &str) -> Result<(Stored, User)> {
+        let (i, a) = (id.to_string(), account.to_string());
+        let (stored, user) = self
+            .store
+            .read(move |tx| Ok((load(tx, &i)?, users::get(tx, &a)?)))
+            .await?;
+        let not_found = || Error::NotFound {
+            what: format!("request `{id}`"),
+        };
+        let stored = stored.ok_or_else(not_found)?;
+        if stored.view.account != account_key(account) {
+            return Err(not_found());
+        }
+        let user = user.ok_or_else(not_found)?;
+        if stored.state != RequestState::PendingMfa {
+            return Err(Error::Conflict(format!(
+                "request `{id}` is {}, not waiting for MFA",
+                stored.state
+            )));
+        }
+        Ok((stored, user))
+    }
+
+    /// Answers the request's current prompt (a code, a WebAuthn response, a signature).
+    pub async fn answer(&self, id: &str, account: &str, input: Input) -> Result<RequestView> {
+        self.continue_mfa(id, account, Some(input)).await
+    }
+
+    /// Asks the provider for the outcome of an out-of-band challenge (a phone call).
+    pub async fn poll(&self, id: &str, account: &str) -> Result<RequestView> {
+        self.continue_mfa(id, account, None).await
+    }
+
+    async fn continue_mfa(
+        &self,
+        id: &str,
+        account: &str,
+        input: Option<Input>,
+    ) -> Result<RequestView> {
+        let now = self.clock.now();
+        let (stored, user) = self.pending(id, account).await?;
+        let provider_id = stored.view.provider.clone().unwrap_or_default();
+        let expired = stored.ask_expires_at.is_some_and(|t| t <= ms(now));
+        let outcome = if expired {
+            Outcome::Denied(DenyReason::Expired, "the prompt expired".into())
+        } else {
+            let provider =
+                self.providers
+                    .get(&provider_id)
+                    .cloned()
+                    .ok_or_else(|| Error::NotFound {
+                        what: format!("provider `{provider_id}`"),
+                    })?;
+            let state = self.key.open(
+                stored.challenge.as_deref().unwrap_or_default(),
+                &format!("challenge/{id}"),
+            )?;
+            let ctx = ChallengeContext {
+                user: Self::user_context(&user),
+                role: stored.view.role.clone(),
+                request_id: id.to_string(),
+                credentials: self.credentials(&stored.view.account, &provider_id).await?,
+                origin: None,
+                now: now.as_second().max(0) as u64,
+            };
+            let step = match input {
+                Some(input) => provider.challenge_continue(ctx, state.into(), input).await,
+                None => provider.challenge_poll(ctx, state.into()).await,
+            };
+            match step {
+                Ok(step) => self.outcome(step, id, now)?,
+                // Malformed input changes nothing: the user may answer again.
+                Err(e)
+                    if e.provider_error().map(|p| p.kind)
+                        == Some(rolegate_sdk::ErrorKind::BadInput) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => Outcome::Denied(DenyReason::Other, e.to_string()),
+            }
+        };
+        let settings = self.settings.clone();
+        let key = Arc::clone(&self.key);
+        self.store
+            .write(move |tx| {
+                // The answer counts only if nothing happened to the request meanwhile.
+                let current = load(tx, &stored.view.id)?
+                    .filter(|c| c.version == stored.version && c.state == stored.state)
+                    .ok_or_else(|| {
+                        Error::Conflict(format!(
+                            "request `{}` changed meanwhile: this prompt was already answered",
+                            stored.view.id
+                        ))
+                    })?;
+                apply(tx, current, outcome, &settings, &key, now)
+            })
+            .await
+    }
+
+    /// Approves a request waiting for approval.
+    pub async fn approve(&self, id: &str, approver: &str) -> Result<RequestView> {
+        self.decide(id, approver, true, None).await
+    }
+
+    /// Rejects a request waiting for approval.
+    pub async fn reject(
+        &self,
+        id: &str,
+        approver: &str,
+        reason: Option<&str>,
+    ) -> Result<RequestView> {
+        self.decide(id, approver, false, reason).await
+    }
+
+    async fn decide(
+        &self,
+        id: &str,
+        approver: &str,
+        approve: bool,
+        reason: Option<&str>,
+    ) -> Result<RequestView> {
+        let now = self.clock.now();
+        let i = id.to_string();
+        let stored = self
+            .store
+            .read(move |tx| load(tx, &i))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("request `{id}`"),
+            })?;
+        let r = stored.view.role.clone();
+        let spec = self
+            .store
+            .read(move |tx| roles::get(tx, &r))
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                what: format!("role `{}`", stored.view.role),
+            })?;
+        spec.to_role()?
+            .check_approver(approver, &stored.view.account)?;
+        let approver = approver.to_string();
+        let reason = reason.map(String::from);
+        let timeout = self.settings.approval_timeout;
+        self.store
+            .write(move |tx| {
+                let mut s = load(tx, &stored.view.id)?
+                    .filter(|c| c.state == RequestState::PendingApproval)
+                    .ok_or_else(|| {
+                        Error::Conflict(format!(
+                            "request `{}` is not waiting for approval (already decided?)",
+                            stored.view.id
+                        ))
+                    })?;
+                if s.updated_at + timeout.as_millis() as i64 <= ms(now) {
+                    s.view.reason = Some("approval timed out".into());
+                    transition(tx, &mut s, RequestState::Rejected, now)?;
+                    events::append(
+                        tx,
+                        event(
+                            events::REQUEST_REJECTED,
+                            Severity::Warning,
+                            &s,
+                            None,
+                            "approval timed out".into(),
+                        ),
+                        ms(now),
+                    )?;
+                    return Err(Error::Conflict(format!(
+                        "request `{}` waited longer than the approval timeout and was rejected",
+                        s.view.id
+                    )));
+                }
+                if approve {
+                    events::append(
+                        tx,
+                        event(
+                            events::REQUEST_APPROVED,
+                            Severity::Information,
+                            &s,
+                            None,
+                            format!("approved by `{approver}`"),
+                        ),
+                        ms(now),
+                    )?;
+                    activate(tx, &mut s, now)?;
+                } else {
+                    s.view.reason = Some(match &reason {
+                        Some(r) => format!("rejected by `{approver}`: {r}"),
+                        None => format!("rejected by `{approver}`"),
+                    });
+                    transition(tx, &mut s, RequestState::Rejected, now)?;
+                    let message = s.view.reason.clone().unwrap_or_default();
+                    events::append(
+                        tx,
+                        event(
+                            events::REQUEST_REJECTED,
+                            Severity::Information,
+                            &s,
+                            None,
+                            message,
+                        ),
+                        ms(now),
+                    )?;
+                }
+                tx.execute(
+                    "UPDATE requests SET decided_by = $1 WHERE id = $2",
+                    &[approver.clone().into(), s.view.id.clone().into()],
+                )?;
+                Ok(s.view)
+            })
+            .await
+    }
+
+    /// Closes a request: an active one ends its activation; a pending one is cancelled.
+    pub async fn close(&self, id: &str, actor: &str, is_admin: bool) -> Result<RequestView> {
+        let now = self.clock.now();
+        let (id, actor) = (id.to_string(), actor.to_string());
+        self.store
+            .write(move |tx| {
+                let mut s = load(tx, &id)?
+                    .filter(|s| is_admin || s.view.account == account_key(&actor))
+                    .ok_or_else(|| Error::NotFound {
+                        what: format!("request `{id}`"),
+                    })?;
+                let next = match s.state {
+                    RequestState::Active | RequestState::Scheduled => RequestState::Closed,
+                    RequestState::PendingMfa | RequestState::PendingApproval => {
+                        RequestState::Cancelled
+                    }
+                    other => {
+                        return Err(Error::Conflict(format!(
+                            "request `{id}` is {other} already"
+                        )));
+                    }
+                };
+                s.view.reason = Some(format!("closed by `{actor}`"));
+                transition(tx, &mut s, next, now)?;
+                let message = s.view.reason.clone().unwrap_or_default();
+                events::append(
+                    tx,
+                    event(
+                        events::REQUEST_CLOSED,
+                        Severity::Information,
+                        &s,
+                        None,
+                        message,
+                    ),
+                    ms(now),
+                )?;
+                Ok(s.view)
+            })
+            .await
+    }
+
+    /// A request, for its owner (or anyone when `account` is `None`).
+    pub async fn get(&self, id: &str, account: Option<&str>) -> Result<RequestView> {
+        let i = id.to_string();
+        let s = self.store.read(move |tx| load(tx, &i)).await?;
+        match s {
+            Some(s) if account.is_none_or(|a| account_key(a) == s.view.account) => Ok(s.view),
+            _ => Err(Error::NotFound {
+                what: format!("request `{id}`"),
+            }),
+        }
+    }
+
+    /// Ends what is due: activations past their end, prompts past their expiry, approvals
+    /// past their timeout. Runs at start-up (the host may have been down) and periodically.
+    pub async fn expire_due(&self) -> Result<usize> {
+        let now = self.clock.now();
+        let timeout = self.settings.approval_timeout.as_millis() as i64;
+        self.store
+            .write(move |tx| {
+                let t = ms(now);
+                let due = tx.query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM requests WHERE (state = 'active' AND expires_at <= $1) OR (state = 'pending_mfa' AND ask_expires_at <= $1) OR (state = 'pending_approval' AND updated_at <= $2) LIMIT 10000"
+                    ),
+                    &[Value::Int(t), Value::Int(t - timeout)],
+                )?;
+                let mut n = 0;
+                for row in &due {
+                    let mut s = from_row(row)?;
+                    match s.state {
+                        RequestState::Active => {
+                            s.view.reason = Some("the activation ran its time".into());
+                            transition(tx, &mut s, RequestState::Expired, now)?;
+                            events::append(
+                                tx,
+                                event(events::REQUEST_EXPIRED, Severity::Information, &s, None, "activation expired".into()),
+                                t,
+                            )?;
+                        }
+                        RequestState::PendingMfa => {
+                            let provider = s.view.provider.clone();
+                            s.view.reason = Some("MFA was not completed in time".into());
+                            transition(tx, &mut s, RequestState::Failed, now)?;
+                            events::append(
+                                tx,
+                                event(events::MFA_NOT_COMPLETED, Severity::Error, &s, provider.as_deref(), "MFA not completed: the prompt expired".into()),
+                                t,
+                            )?;
+                        }
+                        RequestState::PendingApproval => {
+                            s.view.reason = Some("approval timed out".into());
+                            transition(tx, &mut s, RequestState::Rejected, now)?;
+                            events::append(
+                                tx,
+                                event(events::REQUEST_REJECTED, Severity::Warning, &s, None, "approval timed out".into()),
+                                t,
+                            )?;
+                        }
+                        _ => continue,
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            })
+            .await
+    }
+}
+
+impl Stored {
+    fn clone_for_write(&self) -> Stored {
+        Stored {
+            view: self.view.clone(),
+            state: self.state,
+            challenge: self.challenge.clone(),
+            ask_expires_at: self.ask_expires_at,
+            version: self.version,
+            wrong_answers: self.wrong_answers,
+            needs_approval: self.needs_approval,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
+    tx.execute(
+        "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL, $9, $9, 0, 0, $10)",
+        &[
+            s.view.id.clone().into(),
+            s.view.account.clone().into(),
+            s.view.role.clone().into(),
+            s.state.as_str().into(),
+            s.view.justification.clone().into(),
+            Value::Int(s.view.ttl_s),
+            s.view.provider.clone().into(),
+            s.view.expires_at.map(Value::Int).unwrap_or(Value::Null),
+            Value::Int(s.view.created_at),
+            s.needs_approval.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+fn created_events(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
+    let t = s.view.created_at;
+    events::append(
+        tx,
+        event(
+            events::REQUEST_CREATED,
+            Severity::Information,
+            s,
+            s.view.provider.as_deref(),
+            format!("requested for {} s: {}", s.view.ttl_s, s.view.justification),
+        ),
+        t,
+    )?;
+    if s.state == RequestState::Active {
+        events::append(
+            tx,
+            event(
+                events::REQUEST_ACTIVATED,
+                Severity::Information,
+                s,
+                None,
+                "activated".into(),
+            ),
+            t,
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes a state change, checked against the state machine and the stored version.
+fn transition(tx: &mut dyn Tx, s: &mut Stored, next: RequestState, now: Timestamp) -> Result<()> {
+    s.state.transition(next)?;
+    let n = tx.execute(
+        "UPDATE requests SET state = $1, version = version + 1, updated_at = $2, expires_at = $3, reason = $4, prompt = NULL, challenge = NULL, ask_expires_at = NULL WHERE id = $5 AND version = $6",
+        &[
+            next.as_str().into(),
+            Value::Int(ms(now)),
+            s.view.expires_at.map(Value::Int).unwrap_or(Value::Null),
+            s.view.reason.clone().into(),
+            s.view.id.clone().into(),
+            Value::Int(s.version),
+        ],
+    )?;
+    if n == 0 {
+        return Err(Error::Conflict(format!(
+            "request `{}` changed meanwhile",
+            s.view.id
+        )));
+    }
+    s.version += 1;
+    s.state = next;
+    s.view.state = next.to_string();
+    s.view.prompt = None;
+    s.updated_at = ms(now);
+    Ok(())
+}
+
+fn activate(tx: &mut dyn Tx, s: &mut Stored, now: Timestamp) -> Result<()> {
+    s.view.expires_at = Some(ms(now) + s.view.ttl_s * 1000);
+    transition(tx, s, RequestState::Active, now)?;
+    events::append(
+        tx,
+        event(
+            events::REQUEST_ACTIVATED,
+            Severity::Information,
+            s,
+            None,
+            "activated".into(),
+        ),
+        ms(now),
+    )?;
+    Ok(())
+}
+
+fn record_failure(
+    tx: &mut dyn Tx,
+    s: &Stored,
+    provider: &str,
+    settings: &Settings,
+    now: Timestamp,
+    lock_now: bool,
+) -> Result<()> {
+    let t = ms(now);
+    tx.execute(
+        "INSERT INTO lockouts (account_key, provider, failures, locked_until) VALUES ($1, $2, 0, NULL) ON CONFLICT (account_key, provider) DO NOTHING",
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    tx.execute(
+        "UPDATE lockouts SET failures = failures + 1 WHERE account_key = $1 AND provider = $2",
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    let rows = tx.query(
+        "SELECT failures FROM lockouts WHERE account_key = $1 AND provider = $2",
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    let failures = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
+    if lock_now || failures >= settings.lockout_threshold {
+        let until = t + settings.lockout_duration.as_millis() as i64;
+        tx.execute(
+            "UPDATE lockouts SET locked_until = $1, failures = 0 WHERE account_key = $2 AND provider = $3",
+            &[Value::Int(until), s.view.account.clone().into(), provider.into()],
+        )?;
+        let why = if lock_now {
+            "fraud was reported"
+        } else {
+            "too many failed attempts"
+        };
+        events::append(
+            tx,
+            event(
+                events::LOCKED_OUT,
+                Severity::Warning,
+                s,
+                Some(provider),
+                format!(
+                    "locked out of `{provider}` for {} s: {why}",
+                    settings.lockout_duration.as_secs()
+                ),
+            ),
+            t,
+        )?;
+    }
+    Ok(())
+}
+
+/// Applies a provider's outcome to a pending-MFA request, inside the writer's transaction.
+fn apply(
+    tx: &mut dyn Tx,
+    mut s: Stored,
+    outcome: Outcome,
+    settings: &Settings,
+    key: &SealingKey,
+    now: Timestamp,
+) -> Result<RequestView> {
+    let provider = s.view.provider.clone().unwrap_or_default();
+    match outcome {
+        Outcome::Prompt {
+            prompt,
+            sealed,
+            expires_at,
+        } => {
+            let n = tx.execute(
+                "UPDATE requests SET prompt = $1, challenge = $2, ask_expires_at = $3, version = version + 1, updated_at = $4 WHERE id = $5 AND version = $6",
+                &[
+                    prompt.to_string().into(),
+                    Value::Blob(sealed),
+                    Value::Int(expires_at),
+                    Value::Int(ms(now)),
+                    s.view.id.clone().into(),
+                    Value::Int(s.version),
+                ],
+            )?;
+            if n == 0 {
+                return Err(Error::Conflict(format!(
+                    "request `{}` changed meanwhile",
+                    s.view.id
+                )));
+            }
+            s.view.prompt = Some(prompt);
+            Ok(s.view)
+        }
+        Outcome::Approved(credential) => {
+            if let Some(c) = credential {
+                let sealed = key.seal(
+                    c.data.as_slice(),
+                    &Service::credential_context(&s.view.account, &provider, &c.id),
+                )?;
+                tx.execute(
+                    "UPDATE credentials SET sealed = $1, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
+                    &[
+                        Value::Blob(sealed),
+                        Value::Int(ms(now)),
+                        s.view.account.clone().into(),
+                        provider.clone().into(),
+                        c.id.into(),
+                    ],
+                )?;
+            }
+            tx.execute(
+                "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2",
+                &[s.view.account.clone().into(), provider.clone().into()],
+            )?;
+            events::append(
+                tx,
+                event(
+                    events::MFA_COMPLETED,
+                    Severity::Information,
+                    &s,
+                    Some(&provider),
+                    "MFA completed".into(),
+                ),
+                ms(now),
+            )?;
+            if s.needs_approval {
+                s.view.reason = None;
+                transition(tx, &mut s, RequestState::PendingApproval, now)?;
+            } else {
+                activate(tx, &mut s, now)?;
+            }
+            Ok(s.view)
+        }
+        Outcome::Denied(reason, message) => {
+            if reason == DenyReason::WrongAnswer {
+                s.wrong_answers += 1;
+                let left = settings.max_wrong_answers - s.wrong_answers;
+                if left > 0 {
+                    // Re-ask the same prompt: the provider's state is still valid.
+                    let n = tx.execute(
+                        "UPDATE requests SET wrong_answers = $1, version = version + 1, reason = $2, updated_at = $3 WHERE id = $4 AND version = $5",
+                        &[
+                            Value::Int(s.wrong_answers),
+                            format!("{message}; {left} attempt(s) left").into(),
+                            Value::Int(ms(now)),
+                            s.view.id.clone().into(),
+                            Value::Int(s.version),
+                        ],
+                    )?;
+                    if n == 0 {
+                        return Err(Error::Conflict(format!(
+                            "request `{}` changed meanwhile",
+                            s.view.id
+                        )));
+                    }
+                    record_failure(tx, &s, &provider, settings, now, false)?;
+                    s.view.reason = Some(format!("{message}; {left} attempt(s) left"));
+                    return Ok(s.view);
+                }
+            }
+            let why = if reason == DenyReason::WrongAnswer {
+                format!("{message}; no attempts left")
+            } else {
+                message
+            };
+            s.view.reason = Some(why.clone());
+            transition(tx, &mut s, RequestState::Failed, now)?;
+            record_failure(
+                tx,
+                &s,
+                &provider,
+                settings,
+                now,
+                reason == DenyReason::Fraud,
+            )?;
+            events::append(
+                tx,
+                event(
+                    events::MFA_NOT_COMPLETED,
+                    Severity::Error,
+                    &s,
+                    Some(&provider),
+                    format!("MFA not completed: {why}"),
+                ),
+                ms(now),
+            )?;
+            Ok(s.view)
+        }
+    }
+}
+
+/// The prompt kinds a client must answer, for documentation and tests.
+pub fn prompt_kind(p: &serde_json::Value) -> Option<&str> {
+    p.get("kind").and_then(|k| k.as_str())
+}
+
+/// Decodes a stored prompt back into the SDK's type (for clients written in Rust).
+pub fn decode_prompt(p: &serde_json::Value) -> Option<Prompt> {
+    serde_json::from_value(p.clone()).ok()
+}

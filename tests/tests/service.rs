@@ -1,0 +1,588 @@
+//! The activation service end to end: real store (SQLite), real hello plugin, injected clock.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use jiff::{SignedDuration, Timestamp};
+use rolegate::Error;
+use rolegate::clock::ManualClock;
+use rolegate::config::{Config, PluginsConfig, ProviderConfig};
+use rolegate::events::{self, Filter};
+use rolegate::plugins::Providers;
+use rolegate::roles::{self, RoleSpec};
+use rolegate::secrets::SealingKey;
+use rolegate::service::{RequestView, Service, Settings};
+use rolegate::store::sqlite::Sqlite;
+use rolegate::users::{self, NewUser};
+use rolegate_e2e::{hello_lib, rolegate_bin};
+use rolegate_sdk::Input;
+
+const T0: &str = "2026-11-26T10:00:00Z"; // a Thursday
+
+struct World {
+    _dir: tempfile::TempDir,
+    service: Arc<Service>,
+    clock: Arc<ManualClock>,
+}
+
+async fn providers() -> Providers {
+    let config = Config {
+        plugins: PluginsConfig {
+            worker: Some(rolegate_bin()),
+            ..Default::default()
+        },
+        providers: vec![ProviderConfig {
+            id: "hello".into(),
+            library: hello_lib(),
+            sha256: None,
+            unpinned: true,
+            isolation: Default::default(),
+            deadline_ms: None,
+            settings: Default::default(),
+        }],
+    };
+    Providers::load(&config).await.unwrap()
+}
+
+fn open_service(
+    dir: &Path,
+    providers: Arc<Providers>,
+    clock: Arc<ManualClock>,
+    settings: Settings,
+) -> Service {
+    let store = Arc::new(Sqlite::open(&dir.join("rolegate.db"), 0).unwrap());
+    let key = Arc::new(SealingKey::load_or_create(&dir.join("rolegate.key")).unwrap());
+    Service::new(store, providers, clock, key, settings)
+}
+
+async fn world_with(settings: Settings) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
+    let service = open_service(
+        dir.path(),
+        Arc::new(providers().await),
+        Arc::clone(&clock),
+        settings,
+    );
+    let store = service.store().clone();
+    store
+        .write(|tx| {
+            for (a, n) in [
+                ("CONTOSO\\jdoe", "Jane"),
+                ("CONTOSO\\boss", "Bo"),
+                ("CONTOSO\\eve", "Eve"),
+            ] {
+                users::create(
+                    tx,
+                    NewUser {
+                        account: a.into(),
+                        display_name: n.into(),
+                        ..Default::default()
+                    },
+                    1,
+                    0,
+                )?;
+            }
+            for (name, mfa, approval) in [
+                ("auto", false, false),
+                ("mfa", true, false),
+                ("approval", false, true),
+                ("both", true, true),
+            ] {
+                roles::create(tx, &spec(name, mfa, approval), 0)?;
+            }
+            let mut windowed = spec("office-hours", false, false);
+            windowed.availability = Some(roles::WindowSpec {
+                days: vec!["mon-fri".into()],
+                from: "09:00".into(),
+                to: "17:00".into(),
+                time_zone: "Europe/Paris".into(),
+            });
+            roles::create(tx, &windowed, 0)
+        })
+        .await
+        .unwrap();
+    World {
+        _dir: dir,
+        service: Arc::new(service),
+        clock,
+    }
+}
+
+async fn world() -> World {
+    world_with(Settings::default()).await
+}
+
+fn spec(name: &str, mfa: bool, approval: bool) -> RoleSpec {
+    RoleSpec {
+        name: name.into(),
+        candidates: ["CONTOSO\\jdoe".to_string(), "CONTOSO\\boss".to_string()].into(),
+        approvers: ["CONTOSO\\boss".to_string()].into(),
+        ttl_s: 3600,
+        max_ttl_s: 7200,
+        availability: None,
+        justification_required: false,
+        approval_enabled: approval,
+        mfa_enabled: mfa,
+        providers: if mfa { vec!["hello".into()] } else { vec![] },
+    }
+}
+
+/// The right answer to hello's prompt: the digits it shows, reversed.
+fn right_code(view: &RequestView) -> String {
+    let message = view.prompt.as_ref().unwrap()["message"].as_str().unwrap();
+    let digits = message.split(' ').nth(1).unwrap();
+    digits.chars().rev().collect()
+}
+
+fn wrong_code(view: &RequestView) -> String {
+    right_code(view)
+        .chars()
+        .map(|c| if c == '1' { '2' } else { '1' })
+        .collect()
+}
+
+fn code(c: String) -> Input {
+    Input::Code { code: c }
+}
+
+async fn event_ids(w: &World, request: &str) -> Vec<i64> {
+    let r = request.to_string();
+    let mut ids: Vec<i64> = w
+        .service
+        .store()
+        .read(move |tx| events::list(tx, &Filter::default()))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.request.as_deref() == Some(r.as_str()))
+        .map(|e| e.id)
+        .collect();
+    ids.reverse();
+    ids
+}
+
+#[tokio::test]
+async fn a_role_without_mfa_or_approval_activates_at_once() {
+    let w = world().await;
+    let v = w
+        .service
+        .request(
+            "CONTOSO\\jdoe",
+            "auto",
+            "patching",
+            Some(SignedDuration::from_hours(9)),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v.state, "active");
+    assert_eq!(v.ttl_s, 7200, "capped at the role's maximum");
+    let t0: Timestamp = T0.parse().unwrap();
+    assert_eq!(v.expires_at, Some(t0.as_millisecond() + 7_200_000));
+    assert_eq!(event_ids(&w, &v.id).await, [200, 203]);
+}
+
+#[tokio::test]
+async fn mfa_only_activates_after_the_right_code() {
+    let w = world().await;
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "mfa", "x", None, None)
+        .await
+        .unwrap();
+    assert_eq!(v.state, "pending_mfa");
+    assert_eq!(v.provider.as_deref(), Some("hello"));
+    assert_eq!(v.prompt.as_ref().unwrap()["kind"], "code");
+    let done = w
+        .service
+        .answer(&v.id, "CONTOSO\\jdoe", code(right_code(&v)))
+        .await
+        .unwrap();
+    assert_eq!(done.state, "active");
+    assert_eq!(event_ids(&w, &v.id).await, [200, 103, 203]);
+}
+
+#[tokio::test]
+async fn approval_only_and_self_approval_is_refused() {
+    let w = world().await;
+    let v = w
+        .service
+        .request("CONTOSO\\boss", "approval", "x", None, None)
+        .await
+        .unwrap();
+    assert_eq!(v.state, "pending_approval");
+    let e = w.service.approve(&v.id, "CONTOSO\\boss").await.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`CONTOSO\\boss` cannot approve their own request"
+    );
+    let e = w.service.approve(&v.id, "CONTOSO\\eve").await.unwrap_err();
+    assert!(e.to_string().contains("not an approver"), "{e}");
+
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "approval", "x", None, None)
+        .await
+        .unwrap();
+    let r = w
+        .service
+        .reject(&v.id, "contoso\\BOSS", Some("not today"))
+        .await
+        .unwrap();
+    assert_eq!(r.state, "rejected");
+    assert_eq!(
+        r.reason.as_deref(),
+        Some("rejected by `contoso\\BOSS`: not today")
+    );
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "approval", "x", None, None)
+        .await
+        .unwrap();
+    let a = w.service.approve(&v.id, "CONTOSO\\boss").await.unwrap();
+    assert_eq!(a.state, "active");
+    assert_eq!(event_ids(&w, &v.id).await, [200, 201, 203]);
+}
+
+#[tokio::test]
+async fn mfa_then_approval() {
+    let w = world().await;
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "both", "x", None, None)
+        .await
+        .unwrap();
+    let after = w
+        .service
+        .answer(&v.id, "CONTOSO\\jdoe", code(right_code(&v)))
+        .await
+        .unwrap();
+    assert_eq!(after.state, "pending_approval");
+    let a = w.service.approve(&v.id, "CONTOSO\\boss").await.unwrap();
+    assert_eq!(a.state, "active");
+    assert_eq!(event_ids(&w, &v.id).await, [200, 103, 201, 203]);
+}
+
+#[tokio::test]
+async fn wrong_answers_fail_the_challenge_then_lock_the_user_out() {
+    let w = world_with(Settings {
+        lockout_threshold: 4,
+        ..Default::default()
+    })
+    .await;
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "mfa", "x", None, None)
+        .await
+        .unwrap();
+    let r = w
+        .service
+        .answer(&v.id, "CONTOSO\\jdoe", code(wrong_code(&v)))
+        .await
+        .unwrap();
+    assert_eq!(r.state, "pending_mfa");
+    assert_eq!(r.reason.as_deref(), Some("wrong code; 2 attempt(s) left"));
+    w.service
+        .answer(&v.id, "CONTOSO\\jdoe", code(wrong_code(&v)))
+        .await
+        .unwrap();
+    let r = w
+        .service
+        .answer(&v.id, "CONTOSO\\jdoe", code(wrong_code(&v)))
+        .await
+        .unwrap();
+    assert_eq!(r.state, "failed");
+    assert_eq!(r.reason.as_deref(), Some("wrong code; no attempts left"));
+    assert_eq!(*event_ids(&w, &v.id).await.last().unwrap(), 101);
+    // Even the right code no longer counts.
+    let e = w
+        .service
+        .answer(&v.id, "CONTOSO\\jdoe", code(right_code(&v)))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("is failed, not waiting for MFA"),
+        "{e}"
+    );
+    // The fourth failure locks the user out of hello.
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "mfa", "x", None, None)
+        .await
+        .unwrap();
+    w.service
+        .answer(&v.id, "CONTOSO\\jdoe", code(wrong_code(&v)))
+        .await
+        .unwrap();
+    let e = w
+        .service
+        .request("CONTOSO\\jdoe", "mfa", "x", None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "too many failed attempts with `hello`: locked out until 2026-11-26T10:15:00Z"
+        ),
+        "{e}"
+    );
+    // Malformed input is refused without counting.
+    w.clock.advance(SignedDuration::from_mins(16));
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "mfa", "x", None, None)
+        .await
+        .unwrap();
+    let e = w
+        .service
+        .answer(&v.id, "CONTOSO\\jdoe", code("12".into()))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("the code must be 6 digits"), "{e}");
+    let ok = w
+        .service
+        .answer(&v.id, "CONTOSO\\jdoe", code(right_code(&v)))
+        .await
+        .unwrap();
+    assert_eq!(ok.state, "active");
+}
+
+#[tokio::test]
+async fn activations_expire_with_the_clock_and_prompts_time_out() {
+    let w = world().await;
+    let active = w
+        .service
+        .request("CONTOSO\\jdoe", "auto", "x", None, None)
+        .await
+        .unwrap();
+    let pending = w
+        .service
+        .request("CONTOSO\\jdoe", "mfa", "x", None, None)
+        .await
+        .unwrap();
+    w.clock.advance(SignedDuration::from_mins(30));
+    assert_eq!(
+        w.service.expire_due().await.unwrap(),
+        1,
+        "the prompt (2 min) expired"
+    );
+    let p = w.service.get(&pending.id, None).await.unwrap();
+    assert_eq!(p.state, "failed");
+    assert_eq!(*event_ids(&w, &pending.id).await.last().unwrap(), 101);
+    w.clock.advance(SignedDuration::from_mins(31));
+    assert_eq!(w.service.expire_due().await.unwrap(), 1);
+    let a = w
+        .service
+        .get(&active.id, Some("CONTOSO\\jdoe"))
+        .await
+        .unwrap();
+    assert_eq!(a.state, "expired");
+    assert_eq!(event_ids(&w, &active.id).await, [200, 203, 204]);
+    assert_eq!(w.service.expire_due().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn policy_refusals() {
+    let w = world().await;
+    let e = w
+        .service
+        .request("CONTOSO\\eve", "auto", "x", None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`CONTOSO\\eve` is not a candidate for role `auto`"
+    );
+    let e = w
+        .service
+        .request("CONTOSO\\nobody", "auto", "x", None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("not an enabled rolegate user"),
+        "{e}"
+    );
+    let e = w
+        .service
+        .request("CONTOSO\\jdoe", "ghost", "x", None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "role `ghost` not found");
+    // 10:00Z is 11:00 in Paris: open; Saturday is not.
+    w.service
+        .request("CONTOSO\\jdoe", "office-hours", "x", None, None)
+        .await
+        .unwrap();
+    w.clock.set("2026-11-28T10:00:00Z".parse().unwrap());
+    let e = w
+        .service
+        .request("CONTOSO\\jdoe", "office-hours", "x", None, None)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("can be activated only on mon, tue, wed, thu, fri"),
+        "{e}"
+    );
+    // Another user's request is invisible.
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "mfa", "x", None, None)
+        .await
+        .unwrap();
+    let e = w
+        .service
+        .answer(&v.id, "CONTOSO\\boss", code(right_code(&v)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_answers_and_approvals_take_effect_once() {
+    let w = world().await;
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "mfa", "x", None, None)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = Arc::clone(&w.service);
+        let (id, c) = (v.id.clone(), right_code(&v));
+        tasks.push(tokio::spawn(async move {
+            s.answer(&id, "CONTOSO\\jdoe", code(c)).await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(v) => {
+                assert_eq!(v.state, "active");
+                ok += 1;
+            }
+            Err(e) => assert!(matches!(e, Error::Conflict(_)), "{e}"),
+        }
+    }
+    assert_eq!(ok, 1);
+    assert_eq!(
+        event_ids(&w, &v.id).await,
+        [200, 103, 203],
+        "one activation"
+    );
+
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "approval", "x", None, None)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = Arc::clone(&w.service);
+        let id = v.id.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 2 == 0 {
+                s.approve(&id, "CONTOSO\\boss").await
+            } else {
+                s.close(&id, "CONTOSO\\jdoe", false).await
+            }
+        }));
+    }
+    let wins = futures_count(tasks).await;
+    assert_eq!(wins, 1);
+}
+
+async fn futures_count(
+    tasks: Vec<tokio::task::JoinHandle<rolegate::Result<RequestView>>>,
+) -> usize {
+    let mut n = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test]
+async fn a_challenge_continues_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
+    let v = {
+        let s = open_service(
+            dir.path(),
+            Arc::new(providers().await),
+            Arc::clone(&clock),
+            Settings::default(),
+        );
+        s.store()
+            .write(|tx| {
+                users::create(
+                    tx,
+                    NewUser {
+                        account: "CONTOSO\\jdoe".into(),
+                        ..Default::default()
+                    },
+                    1,
+                    0,
+                )?;
+                roles::create(tx, &spec("mfa", true, false), 0)
+            })
+            .await
+            .unwrap();
+        let v = s
+            .request("CONTOSO\\jdoe", "mfa", "x", None, None)
+            .await
+            .unwrap();
+        s.store().close();
+        v
+    };
+    // A new store, a new plugin instance, the same files.
+    let s = open_service(
+        dir.path(),
+        Arc::new(providers().await),
+        clock,
+        Settings::default(),
+    );
+    let done = s
+        .answer(&v.id, "CONTOSO\\jdoe", code(right_code(&v)))
+        .await
+        .unwrap();
+    assert_eq!(done.state, "active");
+}
+
+#[tokio::test]
+async fn closing_ends_an_activation_once() {
+    let w = world().await;
+    let v = w
+        .service
+        .request("CONTOSO\\jdoe", "auto", "x", None, None)
+        .await
+        .unwrap();
+    let e = w
+        .service
+        .close(&v.id, "CONTOSO\\eve", false)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::NotFound { .. }), "{e}");
+    let c = w
+        .service
+        .close(&v.id, "CONTOSO\\jdoe", false)
+        .await
+        .unwrap();
+    assert_eq!(c.state, "closed");
+    let e = w.service.close(&v.id, "admin", true).await.unwrap_err();
+    assert!(e.to_string().contains("is closed already"), "{e}");
+    w.clock.advance(SignedDuration::from_hours(3));
+    assert_eq!(
+        w.service.expire_due().await.unwrap(),
+        0,
+        "a closed activation does not expire"
+    );
+    assert_eq!(event_ids(&w, &v.id).await, [200, 203, 205]);
+    let verified = w.service.store().read(events::verify).await.unwrap();
+    assert!(
+        matches!(verified, events::Verification::Intact(_)),
+        "{verified:?}"
+    );
+}
