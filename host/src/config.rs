@@ -12,12 +12,120 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The HTTP server.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where state is kept.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// Limits the host enforces for every provider.
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// How plugins run.
     #[serde(default)]
     pub plugins: PluginsConfig,
     /// The MFA providers, one `[[provider]]` table each.
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderConfig>,
+}
+
+/// The HTTP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8420".into()
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// Where state is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite database file (relative to the config's folder).
+    #[serde(default = "default_db")]
+    pub sqlite: PathBuf,
+    /// The key file that seals credentials; keep it outside the database's backups.
+    #[serde(default = "default_key")]
+    pub key_file: PathBuf,
+}
+
+fn default_db() -> PathBuf {
+    PathBuf::from("rolegate.db")
+}
+
+fn default_key() -> PathBuf {
+    PathBuf::from("rolegate.key")
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            sqlite: default_db(),
+            key_file: default_key(),
+        }
+    }
+}
+
+/// Limits every provider gets from the host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Country calling code for phone numbers written without one (MIM's DefaultCountryCode).
+    #[serde(default = "default_cc")]
+    pub default_country_code: u16,
+    /// Wrong answers allowed in one challenge.
+    #[serde(default = "default_wrong")]
+    pub max_wrong_answers: i64,
+    /// Failed challenges per user and provider that lock the user out.
+    #[serde(default = "default_lockout")]
+    pub lockout_threshold: i64,
+    /// Lockout length, seconds.
+    #[serde(default = "default_lockout_s")]
+    pub lockout_s: i64,
+    /// How long a request may wait for approval, seconds.
+    #[serde(default = "default_approval_s")]
+    pub approval_timeout_s: i64,
+}
+
+fn default_cc() -> u16 {
+    1
+}
+fn default_wrong() -> i64 {
+    3
+}
+fn default_lockout() -> i64 {
+    5
+}
+fn default_lockout_s() -> i64 {
+    900
+}
+fn default_approval_s() -> i64 {
+    86_400
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            default_country_code: default_cc(),
+            max_wrong_answers: default_wrong(),
+            lockout_threshold: default_lockout(),
+            lockout_s: default_lockout_s(),
+            approval_timeout_s: default_approval_s(),
+        }
+    }
 }
 
 /// Settings shared by all plugins.
@@ -168,6 +276,11 @@ impl Config {
                 p.library = base.join(&p.library);
             }
         }
+        for p in [&mut config.store.sqlite, &mut config.store.key_file] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(w) = &mut config.plugins.worker
             && w.is_relative()
         {
@@ -182,6 +295,26 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        let p = &config.policy;
+        if p.max_wrong_answers < 1
+            || p.lockout_threshold < 1
+            || p.lockout_s < 1
+            || p.approval_timeout_s < 1
+        {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: "[policy] limits must be at least 1".into(),
+            });
+        }
+        if !crate::phone::is_country_code(p.default_country_code) {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "[policy] default_country_code = {} is not an assigned country code",
+                    p.default_country_code
+                ),
+            });
+        }
         let mut seen: HashMap<&str, &Path> = HashMap::new();
         for p in &config.providers {
             if let Some(first) = seen.insert(p.id.as_str(), p.library.as_path()) {

@@ -4,6 +4,7 @@
 //! or in supervised worker processes, and drives them for role activation.
 
 pub mod activation;
+pub mod api;
 pub mod check;
 pub mod clock;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod roles;
 pub mod secrets;
 pub mod service;
 pub mod store;
+pub mod tokens;
 pub mod users;
 
 pub use error::{Error, Result};

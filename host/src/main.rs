@@ -28,11 +28,21 @@ enum Command {
         #[command(subcommand)]
         command: ProviderCommand,
     },
-    /// Write a quick-start config for the first-party plugins built beside this binary, then load them.
+    /// Run the daemon: the HTTP API over the configured store and providers.
+    Serve {
+        /// The host's config file.
+        #[arg(long, env = "ROLEGATE_CONFIG", default_value = "rolegate.toml")]
+        config: PathBuf,
+    },
+    /// Write a quick-start config for the first-party plugins built beside this binary, load
+    /// them, and serve.
     Quickstart {
-        /// Folder for the generated config.
+        /// Folder for the generated config, database and key.
         #[arg(long, default_value = "rolegate-quickstart")]
         dir: PathBuf,
+        /// Write and check the config, but do not start the daemon.
+        #[arg(long)]
+        no_serve: bool,
     },
     /// Serve one plugin over stdin/stdout for an isolated provider (started by the host).
     #[command(hide = true)]
@@ -124,7 +134,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
-        Command::Quickstart { dir } => quickstart(&dir),
+        Command::Serve { config } => serve(&config),
+        Command::Quickstart { dir, no_serve } => {
+            let path = quickstart(&dir)?;
+            if no_serve {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                serve(&path)
+            }
+        }
         Command::PluginWorker { .. } => Ok(ExitCode::from(2)),
     }
 }
@@ -255,7 +273,74 @@ const FIRST_PARTY: &[(&str, &str, Isolation)] = &[
     ),
 ];
 
-fn quickstart(dir: &Path) -> anyhow::Result<ExitCode> {
+fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
+    use std::sync::Arc;
+    let config = Config::load(config_path)?;
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let now = jiff::Timestamp::now().as_millisecond();
+        let store = Arc::new(rolegate::store::sqlite::Sqlite::open(&config.store.sqlite, now)?);
+        let key = Arc::new(rolegate::secrets::SealingKey::load_or_create(&config.store.key_file)?);
+        let providers = Arc::new(Providers::load(&config).await?);
+        let p = &config.policy;
+        let settings = rolegate::service::Settings {
+            default_country_code: p.default_country_code,
+            max_wrong_answers: p.max_wrong_answers,
+            lockout_threshold: p.lockout_threshold,
+            lockout_duration: jiff::SignedDuration::from_secs(p.lockout_s),
+            approval_timeout: jiff::SignedDuration::from_secs(p.approval_timeout_s),
+            ..Default::default()
+        };
+        let service = Arc::new(rolegate::service::Service::new(
+            Arc::clone(&store),
+            providers,
+            Arc::new(rolegate::clock::SystemClock),
+            key,
+            settings,
+        ));
+        // Activations that ended while the host was down end now.
+        let ended = service.expire_due().await?;
+        if ended > 0 {
+            tracing::info!(ended, "ended what was due while the host was down");
+        }
+        if store.read(rolegate::tokens::count).await? == 0 {
+            let token = store
+                .write(move |tx| rolegate::tokens::issue(tx, "admin", true, "first admin", now))
+                .await?;
+            eprintln!(
+                "rolegate: first start. The admin token (shown once, keep it secret):\n\n    export ROLEGATE_TOKEN={token}\n"
+            );
+        }
+        let expirer = Arc::clone(&service);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = expirer.expire_due().await {
+                    tracing::error!(error = %e, "expiry failed");
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(&config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        eprintln!(
+            "rolegate: serving on http://{} (OpenAPI at /openapi.json); Ctrl-C stops",
+            listener.local_addr()?
+        );
+        let app = rolegate::api::Api::new(service).router();
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        store.close();
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quickstart(dir: &Path) -> anyhow::Result<PathBuf> {
     use std::fmt::Write as _;
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
     let exe = std::env::current_exe().context("cannot locate the rolegate executable")?;
@@ -267,7 +352,9 @@ fn quickstart(dir: &Path) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create {}", dir.display()))?;
     let mut text = String::from(
         "# rolegate quick-start config, generated by `rolegate quickstart`.\n\
-         # Pins are the SHA-256 of the libraries built beside the binary; regenerate after a rebuild.\n\n",
+         # Pins are the SHA-256 of the libraries built beside the binary; regenerate after a rebuild.\n\n\
+         [server]\nlisten = \"127.0.0.1:8420\"\n\n\
+         [store]\nsqlite = \"rolegate.db\"\nkey_file = \"rolegate.key\"\n\n",
     );
     for (id, file, isolation) in FIRST_PARTY {
         let lib = bin_dir.join(file);
@@ -298,5 +385,6 @@ fn quickstart(dir: &Path) -> anyhow::Result<ExitCode> {
         f.write_all(text.as_bytes())?;
     }
     println!("wrote {}", path.display());
-    list(&path, false)
+    list(&path, false)?;
+    Ok(path)
 }

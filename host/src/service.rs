@@ -713,6 +713,53 @@ impl Service {
         }
     }
 
+    /// Requests waiting for `approver`'s decision (roles they approve, not their own requests).
+    pub async fn pending_approvals(&self, approver: &str) -> Result<Vec<RequestView>> {
+        let a = approver.to_string();
+        self.store
+            .read(move |tx| {
+                let roles = roles::list(tx)?;
+                let rows = tx.query(
+                    &format!("SELECT {COLUMNS} FROM requests WHERE state = 'pending_approval' ORDER BY created_at LIMIT 10000"),
+                    &[],
+                )?;
+                let mut out = Vec::new();
+                for r in &rows {
+                    let s = from_row(r)?;
+                    let approves = roles.iter().any(|spec| {
+                        spec.name == s.view.role
+                            && spec.approvers.iter().any(|x| account_key(x) == account_key(&a))
+                    });
+                    if approves && s.view.account != account_key(&a) {
+                        out.push(s.view);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// The caller's own requests, newest first.
+    pub async fn requests_of(&self, account: &str, limit: i64) -> Result<Vec<RequestView>> {
+        let a = account_key(account);
+        self.store
+            .read(move |tx| {
+                tx.query(
+                    &format!("SELECT {COLUMNS} FROM requests WHERE account_key = $1 ORDER BY created_at DESC LIMIT $2"),
+                    &[a.into(), Value::Int(limit.clamp(1, 10_000))],
+                )?
+                .iter()
+                .map(|r| from_row(r).map(|s| s.view))
+                .collect()
+            })
+            .await
+    }
+
+    /// The providers, with whether they are loaded and healthy.
+    pub fn providers(&self) -> &Arc<Providers> {
+        &self.providers
+    }
+
     /// Ends what is due: activations past their end, prompts past their expiry, approvals
     /// past their timeout. Runs at start-up (the host may have been down) and periodically.
     pub async fn expire_due(&self) -> Result<usize> {

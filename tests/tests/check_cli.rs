@@ -127,7 +127,7 @@ fn quickstart_writes_a_private_config_and_loads_both_isolation_modes() {
     let dir = tempfile::tempdir().unwrap();
     let qs = dir.path().join("qs");
     let out = Command::new(rolegate_bin())
-        .args(["quickstart", "--dir"])
+        .args(["quickstart", "--no-serve", "--dir"])
         .arg(&qs)
         .output()
         .unwrap();

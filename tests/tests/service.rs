@@ -40,6 +40,7 @@ async fn providers() -> Providers {
             deadline_ms: None,
             settings: Default::default(),
         }],
+        ..Default::default()
     };
     Providers::load(&config).await.unwrap()
 }

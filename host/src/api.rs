@@ -1,0 +1,664 @@
+//! The HTTP JSON API, shaped after MIM PAM's REST API: requests, requests to approve, roles,
+//! users, events, providers, tokens. Callers authenticate with bearer tokens.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use jiff::SignedDuration;
+use serde::Deserialize;
+use serde_json::{Value as Json_, json};
+
+use crate::error::Error;
+use crate::events::{self, Filter};
+use crate::roles::{self, RoleSpec};
+use crate::service::Service;
+use crate::tokens::{self, Caller};
+use crate::users::{self, NewUser, UserChanges};
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct Api {
+    service: Arc<Service>,
+}
+
+/// An error as the API returns it: a status and `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, &'static str, String);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        use rolegate_sdk::ErrorKind;
+        let (status, code) = match &e {
+            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            Error::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::Invalid { .. } | Error::Phone { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
+            }
+            Error::Provider { source, .. } if source.kind == ErrorKind::BadInput => {
+                (StatusCode::BAD_REQUEST, "bad_input")
+            }
+            Error::Deadline { .. } | Error::WorkerCrashed { .. } | Error::CrashLoop { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable")
+            }
+            Error::Provider { .. } => (StatusCode::BAD_GATEWAY, "provider_error"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "request failed");
+            return ApiError(status, code, "internal error; see the server's log".into());
+        }
+        ApiError(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.0,
+            Json(json!({"error": {"code": self.1, "message": self.2}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn unauthorized(m: &str) -> ApiError {
+    ApiError(StatusCode::UNAUTHORIZED, "unauthorized", m.into())
+}
+
+impl Api {
+    /// The API over a service.
+    pub fn new(service: Arc<Service>) -> Self {
+        Self { service }
+    }
+
+    async fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller> {
+        let token = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| unauthorized("send `Authorization: Bearer <token>`"))?
+            .to_string();
+        let now = jiff::Timestamp::now().as_millisecond();
+        self.service
+            .store()
+            .read(move |tx| tokens::verify(tx, &token, now))
+            .await?
+            .ok_or_else(|| unauthorized("the token is not valid"))
+    }
+
+    async fn admin(&self, headers: &HeaderMap) -> ApiResult<Caller> {
+        let c = self.caller(headers).await?;
+        if !c.admin {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this needs an admin token".into(),
+            ));
+        }
+        Ok(c)
+    }
+
+    /// The router with every route.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/openapi.json", get(openapi))
+            .route("/v1/requests", post(create_request).get(my_requests))
+            .route("/v1/requests/{id}", get(get_request))
+            .route("/v1/requests/{id}/answer", post(answer))
+            .route("/v1/requests/{id}/poll", post(poll))
+            .route("/v1/requests/{id}/close", post(close))
+            .route("/v1/approvals", get(approvals))
+            .route("/v1/approvals/{id}/approve", post(approve))
+            .route("/v1/approvals/{id}/reject", post(reject))
+            .route("/v1/users", get(list_users).post(create_user))
+            .route(
+                "/v1/users/{account}",
+                get(get_user).patch(set_user).delete(remove_user),
+            )
+            .route("/v1/roles", get(list_roles).post(create_role))
+            .route(
+                "/v1/roles/{name}",
+                get(get_role).put(set_role).delete(remove_role),
+            )
+            .route("/v1/events", get(list_events))
+            .route("/v1/events/verify", get(verify_events))
+            .route("/v1/providers", get(list_providers))
+            .route("/v1/tokens", post(create_token))
+            .with_state(self)
+    }
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRequest {
+    role: String,
+    #[serde(default)]
+    justification: String,
+    #[serde(default)]
+    ttl_s: Option<i64>,
+    #[serde(default)]
+    provider: Option<String>,
+}
+
+async fn create_request(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(body): Json<NewRequest>,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    let c = api.caller(&headers).await?;
+    let v = api
+        .service
+        .request(
+            &c.account,
+            &body.role,
+            &body.justification,
+            body.ttl_s.map(SignedDuration::from_secs),
+            body.provider.as_deref(),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(v))))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+async fn my_requests(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<Limit>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    let v = api
+        .service
+        .requests_of(&c.account, q.limit.unwrap_or(100))
+        .await?;
+    Ok(Json(json!(v)))
+}
+
+async fn get_request(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    let owner = if c.admin {
+        None
+    } else {
+        Some(c.account.as_str())
+    };
+    Ok(Json(json!(api.service.get(&id, owner).await?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Answer {
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    input: Option<rolegate_sdk::Input>,
+}
+
+async fn answer(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Json(body): Json<Answer>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    let input = match (body.code, body.input) {
+        (Some(code), None) => rolegate_sdk::Input::Code { code },
+        (None, Some(i)) => i,
+        _ => {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "send either `code` or `input`".into(),
+            ));
+        }
+    };
+    Ok(Json(json!(
+        api.service.answer(&id, &c.account, input).await?
+    )))
+}
+
+async fn poll(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    Ok(Json(json!(api.service.poll(&id, &c.account).await?)))
+}
+
+async fn close(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    Ok(Json(json!(
+        api.service.close(&id, &c.account, c.admin).await?
+    )))
+}
+
+async fn approvals(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    Ok(Json(json!(
+        api.service.pending_approvals(&c.account).await?
+    )))
+}
+
+async fn approve(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    Ok(Json(json!(api.service.approve(&id, &c.account).await?)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Reject {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn reject(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<Reject>>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    let reason = body.and_then(|b| b.0.reason);
+    Ok(Json(json!(
+        api.service
+            .reject(&id, &c.account, reason.as_deref())
+            .await?
+    )))
+}
+
+fn user_json(u: &users::User) -> Json_ {
+    json!({
+        "account": u.account, "display_name": u.display_name, "phone": u.phone,
+        "email": u.email, "source": u.source, "enabled": u.enabled,
+        "created_at": u.created_at, "updated_at": u.updated_at,
+    })
+}
+
+async fn list_users(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
+    api.admin(&headers).await?;
+    let users = api.service.store().read(users::list).await?;
+    Ok(Json(Json_::Array(users.iter().map(user_json).collect())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    account: String,
+    #[serde(default)]
+    display_name: String,
+    #[serde(default)]
+    phone: Option<String>,
+    #[serde(default)]
+    email: Option<String>,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+async fn create_user(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(b): Json<UserBody>,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    api.admin(&headers).await?;
+    let cc = api.service.settings().default_country_code;
+    let new = NewUser {
+        account: b.account,
+        display_name: b.display_name,
+        phone: b.phone,
+        email: b.email,
+        source: b.source,
+    };
+    let u = api
+        .service
+        .store()
+        .write(move |tx| users::create(tx, new, cc, now_ms()))
+        .await?;
+    Ok((StatusCode::CREATED, Json(user_json(&u))))
+}
+
+async fn get_user(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    if !c.admin && users::account_key(&c.account) != users::account_key(&account) {
+        return Err(Error::NotFound {
+            what: format!("user `{account}`"),
+        }
+        .into());
+    }
+    let a = account.clone();
+    let u = api
+        .service
+        .store()
+        .read(move |tx| users::get(tx, &a))
+        .await?
+        .ok_or(Error::NotFound {
+            what: format!("user `{account}`"),
+        })?;
+    Ok(Json(user_json(&u)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserPatch {
+    #[serde(default)]
+    display_name: Option<String>,
+    #[serde(default, with = "double_option")]
+    phone: Option<Option<String>>,
+    #[serde(default, with = "double_option")]
+    email: Option<Option<String>>,
+    #[serde(default)]
+    enabled: Option<bool>,
+}
+
+mod double_option {
+    use serde::{Deserialize, Deserializer};
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
+        Option::<String>::deserialize(d).map(Some)
+    }
+}
+
+async fn set_user(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+    Json(p): Json<UserPatch>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.admin(&headers).await?;
+    let cc = api.service.settings().default_country_code;
+    let changes = UserChanges {
+        display_name: p.display_name,
+        phone: p.phone,
+        email: p.email,
+        enabled: p.enabled,
+    };
+    let u = api
+        .service
+        .store()
+        .write(move |tx| users::update(tx, &account, changes, cc, &c.account, now_ms()))
+        .await?;
+    Ok(Json(user_json(&u)))
+}
+
+async fn remove_user(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+) -> ApiResult<StatusCode> {
+    api.admin(&headers).await?;
+    let a = account.clone();
+    let removed = api
+        .service
+        .store()
+        .write(move |tx| users::remove(tx, &a))
+        .await?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Error::NotFound {
+            what: format!("user `{account}`"),
+        }
+        .into())
+    }
+}
+
+async fn list_roles(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
+    api.caller(&headers).await?;
+    Ok(Json(json!(api.service.store().read(roles::list).await?)))
+}
+
+async fn create_role(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(spec): Json<RoleSpec>,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    api.admin(&headers).await?;
+    let s = spec.clone();
+    api.service
+        .store()
+        .write(move |tx| roles::create(tx, &s, now_ms()))
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(spec))))
+}
+
+async fn get_role(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    api.caller(&headers).await?;
+    let n = name.clone();
+    let r = api
+        .service
+        .store()
+        .read(move |tx| roles::get(tx, &n))
+        .await?
+        .ok_or(Error::NotFound {
+            what: format!("role `{name}`"),
+        })?;
+    Ok(Json(json!(r)))
+}
+
+async fn set_role(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(spec): Json<RoleSpec>,
+) -> ApiResult<Json<Json_>> {
+    api.admin(&headers).await?;
+    if spec.name != name {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid",
+            format!("the body names role `{}`, the path `{name}`", spec.name),
+        ));
+    }
+    let s = spec.clone();
+    api.service
+        .store()
+        .write(move |tx| roles::replace(tx, &s, now_ms()))
+        .await?;
+    Ok(Json(json!(spec)))
+}
+
+async fn remove_role(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    api.admin(&headers).await?;
+    let n = name.clone();
+    if api
+        .service
+        .store()
+        .write(move |tx| roles::remove(tx, &n))
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Error::NotFound {
+            what: format!("role `{name}`"),
+        }
+        .into())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    #[serde(default)]
+    id: Option<i64>,
+    #[serde(default)]
+    account: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    since_ms: Option<i64>,
+    #[serde(default)]
+    until_ms: Option<i64>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+async fn list_events(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<EventQuery>,
+) -> ApiResult<Json<Json_>> {
+    api.admin(&headers).await?;
+    let f = Filter {
+        id: q.id,
+        account: q.account,
+        role: q.role,
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
+        limit: q.limit,
+    };
+    let list = api
+        .service
+        .store()
+        .read(move |tx| events::list(tx, &f))
+        .await?;
+    let out: Vec<Json_> = list
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.seq, "id": e.id, "severity": e.severity, "source": e.source, "at": e.at,
+                "account": e.account, "role": e.role, "request": e.request, "provider": e.provider,
+                "message": e.message, "hash": e.hash,
+            })
+        })
+        .collect();
+    Ok(Json(Json_::Array(out)))
+}
+
+async fn verify_events(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
+    api.admin(&headers).await?;
+    let v = api.service.store().read(events::verify).await?;
+    Ok(Json(match v {
+        events::Verification::Intact(n) => json!({"intact": true, "events": n}),
+        events::Verification::Broken { seq, reason } => {
+            json!({"intact": false, "seq": seq, "reason": reason})
+        }
+    }))
+}
+
+async fn list_providers(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
+    api.caller(&headers).await?;
+    let mut out = Vec::new();
+    for p in api.service.providers().iter() {
+        let health = match p.health().await {
+            Ok(h) => json!(h),
+            Err(e) => json!({"status": "down", "message": e.to_string()}),
+        };
+        out.push(json!({
+            "id": p.id(), "info": p.info(), "isolation": p.plugin.isolation.to_string(),
+            "sha256": p.plugin.sha256, "health": health,
+        }));
+    }
+    Ok(Json(Json_::Array(out)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    account: String,
+    #[serde(default)]
+    admin: bool,
+    #[serde(default)]
+    label: String,
+}
+
+async fn create_token(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(b): Json<TokenBody>,
+) -> ApiResult<(StatusCode, Json<Json_>)> {
+    api.admin(&headers).await?;
+    let (account, admin) = (b.account.clone(), b.admin);
+    let token = api
+        .service
+        .store()
+        .write(move |tx| tokens::issue(tx, &b.account, b.admin, &b.label, now_ms()))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"account": account, "admin": admin, "token": token})),
+    ))
+}
+
+async fn openapi() -> Json<Json_> {
+    Json(openapi_document())
+}
+
+/// The OpenAPI 3.1 document of the API.
+pub fn openapi_document() -> Json_ {
+    let op = |summary: &str, admin: bool| {
+        json!({"summary": summary, "security": [{"bearer": []}],
+               "x-rolegate-admin": admin,
+               "responses": {"200": {"description": "OK"}, "401": {"description": "no or bad token"},
+                             "403": {"description": "refused by policy, or not an admin"},
+                             "404": {"description": "not found"}, "409": {"description": "conflict"},
+                             "422": {"description": "invalid input"}}})
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "rolegate", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Privileged role activation gated by pluggable MFA. Errors are {\"error\": {\"code\", \"message\"}}."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/v1/requests": {"post": op("Request a role (New-PAMRequest): {role, justification, ttl_s?, provider?}", false),
+                              "get": op("The caller's requests", false)},
+            "/v1/requests/{id}": {"get": op("A request (Get-PAMRequest)", false)},
+            "/v1/requests/{id}/answer": {"post": op("Answer the MFA prompt: {code} or {input}", false)},
+            "/v1/requests/{id}/poll": {"post": op("Poll an out-of-band MFA (a phone call)", false)},
+            "/v1/requests/{id}/close": {"post": op("Close a request (Close-PAMRequest)", false)},
+            "/v1/approvals": {"get": op("Requests to approve (Get-PAMRequestToApprove)", false)},
+            "/v1/approvals/{id}/approve": {"post": op("Approve (Set-PAMRequestToApprove -Approve)", false)},
+            "/v1/approvals/{id}/reject": {"post": op("Reject: {reason?} (Set-PAMRequestToApprove -Reject)", false)},
+            "/v1/users": {"get": op("Users (Get-PAMUser)", true), "post": op("New user (New-PAMUser)", true)},
+            "/v1/users/{account}": {"get": op("A user", false), "patch": op("Change a user (Set-PAMUser); a phone change raises event 825", true),
+                                    "delete": op("Remove a user (Remove-PAMUser)", true)},
+            "/v1/roles": {"get": op("Roles (Get-PAMRole)", false), "post": op("New role (New-PAMRole)", true)},
+            "/v1/roles/{name}": {"get": op("A role", false), "put": op("Replace a role's policy (Set-PAMRole)", true),
+                                 "delete": op("Remove a role (Remove-PAMRole)", true)},
+            "/v1/events": {"get": op("Events, newest first: ?id&account&role&since_ms&until_ms&limit", true)},
+            "/v1/events/verify": {"get": op("Verify the event hash chain", true)},
+            "/v1/providers": {"get": op("Providers with their health", false)},
+            "/v1/tokens": {"post": op("Issue a token: {account, admin?, label?}; shown once", true)},
+        }
+    })
+}

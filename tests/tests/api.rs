@@ -1,0 +1,291 @@
+//! The daemon over HTTP: `rolegate serve` started as a process, driven with real requests.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rolegate_e2e::{hello_lib, rolegate_bin, write_private};
+use serde_json::{Value, json};
+
+struct Daemon {
+    child: Child,
+    url: String,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Daemon {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rolegate.toml");
+    write_private(
+        &cfg,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
+            hello_lib().display()
+        ),
+    );
+    let mut child = Command::new(rolegate_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut url, mut admin) = (None, None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while url.is_none() && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        if let Some(t) = line.trim().strip_prefix("export ROLEGATE_TOKEN=") {
+            admin = Some(t.to_string());
+        }
+        if let Some(rest) = line.strip_prefix("rolegate: serving on ") {
+            url = rest.split_whitespace().next().map(String::from);
+        }
+    }
+    Daemon {
+        child,
+        url: url.expect("the daemon did not start in 20 s"),
+        admin: admin.expect("no first admin token printed"),
+        _dir: dir,
+    }
+}
+
+async fn call(
+    d: &Daemon,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("{}{path}", d.url);
+    let mut req = match method {
+        "GET" => client.get(&url),
+        "POST" => client.post(&url),
+        "PATCH" => client.patch(&url),
+        "PUT" => client.put(&url),
+        _ => client.delete(&url),
+    };
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn a_user_activates_a_role_through_mfa_over_http() {
+    let d = start();
+    let admin = d.admin.clone();
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "CONTOSO\\jdoe", "display_name": "Jane", "phone": "425 555 0100"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "CONTOSO\\boss"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let role = json!({"name": "Domain Admins", "candidates": ["CONTOSO\\jdoe"], "approvers": ["CONTOSO\\boss"],
+                      "ttl_s": 3600, "max_ttl_s": 7200, "mfa_enabled": true, "approval_enabled": true, "providers": ["hello"]});
+    let (s, _) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
+    assert_eq!(s, 201);
+    let (s, t) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "CONTOSO\\jdoe"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let user = t["token"].as_str().unwrap().to_string();
+    let (_, t) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "CONTOSO\\boss"})),
+    )
+    .await;
+    let boss = t["token"].as_str().unwrap().to_string();
+
+    let (s, r) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "Domain Admins", "justification": "patch night"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["state"], "pending_mfa");
+    let id = r["id"].as_str().unwrap().to_string();
+    let digits = r["prompt"]["message"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let answer: String = digits.chars().rev().collect();
+    let (s, r) = call(
+        &d,
+        Some(&user),
+        "POST",
+        &format!("/v1/requests/{id}/answer"),
+        Some(json!({"code": answer})),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["state"], "pending_approval");
+
+    // The requester cannot approve; the approver sees it and approves.
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403, "{e}");
+    let (_, list) = call(&d, Some(&boss), "GET", "/v1/approvals", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (s, r) = call(
+        &d,
+        Some(&boss),
+        "POST",
+        &format!("/v1/approvals/{id}/approve"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["state"], "active");
+
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=103", None).await;
+    assert_eq!(ev.as_array().unwrap().len(), 1);
+    let (_, v) = call(&d, Some(&admin), "GET", "/v1/events/verify", None).await;
+    assert_eq!(v["intact"], true);
+    let (s, r) = call(
+        &d,
+        Some(&user),
+        "POST",
+        &format!("/v1/requests/{id}/close"),
+        None,
+    )
+    .await;
+    assert_eq!((s, r["state"].as_str()), (200, Some("closed")));
+}
+
+#[tokio::test]
+async fn refusals_over_http_have_status_codes_and_messages() {
+    let d = start();
+    let (s, e) = call(&d, None, "GET", "/v1/roles", None).await;
+    assert_eq!(s, 401);
+    assert_eq!(e["error"]["code"], "unauthorized");
+    let (s, _) = call(&d, Some("rg_nonsense"), "GET", "/v1/roles", None).await;
+    assert_eq!(s, 401);
+    let admin = d.admin.clone();
+    call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    let (_, t) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    let user = t["token"].as_str().unwrap().to_string();
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "eve"})),
+    )
+    .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (403, Some("forbidden")));
+    let (s, e) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "x", "phone": "call me"})),
+    )
+    .await;
+    assert_eq!(s, 422);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("phone number `call me`"),
+        "{e}"
+    );
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "nope"})),
+    )
+    .await;
+    assert_eq!(
+        (s, e["error"]["message"].as_str()),
+        (404, Some("role `nope` not found"))
+    );
+    let (s, e) = call(
+        &d,
+        Some(&admin),
+        "PATCH",
+        "/v1/users/jdoe",
+        Some(json!({"phone": "+44 20 7946 0958"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=825", None).await;
+    assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+    let (s, doc) = call(&d, None, "GET", "/openapi.json", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+}
