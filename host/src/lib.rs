@@ -6,6 +6,7 @@
 pub mod activation;
 pub mod api;
 pub mod check;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -17,12 +17,235 @@ use rolegate::plugins::{self, Plugin, Providers};
     about = "Privileged role activation gated by pluggable MFA"
 )]
 struct Cli {
+    /// The daemon's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "ROLEGATE_URL",
+        default_value = "http://127.0.0.1:8420"
+    )]
+    server: String,
+    /// Your API token (prefer the environment variable: command lines are visible to others).
+    #[arg(long, global = true, env = "ROLEGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(clap::Args, Default)]
+struct RoleArgs {
+    /// Candidate accounts, comma-separated (New-PAMRole -Candidates).
+    #[arg(long, value_delimiter = ',')]
+    candidates: Option<Vec<String>>,
+    /// Approver accounts, comma-separated (-Approvers).
+    #[arg(long, value_delimiter = ',')]
+    approvers: Option<Vec<String>>,
+    /// Default activation length, seconds (-TTL).
+    #[arg(long)]
+    ttl: Option<i64>,
+    /// Longest activation, seconds.
+    #[arg(long)]
+    max_ttl: Option<i64>,
+    /// 1 to require MFA through the role's providers, 0 for none (-MFAEnabled).
+    #[arg(long)]
+    mfa_enabled: Option<u8>,
+    /// 1 to require an approver's approval (-ApprovalEnabled).
+    #[arg(long)]
+    approval_enabled: Option<u8>,
+    /// 1 to require a justification.
+    #[arg(long)]
+    justification_required: Option<u8>,
+    /// Accepted MFA providers in order of preference, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    providers: Option<Vec<String>>,
+    /// Availability window days (`mon-fri`), comma-separated (-AvailabilityWindowEnabled).
+    #[arg(long, value_delimiter = ',')]
+    available_days: Option<Vec<String>>,
+    /// Window opening time, HH:MM (-AvailableFrom).
+    #[arg(long)]
+    available_from: Option<String>,
+    /// Window closing time, HH:MM (-AvailableTo).
+    #[arg(long)]
+    available_to: Option<String>,
+    /// Window time zone (IANA).
+    #[arg(long)]
+    time_zone: Option<String>,
+    /// Remove the availability window.
+    #[arg(long)]
+    no_window: bool,
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user (New-PAMUser).
+    New {
+        /// Account (`CONTOSO\jdoe`).
+        account: String,
+        /// Display name.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Phone number; the default country code applies when it has none.
+        #[arg(long)]
+        phone: Option<String>,
+        /// E-mail address.
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Change a user (Set-PAMUser); a phone change raises event 825.
+    Set {
+        /// Account.
+        account: String,
+        /// Display name.
+        #[arg(long)]
+        display_name: Option<String>,
+        /// Phone number (empty to remove).
+        #[arg(long)]
+        phone: Option<String>,
+        /// E-mail (empty to remove).
+        #[arg(long)]
+        email: Option<String>,
+        /// Enable or disable the user.
+        #[arg(long)]
+        enabled: Option<bool>,
+    },
+    /// Show one user, or all (Get-PAMUser).
+    Get {
+        /// Account; all users when omitted.
+        account: Option<String>,
+    },
+    /// Remove a user (Remove-PAMUser).
+    Remove {
+        /// Account.
+        account: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RoleCommand {
+    /// Add a role (New-PAMRole).
+    New {
+        /// Role name.
+        name: String,
+        #[command(flatten)]
+        args: RoleArgs,
+    },
+    /// Change a role (Set-PAMRole).
+    Set {
+        /// Role name.
+        name: String,
+        #[command(flatten)]
+        args: RoleArgs,
+    },
+    /// Show one role, or all (Get-PAMRole).
+    Get {
+        /// Role name; all roles when omitted.
+        name: Option<String>,
+    },
+    /// Remove a role (Remove-PAMRole).
+    Remove {
+        /// Role name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum RequestCommand {
+    /// Request a role and complete its MFA here (New-PAMRequest).
+    New {
+        /// The role.
+        #[arg(long)]
+        role: String,
+        /// Why (-Justification).
+        #[arg(long, default_value = "")]
+        justification: String,
+        /// Activation length, seconds (-RequestedTTL).
+        #[arg(long)]
+        ttl: Option<i64>,
+        /// The MFA provider, when the role accepts several.
+        #[arg(long)]
+        provider: Option<String>,
+    },
+    /// Show a request, or your requests (Get-PAMRequest).
+    Get {
+        /// Request id; your requests when omitted.
+        id: Option<String>,
+    },
+    /// Close a request (Close-PAMRequest).
+    Close {
+        /// Request id.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApprovalCommand {
+    /// Requests waiting for you (Get-PAMRequestToApprove).
+    List,
+    /// Approve (Set-PAMRequestToApprove -Approve).
+    Approve {
+        /// Request id.
+        id: String,
+    },
+    /// Reject (Set-PAMRequestToApprove -Reject).
+    Reject {
+        /// Request id.
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Users (the PAM user cmdlets).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Roles (the PAM role cmdlets).
+    Role {
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
+    /// Activation requests.
+    Request {
+        #[command(subcommand)]
+        command: RequestCommand,
+    },
+    /// Requests to approve.
+    Approval {
+        #[command(subcommand)]
+        command: ApprovalCommand,
+    },
+    /// The event log; `events verify` checks its hash chain.
+    Events {
+        /// `verify` to check the chain.
+        action: Option<String>,
+        /// Only this event id.
+        #[arg(long)]
+        id: Option<i64>,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this role.
+        #[arg(long)]
+        role: Option<String>,
+        /// Only since this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Inspect and check provider plugins.
     Provider {
         #[command(subcommand)]
@@ -57,6 +280,22 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token for an account; it is shown once.
+    New {
+        /// The account it speaks for.
+        #[arg(long)]
+        account: String,
+        /// Let it administer users, roles, tokens and events.
+        #[arg(long)]
+        admin: bool,
+        /// A note for admins.
+        #[arg(long, default_value = "")]
+        label: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum ProviderCommand {
     /// Run the conformance checks against a plugin library; exits non-zero on any failure.
     Check {
@@ -72,14 +311,11 @@ enum ProviderCommand {
         #[arg(long, default_value_t = 5000)]
         deadline_ms: u64,
     },
-    /// Load every provider of a config and show it with its health.
+    /// The daemon's providers with their health; with --config, load a config's providers here.
     List {
-        /// The host's config file.
-        #[arg(long, env = "ROLEGATE_CONFIG")]
-        config: PathBuf,
-        /// Print JSON instead of a table.
+        /// Load the providers of this config file instead of asking the daemon.
         #[arg(long)]
-        json: bool,
+        config: Option<PathBuf>,
     },
     /// Print a library's SHA-256, the value for its `sha256` pin.
     Pin {
@@ -118,7 +354,29 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (server, token, json) = (cli.server.clone(), cli.token.clone(), cli.json);
+    let go = |r: Remote| remote(&server, token.clone(), json, r);
     match cli.command {
+        Command::User { command } => go(Remote::User(command)),
+        Command::Role { command } => go(Remote::Role(command)),
+        Command::Request { command } => go(Remote::Request(command)),
+        Command::Approval { command } => go(Remote::Approval(command)),
+        Command::Token { command } => go(Remote::Token(command)),
+        Command::Events {
+            action,
+            id,
+            user,
+            role,
+            since,
+            limit,
+        } => go(Remote::Events {
+            action,
+            id,
+            user,
+            role,
+            since,
+            limit,
+        }),
         Command::Provider { command } => match command {
             ProviderCommand::Check {
                 library,
@@ -126,7 +384,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 isolation,
                 deadline_ms,
             } => check(&library, config.as_deref(), isolation, deadline_ms),
-            ProviderCommand::List { config, json } => list(&config, json),
+            ProviderCommand::List {
+                config: Some(config),
+            } => list(&config, cli.json),
+            ProviderCommand::List { config: None } => {
+                remote(&cli.server, cli.token, cli.json, Remote::Providers)
+            }
             ProviderCommand::Pin { library } => {
                 let hash = plugins::library::sha256_file(&library)
                     .with_context(|| format!("cannot read {}", library.display()))?;
@@ -145,6 +408,223 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::PluginWorker { .. } => Ok(ExitCode::from(2)),
     }
+}
+
+enum Remote {
+    User(UserCommand),
+    Role(RoleCommand),
+    Request(RequestCommand),
+    Approval(ApprovalCommand),
+    Token(TokenCommand),
+    Providers,
+    Events {
+        action: Option<String>,
+        id: Option<i64>,
+        user: Option<String>,
+        role: Option<String>,
+        since: Option<String>,
+        limit: i64,
+    },
+}
+
+const USER_COLUMNS: &[(&str, &str)] = &[
+    ("ACCOUNT", "account"),
+    ("DISPLAY NAME", "display_name"),
+    ("PHONE", "phone"),
+    ("EMAIL", "email"),
+    ("ENABLED", "enabled"),
+];
+const ROLE_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "name"),
+    ("MFA", "mfa_enabled"),
+    ("PROVIDERS", "providers"),
+    ("APPROVAL", "approval_enabled"),
+    ("TTL", "ttl_s"),
+    ("MAX TTL", "max_ttl_s"),
+    ("CANDIDATES", "candidates"),
+];
+const REQUEST_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("USER", "account"),
+    ("ROLE", "role"),
+    ("STATE", "state"),
+    ("PROVIDER", "provider"),
+    ("REASON", "reason"),
+];
+
+fn role_body(
+    name: &str,
+    base: Option<serde_json::Value>,
+    a: RoleArgs,
+) -> anyhow::Result<serde_json::Value> {
+    use serde_json::json;
+    let mut v = base.unwrap_or_else(|| {
+        json!({"name": name, "candidates": [], "approvers": [], "ttl_s": 3600, "max_ttl_s": 3600,
+               "justification_required": false, "approval_enabled": false, "mfa_enabled": false, "providers": []})
+    });
+    let flag = |x: u8, key: &str| -> anyhow::Result<bool> {
+        match x {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => bail!("--{key} takes 1 or 0"),
+        }
+    };
+    if let Some(c) = a.candidates {
+        v["candidates"] = json!(c);
+    }
+    if let Some(c) = a.approvers {
+        v["approvers"] = json!(c);
+    }
+    if let Some(t) = a.ttl {
+        v["ttl_s"] = json!(t);
+        if a.max_ttl.is_none() && v["max_ttl_s"].as_i64().unwrap_or(0) < t {
+            v["max_ttl_s"] = json!(t);
+        }
+    }
+    if let Some(t) = a.max_ttl {
+        v["max_ttl_s"] = json!(t);
+    }
+    if let Some(m) = a.mfa_enabled {
+        v["mfa_enabled"] = json!(flag(m, "mfa-enabled")?);
+    }
+    if let Some(m) = a.approval_enabled {
+        v["approval_enabled"] = json!(flag(m, "approval-enabled")?);
+    }
+    if let Some(m) = a.justification_required {
+        v["justification_required"] = json!(flag(m, "justification-required")?);
+    }
+    if let Some(p) = a.providers {
+        v["providers"] = json!(p);
+    }
+    if a.no_window {
+        v["availability"] = serde_json::Value::Null;
+    } else if a.available_days.is_some() || a.available_from.is_some() || a.available_to.is_some() {
+        let old = v["availability"].clone();
+        v["availability"] = json!({
+            "days": a.available_days.map(|d| json!(d)).unwrap_or_else(|| old["days"].clone()),
+            "from": a.available_from.map(|d| json!(d)).unwrap_or_else(|| old["from"].clone()),
+            "to": a.available_to.map(|d| json!(d)).unwrap_or_else(|| old["to"].clone()),
+            "time_zone": a.time_zone.map(|d| json!(d)).unwrap_or_else(|| {
+                if old["time_zone"].is_null() { json!("UTC") } else { old["time_zone"].clone() }
+            }),
+        });
+    }
+    Ok(v)
+}
+
+fn remote(
+    server: &str,
+    token: Option<String>,
+    json: bool,
+    what: Remote,
+) -> anyhow::Result<ExitCode> {
+    use rolegate::client::{Client, request_summary, segment, table};
+    use serde_json::json;
+    let client = Client::new(server, token);
+    let rt = runtime()?;
+    let (value, columns): (serde_json::Value, Option<&[(&str, &str)]>) = rt.block_on(async {
+        anyhow::Ok(match what {
+            Remote::User(c) => match c {
+                UserCommand::New { account, display_name, phone, email } => (
+                    client.call("POST", "/v1/users", Some(json!({"account": account,
+                        "display_name": display_name.unwrap_or_default(), "phone": phone, "email": email}))).await?,
+                    Some(USER_COLUMNS),
+                ),
+                UserCommand::Set { account, display_name, phone, email, enabled } => {
+                    let mut body = serde_json::Map::new();
+                    if let Some(d) = display_name { body.insert("display_name".into(), json!(d)); }
+                    if let Some(p) = phone { body.insert("phone".into(), if p.is_empty() { json!(null) } else { json!(p) }); }
+                    if let Some(e) = email { body.insert("email".into(), if e.is_empty() { json!(null) } else { json!(e) }); }
+                    if let Some(e) = enabled { body.insert("enabled".into(), json!(e)); }
+                    (client.call("PATCH", &format!("/v1/users/{}", segment(&account)), Some(body.into())).await?, Some(USER_COLUMNS))
+                }
+                UserCommand::Get { account: Some(a) } => (client.call("GET", &format!("/v1/users/{}", segment(&a)), None).await?, Some(USER_COLUMNS)),
+                UserCommand::Get { account: None } => (client.call("GET", "/v1/users", None).await?, Some(USER_COLUMNS)),
+                UserCommand::Remove { account } => {
+                    client.call("DELETE", &format!("/v1/users/{}", segment(&account)), None).await?;
+                    (json!(format!("removed user `{account}`")), None)
+                }
+            },
+            Remote::Role(c) => match c {
+                RoleCommand::New { name, args } => {
+                    let body = role_body(&name, None, args)?;
+                    (client.call("POST", "/v1/roles", Some(body)).await?, Some(ROLE_COLUMNS))
+                }
+                RoleCommand::Set { name, args } => {
+                    let path = format!("/v1/roles/{}", segment(&name));
+                    let current = client.call("GET", &path, None).await?;
+                    let body = role_body(&name, Some(current), args)?;
+                    (client.call("PUT", &path, Some(body)).await?, Some(ROLE_COLUMNS))
+                }
+                RoleCommand::Get { name: Some(n) } => (client.call("GET", &format!("/v1/roles/{}", segment(&n)), None).await?, Some(ROLE_COLUMNS)),
+                RoleCommand::Get { name: None } => (client.call("GET", "/v1/roles", None).await?, Some(ROLE_COLUMNS)),
+                RoleCommand::Remove { name } => {
+                    client.call("DELETE", &format!("/v1/roles/{}", segment(&name)), None).await?;
+                    (json!(format!("removed role `{name}`")), None)
+                }
+            },
+            Remote::Request(c) => match c {
+                RequestCommand::New { role, justification, ttl, provider } => {
+                    let v = client.call("POST", "/v1/requests", Some(json!({"role": role,
+                        "justification": justification, "ttl_s": ttl, "provider": provider}))).await?;
+                    let v = rolegate::client::walk_request(&client, v).await?;
+                    if json { (v, None) } else { (json!(request_summary(&v)), None) }
+                }
+                RequestCommand::Get { id: Some(id) } => (client.call("GET", &format!("/v1/requests/{}", segment(&id)), None).await?, Some(REQUEST_COLUMNS)),
+                RequestCommand::Get { id: None } => (client.call("GET", "/v1/requests", None).await?, Some(REQUEST_COLUMNS)),
+                RequestCommand::Close { id } => {
+                    let v = client.call("POST", &format!("/v1/requests/{}/close", segment(&id)), None).await?;
+                    if json { (v, None) } else { (json!(request_summary(&v)), None) }
+                }
+            },
+            Remote::Approval(c) => match c {
+                ApprovalCommand::List => (client.call("GET", "/v1/approvals", None).await?, Some(REQUEST_COLUMNS)),
+                ApprovalCommand::Approve { id } => {
+                    let v = client.call("POST", &format!("/v1/approvals/{}/approve", segment(&id)), None).await?;
+                    if json { (v, None) } else { (json!(request_summary(&v)), None) }
+                }
+                ApprovalCommand::Reject { id, reason } => {
+                    let v = client.call("POST", &format!("/v1/approvals/{}/reject", segment(&id)), Some(json!({"reason": reason}))).await?;
+                    if json { (v, None) } else { (json!(request_summary(&v)), None) }
+                }
+            },
+            Remote::Token(TokenCommand::New { account, admin, label }) => {
+                let v = client.call("POST", "/v1/tokens", Some(json!({"account": account, "admin": admin, "label": label}))).await?;
+                if json { (v, None) } else { (json!(format!("token for `{account}` (shown once): {}", v["token"].as_str().unwrap_or(""))), None) }
+            }
+            Remote::Providers => (client.call("GET", "/v1/providers", None).await?, Some(&[
+                ("ID", "id"), ("NAME", "info.name"), ("VERSION", "info.version"), ("ISOLATION", "isolation"), ("HEALTH", "health.status"),
+            ][..])),
+            Remote::Events { action: Some(a), .. } if a == "verify" => {
+                let v = client.call("GET", "/v1/events/verify", None).await?;
+                if json { (v, None) } else if v["intact"] == true {
+                    (json!(format!("event log intact: {} events verified", v["events"])), None)
+                } else {
+                    bail!("event log TAMPERED at event {}: {}", v["seq"], v["reason"].as_str().unwrap_or(""));
+                }
+            }
+            Remote::Events { action: Some(a), .. } => bail!("unknown events action `{a}`: use `rolegate events verify`"),
+            Remote::Events { action: None, id, user, role, since, limit } => {
+                let mut q = vec![format!("limit={limit}")];
+                if let Some(i) = id { q.push(format!("id={i}")); }
+                if let Some(u) = user { q.push(format!("account={}", segment(&u))); }
+                if let Some(r) = role { q.push(format!("role={}", segment(&r))); }
+                if let Some(s) = since {
+                    let t: jiff::Timestamp = s.parse().with_context(|| format!("--since `{s}` is not an RFC 3339 time"))?;
+                    q.push(format!("since_ms={}", t.as_millisecond()));
+                }
+                (client.call("GET", &format!("/v1/events?{}", q.join("&")), None).await?, Some(&[
+                    ("SEQ", "seq"), ("ID", "id"), ("SEVERITY", "severity"), ("USER", "account"), ("ROLE", "role"), ("MESSAGE", "message"),
+                ][..]))
+            }
+        })
+    })?;
+    match (json, columns, &value) {
+        (false, _, serde_json::Value::String(s)) => println!("{s}"),
+        (false, Some(cols), v) => print!("{}", table(v, cols)),
+        _ => println!("{}", serde_json::to_string_pretty(&value)?),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn read_settings(path: &Path) -> anyhow::Result<serde_json::Value> {

@@ -289,3 +289,167 @@ async fn refusals_over_http_have_status_codes_and_messages() {
     assert_eq!(s, 200);
     assert_eq!(doc["openapi"], "3.1.0");
 }
+
+fn cli(d: &Daemon, token: &str, args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(rolegate_bin())
+        .args(["--server", &d.url])
+        .args(args)
+        .env("ROLEGATE_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_mirrors_the_pam_cmdlets_against_a_running_daemon() {
+    let d = start();
+    let admin = d.admin.clone();
+    let ok = |r: (bool, String)| {
+        assert!(r.0, "{}", r.1);
+        r.1
+    };
+    ok(cli(
+        &d,
+        &admin,
+        &[
+            "user",
+            "new",
+            "CONTOSO\\jdoe",
+            "--display-name",
+            "Jane Doe",
+            "--phone",
+            "425 555 0100",
+        ],
+        "",
+    ));
+    ok(cli(&d, &admin, &["user", "new", "CONTOSO\\boss"], ""));
+    let out = ok(cli(&d, &admin, &["user", "get", "CONTOSO\\jdoe"], ""));
+    assert!(out.contains("+14255550100"), "{out}");
+    ok(cli(
+        &d,
+        &admin,
+        &[
+            "role",
+            "new",
+            "Domain Admins",
+            "--candidates",
+            "CONTOSO\\jdoe",
+            "--approvers",
+            "CONTOSO\\boss",
+            "--ttl",
+            "3600",
+            "--mfa-enabled",
+            "1",
+            "--providers",
+            "hello",
+        ],
+        "",
+    ));
+    let out = ok(cli(
+        &d,
+        &admin,
+        &["role", "set", "Domain Admins", "--approval-enabled", "1"],
+        "",
+    ));
+    assert!(out.contains("Domain Admins"), "{out}");
+    let out = ok(cli(
+        &d,
+        &admin,
+        &["--json", "token", "new", "--account", "CONTOSO\\jdoe"],
+        "",
+    ));
+    let user: String = serde_json::from_str::<Value>(&out).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .into();
+    let out = ok(cli(
+        &d,
+        &admin,
+        &["--json", "token", "new", "--account", "CONTOSO\\boss"],
+        "",
+    ));
+    let boss: String = serde_json::from_str::<Value>(&out).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .into();
+
+    // A wrong code on standard input: the challenge fails after the attempts, clearly.
+    let (okay, out) = cli(
+        &d,
+        &user,
+        &[
+            "request",
+            "new",
+            "--role",
+            "Domain Admins",
+            "--justification",
+            "x",
+        ],
+        "000000\n000000\n000000\n",
+    );
+    assert!(okay, "{out}");
+    assert!(
+        out.contains("failed (wrong code; no attempts left)"),
+        "{out}"
+    );
+
+    // The right code: read the prompt, answer it, then the approver approves.
+    let (_, pending) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "Domain Admins"})),
+    )
+    .await;
+    let id = pending["id"].as_str().unwrap().to_string();
+    let digits = pending["prompt"]["message"]
+        .as_str()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    let answer: String = digits.chars().rev().collect();
+    call(
+        &d,
+        Some(&user),
+        "POST",
+        &format!("/v1/requests/{id}/answer"),
+        Some(json!({"code": answer})),
+    )
+    .await;
+    let out = ok(cli(&d, &boss, &["approval", "list"], ""));
+    assert!(
+        out.contains(&id) && out.contains("pending_approval"),
+        "{out}"
+    );
+    let out = ok(cli(&d, &boss, &["approval", "approve", &id], ""));
+    assert!(out.contains("is active until"), "{out}");
+    let out = ok(cli(&d, &admin, &["events", "--id", "103"], ""));
+    assert!(out.contains("MFA completed"), "{out}");
+    let out = ok(cli(&d, &admin, &["events", "verify"], ""));
+    assert!(out.starts_with("event log intact:"), "{out}");
+    let (okay, out) = cli(&d, &user, &["user", "new", "eve"], "");
+    assert!(!okay && out.contains("this needs an admin token"), "{out}");
+    let (okay, out) = cli(&d, "rg_bad", &["role", "get"], "");
+    assert!(!okay && out.contains("the token is not valid"), "{out}");
+}

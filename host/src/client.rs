@@ -1,0 +1,271 @@
+//! The CLI's side of the API: a small client for the daemon, with human and JSON output.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+
+/// A client of one daemon, with one token.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+fn transport(url: &str, e: reqwest::Error) -> Error {
+    Error::Io {
+        what: format!(
+            "cannot reach the rolegate daemon at {url} (is `rolegate serve` running? set --server or ROLEGATE_URL)"
+        ),
+        source: std::io::Error::other(e.without_url().to_string()),
+    }
+}
+
+impl Client {
+    /// A client of the daemon at `base` (`http://127.0.0.1:8420`).
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Sends one call; an error answer becomes an error naming the server's message.
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut req = match method {
+            "GET" => self.http.get(&url),
+            "POST" => self.http.post(&url),
+            "PATCH" => self.http.patch(&url),
+            "PUT" => self.http.put(&url),
+            _ => self.http.delete(&url),
+        };
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| transport(&self.base, e))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| transport(&self.base, e))?;
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let message = value["error"]["message"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| value.as_str().unwrap_or("").to_string());
+        Err(match status.as_u16() {
+            401 => Error::Refused(crate::role::Refusal::UserNotAllowed {
+                account: format!("(token) {message}; set --token or ROLEGATE_TOKEN"),
+            }),
+            404 => Error::NotFound {
+                what: message.trim_end_matches(" not found").to_string(),
+            },
+            409 => Error::Conflict(message),
+            _ => Error::Invalid {
+                what: format!("server ({status})"),
+                message,
+            },
+        })
+    }
+}
+
+/// Percent-encodes one path segment (accounts hold `\`).
+pub fn segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Prints rows of `columns` from a JSON array (or one object) as an aligned table.
+pub fn table(value: &Value, columns: &[(&str, &str)]) -> String {
+    let rows: Vec<&Value> = match value {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    let cell = |v: &Value, key: &str| -> String {
+        let mut cur = v;
+        for part in key.split('.') {
+            cur = &cur[part];
+        }
+        match cur {
+            Value::Null => "-".into(),
+            Value::String(s) => s.clone(),
+            Value::Array(a) => a
+                .iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            other => other.to_string(),
+        }
+    };
+    let mut widths: Vec<usize> = columns.iter().map(|(h, _)| h.len()).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| columns.iter().map(|(_, k)| cell(r, k)).collect())
+        .collect();
+    for row in &cells {
+        for (i, c) in row.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |vals: Vec<&str>, out: &mut String| {
+        let parts: Vec<String> = vals
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!("{v:<w$}", w = widths[i]))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(columns.iter().map(|(h, _)| *h).collect(), &mut out);
+    for row in &cells {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+fn end_time(v: &Value) -> String {
+    v["expires_at"]
+        .as_i64()
+        .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Walks a new request through its MFA in the terminal: reads codes without echo, shows a
+/// spinner while a provider waits, and ends with the request's final state.
+pub async fn walk_request(client: &Client, mut v: Value) -> Result<Value> {
+    let frames = ['|', '/', '-', '\\'];
+    let mut frame = 0;
+    loop {
+        if v["state"] != "pending_mfa" {
+            break;
+        }
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        if let Some(reason) = v["reason"].as_str() {
+            eprintln!("{reason}");
+        }
+        let prompt = v["prompt"].clone();
+        match prompt["kind"].as_str() {
+            Some("code") => {
+                let message = prompt["message"].as_str().unwrap_or("Enter the code");
+                let code = read_code(message)?;
+                match client
+                    .call(
+                        "POST",
+                        &format!("/v1/requests/{id}/answer"),
+                        Some(json!({"code": code.trim()})),
+                    )
+                    .await
+                {
+                    Ok(next) => v = next,
+                    // A malformed code changes nothing on the server: ask again.
+                    Err(Error::Invalid { message, .. }) => {
+                        eprintln!("{message}");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Some("wait") | Some("phone") => {
+                let status = prompt["status"]
+                    .as_str()
+                    .or(prompt["message"].as_str())
+                    .unwrap_or("waiting for the provider");
+                let after = prompt["poll_after_ms"]
+                    .as_u64()
+                    .unwrap_or(1000)
+                    .clamp(200, 10_000);
+                let mut err = std::io::stderr();
+                let _ = write!(err, "\r{} {status}   ", frames[frame % frames.len()]);
+                let _ = err.flush();
+                frame += 1;
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                v = client
+                    .call("POST", &format!("/v1/requests/{id}/poll"), None)
+                    .await?;
+                if v["state"] != "pending_mfa" {
+                    let _ = writeln!(err);
+                }
+            }
+            other => {
+                return Err(Error::Invalid {
+                    what: "prompt".into(),
+                    message: format!(
+                        "this terminal cannot answer a `{}` prompt; use the web page",
+                        other.unwrap_or("unknown")
+                    ),
+                });
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// Reads a code: from the terminal without echo, or a line of standard input for scripts.
+fn read_code(message: &str) -> Result<String> {
+    use std::io::IsTerminal as _;
+    let io = |source| Error::Io {
+        what: "reading the code".into(),
+        source,
+    };
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(format!("{message}: ")).map_err(io);
+    }
+    eprintln!("{message}:");
+    let mut line = String::new();
+    let n = std::io::stdin().read_line(&mut line).map_err(io)?;
+    if n == 0 {
+        return Err(Error::Invalid {
+            what: "code".into(),
+            message: "standard input ended before a code was given".into(),
+        });
+    }
+    Ok(line)
+}
+
+/// One line about a request's outcome, for people.
+pub fn request_summary(v: &Value) -> String {
+    let id = v["id"].as_str().unwrap_or("-");
+    let role = v["role"].as_str().unwrap_or("-");
+    match v["state"].as_str() {
+        Some("active") => format!(
+            "request {id}: role `{role}` is active until {}",
+            end_time(v)
+        ),
+        Some("pending_approval") => {
+            format!("request {id}: MFA done; waiting for an approver of `{role}`")
+        }
+        Some(state) => format!(
+            "request {id}: {state}{}",
+            v["reason"]
+                .as_str()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+        None => format!("request {id}"),
+    }
+}
