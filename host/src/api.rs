@@ -34,6 +34,9 @@ impl From<Error> for ApiError {
         use rolegate_sdk::ErrorKind;
         let (status, code) = match &e {
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            Error::Refused(crate::role::Refusal::RateLimited { .. }) => {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+            }
             Error::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
             Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Error::Invalid { .. } | Error::Phone { .. } => {

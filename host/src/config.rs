@@ -98,6 +98,13 @@ pub struct PolicyConfig {
     /// How long a request may wait for approval, seconds.
     #[serde(default = "default_approval_s")]
     pub approval_timeout_s: i64,
+    /// Requests one account may create per minute.
+    #[serde(default = "default_rpm")]
+    pub requests_per_minute: u32,
+}
+
+fn default_rpm() -> u32 {
+    30
 }
 
 fn default_cc() -> u16 {
@@ -124,6 +131,7 @@ impl Default for PolicyConfig {
             lockout_threshold: default_lockout(),
             lockout_s: default_lockout_s(),
             approval_timeout_s: default_approval_s(),
+            requests_per_minute: default_rpm(),
         }
     }
 }

@@ -769,6 +769,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             lockout_threshold: p.lockout_threshold,
             lockout_duration: jiff::SignedDuration::from_secs(p.lockout_s),
             approval_timeout: jiff::SignedDuration::from_secs(p.approval_timeout_s),
+            requests_per_minute: p.requests_per_minute,
             ..Default::default()
         };
         let service = Arc::new(rolegate::service::Service::new(

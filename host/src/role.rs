@@ -73,6 +73,11 @@ pub enum Refusal {
         /// Until when, RFC 3339.
         until: String,
     },
+    /// The user asks for activations faster than the rate limit allows.
+    RateLimited {
+        /// Seconds until the next request is allowed.
+        retry_after_s: i64,
+    },
     /// The user chose a provider the role does not accept, or cannot use.
     ProviderNotAllowed {
         /// The role.
@@ -124,6 +129,9 @@ impl fmt::Display for Refusal {
                 f,
                 "too many failed attempts with `{provider}`: locked out until {until} (an admin can unlock)"
             ),
+            Refusal::RateLimited { retry_after_s } => {
+                write!(f, "too many requests; try again in {retry_after_s} s")
+            }
             Refusal::ProviderNotAllowed {
                 role,
                 provider,

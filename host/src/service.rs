@@ -38,6 +38,8 @@ pub struct Settings {
     pub approval_timeout: SignedDuration,
     /// Longest a prompt stays open, whatever the provider asks for.
     pub max_prompt_lifetime: SignedDuration,
+    /// Requests one account may create per minute (a burst of this many, refilled evenly).
+    pub requests_per_minute: u32,
 }
 
 impl Default for Settings {
@@ -49,6 +51,7 @@ impl Default for Settings {
             lockout_duration: SignedDuration::from_mins(15),
             approval_timeout: SignedDuration::from_hours(24),
             max_prompt_lifetime: SignedDuration::from_mins(10),
+            requests_per_minute: 30,
         }
     }
 }
@@ -178,6 +181,7 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     key: Arc<SealingKey>,
     settings: Settings,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, i64)>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -201,6 +205,33 @@ impl Service {
             clock,
             key,
             settings,
+            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Takes one request from the account's token bucket, or says when the next one is due.
+    fn rate_limit(&self, key: &str, now: Timestamp) -> Result<()> {
+        let per_min = f64::from(self.settings.requests_per_minute.max(1));
+        let now_ms = ms(now);
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() > 100_000 {
+            // Forget full buckets rather than grow without bound.
+            buckets.retain(|_, (tokens, at)| *tokens < per_min && now_ms - *at < 60_000);
+        }
+        let (tokens, at) = buckets.entry(key.to_string()).or_insert((per_min, now_ms));
+        let refill = (now_ms - *at).max(0) as f64 / 60_000.0 * per_min;
+        *tokens = (*tokens + refill).min(per_min);
+        *at = now_ms;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait_s = ((1.0 - *tokens) / per_min * 60.0).ceil() as i64;
+            Err(Error::Refused(Refusal::RateLimited {
+                retry_after_s: wait_s.max(1),
+            }))
         }
     }
 
@@ -308,6 +339,7 @@ impl Service {
         let now = self.clock.now();
         let (a, r) = (account.to_string(), role_name.to_string());
         let key = account_key(account);
+        self.rate_limit(&key, now)?;
         let key2 = key.clone();
         let (spec, user, enrolled) = self
             .store

@@ -587,3 +587,34 @@ async fn closing_ends_an_activation_once() {
         "{verified:?}"
     );
 }
+
+#[tokio::test]
+async fn request_creation_is_rate_limited_per_account() {
+    let w = world_with(Settings {
+        requests_per_minute: 3,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..3 {
+        w.service
+            .request("CONTOSO\\jdoe", "auto", "x", None, None)
+            .await
+            .unwrap();
+    }
+    let e = w
+        .service
+        .request("CONTOSO\\jdoe", "auto", "x", None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), "too many requests; try again in 20 s");
+    // Another account has its own bucket; time refills this one.
+    w.service
+        .request("CONTOSO\\boss", "auto", "x", None, None)
+        .await
+        .unwrap();
+    w.clock.advance(SignedDuration::from_secs(20));
+    w.service
+        .request("CONTOSO\\jdoe", "auto", "x", None, None)
+        .await
+        .unwrap();
+}
