@@ -23,7 +23,13 @@ use crate::users::{self, NewUser, UserChanges};
 #[derive(Clone)]
 pub struct Api {
     service: Arc<Service>,
+    /// Verified tokens (by hash) for a few seconds, so each call does not cost a read.
+    tokens: Arc<std::sync::Mutex<std::collections::HashMap<String, (Caller, i64)>>>,
 }
+
+/// How long a verified token is trusted without a new look-up (a revoked token stops working
+/// within this time).
+const TOKEN_CACHE_MS: i64 = 5_000;
 
 /// An error as the API returns it: a status and `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -78,7 +84,10 @@ fn unauthorized(m: &str) -> ApiError {
 impl Api {
     /// The API over a service.
     pub fn new(service: Arc<Service>) -> Self {
-        Self { service }
+        Self {
+            service,
+            tokens: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
+        }
     }
 
     async fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller> {
@@ -90,11 +99,26 @@ impl Api {
             .ok_or_else(|| unauthorized("send `Authorization: Bearer <token>`"))?
             .to_string();
         let now = jiff::Timestamp::now().as_millisecond();
-        self.service
+        let hash = crate::secrets::token_hash(&token);
+        if let Ok(cache) = self.tokens.lock()
+            && let Some((caller, at)) = cache.get(&hash)
+            && now - at < TOKEN_CACHE_MS
+        {
+            return Ok(caller.clone());
+        }
+        let caller = self
+            .service
             .store()
             .read(move |tx| tokens::verify(tx, &token, now))
             .await?
-            .ok_or_else(|| unauthorized("the token is not valid"))
+            .ok_or_else(|| unauthorized("the token is not valid"))?;
+        if let Ok(mut cache) = self.tokens.lock() {
+            if cache.len() > 100_000 {
+                cache.clear();
+            }
+            cache.insert(hash, (caller.clone(), now));
+        }
+        Ok(caller)
     }
 
     async fn admin(&self, headers: &HeaderMap) -> ApiResult<Caller> {

@@ -445,8 +445,11 @@ impl Service {
         let s = stored.clone_for_write();
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
+        // A request still waiting for its answer is cheap to lose in a power cut (the user
+        // asks again); anything that decides it is fsync'd before the caller hears of it.
+        let durable = !matches!(outcome, Outcome::Prompt { .. });
         self.store
-            .write(move |tx| {
+            .write_with(durable, move |tx| {
                 insert(tx, &s)?;
                 created_events(tx, &s)?;
                 apply(tx, s, outcome, &settings, &key, now)

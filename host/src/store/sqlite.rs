@@ -99,10 +99,16 @@ impl Tx for SqliteTx<'_> {
 type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 type Job = Box<dyn FnOnce(&mut dyn Tx) -> (bool, Completion) + Send>;
 
+/// A queued write and whether it must reach the disk (fsync) before its caller hears back.
+struct Queued {
+    durable: bool,
+    job: Job,
+}
+
 /// A SQLite store.
 pub struct Sqlite {
     path: PathBuf,
-    writer: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<mpsc::Sender<Queued>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -170,7 +176,7 @@ impl Sqlite {
                 }
             }
         }
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Queued>();
         let stop = Arc::new(AtomicBool::new(false));
         let writer = std::thread::Builder::new()
             .name("rolegate-sqlite-writer".into())
@@ -199,9 +205,21 @@ impl Sqlite {
         })
     }
 
-    /// Runs `op` in the next group-commit transaction; returns once it is durable.
+    /// Runs `op` in the next group-commit transaction; returns once it is durable (fsync'd).
     pub async fn write<T: Send + 'static>(
         &self,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.write_with(true, op).await
+    }
+
+    /// Like [`Sqlite::write`], but when `durable` is false the commit survives a crash of
+    /// rolegate and not necessarily a power loss (WAL without fsync): for state that is cheap
+    /// to lose, such as a challenge still waiting for its answer. A batch holding any durable
+    /// write is fsync'd whole.
+    pub async fn write_with<T: Send + 'static>(
+        &self,
+        durable: bool,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = oneshot::channel::<Result<T>>();
@@ -230,10 +248,12 @@ impl Sqlite {
                 what: "writing".into(),
                 message: "the store is closed".into(),
             })?;
-        sender.send(job).map_err(|_| Error::Store {
-            what: "writing".into(),
-            message: "the database writer stopped".into(),
-        })?;
+        sender
+            .send(Queued { durable, job })
+            .map_err(|_| Error::Store {
+                what: "writing".into(),
+                message: "the database writer stopped".into(),
+            })?;
         answer.await.map_err(|_| Error::Store {
             what: "writing".into(),
             message: "the database writer stopped before answering".into(),
@@ -247,7 +267,7 @@ impl Sqlite {
     ) -> Result<T> {
         let readers = Arc::clone(&self.readers);
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
+        let run = move || {
             let conn = match readers.lock().ok().and_then(|mut r| r.pop()) {
                 Some(c) => c,
                 None => open_connection(&path, true)?,
@@ -257,12 +277,13 @@ impl Sqlite {
                 r.push(conn);
             }
             result
-        })
-        .await
-        .map_err(|e| Error::Store {
-            what: "reading".into(),
-            message: format!("the reader failed: {e}"),
-        })?
+        };
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| Error::Store {
+                what: "reading".into(),
+                message: format!("the reader failed: {e}"),
+            })?
     }
 
     /// Finishes queued writes, checkpoints, and stops the background threads.
@@ -291,8 +312,9 @@ impl Drop for Sqlite {
     }
 }
 
-fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
+    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut full = true;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -302,14 +324,25 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         let mut completions = Vec::with_capacity(batch.len());
+        let need_full = batch.iter().any(|q| q.durable);
+        if need_full != full {
+            let pragma = if need_full {
+                "PRAGMA synchronous = FULL"
+            } else {
+                "PRAGMA synchronous = NORMAL"
+            };
+            if conn.execute_batch(pragma).is_ok() {
+                full = need_full;
+            }
+        }
         let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        for job in batch.drain(..) {
+        for Queued { job, .. } in batch.drain(..) {
             if begun.is_err() {
                 let (_, done) = job(&mut FailTx);
                 completions.push(done);
                 continue;
             }
-            let saved = conn.execute_batch("SAVEPOINT op").is_ok();
+            let saved = exec_cached(&conn, "SAVEPOINT op");
             // A panicking write is undone and its caller told the writer failed; the others
             // of the batch go on.
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -318,9 +351,9 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             let ok = matches!(ran, Ok((true, _)));
             if saved {
                 if !ok {
-                    let _ = conn.execute_batch("ROLLBACK TO op");
+                    exec_cached(&conn, "ROLLBACK TO op");
                 }
-                let _ = conn.execute_batch("RELEASE op");
+                exec_cached(&conn, "RELEASE op");
             }
             if let Ok((_, done)) = ran {
                 completions.push(done);
@@ -337,6 +370,13 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Job>) {
             done(outcome.as_deref());
         }
     }
+}
+
+/// Runs a parameterless statement through the statement cache (no re-parsing per write).
+fn exec_cached(conn: &Connection, sql: &str) -> bool {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .is_ok()
 }
 
 /// A transaction that refuses everything (the batch could not begin).
