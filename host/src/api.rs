@@ -579,16 +579,7 @@ async fn list_events(
         .store()
         .read(move |tx| events::list(tx, &f))
         .await?;
-    let out: Vec<Json_> = list
-        .iter()
-        .map(|e| {
-            json!({
-                "seq": e.seq, "id": e.id, "severity": e.severity, "source": e.source, "at": e.at,
-                "account": e.account, "role": e.role, "request": e.request, "provider": e.provider,
-                "message": e.message, "hash": e.hash,
-            })
-        })
-        .collect();
+    let out: Vec<Json_> = list.iter().map(events::to_json).collect();
     Ok(Json(Json_::Array(out)))
 }
 

@@ -21,6 +21,9 @@ pub struct Config {
     /// Limits the host enforces for every provider.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Where events go besides the database.
+    #[serde(default)]
+    pub events: EventsConfig,
     /// How plugins run.
     #[serde(default)]
     pub plugins: PluginsConfig,
@@ -77,6 +80,15 @@ impl Default for StoreConfig {
             key_file: default_key(),
         }
     }
+}
+
+/// Where events go besides the database.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    /// A JSON-lines file that receives every event (for a SIEM), with its chain hash.
+    #[serde(default)]
+    pub jsonl: Option<PathBuf>,
 }
 
 /// Limits every provider gets from the host.
@@ -288,6 +300,11 @@ impl Config {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
+        }
+        if let Some(p) = &mut config.events.jsonl
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
         }
         if let Some(w) = &mut config.plugins.worker
             && w.is_relative()

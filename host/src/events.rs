@@ -319,6 +319,101 @@ pub fn verify(tx: &mut dyn Tx) -> Result<Verification> {
     Ok(Verification::Intact(expected_seq - 1))
 }
 
+/// An event as one JSON object (the API's and the JSON-lines sink's form).
+pub fn to_json(e: &Event) -> serde_json::Value {
+    serde_json::json!({
+        "seq": e.seq, "id": e.id, "severity": e.severity, "source": e.source, "at": e.at,
+        "account": e.account, "role": e.role, "request": e.request, "provider": e.provider,
+        "message": e.message, "prev_hash": e.prev_hash, "hash": e.hash,
+    })
+}
+
+/// Events after `seq`, oldest first, at most `limit` (for exporters that follow the log).
+pub fn after(tx: &mut dyn Tx, seq: i64, limit: i64) -> Result<Vec<Event>> {
+    tx.query(
+        &format!("SELECT {COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"),
+        &[Value::Int(seq), Value::Int(limit.clamp(1, 10_000))],
+    )?
+    .iter()
+    .map(from_row)
+    .collect()
+}
+
+/// Appends new events to a JSON-lines file for a SIEM, following the log.
+///
+/// The last exported sequence number is kept beside the file (`<file>.seq`), so a restart
+/// resumes where it stopped. Delivery is at least once: a crash between writing a line and
+/// recording its number repeats that line; `seq` and `hash` identify duplicates.
+pub struct JsonLinesSink {
+    path: std::path::PathBuf,
+    seq_path: std::path::PathBuf,
+    last: i64,
+}
+
+impl JsonLinesSink {
+    /// Opens the sink, reading where it stopped.
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        let seq_path = path.with_extension("jsonl.seq");
+        let last = match std::fs::read_to_string(&seq_path) {
+            Ok(s) => s.trim().parse().map_err(|_| Error::Config {
+                path: seq_path.clone(),
+                message: "holds no sequence number; delete it to export from the start".into(),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(source) => {
+                return Err(Error::Io {
+                    what: format!("reading {}", seq_path.display()),
+                    source,
+                });
+            }
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            seq_path,
+            last,
+        })
+    }
+
+    /// The last exported sequence number.
+    pub fn last(&self) -> i64 {
+        self.last
+    }
+
+    /// Writes `events` (which must follow `last`) and records the new position.
+    pub fn export(&mut self, events: &[Event]) -> Result<usize> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let fresh: Vec<&Event> = events.iter().filter(|e| e.seq > self.last).collect();
+        let Some(newest) = fresh.last().map(|e| e.seq) else {
+            return Ok(0);
+        };
+        let io = |what: &str, p: &std::path::Path, source| Error::Io {
+            what: format!("{what} {}", p.display()),
+            source,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+            .map_err(|e| io("opening", &self.path, e))?;
+        let mut buf = String::new();
+        for e in &fresh {
+            buf.push_str(&to_json(e).to_string());
+            buf.push('\n');
+        }
+        f.write_all(buf.as_bytes())
+            .and_then(|()| f.sync_data())
+            .map_err(|e| io("writing", &self.path, e))?;
+        let tmp = self.seq_path.with_extension("seq.tmp");
+        std::fs::write(&tmp, format!("{newest}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &self.seq_path))
+            .map_err(|e| io("recording the position in", &self.seq_path, e))?;
+        self.last = newest;
+        Ok(fresh.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +441,51 @@ mod tests {
             .unwrap();
         }
         (dir, db)
+    }
+
+    #[tokio::test]
+    async fn the_json_lines_sink_exports_each_event_once_and_resumes() {
+        let (dir, db) = db_with_events(3).await;
+        let path = dir.path().join("events.jsonl");
+        let mut sink = JsonLinesSink::open(&path).unwrap();
+        let batch = db.read(|tx| after(tx, 0, 100)).await.unwrap();
+        assert_eq!(sink.export(&batch).unwrap(), 3);
+        assert_eq!(sink.export(&batch).unwrap(), 0, "nothing twice");
+        for i in 3..5 {
+            db.write(move |tx| {
+                append(
+                    tx,
+                    NewEvent::new(
+                        MFA_COMPLETED,
+                        Severity::Information,
+                        "activation",
+                        format!("event {i}"),
+                    ),
+                    2000,
+                )
+            })
+            .await
+            .unwrap();
+        }
+        // A new sink (a restart) resumes after event 3.
+        let mut sink = JsonLinesSink::open(&path).unwrap();
+        assert_eq!(sink.last(), 3);
+        let last = sink.last();
+        let batch = db.read(move |tx| after(tx, last, 100)).await.unwrap();
+        assert_eq!(sink.export(&batch).unwrap(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let seqs: Vec<i64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                    .as_i64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        assert_eq!(first["id"], MFA_COMPLETED);
+        assert_eq!(first["hash"].as_str().unwrap().len(), 64);
     }
 
     #[tokio::test]

@@ -802,6 +802,29 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                 }
             }
         });
+        if let Some(path) = config.events.jsonl.clone() {
+            let mut sink = rolegate::events::JsonLinesSink::open(&path)?;
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(500));
+                loop {
+                    tick.tick().await;
+                    let last = sink.last();
+                    let batch = store
+                        .read(move |tx| rolegate::events::after(tx, last, 1000))
+                        .await;
+                    let result = batch.and_then(|b| {
+                        let n = b.len();
+                        sink.export(&b).map(|_| n)
+                    });
+                    match result {
+                        Ok(1000) => tick.reset_immediately(),
+                        Ok(_) => {}
+                        Err(e) => tracing::error!(error = %e, "event export failed; retrying"),
+                    }
+                }
+            });
+        }
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -11,7 +11,7 @@ struct Daemon {
     child: Child,
     url: String,
     admin: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Daemon {
@@ -27,7 +27,7 @@ fn start() -> Daemon {
     write_private(
         &cfg,
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[events]\njsonl = \"events.jsonl\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
             hello_lib().display()
         ),
     );
@@ -62,7 +62,7 @@ fn start() -> Daemon {
         child,
         url: url.expect("the daemon did not start in 20 s"),
         admin: admin.expect("no first admin token printed"),
-        _dir: dir,
+        dir,
     }
 }
 
@@ -200,6 +200,18 @@ async fn a_user_activates_a_role_through_mfa_over_http() {
     assert_eq!(ev.as_array().unwrap().len(), 1);
     let (_, v) = call(&d, Some(&admin), "GET", "/v1/events/verify", None).await;
     assert_eq!(v["intact"], true);
+    // The SIEM file follows the log within a second or so.
+    let jsonl = d.dir.path().join("events.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = String::new();
+    while Instant::now() < deadline && !text.contains("\"id\":203") {
+        std::thread::sleep(Duration::from_millis(100));
+        text = std::fs::read_to_string(&jsonl).unwrap_or_default();
+    }
+    assert!(
+        text.contains("\"id\":103") && text.contains("\"id\":203"),
+        "{text}"
+    );
     let (s, r) = call(
         &d,
         Some(&user),
