@@ -254,31 +254,25 @@ impl Service {
         format!("credential/{account_key}/{provider}/{id}")
     }
 
-    async fn credentials(&self, account_key: &str, provider: &str) -> Result<Vec<Credential>> {
-        let (a, p) = (account_key.to_string(), provider.to_string());
-        let rows = self
-            .store
-            .read(move |tx| {
-                tx.query(
-                    "SELECT id, label, sealed FROM credentials WHERE account_key = $1 AND provider = $2 ORDER BY created_at",
-                    &[a.into(), p.into()],
-                )
-            })
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let id = r.text(0)?;
-                let data = self.key.open(
-                    &r.blob(2)?,
-                    &Self::credential_context(account_key, provider, &id),
-                )?;
-                Ok(Credential {
-                    id,
-                    label: r.text(1)?,
-                    data: data.into(),
-                })
-            })
-            .collect()
+    /// Unseals stored credential rows (id, provider, label, sealed) of one provider.
+    fn unseal(&self, account_key: &str, provider: &str, rows: &[Row]) -> Result<Vec<Credential>> {
+        let mut out = Vec::new();
+        for r in rows {
+            if r.text(1)? != provider {
+                continue;
+            }
+            let id = r.text(0)?;
+            let data = self.key.open(
+                &r.blob(3)?,
+                &Self::credential_context(account_key, provider, &id),
+            )?;
+            out.push(Credential {
+                id,
+                label: r.text(2)?,
+                data: data.into(),
+            });
+        }
+        Ok(out)
     }
 
     fn user_context(user: &User) -> UserContext {
@@ -341,22 +335,24 @@ impl Service {
         let key = account_key(account);
         self.rate_limit(&key, now)?;
         let key2 = key.clone();
-        let (spec, user, enrolled) = self
+        // Everything the decision needs, in one read.
+        let (spec, user, credential_rows, lockouts) = self
             .store
             .read(move |tx| {
                 let spec = roles::get(tx, &r)?;
                 let user = users::get(tx, &a)?;
-                let enrolled: Vec<String> = tx
-                    .query(
-                        "SELECT DISTINCT provider FROM credentials WHERE account_key = $1",
-                        &[key2.into()],
-                    )?
-                    .iter()
-                    .map(|r| r.text(0))
-                    .collect::<Result<_>>()?;
-                Ok((spec, user, enrolled))
+                let creds = credential_rows(tx, &key2)?;
+                let lockouts = tx.query(
+                    "SELECT provider, locked_until FROM lockouts WHERE account_key = $1 AND locked_until IS NOT NULL",
+                    &[key2.into()],
+                )?;
+                Ok((spec, user, creds, lockouts))
             })
             .await?;
+        let enrolled: Vec<String> = credential_rows
+            .iter()
+            .map(|r| r.text(1))
+            .collect::<Result<_>>()?;
         let spec = spec.ok_or_else(|| Error::NotFound {
             what: format!("role `{role_name}`"),
         })?;
@@ -418,7 +414,20 @@ impl Service {
             Some(_) => Usability::Usable,
         };
         let provider_id = role.choose_provider(provider_choice, usability)?;
-        self.check_lockout(&key, &provider_id, now).await?;
+        for l in &lockouts {
+            if l.text(0)? == provider_id
+                && let Some(Value::Int(until)) = l.0.get(1)
+                && *until > ms(now)
+            {
+                let until = Timestamp::from_millisecond(*until)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                return Err(Error::Refused(Refusal::LockedOut {
+                    provider: provider_id,
+                    until,
+                }));
+            }
+        }
         let provider =
             self.providers
                 .get(&provider_id)
@@ -430,7 +439,7 @@ impl Service {
             user: Self::user_context(&user),
             role: role.name.clone(),
             request_id: id.clone(),
-            credentials: self.credentials(&key, &provider_id).await?,
+            credentials: self.unseal(&key, &provider_id, &credential_rows)?,
             origin: None,
             now: now.as_second().max(0) as u64,
         };
@@ -457,36 +466,14 @@ impl Service {
             .await
     }
 
-    async fn check_lockout(&self, key: &str, provider: &str, now: Timestamp) -> Result<()> {
-        let (k, p) = (key.to_string(), provider.to_string());
-        let rows = self
+    async fn pending(&self, id: &str, account: &str) -> Result<(Stored, User, Vec<Row>)> {
+        let (i, a) = (id.to_string(), account.to_string());
+        let (stored, user, creds) = self
             .store
             .read(move |tx| {
-                tx.query(
-                    "SELECT locked_until FROM lockouts WHERE account_key = $1 AND provider = $2",
-                    &[k.into(), p.into()],
-                )
+                let creds = credential_rows(tx, &account_key(&a))?;
+                Ok((load(tx, &i)?, users::get(tx, &a)?, creds))
             })
-            .await?;
-        if let Some(Value::Int(until)) = rows.first().and_then(|r| r.0.first())
-            && *until > ms(now)
-        {
-            let until = Timestamp::from_millisecond(*until)
-                .map(|t| t.to_string())
-                .unwrap_or_default();
-            return Err(Error::Refused(Refusal::LockedOut {
-                provider: provider.to_string(),
-                until,
-            }));
-        }
-        Ok(())
-    }
-
-    async fn pending(&self, id: &str, account: &str) -> Result<(Stored, User)> {
-        let (i, a) = (id.to_string(), account.to_string());
-        let (stored, user) = self
-            .store
-            .read(move |tx| Ok((load(tx, &i)?, users::get(tx, &a)?)))
             .await?;
         let not_found = || Error::NotFound {
             what: format!("request `{id}`"),
@@ -502,7 +489,7 @@ impl Service {
                 stored.state
             )));
         }
-        Ok((stored, user))
+        Ok((stored, user, creds))
     }
 
     /// Answers the request's current prompt (a code, a WebAuthn response, a signature).
@@ -522,7 +509,7 @@ impl Service {
         input: Option<Input>,
     ) -> Result<RequestView> {
         let now = self.clock.now();
-        let (stored, user) = self.pending(id, account).await?;
+        let (stored, user, credential_rows) = self.pending(id, account).await?;
         let provider_id = stored.view.provider.clone().unwrap_or_default();
         let expired = stored.ask_expires_at.is_some_and(|t| t <= ms(now));
         let outcome = if expired {
@@ -543,7 +530,7 @@ impl Service {
                 user: Self::user_context(&user),
                 role: stored.view.role.clone(),
                 request_id: id.to_string(),
-                credentials: self.credentials(&stored.view.account, &provider_id).await?,
+                credentials: self.unseal(&stored.view.account, &provider_id, &credential_rows)?,
                 origin: None,
                 now: now.as_second().max(0) as u64,
             };
@@ -864,6 +851,14 @@ impl Stored {
             updated_at: self.updated_at,
         }
     }
+}
+
+/// A user's stored credentials, all providers: (id, provider, label, sealed).
+fn credential_rows(tx: &mut dyn Tx, account_key: &str) -> Result<Vec<Row>> {
+    tx.query(
+        "SELECT id, provider, label, sealed FROM credentials WHERE account_key = $1 ORDER BY created_at",
+        &[account_key.into()],
+    )
 }
 
 fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
