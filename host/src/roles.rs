@@ -147,6 +147,20 @@ pub fn get(tx: &mut dyn Tx, name: &str) -> Result<Option<RoleSpec>> {
     }
 }
 
+/// A role's stored policy text, unparsed (for callers that cache the parsed role).
+pub fn get_raw(tx: &mut dyn Tx, name: &str) -> Result<Option<String>> {
+    let rows = tx.query(
+        "SELECT policy FROM roles WHERE name = $1",
+        &[name.trim().into()],
+    )?;
+    rows.first().map(|r| r.text(0)).transpose()
+}
+
+/// Parses stored policy text (from [`get_raw`]).
+pub fn parse(name: &str, policy: &str) -> Result<RoleSpec> {
+    decode(name, policy)
+}
+
 /// All roles, by name.
 pub fn list(tx: &mut dyn Tx) -> Result<Vec<RoleSpec>> {
     tx.query("SELECT name, policy FROM roles ORDER BY name", &[])?

@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent, Severity};
 use crate::plugins::Providers;
-use crate::role::{Refusal, Usability};
+use crate::role::{Refusal, Role, Usability};
 use crate::roles;
 use crate::secrets::{SealingKey, random_id};
 use crate::store::sqlite::Sqlite;
@@ -182,6 +182,9 @@ pub struct Service {
     key: Arc<SealingKey>,
     settings: Settings,
     buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, i64)>>,
+    /// Parsed roles by name, with the policy text they were parsed from: a role is parsed
+    /// again only when its stored policy changes.
+    role_cache: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<Role>)>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -206,7 +209,26 @@ impl Service {
             key,
             settings,
             buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+            role_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The parsed role for stored policy text, from the cache when the text is unchanged.
+    fn role_from(&self, name: &str, policy: String) -> Result<Arc<Role>> {
+        if let Ok(cache) = self.role_cache.lock()
+            && let Some((text, role)) = cache.get(name)
+            && *text == policy
+        {
+            return Ok(Arc::clone(role));
+        }
+        let role = Arc::new(roles::parse(name, &policy)?.to_role()?);
+        if let Ok(mut cache) = self.role_cache.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(name.to_string(), (policy, Arc::clone(&role)));
+        }
+        Ok(role)
     }
 
     /// Takes one request from the account's token bucket, or says when the next one is due.
@@ -339,7 +361,7 @@ impl Service {
         let (spec, user, credential_rows, lockouts) = self
             .store
             .read(move |tx| {
-                let spec = roles::get(tx, &r)?;
+                let spec = roles::get_raw(tx, &r)?;
                 let user = users::get(tx, &a)?;
                 let creds = credential_rows(tx, &key2)?;
                 let lockouts = tx.query(
@@ -353,10 +375,10 @@ impl Service {
             .iter()
             .map(|r| r.text(1))
             .collect::<Result<_>>()?;
-        let spec = spec.ok_or_else(|| Error::NotFound {
+        let policy = spec.ok_or_else(|| Error::NotFound {
             what: format!("role `{role_name}`"),
         })?;
-        let role = spec.to_role()?;
+        let role = self.role_from(role_name.trim(), policy)?;
         let user = match user {
             Some(u) if u.enabled => u,
             _ => {

@@ -618,3 +618,28 @@ async fn request_creation_is_rate_limited_per_account() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_changed_role_policy_applies_to_the_next_request() {
+    let w = world().await;
+    w.service
+        .request("CONTOSO\\jdoe", "auto", "x", None, None)
+        .await
+        .unwrap();
+    let mut changed = spec("auto", false, false);
+    changed.candidates = ["CONTOSO\\boss".to_string()].into();
+    w.service
+        .store()
+        .write(move |tx| roles::replace(tx, &changed, 1))
+        .await
+        .unwrap();
+    let e = w
+        .service
+        .request("CONTOSO\\jdoe", "auto", "x", None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`CONTOSO\\jdoe` is not a candidate for role `auto`"
+    );
+}
