@@ -931,6 +931,15 @@ fn created_events(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
     Ok(())
 }
 
+/// Fails with a conflict when a version-checked update changed no row: someone else moved
+/// the request first.
+fn ensure_updated(n: u64, id: &str) -> Result<()> {
+    if n == 0 {
+        return Err(Error::Conflict(format!("request `{id}` changed meanwhile")));
+    }
+    Ok(())
+}
+
 /// Writes a state change, checked against the state machine and the stored version.
 fn transition(tx: &mut dyn Tx, s: &mut Stored, next: RequestState, now: Timestamp) -> Result<()> {
     s.state.transition(next)?;
@@ -945,12 +954,7 @@ fn transition(tx: &mut dyn Tx, s: &mut Stored, next: RequestState, now: Timestam
             Value::Int(s.version),
         ],
     )?;
-    if n == 0 {
-        return Err(Error::Conflict(format!(
-            "request `{}` changed meanwhile",
-            s.view.id
-        )));
-    }
+    ensure_updated(n, &s.view.id)?;
     s.version += 1;
     s.state = next;
     s.view.state = next.to_string();
@@ -1054,12 +1058,7 @@ fn apply(
                     Value::Int(s.version),
                 ],
             )?;
-            if n == 0 {
-                return Err(Error::Conflict(format!(
-                    "request `{}` changed meanwhile",
-                    s.view.id
-                )));
-            }
+            ensure_updated(n, &s.view.id)?;
             s.view.prompt = Some(prompt);
             Ok(s.view)
         }
@@ -1119,12 +1118,7 @@ fn apply(
                             Value::Int(s.version),
                         ],
                     )?;
-                    if n == 0 {
-                        return Err(Error::Conflict(format!(
-                            "request `{}` changed meanwhile",
-                            s.view.id
-                        )));
-                    }
+                    ensure_updated(n, &s.view.id)?;
                     record_failure(tx, &s, &provider, settings, now, false)?;
                     s.view.reason = Some(format!("{message}; {left} attempt(s) left"));
                     return Ok(s.view);
