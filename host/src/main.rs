@@ -757,7 +757,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
     use std::sync::Arc;
     let config = Config::load(config_path)?;
     let rt = runtime()?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
         let now = jiff::Timestamp::now().as_millisecond();
         let store = Arc::new(rolegate::store::sqlite::Sqlite::open(&config.store.sqlite, now)?);
         let key = Arc::new(rolegate::secrets::SealingKey::load_or_create(&config.store.key_file)?);
@@ -840,7 +840,10 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             .await?;
         store.close();
         anyhow::Ok(())
-    })?;
+    });
+    // An in-process provider call that hung past its deadline must not hold up the exit.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
