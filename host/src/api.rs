@@ -151,6 +151,7 @@ impl Api {
                 "/v1/users/{account}",
                 get(get_user).patch(set_user).delete(remove_user),
             )
+            .route("/v1/users/{account}/unlock", post(unlock_user))
             .route("/v1/roles", get(list_roles).post(create_role))
             .route(
                 "/v1/roles/{name}",
@@ -462,6 +463,28 @@ async fn remove_user(
     }
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Unlock {
+    provider: String,
+}
+
+async fn unlock_user(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+    Json(b): Json<Unlock>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.admin(&headers).await?;
+    let lifted = api
+        .service
+        .unlock(&account, &b.provider, &c.account)
+        .await?;
+    Ok(Json(
+        json!({"account": account, "provider": b.provider, "unlocked": lifted}),
+    ))
+}
+
 async fn list_roles(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
     api.caller(&headers).await?;
     Ok(Json(json!(api.service.store().read(roles::list).await?)))
@@ -670,6 +693,7 @@ pub fn openapi_document() -> Json_ {
             "/v1/users": {"get": op("Users (Get-PAMUser)", true), "post": op("New user (New-PAMUser)", true)},
             "/v1/users/{account}": {"get": op("A user", false), "patch": op("Change a user (Set-PAMUser); a phone change raises event 825", true),
                                     "delete": op("Remove a user (Remove-PAMUser)", true)},
+            "/v1/users/{account}/unlock": {"post": op("Lift a lockout: {provider} (event 301)", true)},
             "/v1/roles": {"get": op("Roles (Get-PAMRole)", false), "post": op("New role (New-PAMRole)", true)},
             "/v1/roles/{name}": {"get": op("A role", false), "put": op("Replace a role's policy (Set-PAMRole)", true),
                                  "delete": op("Remove a role (Remove-PAMRole)", true)},

@@ -121,6 +121,14 @@ enum UserCommand {
         /// Account.
         account: String,
     },
+    /// Lift a user's lockout from a provider (event 301).
+    Unlock {
+        /// Account.
+        account: String,
+        /// The provider the user is locked out of.
+        #[arg(long)]
+        provider: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -543,6 +551,11 @@ fn remote(
                 UserCommand::Remove { account } => {
                     client.call("DELETE", &format!("/v1/users/{}", segment(&account)), None).await?;
                     (json!(format!("removed user `{account}`")), None)
+                }
+                UserCommand::Unlock { account, provider } => {
+                    let v = client.call("POST", &format!("/v1/users/{}/unlock", segment(&account)), Some(json!({"provider": provider}))).await?;
+                    let said = if v["unlocked"] == true { "lockout lifted" } else { "was not locked out" };
+                    (json!(format!("`{account}` on `{provider}`: {said}")), None)
                 }
             },
             Remote::Role(c) => match c {

@@ -799,6 +799,39 @@ impl Service {
             .await
     }
 
+    /// Lifts a user's lockout from a provider (event 301); true when there was one.
+    pub async fn unlock(&self, account: &str, provider: &str, actor: &str) -> Result<bool> {
+        let now = ms(self.clock.now());
+        let (a, p, actor) = (account.to_string(), provider.to_string(), actor.to_string());
+        self.store
+            .write(move |tx| {
+                let user = users::get(tx, &a)?.ok_or_else(|| Error::NotFound {
+                    what: format!("user `{a}`"),
+                })?;
+                let n = tx.execute(
+                    "DELETE FROM lockouts WHERE account_key = $1 AND provider = $2 AND locked_until IS NOT NULL",
+                    &[account_key(&a).into(), p.clone().into()],
+                )?;
+                tx.execute(
+                    "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2",
+                    &[account_key(&a).into(), p.clone().into()],
+                )?;
+                if n > 0 {
+                    let mut e = NewEvent::new(
+                        events::UNLOCKED,
+                        Severity::Information,
+                        "admin",
+                        format!("lockout from `{p}` lifted by `{actor}`"),
+                    );
+                    e.account = Some(user.account);
+                    e.provider = Some(p);
+                    events::append(tx, e, now)?;
+                }
+                Ok(n > 0)
+            })
+            .await
+    }
+
     /// The providers, with whether they are loaded and healthy.
     pub fn providers(&self) -> &Arc<Providers> {
         &self.providers

@@ -460,6 +460,13 @@ async fn the_cli_mirrors_the_pam_cmdlets_against_a_running_daemon() {
     assert!(out.contains("MFA completed"), "{out}");
     let out = ok(cli(&d, &admin, &["events", "verify"], ""));
     assert!(out.starts_with("event log intact:"), "{out}");
+    let out = ok(cli(
+        &d,
+        &admin,
+        &["user", "unlock", "CONTOSO\\jdoe", "--provider", "hello"],
+        "",
+    ));
+    assert!(out.contains("was not locked out"), "{out}");
     let (okay, out) = cli(&d, &user, &["user", "new", "eve"], "");
     assert!(!okay && out.contains("this needs an admin token"), "{out}");
     let (okay, out) = cli(&d, "rg_bad", &["role", "get"], "");

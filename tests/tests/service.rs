@@ -327,8 +327,39 @@ async fn wrong_answers_fail_the_challenge_then_lock_the_user_out() {
         ),
         "{e}"
     );
+    // An admin lifts the lockout (event 301); a second unlock finds nothing to lift.
+    assert!(
+        w.service
+            .unlock("contoso\\jdoe", "hello", "admin")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !w.service
+            .unlock("contoso\\jdoe", "hello", "admin")
+            .await
+            .unwrap()
+    );
+    let unlocked = w
+        .service
+        .store()
+        .read(|tx| {
+            events::list(
+                tx,
+                &Filter {
+                    id: Some(events::UNLOCKED),
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(unlocked.len(), 1);
+    assert_eq!(
+        unlocked[0].message,
+        "lockout from `hello` lifted by `admin`"
+    );
     // Malformed input is refused without counting.
-    w.clock.advance(SignedDuration::from_mins(16));
     let v = w
         .service
         .request("CONTOSO\\jdoe", "mfa", "x", None, None)
