@@ -30,6 +30,12 @@ pub const REQUEST_CLOSED: i64 = 205;
 pub const LOCKED_OUT: i64 = 300;
 /// An admin lifted a lockout.
 pub const UNLOCKED: i64 = 301;
+/// A provider plugin was loaded (library, hash, isolation).
+pub const PROVIDER_LOADED: i64 = 400;
+/// A provider plugin was refused at load time; the host did not start.
+pub const PROVIDER_REFUSED: i64 = 401;
+/// A provider's worker process crashed or was killed past its deadline.
+pub const PROVIDER_CRASHED: i64 = 402;
 
 /// How serious an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

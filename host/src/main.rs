@@ -774,7 +774,71 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         let now = jiff::Timestamp::now().as_millisecond();
         let store = Arc::new(rolegate::store::sqlite::Sqlite::open(&config.store.sqlite, now)?);
         let key = Arc::new(rolegate::secrets::SealingKey::load_or_create(&config.store.key_file)?);
-        let providers = Arc::new(Providers::load(&config).await?);
+        let (crash_tx, mut crash_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+        let providers = match Providers::load_observed(&config, Some(crash_tx)).await {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                let message = e.to_string();
+                let _ = store
+                    .write(move |tx| {
+                        let ev = rolegate::events::NewEvent::new(
+                            rolegate::events::PROVIDER_REFUSED,
+                            rolegate::events::Severity::Error,
+                            "plugins",
+                            message,
+                        );
+                        rolegate::events::append(tx, ev, now)
+                    })
+                    .await;
+                store.close();
+                return Err(e.into());
+            }
+        };
+        for p in providers.iter() {
+            let message = format!(
+                "{} ({}, sha256 {}, {})",
+                p.plugin.library.display(),
+                p.info().map(|i| i.name.as_str()).unwrap_or(""),
+                p.plugin.sha256,
+                p.plugin.isolation
+            );
+            let id = p.id().to_string();
+            store
+                .write(move |tx| {
+                    let mut ev = rolegate::events::NewEvent::new(
+                        rolegate::events::PROVIDER_LOADED,
+                        rolegate::events::Severity::Information,
+                        "plugins",
+                        message,
+                    );
+                    ev.provider = Some(id);
+                    rolegate::events::append(tx, ev, now)
+                })
+                .await?;
+        }
+        {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                while let Some((id, status)) = crash_rx.recv().await {
+                    let at = jiff::Timestamp::now().as_millisecond();
+                    let written = store
+                        .write(move |tx| {
+                            let mut ev = rolegate::events::NewEvent::new(
+                                rolegate::events::PROVIDER_CRASHED,
+                                rolegate::events::Severity::Error,
+                                "plugins",
+                                format!("the worker process {status}"),
+                            );
+                            ev.provider = Some(id);
+                            rolegate::events::append(tx, ev, at)
+                        })
+                        .await;
+                    if let Err(e) = written {
+                        tracing::error!(error = %e, "cannot record a provider crash");
+                    }
+                }
+            });
+        }
         let p = &config.policy;
         let settings = rolegate::service::Settings {
             default_country_code: p.default_country_code,

@@ -22,12 +22,16 @@ impl Drop for Daemon {
 }
 
 fn start() -> Daemon {
+    start_with("")
+}
+
+fn start_with(extra: &str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("rolegate.toml");
     write_private(
         &cfg,
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[events]\njsonl = \"events.jsonl\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[events]\njsonl = \"events.jsonl\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n{extra}",
             hello_lib().display()
         ),
     );
@@ -471,4 +475,111 @@ async fn the_cli_mirrors_the_pam_cmdlets_against_a_running_daemon() {
     assert!(!okay && out.contains("this needs an admin token"), "{out}");
     let (okay, out) = cli(&d, "rg_bad", &["role", "get"], "");
     assert!(!okay && out.contains("the token is not valid"), "{out}");
+}
+
+#[tokio::test]
+async fn provider_loads_and_crashes_are_in_the_event_log() {
+    let d = start_with(&format!(
+        "\n[[provider]]\nid = \"mis\"\nlibrary = \"{}\"\nunpinned = true\nisolation = \"process\"\n[provider.settings]\nmode = \"segfault\"\n",
+        rolegate_e2e::misbehave_lib().display()
+    ));
+    let admin = d.admin.clone();
+    let (_, loaded) = call(&d, Some(&admin), "GET", "/v1/events?id=400", None).await;
+    assert_eq!(loaded.as_array().unwrap().len(), 2, "{loaded}");
+    call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/roles",
+        Some(json!({"name": "r", "candidates": ["jdoe"],
+        "ttl_s": 60, "max_ttl_s": 60, "mfa_enabled": true, "providers": ["mis"]})),
+    )
+    .await;
+    let (_, t) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    let user = t["token"].as_str().unwrap().to_string();
+    let (s, r) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "r"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["state"], "failed", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("SIGSEGV"), "{r}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, crashed) = call(&d, Some(&admin), "GET", "/v1/events?id=402", None).await;
+        if let Some(e) = crashed.as_array().and_then(|a| a.first()) {
+            assert_eq!(e["provider"], "mis");
+            assert!(
+                e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("signal 11 (SIGSEGV)"),
+                "{e}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 402 event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, failed) = call(&d, Some(&admin), "GET", "/v1/events?id=101", None).await;
+    assert_eq!(failed.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_refused_provider_stops_the_start_and_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rolegate.toml");
+    write_private(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[provider]]\nid = \"gone\"\nlibrary = \"libgone.so\"\nunpinned = true\n",
+    );
+    let out = Command::new(rolegate_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("provider `gone`:") && stderr.contains("libgone.so: file not found"),
+        "{stderr}"
+    );
+    let db = rolegate::store::sqlite::Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+    let refused = db
+        .read(|tx| {
+            rolegate::events::list(
+                tx,
+                &rolegate::events::Filter {
+                    id: Some(rolegate::events::PROVIDER_REFUSED),
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].message.ends_with("libgone.so: file not found"),
+        "{}",
+        refused[0].message
+    );
 }

@@ -47,6 +47,7 @@ enum Kind {
         exe: PathBuf,
         max_crashes: usize,
         crash_window: Duration,
+        observer: Option<process::Observer>,
     },
 }
 
@@ -95,6 +96,7 @@ impl Plugin {
                 exe: worker_exe(plugins)?,
                 max_crashes: plugins.max_crashes,
                 crash_window: Duration::from_secs(plugins.crash_window_s),
+                observer: None,
             },
         };
         Ok(Self {
@@ -105,6 +107,14 @@ impl Plugin {
             deadline,
             kind,
         })
+    }
+
+    /// Reports worker crashes of this plugin's instances to `observer`.
+    pub fn observe(mut self, observer: Option<process::Observer>) -> Self {
+        if let Kind::Process { observer: o, .. } = &mut self.kind {
+            *o = observer;
+        }
+        self
     }
 
     /// Creates an instance from settings and reads its info.
@@ -163,6 +173,7 @@ impl Plugin {
                 exe,
                 max_crashes,
                 crash_window,
+                observer,
             } => {
                 let spec = process::Spec {
                     id: self.id.clone(),
@@ -173,6 +184,7 @@ impl Plugin {
                     deadline: self.deadline,
                     max_crashes: *max_crashes,
                     crash_window: *crash_window,
+                    observer: observer.clone(),
                 };
                 Backend::Process(Arc::new(process::Supervisor::start(spec).await?))
             }
@@ -353,9 +365,17 @@ pub struct Providers {
 impl Providers {
     /// Loads every provider of the config; the first refusal stops the load and names the file.
     pub async fn load(config: &Config) -> Result<Self> {
+        Self::load_observed(config, None).await
+    }
+
+    /// Like [`Providers::load`], reporting worker crashes to `observer`.
+    pub async fn load_observed(
+        config: &Config,
+        observer: Option<process::Observer>,
+    ) -> Result<Self> {
         let mut by_id = BTreeMap::new();
         for p in &config.providers {
-            let provider = load_one(p, &config.plugins).await?;
+            let provider = load_observed(p, &config.plugins, observer.clone()).await?;
             tracing::info!(
                 provider = %p.id,
                 library = %p.library.display(),
@@ -381,6 +401,15 @@ impl Providers {
 
 /// Loads one configured provider.
 pub async fn load_one(p: &ProviderConfig, plugins: &PluginsConfig) -> Result<LoadedProvider> {
+    load_observed(p, plugins, None).await
+}
+
+/// Loads one configured provider, reporting its worker crashes to `observer`.
+pub async fn load_observed(
+    p: &ProviderConfig,
+    plugins: &PluginsConfig,
+    observer: Option<process::Observer>,
+) -> Result<LoadedProvider> {
     if p.unpinned {
         tracing::warn!(provider = %p.id, library = %p.library.display(), "loading an unpinned plugin library");
     }
@@ -392,6 +421,7 @@ pub async fn load_one(p: &ProviderConfig, plugins: &PluginsConfig) -> Result<Loa
         p.deadline(plugins),
         plugins,
     )
-    .await?;
+    .await?
+    .observe(observer);
     plugin.instantiate(&p.settings_json()?).await
 }

@@ -48,7 +48,12 @@ pub struct Spec {
     pub max_crashes: usize,
     /// Window in which crashes are counted.
     pub crash_window: Duration,
+    /// Told of every worker that ended without being asked to (id, how it ended).
+    pub observer: Option<Observer>,
 }
+
+/// Receives `(provider id, how its worker ended)` for each crash or kill.
+pub type Observer = tokio::sync::mpsc::UnboundedSender<(String, String)>;
 
 struct Worker {
     kill: StdMutex<Option<oneshot::Sender<()>>>,
@@ -267,6 +272,7 @@ impl Supervisor {
         // reaps it when the pipe closes, failing the calls still in flight with its status.
         let id = self.spec.id.clone();
         let crashes = Arc::clone(&self.crashes);
+        let observer = self.spec.observer.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -297,6 +303,9 @@ impl Supervisor {
                     c.push_back(Instant::now());
                 }
                 tracing::warn!(provider = %id, %status, "plugin worker ended");
+                if let Some(o) = &observer {
+                    let _ = o.send((id.clone(), status.clone()));
+                }
             }
             let waiting: Vec<_> = pending
                 .lock()
