@@ -179,6 +179,9 @@ struct NewRequest {
     ttl_s: Option<i64>,
     #[serde(default)]
     provider: Option<String>,
+    /// A delayed start, RFC 3339.
+    #[serde(default)]
+    starts_at: Option<String>,
 }
 
 async fn create_request(
@@ -187,14 +190,25 @@ async fn create_request(
     Json(body): Json<NewRequest>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let c = api.caller(&headers).await?;
+    let starts_at = match &body.starts_at {
+        None => None,
+        Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|_| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("`starts_at` = `{t}` is not an RFC 3339 time"),
+            )
+        })?),
+    };
     let v = api
         .service
-        .request(
+        .request_at(
             &c.account,
             &body.role,
             &body.justification,
             body.ttl_s.map(SignedDuration::from_secs),
             body.provider.as_deref(),
+            starts_at,
         )
         .await?;
     Ok((StatusCode::CREATED, Json(json!(v))))
@@ -681,7 +695,7 @@ pub fn openapi_document() -> Json_ {
                  "description": "Privileged role activation gated by pluggable MFA. Errors are {\"error\": {\"code\", \"message\"}}."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
-            "/v1/requests": {"post": op("Request a role (New-PAMRequest): {role, justification, ttl_s?, provider?}", false),
+            "/v1/requests": {"post": op("Request a role (New-PAMRequest): {role, justification, ttl_s?, provider?, starts_at?}", false),
                               "get": op("The caller's requests", false)},
             "/v1/requests/{id}": {"get": op("A request (Get-PAMRequest)", false)},
             "/v1/requests/{id}/answer": {"post": op("Answer the MFA prompt: {code} or {input}", false)},

@@ -256,6 +256,15 @@ pub fn request_summary(v: &Value) -> String {
             "request {id}: role `{role}` is active until {}",
             end_time(v)
         ),
+        Some("scheduled") => format!(
+            "request {id}: role `{role}` granted from {} until {}",
+            v["starts_at"]
+                .as_i64()
+                .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "-".into()),
+            end_time(v)
+        ),
         Some("pending_approval") => {
             format!("request {id}: MFA done; waiting for an approver of `{role}`")
         }

@@ -175,6 +175,9 @@ enum RequestCommand {
         /// The MFA provider, when the role accepts several.
         #[arg(long)]
         provider: Option<String>,
+        /// Start later, at this RFC 3339 time (-RequestedTime).
+        #[arg(long)]
+        start: Option<String>,
     },
     /// Show a request, or your requests (Get-PAMRequest).
     Get {
@@ -577,9 +580,9 @@ fn remote(
                 }
             },
             Remote::Request(c) => match c {
-                RequestCommand::New { role, justification, ttl, provider } => {
+                RequestCommand::New { role, justification, ttl, provider, start } => {
                     let v = client.call("POST", "/v1/requests", Some(json!({"role": role,
-                        "justification": justification, "ttl_s": ttl, "provider": provider}))).await?;
+                        "justification": justification, "ttl_s": ttl, "provider": provider, "starts_at": start}))).await?;
                     let v = rolegate::client::walk_request(&client, v).await?;
                     if json { (v, None) } else { (json!(request_summary(&v)), None) }
                 }

@@ -23,6 +23,9 @@ use crate::store::sqlite::Sqlite;
 use crate::store::{Row, Tx, Value};
 use crate::users::{self, User, account_key};
 
+/// Furthest a delayed start may lie ahead.
+const MAX_START_DELAY: SignedDuration = SignedDuration::from_hours(24 * 30);
+
 /// Limits the host enforces for every provider.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -81,6 +84,8 @@ pub struct RequestView {
     pub reason: Option<String>,
     /// Created, Unix ms.
     pub created_at: i64,
+    /// When the activation starts, for a delayed start (Unix ms).
+    pub starts_at: Option<i64>,
 }
 
 struct Stored {
@@ -94,7 +99,7 @@ struct Stored {
     updated_at: i64,
 }
 
-const COLUMNS: &str = "id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, challenge, ask_expires_at, version, wrong_answers, needs_approval, updated_at";
+const COLUMNS: &str = "id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, challenge, ask_expires_at, version, wrong_answers, needs_approval, updated_at, starts_at";
 
 fn from_row(r: &Row) -> Result<Stored> {
     let state: RequestState = r.text(3)?.parse()?;
@@ -122,6 +127,7 @@ fn from_row(r: &Row) -> Result<Stored> {
             expires_at: opt_int(8),
             reason: r.opt_text(9)?,
             created_at: r.int(10)?,
+            starts_at: opt_int(17),
         },
         state,
         challenge,
@@ -352,7 +358,42 @@ impl Service {
         ttl: Option<SignedDuration>,
         provider_choice: Option<&str>,
     ) -> Result<RequestView> {
+        self.request_at(
+            account,
+            role_name,
+            justification,
+            ttl,
+            provider_choice,
+            None,
+        )
+        .await
+    }
+
+    /// Like [`Service::request`], with an optional delayed start (MIM's -RequestedTime):
+    /// MFA and approval happen now, the activation begins at `starts_at`.
+    pub async fn request_at(
+        &self,
+        account: &str,
+        role_name: &str,
+        justification: &str,
+        ttl: Option<SignedDuration>,
+        provider_choice: Option<&str>,
+        starts_at: Option<Timestamp>,
+    ) -> Result<RequestView> {
         let now = self.clock.now();
+        let starts_at = match starts_at {
+            Some(t) if t <= now => None,
+            Some(t) if t > now + MAX_START_DELAY => {
+                return Err(Error::Invalid {
+                    what: "request".into(),
+                    message: format!(
+                        "the start {t} is more than {} days away",
+                        MAX_START_DELAY.as_hours() / 24
+                    ),
+                });
+            }
+            other => other,
+        };
         let (a, r) = (account.to_string(), role_name.to_string());
         let key = account_key(account);
         self.rate_limit(&key, now)?;
@@ -387,7 +428,8 @@ impl Service {
                 }));
             }
         };
-        let admission = role.admit(&user.account, justification, ttl, now)?;
+        // The availability window applies to when the activation starts.
+        let admission = role.admit(&user.account, justification, ttl, starts_at.unwrap_or(now))?;
         let id = random_id()?;
         let mut stored = Stored {
             view: RequestView {
@@ -402,8 +444,9 @@ impl Service {
                 expires_at: None,
                 reason: None,
                 created_at: ms(now),
+                starts_at: starts_at.map(ms),
             },
-            state: RequestState::initial(&admission, false),
+            state: RequestState::initial(&admission, starts_at.is_some()),
             challenge: None,
             ask_expires_at: None,
             version: 0,
@@ -413,8 +456,9 @@ impl Service {
         };
         if !admission.needs_mfa {
             stored.view.state = stored.state.to_string();
-            if stored.state == RequestState::Active {
-                stored.view.expires_at = Some(ms(now) + admission.ttl.as_millis() as i64);
+            if matches!(stored.state, RequestState::Active | RequestState::Scheduled) {
+                let from = starts_at.map_or(ms(now), ms);
+                stored.view.expires_at = Some(from + admission.ttl.as_millis() as i64);
             }
             let s = stored.clone_for_write();
             return self
@@ -847,7 +891,7 @@ impl Service {
                 let t = ms(now);
                 let due = tx.query(
                     &format!(
-                        "SELECT {COLUMNS} FROM requests WHERE (state = 'active' AND expires_at <= $1) OR (state = 'pending_mfa' AND ask_expires_at <= $1) OR (state = 'pending_approval' AND updated_at <= $2) LIMIT 10000"
+                        "SELECT {COLUMNS} FROM requests WHERE (state = 'active' AND expires_at <= $1) OR (state = 'scheduled' AND starts_at <= $1) OR (state = 'pending_mfa' AND ask_expires_at <= $1) OR (state = 'pending_approval' AND updated_at <= $2) LIMIT 10000"
                     ),
                     &[Value::Int(t), Value::Int(t - timeout)],
                 )?;
@@ -861,6 +905,15 @@ impl Service {
                             events::append(
                                 tx,
                                 event(events::REQUEST_EXPIRED, Severity::Information, &s, None, "activation expired".into()),
+                                t,
+                            )?;
+                        }
+                        RequestState::Scheduled => {
+                            // Its time came; expires_at was set from the start when granted.
+                            transition(tx, &mut s, RequestState::Active, now)?;
+                            events::append(
+                                tx,
+                                event(events::REQUEST_ACTIVATED, Severity::Information, &s, None, "activated (delayed start)".into()),
                                 t,
                             )?;
                         }
@@ -918,7 +971,7 @@ fn credential_rows(tx: &mut dyn Tx, account_key: &str) -> Result<Vec<Row>> {
 
 fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
     tx.execute(
-        "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL, $9, $9, 0, 0, $10)",
+        "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL, $9, $9, 0, 0, $10, $11)",
         &[
             s.view.id.clone().into(),
             s.view.account.clone().into(),
@@ -930,6 +983,7 @@ fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
             s.view.expires_at.map(Value::Int).unwrap_or(Value::Null),
             Value::Int(s.view.created_at),
             s.needs_approval.into(),
+            s.view.starts_at.map(Value::Int).unwrap_or(Value::Null),
         ],
     )?;
     Ok(())
@@ -997,6 +1051,11 @@ fn transition(tx: &mut dyn Tx, s: &mut Stored, next: RequestState, now: Timestam
 }
 
 fn activate(tx: &mut dyn Tx, s: &mut Stored, now: Timestamp) -> Result<()> {
+    if let Some(start) = s.view.starts_at.filter(|t| *t > ms(now)) {
+        // Granted, but it begins later: expiry's sweep makes it active then.
+        s.view.expires_at = Some(start + s.view.ttl_s * 1000);
+        return transition(tx, s, RequestState::Scheduled, now);
+    }
     s.view.expires_at = Some(ms(now) + s.view.ttl_s * 1000);
     transition(tx, s, RequestState::Active, now)?;
     events::append(

@@ -674,3 +674,60 @@ async fn a_changed_role_policy_applies_to_the_next_request() {
         "`CONTOSO\\jdoe` is not a candidate for role `auto`"
     );
 }
+
+#[tokio::test]
+async fn a_delayed_start_is_granted_now_and_active_later() {
+    let w = world().await;
+    let t0: Timestamp = T0.parse().unwrap();
+    let start = t0 + SignedDuration::from_hours(2);
+    let v = w
+        .service
+        .request_at("CONTOSO\\jdoe", "mfa", "x", None, None, Some(start))
+        .await
+        .unwrap();
+    let done = w
+        .service
+        .answer(&v.id, "CONTOSO\\jdoe", code(right_code(&v)))
+        .await
+        .unwrap();
+    assert_eq!(done.state, "scheduled");
+    assert_eq!(done.expires_at, Some(start.as_millisecond() + 3_600_000));
+    w.clock.advance(SignedDuration::from_hours(1));
+    w.service.expire_due().await.unwrap();
+    assert_eq!(w.service.get(&v.id, None).await.unwrap().state, "scheduled");
+    w.clock.advance(SignedDuration::from_hours(1));
+    w.service.expire_due().await.unwrap();
+    assert_eq!(w.service.get(&v.id, None).await.unwrap().state, "active");
+    w.clock.advance(SignedDuration::from_hours(1));
+    w.service.expire_due().await.unwrap();
+    assert_eq!(w.service.get(&v.id, None).await.unwrap().state, "expired");
+    assert_eq!(event_ids(&w, &v.id).await, [200, 103, 203, 204]);
+    // Too far ahead is refused; the window applies at the start time.
+    let e = w
+        .service
+        .request_at(
+            "CONTOSO\\jdoe",
+            "auto",
+            "x",
+            None,
+            None,
+            Some(t0 + SignedDuration::from_hours(24 * 40)),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("days away"), "{e}");
+    let saturday = "2026-11-28T10:00:00Z".parse::<Timestamp>().unwrap();
+    let e = w
+        .service
+        .request_at(
+            "CONTOSO\\jdoe",
+            "office-hours",
+            "x",
+            None,
+            None,
+            Some(saturday),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("can be activated only"), "{e}");
+}
