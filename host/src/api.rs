@@ -143,6 +143,8 @@ impl Api {
             .route("/v1/requests/{id}/answer", post(answer))
             .route("/v1/requests/{id}/poll", post(poll))
             .route("/v1/requests/{id}/close", post(close))
+            .route("/v1/enrolments", post(enrol_start))
+            .route("/v1/enrolments/continue", post(enrol_continue))
             .route("/v1/approvals", get(approvals))
             .route("/v1/approvals/{id}/approve", post(approve))
             .route("/v1/approvals/{id}/reject", post(reject))
@@ -296,6 +298,59 @@ async fn close(
     let c = api.caller(&headers).await?;
     Ok(Json(json!(
         api.service.close(&id, &c.account, c.admin).await?
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolStart {
+    provider: String,
+}
+
+async fn enrol_start(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(b): Json<EnrolStart>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    Ok(Json(json!(
+        api.service.enroll_start(&c.account, &b.provider).await?
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnrolContinue {
+    provider: String,
+    state: String,
+    #[serde(default)]
+    code: Option<String>,
+    #[serde(default)]
+    input: Option<rolegate_sdk::Input>,
+}
+
+async fn enrol_continue(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Json(b): Json<EnrolContinue>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    let input = match (b.code, b.input) {
+        (Some(code), None) => rolegate_sdk::Input::Code { code },
+        (None, Some(i)) => i,
+        (None, None) => rolegate_sdk::Input::Acknowledge,
+        _ => {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "send `code`, `input`, or neither (to acknowledge)".into(),
+            ));
+        }
+    };
+    Ok(Json(json!(
+        api.service
+            .enroll_continue(&c.account, &b.provider, &b.state, input)
+            .await?
     )))
 }
 
@@ -701,6 +756,8 @@ pub fn openapi_document() -> Json_ {
             "/v1/requests/{id}/answer": {"post": op("Answer the MFA prompt: {code} or {input}", false)},
             "/v1/requests/{id}/poll": {"post": op("Poll an out-of-band MFA (a phone call)", false)},
             "/v1/requests/{id}/close": {"post": op("Close a request (Close-PAMRequest)", false)},
+            "/v1/enrolments": {"post": op("Begin enrolling the caller in a provider: {provider}", false)},
+            "/v1/enrolments/continue": {"post": op("Continue an enrolment: {provider, state, code?|input?}", false)},
             "/v1/approvals": {"get": op("Requests to approve (Get-PAMRequestToApprove)", false)},
             "/v1/approvals/{id}/approve": {"post": op("Approve (Set-PAMRequestToApprove -Approve)", false)},
             "/v1/approvals/{id}/reject": {"post": op("Reject: {reason?} (Set-PAMRequestToApprove -Reject)", false)},

@@ -225,6 +225,50 @@ pub async fn walk_request(client: &Client, mut v: Value) -> Result<Value> {
     Ok(v)
 }
 
+/// Walks an enrolment: shows the material a `display` prompt carries, reads the code that
+/// confirms it, and continues until the provider is done.
+pub async fn walk_enrolment(client: &Client, mut v: Value) -> Result<Value> {
+    while v["done"] != true && v["state"].is_string() {
+        let prompt = v["prompt"].clone();
+        let state = v["state"].as_str().unwrap_or_default().to_string();
+        let provider = v["provider"].as_str().unwrap_or_default().to_string();
+        let question = match prompt["kind"].as_str() {
+            Some("display") => {
+                eprintln!("{}", prompt["message"].as_str().unwrap_or(""));
+                if let Some(text) = prompt["text"].as_str() {
+                    eprintln!("{text}");
+                }
+                if let Some(uri) = prompt["uri"].as_str() {
+                    eprintln!("{uri}");
+                }
+                "Type the code to confirm".to_string()
+            }
+            Some("code") => prompt["message"]
+                .as_str()
+                .unwrap_or("Enter the code")
+                .to_string(),
+            other => {
+                return Err(Error::Invalid {
+                    what: "prompt".into(),
+                    message: format!(
+                        "this terminal cannot answer a `{}` prompt; use the web page",
+                        other.unwrap_or("unknown")
+                    ),
+                });
+            }
+        };
+        let code = read_code(&question)?;
+        v = client
+            .call(
+                "POST",
+                "/v1/enrolments/continue",
+                Some(json!({"provider": provider, "state": state, "code": code.trim()})),
+            )
+            .await?;
+    }
+    Ok(v)
+}
+
 /// Reads a code: from the terminal without echo, or a line of standard input for scripts.
 fn read_code(message: &str) -> Result<String> {
     use std::io::IsTerminal as _;

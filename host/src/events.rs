@@ -30,6 +30,8 @@ pub const REQUEST_CLOSED: i64 = 205;
 pub const LOCKED_OUT: i64 = 300;
 /// An admin lifted a lockout.
 pub const UNLOCKED: i64 = 301;
+/// A user enrolled in a provider (a credential was stored).
+pub const ENROLLED: i64 = 310;
 /// A provider plugin was loaded (library, hash, isolation).
 pub const PROVIDER_LOADED: i64 = 400;
 /// A provider plugin was refused at load time; the host did not start.

@@ -227,6 +227,11 @@ enum Command {
         #[command(subcommand)]
         command: RequestCommand,
     },
+    /// Enrol in a provider that needs it (shows the enrolment material, asks for the code).
+    Enrol {
+        /// The provider id.
+        provider: String,
+    },
     /// Requests to approve.
     Approval {
         #[command(subcommand)]
@@ -372,6 +377,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Role { command } => go(Remote::Role(command)),
         Command::Request { command } => go(Remote::Request(command)),
         Command::Approval { command } => go(Remote::Approval(command)),
+        Command::Enrol { provider } => go(Remote::Enrol(provider)),
         Command::Token { command } => go(Remote::Token(command)),
         Command::Events {
             action,
@@ -426,6 +432,7 @@ enum Remote {
     Role(RoleCommand),
     Request(RequestCommand),
     Approval(ApprovalCommand),
+    Enrol(String),
     Token(TokenCommand),
     Providers,
     Events {
@@ -604,6 +611,15 @@ fn remote(
                     if json { (v, None) } else { (json!(request_summary(&v)), None) }
                 }
             },
+            Remote::Enrol(provider) => {
+                let v = client.call("POST", "/v1/enrolments", Some(json!({"provider": provider}))).await?;
+                let v = rolegate::client::walk_enrolment(&client, v).await?;
+                if json { (v, None) } else if v["done"] == true {
+                    (json!(format!("enrolled in `{provider}` (credential `{}`)", v["credential"].as_str().unwrap_or(""))), None)
+                } else {
+                    bail!("enrolment in `{provider}` did not complete: {}", v["message"].as_str().unwrap_or("no reason given"));
+                }
+            }
             Remote::Token(TokenCommand::New { account, admin, label }) => {
                 let v = client.call("POST", "/v1/tokens", Some(json!({"account": account, "admin": admin, "label": label}))).await?;
                 if json { (v, None) } else { (json!(format!("token for `{account}` (shown once): {}", v["token"].as_str().unwrap_or(""))), None) }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
-use rolegate_sdk::message::{ChallengeContext, Credential, UserContext};
+use rolegate_sdk::message::{ChallengeContext, Credential, EnrollContext, UserContext};
 use rolegate_sdk::{Bytes, DenyReason, Input, Prompt, Step, Verdict};
 use serde::Serialize;
 
@@ -86,6 +86,23 @@ pub struct RequestView {
     pub created_at: i64,
     /// When the activation starts, for a delayed start (Unix ms).
     pub starts_at: Option<i64>,
+}
+
+/// An enrolment step as the API and CLI show it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnrolmentView {
+    /// The provider.
+    pub provider: String,
+    /// Whether a credential was stored.
+    pub done: bool,
+    /// What to show or ask next.
+    pub prompt: Option<serde_json::Value>,
+    /// Opaque state to send back with the answer (sealed; it expires with the prompt).
+    pub state: Option<String>,
+    /// The stored credential's id, once done.
+    pub credential: Option<String>,
+    /// Why it did not complete.
+    pub message: Option<String>,
 }
 
 struct Stored {
@@ -843,6 +860,168 @@ impl Service {
             .await
     }
 
+    /// Begins enrolling `account` in a provider that needs it.
+    pub async fn enroll_start(&self, account: &str, provider_id: &str) -> Result<EnrolmentView> {
+        let now = self.clock.now();
+        let (user, provider, credential_rows) = self.enrolment_parts(account, provider_id).await?;
+        let ctx = EnrollContext {
+            credentials: self.unseal(&account_key(account), provider_id, &credential_rows)?,
+            user: Self::user_context(&user),
+            origin: None,
+            now: now.as_second().max(0) as u64,
+        };
+        let step = provider.enroll_start(ctx).await?;
+        self.enrolment_step(&user, provider_id, step, now).await
+    }
+
+    /// Continues an enrolment with the user's input and the state `enroll_start` returned.
+    pub async fn enroll_continue(
+        &self,
+        account: &str,
+        provider_id: &str,
+        state: &str,
+        input: Input,
+    ) -> Result<EnrolmentView> {
+        let now = self.clock.now();
+        let (user, provider, credential_rows) = self.enrolment_parts(account, provider_id).await?;
+        let key = account_key(account);
+        let refused = || Error::Invalid {
+            what: "enrolment".into(),
+            message: "the enrolment state is not valid; start again".into(),
+        };
+        let sealed = hex::decode(state.trim()).map_err(|_| refused())?;
+        let opened = self
+            .key
+            .open(&sealed, &format!("enrolment/{key}/{provider_id}"))
+            .map_err(|_| refused())?;
+        if opened.len() < 8 {
+            return Err(refused());
+        }
+        let mut expiry = [0u8; 8];
+        expiry.copy_from_slice(&opened[..8]);
+        if i64::from_be_bytes(expiry) <= ms(now) {
+            return Err(Error::Conflict("the enrolment expired; start again".into()));
+        }
+        let ctx = EnrollContext {
+            credentials: self.unseal(&key, provider_id, &credential_rows)?,
+            user: Self::user_context(&user),
+            origin: None,
+            now: now.as_second().max(0) as u64,
+        };
+        let step = provider
+            .enroll_continue(ctx, opened[8..].to_vec().into(), input)
+            .await?;
+        self.enrolment_step(&user, provider_id, step, now).await
+    }
+
+    async fn enrolment_parts(
+        &self,
+        account: &str,
+        provider_id: &str,
+    ) -> Result<(User, Arc<crate::plugins::LoadedProvider>, Vec<Row>)> {
+        let a = account.to_string();
+        let (user, rows) = self
+            .store
+            .read(move |tx| Ok((users::get(tx, &a)?, credential_rows(tx, &account_key(&a))?)))
+            .await?;
+        let user = match user {
+            Some(u) if u.enabled => u,
+            _ => {
+                return Err(Error::Refused(Refusal::UserNotAllowed {
+                    account: account.to_string(),
+                }));
+            }
+        };
+        let provider = self
+            .providers
+            .get(provider_id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                what: format!("provider `{provider_id}`"),
+            })?;
+        if !provider.info().is_some_and(|i| i.needs_enrolment) {
+            return Err(Error::Invalid {
+                what: "enrolment".into(),
+                message: format!("provider `{provider_id}` needs no enrolment"),
+            });
+        }
+        Ok((user, provider, rows))
+    }
+
+    async fn enrolment_step(
+        &self,
+        user: &User,
+        provider_id: &str,
+        step: Step,
+        now: Timestamp,
+    ) -> Result<EnrolmentView> {
+        let key = account_key(&user.account);
+        let mut view = EnrolmentView {
+            provider: provider_id.to_string(),
+            done: false,
+            prompt: None,
+            state: None,
+            credential: None,
+            message: None,
+        };
+        match step {
+            Step::Ask {
+                prompt,
+                state,
+                expires_in,
+            } => {
+                let cap = self.settings.max_prompt_lifetime.as_millis() as i64;
+                let expiry = ms(now) + ((expires_in as i64).saturating_mul(1000)).min(cap);
+                let mut blob = expiry.to_be_bytes().to_vec();
+                blob.extend_from_slice(state.as_slice());
+                let sealed = self
+                    .key
+                    .seal(&blob, &format!("enrolment/{key}/{provider_id}"))?;
+                view.prompt = Some(serde_json::to_value(&prompt).unwrap_or_default());
+                view.state = Some(hex::encode(sealed));
+            }
+            Step::Done {
+                verdict:
+                    Verdict::Approved {
+                        credential: Some(c),
+                    },
+            } => {
+                let sealed = self.key.seal(
+                    c.data.as_slice(),
+                    &Self::credential_context(&key, provider_id, &c.id),
+                )?;
+                let (p, account) = (provider_id.to_string(), user.account.clone());
+                let (id, label) = (c.id.clone(), c.label.clone());
+                self.store
+                    .write(move |tx| {
+                        tx.execute(
+                            "INSERT INTO credentials (account_key, provider, id, label, sealed, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (account_key, provider, id) DO UPDATE SET label = excluded.label, sealed = excluded.sealed, updated_at = excluded.updated_at",
+                            &[account_key(&account).into(), p.clone().into(), id.clone().into(), label.into(), Value::Blob(sealed), Value::Int(ms(now))],
+                        )?;
+                        let mut e = NewEvent::new(
+                            events::ENROLLED,
+                            Severity::Information,
+                            "enrolment",
+                            format!("enrolled in `{p}` (credential `{id}`)"),
+                        );
+                        e.account = Some(account);
+                        e.provider = Some(p);
+                        events::append(tx, e, ms(now))
+                    })
+                    .await?;
+                view.done = true;
+                view.credential = Some(c.id);
+            }
+            Step::Done {
+                verdict: Verdict::Denied { message, .. },
+            } => view.message = Some(format!("{message}; start the enrolment again")),
+            _ => {
+                view.message = Some("the provider ended the enrolment without a credential".into())
+            }
+        }
+        Ok(view)
+    }
+
     /// Lifts a user's lockout from a provider (event 301); true when there was one.
     pub async fn unlock(&self, account: &str, provider: &str, actor: &str) -> Result<bool> {
         let now = ms(self.clock.now());
@@ -1161,13 +1340,14 @@ fn apply(
                     &Service::credential_context(&s.view.account, &provider, &c.id),
                 )?;
                 tx.execute(
-                    "UPDATE credentials SET sealed = $1, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
+                    "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
                     &[
                         Value::Blob(sealed),
                         Value::Int(ms(now)),
                         s.view.account.clone().into(),
                         provider.clone().into(),
                         c.id.into(),
+                        c.label.into(),
                     ],
                 )?;
             }

@@ -583,3 +583,124 @@ async fn a_refused_provider_stops_the_start_and_is_logged() {
         refused[0].message
     );
 }
+
+#[tokio::test]
+async fn a_user_enrols_then_activates_with_the_enrolled_factor() {
+    let d = start_with(&format!(
+        "\n[[provider]]\nid = \"sec\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\nmode = \"enrol\"\n",
+        rolegate_e2e::misbehave_lib().display()
+    ));
+    let admin = d.admin.clone();
+    call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/roles",
+        Some(json!({"name": "r", "candidates": ["jdoe"],
+        "ttl_s": 60, "max_ttl_s": 60, "mfa_enabled": true, "providers": ["sec"]})),
+    )
+    .await;
+    let (_, t) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    let user = t["token"].as_str().unwrap().to_string();
+
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "r"})),
+    )
+    .await;
+    assert_eq!(s, 403, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("you can use none of them yet"),
+        "{e}"
+    );
+
+    // A wrong confirmation code stores nothing; a tampered state is refused.
+    let (okay, out) = cli(&d, &user, &["enrol", "sec"], "1111\n");
+    assert!(!okay && out.contains("that is not the secret"), "{out}");
+    let (_, v) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/enrolments",
+        Some(json!({"provider": "sec"})),
+    )
+    .await;
+    assert_eq!(v["prompt"]["kind"], "display", "{v}");
+    let mut state = v["state"].as_str().unwrap().to_string();
+    state.replace_range(..2, if state.starts_with("00") { "11" } else { "00" });
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/enrolments/continue",
+        Some(json!({"provider": "sec", "state": state, "code": "4321"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+
+    let (okay, out) = cli(&d, &user, &["enrol", "sec"], "4321\n");
+    assert!(okay, "{out}");
+    assert!(
+        out.contains("your secret is 4321") && out.contains("enrolled in `sec` (credential `c1`)"),
+        "{out}"
+    );
+
+    let (s, r) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "r"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let (_, r) = call(
+        &d,
+        Some(&user),
+        "POST",
+        &format!("/v1/requests/{id}/answer"),
+        Some(json!({"code": "4321"})),
+    )
+    .await;
+    assert_eq!(r["state"], "active", "{r}");
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=310", None).await;
+    assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/enrolments",
+        Some(json!({"provider": "hello"})),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs no enrolment"),
+        "{e}"
+    );
+}

@@ -2,13 +2,14 @@
 //!
 //! Modes act in `challenge_start` (every other call behaves): `ok` asks for code `1234`;
 //! `panic` panics; `segfault` writes through a null pointer; `abort` aborts the process;
-//! `hang` never returns; `noisy` prints to stdout, then asks. `lenient` behaves but accepts unknown settings keys (it breaks the
+//! `hang` never returns; `noisy` prints to stdout, then asks; `enrol` needs an enrolment (the
+//! secret is `4321`) and answers challenges with that secret. `lenient` behaves but accepts unknown settings keys (it breaks the
 //! contract that `rolegate provider check` verifies); `panic-create` panics while creating.
 
 use rolegate_sdk::serde::Deserialize;
 use rolegate_sdk::{
-    ChallengeContext, DenyReason, FactorKind, Input, Prompt, PromptKind, Provider, ProviderError,
-    ProviderInfo, Settings, Step, Verdict, export_provider,
+    ChallengeContext, Credential, DenyReason, EnrollContext, FactorKind, Input, Prompt, PromptKind,
+    Provider, ProviderError, ProviderInfo, Settings, Step, Verdict, export_provider,
 };
 
 #[derive(Debug, Deserialize)]
@@ -30,7 +31,7 @@ impl Provider for Misbehave {
             _ => settings.parse::<Strict>()?.mode,
         };
         match mode.as_str() {
-            "ok" | "panic" | "segfault" | "abort" | "hang" | "lenient" | "noisy" => {
+            "ok" | "panic" | "segfault" | "abort" | "hang" | "lenient" | "noisy" | "enrol" => {
                 Ok(Self { mode })
             }
             "panic-create" => panic!("misbehave: panic while creating"),
@@ -47,14 +48,68 @@ impl Provider for Misbehave {
             version: "0.1.0".into(),
             vendor: "rolegate tests".into(),
             factor: FactorKind::Code,
-            needs_enrolment: false,
+            needs_enrolment: self.mode == "enrol",
             needs_phone: false,
             responder: PromptKind::Code,
             sdk_version: String::new(),
         }
     }
 
+    fn enroll_start(&self, ctx: &EnrollContext) -> Result<Step, ProviderError> {
+        if self.mode != "enrol" {
+            return Err(ProviderError::unsupported(
+                "this provider needs no enrolment",
+            ));
+        }
+        Ok(Step::Ask {
+            prompt: Prompt::Display {
+                message: format!(
+                    "{}: your secret is 4321; type it to confirm",
+                    ctx.user.account
+                ),
+                uri: Some("misbehave://secret/4321".into()),
+                png: None,
+                text: Some("[4321]".into()),
+            },
+            state: b"enrol".to_vec().into(),
+            expires_in: 300,
+        })
+    }
+
+    fn enroll_continue(
+        &self,
+        _ctx: &EnrollContext,
+        state: &[u8],
+        input: &Input,
+    ) -> Result<Step, ProviderError> {
+        if state != b"enrol" {
+            return Err(ProviderError::bad_input("state is not an enrolment"));
+        }
+        let verdict = match input {
+            Input::Code { code } if code == "4321" => Verdict::Approved {
+                credential: Some(Credential {
+                    id: "c1".into(),
+                    label: "secret".into(),
+                    data: b"4321".to_vec().into(),
+                }),
+            },
+            _ => Verdict::Denied {
+                reason: DenyReason::WrongAnswer,
+                message: "that is not the secret".into(),
+            },
+        };
+        Ok(Step::Done { verdict })
+    }
+
     fn challenge_start(&self, ctx: &ChallengeContext) -> Result<Step, ProviderError> {
+        if self.mode == "enrol" && ctx.credentials.is_empty() {
+            return Ok(Step::Done {
+                verdict: Verdict::Denied {
+                    reason: DenyReason::NotEnrolled,
+                    message: "not enrolled".into(),
+                },
+            });
+        }
         match self.mode.as_str() {
             "panic" => panic!("misbehave: deliberate panic for {}", ctx.request_id),
             "segfault" => {
@@ -73,6 +128,14 @@ impl Provider for Misbehave {
             "hang" => loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             },
+            "enrol" => Ok(Step::Ask {
+                prompt: Prompt::Code {
+                    message: "Type your secret".into(),
+                    length: Some(4),
+                },
+                state: ctx.request_id.as_bytes().to_vec().into(),
+                expires_in: 60,
+            }),
             _ => self.challenge_start_ok(ctx),
         }
     }
@@ -89,7 +152,22 @@ impl Provider for Misbehave {
         let Input::Code { code } = input else {
             return Err(ProviderError::bad_input("expected a code"));
         };
-        let verdict = if code == "1234" {
+        let verdict = if self.mode == "enrol" {
+            match ctx.credentials.first() {
+                Some(c) if c.data.as_slice() == code.as_bytes() => Verdict::Approved {
+                    // A credential update: the host stores it with the verdict.
+                    credential: Some(Credential {
+                        id: c.id.clone(),
+                        label: format!("{} (used)", c.label),
+                        data: c.data.clone(),
+                    }),
+                },
+                _ => Verdict::Denied {
+                    reason: DenyReason::WrongAnswer,
+                    message: "wrong secret".into(),
+                },
+            }
+        } else if code == "1234" {
             Verdict::Approved { credential: None }
         } else {
             Verdict::Denied {
