@@ -1077,46 +1077,27 @@ impl Service {
                 let mut n = 0;
                 for row in &due {
                     let mut s = from_row(row)?;
-                    match s.state {
-                        RequestState::Active => {
-                            s.view.reason = Some("the activation ran its time".into());
-                            transition(tx, &mut s, RequestState::Expired, now)?;
-                            events::append(
-                                tx,
-                                event(events::REQUEST_EXPIRED, Severity::Information, &s, None, "activation expired".into()),
-                                t,
-                            )?;
-                        }
-                        RequestState::Scheduled => {
-                            // Its time came; expires_at was set from the start when granted.
-                            transition(tx, &mut s, RequestState::Active, now)?;
-                            events::append(
-                                tx,
-                                event(events::REQUEST_ACTIVATED, Severity::Information, &s, None, "activated (delayed start)".into()),
-                                t,
-                            )?;
-                        }
-                        RequestState::PendingMfa => {
-                            let provider = s.view.provider.clone();
-                            s.view.reason = Some("MFA was not completed in time".into());
-                            transition(tx, &mut s, RequestState::Failed, now)?;
-                            events::append(
-                                tx,
-                                event(events::MFA_NOT_COMPLETED, Severity::Error, &s, provider.as_deref(), "MFA not completed: the prompt expired".into()),
-                                t,
-                            )?;
-                        }
-                        RequestState::PendingApproval => {
-                            s.view.reason = Some("approval timed out".into());
-                            transition(tx, &mut s, RequestState::Rejected, now)?;
-                            events::append(
-                                tx,
-                                event(events::REQUEST_REJECTED, Severity::Warning, &s, None, "approval timed out".into()),
-                                t,
-                            )?;
-                        }
+                    // What is due for each state: where it goes, why, and which event says so.
+                    let (next, reason, id, severity, message) = match s.state {
+                        RequestState::Active => (RequestState::Expired, Some("the activation ran its time"), events::REQUEST_EXPIRED, Severity::Information, "activation expired"),
+                        // Its time came; expires_at was set from the start when granted.
+                        RequestState::Scheduled => (RequestState::Active, None, events::REQUEST_ACTIVATED, Severity::Information, "activated (delayed start)"),
+                        RequestState::PendingMfa => (RequestState::Failed, Some("MFA was not completed in time"), events::MFA_NOT_COMPLETED, Severity::Error, "MFA not completed: the prompt expired"),
+                        RequestState::PendingApproval => (RequestState::Rejected, Some("approval timed out"), events::REQUEST_REJECTED, Severity::Warning, "approval timed out"),
                         _ => continue,
+                    };
+                    let provider = (id == events::MFA_NOT_COMPLETED)
+                        .then(|| s.view.provider.clone())
+                        .flatten();
+                    if let Some(r) = reason {
+                        s.view.reason = Some(r.into());
                     }
+                    transition(tx, &mut s, next, now)?;
+                    events::append(
+                        tx,
+                        event(id, severity, &s, provider.as_deref(), message.into()),
+                        t,
+                    )?;
                     n += 1;
                 }
                 Ok(n)

@@ -306,6 +306,32 @@ async fn refusals_over_http_have_status_codes_and_messages() {
     assert_eq!(doc["openapi"], "3.1.0");
 }
 
+/// Adds user `jdoe`, a role `r` for them with MFA through `provider`, and returns jdoe's token.
+async fn jdoe_with_role(d: &Daemon, provider: &str) -> String {
+    let admin = d.admin.clone();
+    call(
+        d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    let role = json!({"name": "r", "candidates": ["jdoe"], "ttl_s": 60, "max_ttl_s": 60,
+                      "mfa_enabled": true, "providers": [provider]});
+    let (s, e) = call(d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
+    assert_eq!(s, 201, "{e}");
+    let (_, t) = call(
+        d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    t["token"].as_str().unwrap().to_string()
+}
+
 fn cli(d: &Daemon, token: &str, args: &[&str], stdin: &str) -> (bool, String) {
     use std::io::Write as _;
     let mut child = Command::new(rolegate_bin())
@@ -486,32 +512,7 @@ async fn provider_loads_and_crashes_are_in_the_event_log() {
     let admin = d.admin.clone();
     let (_, loaded) = call(&d, Some(&admin), "GET", "/v1/events?id=400", None).await;
     assert_eq!(loaded.as_array().unwrap().len(), 2, "{loaded}");
-    call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/users",
-        Some(json!({"account": "jdoe"})),
-    )
-    .await;
-    call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/roles",
-        Some(json!({"name": "r", "candidates": ["jdoe"],
-        "ttl_s": 60, "max_ttl_s": 60, "mfa_enabled": true, "providers": ["mis"]})),
-    )
-    .await;
-    let (_, t) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/tokens",
-        Some(json!({"account": "jdoe"})),
-    )
-    .await;
-    let user = t["token"].as_str().unwrap().to_string();
+    let user = jdoe_with_role(&d, "mis").await;
     let (s, r) = call(
         &d,
         Some(&user),
@@ -591,32 +592,7 @@ async fn a_user_enrols_then_activates_with_the_enrolled_factor() {
         rolegate_e2e::misbehave_lib().display()
     ));
     let admin = d.admin.clone();
-    call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/users",
-        Some(json!({"account": "jdoe"})),
-    )
-    .await;
-    call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/roles",
-        Some(json!({"name": "r", "candidates": ["jdoe"],
-        "ttl_s": 60, "max_ttl_s": 60, "mfa_enabled": true, "providers": ["sec"]})),
-    )
-    .await;
-    let (_, t) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/tokens",
-        Some(json!({"account": "jdoe"})),
-    )
-    .await;
-    let user = t["token"].as_str().unwrap().to_string();
+    let user = jdoe_with_role(&d, "sec").await;
 
     let (s, e) = call(
         &d,
