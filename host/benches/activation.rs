@@ -17,6 +17,7 @@ use rolegate::plugins::Providers;
 use rolegate::roles::{self, RoleSpec};
 use rolegate::secrets::SealingKey;
 use rolegate::service::{Service, Settings};
+use rolegate::store::Store;
 use rolegate::store::sqlite::Sqlite;
 use rolegate::{tokens, users};
 use serde_json::{Value, json};
@@ -47,7 +48,9 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (url, user_tokens) = server_rt.block_on(async {
-        let store = Arc::new(Sqlite::open(&dir.path().join("bench.db"), 0).unwrap());
+        let store = Arc::new(Store::from(
+            Sqlite::open(&dir.path().join("bench.db"), 0).unwrap(),
+        ));
         let key = Arc::new(SealingKey::load_or_create(&dir.path().join("bench.key")).unwrap());
         let config = Config {
             providers: vec![ProviderConfig {

@@ -63,6 +63,12 @@ pub struct StoreConfig {
     /// The key file that seals credentials; keep it outside the database's backups.
     #[serde(default = "default_key")]
     pub key_file: PathBuf,
+    /// A PostgreSQL connection string; when set, state lives there instead of `sqlite`.
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// A private file holding the PostgreSQL password, kept out of the connection string.
+    #[serde(default)]
+    pub postgres_password_file: Option<PathBuf>,
 }
 
 fn default_db() -> PathBuf {
@@ -78,6 +84,8 @@ impl Default for StoreConfig {
         Self {
             sqlite: default_db(),
             key_file: default_key(),
+            postgres: None,
+            postgres_password_file: None,
         }
     }
 }
@@ -301,6 +309,11 @@ impl Config {
                 *p = base.join(&*p);
             }
         }
+        if let Some(p) = &mut config.store.postgres_password_file
+            && p.is_relative()
+        {
+            *p = base.join(&*p);
+        }
         if let Some(p) = &mut config.events.jsonl
             && p.is_relative()
         {
@@ -338,6 +351,17 @@ impl Config {
                     "[policy] default_country_code = {} is not an assigned country code",
                     p.default_country_code
                 ),
+            });
+        }
+        if let Some(conn) = &config.store.postgres {
+            crate::store::postgres::parse_config(conn, None).map_err(|e| Error::Config {
+                path: path.to_path_buf(),
+                message: format!("[store] postgres: {e}"),
+            })?;
+        } else if config.store.postgres_password_file.is_some() {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: "[store] postgres_password_file is set without postgres".into(),
             });
         }
         let mut seen: HashMap<&str, &Path> = HashMap::new();

@@ -791,7 +791,12 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let served = rt.block_on(async move {
         let now = jiff::Timestamp::now().as_millisecond();
-        let store = Arc::new(rolegate::store::sqlite::Sqlite::open(&config.store.sqlite, now)?);
+        // Blocking (PostgreSQL connects and migrates): off the runtime's threads.
+        let store_config = config.store.clone();
+        let store = Arc::new(
+            tokio::task::spawn_blocking(move || rolegate::store::Store::open(&store_config, now))
+                .await??,
+        );
         let key = Arc::new(rolegate::secrets::SealingKey::load_or_create(&config.store.key_file)?);
         let (crash_tx, mut crash_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
         let providers = match Providers::load_observed(&config, Some(crash_tx)).await {

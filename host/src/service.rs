@@ -19,7 +19,7 @@ use crate::plugins::Providers;
 use crate::role::{Refusal, Role, Usability};
 use crate::roles;
 use crate::secrets::{SealingKey, random_id};
-use crate::store::sqlite::Sqlite;
+use crate::store::Store;
 use crate::store::{Row, Tx, Value};
 use crate::users::{self, User, account_key};
 
@@ -199,7 +199,7 @@ enum Outcome {
 
 /// The activation service.
 pub struct Service {
-    store: Arc<Sqlite>,
+    store: Arc<Store>,
     providers: Arc<Providers>,
     clock: Arc<dyn Clock>,
     key: Arc<SealingKey>,
@@ -219,7 +219,7 @@ impl std::fmt::Debug for Service {
 impl Service {
     /// A service over a store, the loaded providers, a clock and the sealing key.
     pub fn new(
-        store: Arc<Sqlite>,
+        store: Arc<Store>,
         providers: Arc<Providers>,
         clock: Arc<dyn Clock>,
         key: Arc<SealingKey>,
@@ -281,7 +281,7 @@ impl Service {
     }
 
     /// The store, for admin operations.
-    pub fn store(&self) -> &Arc<Sqlite> {
+    pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
 

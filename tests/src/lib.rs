@@ -80,3 +80,6 @@ pub fn write_private(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
+
+pub mod pg;
+pub mod stores;

@@ -6,3 +6,4 @@ mod check_cli;
 mod isolation;
 mod loader;
 mod service;
+mod store;

@@ -1,6 +1,6 @@
-//! The activation service end to end: real store (SQLite), real hello plugin, injected clock.
+//! The activation service end to end: real stores (SQLite and PostgreSQL, every test on
+//! both), real hello plugin, injected clock.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
@@ -12,15 +12,16 @@ use rolegate::plugins::Providers;
 use rolegate::roles::{self, RoleSpec};
 use rolegate::secrets::SealingKey;
 use rolegate::service::{RequestView, Service, Settings};
-use rolegate::store::sqlite::Sqlite;
 use rolegate::users::{self, NewUser};
+use rolegate_e2e::both;
+use rolegate_e2e::stores::{Backend, Location};
 use rolegate_e2e::{hello_lib, rolegate_bin};
 use rolegate_sdk::Input;
 
 const T0: &str = "2026-11-26T10:00:00Z"; // a Thursday
 
 struct World {
-    _dir: tempfile::TempDir,
+    _at: Location,
     service: Arc<Service>,
     clock: Arc<ManualClock>,
 }
@@ -45,26 +46,27 @@ async fn providers() -> Providers {
     Providers::load(&config).await.unwrap()
 }
 
-fn open_service(
-    dir: &Path,
+async fn open_service(
+    at: &Location,
     providers: Arc<Providers>,
     clock: Arc<ManualClock>,
     settings: Settings,
 ) -> Service {
-    let store = Arc::new(Sqlite::open(&dir.join("rolegate.db"), 0).unwrap());
-    let key = Arc::new(SealingKey::load_or_create(&dir.join("rolegate.key")).unwrap());
+    let store = Arc::new(at.open().await);
+    let key = Arc::new(SealingKey::load_or_create(&at.path().join("rolegate.key")).unwrap());
     Service::new(store, providers, clock, key, settings)
 }
 
-async fn world_with(settings: Settings) -> World {
-    let dir = tempfile::tempdir().unwrap();
+async fn world_with(backend: Backend, settings: Settings) -> World {
+    let at = Location::new(backend);
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
     let service = open_service(
-        dir.path(),
+        &at,
         Arc::new(providers().await),
         Arc::clone(&clock),
         settings,
-    );
+    )
+    .await;
     let store = service.store().clone();
     store
         .write(|tx| {
@@ -104,14 +106,14 @@ async fn world_with(settings: Settings) -> World {
         .await
         .unwrap();
     World {
-        _dir: dir,
+        _at: at,
         service: Arc::new(service),
         clock,
     }
 }
 
-async fn world() -> World {
-    world_with(Settings::default()).await
+async fn world(backend: Backend) -> World {
+    world_with(backend, Settings::default()).await
 }
 
 fn spec(name: &str, mfa: bool, approval: bool) -> RoleSpec {
@@ -163,9 +165,10 @@ async fn event_ids(w: &World, request: &str) -> Vec<i64> {
     ids
 }
 
+both! {
 #[tokio::test]
-async fn a_role_without_mfa_or_approval_activates_at_once() {
-    let w = world().await;
+async fn a_role_without_mfa_or_approval_activates_at_once(backend) {
+    let w = world(backend).await;
     let v = w
         .service
         .request(
@@ -183,10 +186,12 @@ async fn a_role_without_mfa_or_approval_activates_at_once() {
     assert_eq!(v.expires_at, Some(t0.as_millisecond() + 7_200_000));
     assert_eq!(event_ids(&w, &v.id).await, [200, 203]);
 }
+}
 
+both! {
 #[tokio::test]
-async fn mfa_only_activates_after_the_right_code() {
-    let w = world().await;
+async fn mfa_only_activates_after_the_right_code(backend) {
+    let w = world(backend).await;
     let v = w
         .service
         .request("CONTOSO\\jdoe", "mfa", "x", None, None)
@@ -203,10 +208,12 @@ async fn mfa_only_activates_after_the_right_code() {
     assert_eq!(done.state, "active");
     assert_eq!(event_ids(&w, &v.id).await, [200, 103, 203]);
 }
+}
 
+both! {
 #[tokio::test]
-async fn approval_only_and_self_approval_is_refused() {
-    let w = world().await;
+async fn approval_only_and_self_approval_is_refused(backend) {
+    let w = world(backend).await;
     let v = w
         .service
         .request("CONTOSO\\boss", "approval", "x", None, None)
@@ -245,10 +252,12 @@ async fn approval_only_and_self_approval_is_refused() {
     assert_eq!(a.state, "active");
     assert_eq!(event_ids(&w, &v.id).await, [200, 201, 203]);
 }
+}
 
+both! {
 #[tokio::test]
-async fn mfa_then_approval() {
-    let w = world().await;
+async fn mfa_then_approval(backend) {
+    let w = world(backend).await;
     let v = w
         .service
         .request("CONTOSO\\jdoe", "both", "x", None, None)
@@ -264,10 +273,12 @@ async fn mfa_then_approval() {
     assert_eq!(a.state, "active");
     assert_eq!(event_ids(&w, &v.id).await, [200, 103, 201, 203]);
 }
+}
 
+both! {
 #[tokio::test]
-async fn wrong_answers_fail_the_challenge_then_lock_the_user_out() {
-    let w = world_with(Settings {
+async fn wrong_answers_fail_the_challenge_then_lock_the_user_out(backend) {
+    let w = world_with(backend, Settings {
         lockout_threshold: 4,
         ..Default::default()
     })
@@ -378,10 +389,12 @@ async fn wrong_answers_fail_the_challenge_then_lock_the_user_out() {
         .unwrap();
     assert_eq!(ok.state, "active");
 }
+}
 
+both! {
 #[tokio::test]
-async fn activations_expire_with_the_clock_and_prompts_time_out() {
-    let w = world().await;
+async fn activations_expire_with_the_clock_and_prompts_time_out(backend) {
+    let w = world(backend).await;
     let active = w
         .service
         .request("CONTOSO\\jdoe", "auto", "x", None, None)
@@ -412,10 +425,12 @@ async fn activations_expire_with_the_clock_and_prompts_time_out() {
     assert_eq!(event_ids(&w, &active.id).await, [200, 203, 204]);
     assert_eq!(w.service.expire_due().await.unwrap(), 0);
 }
+}
 
+both! {
 #[tokio::test]
-async fn policy_refusals() {
-    let w = world().await;
+async fn policy_refusals(backend) {
+    let w = world(backend).await;
     let e = w
         .service
         .request("CONTOSO\\eve", "auto", "x", None, None)
@@ -469,10 +484,12 @@ async fn policy_refusals() {
         .unwrap_err();
     assert!(matches!(e, Error::NotFound { .. }), "{e}");
 }
+}
 
+both! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_answers_and_approvals_take_effect_once() {
-    let w = world().await;
+async fn concurrent_answers_and_approvals_take_effect_once(backend) {
+    let w = world(backend).await;
     let v = w
         .service
         .request("CONTOSO\\jdoe", "mfa", "x", None, None)
@@ -523,6 +540,7 @@ async fn concurrent_answers_and_approvals_take_effect_once() {
     let wins = futures_count(tasks).await;
     assert_eq!(wins, 1);
 }
+}
 
 async fn futures_count(
     tasks: Vec<tokio::task::JoinHandle<rolegate::Result<RequestView>>>,
@@ -536,17 +554,19 @@ async fn futures_count(
     n
 }
 
+both! {
 #[tokio::test]
-async fn a_challenge_continues_after_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_challenge_continues_after_a_restart(backend) {
+    let at = Location::new(backend);
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
     let v = {
         let s = open_service(
-            dir.path(),
+            &at,
             Arc::new(providers().await),
             Arc::clone(&clock),
             Settings::default(),
-        );
+        )
+        .await;
         s.store()
             .write(|tx| {
                 users::create(
@@ -570,22 +590,19 @@ async fn a_challenge_continues_after_a_restart() {
         v
     };
     // A new store, a new plugin instance, the same files.
-    let s = open_service(
-        dir.path(),
-        Arc::new(providers().await),
-        clock,
-        Settings::default(),
-    );
+    let s = open_service(&at, Arc::new(providers().await), clock, Settings::default()).await;
     let done = s
         .answer(&v.id, "CONTOSO\\jdoe", code(right_code(&v)))
         .await
         .unwrap();
     assert_eq!(done.state, "active");
 }
+}
 
+both! {
 #[tokio::test]
-async fn closing_ends_an_activation_once() {
-    let w = world().await;
+async fn closing_ends_an_activation_once(backend) {
+    let w = world(backend).await;
     let v = w
         .service
         .request("CONTOSO\\jdoe", "auto", "x", None, None)
@@ -618,10 +635,12 @@ async fn closing_ends_an_activation_once() {
         "{verified:?}"
     );
 }
+}
 
+both! {
 #[tokio::test]
-async fn request_creation_is_rate_limited_per_account() {
-    let w = world_with(Settings {
+async fn request_creation_is_rate_limited_per_account(backend) {
+    let w = world_with(backend, Settings {
         requests_per_minute: 3,
         ..Default::default()
     })
@@ -649,10 +668,12 @@ async fn request_creation_is_rate_limited_per_account() {
         .await
         .unwrap();
 }
+}
 
+both! {
 #[tokio::test]
-async fn a_changed_role_policy_applies_to_the_next_request() {
-    let w = world().await;
+async fn a_changed_role_policy_applies_to_the_next_request(backend) {
+    let w = world(backend).await;
     w.service
         .request("CONTOSO\\jdoe", "auto", "x", None, None)
         .await
@@ -674,10 +695,12 @@ async fn a_changed_role_policy_applies_to_the_next_request() {
         "`CONTOSO\\jdoe` is not a candidate for role `auto`"
     );
 }
+}
 
+both! {
 #[tokio::test]
-async fn a_delayed_start_is_granted_now_and_active_later() {
-    let w = world().await;
+async fn a_delayed_start_is_granted_now_and_active_later(backend) {
+    let w = world(backend).await;
     let t0: Timestamp = T0.parse().unwrap();
     let start = t0 + SignedDuration::from_hours(2);
     let v = w
@@ -730,4 +753,5 @@ async fn a_delayed_start_is_granted_now_and_active_later() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("can be activated only"), "{e}");
+}
 }

@@ -1,16 +1,21 @@
-//! Storage: one API over SQLite (the embedded default) and, later, PostgreSQL.
+//! Storage: one API over SQLite (the embedded default) and PostgreSQL (for HA).
 //!
 //! Writes go through one writer per store that commits whatever is queued in a single
 //! transaction (group commit): each write is durable (fsync'd) before its caller hears of it,
 //! and a burst of writes shares one fsync. Every write runs inside its own savepoint, so one
-//! failing write does not undo the others of its batch. Reads run on a pool of read-only
-//! connections beside the writer (SQLite WAL).
+//! failing write does not undo the others of its batch. Reads run on a pool of connections
+//! beside the writer.
 //!
 //! SQL is written once, in the subset both databases speak, with `$1`-style parameters and
 //! the [`Value`] type; each backend implements [`Tx`].
 
+pub mod postgres;
 pub mod schema;
 pub mod sqlite;
+
+use std::sync::{Mutex, mpsc};
+
+use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 
@@ -128,3 +133,190 @@ pub trait Tx {
 
 /// A write to run in the writer's transaction.
 pub type WriteOp<T> = Box<dyn FnOnce(&mut dyn Tx) -> Result<T> + Send>;
+
+/// A store of either backend, chosen by the config.
+#[derive(Debug)]
+pub enum Store {
+    /// The embedded default.
+    Sqlite(sqlite::Sqlite),
+    /// A PostgreSQL server, for several rolegate instances sharing one state.
+    Postgres(Box<postgres::Postgres>),
+}
+
+impl Store {
+    /// Opens the configured backend: PostgreSQL when `postgres` is set, else the SQLite
+    /// file. Blocking (connects and migrates): call it before serving.
+    pub fn open(config: &crate::config::StoreConfig, now_ms: i64) -> Result<Self> {
+        let Some(conn) = &config.postgres else {
+            return sqlite::Sqlite::open(&config.sqlite, now_ms).map(Store::Sqlite);
+        };
+        let password = match &config.postgres_password_file {
+            None => None,
+            Some(file) => {
+                crate::config::check_private(file)?;
+                let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
+                    what: format!("reading {}", file.display()),
+                    source,
+                })?;
+                Some(text.trim_end_matches(['\r', '\n']).to_string())
+            }
+        };
+        let pg = postgres::parse_config(conn, password).map_err(|message| Error::Store {
+            what: "reading [store] postgres".into(),
+            message,
+        })?;
+        postgres::Postgres::open(pg, now_ms).map(Store::from)
+    }
+
+    /// Runs `op` in the next group-commit transaction; returns once it is durable.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.write_with(true, op).await
+    }
+
+    /// Like [`Store::write`]; a write with `durable` false may be lost with the machine's
+    /// power (not with a crash of rolegate) when its whole batch is of such writes.
+    pub async fn write_with<T: Send + 'static>(
+        &self,
+        durable: bool,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match self {
+            Store::Sqlite(s) => s.write_with(durable, op).await,
+            Store::Postgres(p) => p.write_with(durable, op).await,
+        }
+    }
+
+    /// Runs `op` on a reading connection, off the async runtime.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match self {
+            Store::Sqlite(s) => s.read(op).await,
+            Store::Postgres(p) => p.read(op).await,
+        }
+    }
+
+    /// Finishes queued writes and closes the connections.
+    pub fn close(&self) {
+        match self {
+            Store::Sqlite(s) => s.close(),
+            Store::Postgres(p) => p.close(),
+        }
+    }
+
+    /// Which backend this is (`sqlite`, `postgres`).
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+}
+
+impl From<sqlite::Sqlite> for Store {
+    fn from(s: sqlite::Sqlite) -> Self {
+        Store::Sqlite(s)
+    }
+}
+
+impl From<postgres::Postgres> for Store {
+    fn from(p: postgres::Postgres) -> Self {
+        Store::Postgres(Box::new(p))
+    }
+}
+
+/// Tells a queued write's caller how its batch's commit went (`Some(error)` when it failed).
+pub(crate) type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
+/// A queued write: runs in the batch's transaction, says whether it succeeded.
+pub(crate) type Job = Box<dyn FnOnce(&mut dyn Tx) -> (bool, Completion) + Send>;
+
+/// A queued write and whether it must reach the disk before its caller hears back.
+pub(crate) struct Queued {
+    /// Whether the write must be durable before it is acknowledged.
+    pub(crate) durable: bool,
+    /// The write.
+    pub(crate) job: Job,
+}
+
+/// The sending side of a backend's group-commit writer thread.
+pub(crate) struct Writer(Mutex<Option<mpsc::Sender<Queued>>>);
+
+impl Writer {
+    /// Wraps the channel to a running writer thread.
+    pub(crate) fn new(tx: mpsc::Sender<Queued>) -> Self {
+        Self(Mutex::new(Some(tx)))
+    }
+
+    /// Queues `op` and waits for its batch's commit.
+    pub(crate) async fn submit<T: Send + 'static>(
+        &self,
+        durable: bool,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(move |tx| {
+            let result = op(tx);
+            let ok = result.is_ok();
+            let completion: Completion = Box::new(move |commit_error| {
+                let out = match (result, commit_error) {
+                    (Ok(v), None) => Ok(v),
+                    (Ok(_), Some(e)) => Err(Error::Store {
+                        what: "committing".into(),
+                        message: e.to_string(),
+                    }),
+                    (Err(e), _) => Err(e),
+                };
+                let _ = reply.send(out);
+            });
+            (ok, completion)
+        });
+        let sender = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|w| w.as_ref().cloned())
+            .ok_or_else(|| Error::Store {
+                what: "writing".into(),
+                message: "the store is closed".into(),
+            })?;
+        sender
+            .send(Queued { durable, job })
+            .map_err(|_| Error::Store {
+                what: "writing".into(),
+                message: "the database writer stopped".into(),
+            })?;
+        answer.await.map_err(|_| Error::Store {
+            what: "writing".into(),
+            message: "the database writer stopped before answering".into(),
+        })?
+    }
+
+    /// Stops taking writes; the writer thread ends once the queue is drained.
+    pub(crate) fn close(&self) {
+        if let Ok(mut w) = self.0.lock() {
+            w.take();
+        }
+    }
+}
+
+/// A transaction that refuses everything (its batch could not begin).
+pub(crate) struct FailTx(pub(crate) &'static str);
+
+impl Tx for FailTx {
+    fn execute(&mut self, _: &str, _: &[Value]) -> Result<u64> {
+        Err(Error::Store {
+            what: "writing".into(),
+            message: "the transaction could not begin".into(),
+        })
+    }
+    fn query(&mut self, _: &str, _: &[Value]) -> Result<Vec<Row>> {
+        self.execute("", &[]).map(|_| Vec::new())
+    }
+    fn backend(&self) -> &'static str {
+        self.0
+    }
+}

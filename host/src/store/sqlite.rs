@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, types::ValueRef};
-use tokio::sync::oneshot;
 
-use super::{Row, Tx, Value};
+use super::{FailTx, Queued, Row, Tx, Value, Writer};
 use crate::error::{Error, Result};
 
 /// Most writes committed in one transaction.
@@ -96,19 +95,10 @@ impl Tx for SqliteTx<'_> {
     }
 }
 
-type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
-type Job = Box<dyn FnOnce(&mut dyn Tx) -> (bool, Completion) + Send>;
-
-/// A queued write and whether it must reach the disk (fsync) before its caller hears back.
-struct Queued {
-    durable: bool,
-    job: Job,
-}
-
 /// A SQLite store.
 pub struct Sqlite {
     path: PathBuf,
-    writer: Mutex<Option<mpsc::Sender<Queued>>>,
+    writer: Writer,
     readers: Arc<Mutex<Vec<Connection>>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -198,7 +188,7 @@ impl Sqlite {
         };
         Ok(Self {
             path: path.to_path_buf(),
-            writer: Mutex::new(Some(tx)),
+            writer: Writer::new(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
             stop,
             threads: Mutex::new(vec![writer, checkpointer]),
@@ -210,7 +200,7 @@ impl Sqlite {
         &self,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.write_with(true, op).await
+        self.writer.submit(true, op).await
     }
 
     /// Like [`Sqlite::write`], but when `durable` is false the commit survives a crash of
@@ -222,42 +212,7 @@ impl Sqlite {
         durable: bool,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (reply, answer) = oneshot::channel::<Result<T>>();
-        let job: Job = Box::new(move |tx| {
-            let result = op(tx);
-            let ok = result.is_ok();
-            let completion: Completion = Box::new(move |commit_error| {
-                let out = match (result, commit_error) {
-                    (Ok(v), None) => Ok(v),
-                    (Ok(_), Some(e)) => Err(Error::Store {
-                        what: "committing".into(),
-                        message: e.to_string(),
-                    }),
-                    (Err(e), _) => Err(e),
-                };
-                let _ = reply.send(out);
-            });
-            (ok, completion)
-        });
-        let sender = self
-            .writer
-            .lock()
-            .ok()
-            .and_then(|w| w.as_ref().cloned())
-            .ok_or_else(|| Error::Store {
-                what: "writing".into(),
-                message: "the store is closed".into(),
-            })?;
-        sender
-            .send(Queued { durable, job })
-            .map_err(|_| Error::Store {
-                what: "writing".into(),
-                message: "the database writer stopped".into(),
-            })?;
-        answer.await.map_err(|_| Error::Store {
-            what: "writing".into(),
-            message: "the database writer stopped before answering".into(),
-        })?
+        self.writer.submit(durable, op).await
     }
 
     /// Runs `op` on a read-only connection, off the async runtime.
@@ -288,9 +243,7 @@ impl Sqlite {
 
     /// Finishes queued writes, checkpoints, and stops the background threads.
     pub fn close(&self) {
-        if let Ok(mut w) = self.writer.lock() {
-            w.take();
-        }
+        self.writer.close();
         self.stop.store(true, Ordering::SeqCst);
         let threads: Vec<_> = self
             .threads
@@ -338,7 +291,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
         let begun = conn.execute_batch("BEGIN IMMEDIATE");
         for Queued { job, .. } in batch.drain(..) {
             if begun.is_err() {
-                let (_, done) = job(&mut FailTx);
+                let (_, done) = job(&mut FailTx("sqlite"));
                 completions.push(done);
                 continue;
             }
@@ -379,24 +332,6 @@ fn exec_cached(conn: &Connection, sql: &str) -> bool {
         .is_ok()
 }
 
-/// A transaction that refuses everything (the batch could not begin).
-struct FailTx;
-
-impl Tx for FailTx {
-    fn execute(&mut self, _: &str, _: &[Value]) -> Result<u64> {
-        Err(Error::Store {
-            what: "writing".into(),
-            message: "the transaction could not begin".into(),
-        })
-    }
-    fn query(&mut self, _: &str, _: &[Value]) -> Result<Vec<Row>> {
-        self.execute("", &[]).map(|_| Vec::new())
-    }
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-}
-
 fn checkpoint_loop(path: &Path, stop: &AtomicBool) {
     let Ok(conn) = open_connection(path, false) else {
         return;
@@ -411,12 +346,6 @@ fn checkpoint_loop(path: &Path, stop: &AtomicBool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn open() -> (tempfile::TempDir, Sqlite) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
-        (dir, db)
-    }
 
     #[test]
     fn parameters_are_rewritten_for_sqlite() {
@@ -444,109 +373,5 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = Sqlite::open(&path, 0).unwrap_err();
         assert!(e.to_string().contains("chmod 600"), "{e}");
-    }
-
-    #[tokio::test]
-    async fn a_newer_schema_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("rolegate.db");
-        let db = Sqlite::open(&path, 0).unwrap();
-        db.write(|tx| {
-            tx.execute(
-                "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
-                &[Value::Int(99), "future".into(), Value::Int(0)],
-            )
-        })
-        .await
-        .unwrap();
-        db.close();
-        drop(db);
-        let e = Sqlite::open(&path, 0).unwrap_err();
-        assert!(e.to_string().contains("schema is version 99"), "{e}");
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_writes_are_all_durable_and_a_failure_stays_alone() {
-        let (dir, db) = open();
-        let db = Arc::new(db);
-        let mut tasks = Vec::new();
-        for i in 0..200i64 {
-            let db = Arc::clone(&db);
-            tasks.push(tokio::spawn(async move {
-                db.write(move |tx| {
-                    if i % 50 == 7 {
-                        tx.execute(
-                            "INSERT INTO roles VALUES ($1, $2, $3, $4)",
-                            &[
-                                format!("r{i}").into(),
-                                "{}".into(),
-                                Value::Int(i),
-                                Value::Int(i),
-                            ],
-                        )?;
-                        // Fails after a write: the savepoint must undo it.
-                        tx.execute("INSERT INTO nowhere VALUES (1)", &[])?;
-                    }
-                    tx.execute(
-                        "INSERT INTO roles VALUES ($1, $2, $3, $4)",
-                        &[
-                            format!("r{i}").into(),
-                            "{}".into(),
-                            Value::Int(i),
-                            Value::Int(i),
-                        ],
-                    )
-                })
-                .await
-            }));
-        }
-        let mut failed = 0;
-        for t in tasks {
-            if t.await.unwrap().is_err() {
-                failed += 1;
-            }
-        }
-        assert_eq!(failed, 4);
-        db.close();
-        // Reopen from disk: every acknowledged write is there, the failed ones are not.
-        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
-        let rows = db
-            .read(|tx| tx.query("SELECT COUNT(*) FROM roles", &[]))
-            .await
-            .unwrap();
-        assert_eq!(rows[0].int(0).unwrap(), 196);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_conditional_transition_has_one_winner() {
-        let (_dir, db) = open();
-        db.write(|tx| {
-            tx.execute(
-                "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, created_at, updated_at, version, wrong_answers) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 0, 0)",
-                &["q1".into(), "jdoe".into(), "r".into(), "pending_approval".into(), "x".into(), Value::Int(3600), Value::Int(0)],
-            )
-        })
-        .await
-        .unwrap();
-        let db = Arc::new(db);
-        let mut tasks = Vec::new();
-        for _ in 0..16 {
-            let db = Arc::clone(&db);
-            tasks.push(tokio::spawn(async move {
-                db.write(|tx| {
-                    tx.execute(
-                        "UPDATE requests SET state = $1 WHERE id = $2 AND state = $3",
-                        &["active".into(), "q1".into(), "pending_approval".into()],
-                    )
-                })
-                .await
-                .unwrap()
-            }));
-        }
-        let mut winners = 0;
-        for t in tasks {
-            winners += t.await.unwrap();
-        }
-        assert_eq!(winners, 1);
     }
 }

@@ -1,0 +1,273 @@
+//! The store on both backends: group commit, one winner per transition, migrations, the
+//! event chain; on PostgreSQL also two instances sharing one database (HA).
+
+use std::sync::Arc;
+
+use rolegate::events::{self, NewEvent, Severity, Verification};
+use rolegate::store::postgres::{Postgres, parse_config};
+use rolegate::store::{Store, Value};
+use rolegate_e2e::both;
+use rolegate_e2e::stores::{Backend, Location};
+
+fn role_row(i: i64) -> [Value; 4] {
+    [
+        format!("r{i}").into(),
+        "{}".into(),
+        Value::Int(i),
+        Value::Int(i),
+    ]
+}
+
+async fn append(store: &Store, i: i64) {
+    store
+        .write(move |tx| {
+            events::append(
+                tx,
+                NewEvent::new(
+                    events::MFA_COMPLETED,
+                    Severity::Information,
+                    "activation",
+                    format!("event {i}"),
+                ),
+                1000 + i,
+            )
+        })
+        .await
+        .unwrap();
+}
+
+both! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_all_committed_and_a_failure_stays_alone(backend) {
+    let at = Location::new(backend);
+    let db = Arc::new(at.open().await);
+    let mut tasks = Vec::new();
+    for i in 0..200i64 {
+        let db = Arc::clone(&db);
+        tasks.push(tokio::spawn(async move {
+            db.write(move |tx| {
+                if i % 50 == 7 {
+                    tx.execute("INSERT INTO roles VALUES ($1, $2, $3, $4)", &role_row(i))?;
+                    // Fails after a write: the savepoint must undo that write alone.
+                    tx.execute("INSERT INTO nowhere VALUES (1)", &[])?;
+                }
+                tx.execute("INSERT INTO roles VALUES ($1, $2, $3, $4)", &role_row(i))
+            })
+            .await
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        if let Err(e) = t.await.unwrap() {
+            assert!(e.to_string().contains("nowhere"), "{e}");
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 4);
+    db.close();
+    // Reopen: every acknowledged write is there, the failed ones are not.
+    let db = at.open().await;
+    let rows = db
+        .read(|tx| tx.query("SELECT COUNT(*) FROM roles", &[]))
+        .await
+        .unwrap();
+    assert_eq!(rows[0].int(0).unwrap(), 196);
+    db.close();
+}
+}
+
+both! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_transition_has_one_winner(backend) {
+    let at = Location::new(backend);
+    let db = Arc::new(at.open().await);
+    db.write(|tx| {
+        tx.execute(
+            "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, created_at, updated_at, version, wrong_answers) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 0, 0)",
+            &["q1".into(), "jdoe".into(), "r".into(), "pending_approval".into(), "x".into(), Value::Int(3600), Value::Int(0)],
+        )
+    })
+    .await
+    .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let db = Arc::clone(&db);
+        tasks.push(tokio::spawn(async move {
+            db.write(|tx| {
+                tx.execute(
+                    "UPDATE requests SET state = $1 WHERE id = $2 AND state = $3",
+                    &["active".into(), "q1".into(), "pending_approval".into()],
+                )
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        winners += t.await.unwrap();
+    }
+    assert_eq!(winners, 1);
+    db.close();
+}
+}
+
+both! {
+#[tokio::test]
+async fn values_round_trip_and_migrations_run_once(backend) {
+    let at = Location::new(backend);
+    let db = at.open().await;
+    let blob: Vec<u8> = (0..=255).collect();
+    let b = blob.clone();
+    db.write(move |tx| {
+        tx.execute(
+            "INSERT INTO credentials (account_key, provider, id, label, sealed, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &["jdoe".into(), "hello".into(), "c1".into(), "Jäne’s key ✓".into(), b.into(), Value::Int(i64::MAX), Value::Int(i64::MIN)],
+        )
+    })
+    .await
+    .unwrap();
+    let rows = db
+        .read(|tx| {
+            tx.query(
+                "SELECT label, sealed, created_at, updated_at, NULL FROM credentials WHERE id = $1",
+                &["c1".into()],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows[0].text(0).unwrap(), "Jäne’s key ✓");
+    assert_eq!(rows[0].blob(1).unwrap(), blob);
+    assert_eq!(rows[0].int(2).unwrap(), i64::MAX);
+    assert_eq!(rows[0].int(3).unwrap(), i64::MIN);
+    assert_eq!(rows[0].opt_text(4).unwrap(), None);
+    db.close();
+    drop(db);
+    let db = at.open().await;
+    let n = db
+        .read(|tx| tx.query("SELECT COUNT(*) FROM schema_migrations", &[]))
+        .await
+        .unwrap();
+    assert_eq!(n[0].int(0).unwrap(), 1, "opened twice, migrated once");
+    // A database newer than this binary is refused, untouched.
+    db.write(|tx| {
+        tx.execute(
+            "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
+            &[Value::Int(99), "future".into(), Value::Int(0)],
+        )
+    })
+    .await
+    .unwrap();
+    db.close();
+    drop(db);
+    let e = match &at.postgres {
+        None => rolegate::store::sqlite::Sqlite::open(&at.path().join("rolegate.db"), 0).map(|_| ()),
+        Some(conn) => {
+            let config = parse_config(conn, None).unwrap();
+            tokio::task::spawn_blocking(move || Postgres::open(config, 0).map(|_| ()))
+                .await
+                .unwrap()
+        }
+    }
+    .unwrap_err();
+    assert!(e.to_string().contains("schema is version 99"), "{e}");
+}
+}
+
+both! {
+#[tokio::test]
+async fn the_event_chain_detects_an_edit_and_a_deletion(backend) {
+    let at = Location::new(backend);
+    let db = at.open().await;
+    for i in 0..5 {
+        append(&db, i).await;
+    }
+    assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(5));
+    db.write(|tx| {
+        tx.execute(
+            "UPDATE events SET message = $1 WHERE seq = $2",
+            &["nothing happened".into(), Value::Int(3)],
+        )
+    })
+    .await
+    .unwrap();
+    match db.read(events::verify).await.unwrap() {
+        Verification::Broken { seq, .. } => assert_eq!(seq, 3),
+        other => panic!("an edit went unseen: {other:?}"),
+    }
+    db.write(|tx| {
+        tx.execute("UPDATE events SET message = $1 WHERE seq = $2", &["event 2".into(), Value::Int(3)])?;
+        tx.execute("DELETE FROM events WHERE seq = $1", &[Value::Int(2)])
+    })
+    .await
+    .unwrap();
+    match db.read(events::verify).await.unwrap() {
+        Verification::Broken { seq, reason } => {
+            assert_eq!(seq, 2);
+            assert!(reason.contains("missing"), "{reason}");
+        }
+        other => panic!("a deletion went unseen: {other:?}"),
+    }
+    db.close();
+}
+}
+
+/// Two rolegate instances on one PostgreSQL database, appending at once: one unbroken chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_one_event_chain() {
+    let at = Location::new(Backend::Postgres);
+    let a = Arc::new(at.open().await);
+    let b = Arc::new(at.open().await);
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let s = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        tasks.push(tokio::spawn(async move { append(&s, i).await }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        a.read(events::verify).await.unwrap(),
+        Verification::Intact(100)
+    );
+    assert_eq!(
+        b.read(events::verify).await.unwrap(),
+        Verification::Intact(100)
+    );
+    a.close();
+    b.close();
+}
+
+#[test]
+fn a_bad_or_remote_connection_string_is_refused_without_echoing_it() {
+    let e = parse_config("host=db.example.com user=rolegate password=hunter2", None).unwrap_err();
+    assert!(e.contains("db.example.com") && e.contains("TLS"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    let e = parse_config("host=127.0.0.1 sslmode=bogus password=hunter2", None).unwrap_err();
+    assert!(e.contains("not a valid connection string"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+    assert!(parse_config("host=/run/postgresql user=rolegate dbname=rolegate", None).is_ok());
+    assert!(parse_config("postgresql://rolegate@127.0.0.1:5433/rolegate", None).is_ok());
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_a_clear_error() {
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = parse_config(
+        &format!("host=127.0.0.1 port={port} user=rolegate dbname=rolegate password=hunter2"),
+        None,
+    )
+    .unwrap();
+    let e = tokio::task::spawn_blocking(move || Postgres::open(config, 0))
+        .await
+        .unwrap()
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("connecting to PostgreSQL"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
