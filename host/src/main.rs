@@ -798,6 +798,13 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                 .await??,
         );
         let key = Arc::new(rolegate::secrets::SealingKey::load_or_create(&config.store.key_file)?);
+        {
+            let key = Arc::clone(&key);
+            store
+                .write(move |tx| rolegate::secrets::check_key(tx, &key))
+                .await
+                .map_err(|e| anyhow::anyhow!("{}: {e}", config.store.key_file.display()))?;
+        }
         let (crash_tx, mut crash_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
         let providers = match Providers::load_observed(&config, Some(crash_tx)).await {
             Ok(p) => Arc::new(p),
@@ -885,10 +892,17 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         if ended > 0 {
             tracing::info!(ended, "ended what was due while the host was down");
         }
-        if store.read(rolegate::tokens::count).await? == 0 {
-            let token = store
-                .write(move |tx| rolegate::tokens::issue(tx, "admin", true, "first admin", now))
-                .await?;
+        // Counted and issued in one transaction: of several instances starting at once on
+        // one PostgreSQL database, one issues the first token.
+        let first = store
+            .write(move |tx| {
+                if rolegate::tokens::count(tx)? > 0 {
+                    return Ok(None);
+                }
+                rolegate::tokens::issue(tx, "admin", true, "first admin", now).map(Some)
+            })
+            .await?;
+        if let Some(token) = first {
             eprintln!(
                 "rolegate: first start. The admin token (shown once, keep it secret):\n\n    export ROLEGATE_TOKEN={token}\n"
             );

@@ -145,6 +145,37 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
+/// The sealing context of the key check value.
+const KEY_CHECK: &str = "rolegate key check";
+
+/// Checks that `key` is the key this database's secrets were sealed with (storing a check
+/// value on first use), so an instance started with another key file stops at once instead
+/// of failing on each credential.
+pub fn check_key(tx: &mut dyn crate::store::Tx, key: &SealingKey) -> Result<()> {
+    use crate::store::Value;
+    let rows = tx.query(
+        "SELECT value FROM meta WHERE name = $1",
+        &[Value::from("key_check")],
+    )?;
+    match rows.first() {
+        None => {
+            let sealed = key.seal(KEY_CHECK.as_bytes(), KEY_CHECK)?;
+            tx.execute(
+                "INSERT INTO meta (name, value) VALUES ($1, $2)",
+                &[Value::from("key_check"), Value::Blob(sealed)],
+            )?;
+            Ok(())
+        }
+        Some(row) => match key.open(&row.blob(0)?, KEY_CHECK) {
+            Ok(plain) if plain == KEY_CHECK.as_bytes() => Ok(()),
+            _ => Err(Error::Invalid {
+                what: "the key file".into(),
+                message: "it does not open this database's secrets: every rolegate instance on one database needs the same key file (copy it, mode 0600); a lost key file means re-enrolling every credential".into(),
+            }),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

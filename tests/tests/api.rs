@@ -22,7 +22,9 @@ impl Drop for Daemon {
 }
 
 fn start() -> Daemon {
-    start_with("")
+    let d = start_with("");
+    assert!(!d.admin.is_empty(), "no first admin token printed");
+    d
 }
 
 fn start_with(extra: &str) -> Daemon {
@@ -49,7 +51,7 @@ fn start_with(extra: &str) -> Daemon {
             let _ = tx.send(line);
         }
     });
-    let (mut url, mut admin) = (None, None);
+    let (mut url, mut admin, mut seen) = (None, None, Vec::new());
     let deadline = Instant::now() + Duration::from_secs(20);
     while url.is_none() && Instant::now() < deadline {
         let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
@@ -61,11 +63,18 @@ fn start_with(extra: &str) -> Daemon {
         if let Some(rest) = line.strip_prefix("rolegate: serving on ") {
             url = rest.split_whitespace().next().map(String::from);
         }
+        seen.push(line);
     }
     Daemon {
         child,
-        url: url.expect("the daemon did not start in 20 s"),
-        admin: admin.expect("no first admin token printed"),
+        url: url.unwrap_or_else(|| {
+            panic!(
+                "the daemon did not start in 20 s; it said:\n{}",
+                seen.join("\n")
+            )
+        }),
+        // Only the first start on a database prints one.
+        admin: admin.unwrap_or_default(),
         dir,
     }
 }
@@ -679,4 +688,82 @@ async fn a_user_enrols_then_activates_with_the_enrolled_factor() {
             .contains("needs no enrolment"),
         "{e}"
     );
+}
+
+/// Two daemons on one PostgreSQL database (HA): a request made on one is answered on the
+/// other, one first admin token is issued, and the event chain stays whole.
+#[tokio::test]
+async fn two_daemons_share_one_postgresql_database() {
+    let conn = rolegate_e2e::pg::fresh_database();
+    let store = format!("\n[store]\npostgres = \"{conn}\"\n");
+    let a = start_with(&store);
+    assert!(
+        !a.admin.is_empty(),
+        "the first start prints the admin token"
+    );
+    // Every instance needs the same key file: one with its own is refused at start.
+    let other = tempfile::tempdir().unwrap();
+    let cfg = other.path().join("rolegate.toml");
+    write_private(
+        &cfg,
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n{store}"),
+    );
+    let mut c = Command::new(rolegate_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = c.kill();
+    let out = c.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs the same key file"), "{stderr}");
+
+    let key = a.dir.path().join("rolegate.key");
+    let b = start_with(&format!("{store}key_file = \"{}\"\n", key.display()));
+    assert!(
+        b.admin.is_empty(),
+        "the second instance issues no second token"
+    );
+    let user = jdoe_with_role(&a, "hello").await;
+    let (s, v) = call(
+        &b,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "r", "justification": "quarter close"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let message = v["prompt"]["message"].as_str().unwrap();
+    let code: String = message.split(' ').nth(1).unwrap().chars().rev().collect();
+    let (s, v) = call(
+        &a,
+        Some(&user),
+        "POST",
+        &format!("/v1/requests/{id}/answer"),
+        Some(json!({"code": code})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["state"], "active");
+    let (s, v) = call(
+        &b,
+        Some(&a.admin),
+        "GET",
+        &format!("/v1/requests/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!((s, v["state"].as_str()), (200, Some("active")));
+    let (s, v) = call(&b, Some(&a.admin), "GET", "/v1/events/verify", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["intact"], true, "{v}");
 }

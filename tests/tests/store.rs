@@ -148,7 +148,11 @@ async fn values_round_trip_and_migrations_run_once(backend) {
         .read(|tx| tx.query("SELECT COUNT(*) FROM schema_migrations", &[]))
         .await
         .unwrap();
-    assert_eq!(n[0].int(0).unwrap(), 1, "opened twice, migrated once");
+    assert_eq!(
+        n[0].int(0).unwrap(),
+        rolegate::store::schema::latest(),
+        "opened twice, migrated once"
+    );
     // A database newer than this binary is refused, untouched.
     db.write(|tx| {
         tx.execute(
@@ -270,4 +274,22 @@ async fn an_unreachable_server_is_a_clear_error() {
     let text = e.to_string();
     assert!(text.contains("connecting to PostgreSQL"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
+}
+
+both! {
+#[tokio::test]
+async fn the_key_check_accepts_the_same_key_and_refuses_another(backend) {
+    use rolegate::secrets::{SealingKey, check_key};
+    let at = Location::new(backend);
+    let db = at.open().await;
+    let key = Arc::new(SealingKey::load_or_create(&at.path().join("a.key")).unwrap());
+    for _ in 0..2 {
+        let k = Arc::clone(&key);
+        db.write(move |tx| check_key(tx, &k)).await.unwrap();
+    }
+    let other = Arc::new(SealingKey::load_or_create(&at.path().join("b.key")).unwrap());
+    let e = db.write(move |tx| check_key(tx, &other)).await.unwrap_err();
+    assert!(e.to_string().contains("needs the same key file"), "{e}");
+    db.close();
+}
 }

@@ -8,10 +8,11 @@ use crate::error::{Error, Result};
 use crate::store::{Tx, Value};
 
 /// Every migration, in order. Never edit one that has shipped: add the next.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "users, roles, requests, credentials, events, tokens, lockouts",
-    r#"
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "users, roles, requests, credentials, events, tokens, lockouts",
+        r#"
 CREATE TABLE users (
     account       TEXT PRIMARY KEY,
     account_key   TEXT NOT NULL UNIQUE,
@@ -99,7 +100,18 @@ CREATE TABLE lockouts (
     PRIMARY KEY (account_key, provider)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "meta: the sealing key's check value",
+        r#"
+CREATE TABLE meta (
+    name          TEXT PRIMARY KEY,
+    value         {blob} NOT NULL
+);
+"#,
+    ),
+];
 
 /// The newest schema version this binary knows.
 pub fn latest() -> i64 {

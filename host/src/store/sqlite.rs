@@ -368,7 +368,7 @@ mod tests {
             .read(|tx| tx.query("SELECT COUNT(*) FROM schema_migrations", &[]))
             .await
             .unwrap();
-        assert_eq!(n[0].int(0).unwrap(), 1);
+        assert_eq!(n[0].int(0).unwrap(), super::super::schema::latest());
         db.close();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = Sqlite::open(&path, 0).unwrap_err();
