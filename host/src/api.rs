@@ -425,7 +425,7 @@ async fn create_user(
     headers: HeaderMap,
     Json(b): Json<UserBody>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
-    api.admin(&headers).await?;
+    let c = api.admin(&headers).await?;
     let cc = api.service.settings().default_country_code;
     let new = NewUser {
         account: b.account,
@@ -437,7 +437,23 @@ async fn create_user(
     let u = api
         .service
         .store()
-        .write(move |tx| users::create(tx, new, cc, now_ms()))
+        .write(move |tx| {
+            let u = users::create(tx, new, cc, now_ms())?;
+            let what = format!(
+                "user created (source {})",
+                u.source.as_deref().unwrap_or("api")
+            );
+            events::admin_change(
+                tx,
+                events::USER_CREATED,
+                &c.account,
+                Some(&u.account),
+                None,
+                &what,
+                now_ms(),
+            )?;
+            Ok(u)
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(user_json(&u))))
 }
@@ -496,6 +512,19 @@ async fn set_user(
 ) -> ApiResult<Json<Json_>> {
     let c = api.admin(&headers).await?;
     let cc = api.service.settings().default_country_code;
+    let mut fields = Vec::new();
+    for (name, set) in [
+        ("display_name", p.display_name.is_some()),
+        ("phone", p.phone.is_some()),
+        ("email", p.email.is_some()),
+    ] {
+        if set {
+            fields.push(name.to_string());
+        }
+    }
+    if let Some(en) = p.enabled {
+        fields.push(format!("enabled={en}"));
+    }
     let changes = UserChanges {
         display_name: p.display_name,
         phone: p.phone,
@@ -505,7 +534,20 @@ async fn set_user(
     let u = api
         .service
         .store()
-        .write(move |tx| users::update(tx, &account, changes, cc, &c.account, now_ms()))
+        .write(move |tx| {
+            let u = users::update(tx, &account, changes, cc, &c.account, now_ms())?;
+            let what = format!("user changed ({})", fields.join(", "));
+            events::admin_change(
+                tx,
+                events::USER_CHANGED,
+                &c.account,
+                Some(&u.account),
+                None,
+                &what,
+                now_ms(),
+            )?;
+            Ok(u)
+        })
         .await?;
     Ok(Json(user_json(&u)))
 }
@@ -515,12 +557,26 @@ async fn remove_user(
     headers: HeaderMap,
     Path(account): Path<String>,
 ) -> ApiResult<StatusCode> {
-    api.admin(&headers).await?;
+    let c = api.admin(&headers).await?;
     let a = account.clone();
     let removed = api
         .service
         .store()
-        .write(move |tx| users::remove(tx, &a))
+        .write(move |tx| {
+            let removed = users::remove(tx, &a)?;
+            if removed {
+                events::admin_change(
+                    tx,
+                    events::USER_REMOVED,
+                    &c.account,
+                    Some(&a),
+                    None,
+                    "user and credentials removed",
+                    now_ms(),
+                )?;
+            }
+            Ok(removed)
+        })
         .await?;
     if removed {
         Ok(StatusCode::NO_CONTENT)
@@ -564,11 +620,22 @@ async fn create_role(
     headers: HeaderMap,
     Json(spec): Json<RoleSpec>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
-    api.admin(&headers).await?;
+    let c = api.admin(&headers).await?;
     let s = spec.clone();
     api.service
         .store()
-        .write(move |tx| roles::create(tx, &s, now_ms()))
+        .write(move |tx| {
+            roles::create(tx, &s, now_ms())?;
+            events::admin_change(
+                tx,
+                events::ROLE_CREATED,
+                &c.account,
+                None,
+                Some(&s.name),
+                "role created",
+                now_ms(),
+            )
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(json!(spec))))
 }
@@ -597,7 +664,7 @@ async fn set_role(
     Path(name): Path<String>,
     Json(spec): Json<RoleSpec>,
 ) -> ApiResult<Json<Json_>> {
-    api.admin(&headers).await?;
+    let c = api.admin(&headers).await?;
     if spec.name != name {
         return Err(ApiError(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -608,7 +675,20 @@ async fn set_role(
     let s = spec.clone();
     api.service
         .store()
-        .write(move |tx| roles::replace(tx, &s, now_ms()))
+        .write(move |tx| {
+            let old = roles::get(tx, &s.name)?;
+            roles::replace(tx, &s, now_ms())?;
+            let what = format!("role changed ({})", changed_settings(old.as_ref(), &s));
+            events::admin_change(
+                tx,
+                events::ROLE_CHANGED,
+                &c.account,
+                None,
+                Some(&s.name),
+                &what,
+                now_ms(),
+            )
+        })
         .await?;
     Ok(Json(json!(spec)))
 }
@@ -618,12 +698,26 @@ async fn remove_role(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    api.admin(&headers).await?;
+    let c = api.admin(&headers).await?;
     let n = name.clone();
     if api
         .service
         .store()
-        .write(move |tx| roles::remove(tx, &n))
+        .write(move |tx| {
+            let removed = roles::remove(tx, &n)?;
+            if removed {
+                events::admin_change(
+                    tx,
+                    events::ROLE_REMOVED,
+                    &c.account,
+                    None,
+                    Some(&n),
+                    "role removed",
+                    now_ms(),
+                )?;
+            }
+            Ok(removed)
+        })
         .await?
     {
         Ok(StatusCode::NO_CONTENT)
@@ -717,17 +811,58 @@ async fn create_token(
     headers: HeaderMap,
     Json(b): Json<TokenBody>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
-    api.admin(&headers).await?;
+    let c = api.admin(&headers).await?;
     let (account, admin) = (b.account.clone(), b.admin);
     let token = api
         .service
         .store()
-        .write(move |tx| tokens::issue(tx, &b.account, b.admin, &b.label, now_ms()))
+        .write(move |tx| {
+            let token = tokens::issue(tx, &b.account, b.admin, &b.label, now_ms())?;
+            let what = format!(
+                "{} token issued{}",
+                if b.admin { "admin" } else { "user" },
+                if b.label.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (label `{}`)", b.label)
+                }
+            );
+            events::admin_change(
+                tx,
+                events::TOKEN_ISSUED,
+                &c.account,
+                Some(&b.account),
+                None,
+                &what,
+                now_ms(),
+            )?;
+            Ok(token)
+        })
         .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"account": account, "admin": admin, "token": token})),
     ))
+}
+
+/// The top-level settings of a role that differ between two versions, by name.
+fn changed_settings(old: Option<&RoleSpec>, new: &RoleSpec) -> String {
+    let (Some(old), Ok(Json_::Object(b))) = (old, serde_json::to_value(new)) else {
+        return "policy replaced".into();
+    };
+    let Ok(Json_::Object(a)) = serde_json::to_value(old) else {
+        return "policy replaced".into();
+    };
+    let changed: Vec<&str> = b
+        .iter()
+        .filter(|(k, v)| a.get(k.as_str()) != Some(v))
+        .map(|(k, _)| k.as_str())
+        .collect();
+    if changed.is_empty() {
+        "no setting changed".into()
+    } else {
+        changed.join(", ")
+    }
 }
 
 async fn openapi() -> Json<Json_> {

@@ -39,6 +39,42 @@ pub const PROVIDER_REFUSED: i64 = 401;
 /// A provider's worker process crashed or was killed past its deadline.
 pub const PROVIDER_CRASHED: i64 = 402;
 
+/// An admin created a user.
+pub const USER_CREATED: i64 = 500;
+/// An admin changed a user (the fields are named, not their values).
+pub const USER_CHANGED: i64 = 501;
+/// An admin removed a user and their credentials.
+pub const USER_REMOVED: i64 = 502;
+/// An admin created a role.
+pub const ROLE_CREATED: i64 = 510;
+/// An admin changed a role's policy (the changed settings are named).
+pub const ROLE_CHANGED: i64 = 511;
+/// An admin removed a role.
+pub const ROLE_REMOVED: i64 = 512;
+/// An admin issued an API token.
+pub const TOKEN_ISSUED: i64 = 520;
+
+/// Appends an admin change: what `actor` did, to which user or role.
+pub fn admin_change(
+    tx: &mut dyn Tx,
+    id: i64,
+    actor: &str,
+    account: Option<&str>,
+    role: Option<&str>,
+    what: &str,
+    at_ms: i64,
+) -> Result<Event> {
+    let mut e = NewEvent::new(
+        id,
+        Severity::Information,
+        "admin",
+        format!("{what} by `{actor}`"),
+    );
+    e.account = account.map(str::to_string);
+    e.role = role.map(str::to_string);
+    append(tx, e, at_ms)
+}
+
 /// How serious an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {

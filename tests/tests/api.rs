@@ -767,3 +767,93 @@ async fn two_daemons_share_one_postgresql_database() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["intact"], true, "{v}");
 }
+
+/// Every admin change is in the event log: who did what, naming fields rather than values.
+#[tokio::test]
+async fn admin_changes_are_logged_with_their_actor() {
+    let d = start();
+    let admin = d.admin.clone();
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "jdoe", "phone": "425 555 0100"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "PATCH",
+        "/v1/users/jdoe",
+        Some(json!({"email": "jdoe@contoso.com", "enabled": false})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let role = json!({"name": "r", "candidates": ["jdoe"], "ttl_s": 60, "max_ttl_s": 60});
+    let (s, _) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
+    assert_eq!(s, 201);
+    let role = json!({"name": "r", "candidates": ["jdoe"], "ttl_s": 120, "max_ttl_s": 600});
+    let (s, _) = call(&d, Some(&admin), "PUT", "/v1/roles/r", Some(role)).await;
+    assert_eq!(s, 200);
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "jdoe", "label": "laptop"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, _) = call(&d, Some(&admin), "DELETE", "/v1/roles/r", None).await;
+    assert_eq!(s, 204);
+    let (s, _) = call(&d, Some(&admin), "DELETE", "/v1/users/jdoe", None).await;
+    assert_eq!(s, 204);
+    // A refused change leaves no event.
+    let (s, _) = call(&d, Some(&admin), "DELETE", "/v1/users/nobody", None).await;
+    assert_eq!(s, 404);
+
+    let (s, list) = call(&d, Some(&admin), "GET", "/v1/events?limit=100", None).await;
+    assert_eq!(s, 200);
+    let admin_events: Vec<(i64, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .filter(|e| e["source"] == "admin")
+        .map(|e| {
+            (
+                e["id"].as_i64().unwrap(),
+                e["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let ids: Vec<i64> = admin_events.iter().map(|e| e.0).collect();
+    assert_eq!(ids, [500, 501, 510, 511, 520, 512, 502], "{admin_events:?}");
+    for (_, m) in &admin_events {
+        assert!(m.ends_with("by `admin`"), "{m}");
+    }
+    assert!(
+        admin_events[1].1.contains("email, enabled=false"),
+        "{:?}",
+        admin_events[1]
+    );
+    assert!(
+        !admin_events[1].1.contains("contoso.com"),
+        "values stay out: {:?}",
+        admin_events[1]
+    );
+    assert!(
+        admin_events[3].1.contains("max_ttl_s, ttl_s"),
+        "{:?}",
+        admin_events[3]
+    );
+    assert!(
+        admin_events[4]
+            .1
+            .contains("user token issued (label `laptop`)"),
+        "{:?}",
+        admin_events[4]
+    );
+}
