@@ -42,6 +42,8 @@ fn main() {
         std::process::exit(2);
     }
     let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("server")
+        .max_blocking_threads(16)
         .worker_threads(2)
         .enable_all()
         .build()
@@ -122,6 +124,7 @@ fn main() {
     });
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("loadgen")
         .worker_threads(1)
         .enable_all()
         .build()

@@ -362,8 +362,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Threads for blocking work (in-process provider calls, PostgreSQL reads): enough for slow
+/// providers to overlap, few enough that they do not crowd out the database writer on a
+/// small machine (the default of 512 did, under load).
+const BLOCKING_THREADS: usize = 16;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
         .context("cannot start the async runtime")

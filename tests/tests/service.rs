@@ -537,21 +537,31 @@ async fn concurrent_answers_and_approvals_take_effect_once(backend) {
             }
         }));
     }
-    let wins = futures_count(tasks).await;
-    assert_eq!(wins, 1);
-}
-}
-
-async fn futures_count(
-    tasks: Vec<tokio::task::JoinHandle<rolegate::Result<RequestView>>>,
-) -> usize {
-    let mut n = 0;
-    for t in tasks {
+    // Approvals race each other and a close: at most one approval wins, one activation at
+    // most. A close may win too — before the approval (a cancellation, and then no approval
+    // wins) or after it (ending the activation the approval started).
+    let mut approvals = 0;
+    let mut closes = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
         if t.await.unwrap().is_ok() {
-            n += 1;
+            if i % 2 == 0 {
+                approvals += 1;
+            } else {
+                closes += 1;
+            }
         }
     }
-    n
+    assert!(approvals <= 1 && closes <= 1 && approvals + closes >= 1);
+    let ids = event_ids(&w, &v.id).await;
+    let activations = ids.iter().filter(|&&i| i == 203).count();
+    assert_eq!(activations, approvals, "{ids:?}");
+    let state = w.service.get(&v.id, None).await.unwrap().state;
+    match (approvals, closes) {
+        (1, 0) => assert_eq!(state, "active"),
+        (1, 1) => assert_eq!(state, "closed"),
+        _ => assert_eq!(state, "cancelled"),
+    }
+}
 }
 
 both! {

@@ -1,5 +1,10 @@
-//! The SQLite backend: WAL, `synchronous = FULL`, one group-commit writer thread, a pool of
-//! read-only connections, and checkpoints off the writer's path.
+//! The SQLite backend: WAL, one group-commit writer thread, a syncer thread that fsyncs the
+//! WAL behind it, a pool of read-only connections, and checkpoints off the writer's path.
+//!
+//! Durability is that of `synchronous = FULL` — a durable write is acknowledged only after an
+//! fsync of the WAL that began after its commit — but the fsync is not in the writer's way:
+//! the writer runs with `synchronous = NORMAL` and commits the next batch while the syncer
+//! flushes the previous ones (one fsync for all of them).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,11 +14,37 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, types::ValueRef};
 
-use super::{FailTx, Queued, Row, Tx, Value, Writer};
+use super::{Completion, FailTx, Queued, Row, Tx, Value, Writer};
 use crate::error::{Error, Result};
+
+/// Commits between two checkpoints by the writer.
+const CHECKPOINT_EVERY: u64 = 256;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
+
+thread_local! {
+    /// Rewritten statements by their text, per thread (each connection is used by one
+    /// thread at a time): the rewrite runs once per statement, not once per execution.
+    static REWRITTEN: std::cell::RefCell<std::collections::HashMap<String, std::rc::Rc<str>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// The statement with SQLite's parameter syntax, from the per-thread cache.
+fn cached_sql(sql: &str) -> std::rc::Rc<str> {
+    REWRITTEN.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(s) = cache.get(sql) {
+            return std::rc::Rc::clone(s);
+        }
+        if cache.len() >= 512 {
+            cache.clear();
+        }
+        let s: std::rc::Rc<str> = sqlite_sql(sql).into();
+        cache.insert(sql.to_string(), std::rc::Rc::clone(&s));
+        s
+    })
+}
 
 /// Rewrites `$1` parameters as SQLite's `?1`.
 fn sqlite_sql(sql: &str) -> String {
@@ -36,12 +67,17 @@ fn db_error(what: &str, e: rusqlite::Error) -> Error {
     }
 }
 
-fn to_sql(v: &Value) -> rusqlite::types::Value {
-    match v {
-        Value::Null => rusqlite::types::Value::Null,
-        Value::Int(i) => rusqlite::types::Value::Integer(*i),
-        Value::Text(s) => rusqlite::types::Value::Text(s.clone()),
-        Value::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
+/// A [`Value`] bound without copying it.
+struct Param<'a>(&'a Value);
+
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(match self.0 {
+            Value::Null => ValueRef::Null,
+            Value::Int(i) => ValueRef::Integer(*i),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
     }
 }
 
@@ -54,10 +90,9 @@ impl Tx for SqliteTx<'_> {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         let mut stmt = self
             .conn
-            .prepare_cached(&sqlite_sql(sql))
+            .prepare_cached(&cached_sql(sql))
             .map_err(|e| db_error("preparing a statement", e))?;
-        let params: Vec<_> = params.iter().map(to_sql).collect();
-        stmt.execute(rusqlite::params_from_iter(params))
+        stmt.execute(rusqlite::params_from_iter(params.iter().map(Param)))
             .map(|n| n as u64)
             .map_err(|e| db_error("writing", e))
     }
@@ -65,12 +100,11 @@ impl Tx for SqliteTx<'_> {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let mut stmt = self
             .conn
-            .prepare_cached(&sqlite_sql(sql))
+            .prepare_cached(&cached_sql(sql))
             .map_err(|e| db_error("preparing a query", e))?;
         let columns = stmt.column_count();
-        let params: Vec<_> = params.iter().map(to_sql).collect();
         let mut rows = stmt
-            .query(rusqlite::params_from_iter(params))
+            .query(rusqlite::params_from_iter(params.iter().map(Param)))
             .map_err(|e| db_error("reading", e))?;
         let mut out = Vec::new();
         while let Some(r) = rows.next().map_err(|e| db_error("reading", e))? {
@@ -166,11 +200,26 @@ impl Sqlite {
                 }
             }
         }
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(|e| db_error("configuring the database", e))?;
         let (tx, rx) = mpsc::channel::<Queued>();
+        let (sync_tx, sync_rx) = mpsc::channel::<Synced>();
         let stop = Arc::new(AtomicBool::new(false));
+        let syncer = {
+            let mut wal = path.as_os_str().to_owned();
+            wal.push("-wal");
+            let wal = PathBuf::from(wal);
+            std::thread::Builder::new()
+                .name("rolegate-sqlite-sync".into())
+                .spawn(move || sync_loop(&wal, sync_rx))
+                .map_err(|source| Error::Io {
+                    what: "starting the database syncer".into(),
+                    source,
+                })?
+        };
         let writer = std::thread::Builder::new()
             .name("rolegate-sqlite-writer".into())
-            .spawn(move || write_loop(conn, rx))
+            .spawn(move || write_loop(conn, rx, sync_tx))
             .map_err(|source| Error::Io {
                 what: "starting the database writer".into(),
                 source,
@@ -191,7 +240,8 @@ impl Sqlite {
             writer: Writer::new(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
             stop,
-            threads: Mutex::new(vec![writer, checkpointer]),
+            // Joined in this order: the writer drains its queue, then the syncer its own.
+            threads: Mutex::new(vec![writer, syncer, checkpointer]),
         })
     }
 
@@ -203,10 +253,9 @@ impl Sqlite {
         self.writer.submit(true, op).await
     }
 
-    /// Like [`Sqlite::write`], but when `durable` is false the commit survives a crash of
-    /// rolegate and not necessarily a power loss (WAL without fsync): for state that is cheap
-    /// to lose, such as a challenge still waiting for its answer. A batch holding any durable
-    /// write is fsync'd whole.
+    /// Like [`Sqlite::write`], but when `durable` is false the caller hears back once the
+    /// commit survives a crash of rolegate, not necessarily a power loss (the WAL not yet
+    /// fsync'd): for state that is cheap to lose, such as a challenge waiting for its answer.
     pub async fn write_with<T: Send + 'static>(
         &self,
         durable: bool,
@@ -215,30 +264,32 @@ impl Sqlite {
         self.writer.submit(durable, op).await
     }
 
-    /// Runs `op` on a read-only connection, off the async runtime.
+    /// Runs `op` on a read-only connection, on the calling thread.
+    ///
+    /// A read in WAL mode never waits for the writer and takes microseconds on the indexed
+    /// lookups of the request path, so it runs in place: a hop to a blocking thread and back
+    /// cost more than the read itself.
     pub async fn read<T: Send + 'static>(
         &self,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let readers = Arc::clone(&self.readers);
-        let path = self.path.clone();
-        let run = move || {
-            let conn = match readers.lock().ok().and_then(|mut r| r.pop()) {
-                Some(c) => c,
-                None => open_connection(&path, true)?,
-            };
-            let result = op(&mut SqliteTx { conn: &conn });
-            if let Ok(mut r) = readers.lock() {
-                r.push(conn);
-            }
-            result
+        let conn = match self.readers.lock().ok().and_then(|mut r| r.pop()) {
+            Some(c) => c,
+            None => open_connection(&self.path, true)?,
         };
-        tokio::task::spawn_blocking(run)
-            .await
-            .map_err(|e| Error::Store {
+        // A panicking read must not lose the pooled connection's place, nor poison the pool.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            op(&mut SqliteTx { conn: &conn })
+        }));
+        if let Ok(mut r) = self.readers.lock() {
+            r.push(conn);
+        }
+        result.unwrap_or_else(|_| {
+            Err(Error::Store {
                 what: "reading".into(),
-                message: format!("the reader failed: {e}"),
-            })?
+                message: "the read panicked".into(),
+            })
+        })
     }
 
     /// Finishes queued writes, checkpoints, and stops the background threads.
@@ -265,9 +316,13 @@ impl Drop for Sqlite {
     }
 }
 
-fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
+/// What the syncer is handed: the completions of a committed batch whose callers wait for
+/// the disk, or the news that the writer stopped.
+type Synced = Vec<Completion>;
+
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<Synced>) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
-    let mut full = true;
+    let mut commits = 0u64;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -276,23 +331,13 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
                 Err(_) => break,
             }
         }
-        let mut completions = Vec::with_capacity(batch.len());
-        let need_full = batch.iter().any(|q| q.durable);
-        if need_full != full {
-            let pragma = if need_full {
-                "PRAGMA synchronous = FULL"
-            } else {
-                "PRAGMA synchronous = NORMAL"
-            };
-            if conn.execute_batch(pragma).is_ok() {
-                full = need_full;
-            }
-        }
-        let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        for Queued { job, .. } in batch.drain(..) {
-            if begun.is_err() {
+        let mut durable = Vec::with_capacity(batch.len());
+        let mut at_once = Vec::new();
+        let begun = exec_cached(&conn, "BEGIN IMMEDIATE");
+        for Queued { job, durable: d } in batch.drain(..) {
+            if !begun {
                 let (_, done) = job(&mut FailTx("sqlite"));
-                completions.push(done);
+                at_once.push(done);
                 continue;
             }
             let saved = exec_cached(&conn, "SAVEPOINT op");
@@ -309,18 +354,82 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>) {
                 exec_cached(&conn, "RELEASE op");
             }
             if let Ok((_, done)) = ran {
-                completions.push(done);
+                // A failed write has nothing to wait for on disk.
+                if d && ok {
+                    durable.push(done)
+                } else {
+                    at_once.push(done)
+                }
             }
         }
-        let outcome = match &begun {
-            Err(e) => Some(e.to_string()),
-            Ok(()) => conn.execute_batch("COMMIT").err().map(|e| {
+        let outcome = if !begun {
+            Some("the transaction could not begin".to_string())
+        } else {
+            let committed = conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]));
+            committed.err().map(|e| {
                 let _ = conn.execute_batch("ROLLBACK");
                 e.to_string()
-            }),
+            })
         };
-        for done in completions {
+        for done in at_once {
             done(outcome.as_deref());
+        }
+        if outcome.is_some() {
+            for done in durable {
+                done(outcome.as_deref());
+            }
+        } else if !durable.is_empty()
+            && let Err(mpsc::SendError(lost)) = sync.send(durable)
+        {
+            for done in lost {
+                done(Some("the database syncer stopped"));
+            }
+        }
+        commits += 1;
+        if commits.is_multiple_of(CHECKPOINT_EVERY) {
+            // With the WAL fully copied back, the next transaction starts the WAL over
+            // instead of growing it (a growing file costs block allocation on every commit).
+            let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+        }
+    }
+}
+
+/// Makes committed batches durable: one fsync of the WAL covers every batch committed
+/// before it began, so the writer goes on with the next batch meanwhile. A failed fsync
+/// fails its callers and every later durable write (the kernel may have dropped the pages).
+fn sync_loop(wal: &Path, rx: mpsc::Receiver<Synced>) {
+    let mut file: Option<std::fs::File> = None;
+    let mut broken: Option<String> = None;
+    while let Ok(first) = rx.recv() {
+        let mut waiting = first;
+        while let Ok(more) = rx.try_recv() {
+            waiting.extend(more);
+        }
+        if broken.is_none() {
+            if file.is_none() {
+                match std::fs::File::open(wal) {
+                    Ok(f) => {
+                        // The WAL's directory entry must survive too (once).
+                        if let Some(dir) = wal.parent()
+                            && let Ok(d) = std::fs::File::open(dir)
+                        {
+                            let _ = d.sync_all();
+                        }
+                        file = Some(f);
+                    }
+                    Err(e) => broken = Some(format!("opening the WAL to sync it: {e}")),
+                }
+            }
+            if let Some(f) = &file
+                && let Err(e) = f.sync_data()
+            {
+                broken = Some(format!("fsync of the WAL failed: {e}"));
+            }
+        }
+        for done in waiting {
+            done(broken.as_deref());
         }
     }
 }
@@ -337,7 +446,7 @@ fn checkpoint_loop(path: &Path, stop: &AtomicBool) {
         return;
     };
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(50));
         // PASSIVE never waits for the writer; it copies what it can.
         let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
     }
