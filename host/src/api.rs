@@ -163,6 +163,7 @@ impl Api {
             .route("/v1/events/verify", get(verify_events))
             .route("/v1/providers", get(list_providers))
             .route("/v1/tokens", post(create_token))
+            .merge(crate::web::routes())
             .with_state(self)
     }
 }

@@ -20,5 +20,6 @@ pub mod service;
 pub mod store;
 pub mod tokens;
 pub mod users;
+pub mod web;
 
 pub use error::{Error, Result};

@@ -950,7 +950,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         eprintln!(
-            "rolegate: serving on http://{} (OpenAPI at /openapi.json); Ctrl-C stops",
+            "rolegate: serving on http://{} (web page at /, OpenAPI at /openapi.json); Ctrl-C stops",
             listener.local_addr()?
         );
         let app = rolegate::api::Api::new(service).router();

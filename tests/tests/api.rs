@@ -857,3 +857,76 @@ async fn admin_changes_are_logged_with_their_actor() {
         admin_events[4]
     );
 }
+
+/// The web page is served from the binary with a strict policy, writes server data as text
+/// only, and calls only endpoints the API documents.
+#[tokio::test]
+async fn the_web_page_is_served_with_a_strict_policy() {
+    let d = start();
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("{}{path}", d.url)).send();
+    let r = get("/").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+    let csp = h["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let html = r.text().await.unwrap();
+    // No inline script: every <script> names its source.
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=").count()
+    );
+    assert!(html.contains("/ui/app.js") && html.contains("/ui/app.css"));
+
+    let r = get("/ui/app.js").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    let js = r.text().await.unwrap();
+    assert!(
+        !js.contains("innerHTML") && !js.contains("eval("),
+        "server data is text only"
+    );
+    assert!(js.contains("sessionStorage"), "the token stays in the tab");
+    let r = get("/ui/app.css").await.unwrap();
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+
+    // Every API path the page calls is one the OpenAPI document lists.
+    let (_, doc) = call(&d, None, "GET", "/openapi.json", None).await;
+    let paths: Vec<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+    let mut used = 0;
+    for piece in js.split('"').filter(|p| p.starts_with("/v1/")) {
+        let piece = piece.split('?').next().unwrap();
+        assert!(
+            paths.iter().any(|p| p.starts_with(piece)),
+            "the page calls {piece}, which the API does not document"
+        );
+        used += 1;
+    }
+    assert!(used >= 6, "{used}");
+    for suffix in ["/poll", "/answer", "/close", "/approve", "/reject"] {
+        assert!(
+            js.contains(&format!("\"{suffix}\"")) || js.contains("\"/\" + verb"),
+            "{suffix}"
+        );
+        assert!(paths.iter().any(|p| p.ends_with(suffix)), "{suffix}");
+    }
+}

@@ -1,0 +1,224 @@
+// rolegate's web page: the same JSON API the CLI uses, with the token kept in this tab's
+// sessionStorage. Every value from the server is written with textContent, never as HTML.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let token = sessionStorage.getItem("rolegate-token") || "";
+
+async function api(method, path, body) {
+  const init = { method, headers: { "Authorization": "Bearer " + token } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const r = await fetch(path, init);
+  const text = await r.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
+  if (!r.ok) {
+    const message = data && data.error ? data.error.message : (r.status + " " + r.statusText);
+    const e = new Error(message);
+    e.status = r.status;
+    throw e;
+  }
+  return data;
+}
+
+function showError(e) { $("error").textContent = e ? String(e.message || e) : ""; }
+
+function cell(row, text) {
+  const td = document.createElement("td");
+  td.textContent = text == null ? "" : String(text);
+  row.appendChild(td);
+  return td;
+}
+
+function when(ms) { return ms ? new Date(ms).toLocaleString() : ""; }
+
+function tab(name) {
+  for (const b of document.querySelectorAll(".tab")) {
+    b.setAttribute("aria-current", b.dataset.tab === name ? "true" : "false");
+  }
+  for (const p of document.querySelectorAll(".pane")) p.hidden = p.id !== "tab-" + name;
+  showError(null);
+  if (name === "requests") loadRequests().catch(showError);
+  if (name === "approvals") loadApprovals().catch(showError);
+  if (name === "events") loadEvents().catch(showError);
+}
+
+async function signIn() {
+  // The token is checked by a harmless call; an admin token also reads events.
+  try {
+    await api("GET", "/v1/requests?limit=1");
+  } catch (e) {
+    if (e.status === 401) signOut();
+    throw e;
+  }
+  let admin = false;
+  try { await api("GET", "/v1/events?limit=1"); admin = true; } catch (_) { admin = false; }
+  for (const el of document.querySelectorAll(".admin-only")) el.hidden = !admin;
+  $("who").textContent = admin ? "admin" : "";
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  $("signout").hidden = false;
+  tab("activate");
+}
+
+function signOut() {
+  token = "";
+  sessionStorage.removeItem("rolegate-token");
+  $("app").hidden = true;
+  $("signin").hidden = false;
+  $("signout").hidden = true;
+  $("who").textContent = "";
+}
+
+// --- activation: create, then walk the prompts --------------------------------------------
+let current = null;
+
+function settle(v) {
+  current = v;
+  const mfa = $("mfa");
+  $("code-form").hidden = true;
+  $("mfa-wait").hidden = true;
+  if (v.state !== "pending_mfa") {
+    mfa.hidden = true;
+    let text = "Request " + v.id + " is " + v.state.replace("_", " ");
+    if (v.state === "active" && v.expires_at) text += " until " + when(v.expires_at);
+    if (v.reason) text += " (" + v.reason + ")";
+    $("request-result").textContent = text + ".";
+    return;
+  }
+  mfa.hidden = false;
+  const p = v.prompt || {};
+  $("mfa-message").textContent = (v.reason ? v.reason + " — " : "") + (p.message || p.status || "");
+  if (p.kind === "code") {
+    $("code-form").hidden = false;
+    $("code").value = "";
+    $("code").focus();
+  } else if (p.kind === "wait" || p.kind === "phone") {
+    $("mfa-wait").hidden = false;
+    $("mfa-wait").textContent = p.status || p.message || "Waiting for the provider";
+    const after = Math.min(Math.max(p.poll_after_ms || 1000, 200), 10000);
+    setTimeout(() => {
+      if (current && current.id === v.id) {
+        api("POST", "/v1/requests/" + encodeURIComponent(v.id) + "/poll").then(settle, showError);
+      }
+    }, after);
+  } else if (p.kind === "webauthn") {
+    webauthn(v.id, p.options).catch(showError);
+  } else {
+    $("mfa-message").textContent = "This page cannot answer a `" + p.kind + "` prompt; use the rolegate CLI.";
+  }
+}
+
+function b64u(buf) {
+  let s = "";
+  for (const b of new Uint8Array(buf)) s += String.fromCharCode(b);
+  return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function unb64u(s) {
+  const bin = atob(s.replace(/-/g, "+").replace(/_/g, "/"));
+  return Uint8Array.from(bin, (c) => c.charCodeAt(0));
+}
+
+async function webauthn(id, options) {
+  const o = structuredClone(options.publicKey || options);
+  o.challenge = unb64u(o.challenge);
+  for (const c of o.allowCredentials || []) c.id = unb64u(c.id);
+  const cred = await navigator.credentials.get({ publicKey: o });
+  const r = cred.response;
+  const json = {
+    id: cred.id, rawId: b64u(cred.rawId), type: cred.type,
+    response: {
+      clientDataJSON: b64u(r.clientDataJSON), authenticatorData: b64u(r.authenticatorData),
+      signature: b64u(r.signature), userHandle: r.userHandle ? b64u(r.userHandle) : null,
+    },
+  };
+  settle(await api("POST", "/v1/requests/" + encodeURIComponent(id) + "/answer",
+    { input: { kind: "json", value: json } }));
+}
+
+// --- lists --------------------------------------------------------------------------------
+async function loadRequests() {
+  const body = $("requests-body");
+  body.replaceChildren();
+  for (const v of await api("GET", "/v1/requests?limit=50")) {
+    const row = document.createElement("tr");
+    cell(row, v.role); cell(row, v.state); cell(row, when(v.expires_at)); cell(row, v.reason);
+    const td = cell(row, "");
+    if (["active", "pending_mfa", "pending_approval", "scheduled"].includes(v.state)) {
+      const b = document.createElement("button");
+      b.textContent = v.state === "active" ? "End now" : "Cancel";
+      b.onclick = () => api("POST", "/v1/requests/" + encodeURIComponent(v.id) + "/close")
+        .then(loadRequests, showError);
+      td.appendChild(b);
+    }
+    body.appendChild(row);
+  }
+}
+
+async function loadApprovals() {
+  const body = $("approvals-body");
+  body.replaceChildren();
+  for (const v of await api("GET", "/v1/approvals")) {
+    const row = document.createElement("tr");
+    cell(row, v.account); cell(row, v.role); cell(row, v.justification);
+    cell(row, Math.round(v.ttl_s / 60));
+    const td = cell(row, "");
+    for (const [label, verb] of [["Approve", "approve"], ["Reject", "reject"]]) {
+      const b = document.createElement("button");
+      b.textContent = label;
+      b.onclick = () => api("POST", "/v1/approvals/" + encodeURIComponent(v.id) + "/" + verb)
+        .then(loadApprovals, showError);
+      td.appendChild(b);
+    }
+    body.appendChild(row);
+  }
+}
+
+async function loadEvents() {
+  const body = $("events-body");
+  body.replaceChildren();
+  for (const e of await api("GET", "/v1/events?limit=200")) {
+    const row = document.createElement("tr");
+    cell(row, when(e.at)); cell(row, e.id); cell(row, e.severity);
+    cell(row, e.account); cell(row, e.role); cell(row, e.message);
+    body.appendChild(row);
+  }
+}
+
+// --- wiring -------------------------------------------------------------------------------
+document.addEventListener("DOMContentLoaded", () => {
+  for (const b of document.querySelectorAll(".tab")) b.onclick = () => tab(b.dataset.tab);
+  $("signin-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    token = $("token").value.trim();
+    $("token").value = "";
+    sessionStorage.setItem("rolegate-token", token);
+    signIn().catch(showError);
+  };
+  $("signout").onclick = signOut;
+  $("request-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    showError(null);
+    $("request-result").textContent = "";
+    const body = { role: $("role").value.trim(), justification: $("justification").value };
+    const minutes = parseInt($("minutes").value, 10);
+    if (minutes > 0) body.ttl_s = minutes * 60;
+    api("POST", "/v1/requests", body).then(settle, showError);
+  };
+  $("code-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    const code = $("code").value.trim();
+    api("POST", "/v1/requests/" + encodeURIComponent(current.id) + "/answer", { code })
+      .then(settle, showError);
+  };
+  $("verify").onclick = () => api("GET", "/v1/events/verify").then((v) => {
+    $("verify-result").textContent = v.intact
+      ? "intact: " + v.events + " events"
+      : "BROKEN at event " + v.seq + ": " + v.reason;
+  }, showError);
+  if (token) signIn().catch(showError);
+});
