@@ -293,3 +293,44 @@ async fn the_key_check_accepts_the_same_key_and_refuses_another(backend) {
     db.close();
 }
 }
+
+both! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_failed_write_leave_no_gap_in_the_chain(backend) {
+    let at = Location::new(backend);
+    let db = Arc::new(at.open().await);
+    let mut tasks = Vec::new();
+    for i in 0..60i64 {
+        let db = Arc::clone(&db);
+        tasks.push(tokio::spawn(async move {
+            db.write(move |tx| {
+                events::append(
+                    tx,
+                    NewEvent::new(events::MFA_COMPLETED, Severity::Information, "activation", format!("event {i}")),
+                    1000 + i,
+                )?;
+                if i % 7 == 3 {
+                    // Fails after appending: the event and its place in the chain go with it.
+                    tx.execute("INSERT INTO nowhere VALUES (1)", &[])?;
+                }
+                Ok(())
+            })
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 51);
+    assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(51));
+    db.close();
+    // After a restart the chain goes on from the stored head.
+    let db = at.open().await;
+    append(&db, 99).await;
+    assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(52));
+    db.close();
+}
+}

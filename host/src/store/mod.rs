@@ -121,6 +121,17 @@ impl Row {
     }
 }
 
+/// The event chain's head (sequence number, hash) as a writer keeps it between writes, so
+/// that appending an event does not read and rewrite the head row each time: the row is
+/// written once per batch, in the batch's transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventHead {
+    /// The newest event's (seq, hash); `None` until read from the database.
+    pub head: Option<(i64, String)>,
+    /// Whether `head` is newer than the stored row.
+    pub dirty: bool,
+}
+
 /// A transaction (or a read-only connection) of any backend.
 pub trait Tx {
     /// Runs a statement; returns the number of rows it changed.
@@ -129,6 +140,10 @@ pub trait Tx {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>>;
     /// Which backend this is (`sqlite`, `postgres`), for the rare statement that differs.
     fn backend(&self) -> &'static str;
+    /// The writer's cached event head, when this transaction has one.
+    fn event_head(&mut self) -> Option<&mut EventHead> {
+        None
+    }
 }
 
 /// A write to run in the writer's transaction.

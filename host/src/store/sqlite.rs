@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, types::ValueRef};
 
-use super::{Completion, FailTx, Queued, Row, Tx, Value, Writer};
+use super::{Completion, EventHead, FailTx, Queued, Row, Tx, Value, Writer};
 use crate::error::{Error, Result};
 
 /// Commits between two checkpoints by the writer.
@@ -84,6 +84,8 @@ impl rusqlite::ToSql for Param<'_> {
 /// A SQLite connection seen as a [`Tx`].
 pub struct SqliteTx<'a> {
     conn: &'a Connection,
+    /// The writer's event head (none on reading connections).
+    head: Option<&'a mut EventHead>,
 }
 
 impl Tx for SqliteTx<'_> {
@@ -126,6 +128,10 @@ impl Tx for SqliteTx<'_> {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn event_head(&mut self) -> Option<&mut EventHead> {
+        self.head.as_deref_mut()
     }
 }
 
@@ -189,7 +195,10 @@ impl Sqlite {
         {
             conn.execute_batch("BEGIN IMMEDIATE")
                 .map_err(|e| db_error("migrating", e))?;
-            let mut tx = SqliteTx { conn: &conn };
+            let mut tx = SqliteTx {
+                conn: &conn,
+                head: None,
+            };
             match super::schema::migrate(&mut tx, now_ms) {
                 Ok(_) => conn
                     .execute_batch("COMMIT")
@@ -277,10 +286,19 @@ impl Sqlite {
             Some(c) => c,
             None => open_connection(&self.path, true)?,
         };
-        // A panicking read must not lose the pooled connection's place, nor poison the pool.
+        // One read transaction for the whole op: its queries see one snapshot, and SQLite
+        // checks the WAL (and, after any commit, drops its page cache) once instead of per
+        // query. A panicking read must not lose the pooled connection, nor poison the pool.
+        let begun = exec_cached(&conn, "BEGIN");
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            op(&mut SqliteTx { conn: &conn })
+            op(&mut SqliteTx {
+                conn: &conn,
+                head: None,
+            })
         }));
+        if begun {
+            exec_cached(&conn, "COMMIT");
+        }
         if let Ok(mut r) = self.readers.lock() {
             r.push(conn);
         }
@@ -323,6 +341,9 @@ type Synced = Vec<Completion>;
 fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<Synced>) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut commits = 0u64;
+    // This writer is the database's only one, so the head it keeps stays true between
+    // batches; it is dropped (and read again) whenever a batch does not commit.
+    let mut head = EventHead::default();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -341,15 +362,22 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
                 continue;
             }
             let saved = exec_cached(&conn, "SAVEPOINT op");
+            let before = head.clone();
             // A panicking write is undone and its caller told the writer failed; the others
             // of the batch go on.
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                job(&mut SqliteTx { conn: &conn })
+                job(&mut SqliteTx {
+                    conn: &conn,
+                    head: Some(&mut head),
+                })
             }));
             let ok = matches!(ran, Ok((true, _)));
+            if !ok {
+                head = before;
+            }
             if saved {
-                if !ok {
-                    exec_cached(&conn, "ROLLBACK TO op");
+                if !ok && !exec_cached(&conn, "ROLLBACK TO op") {
+                    head.head = None;
                 }
                 exec_cached(&conn, "RELEASE op");
             }
@@ -362,8 +390,25 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
                 }
             }
         }
+        // The head is stored once per batch, inside it.
+        let stored_head = match (&head.head, head.dirty && begun) {
+            (Some((seq, hash)), true) => crate::events::store_head(
+                &mut SqliteTx {
+                    conn: &conn,
+                    head: None,
+                },
+                *seq,
+                hash,
+            )
+            .err()
+            .map(|e| e.to_string()),
+            _ => None,
+        };
         let outcome = if !begun {
             Some("the transaction could not begin".to_string())
+        } else if let Some(e) = stored_head {
+            let _ = conn.execute_batch("ROLLBACK");
+            Some(e)
         } else {
             let committed = conn
                 .prepare_cached("COMMIT")
@@ -373,6 +418,10 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
                 e.to_string()
             })
         };
+        if outcome.is_some() {
+            head = EventHead::default();
+        }
+        head.dirty = false;
         for done in at_once {
             done(outcome.as_deref());
         }
