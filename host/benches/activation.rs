@@ -1,9 +1,11 @@
 //! Load benchmark of the whole activation path over HTTP: create a request for an MFA role,
-//! answer hello's code prompt, get `active` back — every activation durable (SQLite WAL,
-//! synchronous = FULL, group commit) before the API answers.
+//! answer hello's code prompt, get `active` back — every activation durable (group commit,
+//! the WAL fsync'd after its commit) before the API answers.
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p rolegate --bench activation`.
-//! The daemon and the load generator share this 2-core machine, as they would with oha.
+//! The daemon and the load generator share this 2-core machine, as they would with oha; the
+//! generator is a minimal keep-alive HTTP/1.1 client (one connection per worker) so that
+//! its own cost stays small beside the server's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: failing loudly is right
 
@@ -20,7 +22,6 @@ use rolegate::service::{Service, Settings};
 use rolegate::store::Store;
 use rolegate::store::sqlite::Sqlite;
 use rolegate::{tokens, users};
-use serde_json::{Value, json};
 
 const USERS: usize = 256;
 
@@ -135,53 +136,42 @@ fn main() {
     );
     println!("|-----|--------------|----------------|----------|----------|");
     let tokens = Arc::new(user_tokens);
+    let addr = url.trim_start_matches("http://").to_string();
     for c in [1usize, 8, 32] {
         let duration = Duration::from_secs(8);
         let (count, mut lat) = client_rt.block_on(async {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .unwrap();
             let start = Instant::now();
             let mut tasks = Vec::new();
             for w in 0..c {
-                let (client, url, tokens) = (client.clone(), url.clone(), Arc::clone(&tokens));
+                let (addr, tokens) = (addr.clone(), Arc::clone(&tokens));
                 tasks.push(tokio::spawn(async move {
+                    // One kept-alive connection per worker, as a load generator (wrk, oha)
+                    // holds them: the client's own cost stays small beside the server's.
+                    let mut conn = Conn::open(&addr).await;
                     let mut lat = Vec::new();
                     let mut i = w;
                     while start.elapsed() < duration && lat.len() < 100_000 {
                         let token = &tokens[i % tokens.len()];
                         i += c;
                         let t = Instant::now();
-                        let r: Value = client
-                            .post(format!("{url}/v1/requests"))
-                            .bearer_auth(token)
-                            .json(&json!({"role": "admins", "justification": "bench"}))
-                            .send()
-                            .await
-                            .unwrap()
-                            .json()
-                            .await
-                            .unwrap();
-                        let id = r["id"].as_str().expect("request id").to_string();
-                        let digits = r["prompt"]["message"]
-                            .as_str()
-                            .unwrap()
-                            .split(' ')
-                            .nth(1)
-                            .unwrap();
+                        let r: Created = conn
+                            .post(
+                                "/v1/requests",
+                                token,
+                                br#"{"role":"admins","justification":"bench"}"#,
+                            )
+                            .await;
+                        let digits = r.prompt.message.split(' ').nth(1).expect("hello's digits");
                         let code: String = digits.chars().rev().collect();
-                        let done: Value = client
-                            .post(format!("{url}/v1/requests/{id}/answer"))
-                            .bearer_auth(token)
-                            .json(&json!({"code": code}))
-                            .send()
-                            .await
-                            .unwrap()
-                            .json()
-                            .await
-                            .unwrap();
-                        assert_eq!(done["state"], "active", "{done}");
+                        let body = format!(r#"{{"code":"{code}"}}"#);
+                        let done: Done = conn
+                            .post(
+                                &format!("/v1/requests/{}/answer", r.id),
+                                token,
+                                body.as_bytes(),
+                            )
+                            .await;
+                        assert_eq!(done.state, "active");
                         lat.push(t.elapsed());
                     }
                     lat
@@ -201,5 +191,75 @@ fn main() {
             p(0.5),
             p(0.99)
         );
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Prompt {
+    message: String,
+}
+
+#[derive(serde::Deserialize)]
+struct Created {
+    id: String,
+    prompt: Prompt,
+}
+
+#[derive(serde::Deserialize)]
+struct Done {
+    state: String,
+}
+
+/// A minimal HTTP/1.1 keep-alive client: the request line, three headers, a JSON body; the
+/// answer read to its Content-Length.
+struct Conn {
+    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    host: String,
+}
+
+impl Conn {
+    async fn open(addr: &str) -> Self {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream: tokio::io::BufReader::new(stream),
+            host: addr.to_string(),
+        }
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(
+        &mut self,
+        path: &str,
+        token: &str,
+        body: &[u8],
+    ) -> T {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.host,
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        self.stream.get_mut().write_all(&req).await.unwrap();
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("HTTP/1.1 20"), "{line}");
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            self.stream.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut buf = vec![0u8; length];
+        self.stream.read_exact(&mut buf).await.unwrap();
+        serde_json::from_slice(&buf).unwrap()
     }
 }

@@ -18,7 +18,7 @@ use super::{Completion, EventHead, FailTx, Queued, Row, Tx, Value, Writer};
 use crate::error::{Error, Result};
 
 /// Commits between two checkpoints by the writer.
-const CHECKPOINT_EVERY: u64 = 256;
+const CHECKPOINT_EVERY: u64 = 512;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -495,7 +495,7 @@ fn checkpoint_loop(path: &Path, stop: &AtomicBool) {
         return;
     };
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(250));
         // PASSIVE never waits for the writer; it copies what it can.
         let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
     }
