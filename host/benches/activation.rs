@@ -119,7 +119,9 @@ fn main() {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = rolegate::api::Api::new(service).router();
+        let app = rolegate::api::Api::new(service)
+            .router()
+            .layer(axum::middleware::from_fn(timed));
         tokio::spawn(async move { axum::serve(listener, app).await });
         (url, tokens)
     });
@@ -131,14 +133,20 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| {:>3} | {:>12} | {:>14} | {:>8} | {:>8} |",
-        "c", "activations", "activations/s", "p50 ms", "p99 ms"
+        "| {:>3} | {:>12} | {:>14} | {:>8} | {:>8} | {:>15} | {:>15} |",
+        "c", "activations", "activations/s", "p50 ms", "p99 ms", "server p50 ms", "server p99 ms"
     );
-    println!("|-----|--------------|----------------|----------|----------|");
+    println!(
+        "|-----|--------------|----------------|----------|----------|-----------------|-----------------|"
+    );
+    println!(
+        "(p50/p99: one activation, both requests, at the client; server: one request inside the server)"
+    );
     let tokens = Arc::new(user_tokens);
     let addr = url.trim_start_matches("http://").to_string();
     for c in [1usize, 8, 32] {
         let duration = Duration::from_secs(8);
+        let _ = server_quantiles();
         let (count, mut lat) = client_rt.block_on(async {
             let start = Instant::now();
             let mut tasks = Vec::new();
@@ -185,8 +193,9 @@ fn main() {
         });
         lat.sort();
         let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+        let (s50, s99) = server_quantiles();
         println!(
-            "| {c:>3} | {count:>12} | {:>14.0} | {:>8.2} | {:>8.2} |",
+            "| {c:>3} | {count:>12} | {:>14.0} | {:>8.2} | {:>8.2} | {s50:>15.2} | {s99:>15.2} |",
             count as f64 / duration.as_secs_f64(),
             p(0.5),
             p(0.99)
@@ -262,4 +271,34 @@ impl Conn {
         self.stream.read_exact(&mut buf).await.unwrap();
         serde_json::from_slice(&buf).unwrap()
     }
+}
+
+/// Time each request spends in the server (from its head parsed to its answer built).
+static SERVER_US: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+async fn timed(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let t = Instant::now();
+    let r = next.run(req).await;
+    let us = t.elapsed().as_micros().min(u32::MAX as u128) as u32;
+    if let Ok(mut v) = SERVER_US.lock() {
+        v.push(us);
+    }
+    r
+}
+
+/// The server-side p50 and p99 of one HTTP request (ms) since the last call.
+fn server_quantiles() -> (f64, f64) {
+    let mut v = SERVER_US
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default();
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    v.sort_unstable();
+    let q = |p: f64| f64::from(v[((v.len() - 1) as f64 * p) as usize]) / 1e3;
+    (q(0.5), q(0.99))
 }

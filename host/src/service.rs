@@ -18,7 +18,7 @@ use crate::events::{self, NewEvent, Severity};
 use crate::plugins::Providers;
 use crate::role::{Refusal, Role, Usability};
 use crate::roles;
-use crate::secrets::{SealingKey, random_id};
+use crate::secrets::{SealingKey, time_ordered_id};
 use crate::store::Store;
 use crate::store::{Row, Tx, Value};
 use crate::users::{self, User, account_key};
@@ -447,7 +447,7 @@ impl Service {
         };
         // The availability window applies to when the activation starts.
         let admission = role.admit(&user.account, justification, ttl, starts_at.unwrap_or(now))?;
-        let id = random_id()?;
+        let id = time_ordered_id(ms(now))?;
         let mut stored = Stored {
             view: RequestView {
                 id: id.clone(),
@@ -541,10 +541,24 @@ impl Service {
         // asks again); anything that decides it is fsync'd before the caller hears of it.
         let durable = !matches!(outcome, Outcome::Prompt { .. });
         self.store
-            .write_with(durable, move |tx| {
-                insert(tx, &s)?;
-                created_events(tx, &s)?;
-                apply(tx, s, outcome, &settings, &key, now)
+            .write_with(durable, move |tx| match outcome {
+                // The usual case, in one row write: the request with its first prompt.
+                Outcome::Prompt {
+                    prompt,
+                    sealed,
+                    expires_at,
+                } => {
+                    let mut s = s;
+                    insert_asking(tx, &s, &prompt, sealed, expires_at)?;
+                    created_events(tx, &s)?;
+                    s.view.prompt = Some(prompt);
+                    Ok(s.view)
+                }
+                outcome => {
+                    insert(tx, &s)?;
+                    created_events(tx, &s)?;
+                    apply(tx, s, outcome, &settings, &key, now)
+                }
             })
             .await
     }
@@ -1145,6 +1159,36 @@ fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
             Value::Int(s.view.ttl_s),
             s.view.provider.clone().into(),
             s.view.expires_at.map(Value::Int).unwrap_or(Value::Null),
+            Value::Int(s.view.created_at),
+            s.needs_approval.into(),
+            s.view.starts_at.map(Value::Int).unwrap_or(Value::Null),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Inserts a request that asks its first prompt (as [`insert`] then the prompt's update
+/// would leave it: version 1).
+fn insert_asking(
+    tx: &mut dyn Tx,
+    s: &Stored,
+    prompt: &serde_json::Value,
+    sealed: Vec<u8>,
+    ask_expires_at: i64,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, challenge, ask_expires_at, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, $11, 1, 0, $12, $13)",
+        &[
+            s.view.id.clone().into(),
+            s.view.account.clone().into(),
+            s.view.role.clone().into(),
+            s.state.as_str().into(),
+            s.view.justification.clone().into(),
+            Value::Int(s.view.ttl_s),
+            s.view.provider.clone().into(),
+            prompt.to_string().into(),
+            Value::Blob(sealed),
+            Value::Int(ask_expires_at),
             Value::Int(s.view.created_at),
             s.needs_approval.into(),
             s.view.starts_at.map(Value::Int).unwrap_or(Value::Null),
