@@ -651,16 +651,16 @@ impl Service {
         let key = Arc::clone(&self.key);
         self.store
             .write(move |tx| {
-                // The answer counts only if nothing happened to the request meanwhile.
-                let current = load(tx, &stored.view.id)?
-                    .filter(|c| c.version == stored.version && c.state == stored.state)
-                    .ok_or_else(|| {
-                        Error::Conflict(format!(
-                            "request `{}` changed meanwhile: this prompt was already answered",
-                            stored.view.id
-                        ))
-                    })?;
-                apply(tx, current, outcome, &settings, &key, now)
+                // The answer counts only if nothing happened to the request meanwhile: every
+                // update `apply` makes is conditional on the version read before the provider
+                // ran, and a miss undoes the whole write (credential, lockout, events).
+                let id = stored.view.id.clone();
+                apply(tx, stored, outcome, &settings, &key, now).map_err(|e| match e {
+                    Error::Conflict(_) => Error::Conflict(format!(
+                        "request `{id}` changed meanwhile: this prompt was already answered"
+                    )),
+                    e => e,
+                })
             })
             .await
     }
