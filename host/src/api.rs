@@ -403,7 +403,7 @@ fn user_json(u: &users::User) -> Json_ {
 
 async fn list_users(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
     api.admin(&headers).await?;
-    let users = api.service.store().read(users::list).await?;
+    let users = api.service.store().read_long(users::list).await?;
     Ok(Json(Json_::Array(users.iter().map(user_json).collect())))
 }
 
@@ -613,7 +613,9 @@ async fn unlock_user(
 
 async fn list_roles(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
     api.caller(&headers).await?;
-    Ok(Json(json!(api.service.store().read(roles::list).await?)))
+    Ok(Json(json!(
+        api.service.store().read_long(roles::list).await?
+    )))
 }
 
 async fn create_role(
@@ -764,7 +766,7 @@ async fn list_events(
     let list = api
         .service
         .store()
-        .read(move |tx| events::list(tx, &f))
+        .read_long(move |tx| events::list(tx, &f))
         .await?;
     let out: Vec<Json_> = list.iter().map(events::to_json).collect();
     Ok(Json(Json_::Array(out)))
@@ -772,7 +774,7 @@ async fn list_events(
 
 async fn verify_events(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
     api.admin(&headers).await?;
-    let v = api.service.store().read(events::verify).await?;
+    let v = api.service.store().read_long(events::verify).await?;
     Ok(Json(match v {
         events::Verification::Intact(n) => json!({"intact": true, "events": n}),
         events::Verification::Broken { seq, reason } => {

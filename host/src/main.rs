@@ -932,7 +932,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                     tick.tick().await;
                     let last = sink.last();
                     let batch = store
-                        .read(move |tx| rolegate::events::after(tx, last, 1000))
+                        .read_long(move |tx| rolegate::events::after(tx, last, 1000))
                         .await;
                     let result = batch.and_then(|b| {
                         let n = b.len();

@@ -836,7 +836,7 @@ impl Service {
     pub async fn pending_approvals(&self, approver: &str) -> Result<Vec<RequestView>> {
         let a = approver.to_string();
         self.store
-            .read(move |tx| {
+            .read_long(move |tx| {
                 let roles = roles::list(tx)?;
                 let rows = tx.query(
                     &format!("SELECT {COLUMNS} FROM requests WHERE state = 'pending_approval' ORDER BY created_at LIMIT 10000"),

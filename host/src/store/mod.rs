@@ -204,13 +204,26 @@ impl Store {
         }
     }
 
-    /// Runs `op` on a reading connection, off the async runtime.
+    /// Runs `op` on a reading connection (SQLite: in place, for the short indexed reads of
+    /// the request path; PostgreSQL: on a blocking thread).
     pub async fn read<T: Send + 'static>(
         &self,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         match self {
             Store::Sqlite(s) => s.read(op).await,
+            Store::Postgres(p) => p.read(op).await,
+        }
+    }
+
+    /// Like [`Store::read`], for a read that may take long (the whole event chain, a long
+    /// listing): never on the async runtime's threads.
+    pub async fn read_long<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match self {
+            Store::Sqlite(s) => s.read_long(op).await,
             Store::Postgres(p) => p.read(op).await,
         }
     }

@@ -282,32 +282,22 @@ impl Sqlite {
         &self,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let conn = match self.readers.lock().ok().and_then(|mut r| r.pop()) {
-            Some(c) => c,
-            None => open_connection(&self.path, true)?,
-        };
-        // One read transaction for the whole op: its queries see one snapshot, and SQLite
-        // checks the WAL (and, after any commit, drops its page cache) once instead of per
-        // query. A panicking read must not lose the pooled connection, nor poison the pool.
-        let begun = exec_cached(&conn, "BEGIN");
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            op(&mut SqliteTx {
-                conn: &conn,
-                head: None,
-            })
-        }));
-        if begun {
-            exec_cached(&conn, "COMMIT");
-        }
-        if let Ok(mut r) = self.readers.lock() {
-            r.push(conn);
-        }
-        result.unwrap_or_else(|_| {
-            Err(Error::Store {
+        read_pooled(&self.readers, &self.path, op)
+    }
+
+    /// Like [`Sqlite::read`], on a blocking thread: for reads that may take long (the
+    /// whole event chain, long listings), which must not hold up the async runtime.
+    pub async fn read_long<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (readers, path) = (Arc::clone(&self.readers), self.path.clone());
+        tokio::task::spawn_blocking(move || read_pooled(&readers, &path, op))
+            .await
+            .map_err(|e| Error::Store {
                 what: "reading".into(),
-                message: "the read panicked".into(),
-            })
-        })
+                message: format!("the reader failed: {e}"),
+            })?
     }
 
     /// Finishes queued writes, checkpoints, and stops the background threads.
@@ -481,6 +471,39 @@ fn sync_loop(wal: &Path, rx: mpsc::Receiver<Synced>) {
             done(broken.as_deref());
         }
     }
+}
+
+/// Runs `op` on a pooled read-only connection, in one read transaction: its queries see one
+/// snapshot, and SQLite checks the WAL (and, after any commit, drops its page cache) once
+/// instead of per query. A panicking read must not lose the connection, nor poison the pool.
+fn read_pooled<T>(
+    readers: &Mutex<Vec<Connection>>,
+    path: &Path,
+    op: impl FnOnce(&mut dyn Tx) -> Result<T>,
+) -> Result<T> {
+    let conn = match readers.lock().ok().and_then(|mut r| r.pop()) {
+        Some(c) => c,
+        None => open_connection(path, true)?,
+    };
+    let begun = exec_cached(&conn, "BEGIN");
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        op(&mut SqliteTx {
+            conn: &conn,
+            head: None,
+        })
+    }));
+    if begun {
+        exec_cached(&conn, "COMMIT");
+    }
+    if let Ok(mut r) = readers.lock() {
+        r.push(conn);
+    }
+    result.unwrap_or_else(|_| {
+        Err(Error::Store {
+            what: "reading".into(),
+            message: "the read panicked".into(),
+        })
+    })
 }
 
 /// Runs a parameterless statement through the statement cache (no re-parsing per write).
