@@ -2,7 +2,8 @@
 //! answer hello's code prompt, get `active` back — every activation durable (group commit,
 //! the WAL fsync'd after its commit) before the API answers.
 //!
-//! Run: `cargo build --release --workspace && cargo bench -p rolegate --bench activation`.
+//! Run: `cargo build --release --workspace && cargo bench -p rolegate --bench activation`;
+//! with `ROLEGATE_BENCH_POSTGRES="host=… dbname=<empty database>"` it runs on PostgreSQL.
 //! The daemon and the load generator share this 2-core machine, as they would with oha; the
 //! generator is a minimal keep-alive HTTP/1.1 client (one connection per worker) so that
 //! its own cost stays small beside the server's.
@@ -51,9 +52,21 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (url, user_tokens) = server_rt.block_on(async {
-        let store = Arc::new(Store::from(
-            Sqlite::open(&dir.path().join("bench.db"), 0).unwrap(),
-        ));
+        // ROLEGATE_BENCH_POSTGRES names an empty PostgreSQL database to run on instead.
+        let store = Arc::new(match std::env::var("ROLEGATE_BENCH_POSTGRES") {
+            Ok(conn) if !conn.is_empty() => {
+                let config = rolegate::store::postgres::parse_config(&conn, None).unwrap();
+                tokio::task::spawn_blocking(move || {
+                    rolegate::store::postgres::Postgres::open(config, 0)
+                })
+                .await
+                .unwrap()
+                .unwrap()
+                .into()
+            }
+            _ => Store::from(Sqlite::open(&dir.path().join("bench.db"), 0).unwrap()),
+        });
+        println!("store: {}", store.backend());
         let key = Arc::new(SealingKey::load_or_create(&dir.path().join("bench.key")).unwrap());
         let config = Config {
             providers: vec![ProviderConfig {
