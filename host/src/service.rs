@@ -481,7 +481,7 @@ impl Service {
             return self
                 .store
                 .write(move |tx| {
-                    insert(tx, &s)?;
+                    insert(tx, &s, None)?;
                     created_events(tx, &s)?;
                     Ok(s.view)
                 })
@@ -549,13 +549,13 @@ impl Service {
                     expires_at,
                 } => {
                     let mut s = s;
-                    insert_asking(tx, &s, &prompt, sealed, expires_at)?;
+                    insert(tx, &s, Some((&prompt, sealed, expires_at)))?;
                     created_events(tx, &s)?;
                     s.view.prompt = Some(prompt);
                     Ok(s.view)
                 }
                 outcome => {
-                    insert(tx, &s)?;
+                    insert(tx, &s, None)?;
                     created_events(tx, &s)?;
                     apply(tx, s, outcome, &settings, &key, now)
                 }
@@ -1147,37 +1147,24 @@ fn credential_rows(tx: &mut dyn Tx, account_key: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
-    tx.execute(
-        "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, $8, NULL, $9, $9, 0, 0, $10, $11)",
-        &[
-            s.view.id.clone().into(),
-            s.view.account.clone().into(),
-            s.view.role.clone().into(),
-            s.state.as_str().into(),
-            s.view.justification.clone().into(),
-            Value::Int(s.view.ttl_s),
-            s.view.provider.clone().into(),
-            s.view.expires_at.map(Value::Int).unwrap_or(Value::Null),
-            Value::Int(s.view.created_at),
-            s.needs_approval.into(),
-            s.view.starts_at.map(Value::Int).unwrap_or(Value::Null),
-        ],
-    )?;
-    Ok(())
-}
-
-/// Inserts a request that asks its first prompt (as [`insert`] then the prompt's update
-/// would leave it: version 1).
-fn insert_asking(
+/// Inserts a new request; with `asking`, the first prompt (text, sealed provider state, when
+/// it expires) goes in the same row, as version 1 — what the prompt's update would make of it.
+fn insert(
     tx: &mut dyn Tx,
     s: &Stored,
-    prompt: &serde_json::Value,
-    sealed: Vec<u8>,
-    ask_expires_at: i64,
+    asking: Option<(&serde_json::Value, Vec<u8>, i64)>,
 ) -> Result<()> {
+    let (prompt, challenge, ask_expires_at, version) = match asking {
+        Some((p, sealed, at)) => (
+            Value::Text(p.to_string()),
+            Value::Blob(sealed),
+            Value::Int(at),
+            1,
+        ),
+        None => (Value::Null, Value::Null, Value::Null, 0),
+    };
     tx.execute(
-        "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, challenge, ask_expires_at, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, NULL, NULL, $11, $11, 1, 0, $12, $13)",
+        "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, challenge, ask_expires_at, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $12, $13, 0, $14, $15)",
         &[
             s.view.id.clone().into(),
             s.view.account.clone().into(),
@@ -1186,10 +1173,12 @@ fn insert_asking(
             s.view.justification.clone().into(),
             Value::Int(s.view.ttl_s),
             s.view.provider.clone().into(),
-            prompt.to_string().into(),
-            Value::Blob(sealed),
-            Value::Int(ask_expires_at),
+            prompt,
+            challenge,
+            ask_expires_at,
+            s.view.expires_at.map(Value::Int).unwrap_or(Value::Null),
             Value::Int(s.view.created_at),
+            Value::Int(version),
             s.needs_approval.into(),
             s.view.starts_at.map(Value::Int).unwrap_or(Value::Null),
         ],
