@@ -79,6 +79,12 @@ fn start_with(extra: &str) -> Daemon {
     }
 }
 
+/// The right answer to hello's prompt in a request view: the digits it shows, reversed.
+fn hello_answer(view: &Value) -> String {
+    let message = view["prompt"]["message"].as_str().unwrap();
+    message.split(' ').nth(1).unwrap().chars().rev().collect()
+}
+
 async fn call(
     d: &Daemon,
     token: Option<&str>,
@@ -167,14 +173,7 @@ async fn a_user_activates_a_role_through_mfa_over_http() {
     assert_eq!(s, 201, "{r}");
     assert_eq!(r["state"], "pending_mfa");
     let id = r["id"].as_str().unwrap().to_string();
-    let digits = r["prompt"]["message"]
-        .as_str()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .to_string();
-    let answer: String = digits.chars().rev().collect();
+    let answer = hello_answer(&r);
     let (s, r) = call(
         &d,
         Some(&user),
@@ -472,14 +471,7 @@ async fn the_cli_mirrors_the_pam_cmdlets_against_a_running_daemon() {
     )
     .await;
     let id = pending["id"].as_str().unwrap().to_string();
-    let digits = pending["prompt"]["message"]
-        .as_str()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .to_string();
-    let answer: String = digits.chars().rev().collect();
+    let answer = hello_answer(&pending);
     call(
         &d,
         Some(&user),
@@ -742,8 +734,7 @@ async fn two_daemons_share_one_postgresql_database() {
     .await;
     assert_eq!(s, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    let message = v["prompt"]["message"].as_str().unwrap();
-    let code: String = message.split(' ').nth(1).unwrap().chars().rev().collect();
+    let code = hello_answer(&v);
     let (s, v) = call(
         &a,
         Some(&user),

@@ -282,16 +282,8 @@ impl Postgres {
         })
     }
 
-    /// Runs `op` in the next group-commit transaction; returns once it is committed.
-    pub async fn write<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.writer.submit(true, op).await
-    }
-
-    /// Like [`Postgres::write`]; a batch of only non-durable writes commits without waiting
-    /// for the server's WAL flush.
+    /// Runs `op` in the next group-commit transaction; returns once it is committed (when
+    /// `durable`) — a batch of only non-durable writes does not wait for the WAL flush.
     pub async fn write_with<T: Send + 'static>(
         &self,
         durable: bool,
