@@ -157,7 +157,13 @@ fn main() {
     );
     let tokens = Arc::new(user_tokens);
     let addr = url.trim_start_matches("http://").to_string();
-    for c in [1usize, 8, 32] {
+    // ROLEGATE_BENCH_C="32" runs only the listed concurrencies (for a profile of one).
+    let levels: Vec<usize> = std::env::var("ROLEGATE_BENCH_C")
+        .ok()
+        .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![1, 8, 32]);
+    for c in levels {
         let duration = Duration::from_secs(8);
         let _ = server_quantiles();
         let (count, mut lat) = client_rt.block_on(async {

@@ -110,8 +110,13 @@ pub fn create(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
         message: e.to_string(),
     })?;
     tx.execute(
-        "INSERT INTO roles (name, policy, created_at, updated_at) VALUES ($1, $2, $3, $3)",
-        &[spec.name.trim().into(), policy.into(), Value::Int(now_ms)],
+        "INSERT INTO roles (name, revision, policy, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+        &[
+            spec.name.trim().into(),
+            Value::Int(new_revision()?),
+            policy.into(),
+            Value::Int(now_ms),
+        ],
     )?;
     Ok(())
 }
@@ -124,8 +129,13 @@ pub fn replace(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
         message: e.to_string(),
     })?;
     let n = tx.execute(
-        "UPDATE roles SET policy = $1, updated_at = $2 WHERE name = $3",
-        &[policy.into(), Value::Int(now_ms), spec.name.trim().into()],
+        "UPDATE roles SET policy = $1, updated_at = $2, revision = $3 WHERE name = $4",
+        &[
+            policy.into(),
+            Value::Int(now_ms),
+            Value::Int(new_revision()?),
+            spec.name.trim().into(),
+        ],
     )?;
     if n == 0 {
         return Err(Error::NotFound {
@@ -147,13 +157,37 @@ pub fn get(tx: &mut dyn Tx, name: &str) -> Result<Option<RoleSpec>> {
     }
 }
 
-/// A role's stored policy text, unparsed (for callers that cache the parsed role).
-pub fn get_raw(tx: &mut dyn Tx, name: &str) -> Result<Option<String>> {
+/// A fresh random revision for a changed role (never 0, the "nothing cached" value).
+fn new_revision() -> Result<i64> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| Error::Store {
+        what: "drawing a role revision".into(),
+        message: e.to_string(),
+    })?;
+    Ok((i64::from_le_bytes(b) & i64::MAX).max(1))
+}
+
+/// A role's revision, with its policy text only when the revision is not `known` (for
+/// callers that cache the parsed role: an unchanged role costs no policy read).
+pub fn get_if_changed(
+    tx: &mut dyn Tx,
+    name: &str,
+    known: i64,
+) -> Result<Option<(i64, Option<String>)>> {
     let rows = tx.query(
-        "SELECT policy FROM roles WHERE name = $1",
-        &[name.trim().into()],
+        "SELECT revision, CASE WHEN revision = $2 THEN NULL ELSE policy END FROM roles WHERE name = $1",
+        &[name.trim().into(), Value::Int(known)],
     )?;
-    rows.first().map(|r| r.text(0)).transpose()
+    match rows.first() {
+        None => Ok(None),
+        Some(r) => {
+            let policy = match r.0.get(1) {
+                Some(Value::Null) | None => None,
+                Some(_) => Some(r.text(1)?),
+            };
+            Ok(Some((r.int(0)?, policy)))
+        }
+    }
 }
 
 /// Parses stored policy text (from [`get_raw`]).
@@ -230,5 +264,43 @@ mod tests {
         assert!(e.to_string().contains("unknown field `mfa`"), "{e}");
         assert!(db.write(|tx| remove(tx, "Domain Admins")).await.unwrap());
         assert!(db.read(list).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_changed_role_gets_a_new_revision_and_an_unchanged_one_sends_no_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        db.write(|tx| create(tx, &spec(), 1)).await.unwrap();
+        let (rev, policy) = db
+            .read(|tx| get_if_changed(tx, "Domain Admins", 0))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(rev, 0);
+        assert_eq!(parse("Domain Admins", &policy.unwrap()).unwrap(), spec());
+        let same = db
+            .read(move |tx| get_if_changed(tx, "Domain Admins", rev))
+            .await
+            .unwrap();
+        assert_eq!(
+            same,
+            Some((rev, None)),
+            "the known revision: no policy read"
+        );
+
+        let mut changed = spec();
+        changed.ttl_s = 60;
+        db.write(move |tx| replace(tx, &changed, 2)).await.unwrap();
+        let (rev2, policy) = db
+            .read(move |tx| get_if_changed(tx, "Domain Admins", rev))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(rev2, rev, "a change makes a new revision");
+        assert_eq!(parse("Domain Admins", &policy.unwrap()).unwrap().ttl_s, 60);
+        assert_eq!(
+            db.read(|tx| get_if_changed(tx, "nope", 0)).await.unwrap(),
+            None
+        );
     }
 }

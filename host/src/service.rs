@@ -207,7 +207,7 @@ pub struct Service {
     buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, i64)>>,
     /// Parsed roles by name, with the policy text they were parsed from: a role is parsed
     /// again only when its stored policy changes.
-    role_cache: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<Role>)>>,
+    role_cache: std::sync::Mutex<std::collections::HashMap<String, (i64, Arc<Role>)>>,
 }
 
 impl std::fmt::Debug for Service {
@@ -237,19 +237,53 @@ impl Service {
     }
 
     /// The parsed role for stored policy text, from the cache when the text is unchanged.
-    fn role_from(&self, name: &str, policy: String) -> Result<Arc<Role>> {
-        if let Ok(cache) = self.role_cache.lock()
-            && let Some((text, role)) = cache.get(name)
-            && *text == policy
-        {
-            return Ok(Arc::clone(role));
-        }
+    /// The revision of the cached role with this name (0: none cached).
+    fn cached_revision(&self, name: &str) -> i64 {
+        self.role_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(name.trim()).map(|(rev, _)| *rev))
+            .unwrap_or(0)
+    }
+
+    /// The role at `revision`: parsed from `policy` when the store sent it (the cached
+    /// revision was stale), else the cached one — read afresh if the cache lost it meanwhile.
+    async fn role_from(
+        &self,
+        name: &str,
+        revision: i64,
+        policy: Option<String>,
+    ) -> Result<Arc<Role>> {
+        let cached = self.role_cache.lock().ok().and_then(|c| {
+            c.get(name)
+                .filter(|(rev, _)| *rev == revision)
+                .map(|(_, role)| Arc::clone(role))
+        });
+        let (revision, policy) = match (policy, cached) {
+            (Some(policy), _) => (revision, policy),
+            (None, Some(role)) => return Ok(role),
+            (None, None) => {
+                let n = name.to_string();
+                let fresh = self
+                    .store
+                    .read(move |tx| roles::get_if_changed(tx, &n, 0))
+                    .await?;
+                match fresh {
+                    Some((rev, Some(policy))) => (rev, policy),
+                    _ => {
+                        return Err(Error::NotFound {
+                            what: format!("role `{name}`"),
+                        });
+                    }
+                }
+            }
+        };
         let role = Arc::new(roles::parse(name, &policy)?.to_role()?);
         if let Ok(mut cache) = self.role_cache.lock() {
             if cache.len() > 10_000 {
                 cache.clear();
             }
-            cache.insert(name.to_string(), (policy, Arc::clone(&role)));
+            cache.insert(name.to_string(), (revision, Arc::clone(&role)));
         }
         Ok(role)
     }
@@ -415,11 +449,12 @@ impl Service {
         let key = account_key(account);
         self.rate_limit(&key, now)?;
         let key2 = key.clone();
+        let known = self.cached_revision(role_name);
         // Everything the decision needs, in one read.
         let (spec, user, credential_rows, lockouts) = self
             .store
             .read(move |tx| {
-                let spec = roles::get_raw(tx, &r)?;
+                let spec = roles::get_if_changed(tx, &r, known)?;
                 let user = users::get(tx, &a)?;
                 let creds = credential_rows(tx, &key2)?;
                 let lockouts = tx.query(
@@ -433,10 +468,10 @@ impl Service {
             .iter()
             .map(|r| r.text(1))
             .collect::<Result<_>>()?;
-        let policy = spec.ok_or_else(|| Error::NotFound {
+        let (revision, policy) = spec.ok_or_else(|| Error::NotFound {
             what: format!("role `{role_name}`"),
         })?;
-        let role = self.role_from(role_name.trim(), policy)?;
+        let role = self.role_from(role_name.trim(), revision, policy).await?;
         let user = match user {
             Some(u) if u.enabled => u,
             _ => {

@@ -485,6 +485,7 @@ mod tests {
                 needs_enrolment: false,
                 needs_phone: false,
                 responder: PromptKind::Code,
+                quick: false,
                 sdk_version: String::new(),
             }
         }

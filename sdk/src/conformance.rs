@@ -1459,6 +1459,7 @@ mod tests {
                 needs_enrolment: FLAW == ENROLS,
                 needs_phone: false,
                 responder: PromptKind::Code,
+                quick: false,
                 sdk_version: String::new(),
             }
         }

@@ -127,6 +127,11 @@ pub struct ProviderInfo {
     pub needs_phone: bool,
     /// The client responder a challenge needs.
     pub responder: PromptKind,
+    /// Whether every call is brief computation that never waits on I/O or a lock held
+    /// elsewhere (a TOTP or code check): the host may then make in-process calls on the
+    /// request's own thread rather than hand them to a blocking thread.
+    #[serde(default)]
+    pub quick: bool,
     /// The SDK version the provider was built with (filled by the Rust SDK).
     #[serde(default)]
     pub sdk_version: String,

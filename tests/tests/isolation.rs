@@ -32,6 +32,26 @@ async fn try_misbehave(
 ) -> rolegate::Result<LoadedProvider> {
     let mut settings = toml::Table::new();
     settings.insert("mode".into(), toml::Value::String(mode.into()));
+    load_misbehave(mode, settings, isolation, deadline_ms, max_crashes).await
+}
+
+/// Misbehave claiming its calls are quick (so the host calls it on the request's thread).
+async fn quick_misbehave(mode: &str) -> LoadedProvider {
+    let mut settings = toml::Table::new();
+    settings.insert("mode".into(), toml::Value::String(mode.into()));
+    settings.insert("quick".into(), toml::Value::Boolean(true));
+    load_misbehave(mode, settings, Isolation::InProcess, 5_000, 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+async fn load_misbehave(
+    mode: &str,
+    settings: toml::Table,
+    isolation: Isolation,
+    deadline_ms: u64,
+    max_crashes: usize,
+) -> rolegate::Result<LoadedProvider> {
     let p = ProviderConfig {
         id: format!("mis-{mode}"),
         library: misbehave_lib(),
@@ -92,6 +112,42 @@ async fn a_panic_is_an_error_value_in_both_modes() {
         still_serves(&p).await;
         p.shutdown().await;
     }
+}
+
+#[tokio::test]
+async fn a_quick_providers_panic_is_an_error_value_too() {
+    let p = quick_misbehave("panic").await;
+    assert!(
+        p.calls_inline(),
+        "a quick in-process provider is called inline"
+    );
+    let e = p.challenge_start(ctx("r1")).await.unwrap_err();
+    let pe = e.provider_error().unwrap_or_else(|| panic!("{e}"));
+    assert_eq!(pe.kind, ErrorKind::Panicked);
+    still_serves(&p).await;
+    assert!(p.calls_inline(), "one panic is not slowness");
+}
+
+#[tokio::test]
+async fn a_quick_provider_that_is_slow_goes_back_to_blocking_threads() {
+    let p = quick_misbehave("slow").await;
+    assert!(p.calls_inline());
+    for i in 0..3 {
+        assert!(p.calls_inline(), "demoted after {i} slow calls only");
+        let step = p.challenge_start(ctx("r1")).await.unwrap();
+        assert!(matches!(step, Step::Ask { .. }), "{step:?}");
+    }
+    assert!(!p.calls_inline(), "three slow calls lose the privilege");
+    // It still answers, now from a blocking thread.
+    let step = p.challenge_start(ctx("r1")).await.unwrap();
+    assert!(matches!(step, Step::Ask { .. }), "{step:?}");
+    still_serves(&p).await;
+    // A provider that does not claim it is never called inline.
+    let plain = misbehave("ok", Isolation::InProcess, 5_000).await;
+    assert!(!plain.calls_inline());
+    let worker = misbehave("ok", Isolation::Process, 5_000).await;
+    assert!(!worker.calls_inline());
+    worker.shutdown().await;
 }
 
 #[tokio::test]

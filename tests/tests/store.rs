@@ -9,9 +9,10 @@ use rolegate::store::{Store, Value};
 use rolegate_e2e::both;
 use rolegate_e2e::stores::{Backend, Location};
 
-fn role_row(i: i64) -> [Value; 4] {
+fn role_row(i: i64) -> [Value; 5] {
     [
         format!("r{i}").into(),
+        Value::Int(i + 1),
         "{}".into(),
         Value::Int(i),
         Value::Int(i),
@@ -47,11 +48,11 @@ async fn concurrent_writes_are_all_committed_and_a_failure_stays_alone(backend) 
         tasks.push(tokio::spawn(async move {
             db.write(move |tx| {
                 if i % 50 == 7 {
-                    tx.execute("INSERT INTO roles VALUES ($1, $2, $3, $4)", &role_row(i))?;
+                    tx.execute("INSERT INTO roles VALUES ($1, $2, $3, $4, $5)", &role_row(i))?;
                     // Fails after a write: the savepoint must undo that write alone.
                     tx.execute("INSERT INTO nowhere VALUES (1)", &[])?;
                 }
-                tx.execute("INSERT INTO roles VALUES ($1, $2, $3, $4)", &role_row(i))
+                tx.execute("INSERT INTO roles VALUES ($1, $2, $3, $4, $5)", &role_row(i))
             })
             .await
         }));
@@ -108,6 +109,52 @@ async fn a_conditional_transition_has_one_winner(backend) {
         winners += t.await.unwrap();
     }
     assert_eq!(winners, 1);
+    db.close();
+}
+}
+
+both! {
+#[tokio::test]
+async fn roles_stored_before_migration_3_survive_it(backend) {
+    let at = Location::new(backend);
+    let db = at.open().await;
+    // Put the database back to schema 2, with a role stored the way it was then.
+    db.write(|tx| {
+        tx.execute("DROP TABLE roles", &[])?;
+        tx.execute(
+            "CREATE TABLE roles (name TEXT PRIMARY KEY, policy TEXT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL)",
+            &[],
+        )?;
+        tx.execute(
+            "INSERT INTO roles VALUES ($1, $2, $3, $4)",
+            &[
+                "Domain Admins".into(),
+                r#"{"name":"Domain Admins","candidates":["CONTOSO\\jdoe"],"ttl_s":60,"max_ttl_s":120,"mfa_enabled":false}"#.into(),
+                Value::Int(5),
+                Value::Int(7),
+            ],
+        )?;
+        tx.execute("DELETE FROM schema_migrations WHERE version >= $1", &[Value::Int(3)])
+    })
+    .await
+    .unwrap();
+    db.close();
+    drop(db);
+    let db = at.open().await;
+    let role = db
+        .read(|tx| rolegate::roles::get(tx, "Domain Admins"))
+        .await
+        .unwrap()
+        .expect("the role survived the migration");
+    assert_eq!(role.ttl_s, 60);
+    assert!(role.candidates.contains("CONTOSO\\jdoe"));
+    let (revision, policy) = db
+        .read(|tx| rolegate::roles::get_if_changed(tx, "Domain Admins", 0))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(revision, 7, "a migrated role's revision is its last change");
+    assert!(policy.is_some());
     db.close();
 }
 }

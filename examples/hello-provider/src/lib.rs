@@ -111,6 +111,7 @@ impl Provider for Hello {
             needs_enrolment: false,
             needs_phone: false,
             responder: PromptKind::Code,
+            quick: true,
             sdk_version: String::new(),
         }
     }

@@ -8,7 +8,7 @@ pub mod worker;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rolegate_sdk::abi::{Instance, Table};
@@ -23,6 +23,12 @@ use crate::error::{Error, Result};
 
 /// Hung in-process calls tolerated before a provider refuses new calls.
 const MAX_ABANDONED: usize = 16;
+
+/// A call by a provider that says it is quick taking longer than this counts as a strike.
+const QUICK_LIMIT: Duration = Duration::from_millis(10);
+
+/// Strikes after which a "quick" provider's calls go back to blocking threads.
+const QUICK_STRIKES: usize = 3;
 
 /// A plugin library that passed the loader's checks, ready to make instances.
 #[derive(Debug, Clone)]
@@ -167,6 +173,8 @@ impl Plugin {
                 Backend::InProcess {
                     instance: Arc::new(instance),
                     abandoned: Arc::new(AtomicUsize::new(0)),
+                    inline: AtomicBool::new(false),
+                    strikes: AtomicUsize::new(0),
                 }
             }
             Kind::Process {
@@ -195,6 +203,9 @@ impl Plugin {
             backend,
         };
         let info: ProviderInfo = provider.call(&Request::Info).await?;
+        if let Backend::InProcess { inline, .. } = &provider.backend {
+            inline.store(info.quick, Ordering::Relaxed);
+        }
         provider.info = Some(info);
         Ok(provider)
     }
@@ -204,6 +215,11 @@ enum Backend {
     InProcess {
         instance: Arc<Instance>,
         abandoned: Arc<AtomicUsize>,
+        /// Calls run on the caller's thread (the provider says it is quick, and has kept
+        /// its word so far).
+        inline: AtomicBool,
+        /// Quick calls that took longer than [`QUICK_LIMIT`].
+        strikes: AtomicUsize,
     },
     Process(Arc<process::Supervisor>),
 }
@@ -236,13 +252,41 @@ impl LoadedProvider {
         self.info.as_ref()
     }
 
+    /// Whether in-process calls currently run on the caller's thread (a quick provider).
+    pub fn calls_inline(&self) -> bool {
+        matches!(&self.backend, Backend::InProcess { inline, .. } if inline.load(Ordering::Relaxed))
+    }
+
     /// Sends raw request bytes, returning the raw response; never blocks the async runtime.
     pub async fn call_raw(&self, op: &'static str, request: Vec<u8>) -> Result<Vec<u8>> {
         match &self.backend {
             Backend::InProcess {
                 instance,
                 abandoned,
+                inline,
+                strikes,
             } => {
+                if inline.load(Ordering::Relaxed) {
+                    // A quick provider's call costs microseconds: handing it to a blocking
+                    // thread would cost more than the call. A slow call stalls this thread
+                    // once; after a few the provider loses the privilege.
+                    let started = std::time::Instant::now();
+                    let answer = instance.call_raw(&request);
+                    let took = started.elapsed();
+                    if took > QUICK_LIMIT {
+                        let n = strikes.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n >= QUICK_STRIKES && inline.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(
+                                provider = %self.plugin.id,
+                                op,
+                                took_ms = took.as_millis() as u64,
+                                "the provider says its calls are quick, but {n} took longer than {} ms: its calls now run on blocking threads",
+                                QUICK_LIMIT.as_millis()
+                            );
+                        }
+                    }
+                    return Ok(answer);
+                }
                 let hung = abandoned.load(Ordering::Relaxed);
                 if hung >= MAX_ABANDONED {
                     return Err(Error::Provider {

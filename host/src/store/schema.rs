@@ -111,6 +111,23 @@ CREATE TABLE meta (
 );
 "#,
     ),
+    (
+        3,
+        "roles: a revision before the policy, so a cached role is checked without reading it",
+        r#"
+CREATE TABLE roles_v3 (
+    name          TEXT PRIMARY KEY,
+    revision      BIGINT NOT NULL,
+    policy        TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    updated_at    BIGINT NOT NULL
+);
+INSERT INTO roles_v3 (name, revision, policy, created_at, updated_at)
+    SELECT name, updated_at, policy, created_at, updated_at FROM roles;
+DROP TABLE roles;
+ALTER TABLE roles_v3 RENAME TO roles;
+"#,
+    ),
 ];
 
 /// The newest schema version this binary knows.

@@ -4,7 +4,8 @@
 //! `panic` panics; `segfault` writes through a null pointer; `abort` aborts the process;
 //! `hang` never returns; `noisy` prints to stdout, then asks; `enrol` needs an enrolment (the
 //! secret is `4321`) and answers challenges with that secret. `lenient` behaves but accepts unknown settings keys (it breaks the
-//! contract that `rolegate provider check` verifies); `panic-create` panics while creating.
+//! contract that `rolegate provider check` verifies); `panic-create` panics while creating;
+//! `slow` sleeps 30 ms, then asks. The setting `quick = true` makes it claim quick calls.
 
 use rolegate_sdk::serde::Deserialize;
 use rolegate_sdk::{
@@ -16,24 +17,29 @@ use rolegate_sdk::{
 #[serde(crate = "rolegate_sdk::serde", deny_unknown_fields)]
 struct Strict {
     mode: String,
+    #[serde(default)]
+    quick: bool,
 }
 
 /// The misbehaving provider.
 #[derive(Debug)]
 pub struct Misbehave {
     mode: String,
+    quick: bool,
 }
 
 impl Provider for Misbehave {
     fn create(settings: Settings) -> Result<Self, ProviderError> {
-        let mode = match settings.0.get("mode").and_then(|v| v.as_str()) {
-            Some("lenient") => "lenient".to_string(),
-            _ => settings.parse::<Strict>()?.mode,
+        let (mode, quick) = match settings.0.get("mode").and_then(|v| v.as_str()) {
+            Some("lenient") => ("lenient".to_string(), false),
+            _ => {
+                let s = settings.parse::<Strict>()?;
+                (s.mode, s.quick)
+            }
         };
         match mode.as_str() {
-            "ok" | "panic" | "segfault" | "abort" | "hang" | "lenient" | "noisy" | "enrol" => {
-                Ok(Self { mode })
-            }
+            "ok" | "panic" | "segfault" | "abort" | "hang" | "lenient" | "noisy" | "enrol"
+            | "slow" => Ok(Self { mode, quick }),
             "panic-create" => panic!("misbehave: panic while creating"),
             other => Err(ProviderError::config(format!(
                 "setting `mode`: unknown mode `{other}`"
@@ -51,6 +57,7 @@ impl Provider for Misbehave {
             needs_enrolment: self.mode == "enrol",
             needs_phone: false,
             responder: PromptKind::Code,
+            quick: self.quick,
             sdk_version: String::new(),
         }
     }
@@ -123,6 +130,10 @@ impl Provider for Misbehave {
                 // Output on stdout must not corrupt a worker's pipe.
                 println!("misbehave: noise on stdout");
                 print!("{{\"ok\":");
+                self.challenge_start_ok(ctx)
+            }
+            "slow" => {
+                std::thread::sleep(std::time::Duration::from_millis(30));
                 self.challenge_start_ok(ctx)
             }
             "hang" => loop {
