@@ -358,12 +358,14 @@ impl Role {
 
     /// Whether `account` is a candidate.
     pub fn is_candidate(&self, account: &str) -> bool {
-        self.candidates.iter().any(|c| same_account(c, account))
+        // The exact spelling is a tree lookup; only another case scans the set.
+        self.candidates.contains(account)
+            || self.candidates.iter().any(|c| same_account(c, account))
     }
 
     /// Whether `account` is an approver.
     pub fn is_approver(&self, account: &str) -> bool {
-        self.approvers.iter().any(|c| same_account(c, account))
+        self.approvers.contains(account) || self.approvers.iter().any(|c| same_account(c, account))
     }
 
     /// Decides whether `account` may request the role at `at`, and on what terms.

@@ -191,8 +191,9 @@ enum Outcome {
         sealed: Vec<u8>,
         expires_at: i64,
     },
-    /// The factor was verified.
-    Approved(Option<Credential>),
+    /// The factor was verified; a credential update comes with the sealed value it replaces
+    /// (the update lands only if the credential is still that value).
+    Approved(Option<(Credential, Option<Vec<u8>>)>),
     /// The factor was not verified.
     Denied(DenyReason, String),
 }
@@ -389,7 +390,7 @@ impl Service {
             },
             Step::Done {
                 verdict: Verdict::Approved { credential },
-            } => Outcome::Approved(credential),
+            } => Outcome::Approved(credential.map(|c| (c, None))),
             Step::Done {
                 verdict: Verdict::Denied { reason, message },
             } => Outcome::Denied(reason, message),
@@ -566,7 +567,11 @@ impl Service {
         stored.state = RequestState::PendingMfa;
         let step = provider.challenge_start(ctx).await;
         let outcome = match step {
-            Ok(step) => self.outcome(step, &id, now)?,
+            Ok(step) => with_prior(
+                self.outcome(step, &id, now)?,
+                &credential_rows,
+                &provider_id,
+            ),
             Err(e) => Outcome::Denied(DenyReason::Other, e.to_string()),
         };
         let s = stored.clone_for_write();
@@ -671,7 +676,9 @@ impl Service {
                 None => provider.challenge_poll(ctx, state.into()).await,
             };
             match step {
-                Ok(step) => self.outcome(step, id, now)?,
+                Ok(step) => {
+                    with_prior(self.outcome(step, id, now)?, &credential_rows, &provider_id)
+                }
                 // Malformed input changes nothing: the user may answer again.
                 Err(e)
                     if e.provider_error().map(|p| p.kind)
@@ -691,6 +698,7 @@ impl Service {
                 // ran, and a miss undoes the whole write (credential, lockout, events).
                 let id = stored.view.id.clone();
                 apply(tx, stored, outcome, &settings, &key, now).map_err(|e| match e {
+                    Error::Conflict(m) if m.starts_with(CREDENTIAL_RACE) => Error::Conflict(m),
                     Error::Conflict(_) => Error::Conflict(format!(
                         "request `{id}` changed meanwhile: this prompt was already answered"
                     )),
@@ -1252,6 +1260,26 @@ fn created_events(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
 
 /// Fails with a conflict when a version-checked update changed no row: someone else moved
 /// the request first.
+/// Why an answer was undone when another answer changed its credential first.
+const CREDENTIAL_RACE: &str =
+    "the credential changed meanwhile (another request used it): answer again with a new code";
+
+/// Attaches to an approval's credential update the sealed value it was computed from.
+fn with_prior(outcome: Outcome, rows: &[Row], provider: &str) -> Outcome {
+    match outcome {
+        Outcome::Approved(Some((c, _))) => {
+            let prior = rows
+                .iter()
+                .find(|r| {
+                    r.text(0).is_ok_and(|id| id == c.id) && r.text(1).is_ok_and(|p| p == provider)
+                })
+                .and_then(|r| r.blob(3).ok());
+            Outcome::Approved(Some((c, prior)))
+        }
+        other => other,
+    }
+}
+
 fn ensure_updated(n: u64, id: &str) -> Result<()> {
     if n == 0 {
         return Err(Error::Conflict(format!("request `{id}` changed meanwhile")));
@@ -1387,22 +1415,41 @@ fn apply(
             Ok(s.view)
         }
         Outcome::Approved(credential) => {
-            if let Some(c) = credential {
+            if let Some((c, prior)) = credential {
                 let sealed = key.seal(
                     c.data.as_slice(),
                     &Service::credential_context(&s.view.account, &provider, &c.id),
                 )?;
-                tx.execute(
-                    "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
-                    &[
-                        Value::Blob(sealed),
-                        Value::Int(ms(now)),
-                        s.view.account.clone().into(),
-                        provider.clone().into(),
-                        c.id.into(),
-                        c.label.into(),
-                    ],
-                )?;
+                let mut params = vec![
+                    Value::Blob(sealed),
+                    Value::Int(ms(now)),
+                    s.view.account.clone().into(),
+                    provider.clone().into(),
+                    c.id.into(),
+                    c.label.into(),
+                ];
+                // Replay protection (a TOTP step, a sign count) holds only if two answers
+                // cannot both advance the same credential value: the update is conditional
+                // on the value the provider saw, and a miss undoes this whole answer.
+                let n = match prior {
+                    Some(prior) => {
+                        params.push(Value::Blob(prior));
+                        tx.execute(
+                            "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5 AND sealed = $7",
+                            &params,
+                        )?
+                    }
+                    None => tx.execute(
+                        "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
+                        &params,
+                    )?,
+                };
+                if n == 0 {
+                    return Err(Error::Conflict(format!(
+                        "{CREDENTIAL_RACE} (request `{}`)",
+                        s.view.id
+                    )));
+                }
             }
             tx.execute(
                 "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2",
