@@ -1475,7 +1475,10 @@ fn apply(
             Ok(s.view)
         }
         Outcome::Denied(reason, message) => {
-            if reason == DenyReason::WrongAnswer {
+            // A replayed code is a wrong answer the user can correct (the app's next code),
+            // counted toward the cap and the lockout like one.
+            let retryable = matches!(reason, DenyReason::WrongAnswer | DenyReason::Replayed);
+            if retryable {
                 s.wrong_answers += 1;
                 let left = settings.max_wrong_answers - s.wrong_answers;
                 if left > 0 {
@@ -1496,7 +1499,7 @@ fn apply(
                     return Ok(s.view);
                 }
             }
-            let why = if reason == DenyReason::WrongAnswer {
+            let why = if retryable {
                 format!("{message}; no attempts left")
             } else {
                 message

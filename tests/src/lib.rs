@@ -38,6 +38,16 @@ pub fn hello_lib() -> PathBuf {
     built("librolegate_example_hello.so")
 }
 
+/// The TOTP provider library.
+pub fn totp_lib() -> PathBuf {
+    built("librolegate_provider_totp.so")
+}
+
+/// The SMS-via-Twilio provider library.
+pub fn sms_twilio_lib() -> PathBuf {
+    built("librolegate_provider_sms_twilio.so")
+}
+
 /// The misbehaving test provider library.
 pub fn misbehave_lib() -> PathBuf {
     built("librolegate_test_misbehave.so")

@@ -921,3 +921,137 @@ async fn the_web_page_is_served_with_a_strict_policy() {
         assert!(paths.iter().any(|p| p.ends_with(suffix)), "{suffix}");
     }
 }
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// TOTP end to end: `rolegate enrol totp` shows the QR code in the terminal and confirms
+/// with a typed code; requests then activate with the app's codes, a used code is refused,
+/// and two requests racing with one code activate once.
+#[tokio::test]
+async fn a_user_enrols_in_totp_and_activates_with_its_codes() {
+    use rolegate_provider_totp::code_for_uri;
+    use std::io::Write as _;
+    let d = start_with(&format!(
+        "\n[[provider]]\nid = \"totp\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\nissuer = \"Contoso PAM\"\nskew = 2\n",
+        rolegate_e2e::totp_lib().display()
+    ));
+    let user = jdoe_with_role(&d, "totp").await;
+
+    // Enrol through the CLI, acting as the user: read the key it shows, type the code.
+    let mut child = Command::new(rolegate_bin())
+        .args(["--server", &d.url, "enrol", "totp"])
+        .env("ROLEGATE_TOKEN", &user)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut shown = Vec::new();
+    let uri = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("no otpauth URI shown:\n{}", shown.join("\n")))
+            .unwrap();
+        shown.push(line.clone());
+        if line.starts_with("otpauth://") {
+            break line;
+        }
+    };
+    let screen = shown.join("\n");
+    assert!(screen.contains('█') && screen.contains("Key: "), "{screen}");
+    assert!(uri.contains("issuer=Contoso%20PAM"), "{uri}");
+    let code = code_for_uri(&uri, unix_now()).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{code}").unwrap();
+    drop(stdin);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        rest.join("\n")
+    );
+    assert!(out.status.success(), "{screen}\n{all}");
+    assert!(all.contains("enrolled in `totp`"), "{all}");
+
+    // The enrolment's own code is spent: a request answered with it is refused.
+    let request = || async {
+        let (s, r) = call(
+            &d,
+            Some(&user),
+            "POST",
+            "/v1/requests",
+            Some(json!({"role": "r"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{r}");
+        assert_eq!(r["prompt"]["kind"], "code", "{r}");
+        r["id"].as_str().unwrap().to_string()
+    };
+    let answer = |id: String, code: String| {
+        let (d, user) = (&d, user.clone());
+        async move {
+            call(
+                d,
+                Some(&user),
+                "POST",
+                &format!("/v1/requests/{id}/answer"),
+                Some(json!({"code": code})),
+            )
+            .await
+        }
+    };
+    let id = request().await;
+    let (_, r) = answer(id.clone(), code.clone()).await;
+    assert_eq!(r["state"], "pending_mfa", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap_or("").contains("used already"),
+        "{r}"
+    );
+    // The app's next code (inside the skew) activates.
+    let next = code_for_uri(&uri, unix_now() + 30).unwrap();
+    let (_, r) = answer(id, next.clone()).await;
+    assert_eq!(r["state"], "active", "{r}");
+
+    // Two requests racing with one fresh code (two steps ahead, still inside the skew):
+    // one activation, never two.
+    let (a, b) = (request().await, request().await);
+    let fresh = code_for_uri(&uri, unix_now() + 60).unwrap();
+    let ((_, ra), (_, rb)) = tokio::join!(answer(a, fresh.clone()), answer(b, fresh));
+    let active = [&ra, &rb].iter().filter(|r| r["state"] == "active").count();
+    assert_eq!(active, 1, "{ra}\n{rb}");
+
+    // Malformed codes are refused without using up the request.
+    let id = request().await;
+    let (s, e) = answer(id.clone(), "12ab56".into()).await;
+    assert_eq!(s, 400, "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("6 digits"),
+        "{e}"
+    );
+    let (_, r) = call(&d, Some(&user), "GET", &format!("/v1/requests/{id}"), None).await;
+    assert_eq!(r["state"], "pending_mfa", "{r}");
+}
+
+#[test]
+fn the_totp_provider_passes_its_check() {
+    let out = Command::new(rolegate_bin())
+        .args(["provider", "check"])
+        .arg(rolegate_e2e::totp_lib())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(" 0 failed") && !text.contains("FAIL"),
+        "{text}"
+    );
+}
