@@ -1,9 +1,13 @@
 //! Load benchmark of the whole activation path over HTTP: create a request for an MFA role,
-//! answer hello's code prompt, get `active` back — every activation durable (group commit,
-//! the WAL fsync'd after its commit) before the API answers.
+//! answer the provider's code prompt, get `active` back — every activation durable (group
+//! commit, the WAL fsync'd after its commit) before the API answers.
 //!
-//! Run: `cargo build --release --workspace && cargo bench -p rolegate --bench activation`;
-//! with `ROLEGATE_BENCH_POSTGRES="host=… dbname=<empty database>"` it runs on PostgreSQL.
+//! Run: `cargo build --release --workspace && cargo bench -p rolegate --bench activation`.
+//! `ROLEGATE_BENCH_PROVIDER=totp` gates the role with the TOTP provider instead of hello:
+//! 64,000 enrolled users (`ROLEGATE_BENCH_USERS`), each code computed as the user's app would,
+//! each time step used once per user (replay protection refuses a second use), so the load
+//! never waits for fresh codes. With `ROLEGATE_BENCH_POSTGRES="host=… dbname=<empty
+//! database>"` it runs on PostgreSQL; `ROLEGATE_BENCH_C="32"` picks the concurrencies.
 //! The daemon and the load generator share this 2-core machine, as they would with oha; the
 //! generator is a minimal keep-alive HTTP/1.1 client (one connection per worker) so that
 //! its own cost stays small beside the server's.
@@ -12,6 +16,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rolegate::clock::SystemClock;
@@ -24,7 +29,44 @@ use rolegate::store::Store;
 use rolegate::store::sqlite::Sqlite;
 use rolegate::{tokens, users};
 
-const USERS: usize = 256;
+/// The TOTP secret of bench user `i` (a 20-byte SHA1 key, as apps use).
+fn totp_secret(i: usize) -> rolegate_provider_totp::Secret {
+    use sha2::Digest as _;
+    let raw = sha2::Sha256::digest(format!("rolegate-bench-{i}").as_bytes());
+    rolegate_provider_totp::Secret {
+        secret: base32(&raw[..20]),
+        algorithm: "SHA1".into(),
+        digits: 6,
+        period: 30,
+        last_step: None,
+    }
+}
+
+/// RFC 4648 base32 without padding.
+fn base32(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::new();
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    for &b in bytes {
+        buffer = (buffer << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            out.push(char::from(ALPHABET[((buffer >> (bits - 5)) & 31) as usize]));
+            bits -= 5;
+        }
+    }
+    if bits > 0 {
+        out.push(char::from(ALPHABET[((buffer << (5 - bits)) & 31) as usize]));
+    }
+    out
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
@@ -35,7 +77,16 @@ fn target_dir() -> PathBuf {
 }
 
 fn main() {
-    let lib = target_dir().join("librolegate_example_hello.so");
+    let totp = std::env::var("ROLEGATE_BENCH_PROVIDER").is_ok_and(|p| p == "totp");
+    let (provider, lib) = if totp {
+        ("totp", target_dir().join("librolegate_provider_totp.so"))
+    } else {
+        ("hello", target_dir().join("librolegate_example_hello.so"))
+    };
+    let users: usize = std::env::var("ROLEGATE_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if totp { 64_000 } else { 256 });
     if !lib.exists() {
         eprintln!(
             "{} is missing: run `cargo build --release --workspace` first",
@@ -68,9 +119,11 @@ fn main() {
         });
         println!("store: {}", store.backend());
         let key = Arc::new(SealingKey::load_or_create(&dir.path().join("bench.key")).unwrap());
+        println!("provider: {provider}, users: {users}");
+        let sealing = Arc::clone(&key);
         let config = Config {
             providers: vec![ProviderConfig {
-                id: "hello".into(),
+                id: provider.into(),
                 library: lib.clone(),
                 sha256: None,
                 unpinned: true,
@@ -93,12 +146,12 @@ fn main() {
             key,
             settings,
         ));
-        let accounts: Vec<String> = (0..USERS).map(|i| format!("CONTOSO\\user{i}")).collect();
+        let accounts: Vec<String> = (0..users).map(|i| format!("CONTOSO\\user{i}")).collect();
         let a2 = accounts.clone();
         let tokens = store
             .write(move |tx| {
                 let mut out = Vec::new();
-                for a in &a2 {
+                for (i, a) in a2.iter().enumerate() {
                     users::create(
                         tx,
                         users::NewUser {
@@ -109,6 +162,23 @@ fn main() {
                         0,
                     )?;
                     out.push(tokens::issue(tx, a, false, "bench", 0)?);
+                    if totp {
+                        // Enrolled as a finished enrolment stores it.
+                        let data = serde_json::to_vec(&totp_secret(i)).unwrap();
+                        let credential = rolegate_sdk::Credential {
+                            id: "totp-1".into(),
+                            label: "Authenticator app".into(),
+                            data: data.into(),
+                        };
+                        rolegate::service::store_credential(
+                            tx,
+                            &sealing,
+                            a,
+                            "totp",
+                            &credential,
+                            0,
+                        )?;
+                    }
                 }
                 roles::create(
                     tx,
@@ -122,7 +192,7 @@ fn main() {
                         justification_required: false,
                         approval_enabled: false,
                         mfa_enabled: true,
-                        providers: vec!["hello".into()],
+                        providers: vec![provider.into()],
                     },
                     0,
                 )?;
@@ -156,6 +226,9 @@ fn main() {
         "(p50/p99: one activation, both requests, at the client; server: one request inside the server)"
     );
     let tokens = Arc::new(user_tokens);
+    // TOTP: per user, the last time step used + 1 (0: none yet).
+    let used: Arc<Vec<AtomicU64>> =
+        Arc::new((0..tokens.len()).map(|_| AtomicU64::new(0)).collect());
     let addr = url.trim_start_matches("http://").to_string();
     // ROLEGATE_BENCH_C="32" runs only the listed concurrencies (for a profile of one).
     let levels: Vec<usize> = std::env::var("ROLEGATE_BENCH_C")
@@ -170,16 +243,58 @@ fn main() {
             let start = Instant::now();
             let mut tasks = Vec::new();
             for w in 0..c {
-                let (addr, tokens) = (addr.clone(), Arc::clone(&tokens));
+                let (addr, tokens, used) = (addr.clone(), Arc::clone(&tokens), Arc::clone(&used));
                 tasks.push(tokio::spawn(async move {
                     // One kept-alive connection per worker, as a load generator (wrk, oha)
                     // holds them: the client's own cost stays small beside the server's.
                     let mut conn = Conn::open(&addr).await;
                     let mut lat = Vec::new();
                     let mut i = w;
+                    let mut waits = 0u64;
                     while start.elapsed() < duration && lat.len() < 100_000 {
-                        let token = &tokens[i % tokens.len()];
+                        let mut user = i % tokens.len();
                         i += c;
+                        let mut totp_code = None;
+                        if totp {
+                            // The app's code for the current step, or the next one (inside
+                            // the default skew), whichever this user has not used yet: each
+                            // (user, step) is claimed once across workers and runs.
+                            let mut tries = 0;
+                            let step = loop {
+                                let now = unix_now() / 30;
+                                let cur = used[user].load(Ordering::Relaxed);
+                                let fresh = match cur.checked_sub(1) {
+                                    None => Some(now),
+                                    Some(last) if last < now + 1 => Some((last + 1).max(now)),
+                                    Some(_) => None,
+                                };
+                                if let Some(step) = fresh
+                                    && used[user]
+                                        .compare_exchange(
+                                            cur,
+                                            step + 1,
+                                            Ordering::Relaxed,
+                                            Ordering::Relaxed,
+                                        )
+                                        .is_ok()
+                                {
+                                    break step;
+                                }
+                                tries += 1;
+                                if tries * c >= tokens.len() {
+                                    waits += 1;
+                                    tokio::time::sleep(Duration::from_millis(200)).await;
+                                    tries = 0;
+                                }
+                                user = i % tokens.len();
+                                i += c;
+                            };
+                            totp_code = rolegate_provider_totp::code_for_secret(
+                                &totp_secret(user),
+                                step * 30,
+                            );
+                        }
+                        let token = &tokens[user];
                         let t = Instant::now();
                         let r: Created = conn
                             .post(
@@ -188,8 +303,14 @@ fn main() {
                                 br#"{"role":"admins","justification":"bench"}"#,
                             )
                             .await;
-                        let digits = r.prompt.message.split(' ').nth(1).expect("hello's digits");
-                        let code: String = digits.chars().rev().collect();
+                        let code: String = match totp_code {
+                            Some(code) => code,
+                            None => {
+                                let digits =
+                                    r.prompt.message.split(' ').nth(1).expect("hello's digits");
+                                digits.chars().rev().collect()
+                            }
+                        };
                         let body = format!(r#"{{"code":"{code}"}}"#);
                         let done: Done = conn
                             .post(
@@ -198,8 +319,11 @@ fn main() {
                                 body.as_bytes(),
                             )
                             .await;
-                        assert_eq!(done.state, "active");
+                        assert_eq!(done.state, "active", "{}", done.reason.unwrap_or_default());
                         lat.push(t.elapsed());
+                    }
+                    if waits > 0 {
+                        eprintln!("worker {w}: waited {waits} times for fresh TOTP steps");
                     }
                     lat
                 }));
@@ -236,6 +360,8 @@ struct Created {
 #[derive(serde::Deserialize)]
 struct Done {
     state: String,
+    #[serde(default)]
+    reason: Option<String>,
 }
 
 /// A minimal HTTP/1.1 keep-alive client: the request line, three headers, a JSON body; the

@@ -1043,23 +1043,17 @@ impl Service {
                         credential: Some(c),
                     },
             } => {
-                let sealed = self.key.seal(
-                    c.data.as_slice(),
-                    &Self::credential_context(&key, provider_id, &c.id),
-                )?;
                 let (p, account) = (provider_id.to_string(), user.account.clone());
-                let (id, label) = (c.id.clone(), c.label.clone());
+                let id = c.id.clone();
+                let sealing = Arc::clone(&self.key);
                 self.store
                     .write(move |tx| {
-                        tx.execute(
-                            "INSERT INTO credentials (account_key, provider, id, label, sealed, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (account_key, provider, id) DO UPDATE SET label = excluded.label, sealed = excluded.sealed, updated_at = excluded.updated_at",
-                            &[account_key(&account).into(), p.clone().into(), id.clone().into(), label.into(), Value::Blob(sealed), Value::Int(ms(now))],
-                        )?;
+                        store_credential(tx, &sealing, &account, &p, &c, ms(now))?;
                         let mut e = NewEvent::new(
                             events::ENROLLED,
                             Severity::Information,
                             "enrolment",
-                            format!("enrolled in `{p}` (credential `{id}`)"),
+                            format!("enrolled in `{p}` (credential `{}`)", c.id),
                         );
                         e.account = Some(account);
                         e.provider = Some(p);
@@ -1067,7 +1061,7 @@ impl Service {
                     })
                     .await?;
                 view.done = true;
-                view.credential = Some(c.id);
+                view.credential = Some(id);
             }
             Step::Done {
                 verdict: Verdict::Denied { message, .. },
@@ -1260,6 +1254,35 @@ fn created_events(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
 
 /// Fails with a conflict when a version-checked update changed no row: someone else moved
 /// the request first.
+/// Stores (or replaces) a user's credential for a provider, sealed with the host's key —
+/// what a finished enrolment does; also for bulk imports of enrolments made elsewhere.
+pub fn store_credential(
+    tx: &mut dyn Tx,
+    key: &SealingKey,
+    account: &str,
+    provider: &str,
+    credential: &Credential,
+    now_ms: i64,
+) -> Result<()> {
+    let account_key = account_key(account);
+    let sealed = key.seal(
+        credential.data.as_slice(),
+        &Service::credential_context(&account_key, provider, &credential.id),
+    )?;
+    tx.execute(
+        "INSERT INTO credentials (account_key, provider, id, label, sealed, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (account_key, provider, id) DO UPDATE SET label = excluded.label, sealed = excluded.sealed, updated_at = excluded.updated_at",
+        &[
+            account_key.into(),
+            provider.into(),
+            credential.id.clone().into(),
+            credential.label.clone().into(),
+            Value::Blob(sealed),
+            Value::Int(now_ms),
+        ],
+    )?;
+    Ok(())
+}
+
 /// Why an answer was undone when another answer changed its credential first.
 const CREDENTIAL_RACE: &str =
     "the credential changed meanwhile (another request used it): answer again with a new code";

@@ -93,3 +93,4 @@ pub fn write_private(path: &Path, text: &str) {
 
 pub mod pg;
 pub mod stores;
+pub mod twilio;

@@ -6,4 +6,5 @@ mod check_cli;
 mod isolation;
 mod loader;
 mod service;
+mod sms;
 mod store;

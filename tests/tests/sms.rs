@@ -1,0 +1,589 @@
+//! The sms-twilio provider end to end: the real library loaded by the host, sending through a
+//! Twilio double over real HTTP, the code read back from the recorded SMS.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rolegate::clock::ManualClock;
+use rolegate::config::{Config, PluginsConfig, ProviderConfig};
+use rolegate::plugins::Providers;
+use rolegate::roles::{self, RoleSpec};
+use rolegate::secrets::SealingKey;
+use rolegate::service::{RequestView, Service, Settings};
+use rolegate::users::{self, NewUser};
+use rolegate_e2e::stores::{Backend, Location};
+use rolegate_e2e::twilio::{Failure, TwilioDouble};
+use rolegate_e2e::{rolegate_bin, sms_twilio_lib, write_private};
+use rolegate_sdk::Input;
+
+const T0: &str = "2026-11-26T10:00:00Z";
+const JDOE: &str = "CONTOSO\\jdoe";
+const NOPHONE: &str = "CONTOSO\\nophone";
+
+struct World {
+    _at: Location,
+    service: Arc<Service>,
+    double: TwilioDouble,
+    token: String,
+}
+
+fn provider_config(settings: toml::Table, isolation: &str) -> ProviderConfig {
+    ProviderConfig {
+        id: "sms".into(),
+        library: sms_twilio_lib(),
+        sha256: None,
+        unpinned: true,
+        isolation: isolation.parse().unwrap(),
+        deadline_ms: None,
+        settings,
+    }
+}
+
+async fn load(settings: toml::Table) -> rolegate::Result<Providers> {
+    let config = Config {
+        plugins: PluginsConfig {
+            worker: Some(rolegate_bin()),
+            ..Default::default()
+        },
+        providers: vec![provider_config(settings, "in-process")],
+        ..Default::default()
+    };
+    Providers::load(&config).await
+}
+
+/// A service on SQLite with the sms provider pointing at a fresh double; `extra` settings are
+/// added to the double's, and `token` replaces the token file's content when given.
+async fn world_with(extra: &[(&str, toml::Value)], token: Option<&str>) -> World {
+    let at = Location::new(Backend::Sqlite);
+    let double = TwilioDouble::start();
+    let token_file = double.write_token(at.path());
+    if let Some(t) = token {
+        write_private(&token_file, t);
+    }
+    let mut settings = double.settings(&token_file);
+    for (k, v) in extra {
+        settings.insert((*k).into(), v.clone());
+    }
+    let providers = load(settings).await.unwrap();
+    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
+    let store = Arc::new(at.open().await);
+    let key = Arc::new(SealingKey::load_or_create(&at.path().join("rolegate.key")).unwrap());
+    let service = Service::new(store, Arc::new(providers), clock, key, Settings::default());
+    service
+        .store()
+        .write(|tx| {
+            users::create(
+                tx,
+                NewUser {
+                    account: JDOE.into(),
+                    display_name: "Jane".into(),
+                    phone: Some("+1 425 555 0142".into()),
+                    ..Default::default()
+                },
+                1,
+                0,
+            )?;
+            users::create(
+                tx,
+                NewUser {
+                    account: NOPHONE.into(),
+                    display_name: "No Phone".into(),
+                    ..Default::default()
+                },
+                1,
+                0,
+            )?;
+            roles::create(
+                tx,
+                &RoleSpec {
+                    name: "sms-admins".into(),
+                    candidates: [JDOE.to_string(), NOPHONE.to_string()].into(),
+                    approvers: [].into(),
+                    ttl_s: 3600,
+                    max_ttl_s: 7200,
+                    availability: None,
+                    justification_required: false,
+                    approval_enabled: false,
+                    mfa_enabled: true,
+                    providers: vec!["sms".into()],
+                },
+                0,
+            )
+        })
+        .await
+        .unwrap();
+    let token = double.auth_token().to_string();
+    World {
+        _at: at,
+        service: Arc::new(service),
+        double,
+        token,
+    }
+}
+
+async fn world() -> World {
+    world_with(&[], None).await
+}
+
+async fn request(w: &World) -> RequestView {
+    w.service
+        .request(JDOE, "sms-admins", "patch night", None, None)
+        .await
+        .unwrap()
+}
+
+fn code(c: &str) -> Input {
+    Input::Code { code: c.into() }
+}
+
+/// The request failed, with a reason that holds neither the token nor any code sent.
+fn failed_reason(w: &World, v: &RequestView) -> String {
+    assert_eq!(v.state, "failed", "{v:?}");
+    let reason = v.reason.clone().unwrap_or_default();
+    assert!(!reason.contains(&w.token), "the token leaked: {reason}");
+    for m in w.double.messages() {
+        assert!(
+            !reason.contains(&m.code().unwrap()),
+            "a code leaked: {reason}"
+        );
+    }
+    reason
+}
+
+#[tokio::test]
+async fn a_role_activates_with_the_code_from_the_sms() {
+    let w = world().await;
+    let v = request(&w).await;
+    assert_eq!(v.state, "pending_mfa", "{v:?}");
+    assert_eq!(v.provider.as_deref(), Some("sms"));
+    let prompt = v.prompt.clone().unwrap();
+    assert_eq!(prompt["kind"], "code");
+    assert_eq!(prompt["message"], "Type the code sent by SMS to …42");
+    assert_eq!(prompt["length"], 6);
+    let sent = w.double.messages();
+    assert_eq!(sent.len(), 1);
+    let sms = &sent[0];
+    assert_eq!(sms.to, "+14255550142");
+    assert_eq!(sms.from.as_deref(), Some("+14155552345"));
+    assert_eq!(sms.messaging_service_sid, None, "exactly one sender field");
+    assert!(
+        sms.sid.starts_with("SM") && sms.sid.len() == 34,
+        "{}",
+        sms.sid
+    );
+    let c = sms.code().unwrap();
+    assert_eq!(
+        sms.body,
+        format!("Your rolegate code is {c}. It expires in 5 minutes.")
+    );
+    let done = w.service.answer(&v.id, JDOE, code(&c)).await.unwrap();
+    assert_eq!(done.state, "active", "{done:?}");
+    // One use: the request is over, so the same code is refused.
+    let e = w.service.answer(&v.id, JDOE, code(&c)).await.unwrap_err();
+    assert!(e.to_string().contains("not waiting for MFA"), "{e}");
+    assert_eq!(w.double.messages().len(), 1);
+}
+
+#[tokio::test]
+async fn a_wrong_code_is_denied() {
+    let w = world().await;
+    let v = request(&w).await;
+    let right = w.double.messages()[0].code().unwrap();
+    let wrong: String = right
+        .chars()
+        .map(|c| if c == '1' { '2' } else { '1' })
+        .collect();
+    let r = w.service.answer(&v.id, JDOE, code(&wrong)).await.unwrap();
+    assert_eq!(r.state, "pending_mfa");
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("wrong code"),
+        "{r:?}"
+    );
+    // Malformed input changes nothing: no attempt is used up.
+    let e = w
+        .service
+        .answer(&v.id, JDOE, code("12ab"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("6 digits"), "{e}");
+    let _ = w.service.answer(&v.id, JDOE, code(&wrong)).await.unwrap();
+    let r = w.service.answer(&v.id, JDOE, code(&wrong)).await.unwrap();
+    assert_eq!(r.state, "failed", "{r:?}");
+    assert!(
+        r.reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no attempts left"),
+        "{r:?}"
+    );
+    let e = w
+        .service
+        .answer(&v.id, JDOE, code(&right))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not waiting for MFA"), "{e}");
+}
+
+#[tokio::test]
+async fn a_user_without_a_phone_is_refused_and_nothing_is_sent() {
+    let w = world().await;
+    let e = w
+        .service
+        .request(NOPHONE, "sms-admins", "x", None, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("phone number"), "{e}");
+    let e = w
+        .service
+        .request(NOPHONE, "sms-admins", "x", None, Some("sms"))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("you have no phone number on record"),
+        "{e}"
+    );
+    assert!(w.double.requests().is_empty(), "{:?}", w.double.requests());
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_the_retry_after() {
+    let w = world().await;
+    w.double.fail_next(
+        1,
+        Failure::TooManyRequests {
+            retry_after: Some(1),
+        },
+    );
+    let v = request(&w).await;
+    assert_eq!(v.state, "pending_mfa", "{v:?}");
+    let hits = w.double.requests();
+    assert_eq!(
+        hits.iter().map(|h| h.status).collect::<Vec<_>>(),
+        [429, 201]
+    );
+    let gap = hits[1].at - hits[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After: 1 not honoured: {gap:?}"
+    );
+    let c = w.double.messages()[0].code().unwrap();
+    let done = w.service.answer(&v.id, JDOE, code(&c)).await.unwrap();
+    assert_eq!(done.state, "active");
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_then_given_up_clearly() {
+    let w = world().await;
+    w.double.fail_next(3, Failure::ServerError(500));
+    let started = Instant::now();
+    let v = request(&w).await;
+    let took = started.elapsed();
+    let reason = failed_reason(&w, &v);
+    assert!(reason.contains("unavailable"), "{reason}");
+    assert!(reason.contains("3 attempt(s)"), "{reason}");
+    assert!(
+        reason.contains("HTTP 500") && reason.contains("20500"),
+        "{reason}"
+    );
+    assert_eq!(w.double.requests().len(), 3);
+    assert!(w.double.messages().is_empty());
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // The next request goes through: the failure was Twilio's, not the provider's.
+    let v = request(&w).await;
+    assert_eq!(v.state, "pending_mfa", "{v:?}");
+}
+
+#[tokio::test]
+async fn a_503_then_success_is_retried() {
+    let w = world().await;
+    w.double.fail_next(2, Failure::ServerError(503));
+    let v = request(&w).await;
+    assert_eq!(v.state, "pending_mfa", "{v:?}");
+    let statuses: Vec<u16> = w.double.requests().iter().map(|h| h.status).collect();
+    assert_eq!(statuses, [503, 503, 201]);
+}
+
+#[tokio::test]
+async fn twilio_refusals_name_the_problem_without_the_token() {
+    let w = world().await;
+    for (code, needles) in [
+        (21211, &["21211", "invalid", "…42"][..]),
+        (21610, &["21610", "STOP", "START"][..]),
+        (21408, &["21408", "region", "geographic permissions"][..]),
+        (20003, &["20003", "credentials", "twilio.token"][..]),
+    ] {
+        w.double.fail_next(1, Failure::Twilio(code));
+        let before = w.double.requests().len();
+        let v = request(&w).await;
+        let reason = failed_reason(&w, &v);
+        for n in needles {
+            assert!(reason.contains(n), "{code}: `{n}` missing from: {reason}");
+        }
+        assert_eq!(
+            w.double.requests().len(),
+            before + 1,
+            "{code} must not be retried"
+        );
+    }
+    assert!(w.double.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_wrong_auth_token_is_a_clear_error() {
+    let w = world_with(&[], Some("0123456789abcdef0123456789abcdef\n")).await;
+    let v = request(&w).await;
+    let reason = failed_reason(&w, &v);
+    assert!(reason.contains("20003"), "{reason}");
+    assert!(reason.contains("credentials"), "{reason}");
+    assert!(
+        !reason.contains("0123456789abcdef0123456789abcdef"),
+        "{reason}"
+    );
+    assert_eq!(w.double.requests()[0].status, 401);
+}
+
+#[tokio::test]
+async fn a_messaging_service_is_sent_instead_of_from() {
+    let at = tempfile::tempdir().unwrap();
+    let double = TwilioDouble::start();
+    let token_file = double.write_token(at.path());
+    let mut settings = double.settings(&token_file);
+    settings.remove("from");
+    settings.insert(
+        "messaging_service_sid".into(),
+        "MG0123456789abcdef0123456789abcdef".into(),
+    );
+    settings.insert("code_length".into(), 8.into());
+    let providers = load(settings).await.unwrap();
+    let p = providers.get("sms").unwrap();
+    let ctx = rolegate_sdk::ChallengeContext {
+        user: rolegate_sdk::UserContext {
+            account: "jdoe".into(),
+            phone: Some("+442071838750x12".into()),
+            ..Default::default()
+        },
+        role: "r".into(),
+        request_id: "req-1".into(),
+        now: 1_000,
+        ..Default::default()
+    };
+    let step = p.challenge_start(ctx).await.unwrap();
+    assert!(matches!(step, rolegate_sdk::Step::Ask { .. }), "{step:?}");
+    let sent = double.messages();
+    assert_eq!(sent[0].to, "+442071838750", "the extension is not sent");
+    assert_eq!(sent[0].from, None);
+    assert_eq!(
+        sent[0].messaging_service_sid.as_deref(),
+        Some("MG0123456789abcdef0123456789abcdef")
+    );
+    assert_eq!(sent[0].code().unwrap().len(), 8);
+}
+
+#[tokio::test]
+async fn a_token_file_readable_by_others_is_refused_at_load() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let double = TwilioDouble::start();
+    let token_file = double.write_token(dir.path());
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = load(double.settings(&token_file)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains(&token_file.display().to_string()), "{text}");
+    assert!(text.contains("readable by group or others"), "{text}");
+    assert!(text.contains("`auth_token_file`"), "{text}");
+    assert!(!text.contains(double.auth_token()), "{text}");
+    assert!(double.requests().is_empty());
+}
+
+fn check(lib: &Path, config: &Path, isolation: &str) -> (bool, String) {
+    let out = Command::new(rolegate_bin())
+        .args(["provider", "check"])
+        .arg(lib)
+        .arg("--config")
+        .arg(config)
+        .args(["--isolation", isolation])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn provider_check_passes_against_the_double() {
+    let dir = tempfile::tempdir().unwrap();
+    let double = TwilioDouble::start();
+    let token_file = double.write_token(dir.path());
+    let cfg = dir.path().join("sms.toml");
+    write_private(
+        &cfg,
+        &toml::to_string(&double.settings(&token_file)).unwrap(),
+    );
+    for iso in ["in-process", "process"] {
+        let (ok, out) = check(&sms_twilio_lib(), &cfg, iso);
+        assert!(ok, "{out}");
+        assert!(out.contains(" 0 failed"), "{out}");
+        assert!(!out.contains("FAIL"), "{out}");
+        assert!(!out.contains(double.auth_token()), "{out}");
+    }
+    assert!(!double.messages().is_empty(), "the check sent no SMS");
+    // Settings the provider refuses fail the check, naming the key.
+    write_private(
+        &cfg,
+        &format!(
+            "{}code_length = 4\n",
+            toml::to_string(&double.settings(&token_file)).unwrap()
+        ),
+    );
+    let (ok, out) = check(&sms_twilio_lib(), &cfg, "in-process");
+    assert!(!ok, "{out}");
+    assert!(out.contains("`code_length`"), "{out}");
+}
+
+// --- over HTTP, with the daemon ------------------------------------------------------------
+
+struct Daemon {
+    child: Child,
+    url: String,
+    admin: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path, provider: &str) -> Daemon {
+    use std::io::{BufRead as _, BufReader};
+    let cfg = dir.join("rolegate.toml");
+    write_private(
+        &cfg,
+        &format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{provider}"),
+    );
+    let mut child = Command::new(rolegate_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut url, mut admin, mut seen) = (None, None, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while url.is_none() && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        if let Some(t) = line.trim().strip_prefix("export ROLEGATE_TOKEN=") {
+            admin = Some(t.to_string());
+        }
+        if let Some(rest) = line.strip_prefix("rolegate: serving on ") {
+            url = rest.split_whitespace().next().map(String::from);
+        }
+        seen.push(line);
+    }
+    Daemon {
+        child,
+        url: url.unwrap_or_else(|| panic!("the daemon did not start: {}", seen.join("\n"))),
+        admin: admin.unwrap_or_default(),
+    }
+}
+
+async fn call(
+    d: &Daemon,
+    token: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", d.url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+fn toml_provider(double: &TwilioDouble, token_file: &Path) -> String {
+    let mut provider = toml::Table::new();
+    provider.insert("id".into(), "sms".into());
+    provider.insert(
+        "library".into(),
+        sms_twilio_lib().display().to_string().into(),
+    );
+    provider.insert("unpinned".into(), true.into());
+    provider.insert("isolation".into(), "process".into());
+    provider.insert("settings".into(), double.settings(token_file).into());
+    let mut doc = toml::Table::new();
+    doc.insert("provider".into(), vec![toml::Value::from(provider)].into());
+    toml::to_string(&doc).unwrap()
+}
+
+#[tokio::test]
+async fn the_daemon_activates_a_role_with_an_sms_code() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let double = TwilioDouble::start();
+    let token_file = double.write_token(dir.path());
+    let d = serve(dir.path(), &toml_provider(&double, &token_file));
+    let admin = d.admin.clone();
+    assert!(!admin.is_empty(), "no admin token printed");
+    let (s, r) = call(
+        &d,
+        &admin,
+        "/v1/users",
+        json!({"account": JDOE, "phone": "+1 425 555 0142"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    let role = json!({"name": "sms-admins", "candidates": [JDOE], "approvers": [], "ttl_s": 3600,
+                      "max_ttl_s": 7200, "mfa_enabled": true, "approval_enabled": false, "providers": ["sms"]});
+    let (s, r) = call(&d, &admin, "/v1/roles", role).await;
+    assert_eq!(s, 201, "{r}");
+    let (s, t) = call(&d, &admin, "/v1/tokens", json!({"account": JDOE})).await;
+    assert_eq!(s, 201, "{t}");
+    let user = t["token"].as_str().unwrap().to_string();
+    let (s, r) = call(
+        &d,
+        &user,
+        "/v1/requests",
+        json!({"role": "sms-admins", "justification": "patch night"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["state"], "pending_mfa", "{r}");
+    assert_eq!(r["prompt"]["message"], "Type the code sent by SMS to …42");
+    let id = r["id"].as_str().unwrap().to_string();
+    let c = double.messages()[0].code().unwrap();
+    let (s, r) = call(
+        &d,
+        &user,
+        &format!("/v1/requests/{id}/answer"),
+        json!({"code": c}),
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(r["state"], "active", "{r}");
+}
