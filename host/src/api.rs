@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use jiff::SignedDuration;
 use serde::Deserialize;
@@ -154,6 +154,11 @@ impl Api {
                 get(get_user).patch(set_user).delete(remove_user),
             )
             .route("/v1/users/{account}/unlock", post(unlock_user))
+            .route("/v1/users/{account}/credentials", get(list_credentials))
+            .route(
+                "/v1/users/{account}/credentials/{provider}/{id}",
+                delete(remove_credential),
+            )
             .route("/v1/roles", get(list_roles).post(create_role))
             .route(
                 "/v1/roles/{name}",
@@ -611,6 +616,36 @@ async fn unlock_user(
     ))
 }
 
+async fn list_credentials(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(account): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    if !c.admin && !c.account.eq_ignore_ascii_case(account.trim()) {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "only admins see another user's credentials".into(),
+        ));
+    }
+    Ok(Json(json!(api.service.credentials(&account).await?)))
+}
+
+async fn remove_credential(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((account, provider, id)): Path<(String, String, String)>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.admin(&headers).await?;
+    api.service
+        .remove_credential(&account, &provider, &id, &c.account)
+        .await?;
+    Ok(Json(
+        json!({"account": account, "provider": provider, "credential": id, "removed": true}),
+    ))
+}
+
 async fn list_roles(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
     api.caller(&headers).await?;
     Ok(Json(json!(
@@ -903,6 +938,8 @@ pub fn openapi_document() -> Json_ {
             "/v1/users/{account}": {"get": op("A user", false), "patch": op("Change a user (Set-PAMUser); a phone change raises event 825", true),
                                     "delete": op("Remove a user (Remove-PAMUser)", true)},
             "/v1/users/{account}/unlock": {"post": op("Lift a lockout: {provider} (event 301)", true)},
+            "/v1/users/{account}/credentials": {"get": op("A user's credentials (id, provider, label, created_at; never their data): admins, or the user", false)},
+            "/v1/users/{account}/credentials/{provider}/{id}": {"delete": op("Remove a credential, e.g. a lost phone (event 311)", true)},
             "/v1/roles": {"get": op("Roles (Get-PAMRole)", false), "post": op("New role (New-PAMRole)", true)},
             "/v1/roles/{name}": {"get": op("A role", false), "put": op("Replace a role's policy (Set-PAMRole)", true),
                                  "delete": op("Remove a role (Remove-PAMRole)", true)},

@@ -32,6 +32,8 @@ pub const LOCKED_OUT: i64 = 300;
 pub const UNLOCKED: i64 = 301;
 /// A user enrolled in a provider (a credential was stored).
 pub const ENROLLED: i64 = 310;
+/// An admin removed a user's credential (a lost phone or key).
+pub const CREDENTIAL_REMOVED: i64 = 311;
 /// A provider plugin was loaded (library, hash, isolation).
 pub const PROVIDER_LOADED: i64 = 400;
 /// A provider plugin was refused at load time; the host did not start.

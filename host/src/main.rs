@@ -121,6 +121,22 @@ enum UserCommand {
         /// Account.
         account: String,
     },
+    /// List a user's credentials (never their secrets).
+    Credentials {
+        /// Account.
+        account: String,
+    },
+    /// Remove a user's credential, e.g. a lost phone (event 311); the user may enrol again.
+    RemoveCredential {
+        /// Account.
+        account: String,
+        /// The provider the credential belongs to.
+        #[arg(long)]
+        provider: String,
+        /// The credential's id (from `user credentials`).
+        #[arg(long)]
+        id: String,
+    },
     /// Lift a user's lockout from a provider (event 301).
     Unlock {
         /// Account.
@@ -458,6 +474,13 @@ const USER_COLUMNS: &[(&str, &str)] = &[
     ("EMAIL", "email"),
     ("ENABLED", "enabled"),
 ];
+const CREDENTIAL_COLUMNS: &[(&str, &str)] = &[
+    ("PROVIDER", "provider"),
+    ("ID", "id"),
+    ("LABEL", "label"),
+    ("CREATED", "created_at"),
+];
+
 const ROLE_COLUMNS: &[(&str, &str)] = &[
     ("NAME", "name"),
     ("MFA", "mfa_enabled"),
@@ -567,6 +590,20 @@ fn remote(
                 UserCommand::Remove { account } => {
                     client.call("DELETE", &format!("/v1/users/{}", segment(&account)), None).await?;
                     (json!(format!("removed user `{account}`")), None)
+                }
+                UserCommand::Credentials { account } => {
+                    let path = format!("/v1/users/{}/credentials", segment(&account));
+                    (client.call("GET", &path, None).await?, Some(CREDENTIAL_COLUMNS))
+                }
+                UserCommand::RemoveCredential { account, provider, id } => {
+                    let path = format!(
+                        "/v1/users/{}/credentials/{}/{}",
+                        segment(&account),
+                        segment(&provider),
+                        segment(&id)
+                    );
+                    client.call("DELETE", &path, None).await?;
+                    (json!(format!("credential `{id}` of `{account}` in `{provider}` removed")), None)
                 }
                 UserCommand::Unlock { account, provider } => {
                     let v = client.call("POST", &format!("/v1/users/{}/unlock", segment(&account)), Some(json!({"provider": provider}))).await?;
@@ -789,6 +826,7 @@ const FIRST_PARTY: &[(&str, &str, Isolation)] = &[
         "librolegate_example_hello.so",
         Isolation::Process,
     ),
+    ("totp", "librolegate_provider_totp.so", Isolation::InProcess),
 ];
 
 fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
@@ -998,6 +1036,24 @@ fn quickstart(dir: &Path) -> anyhow::Result<PathBuf> {
         writeln!(
             text,
             "[[provider]]\nid = \"{id}\"\nlibrary = {library}\nsha256 = \"{hash}\"\nisolation = \"{isolation}\"\n"
+        )?;
+    }
+    // SMS needs a Twilio account: shown, not loaded (see docs/providers/sms-twilio.md).
+    let sms = bin_dir.join("librolegate_provider_sms_twilio.so");
+    if let Ok(hash) = plugins::library::sha256_file(&sms) {
+        writeln!(
+            text,
+            "# SMS via Twilio: fill in the account, put the auth token in a file (chmod 600), uncomment.\n\
+             # [[provider]]\n# id = \"sms\"\n# library = {}\n# sha256 = \"{hash}\"\n# isolation = \"process\"\n\
+             # [provider.settings]\n# account_sid = \"AC…\"\n# auth_token_file = {}\n# from = \"+1…\"\n",
+            toml::Value::String(sms.display().to_string()),
+            toml::Value::String(
+                std::fs::canonicalize(dir)
+                    .unwrap_or_else(|_| dir.to_path_buf())
+                    .join("twilio.token")
+                    .display()
+                    .to_string()
+            )
         )?;
     }
     let path = dir.join("rolegate.toml");

@@ -198,6 +198,19 @@ enum Outcome {
     Denied(DenyReason, String),
 }
 
+/// A stored credential as admins and its user see it: never its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CredentialView {
+    /// The credential's id among the user's credentials for the provider.
+    pub id: String,
+    /// The provider it belongs to.
+    pub provider: String,
+    /// The name the provider gave it ("Authenticator app (SHA1)").
+    pub label: String,
+    /// When it was stored (ms since the epoch).
+    pub created_at: i64,
+}
+
 /// The activation service.
 pub struct Service {
     store: Arc<Store>,
@@ -1002,7 +1015,85 @@ impl Service {
                 message: format!("provider `{provider_id}` needs no enrolment"),
             });
         }
+        // A user's API token is one factor: it must not be enough to add a second factor
+        // beside the one they hold (or to swap it). An admin removes the old credential first.
+        if let Some(existing) = rows
+            .iter()
+            .find(|r| r.text(1).is_ok_and(|p| p == provider_id))
+        {
+            return Err(Error::Conflict(format!(
+                "`{account}` is enrolled in `{provider_id}` already (credential `{}`); an admin removes that credential before a new enrolment",
+                existing.text(0)?
+            )));
+        }
         Ok((user, provider, rows))
+    }
+
+    /// A user's credentials, without their private data (for admins and the user).
+    pub async fn credentials(&self, account: &str) -> Result<Vec<CredentialView>> {
+        let a = account.to_string();
+        let (user, rows) = self
+            .store
+            .read(move |tx| Ok((users::get(tx, &a)?, credential_rows(tx, &account_key(&a))?)))
+            .await?;
+        if user.is_none() {
+            return Err(Error::NotFound {
+                what: format!("user `{account}`"),
+            });
+        }
+        rows.iter()
+            .map(|r| {
+                Ok(CredentialView {
+                    id: r.text(0)?,
+                    provider: r.text(1)?,
+                    label: r.text(2)?,
+                    created_at: r.int(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes one of a user's credentials (a lost phone or key), raising event 311.
+    pub async fn remove_credential(
+        &self,
+        account: &str,
+        provider: &str,
+        id: &str,
+        actor: &str,
+    ) -> Result<()> {
+        let now = ms(self.clock.now());
+        let (a, p, i, actor) = (
+            account.to_string(),
+            provider.to_string(),
+            id.to_string(),
+            actor.to_string(),
+        );
+        self.store
+            .write(move |tx| {
+                let user = users::get(tx, &a)?.ok_or_else(|| Error::NotFound {
+                    what: format!("user `{a}`"),
+                })?;
+                let n = tx.execute(
+                    "DELETE FROM credentials WHERE account_key = $1 AND provider = $2 AND id = $3",
+                    &[account_key(&a).into(), p.clone().into(), i.clone().into()],
+                )?;
+                if n == 0 {
+                    return Err(Error::NotFound {
+                        what: format!("credential `{i}` of `{a}` in `{p}`"),
+                    });
+                }
+                let mut e = NewEvent::new(
+                    events::CREDENTIAL_REMOVED,
+                    Severity::Warning,
+                    "admin",
+                    format!("credential `{i}` in `{p}` removed by `{actor}`"),
+                );
+                e.account = Some(user.account);
+                e.provider = Some(p);
+                events::append(tx, e, now)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn enrolment_step(

@@ -44,6 +44,7 @@ function tab(name) {
   if (name === "requests") loadRequests().catch(showError);
   if (name === "approvals") loadApprovals().catch(showError);
   if (name === "events") loadEvents().catch(showError);
+  if (name === "enrol") loadEnrolProviders().catch(showError);
 }
 
 async function signIn() {
@@ -189,6 +190,48 @@ async function loadEvents() {
   }
 }
 
+// --- enrolment: pick a provider, show its material (QR code), confirm with a code ----------
+let enrolment = null;
+
+async function loadEnrolProviders() {
+  const select = $("enrol-provider");
+  select.replaceChildren();
+  for (const p of await api("GET", "/v1/providers")) {
+    if (!p.info || !p.info.needs_enrolment) continue;
+    const o = document.createElement("option");
+    o.value = p.id;
+    o.textContent = p.info.name + " (" + p.id + ")";
+    select.appendChild(o);
+  }
+}
+
+function enrolStep(v) {
+  enrolment = v;
+  $("enrol-step").hidden = true;
+  if (v.done || !v.state) {
+    $("enrol-result").textContent = v.done
+      ? "Enrolled (credential " + v.credential + ")."
+      : (v.message || "The enrolment did not complete.");
+    enrolment = null;
+    return;
+  }
+  const p = v.prompt || {};
+  $("enrol-step").hidden = false;
+  $("enrol-message").textContent = p.message || "";
+  const qr = $("enrol-qr");
+  // The PNG arrives as base64; only base64 characters reach the data: URL.
+  if (typeof p.png === "string" && /^[A-Za-z0-9+/=]+$/.test(p.png)) {
+    qr.src = "data:image/png;base64," + p.png;
+    qr.hidden = false;
+  } else {
+    qr.hidden = true;
+  }
+  const key = (p.text || "").split("\n").find((l) => l.startsWith("Key: "));
+  $("enrol-key").textContent = key || "";
+  $("enrol-code").value = "";
+  $("enrol-code").focus();
+}
+
 // --- wiring -------------------------------------------------------------------------------
 document.addEventListener("DOMContentLoaded", () => {
   for (const b of document.querySelectorAll(".tab")) b.onclick = () => tab(b.dataset.tab);
@@ -214,6 +257,18 @@ document.addEventListener("DOMContentLoaded", () => {
     const code = $("code").value.trim();
     api("POST", "/v1/requests/" + encodeURIComponent(current.id) + "/answer", { code })
       .then(settle, showError);
+  };
+  $("enrol-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    showError(null);
+    $("enrol-result").textContent = "";
+    api("POST", "/v1/enrolments", { provider: $("enrol-provider").value }).then(enrolStep, showError);
+  };
+  $("enrol-code-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    if (!enrolment) return;
+    const body = { provider: enrolment.provider, state: enrolment.state, code: $("enrol-code").value.trim() };
+    api("POST", "/v1/enrolments/continue", body).then(enrolStep, showError);
   };
   $("verify").onclick = () => api("GET", "/v1/events/verify").then((v) => {
     $("verify-result").textContent = v.intact

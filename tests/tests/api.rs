@@ -1038,6 +1038,83 @@ async fn a_user_enrols_in_totp_and_activates_with_its_codes() {
     );
     let (_, r) = call(&d, Some(&user), "GET", &format!("/v1/requests/{id}"), None).await;
     assert_eq!(r["state"], "pending_mfa", "{r}");
+
+    // The user's token alone cannot add or swap a factor: a second enrolment is refused.
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/enrolments",
+        Some(json!({"provider": "totp"})),
+    )
+    .await;
+    assert_eq!(s, 409, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("enrolled in `totp` already"),
+        "{e}"
+    );
+    // The user and admins see the credential, never its secret; an admin removes it.
+    let (s, list) = call(&d, Some(&user), "GET", "/v1/users/jdoe/credentials", None).await;
+    assert_eq!(s, 200, "{list}");
+    let creds = list.as_array().unwrap();
+    assert_eq!(creds.len(), 1, "{list}");
+    assert_eq!(creds[0]["provider"], "totp");
+    assert!(
+        creds[0].get("data").is_none() && !list.to_string().contains("secret"),
+        "{list}"
+    );
+    let cred = creds[0]["id"].as_str().unwrap().to_string();
+    let (s, _) = call(
+        &d,
+        Some(&user),
+        "DELETE",
+        &format!("/v1/users/jdoe/credentials/totp/{cred}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403, "users do not remove factors themselves");
+    let (okay, out) = cli(&d, &d.admin, &["user", "credentials", "jdoe"], "");
+    assert!(okay && out.contains(&cred) && out.contains("totp"), "{out}");
+    let (okay, out) = cli(
+        &d,
+        &d.admin,
+        &[
+            "user",
+            "remove-credential",
+            "jdoe",
+            "--provider",
+            "totp",
+            "--id",
+            &cred,
+        ],
+        "",
+    );
+    assert!(okay, "{out}");
+    let (_, ev) = call(&d, Some(&d.admin), "GET", "/v1/events?id=311", None).await;
+    assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "r"})),
+    )
+    .await;
+    assert_eq!(s, 403, "no factor left: {e}");
+    // Enrolling again works now.
+    let (s, v) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/enrolments",
+        Some(json!({"provider": "totp"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["prompt"]["kind"], "display", "{v}");
 }
 
 #[test]

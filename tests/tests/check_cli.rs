@@ -152,4 +152,13 @@ fn quickstart_writes_a_private_config_and_loads_both_isolation_modes() {
         rows[1].contains("process") && rows[1].contains(" ok "),
         "{text}"
     );
+    // The first-party TOTP provider is loaded too; SMS is shown, commented out, until an
+    // admin gives it a Twilio account.
+    let totp = text
+        .lines()
+        .find(|l| l.starts_with("totp"))
+        .unwrap_or_default();
+    assert!(totp.contains(" ok "), "{text}");
+    let config = std::fs::read_to_string(qs.join("rolegate.toml")).unwrap();
+    assert!(config.contains("# id = \"sms\""), "{config}");
 }
