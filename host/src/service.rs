@@ -191,9 +191,8 @@ enum Outcome {
         sealed: Vec<u8>,
         expires_at: i64,
     },
-    /// The factor was verified; a credential update comes with the sealed value it replaces
-    /// (the update lands only if the credential is still that value).
-    Approved(Option<(Credential, Option<Vec<u8>>)>),
+    /// The factor was verified, perhaps with a credential update.
+    Approved(Option<CredentialUpdate>),
     /// The factor was not verified.
     Denied(DenyReason, String),
 }
@@ -209,6 +208,16 @@ pub struct CredentialView {
     pub label: String,
     /// When it was stored (ms since the epoch).
     pub created_at: i64,
+}
+
+/// A provider's credential update on its way to the store.
+#[derive(Debug)]
+struct CredentialUpdate {
+    credential: Credential,
+    /// The update sealed for storage (sealed before the write, off the writer's thread).
+    sealed: Option<Vec<u8>>,
+    /// The stored sealed value the provider saw: the update lands only over it.
+    prior: Option<Vec<u8>>,
 }
 
 /// The activation service.
@@ -403,7 +412,11 @@ impl Service {
             },
             Step::Done {
                 verdict: Verdict::Approved { credential },
-            } => Outcome::Approved(credential.map(|c| (c, None))),
+            } => Outcome::Approved(credential.map(|credential| CredentialUpdate {
+                credential,
+                sealed: None,
+                prior: None,
+            })),
             Step::Done {
                 verdict: Verdict::Denied { reason, message },
             } => Outcome::Denied(reason, message),
@@ -584,7 +597,9 @@ impl Service {
                 self.outcome(step, &id, now)?,
                 &credential_rows,
                 &provider_id,
-            ),
+                &self.key,
+                &key,
+            )?,
             Err(e) => Outcome::Denied(DenyReason::Other, e.to_string()),
         };
         let s = stored.clone_for_write();
@@ -689,9 +704,13 @@ impl Service {
                 None => provider.challenge_poll(ctx, state.into()).await,
             };
             match step {
-                Ok(step) => {
-                    with_prior(self.outcome(step, id, now)?, &credential_rows, &provider_id)
-                }
+                Ok(step) => with_prior(
+                    self.outcome(step, id, now)?,
+                    &credential_rows,
+                    &provider_id,
+                    &self.key,
+                    &stored.view.account,
+                )?,
                 // Malformed input changes nothing: the user may answer again.
                 Err(e)
                     if e.provider_error().map(|p| p.kind)
@@ -1378,20 +1397,32 @@ pub fn store_credential(
 const CREDENTIAL_RACE: &str =
     "the credential changed meanwhile (another request used it): answer again with a new code";
 
-/// Attaches to an approval's credential update the sealed value it was computed from.
-fn with_prior(outcome: Outcome, rows: &[Row], provider: &str) -> Outcome {
-    match outcome {
-        Outcome::Approved(Some((c, _))) => {
-            let prior = rows
+/// Prepares an approval's credential update for the write: the stored sealed value it was
+/// computed from, and the new value sealed here rather than on the writer's thread.
+fn with_prior(
+    outcome: Outcome,
+    rows: &[Row],
+    provider: &str,
+    key: &SealingKey,
+    account_key: &str,
+) -> Result<Outcome> {
+    Ok(match outcome {
+        Outcome::Approved(Some(mut u)) => {
+            u.prior = rows
                 .iter()
                 .find(|r| {
-                    r.text(0).is_ok_and(|id| id == c.id) && r.text(1).is_ok_and(|p| p == provider)
+                    r.text(0).is_ok_and(|id| id == u.credential.id)
+                        && r.text(1).is_ok_and(|p| p == provider)
                 })
                 .and_then(|r| r.blob(3).ok());
-            Outcome::Approved(Some((c, prior)))
+            u.sealed = Some(key.seal(
+                u.credential.data.as_slice(),
+                &Service::credential_context(account_key, provider, &u.credential.id),
+            )?);
+            Outcome::Approved(Some(u))
         }
         other => other,
-    }
+    })
 }
 
 fn ensure_updated(n: u64, id: &str) -> Result<()> {
@@ -1529,11 +1560,19 @@ fn apply(
             Ok(s.view)
         }
         Outcome::Approved(credential) => {
-            if let Some((c, prior)) = credential {
-                let sealed = key.seal(
-                    c.data.as_slice(),
-                    &Service::credential_context(&s.view.account, &provider, &c.id),
-                )?;
+            if let Some(CredentialUpdate {
+                credential: c,
+                sealed,
+                prior,
+            }) = credential
+            {
+                let sealed = match sealed {
+                    Some(sealed) => sealed,
+                    None => key.seal(
+                        c.data.as_slice(),
+                        &Service::credential_context(&s.view.account, &provider, &c.id),
+                    )?,
+                };
                 let mut params = vec![
                     Value::Blob(sealed),
                     Value::Int(ms(now)),
@@ -1566,7 +1605,8 @@ fn apply(
                 }
             }
             tx.execute(
-                "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2",
+                // Only a row with failures is rewritten: an unchanged row costs no page write.
+                "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2 AND failures <> 0",
                 &[s.view.account.clone().into(), provider.clone().into()],
             )?;
             events::append(

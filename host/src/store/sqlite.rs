@@ -212,7 +212,8 @@ impl Sqlite {
                 }
             }
         }
-        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+        // Savepoints' sub-journals stay in memory (one per job in a batch).
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;")
             .map_err(|e| db_error("configuring the database", e))?;
         let (tx, rx) = mpsc::channel::<Queued>();
         let (sync_tx, sync_rx) = mpsc::channel::<Synced>();
