@@ -91,6 +91,7 @@ pub fn write_private(path: &Path, text: &str) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
+pub mod browser;
 pub mod pg;
 pub mod stores;
 pub mod twilio;

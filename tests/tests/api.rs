@@ -1132,3 +1132,82 @@ fn the_totp_provider_passes_its_check() {
         "{text}"
     );
 }
+
+/// The web page in headless Chromium: sign in with a token, enrol in TOTP from the QR code's
+/// page (the PNG renders under the page's CSP), then activate a role with the app's code.
+#[tokio::test]
+async fn the_web_page_enrols_and_activates_in_a_real_browser() {
+    use rolegate_e2e::browser::Browser;
+    let d = start_with(&format!(
+        "\n[[provider]]\nid = \"totp\"\nlibrary = \"{}\"\nunpinned = true\n",
+        rolegate_e2e::totp_lib().display()
+    ));
+    let user = jdoe_with_role(&d, "totp").await;
+    let b = Browser::start().await;
+    b.goto(&format!("{}/", d.url)).await;
+    b.type_into("#token", &user).await;
+    b.click("#signin-form button").await;
+    b.wait_for(
+        "return !document.getElementById('app').hidden",
+        "the signed-in page",
+    )
+    .await;
+
+    // Enrol: the provider list, the QR code image, the key, the confirming code.
+    b.click("button[data-tab=enrol]").await;
+    b.wait_for(
+        "return document.querySelectorAll('#enrol-provider option').length === 1",
+        "the providers that need enrolment",
+    )
+    .await;
+    b.click("#enrol-form button").await;
+    b.wait_for(
+        "const i = document.getElementById('enrol-qr'); return !i.hidden && i.complete && i.naturalWidth > 100",
+        "the QR code image",
+    )
+    .await;
+    let key_line = b.text("#enrol-key").await;
+    let secret: String = key_line
+        .trim_start_matches("Key: ")
+        .split('(')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let app = rolegate_provider_totp::Secret {
+        secret,
+        algorithm: "SHA1".into(),
+        digits: 6,
+        period: 30,
+        last_step: None,
+    };
+    let code = rolegate_provider_totp::code_for_secret(&app, unix_now()).unwrap();
+    b.type_into("#enrol-code", &code).await;
+    b.click("#enrol-code-form button").await;
+    b.wait_for(
+        "return document.getElementById('enrol-result').textContent.startsWith('Enrolled')",
+        "the enrolment to complete",
+    )
+    .await;
+
+    // Activate: request, the code prompt, active.
+    b.click("button[data-tab=activate]").await;
+    b.type_into("#role", "r").await;
+    b.click("#request-form button").await;
+    b.wait_for(
+        "return !document.getElementById('code-form').hidden",
+        "the code prompt",
+    )
+    .await;
+    let next = rolegate_provider_totp::code_for_secret(&app, unix_now() + 30).unwrap();
+    b.type_into("#code", &next).await;
+    b.click("#code-form button").await;
+    b.wait_for(
+        "return document.getElementById('request-result').textContent.includes(' is active until ')",
+        "the activation",
+    )
+    .await;
+    // The same state the page shows is the API's.
+    let (_, list) = call(&d, Some(&user), "GET", "/v1/requests", None).await;
+    assert_eq!(list[0]["state"], "active", "{list}");
+}
