@@ -3,7 +3,6 @@
 
 use crate::error::{Error, Result};
 use crate::events::{self, NewEvent, Severity};
-use crate::phone::PhoneNumber;
 use crate::store::{Row, Tx, Value};
 
 /// A user as stored.
@@ -89,7 +88,7 @@ fn check_email(email: &str) -> Result<()> {
 fn normalise_phone(phone: Option<&str>, default_cc: u16) -> Result<Option<String>> {
     match phone.map(str::trim) {
         None | Some("") => Ok(None),
-        Some(p) => Ok(Some(PhoneNumber::parse(p, default_cc)?.to_string())),
+        Some(p) => Ok(Some(crate::phone::parse(p, default_cc)?.to_string())),
     }
 }
 

@@ -102,6 +102,14 @@ pub enum SdkError {
         #[source]
         source: serde_json::Error,
     },
+    /// A phone number that cannot be parsed or dialled.
+    #[error("phone number `{input}` is not valid: {reason}")]
+    Phone {
+        /// What was given (at most 64 characters).
+        input: String,
+        /// Why it is refused.
+        reason: String,
+    },
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod bytes;
 pub mod conformance;
 pub mod error;
 pub mod message;
+pub mod phone;
 pub mod provider;
 pub mod settings;
 

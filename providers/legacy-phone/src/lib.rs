@@ -1,0 +1,63 @@
+//! legacy-phone: the Azure MFA (PhoneFactor) phone call that MIM PAM used for activation,
+//! configured by the deployment's `MfaSettings.xml` as it is.
+//!
+//! This crate holds the parts that do not need the network: the settings file reader
+//! ([`mfa_settings`]), the PhoneFactor `pfpMessage` v1.5 request and response
+//! ([`pfp`]) and the meaning of every `callStatus` code ([`call_status`]). The HTTPS
+//! transport with the client certificate, and the provider built on them, come next.
+
+pub mod call_status;
+pub mod mfa_settings;
+pub mod pfp;
+
+use std::path::PathBuf;
+
+/// What can go wrong reading the legacy settings or the PhoneFactor messages.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A secret file its group or others may read (the MIM docs insist on this too).
+    #[error("{} is readable by others (mode {mode:03o}): run `chmod 600 {}` first", path.display(), path.display())]
+    NotPrivate {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The file is not well-formed XML in a known encoding.
+    #[error("{} is not valid XML: {message}", path.display())]
+    Xml {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+    /// An element is missing, repeated, malformed, or contradicts another.
+    #[error("{}: element <{element}> {message}", path.display())]
+    Element {
+        /// The file.
+        path: PathBuf,
+        /// The element, as the file spells it.
+        element: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A phone number that cannot be dialled.
+    #[error("phone number `{number}`: {message}")]
+    Phone {
+        /// The number as stored.
+        number: String,
+        /// Why.
+        message: String,
+    },
+    /// A PhoneFactor response that could not be read.
+    #[error("the PhoneFactor response is not valid: {0}")]
+    Response(String),
+}
