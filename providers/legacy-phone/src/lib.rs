@@ -1,14 +1,15 @@
 //! legacy-phone: the Azure MFA (PhoneFactor) phone call that MIM PAM used for activation,
 //! configured by the deployment's `MfaSettings.xml` as it is.
 //!
-//! This crate holds the parts that do not need the network: the settings file reader
-//! ([`mfa_settings`]), the PhoneFactor `pfpMessage` v1.5 request and response
-//! ([`pfp`]) and the meaning of every `callStatus` code ([`call_status`]). The HTTPS
-//! transport with the client certificate, and the provider built on them, come next.
+//! Built so far: the settings file reader ([`mfa_settings`]), the PhoneFactor `pfpMessage`
+//! v1.5 request and response ([`pfp`]), the meaning of every `callStatus` code
+//! ([`call_status`]) and the HTTPS transport with the client certificate and failover
+//! ([`transport`]). The provider built on them comes next.
 
 pub mod call_status;
 pub mod mfa_settings;
 pub mod pfp;
+pub mod transport;
 
 use std::path::PathBuf;
 
@@ -57,6 +58,17 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The PKCS#12 file could not be used.
+    #[error("the certificate file {file} {message}")]
+    Certificate {
+        /// The file, as configured.
+        file: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The HTTPS exchange with PhoneFactor failed.
+    #[error("{0}")]
+    Transport(String),
     /// A PhoneFactor response that could not be read.
     #[error("the PhoneFactor response is not valid: {0}")]
     Response(String),

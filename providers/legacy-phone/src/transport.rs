@@ -1,0 +1,586 @@
+//! The PhoneFactor transport: the XML request POSTed over HTTPS with the client certificate
+//! from the deployment's PKCS#12 file, to the primary endpoint and then each backup on a
+//! transport failure — as the SDK did (HTTP/1.0, no keep-alive, `text/xml`).
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpStream, ToSocketAddrs as _};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+use crate::Error;
+
+/// Azure MFA's primary and backup endpoints, as the SDK had them.
+pub const DEFAULT_ENDPOINTS: &[&str] = &[
+    "https://pfd.phonefactor.net/pfd/pfd.pl",
+    "https://pfd2.phonefactor.net/pfd/pfd.pl",
+];
+
+/// The most of a response read: PhoneFactor's answers are a few hundred bytes.
+const MAX_RESPONSE: u64 = 256 * 1024;
+
+/// One endpoint: `https://host[:port]/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port (443 unless given).
+    pub port: u16,
+    /// The request path.
+    pub path: String,
+}
+
+impl Endpoint {
+    /// Parses an `https://` URL; anything else is refused, naming it.
+    pub fn parse(url: &str) -> Result<Self, Error> {
+        let bad = |why: &str| Error::Transport(format!("endpoint `{url}`: {why}"));
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| bad("must start with https://"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err(bad("needs a host and no user name"));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| bad("the port is not a number"))?,
+            ),
+            _ => (authority, 443),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || path.contains(char::is_whitespace) {
+            return Err(bad("is not a usable URL"));
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        })
+    }
+}
+
+/// The client certificate and key from a PKCS#12 file (modern AES or legacy RC2/3DES).
+pub fn load_p12(
+    bytes: &[u8],
+    password: &str,
+    name: &str,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+    let bad = |why: String| Error::Certificate {
+        file: name.to_string(),
+        message: why,
+    };
+    let store = p12_keystore::KeyStore::from_pkcs12(
+        bytes,
+        password,
+        p12_keystore::Pkcs12ImportPolicy::Relaxed,
+    )
+    .map_err(|e| {
+        bad(format!(
+            "cannot be opened ({e}); check CERT_PASSWORD in MfaSettings.xml"
+        ))
+    })?;
+    let (_, chain) = store
+        .private_key_chain()
+        .ok_or_else(|| bad("holds no private key with its certificate".into()))?;
+    let certs: Vec<CertificateDer<'static>> = chain
+        .certs()
+        .iter()
+        .map(|c| CertificateDer::from(c.as_der().to_vec()))
+        .collect();
+    if certs.is_empty() {
+        return Err(bad("holds a key without a certificate".into()));
+    }
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(chain.key().as_der().to_vec()));
+    Ok((certs, key))
+}
+
+/// An HTTPS client with the deployment's certificate, and the endpoints in failover order.
+pub struct Transport {
+    config: Arc<rustls::ClientConfig>,
+    endpoints: Vec<Endpoint>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("endpoints", &self.endpoints)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Which endpoint answered, and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The index of the endpoint that answered (0: the primary).
+    pub endpoint: usize,
+    /// The HTTP status.
+    pub status: u16,
+    /// The response body.
+    pub body: String,
+}
+
+impl Transport {
+    /// A client presenting `certs`/`key`, trusting the system's roots plus `extra_roots_pem`
+    /// (a private CA, or a test's), sending to `endpoints` in order.
+    pub fn new(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        endpoints: &[String],
+        extra_roots_pem: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        if endpoints.is_empty() {
+            return Err(Error::Transport("no endpoint is configured".into()));
+        }
+        let endpoints = endpoints
+            .iter()
+            .map(|e| Endpoint::parse(e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(c);
+        }
+        if let Some(pem) = extra_roots_pem {
+            let mut n = 0;
+            for c in CertificateDer::pem_slice_iter(pem) {
+                let c = c.map_err(|e| Error::Transport(format!("the CA file is not PEM: {e}")))?;
+                roots.add(c).map_err(|e| {
+                    Error::Transport(format!("a CA certificate is not usable: {e}"))
+                })?;
+                n += 1;
+            }
+            if n == 0 {
+                return Err(Error::Transport("the CA file holds no certificate".into()));
+            }
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Transport(format!("TLS setup: {e}")))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| Error::Transport(format!("the client certificate is not usable: {e}")))?;
+        Ok(Self {
+            config: Arc::new(config),
+            endpoints,
+            timeout,
+        })
+    }
+
+    /// POSTs `xml` to the first endpoint that answers; transport failures (connect, TLS, a
+    /// connection cut before an answer) move on to the next. Every failure is named.
+    pub fn post(&self, xml: &str) -> Result<Answer, Error> {
+        let mut failures = Vec::new();
+        for (i, e) in self.endpoints.iter().enumerate() {
+            match self.post_one(e, xml) {
+                Ok((status, body)) => {
+                    return Ok(Answer {
+                        endpoint: i,
+                        status,
+                        body,
+                    });
+                }
+                Err(why) => failures.push(format!("{}:{}: {why}", e.host, e.port)),
+            }
+        }
+        Err(Error::Transport(format!(
+            "no PhoneFactor endpoint answered ({})",
+            failures.join("; ")
+        )))
+    }
+
+    fn post_one(&self, e: &Endpoint, xml: &str) -> Result<(u16, String), String> {
+        let addr = (e.host.as_str(), e.port)
+            .to_socket_addrs()
+            .map_err(|err| format!("cannot resolve: {err}"))?
+            .next()
+            .ok_or("no address")?;
+        let mut tcp = TcpStream::connect_timeout(&addr, self.timeout)
+            .map_err(|err| format!("connect: {err}"))?;
+        tcp.set_read_timeout(Some(self.timeout))
+            .and_then(|()| tcp.set_write_timeout(Some(self.timeout)))
+            .map_err(|err| err.to_string())?;
+        let name =
+            ServerName::try_from(e.host.clone()).map_err(|err| format!("server name: {err}"))?;
+        let mut conn = rustls::ClientConnection::new(Arc::clone(&self.config), name)
+            .map_err(|err| format!("TLS: {err}"))?;
+        let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+        let head = format!(
+            "POST {} HTTP/1.0\r\nHost: {}\r\nContent-Type: text/xml; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            e.path,
+            e.host,
+            xml.len()
+        );
+        tls.write_all(head.as_bytes())
+            .and_then(|()| tls.write_all(xml.as_bytes()))
+            .and_then(|()| tls.flush())
+            .map_err(|err| format!("sending: {err}"))?;
+        let mut raw = Vec::new();
+        match std::io::Read::by_ref(&mut tls)
+            .take(MAX_RESPONSE)
+            .read_to_end(&mut raw)
+        {
+            Ok(_) => {}
+            // A peer that closes without TLS close_notify after a full answer is common.
+            Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+            Err(err) => return Err(format!("reading the answer: {err}")),
+        }
+        let text = String::from_utf8_lossy(&raw);
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or("the answer has no HTTP header")?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or("the answer has no HTTP status")?;
+        Ok((status, body.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::path::Path;
+    use std::process::Command;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn openssl(dir: &Path, args: &[&str]) {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command (scripts/test installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A test CA, a server certificate for 127.0.0.1, a client certificate from the CA in a
+    /// modern and a legacy (RC2/3DES) PKCS#12 file, and a client certificate from elsewhere.
+    fn pki(dir: &Path) {
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend([
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rolegate test CA",
+        ]);
+        openssl(dir, &ca);
+        std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+        for (who, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+            let mut req = vec!["req"];
+            req.extend(ec);
+            let (key, csr, pem) = (
+                format!("{who}.key"),
+                format!("{who}.csr"),
+                format!("{who}.pem"),
+            );
+            let subj = format!("/CN={who}");
+            req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            openssl(dir, &req);
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-out",
+                    &pem,
+                    "-days",
+                    "2",
+                    "-extfile",
+                    ext,
+                ],
+            );
+        }
+        let export = [
+            "pkcs12",
+            "-export",
+            "-inkey",
+            "client.key",
+            "-in",
+            "client.pem",
+            "-certfile",
+            "ca.pem",
+            "-passout",
+            "pass:s3cret&pw",
+        ];
+        let mut modern = export.to_vec();
+        modern.extend(["-out", "client.p12"]);
+        openssl(dir, &modern);
+        let mut legacy = export.to_vec();
+        legacy.extend(["-legacy", "-out", "client-legacy.p12"]);
+        openssl(dir, &legacy);
+        let mut rogue = vec!["req", "-x509"];
+        rogue.extend(ec);
+        rogue.extend([
+            "-keyout",
+            "rogue.key",
+            "-out",
+            "rogue.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rogue",
+        ]);
+        openssl(dir, &rogue);
+        openssl(
+            dir,
+            &[
+                "pkcs12",
+                "-export",
+                "-inkey",
+                "rogue.key",
+                "-in",
+                "rogue.pem",
+                "-passout",
+                "pass:x",
+                "-out",
+                "rogue.p12",
+            ],
+        );
+    }
+
+    /// An HTTPS server on 127.0.0.1 that requires a client certificate from the test CA and
+    /// answers every POST with `answer`, recording the bodies.
+    struct Double {
+        port: u16,
+        bodies: Arc<Mutex<Vec<String>>>,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+
+    impl Drop for Double {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect(("127.0.0.1", self.port));
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+
+    fn double(dir: &Path, answer: &'static str) -> Double {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()
+        .unwrap();
+        let certs: Vec<_> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(certs, key)
+                .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (b, s) = (Arc::clone(&bodies), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            for _ in 0..50 {
+                let Ok((mut tcp, _)) = listener.accept() else {
+                    return;
+                };
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
+                let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read the head and the body (Content-Length); a refused handshake ends here.
+                let body = loop {
+                    match tls.read(&mut chunk) {
+                        Ok(0) | Err(_) => break None,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("Content-Length: "))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break Some((head.to_string(), body.to_string()));
+                        }
+                    }
+                };
+                let Some((head, body)) = body else { continue };
+                assert!(head.starts_with("POST /pfd/pfd.pl HTTP/1.0"), "{head}");
+                assert!(
+                    head.contains("Content-Type: text/xml; charset=utf-8"),
+                    "{head}"
+                );
+                b.lock().unwrap().push(body);
+                let reply = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = tls.write_all(reply.as_bytes());
+                let _ = tls.flush();
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            }
+        });
+        Double {
+            port,
+            bodies,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    const OK: &str = "<pfpMessage><response request-id=\"1\"><status disposition=\"success\"/><authenticationResponse><authenticated>yes</authenticated><callStatus>1</callStatus></authenticationResponse></response></pfpMessage>";
+
+    fn transport(
+        dir: &Path,
+        p12: &str,
+        password: &str,
+        endpoints: &[String],
+    ) -> Result<Transport, Error> {
+        let bytes = std::fs::read(dir.join(p12)).unwrap();
+        let (certs, key) = load_p12(&bytes, password, p12)?;
+        let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+        Transport::new(certs, key, endpoints, Some(&ca), Duration::from_secs(5))
+    }
+
+    #[test]
+    fn modern_and_legacy_pkcs12_files_authenticate_and_failover_finds_the_backup() {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let d = double(dir.path(), OK);
+        // The primary is a closed port: the backup answers.
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let endpoints = vec![
+            format!("https://127.0.0.1:{closed}/pfd/pfd.pl"),
+            format!("https://127.0.0.1:{}/pfd/pfd.pl", d.port),
+        ];
+        for p12 in ["client.p12", "client-legacy.p12"] {
+            let t = transport(dir.path(), p12, "s3cret&pw", &endpoints).unwrap();
+            let a = t.post("<pfpMessage version=\"1.5\"/>").unwrap();
+            assert_eq!((a.endpoint, a.status), (1, 200), "{p12}");
+            let r = crate::pfp::Response::parse(&a.body).unwrap();
+            assert!(
+                r.success && r.authenticated && r.call_status == Some(1),
+                "{p12}"
+            );
+        }
+        assert_eq!(d.bodies.lock().unwrap().len(), 2);
+        assert_eq!(d.bodies.lock().unwrap()[0], "<pfpMessage version=\"1.5\"/>");
+    }
+
+    #[test]
+    fn a_wrong_password_a_foreign_certificate_and_dead_endpoints_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let e = transport(
+            dir.path(),
+            "client-legacy.p12",
+            "wrong",
+            &["https://127.0.0.1:1/x".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("client-legacy.p12") && e.contains("CERT_PASSWORD"),
+            "{e}"
+        );
+        assert!(!e.contains("wrong"), "no password in errors: {e}");
+
+        let d = double(dir.path(), OK);
+        let url = vec![format!("https://127.0.0.1:{}/pfd/pfd.pl", d.port)];
+        let t = transport(dir.path(), "rogue.p12", "x", &url).unwrap();
+        let e = t.post("<x/>").unwrap_err().to_string();
+        assert!(
+            e.contains("no PhoneFactor endpoint answered") && e.contains(&d.port.to_string()),
+            "{e}"
+        );
+        assert!(
+            d.bodies.lock().unwrap().is_empty(),
+            "the server never saw the request"
+        );
+
+        let closed: Vec<String> = (0..2)
+            .map(|_| {
+                let p = TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port();
+                format!("https://127.0.0.1:{p}/pfd/pfd.pl")
+            })
+            .collect();
+        let t = transport(dir.path(), "client.p12", "s3cret&pw", &closed).unwrap();
+        let e = t.post("<x/>").unwrap_err().to_string();
+        assert_eq!(e.matches("connect").count(), 2, "both tried: {e}");
+        for bad in [
+            "http://x/y",
+            "https:///y",
+            "https://u@h/y",
+            "https://h:port/y",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Endpoint::parse("https://pfd.phonefactor.net/pfd/pfd.pl").unwrap(),
+            Endpoint {
+                host: "pfd.phonefactor.net".into(),
+                port: 443,
+                path: "/pfd/pfd.pl".into()
+            }
+        );
+    }
+}
