@@ -4,12 +4,18 @@
 //! Built so far: the settings file reader ([`mfa_settings`]), the PhoneFactor `pfpMessage`
 //! v1.5 request and response ([`pfp`]), the meaning of every `callStatus` code
 //! ([`call_status`]) and the HTTPS transport with the client certificate and failover
-//! ([`transport`]). The provider built on them comes next.
+//! ([`transport`]), and the provider on them ([`provider::LegacyPhone`]): standard calls
+//! (press #) in SDK mode. PIN and SMS modes, and MFA Server mode, are refused with a message
+//! saying so.
 
 pub mod call_status;
 pub mod mfa_settings;
 pub mod pfp;
+pub mod provider;
 pub mod transport;
+
+#[cfg(test)]
+mod testing;
 
 use std::path::PathBuf;
 
@@ -73,3 +79,5 @@ pub enum Error {
     #[error("the PhoneFactor response is not valid: {0}")]
     Response(String),
 }
+
+rolegate_sdk::export_provider!(provider::LegacyPhone);

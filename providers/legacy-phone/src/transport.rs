@@ -250,234 +250,9 @@ impl Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Double, pki};
     use std::net::TcpListener;
     use std::path::Path;
-    use std::process::Command;
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    fn openssl(dir: &Path, args: &[&str]) {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("the openssl command (scripts/test installs it)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// A test CA, a server certificate for 127.0.0.1, a client certificate from the CA in a
-    /// modern and a legacy (RC2/3DES) PKCS#12 file, and a client certificate from elsewhere.
-    fn pki(dir: &Path) {
-        let ec = [
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        ca.extend([
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=rolegate test CA",
-        ]);
-        openssl(dir, &ca);
-        std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-        for (who, ext) in [("server", "server.ext"), ("client", "client.ext")] {
-            let mut req = vec!["req"];
-            req.extend(ec);
-            let (key, csr, pem) = (
-                format!("{who}.key"),
-                format!("{who}.csr"),
-                format!("{who}.pem"),
-            );
-            let subj = format!("/CN={who}");
-            req.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-            openssl(dir, &req);
-            openssl(
-                dir,
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &csr,
-                    "-CA",
-                    "ca.pem",
-                    "-CAkey",
-                    "ca.key",
-                    "-CAcreateserial",
-                    "-out",
-                    &pem,
-                    "-days",
-                    "2",
-                    "-extfile",
-                    ext,
-                ],
-            );
-        }
-        let export = [
-            "pkcs12",
-            "-export",
-            "-inkey",
-            "client.key",
-            "-in",
-            "client.pem",
-            "-certfile",
-            "ca.pem",
-            "-passout",
-            "pass:s3cret&pw",
-        ];
-        let mut modern = export.to_vec();
-        modern.extend(["-out", "client.p12"]);
-        openssl(dir, &modern);
-        let mut legacy = export.to_vec();
-        legacy.extend(["-legacy", "-out", "client-legacy.p12"]);
-        openssl(dir, &legacy);
-        let mut rogue = vec!["req", "-x509"];
-        rogue.extend(ec);
-        rogue.extend([
-            "-keyout",
-            "rogue.key",
-            "-out",
-            "rogue.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=rogue",
-        ]);
-        openssl(dir, &rogue);
-        openssl(
-            dir,
-            &[
-                "pkcs12",
-                "-export",
-                "-inkey",
-                "rogue.key",
-                "-in",
-                "rogue.pem",
-                "-passout",
-                "pass:x",
-                "-out",
-                "rogue.p12",
-            ],
-        );
-    }
-
-    /// An HTTPS server on 127.0.0.1 that requires a client certificate from the test CA and
-    /// answers every POST with `answer`, recording the bodies.
-    struct Double {
-        port: u16,
-        bodies: Arc<Mutex<Vec<String>>>,
-        stop: Arc<AtomicBool>,
-        thread: Option<std::thread::JoinHandle<()>>,
-    }
-
-    impl Drop for Double {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-            let _ = TcpStream::connect(("127.0.0.1", self.port));
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
-        }
-    }
-
-    fn double(dir: &Path, answer: &'static str) -> Double {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::clone(&provider),
-        )
-        .build()
-        .unwrap();
-        let certs: Vec<_> = CertificateDer::pem_file_iter(dir.join("server.pem"))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
-        let config = Arc::new(
-            rustls::ServerConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(certs, key)
-                .unwrap(),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (b, s) = (Arc::clone(&bodies), Arc::clone(&stop));
-        let thread = std::thread::spawn(move || {
-            for _ in 0..50 {
-                let Ok((mut tcp, _)) = listener.accept() else {
-                    return;
-                };
-                if s.load(Ordering::SeqCst) {
-                    return;
-                }
-                let _ = tcp.set_read_timeout(Some(Duration::from_secs(5)));
-                let mut conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
-                let mut tls = rustls::Stream::new(&mut conn, &mut tcp);
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Read the head and the body (Content-Length); a refused handshake ends here.
-                let body = loop {
-                    match tls.read(&mut chunk) {
-                        Ok(0) | Err(_) => break None,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                    let text = String::from_utf8_lossy(&buf).to_string();
-                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("Content-Length: "))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        if body.len() >= len {
-                            break Some((head.to_string(), body.to_string()));
-                        }
-                    }
-                };
-                let Some((head, body)) = body else { continue };
-                assert!(head.starts_with("POST /pfd/pfd.pl HTTP/1.0"), "{head}");
-                assert!(
-                    head.contains("Content-Type: text/xml; charset=utf-8"),
-                    "{head}"
-                );
-                b.lock().unwrap().push(body);
-                let reply = format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{answer}",
-                    answer.len()
-                );
-                let _ = tls.write_all(reply.as_bytes());
-                let _ = tls.flush();
-                tls.conn.send_close_notify();
-                let _ = tls.flush();
-            }
-        });
-        Double {
-            port,
-            bodies,
-            stop,
-            thread: Some(thread),
-        }
-    }
 
     const OK: &str = "<pfpMessage><response request-id=\"1\"><status disposition=\"success\"/><authenticationResponse><authenticated>yes</authenticated><callStatus>1</callStatus></authenticationResponse></response></pfpMessage>";
 
@@ -497,7 +272,7 @@ mod tests {
     fn modern_and_legacy_pkcs12_files_authenticate_and_failover_finds_the_backup() {
         let dir = tempfile::tempdir().unwrap();
         pki(dir.path());
-        let d = double(dir.path(), OK);
+        let d = Double::start(dir.path(), |_| (0, OK.to_string()));
         // The primary is a closed port: the backup answers.
         let closed = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -540,7 +315,7 @@ mod tests {
         );
         assert!(!e.contains("wrong"), "no password in errors: {e}");
 
-        let d = double(dir.path(), OK);
+        let d = Double::start(dir.path(), |_| (0, OK.to_string()));
         let url = vec![format!("https://127.0.0.1:{}/pfd/pfd.pl", d.port)];
         let t = transport(dir.path(), "rogue.p12", "x", &url).unwrap();
         let e = t.post("<x/>").unwrap_err().to_string();

@@ -1,0 +1,662 @@
+//! The provider: a PhoneFactor phone call per challenge, out of band.
+//!
+//! `challenge_start` places the call on a thread of its own (the SDK's synchronous request
+//! stays open until the call ends) and answers `Wait`; `challenge_poll` answers `Wait` while the
+//! call rings and the verdict once PhoneFactor has answered. The call in flight lives in this
+//! instance's memory: a poll that reaches another host, or this one after a restart, is told
+//! the call is unknown here (legacy calls need the poll on the host that placed them, as MIM's
+//! one service had it).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rolegate_sdk::phone::PhoneNumber;
+use rolegate_sdk::serde::{Deserialize, Serialize};
+use rolegate_sdk::{
+    ChallengeContext, DenyReason, FactorKind, Health, HealthStatus, PromptKind, ProviderError,
+    ProviderInfo, Settings, Step, Verdict,
+};
+
+use crate::call_status::{self, Outcome};
+use crate::mfa_settings::{self, Mode as FileMode};
+use crate::pfp::{self, Mode};
+use crate::transport::{self, Transport};
+
+/// The provider's settings: where the deployment's files are, and test overrides.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(crate = "rolegate_sdk::serde", deny_unknown_fields)]
+pub struct LegacySettings {
+    /// The deployment's `MfaSettings.xml`, read as it is (must be private to its owner).
+    pub mfa_settings: PathBuf,
+    /// The PKCS#12 file, when `CertFilePath` names a path that is not on this machine and
+    /// the file does not lie beside `MfaSettings.xml`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// A PEM file of extra CA certificates to trust (a private endpoint, or a test double).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Endpoints in failover order (default: PhoneFactor's primary and backup).
+    #[serde(default)]
+    pub endpoints: Option<Vec<String>>,
+    /// `standard` (press #) or `pin` (the user's PIN, from `pin_file`).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// Seconds a call may ring before the challenge is given up (10 to 300).
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_s: u64,
+    /// `applicationName` in the request.
+    #[serde(default = "default_application")]
+    pub application_name: String,
+    /// Whether calls abroad are allowed.
+    #[serde(default = "default_true")]
+    pub allow_international: bool,
+}
+
+fn default_mode() -> String {
+    "standard".into()
+}
+fn default_call_timeout() -> u64 {
+    90
+}
+fn default_application() -> String {
+    "rolegate".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// A call in flight: the answer, once the request thread has it.
+type Slot = Arc<Mutex<Option<Result<pfp::Response, String>>>>;
+
+/// The state the host keeps between polls.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "rolegate_sdk::serde", deny_unknown_fields)]
+struct CallState {
+    request_id: String,
+    call: String,
+    deadline: u64,
+}
+
+/// The legacy phone-call provider.
+pub struct LegacyPhone {
+    settings: LegacySettings,
+    license_key: String,
+    group_key: String,
+    username: Option<String>,
+    default_country_code: u16,
+    transport: Arc<Transport>,
+    calls: Mutex<HashMap<String, Slot>>,
+}
+
+impl std::fmt::Debug for LegacyPhone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegacyPhone")
+            .field("mfa_settings", &self.settings.mfa_settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn config(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::config(e.to_string())
+}
+
+fn denied(reason: DenyReason, message: impl Into<String>) -> Step {
+    Step::Done {
+        verdict: Verdict::Denied {
+            reason,
+            message: message.into(),
+        },
+    }
+}
+
+fn random_u32() -> Result<u32, ProviderError> {
+    let mut b = [0u8; 4];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+        .map_err(|e| ProviderError::unavailable(format!("no randomness: {e}")))?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// The number as the user sees it on the spinner: only its last four digits.
+fn masked(p: &PhoneNumber) -> String {
+    let tail: String = p
+        .national
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("+{} •••{tail}", p.country_code)
+}
+
+impl rolegate_sdk::Provider for LegacyPhone {
+    fn create(settings: Settings) -> Result<Self, ProviderError> {
+        let settings: LegacySettings = settings.parse()?;
+        let file = mfa_settings::read(&settings.mfa_settings).map_err(config)?;
+        let sdk = match &file.mode {
+            FileMode::Sdk(s) => s.clone(),
+            FileMode::MfaServer(s) => {
+                return Err(ProviderError::config(format!(
+                    "{}: MFA Server mode (LOCMFA, {}) is not supported: its Web Service SDK is not publicly documented. Point MfaSettings.xml at the PhoneFactor SDK, or move these roles to another provider",
+                    file.path.display(),
+                    s.url
+                )));
+            }
+        };
+        if settings.mode != "standard" {
+            return Err(ProviderError::config(format!(
+                "setting `mode`: `{}` is not supported yet; use `standard` (press #)",
+                settings.mode
+            )));
+        }
+        if !(10..=300).contains(&settings.call_timeout_s) {
+            return Err(ProviderError::config(format!(
+                "setting `call_timeout_s` must be between 10 and 300 seconds, not {}",
+                settings.call_timeout_s
+            )));
+        }
+        let p12_path = sdk
+            .cert_file(&file.path, settings.cert_file.as_deref())
+            .map_err(config)?;
+        let p12 = std::fs::read(&p12_path)
+            .map_err(|e| config(format!("cannot read {}: {e}", p12_path.display())))?;
+        let (certs, key) =
+            transport::load_p12(&p12, &sdk.cert_password, &p12_path.display().to_string())
+                .map_err(config)?;
+        let ca = match &settings.ca_file {
+            Some(p) => Some(
+                std::fs::read(p)
+                    .map_err(|e| config(format!("setting `ca_file`: {}: {e}", p.display())))?,
+            ),
+            None => None,
+        };
+        let endpoints: Vec<String> = settings.endpoints.clone().unwrap_or_else(|| {
+            transport::DEFAULT_ENDPOINTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        });
+        // The SDK held the request open until the call ended: the socket may wait as long
+        // as the call may ring.
+        let transport = Transport::new(
+            certs,
+            key,
+            &endpoints,
+            ca.as_deref(),
+            Duration::from_secs(settings.call_timeout_s),
+        )
+        .map_err(config)?;
+        let default_country_code: u16 = sdk
+            .default_country_code
+            .parse()
+            .map_err(|_| config("DefaultCountryCode is not a number"))?;
+        Ok(Self {
+            license_key: sdk.license_key.clone(),
+            group_key: sdk.group_key.clone(),
+            username: sdk.username.clone(),
+            default_country_code,
+            transport: Arc::new(transport),
+            calls: Mutex::new(HashMap::new()),
+            settings,
+        })
+    }
+
+    fn info(&self) -> ProviderInfo {
+        ProviderInfo {
+            id: "legacy-phone".into(),
+            name: "Phone call (Azure MFA / PhoneFactor)".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            vendor: "rolegate".into(),
+            factor: FactorKind::Phone,
+            needs_enrolment: false,
+            needs_phone: true,
+            responder: PromptKind::Phone,
+            quick: false,
+            sdk_version: String::new(),
+        }
+    }
+
+    fn health(&self) -> Health {
+        let pending = self.calls.lock().map(|c| c.len()).unwrap_or(0);
+        Health {
+            status: HealthStatus::Ok,
+            message: format!("{pending} call(s) in flight"),
+        }
+    }
+
+    fn challenge_start(&self, ctx: &ChallengeContext) -> Result<Step, ProviderError> {
+        let Some(raw) = ctx.user.phone.as_deref().filter(|p| !p.trim().is_empty()) else {
+            return Ok(denied(
+                DenyReason::NotEnrolled,
+                "the user has no phone number to call",
+            ));
+        };
+        let phone = match PhoneNumber::parse(raw, self.default_country_code) {
+            Ok(p) => p,
+            Err(e) => return Ok(denied(DenyReason::NotEnrolled, e.to_string())),
+        };
+        let request_id = random_u32()? % 10_000;
+        let mode = Mode::Standard;
+        let username = self
+            .username
+            .clone()
+            .unwrap_or_else(|| ctx.user.account.clone());
+        let xml = pfp::Request {
+            request_id,
+            license_key: &self.license_key,
+            group_key: &self.group_key,
+            username: &username,
+            phone: &phone,
+            allow_international: self.settings.allow_international,
+            application: &self.settings.application_name,
+            mode: &mode,
+            host_ip: "127.0.0.1",
+            host_name: "rolegate",
+        }
+        .to_xml();
+        let call = format!("{}-{:08x}", ctx.request_id, random_u32()?);
+        let slot: Slot = Arc::new(Mutex::new(None));
+        if let Ok(mut calls) = self.calls.lock() {
+            // Calls nobody polled to the end are dropped rather than kept forever.
+            if calls.len() > 10_000 {
+                calls.retain(|_, s| s.lock().map(|r| r.is_none()).unwrap_or(false));
+            }
+            calls.insert(call.clone(), Arc::clone(&slot));
+        }
+        let transport = Arc::clone(&self.transport);
+        std::thread::Builder::new()
+            .name("legacy-phone-call".into())
+            .spawn(move || {
+                let answer = transport
+                    .post(&xml)
+                    .map_err(|e| e.to_string())
+                    .and_then(|a| {
+                        if a.status != 200 {
+                            return Err(format!("PhoneFactor answered HTTP {}", a.status));
+                        }
+                        pfp::Response::parse(&a.body).map_err(|e| e.to_string())
+                    });
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(answer);
+                }
+            })
+            .map_err(|e| ProviderError::unavailable(format!("cannot place the call: {e}")))?;
+        let state = CallState {
+            request_id: ctx.request_id.clone(),
+            call,
+            deadline: ctx.now.saturating_add(self.settings.call_timeout_s),
+        };
+        Ok(Step::Wait {
+            state: rolegate_sdk::serde_json::to_vec(&state)
+                .map_err(|e| ProviderError::internal(format!("state: {e}")))?
+                .into(),
+            poll_after_ms: 1000,
+            status: format!("Calling {}: answer and press #", masked(&phone)),
+        })
+    }
+
+    fn challenge_poll(&self, ctx: &ChallengeContext, state: &[u8]) -> Result<Step, ProviderError> {
+        let state: CallState = rolegate_sdk::serde_json::from_slice(state)
+            .map_err(|_| ProviderError::bad_input("the state is not a legacy phone call's"))?;
+        if state.request_id != ctx.request_id {
+            return Err(ProviderError::bad_input(
+                "the call state belongs to another request",
+            ));
+        }
+        let slot = self
+            .calls
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&state.call).cloned());
+        let Some(slot) = slot else {
+            return Ok(denied(
+                DenyReason::Other,
+                "this call was placed by another host or before a restart; ask again",
+            ));
+        };
+        let answer = slot.lock().ok().and_then(|mut s| s.take());
+        let Some(answer) = answer else {
+            if ctx.now >= state.deadline {
+                self.forget(&state.call);
+                return Ok(denied(
+                    DenyReason::Expired,
+                    "the phone call was not answered in time",
+                ));
+            }
+            return Ok(Step::Wait {
+                state: rolegate_sdk::serde_json::to_vec(&state)
+                    .map_err(|e| ProviderError::internal(format!("state: {e}")))?
+                    .into(),
+                poll_after_ms: 1000,
+                status: "Ringing…".into(),
+            });
+        };
+        self.forget(&state.call);
+        let response = answer.map_err(ProviderError::unavailable)?;
+        if !response.success {
+            return Ok(denied(
+                DenyReason::Other,
+                format!(
+                    "PhoneFactor refused the call (error {})",
+                    response
+                        .error_id
+                        .map_or_else(|| "unknown".to_string(), |e| e.to_string())
+                ),
+            ));
+        }
+        let Some(code) = response.call_status else {
+            return Ok(denied(
+                DenyReason::Other,
+                "PhoneFactor's answer has no call status",
+            ));
+        };
+        Ok(match call_status::verdict(code, response.authenticated) {
+            (Outcome::Approved, _) => Step::Done {
+                verdict: Verdict::Approved { credential: None },
+            },
+            (Outcome::Denied(reason), message) => denied(reason, message),
+            (Outcome::Pending, message) => denied(DenyReason::Other, message),
+        })
+    }
+
+    fn challenge_continue(
+        &self,
+        _ctx: &ChallengeContext,
+        _state: &[u8],
+        _input: &rolegate_sdk::Input,
+    ) -> Result<Step, ProviderError> {
+        Err(ProviderError::bad_input(
+            "a phone call takes no typed answer: poll for its outcome",
+        ))
+    }
+
+    fn cancel(&self, _ctx: &ChallengeContext, state: &[u8]) -> Result<(), ProviderError> {
+        if let Ok(state) = rolegate_sdk::serde_json::from_slice::<CallState>(state) {
+            self.forget(&state.call);
+        }
+        Ok(())
+    }
+}
+
+impl LegacyPhone {
+    fn forget(&self, call: &str) {
+        if let Ok(mut c) = self.calls.lock() {
+            c.remove(call);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::testing::{Double, pki};
+    use rolegate_sdk::serde_json::{Value, json};
+    use rolegate_sdk::{Provider as _, UserContext};
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::Path;
+
+    /// Answers as a scripted user would, by the number's last four digits; wrong keys fail.
+    fn scripted(body: &str) -> (u64, String) {
+        let has = |s: &str| body.contains(s);
+        if !has("<licenseKey>LIC-123</licenseKey>") || !has("<groupKey>GRP-456</groupKey>") {
+            return (0, "<pfpMessage><response><status disposition=\"fail\"><error-id>5</error-id></status></response></pfpMessage>".into());
+        }
+        let number = body
+            .split("<phonenumber")
+            .nth(1)
+            .and_then(|r| r.split('>').nth(1))
+            .and_then(|r| r.split('<').next())
+            .unwrap_or_default();
+        let (delay, status, yes) = match &number[number.len().saturating_sub(4)..] {
+            "0001" => (0, 1, true),
+            "0009" => (1500, 1, true),
+            "0004" => (0, 4, false),
+            "0013" => (0, 13, false),
+            "0014" => (0, 14, false),
+            "0108" => (0, 108, false),
+            "0112" => (0, 112, false),
+            _ => (0, 100, false),
+        };
+        let yes = if yes { "yes" } else { "no" };
+        (
+            delay,
+            format!(
+                "<pfpMessage><response request-id=\"1\"><status disposition=\"success\"/><authenticationResponse><authenticated>{yes}</authenticated><callStatus>{status}</callStatus></authenticationResponse></response></pfpMessage>"
+            ),
+        )
+    }
+
+    fn private(p: &Path, bytes: &[u8]) {
+        std::fs::write(p, bytes).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    /// A deployment's files: MfaSettings.xml naming a Windows path, the .p12 beside it.
+    fn deployment(dir: &Path, port: u16) -> Value {
+        private(
+            &dir.join("MfaSettings.xml"),
+            b"\xef\xbb\xbf<MfaSettings>\r\n<LICENSE_KEY>LIC-123</LICENSE_KEY>\r\n<GROUP_KEY>GRP-456</GROUP_KEY>\r\n<CERT_PASSWORD>s3cret&amp;pw</CERT_PASSWORD>\r\n<CertFilePath>C:\\MIM\\cert_key.p12</CertFilePath>\r\n<DefaultCountryCode>1</DefaultCountryCode>\r\n</MfaSettings>\r\n",
+        );
+        let p12 = std::fs::read(dir.join("client-legacy.p12")).unwrap();
+        private(&dir.join("cert_key.p12"), &p12);
+        json!({
+            "mfa_settings": dir.join("MfaSettings.xml"),
+            "ca_file": dir.join("ca.pem"),
+            "endpoints": [format!("https://127.0.0.1:{port}/pfd/pfd.pl")],
+            "call_timeout_s": 10,
+        })
+    }
+
+    fn create(settings: Value) -> Result<LegacyPhone, ProviderError> {
+        let Value::Object(map) = settings else {
+            panic!()
+        };
+        LegacyPhone::create(Settings(map))
+    }
+
+    fn ctx(phone: Option<&str>, now: u64) -> ChallengeContext {
+        ChallengeContext {
+            user: UserContext {
+                account: "CONTOSO\\jdoe".into(),
+                phone: phone.map(String::from),
+                ..Default::default()
+            },
+            role: "Domain Admins".into(),
+            request_id: "r1".into(),
+            now,
+            ..Default::default()
+        }
+    }
+
+    /// Places a call and polls (bounded) until it is done.
+    fn call(p: &LegacyPhone, phone: &str) -> Step {
+        let c = ctx(Some(phone), 1_000);
+        let mut step = p.challenge_start(&c).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while let Step::Wait { state, .. } = &step {
+            assert!(std::time::Instant::now() < deadline, "no outcome in 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+            step = p.challenge_poll(&c, &state.0).unwrap();
+        }
+        step
+    }
+
+    fn reason_and_message(step: &Step) -> (Option<DenyReason>, String) {
+        match step {
+            Step::Done {
+                verdict: Verdict::Denied { reason, message },
+            } => (Some(*reason), message.clone()),
+            Step::Done {
+                verdict: Verdict::Approved { .. },
+            } => (None, "approved".into()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_scripted_outcome_gets_its_verdict_and_message() {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let d = Double::start(dir.path(), scripted);
+        let p = create(deployment(dir.path(), d.port)).unwrap();
+        let c = ctx(Some("+1 425 555 0001"), 1_000);
+        match p.challenge_start(&c).unwrap() {
+            Step::Wait { status, .. } => {
+                assert_eq!(status, "Calling +1 •••0001: answer and press #")
+            }
+            other => panic!("{other:?}"),
+        }
+        for (phone, want, text) in [
+            ("+14255550001", None, "approved"),
+            ("+14255550009", None, "approved"),
+            (
+                "+14255550004",
+                Some(DenyReason::Expired),
+                "no phone input: timed out (call status 4)",
+            ),
+            (
+                "+14255550013",
+                Some(DenyReason::Unreachable),
+                "got voicemail (call status 13)",
+            ),
+            (
+                "+14255550014",
+                Some(DenyReason::Declined),
+                "user is blocked (call status 14)",
+            ),
+            (
+                "+14255550108",
+                Some(DenyReason::Declined),
+                "user hung up (call status 108)",
+            ),
+            (
+                "+14255550112",
+                Some(DenyReason::Fraud),
+                "fraud code entered (call status 112)",
+            ),
+            (
+                "+14255550100",
+                Some(DenyReason::NotEnrolled),
+                "invalid phone number (call status 100)",
+            ),
+        ] {
+            let (reason, message) = reason_and_message(&call(&p, phone));
+            assert_eq!(reason, want, "{phone}: {message}");
+            assert!(message.contains(text), "{phone}: {message}");
+        }
+        // The request carried the deployment's keys, the country code apart, the account.
+        let bodies = d.bodies.lock().unwrap();
+        let first = bodies.first().unwrap();
+        assert!(
+            first.contains("<countryCode>1</countryCode>")
+                && first
+                    .contains("<phonenumber userCanChangePhone=\"no\">4255550001</phonenumber>"),
+            "{first}"
+        );
+        assert!(
+            first.contains("<username>CONTOSO\\jdoe</username>"),
+            "{first}"
+        );
+    }
+
+    #[test]
+    fn refusals_no_phone_wrong_keys_unknown_calls_and_timeouts() {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let d = Double::start(dir.path(), scripted);
+        let settings = deployment(dir.path(), d.port);
+        let p = create(settings.clone()).unwrap();
+        let (reason, message) = reason_and_message(&p.challenge_start(&ctx(None, 1)).unwrap());
+        assert_eq!(reason, Some(DenyReason::NotEnrolled));
+        assert!(message.contains("no phone number"), "{message}");
+        assert!(d.bodies.lock().unwrap().is_empty(), "nothing was sent");
+
+        // A poll that reaches another instance (another host, or after a restart).
+        let c = ctx(Some("+14255550009"), 1_000);
+        let Step::Wait { state, .. } = p.challenge_start(&c).unwrap() else {
+            panic!()
+        };
+        let other = create(settings.clone()).unwrap();
+        let (reason, message) = reason_and_message(&other.challenge_poll(&c, &state.0).unwrap());
+        assert_eq!(reason, Some(DenyReason::Other));
+        assert!(message.contains("another host"), "{message}");
+        // Past the call's deadline while it still rings: expired.
+        let late = ctx(Some("+14255550009"), 1_011);
+        let (reason, _) = reason_and_message(&p.challenge_poll(&late, &state.0).unwrap());
+        assert_eq!(reason, Some(DenyReason::Expired));
+        // Garbage state and another request's state are bad input.
+        assert_eq!(
+            p.challenge_poll(&c, b"junk").unwrap_err().kind,
+            rolegate_sdk::ErrorKind::BadInput
+        );
+
+        // Keys PhoneFactor does not know: the call is refused with its error number.
+        let xml = std::fs::read_to_string(dir.path().join("MfaSettings.xml")).unwrap();
+        private(
+            &dir.path().join("MfaSettings.xml"),
+            xml.replace("LIC-123", "LIC-999").as_bytes(),
+        );
+        let wrong = create(settings.clone()).unwrap();
+        let (reason, message) = reason_and_message(&call(&wrong, "+14255550001"));
+        assert_eq!(reason, Some(DenyReason::Other));
+        assert!(message.contains("refused the call (error 5)"), "{message}");
+    }
+
+    #[test]
+    fn settings_and_files_are_checked_at_creation() {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let settings = deployment(dir.path(), 1);
+        let mut bad = settings.clone();
+        bad["mode"] = json!("sms-one-way");
+        assert!(create(bad).unwrap_err().message.contains("`mode`"));
+        let mut bad = settings.clone();
+        bad["surprise"] = json!(1);
+        assert!(create(bad).unwrap_err().message.contains("surprise"));
+        std::fs::set_permissions(
+            dir.path().join("cert_key.p12"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let e = create(settings.clone()).unwrap_err();
+        assert_eq!(e.kind, rolegate_sdk::ErrorKind::Config);
+        assert!(
+            e.message.contains("cert_key.p12") && e.message.contains("readable by others"),
+            "{}",
+            e.message
+        );
+        std::fs::set_permissions(
+            dir.path().join("cert_key.p12"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        private(
+            &dir.path().join("MfaSettings.xml"),
+            b"<m><LOCMFA>true</LOCMFA><LOCMFASRV>https://mfa.contoso.com/PfWsSdk.asmx</LOCMFASRV></m>",
+        );
+        let e = create(settings).unwrap_err();
+        assert!(
+            e.message.contains("MFA Server mode") && e.message.contains("not supported"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn the_provider_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let d = Double::start(dir.path(), scripted);
+        let options = rolegate_sdk::conformance::Options {
+            settings: deployment(dir.path(), d.port),
+            ..Default::default()
+        };
+        let report = rolegate_sdk::conformance::check_provider::<LegacyPhone>(&options);
+        assert!(report.passed(), "{report}");
+    }
+}
