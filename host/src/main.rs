@@ -634,6 +634,10 @@ fn remote(
                     let v = client.call("POST", "/v1/requests", Some(json!({"role": role,
                         "justification": justification, "ttl_s": ttl, "provider": provider, "starts_at": start}))).await?;
                     let v = rolegate::client::walk_request(&client, v).await?;
+                    // A request that ended without the role is a failure for scripts too.
+                    if matches!(v["state"].as_str(), Some("failed" | "rejected" | "cancelled")) {
+                        bail!("{}", request_summary(&v));
+                    }
                     if json { (v, None) } else { (json!(request_summary(&v)), None) }
                 }
                 RequestCommand::Get { id: Some(id) } => (client.call("GET", &format!("/v1/requests/{}", segment(&id)), None).await?, Some(REQUEST_COLUMNS)),

@@ -43,6 +43,11 @@ pub fn totp_lib() -> PathBuf {
     built("librolegate_provider_totp.so")
 }
 
+/// The legacy phone-call provider library.
+pub fn legacy_phone_lib() -> PathBuf {
+    built("librolegate_provider_legacy_phone.so")
+}
+
 /// The SMS-via-Twilio provider library.
 pub fn sms_twilio_lib() -> PathBuf {
     built("librolegate_provider_sms_twilio.so")
@@ -93,5 +98,6 @@ pub fn write_private(path: &Path, text: &str) {
 
 pub mod browser;
 pub mod pg;
+pub mod phonefactor;
 pub mod stores;
 pub mod twilio;

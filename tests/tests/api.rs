@@ -455,7 +455,7 @@ async fn the_cli_mirrors_the_pam_cmdlets_against_a_running_daemon() {
         ],
         "000000\n000000\n000000\n",
     );
-    assert!(okay, "{out}");
+    assert!(!okay, "a request that failed exits non-zero: {out}");
     assert!(
         out.contains("failed (wrong code; no attempts left)"),
         "{out}"
@@ -1210,4 +1210,105 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
     // The same state the page shows is the API's.
     let (_, list) = call(&d, Some(&user), "GET", "/v1/requests", None).await;
     assert_eq!(list[0]["state"], "active", "{list}");
+}
+
+/// The legacy phone call end to end: a role whose MFA is the PhoneFactor call activates when
+/// the user answers (the CLI shows the ringing status, then the activation; event 103); a
+/// fraud code fails the request (event 101) and locks the user out; voicemail fails it too.
+#[tokio::test]
+async fn a_legacy_phone_call_activates_a_role_and_its_failures_are_events() {
+    use rolegate_e2e::phonefactor::{Double, deployment, pki, scripted};
+    let pki_dir = tempfile::tempdir().unwrap();
+    pki(pki_dir.path());
+    let double = Double::start(pki_dir.path(), scripted);
+    let s = deployment(pki_dir.path(), double.port);
+    let d = start_with(&format!(
+        "\n[[provider]]\nid = \"phone-legacy\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\nmfa_settings = \"{}\"\nca_file = \"{}\"\nendpoints = [\"{}\"]\ncall_timeout_s = 10\n",
+        rolegate_e2e::legacy_phone_lib().display(),
+        s["mfa_settings"].as_str().unwrap(),
+        s["ca_file"].as_str().unwrap(),
+        s["endpoints"][0].as_str().unwrap(),
+    ));
+    let admin = d.admin.clone();
+    let mut tokens = std::collections::HashMap::new();
+    for (account, phone) in [
+        ("jdoe", "+1 425 555 0001"),
+        ("mallory", "+1 425 555 0112"),
+        ("vm", "+1 425 555 0013"),
+    ] {
+        let (st, e) = call(
+            &d,
+            Some(&admin),
+            "POST",
+            "/v1/users",
+            Some(json!({"account": account, "phone": phone})),
+        )
+        .await;
+        assert_eq!(st, 201, "{e}");
+        let (_, t) = call(
+            &d,
+            Some(&admin),
+            "POST",
+            "/v1/tokens",
+            Some(json!({"account": account})),
+        )
+        .await;
+        tokens.insert(account, t["token"].as_str().unwrap().to_string());
+    }
+    let role = json!({"name": "Domain Admins", "candidates": ["jdoe", "mallory", "vm"], "ttl_s": 600, "max_ttl_s": 600,
+                      "mfa_enabled": true, "providers": ["phone-legacy"]});
+    let (st, e) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
+    assert_eq!(st, 201, "{e}");
+
+    let (okay, out) = cli(
+        &d,
+        &tokens["jdoe"],
+        &["request", "new", "--role", "Domain Admins"],
+        "",
+    );
+    assert!(okay, "{out}");
+    assert!(
+        out.contains("Calling +1 •••0001"),
+        "the ringing status: {out}"
+    );
+    assert!(out.contains("is active until"), "{out}");
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=103", None).await;
+    assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+
+    let (okay, out) = cli(
+        &d,
+        &tokens["mallory"],
+        &["request", "new", "--role", "Domain Admins"],
+        "",
+    );
+    assert!(!okay, "{out}");
+    assert!(out.contains("fraud code entered"), "{out}");
+    let (okay, out) = cli(
+        &d,
+        &tokens["vm"],
+        &["request", "new", "--role", "Domain Admins"],
+        "",
+    );
+    assert!(!okay && out.contains("got voicemail"), "{out}");
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=101", None).await;
+    let failed: Vec<&str> = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["account"].as_str())
+        .collect();
+    assert_eq!(failed.len(), 2, "{ev}");
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=300", None).await;
+    assert!(
+        ev.to_string().contains("mallory"),
+        "a fraud code locks the user out: {ev}"
+    );
+    // The call carried the deployment's keys and the number split as PhoneFactor takes it.
+    let bodies = double.bodies.lock().unwrap();
+    assert!(
+        bodies
+            .iter()
+            .any(|b| b.contains("<countryCode>1</countryCode>")
+                && b.contains(">4255550001</phonenumber>"))
+    );
 }

@@ -14,9 +14,6 @@ pub mod pfp;
 pub mod provider;
 pub mod transport;
 
-#[cfg(test)]
-mod testing;
-
 use std::path::PathBuf;
 
 /// What can go wrong reading the legacy settings or the PhoneFactor messages.

@@ -394,62 +394,15 @@ impl LegacyPhone {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::testing::{Double, pki};
+    use rolegate_e2e::phonefactor::{Double, deployment, pki, scripted};
     use rolegate_sdk::serde_json::{Value, json};
     use rolegate_sdk::{Provider as _, UserContext};
     use std::os::unix::fs::PermissionsExt as _;
     use std::path::Path;
 
-    /// Answers as a scripted user would, by the number's last four digits; wrong keys fail.
-    fn scripted(body: &str) -> (u64, String) {
-        let has = |s: &str| body.contains(s);
-        if !has("<licenseKey>LIC-123</licenseKey>") || !has("<groupKey>GRP-456</groupKey>") {
-            return (0, "<pfpMessage><response><status disposition=\"fail\"><error-id>5</error-id></status></response></pfpMessage>".into());
-        }
-        let number = body
-            .split("<phonenumber")
-            .nth(1)
-            .and_then(|r| r.split('>').nth(1))
-            .and_then(|r| r.split('<').next())
-            .unwrap_or_default();
-        let (delay, status, yes) = match &number[number.len().saturating_sub(4)..] {
-            "0001" => (0, 1, true),
-            "0009" => (1500, 1, true),
-            "0004" => (0, 4, false),
-            "0013" => (0, 13, false),
-            "0014" => (0, 14, false),
-            "0108" => (0, 108, false),
-            "0112" => (0, 112, false),
-            _ => (0, 100, false),
-        };
-        let yes = if yes { "yes" } else { "no" };
-        (
-            delay,
-            format!(
-                "<pfpMessage><response request-id=\"1\"><status disposition=\"success\"/><authenticationResponse><authenticated>{yes}</authenticated><callStatus>{status}</callStatus></authenticationResponse></response></pfpMessage>"
-            ),
-        )
-    }
-
     fn private(p: &Path, bytes: &[u8]) {
         std::fs::write(p, bytes).unwrap();
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-
-    /// A deployment's files: MfaSettings.xml naming a Windows path, the .p12 beside it.
-    fn deployment(dir: &Path, port: u16) -> Value {
-        private(
-            &dir.join("MfaSettings.xml"),
-            b"\xef\xbb\xbf<MfaSettings>\r\n<LICENSE_KEY>LIC-123</LICENSE_KEY>\r\n<GROUP_KEY>GRP-456</GROUP_KEY>\r\n<CERT_PASSWORD>s3cret&amp;pw</CERT_PASSWORD>\r\n<CertFilePath>C:\\MIM\\cert_key.p12</CertFilePath>\r\n<DefaultCountryCode>1</DefaultCountryCode>\r\n</MfaSettings>\r\n",
-        );
-        let p12 = std::fs::read(dir.join("client-legacy.p12")).unwrap();
-        private(&dir.join("cert_key.p12"), &p12);
-        json!({
-            "mfa_settings": dir.join("MfaSettings.xml"),
-            "ca_file": dir.join("ca.pem"),
-            "endpoints": [format!("https://127.0.0.1:{port}/pfd/pfd.pl")],
-            "call_timeout_s": 10,
-        })
     }
 
     fn create(settings: Value) -> Result<LegacyPhone, ProviderError> {

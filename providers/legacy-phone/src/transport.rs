@@ -250,7 +250,7 @@ impl Transport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{Double, pki};
+    use rolegate_e2e::phonefactor::{Double, pki};
     use std::net::TcpListener;
     use std::path::Path;
 

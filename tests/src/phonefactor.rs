@@ -1,5 +1,6 @@
-//! Test helpers: a test PKI made with the openssl command, and a PhoneFactor double (HTTPS on
-//! 127.0.0.1, requiring a client certificate from the test CA).
+//! The PhoneFactor test double: a test PKI made with the openssl command at test time, and an
+//! HTTPS server on 127.0.0.1 that requires a client certificate from that test CA and answers
+//! `pfpMessage` requests as a scripted user would.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,7 +30,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// A test CA, a server certificate for 127.0.0.1, a client certificate from the CA in a
 /// modern and a legacy (RC2/3DES) PKCS#12 file, and a client certificate from elsewhere.
-pub(crate) fn pki(dir: &Path) {
+pub fn pki(dir: &Path) {
     let ec = [
         "-newkey",
         "ec",
@@ -134,11 +135,11 @@ pub(crate) fn pki(dir: &Path) {
 
 /// An HTTPS server on 127.0.0.1 that requires a client certificate from the test CA and
 /// answers every POST with `answer`, recording the bodies.
-pub(crate) struct Double {
+pub struct Double {
     /// The double's port on 127.0.0.1.
-    pub(crate) port: u16,
+    pub port: u16,
     /// Every request body it accepted.
-    pub(crate) bodies: Arc<Mutex<Vec<String>>>,
+    pub bodies: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -155,7 +156,7 @@ impl Drop for Double {
 
 impl Double {
     /// Starts the double; `answer` gives, for a request body, a delay in ms and the XML reply.
-    pub(crate) fn start(dir: &Path, answer: fn(&str) -> (u64, String)) -> Double {
+    pub fn start(dir: &Path, answer: fn(&str) -> (u64, String)) -> Double {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(dir.join("ca.pem")).unwrap() {
@@ -245,4 +246,69 @@ impl Double {
             thread: Some(thread),
         }
     }
+}
+
+/// The license and group keys the double accepts (the deployment files carry them).
+pub const LICENSE_KEY: &str = "LIC-123";
+/// See [`LICENSE_KEY`].
+pub const GROUP_KEY: &str = "GRP-456";
+
+/// Answers as a scripted user would, by the number's last four digits: `0001` answers and
+/// presses #, `0009` answers after 1.5 s, `0004` never answers, `0013` voicemail, `0014`
+/// blocked, `0108` hangs up, `0112` enters the fraud code, anything else is an invalid
+/// number. Unknown license or group keys fail the request (error 5).
+pub fn scripted(body: &str) -> (u64, String) {
+    let has = |s: &str| body.contains(s);
+    if !has(&format!("<licenseKey>{LICENSE_KEY}</licenseKey>"))
+        || !has(&format!("<groupKey>{GROUP_KEY}</groupKey>"))
+    {
+        return (0, "<pfpMessage><response><status disposition=\"fail\"><error-id>5</error-id></status></response></pfpMessage>".into());
+    }
+    let number = body
+        .split("<phonenumber")
+        .nth(1)
+        .and_then(|r| r.split('>').nth(1))
+        .and_then(|r| r.split('<').next())
+        .unwrap_or_default();
+    let (delay, status, yes) = match &number[number.len().saturating_sub(4)..] {
+        "0001" => (0, 1, true),
+        "0009" => (1500, 1, true),
+        "0004" => (0, 4, false),
+        "0013" => (0, 13, false),
+        "0014" => (0, 14, false),
+        "0108" => (0, 108, false),
+        "0112" => (0, 112, false),
+        _ => (0, 100, false),
+    };
+    let yes = if yes { "yes" } else { "no" };
+    (
+        delay,
+        format!(
+            "<pfpMessage><response request-id=\"1\"><status disposition=\"success\"/><authenticationResponse><authenticated>{yes}</authenticated><callStatus>{status}</callStatus></authenticationResponse></response></pfpMessage>"
+        ),
+    )
+}
+
+fn private(p: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(p, bytes).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A deployment's files in `dir` (after [`pki`]): an `MfaSettings.xml` as MIM's setup leaves
+/// it (BOM, CRLF, a Windows `CertFilePath`), the legacy .p12 beside it as `cert_key.p12`;
+/// returns the provider settings that point at them and at the double on `port`.
+pub fn deployment(dir: &Path, port: u16) -> serde_json::Value {
+    private(
+        &dir.join("MfaSettings.xml"),
+        format!("\u{feff}<MfaSettings>\r\n<LICENSE_KEY>{LICENSE_KEY}</LICENSE_KEY>\r\n<GROUP_KEY>{GROUP_KEY}</GROUP_KEY>\r\n<CERT_PASSWORD>s3cret&amp;pw</CERT_PASSWORD>\r\n<CertFilePath>C:\\MIM\\cert_key.p12</CertFilePath>\r\n<DefaultCountryCode>1</DefaultCountryCode>\r\n</MfaSettings>\r\n").as_bytes(),
+    );
+    let p12 = std::fs::read(dir.join("client-legacy.p12")).unwrap();
+    private(&dir.join("cert_key.p12"), &p12);
+    serde_json::json!({
+        "mfa_settings": dir.join("MfaSettings.xml"),
+        "ca_file": dir.join("ca.pem"),
+        "endpoints": [format!("https://127.0.0.1:{port}/pfd/pfd.pl")],
+        "call_timeout_s": 10,
+    })
 }
