@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod import;
 pub mod phone;
 pub mod plugins;
 pub mod role;

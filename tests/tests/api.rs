@@ -37,9 +37,14 @@ fn start_with(extra: &str) -> Daemon {
             hello_lib().display()
         ),
     );
+    serve_config(dir, &cfg)
+}
+
+/// Starts `rolegate serve` on a config file that is already written (in `dir`).
+fn serve_config(dir: tempfile::TempDir, cfg: &std::path::Path) -> Daemon {
     let mut child = Command::new(rolegate_bin())
         .args(["serve", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -556,7 +561,7 @@ async fn a_refused_provider_stops_the_start_and_is_logged() {
     );
     let out = Command::new(rolegate_bin())
         .args(["serve", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -702,7 +707,7 @@ async fn two_daemons_share_one_postgresql_database() {
     );
     let mut c = Command::new(rolegate_bin())
         .args(["serve", "--config"])
-        .arg(&cfg)
+        .arg(cfg)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -1310,5 +1315,141 @@ async fn a_legacy_phone_call_activates_a_role_and_its_failures_are_events() {
             .iter()
             .any(|b| b.contains("<countryCode>1</countryCode>")
                 && b.contains(">4255550001</phonenumber>"))
+    );
+}
+
+fn rolegate(args: &[&str]) -> (bool, String) {
+    let out = Command::new(rolegate_bin()).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Issue 5's "done when": a deployment's MfaSettings.xml and CSV exports are imported
+/// (dry run first, bad rows refused by line, a re-run changes nothing), and an imported MFA
+/// role then activates through the legacy phone call, the CLI showing the ringing status.
+#[tokio::test]
+async fn an_imported_mim_deployment_activates_through_the_phone_call() {
+    use rolegate_e2e::phonefactor::{Double, deployment, pki, scripted};
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let double = Double::start(dir.path(), scripted);
+    let s = deployment(dir.path(), double.port);
+    let settings = s["mfa_settings"].as_str().unwrap().to_string();
+    let cfg = dir.path().join("rolegate.toml");
+    let base = "[server]\nlisten = \"127.0.0.1:0\"\n";
+    write_private(&cfg, base);
+    let users = dir.path().join("users.csv");
+    std::fs::write(&users, "#TYPE Microsoft.ResourceManagement.Automation.ObjectModel.PAMUser\r\n\"SourceAccountName\",\"SourceDomain\",\"DisplayName\",\"PhoneNumber\"\r\n\"jdoe\",\"CONTOSO\",\"Jane Doe\",\"425 555 0001\"\r\n\"bob\",\"CONTOSO\",\"Bob\",\"+1 425 555 0013\"\r\n").unwrap();
+    let roles = dir.path().join("roles.csv");
+    std::fs::write(&roles, "\"DisplayName\",\"Candidates\",\"Approvers\",\"TTL\",\"MFAEnabled\",\"ApprovalEnabled\",\"AvailabilityWindowEnabled\",\"AvailableFrom\",\"AvailableTo\"\r\n\"Domain Admins\",\"CONTOSO\\jdoe;CONTOSO\\bob\",\"\",\"3600\",\"True\",\"False\",\"False\",\"\",\"\"\r\n\"Helpdesk\",\"CONTOSO\\bob\",\"\",\"1800\",\"False\",\"False\",\"False\",\"\",\"\"\r\n").unwrap();
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "import",
+            "mim",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--settings",
+            &settings,
+            "--users",
+            users.to_str().unwrap(),
+            "--roles",
+            roles.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        rolegate(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    // Dry run: the provider block and the plan are shown; nothing is written.
+    let (ok, out) = run(&["--dry-run"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("would be added") && out.contains("mfa_settings"),
+        "{out}"
+    );
+    assert!(
+        out.contains("users: 2 would be created: CONTOSO\\jdoe, CONTOSO\\bob"),
+        "{out}"
+    );
+    assert!(out.contains("roles: 2 would be created"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&cfg).unwrap(),
+        base,
+        "the config is untouched"
+    );
+
+    // The provider with the test double's endpoint (a real deployment keeps PhoneFactor's).
+    write_private(
+        &cfg,
+        &format!(
+            "{base}[[provider]]\nid = \"phone-legacy\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\nmfa_settings = \"{settings}\"\nca_file = \"{}\"\nendpoints = [\"{}\"]\ncall_timeout_s = 10\n",
+            rolegate_e2e::legacy_phone_lib().display(),
+            s["ca_file"].as_str().unwrap(),
+            s["endpoints"][0].as_str().unwrap(),
+        ),
+    );
+    // A bad row stops everything, naming its line.
+    let good_roles = std::fs::read_to_string(&roles).unwrap();
+    std::fs::write(&roles, format!("{good_roles}\"Broken\",\"CONTOSO\\bob\",\"\",\"soon\",\"False\",\"False\",\"False\",\"\",\"\"\r\n")).unwrap();
+    let (ok, out) = run(&[]);
+    assert!(
+        !ok && out.contains("line 4: TTL must be a positive number"),
+        "{out}"
+    );
+    std::fs::write(&roles, &good_roles).unwrap();
+    let (ok, out) = run(&[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("configured already, and it loads") && out.contains("users: 2 created"),
+        "{out}"
+    );
+    let (ok, out) = run(&[]);
+    assert!(
+        ok && out.contains("users: 2 unchanged") && out.contains("roles: 2 unchanged"),
+        "a re-run changes nothing: {out}"
+    );
+
+    // The daemon on the imported state: jdoe activates through the phone call.
+    let d = serve_config(dir, &cfg);
+    let admin = d.admin.clone();
+    let (_, t) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "CONTOSO\\jdoe"})),
+    )
+    .await;
+    let token = t["token"].as_str().unwrap().to_string();
+    let (okay, out) = cli(
+        &d,
+        &token,
+        &["request", "new", "--role", "Domain Admins"],
+        "",
+    );
+    assert!(okay, "{out}");
+    assert!(
+        out.contains("Calling +1 •••0001") && out.contains("is active until"),
+        "{out}"
+    );
+    let (_, r) = call(&d, Some(&admin), "GET", "/v1/roles/Domain%20Admins", None).await;
+    assert_eq!(r["providers"], json!(["phone-legacy"]), "{r}");
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=510", None).await;
+    assert_eq!(
+        ev.as_array().unwrap().len(),
+        2,
+        "role imports are admin events: {ev}"
     );
 }

@@ -1,0 +1,553 @@
+//! `rolegate import mim`: a MIM PAM deployment's users and roles, from CSV exports of
+//! `Get-PAMUser` and `Get-PAMRole` (`| Export-Csv`), imported in one transaction.
+//!
+//! Every row is checked before anything is written; a bad row is reported with its line
+//! number and nothing is imported. A re-run changes only what differs (idempotent). Roles that
+//! had `MFAEnabled` get the legacy phone provider, so nothing changes for their users until an
+//! admin adds or swaps providers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::roles::{self, RoleSpec, WindowSpec};
+use crate::store::Tx;
+use crate::users::{self, NewUser, UserChanges};
+
+/// One CSV record with the line it started on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// 1-based line number in the file.
+    pub line: usize,
+    /// The fields.
+    pub fields: Vec<String>,
+}
+
+/// Parses CSV as PowerShell's `Export-Csv` writes it: a `#TYPE` line is skipped, fields may be
+/// quoted (`""` inside quotes is a quote), line ends are LF or CRLF, a BOM is ignored.
+pub fn parse_csv(name: &str, text: &str) -> Result<Vec<Record>> {
+    let text = text.trim_start_matches('\u{feff}');
+    let mut out = Vec::new();
+    let mut fields: Vec<String> = Vec::new();
+    let mut field = String::new();
+    let (mut line, mut start_line) = (1usize, 1usize);
+    let mut in_quotes = false;
+    let mut at_field_start = true;
+    let mut chars = text.chars().peekable();
+    let bad = |line: usize, m: &str| Error::Invalid {
+        what: format!("{name} line {line}"),
+        message: m.to_string(),
+    };
+    while let Some(c) = chars.next() {
+        if in_quotes {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => {
+                    in_quotes = false;
+                    if !matches!(chars.peek(), None | Some(',' | '\r' | '\n')) {
+                        return Err(bad(line, "text after a closing quote"));
+                    }
+                }
+                '\n' => {
+                    line += 1;
+                    field.push('\n');
+                }
+                c => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if at_field_start => {
+                in_quotes = true;
+                at_field_start = false;
+            }
+            ',' => {
+                fields.push(std::mem::take(&mut field));
+                at_field_start = true;
+            }
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\n' => {
+                fields.push(std::mem::take(&mut field));
+                let record = std::mem::take(&mut fields);
+                let blank = record.len() == 1 && record[0].trim().is_empty();
+                if !blank && !record[0].starts_with("#TYPE") {
+                    out.push(Record {
+                        line: start_line,
+                        fields: record,
+                    });
+                }
+                line += 1;
+                start_line = line;
+                at_field_start = true;
+            }
+            c => {
+                field.push(c);
+                at_field_start = false;
+            }
+        }
+    }
+    if in_quotes {
+        return Err(bad(start_line, "a quoted field is not closed"));
+    }
+    if !field.is_empty() || !fields.is_empty() {
+        fields.push(field);
+        if !fields[0].starts_with("#TYPE") {
+            out.push(Record {
+                line: start_line,
+                fields,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A CSV file's rows as maps from lower-cased header to value.
+fn rows(name: &str, text: &str) -> Result<Vec<(usize, BTreeMap<String, String>)>> {
+    let mut records = parse_csv(name, text)?.into_iter();
+    let Some(header) = records.next() else {
+        return Err(Error::Invalid {
+            what: name.to_string(),
+            message: "the file has no header line".into(),
+        });
+    };
+    let names: Vec<String> = header
+        .fields
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    records
+        .map(|r| {
+            if r.fields.len() != names.len() {
+                return Err(Error::Invalid {
+                    what: format!("{name} line {}", r.line),
+                    message: format!(
+                        "{} fields where the header has {}",
+                        r.fields.len(),
+                        names.len()
+                    ),
+                });
+            }
+            Ok((
+                r.line,
+                names
+                    .iter()
+                    .cloned()
+                    .zip(r.fields.into_iter().map(|f| f.trim().to_string()))
+                    .collect(),
+            ))
+        })
+        .collect()
+}
+
+fn pick<'a>(row: &'a BTreeMap<String, String>, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| row.get(*n).map(String::as_str))
+        .filter(|v| !v.is_empty())
+}
+
+fn flag(v: Option<&str>) -> std::result::Result<bool, String> {
+    match v.map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") | Some("0") | Some("no") => Ok(false),
+        Some("true") | Some("1") | Some("yes") => Ok(true),
+        Some(other) => Err(format!("`{other}` is not True or False")),
+    }
+}
+
+/// A list field: entries separated by `;` (or `,` inside one field), blanks dropped.
+fn list(v: Option<&str>) -> BTreeSet<String> {
+    v.unwrap_or_default()
+        .split([';', '\n'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `HH:MM` from `HH:MM`, `HH:MM:SS`, `h:mm:ss AM|PM` or a date-time's time part (as
+/// PowerShell writes a DateTime).
+fn time_of_day(v: &str) -> Option<String> {
+    let v = v.trim();
+    let upper = v.to_ascii_uppercase();
+    let (v, pm) = if upper.ends_with(" PM") {
+        (&v[..v.len() - 3], Some(true))
+    } else if upper.ends_with(" AM") {
+        (&v[..v.len() - 3], Some(false))
+    } else {
+        (v, None)
+    };
+    let t = v.rsplit([' ', 'T']).next()?;
+    let mut parts = t.split(':');
+    let mut h: u8 = parts.next()?.trim().parse().ok()?;
+    let m: u8 = parts.next()?.trim().parse().ok()?;
+    match pm {
+        Some(true) if h < 12 => h += 12,
+        Some(false) if h == 12 => h = 0,
+        _ => {}
+    }
+    (h < 24 && m < 60).then(|| format!("{h:02}:{m:02}"))
+}
+
+/// Reads a `Get-PAMUser` export: `SourceAccountName` (or `AccountName`), `SourceDomain` (or
+/// `Domain`), `DisplayName`, `PhoneNumber` (or `Phone`, `TelephoneNumber`), `Email` (or `Mail`).
+pub fn read_users(name: &str, text: &str) -> Result<Vec<(usize, NewUser)>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = BTreeMap::new();
+    for (line, row) in rows(name, text)? {
+        let Some(account) = pick(&row, &["sourceaccountname", "accountname", "account"]) else {
+            errors.push(format!("line {line}: no SourceAccountName"));
+            continue;
+        };
+        let account = match pick(&row, &["sourcedomain", "domain"]) {
+            Some(d) if !account.contains('\\') => format!("{d}\\{account}"),
+            _ => account.to_string(),
+        };
+        if let Some(first) = seen.insert(users::account_key(&account), line) {
+            errors.push(format!("line {line}: `{account}` is also on line {first}"));
+            continue;
+        }
+        out.push((
+            line,
+            NewUser {
+                account,
+                display_name: pick(&row, &["displayname"]).unwrap_or_default().to_string(),
+                phone: pick(
+                    &row,
+                    &["phonenumber", "phone", "telephonenumber", "mobilephone"],
+                )
+                .map(str::to_string),
+                email: pick(&row, &["email", "mail"]).map(str::to_string),
+                source: None,
+            },
+        ));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(Error::Invalid {
+            what: name.to_string(),
+            message: errors.join("; "),
+        })
+    }
+}
+
+/// Reads a `Get-PAMRole` export: `DisplayName` (or `Name`), `Candidates` and `Approvers`
+/// (accounts separated by `;`), `TTL` (seconds), `MFAEnabled`, `ApprovalEnabled`,
+/// `AvailabilityWindowEnabled`, `AvailableFrom`, `AvailableTo`, and an optional `TimeZone`
+/// (IANA; `UTC` when absent). Roles with MFA get `mfa_provider`.
+pub fn read_roles(name: &str, text: &str, mfa_provider: &str) -> Result<Vec<(usize, RoleSpec)>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = BTreeMap::new();
+    for (line, row) in rows(name, text)? {
+        let mut problem = |m: String| errors.push(format!("line {line}: {m}"));
+        let Some(role) = pick(&row, &["displayname", "name"]) else {
+            problem("no DisplayName".into());
+            continue;
+        };
+        if let Some(first) = seen.insert(role.to_ascii_lowercase(), line) {
+            problem(format!("role `{role}` is also on line {first}"));
+            continue;
+        }
+        let ttl: i64 = match pick(&row, &["ttl"]).map(str::parse) {
+            Some(Ok(t)) if t > 0 => t,
+            None => 3600,
+            _ => {
+                problem("TTL must be a positive number of seconds".into());
+                continue;
+            }
+        };
+        let flags = (
+            flag(pick(&row, &["mfaenabled"])),
+            flag(pick(&row, &["approvalenabled"])),
+            flag(pick(&row, &["availabilitywindowenabled"])),
+        );
+        let (mfa, approval, window) = match flags {
+            (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+            (m, a, w) => {
+                for (what, r) in [
+                    ("MFAEnabled", m),
+                    ("ApprovalEnabled", a),
+                    ("AvailabilityWindowEnabled", w),
+                ] {
+                    if let Err(e) = r {
+                        problem(format!("{what}: {e}"));
+                    }
+                }
+                continue;
+            }
+        };
+        let availability = if window {
+            let from = pick(&row, &["availablefrom"]).and_then(time_of_day);
+            let to = pick(&row, &["availableto"]).and_then(time_of_day);
+            match (from, to) {
+                (Some(from), Some(to)) => Some(WindowSpec {
+                    days: vec!["mon-sun".into()],
+                    from,
+                    to,
+                    time_zone: pick(&row, &["timezone"]).unwrap_or("UTC").to_string(),
+                }),
+                _ => {
+                    problem(
+                        "the availability window needs AvailableFrom and AvailableTo as HH:MM"
+                            .into(),
+                    );
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let spec = RoleSpec {
+            name: role.to_string(),
+            candidates: list(pick(&row, &["candidates"])),
+            approvers: list(pick(&row, &["approvers"])),
+            ttl_s: ttl,
+            max_ttl_s: ttl,
+            availability,
+            justification_required: false,
+            approval_enabled: approval,
+            mfa_enabled: mfa,
+            providers: if mfa {
+                vec![mfa_provider.to_string()]
+            } else {
+                Vec::new()
+            },
+        };
+        if let Err(e) = spec.to_role() {
+            problem(e.to_string());
+            continue;
+        }
+        out.push((line, spec));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(Error::Invalid {
+            what: name.to_string(),
+            message: errors.join("; "),
+        })
+    }
+}
+
+/// What an import does (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Users to create.
+    pub users_created: Vec<String>,
+    /// Users whose fields differ, with the names of those fields.
+    pub users_changed: Vec<(String, Vec<String>)>,
+    /// Users already as the file has them.
+    pub users_unchanged: usize,
+    /// Roles to create.
+    pub roles_created: Vec<String>,
+    /// Roles whose policy differs.
+    pub roles_changed: Vec<String>,
+    /// Roles already as the file has them.
+    pub roles_unchanged: usize,
+}
+
+/// Compares the files with the store (reads only).
+pub fn plan(
+    tx: &mut dyn Tx,
+    users: &[(usize, NewUser)],
+    roles: &[(usize, RoleSpec)],
+    default_cc: u16,
+) -> Result<Plan> {
+    let mut p = Plan::default();
+    for (line, u) in users {
+        let phone = match &u.phone {
+            Some(raw) => Some(
+                crate::phone::parse(raw, default_cc)
+                    .map_err(|e| Error::Invalid {
+                        what: format!("users line {line}"),
+                        message: e.to_string(),
+                    })?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        match users::get(tx, &u.account)? {
+            None => p.users_created.push(u.account.clone()),
+            Some(existing) => {
+                let mut changed = Vec::new();
+                if !u.display_name.is_empty() && existing.display_name != u.display_name {
+                    changed.push("display_name".to_string());
+                }
+                if phone.is_some() && existing.phone != phone {
+                    changed.push("phone".to_string());
+                }
+                if u.email.is_some() && existing.email != u.email {
+                    changed.push("email".to_string());
+                }
+                if changed.is_empty() {
+                    p.users_unchanged += 1;
+                } else {
+                    p.users_changed.push((u.account.clone(), changed));
+                }
+            }
+        }
+    }
+    for (_, r) in roles {
+        match roles::get(tx, &r.name)? {
+            None => p.roles_created.push(r.name.clone()),
+            Some(existing) if existing == *r => p.roles_unchanged += 1,
+            Some(_) => p.roles_changed.push(r.name.clone()),
+        }
+    }
+    Ok(p)
+}
+
+/// Applies the files in the caller's transaction (all or nothing), raising the admin events.
+pub fn apply(
+    tx: &mut dyn Tx,
+    users: &[(usize, NewUser)],
+    roles: &[(usize, RoleSpec)],
+    default_cc: u16,
+    now_ms: i64,
+) -> Result<Plan> {
+    let p = plan(tx, users, roles, default_cc)?;
+    let actor = "rolegate import mim";
+    let at = |line: &usize, what: &str, e: Error| Error::Invalid {
+        what: format!("{what} line {line}"),
+        message: e.to_string(),
+    };
+    for (line, u) in users {
+        if p.users_created.contains(&u.account) {
+            users::create(tx, u.clone(), default_cc, now_ms).map_err(|e| at(line, "users", e))?;
+            crate::events::admin_change(
+                tx,
+                crate::events::USER_CREATED,
+                actor,
+                Some(&u.account),
+                None,
+                "user imported",
+                now_ms,
+            )?;
+        } else if let Some((_, fields)) = p.users_changed.iter().find(|(a, _)| *a == u.account) {
+            let changes = UserChanges {
+                display_name: fields
+                    .iter()
+                    .any(|f| f == "display_name")
+                    .then(|| u.display_name.clone()),
+                phone: fields.iter().any(|f| f == "phone").then(|| u.phone.clone()),
+                email: fields.iter().any(|f| f == "email").then(|| u.email.clone()),
+                enabled: None,
+            };
+            users::update(tx, &u.account, changes, default_cc, actor, now_ms)
+                .map_err(|e| at(line, "users", e))?;
+            crate::events::admin_change(
+                tx,
+                crate::events::USER_CHANGED,
+                actor,
+                Some(&u.account),
+                None,
+                &format!("user re-imported ({})", fields.join(", ")),
+                now_ms,
+            )?;
+        }
+    }
+    for (line, r) in roles {
+        if p.roles_created.contains(&r.name) {
+            roles::create(tx, r, now_ms).map_err(|e| at(line, "roles", e))?;
+            crate::events::admin_change(
+                tx,
+                crate::events::ROLE_CREATED,
+                actor,
+                None,
+                Some(&r.name),
+                "role imported",
+                now_ms,
+            )?;
+        } else if p.roles_changed.contains(&r.name) {
+            roles::replace(tx, r, now_ms).map_err(|e| at(line, "roles", e))?;
+            crate::events::admin_change(
+                tx,
+                crate::events::ROLE_CHANGED,
+                actor,
+                None,
+                Some(&r.name),
+                "role re-imported",
+                now_ms,
+            )?;
+        }
+    }
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn export_csv_is_parsed_with_quotes_crlf_and_the_type_line() {
+        let text = "\u{feff}#TYPE Microsoft.ResourceManagement.Automation.ObjectModel.PAMUser\r\n\"SourceAccountName\",\"SourceDomain\",\"DisplayName\",\"PhoneNumber\"\r\n\"jdoe\",\"CONTOSO\",\"Doe, \"\"Jane\"\"\",\"+1 425 555 0100\"\r\n\r\n\"bob\",\"CONTOSO\",\"Bob\",\"\"\r\n";
+        let users = read_users("users.csv", text).unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[0].0, 3, "line numbers count the #TYPE line");
+        assert_eq!(users[0].1.account, "CONTOSO\\jdoe");
+        assert_eq!(users[0].1.display_name, "Doe, \"Jane\"");
+        assert_eq!(users[0].1.phone.as_deref(), Some("+1 425 555 0100"));
+        assert_eq!(users[1].1.phone, None);
+        assert_eq!(users[1].0, 5);
+    }
+
+    #[test]
+    fn bad_rows_are_all_reported_with_their_lines() {
+        let e = read_users(
+            "u.csv",
+            "SourceAccountName,DisplayName\njdoe,J\n,Nobody\nJDOE,again\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("line 3: no SourceAccountName")
+                && e.contains("line 4: `JDOE` is also on line 2"),
+            "{e}"
+        );
+        let e = read_users("u.csv", "a,b\n1,2,3\n").unwrap_err().to_string();
+        assert!(e.contains("u.csv line 2") && e.contains("3 fields"), "{e}");
+        let e = read_users("u.csv", "a\n\"open\n").unwrap_err().to_string();
+        assert!(e.contains("not closed"), "{e}");
+        let roles = "DisplayName,Candidates,Approvers,TTL,MFAEnabled,ApprovalEnabled,AvailabilityWindowEnabled,AvailableFrom,AvailableTo\n\
+            Ops,a;b,,3600,True,False,False,,\n\
+            Bad TTL,a,,-5,False,False,False,,\n\
+            Window,a,,600,False,False,True,09:00,\n\
+            Flag,a,,600,Maybe,False,False,,\n";
+        let e = read_roles("r.csv", roles, "phone-legacy")
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "line 3: TTL",
+            "line 4: the availability window",
+            "line 5: MFAEnabled: `maybe`",
+        ] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn roles_map_mim_s_flags_and_mfa_roles_get_the_legacy_provider() {
+        let text = "DisplayName,Candidates,Approvers,TTL,MFAEnabled,ApprovalEnabled,AvailabilityWindowEnabled,AvailableFrom,AvailableTo,TimeZone\n\
+            Domain Admins,CONTOSO\\jdoe;CONTOSO\\bob,CONTOSO\\boss,7200,True,True,True,1/1/0001 8:00:00 AM,18:30:00,Europe/London\n\
+            Helpdesk,CONTOSO\\amy,,1800,False,False,False,,,\n";
+        let roles = read_roles("r.csv", text, "phone-legacy").unwrap();
+        let (_, da) = &roles[0];
+        assert!(da.mfa_enabled && da.approval_enabled);
+        assert_eq!(da.providers, vec!["phone-legacy".to_string()]);
+        assert_eq!(da.candidates.len(), 2);
+        assert_eq!(da.ttl_s, 7200);
+        let w = da.availability.as_ref().unwrap();
+        assert_eq!(
+            (w.from.as_str(), w.to.as_str(), w.time_zone.as_str()),
+            ("08:00", "18:30", "Europe/London")
+        );
+        let (_, hd) = &roles[1];
+        assert!(!hd.mfa_enabled && hd.providers.is_empty() && hd.availability.is_none());
+    }
+}
