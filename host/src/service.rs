@@ -1008,11 +1008,7 @@ impl Service {
         account: &str,
         provider_id: &str,
     ) -> Result<(User, Arc<crate::plugins::LoadedProvider>, Vec<Row>)> {
-        let a = account.to_string();
-        let (user, rows) = self
-            .store
-            .read(move |tx| Ok((users::get(tx, &a)?, credential_rows(tx, &account_key(&a))?)))
-            .await?;
+        let (user, rows) = self.user_and_credentials(account).await?;
         let user = match user {
             Some(u) if u.enabled => u,
             _ => {
@@ -1048,13 +1044,17 @@ impl Service {
         Ok((user, provider, rows))
     }
 
+    /// The user and their stored credential rows, in one read.
+    async fn user_and_credentials(&self, account: &str) -> Result<(Option<User>, Vec<Row>)> {
+        let a = account.to_string();
+        self.store
+            .read(move |tx| Ok((users::get(tx, &a)?, credential_rows(tx, &account_key(&a))?)))
+            .await
+    }
+
     /// A user's credentials, without their private data (for admins and the user).
     pub async fn credentials(&self, account: &str) -> Result<Vec<CredentialView>> {
-        let a = account.to_string();
-        let (user, rows) = self
-            .store
-            .read(move |tx| Ok((users::get(tx, &a)?, credential_rows(tx, &account_key(&a))?)))
-            .await?;
+        let (user, rows) = self.user_and_credentials(account).await?;
         if user.is_none() {
             return Err(Error::NotFound {
                 what: format!("user `{account}`"),

@@ -2,7 +2,7 @@
 //! Twilio double over real HTTP, the code read back from the recorded SMS.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use rolegate::roles::{self, RoleSpec};
 use rolegate::secrets::SealingKey;
 use rolegate::service::{RequestView, Service, Settings};
 use rolegate::users::{self, NewUser};
+use rolegate_e2e::daemon::{Daemon, serve_config};
 use rolegate_e2e::stores::{Backend, Location};
 use rolegate_e2e::twilio::{Failure, TwilioDouble};
 use rolegate_e2e::{rolegate_bin, sms_twilio_lib, write_private};
@@ -450,80 +451,24 @@ fn provider_check_passes_against_the_double() {
 
 // --- over HTTP, with the daemon ------------------------------------------------------------
 
-struct Daemon {
-    child: Child,
-    url: String,
-    admin: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &Path, provider: &str) -> Daemon {
-    use std::io::{BufRead as _, BufReader};
-    let cfg = dir.join("rolegate.toml");
+/// Starts `rolegate serve` with `provider` as the config's provider table, in `dir`.
+fn serve(dir: tempfile::TempDir, provider: &str) -> Daemon {
+    let cfg = dir.path().join("rolegate.toml");
     write_private(
         &cfg,
         &format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{provider}"),
     );
-    let mut child = Command::new(rolegate_bin())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let (mut url, mut admin, mut seen) = (None, None, Vec::new());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while url.is_none() && Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
-            continue;
-        };
-        if let Some(t) = line.trim().strip_prefix("export ROLEGATE_TOKEN=") {
-            admin = Some(t.to_string());
-        }
-        if let Some(rest) = line.strip_prefix("rolegate: serving on ") {
-            url = rest.split_whitespace().next().map(String::from);
-        }
-        seen.push(line);
-    }
-    Daemon {
-        child,
-        url: url.unwrap_or_else(|| panic!("the daemon did not start: {}", seen.join("\n"))),
-        admin: admin.unwrap_or_default(),
-    }
+    serve_config(dir, &cfg)
 }
 
+/// A POST with a bearer token.
 async fn call(
     d: &Daemon,
     token: &str,
     path: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", d.url))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-    )
+    rolegate_e2e::daemon::call(d, Some(token), "POST", path, Some(body)).await
 }
 
 fn toml_provider(double: &TwilioDouble, token_file: &Path) -> String {
@@ -547,7 +492,8 @@ async fn the_daemon_activates_a_role_with_an_sms_code() {
     let dir = tempfile::tempdir().unwrap();
     let double = TwilioDouble::start();
     let token_file = double.write_token(dir.path());
-    let d = serve(dir.path(), &toml_provider(&double, &token_file));
+    let provider = toml_provider(&double, &token_file);
+    let d = serve(dir, &provider);
     let admin = d.admin.clone();
     assert!(!admin.is_empty(), "no admin token printed");
     let (s, r) = call(

@@ -1,0 +1,137 @@
+//! `rolegate serve` as a process for end-to-end tests: started on a written config, its URL and
+//! first admin token read from what it prints, stopped on drop; and the HTTP and CLI calls
+//! tests make against it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::rolegate_bin;
+
+/// A running daemon.
+pub struct Daemon {
+    child: Child,
+    /// Its base URL (`http://127.0.0.1:port`).
+    pub url: String,
+    /// The first admin token (empty when the database had one already).
+    pub admin: String,
+    /// The folder of its config and database.
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `rolegate serve` on a config file that is already written (in `dir`).
+pub fn serve_config(dir: tempfile::TempDir, cfg: &std::path::Path) -> Daemon {
+    let mut child = Command::new(rolegate_bin())
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let (mut url, mut admin, mut seen) = (None, None, Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while url.is_none() && Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            continue;
+        };
+        if let Some(t) = line.trim().strip_prefix("export ROLEGATE_TOKEN=") {
+            admin = Some(t.to_string());
+        }
+        if let Some(rest) = line.strip_prefix("rolegate: serving on ") {
+            url = rest.split_whitespace().next().map(String::from);
+        }
+        seen.push(line);
+    }
+    Daemon {
+        child,
+        url: url.unwrap_or_else(|| {
+            panic!(
+                "the daemon did not start in 20 s; it said:\n{}",
+                seen.join("\n")
+            )
+        }),
+        // Only the first start on a database prints one.
+        admin: admin.unwrap_or_default(),
+        dir,
+    }
+}
+
+/// One HTTP call with an optional bearer token; the answer's status and JSON (or text).
+pub async fn call(
+    d: &Daemon,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::new();
+    let url = format!("{}{path}", d.url);
+    let mut req = match method {
+        "GET" => client.get(&url),
+        "POST" => client.post(&url),
+        "PATCH" => client.patch(&url),
+        "PUT" => client.put(&url),
+        _ => client.delete(&url),
+    };
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Runs the `rolegate` CLI against the daemon with `token`, feeding `stdin`; success and the
+/// combined output.
+pub fn cli(d: &Daemon, token: &str, args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(rolegate_bin())
+        .args(["--server", &d.url])
+        .args(args)
+        .env("ROLEGATE_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
