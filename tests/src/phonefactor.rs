@@ -254,7 +254,7 @@ pub const LICENSE_KEY: &str = "LIC-123";
 pub const GROUP_KEY: &str = "GRP-456";
 
 /// Answers as a scripted user would, by the number's last four digits: `0001` answers and
-/// presses #, `0009` answers after 1.5 s, `0004` never answers, `0013` voicemail, `0014`
+/// presses # (in SMS modes: a one-way text with code 482913, or a two-way text answered), `0009` answers after 1.5 s, `0004` never answers, `0013` voicemail, `0014`
 /// blocked, `0108` hangs up, `0112` enters the fraud code, anything else is an invalid
 /// number. Unknown license or group keys fail the request (error 5).
 pub fn scripted(body: &str) -> (u64, String) {
@@ -270,7 +270,23 @@ pub fn scripted(body: &str) -> (u64, String) {
         .and_then(|r| r.split('>').nth(1))
         .and_then(|r| r.split('<').next())
         .unwrap_or_default();
-    let (delay, status, yes) = match &number[number.len().saturating_sub(4)..] {
+    let suffix = &number[number.len().saturating_sub(4)..];
+    // SMS modes: a one-way text reports the code it sent (callStatus 20); a two-way text
+    // answered with its code is callStatus 19.
+    if body.contains("mode=\"sms\"") && suffix == "0001" {
+        let reply = if body.contains("direction=\"one-way\"") {
+            "<authenticated>no</authenticated><callStatus>20</callStatus><otp>482913</otp>"
+        } else {
+            "<authenticated>yes</authenticated><callStatus>19</callStatus>"
+        };
+        return (
+            0,
+            format!(
+                "<pfpMessage><response request-id=\"1\"><status disposition=\"success\"/><authenticationResponse>{reply}</authenticationResponse></response></pfpMessage>"
+            ),
+        );
+    }
+    let (delay, status, yes) = match suffix {
         "0001" => (0, 1, true),
         "0009" => (1500, 1, true),
         "0004" => (0, 4, false),

@@ -40,9 +40,13 @@ pub struct LegacySettings {
     /// Endpoints in failover order (default: PhoneFactor's primary and backup).
     #[serde(default)]
     pub endpoints: Option<Vec<String>>,
-    /// `standard` (press #) or `pin` (the user's PIN, from `pin_file`).
+    /// `standard` (the call asks the user to press #), `sms-two-way` (a text the user answers
+    /// by text with its code) or `sms-one-way` (a text with a code the user types here).
     #[serde(default = "default_mode")]
     pub mode: String,
+    /// The text of SMS modes; `<$otp$>` stands for the code PhoneFactor draws.
+    #[serde(default)]
+    pub sms_text: Option<String>,
     /// Seconds a call may ring before the challenge is given up (10 to 300).
     #[serde(default = "default_call_timeout")]
     pub call_timeout_s: u64,
@@ -82,6 +86,7 @@ struct CallState {
 /// The legacy phone-call provider.
 pub struct LegacyPhone {
     settings: LegacySettings,
+    mode: Mode,
     license_key: String,
     group_key: String,
     username: Option<String>,
@@ -147,12 +152,38 @@ impl rolegate_sdk::Provider for LegacyPhone {
                 )));
             }
         };
-        if settings.mode != "standard" {
-            return Err(ProviderError::config(format!(
-                "setting `mode`: `{}` is not supported yet; use `standard` (press #)",
-                settings.mode
-            )));
-        }
+        let mode = match settings.mode.as_str() {
+            "standard" => Mode::Standard,
+            "sms-two-way" | "sms-one-way" => {
+                let message = settings.sms_text.clone().unwrap_or_else(|| {
+                    if settings.mode == "sms-two-way" {
+                        "Reply with <$otp$> to approve your rolegate activation".into()
+                    } else {
+                        "Your rolegate code is <$otp$>".into()
+                    }
+                });
+                if !message.contains("<$otp$>") || message.len() > 160 {
+                    return Err(ProviderError::config(
+                        "setting `sms_text` must contain <$otp$> and fit one text (160 characters)",
+                    ));
+                }
+                if settings.mode == "sms-two-way" {
+                    Mode::SmsTwoWay { message }
+                } else {
+                    Mode::SmsOneWay { message }
+                }
+            }
+            "pin" => {
+                return Err(ProviderError::config(
+                    "setting `mode`: `pin` is not supported: rolegate holds no PhoneFactor PINs; use `standard` or an SMS mode",
+                ));
+            }
+            other => {
+                return Err(ProviderError::config(format!(
+                    "setting `mode` must be standard, sms-two-way or sms-one-way, not `{other}`"
+                )));
+            }
+        };
         if !(10..=300).contains(&settings.call_timeout_s) {
             return Err(ProviderError::config(format!(
                 "setting `call_timeout_s` must be between 10 and 300 seconds, not {}",
@@ -195,6 +226,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
             .parse()
             .map_err(|_| config("DefaultCountryCode is not a number"))?;
         Ok(Self {
+            mode,
             license_key: sdk.license_key.clone(),
             group_key: sdk.group_key.clone(),
             username: sdk.username.clone(),
@@ -240,7 +272,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
             Err(e) => return Ok(denied(DenyReason::NotEnrolled, e.to_string())),
         };
         let request_id = random_u32()? % 10_000;
-        let mode = Mode::Standard;
+        let mode = self.mode.clone();
         let username = self
             .username
             .clone()
@@ -258,6 +290,9 @@ impl rolegate_sdk::Provider for LegacyPhone {
             host_name: "rolegate",
         }
         .to_xml();
+        if matches!(mode, Mode::SmsOneWay { .. }) {
+            return self.text_a_code(ctx, &xml, &phone);
+        }
         let call = format!("{}-{:08x}", ctx.request_id, random_u32()?);
         let slot: Slot = Arc::new(Mutex::new(None));
         if let Ok(mut calls) = self.calls.lock() {
@@ -295,7 +330,15 @@ impl rolegate_sdk::Provider for LegacyPhone {
                 .map_err(|e| ProviderError::internal(format!("state: {e}")))?
                 .into(),
             poll_after_ms: 1000,
-            status: format!("Calling {}: answer and press #", masked(&phone)),
+            status: match self.mode {
+                Mode::SmsTwoWay { .. } => {
+                    format!(
+                        "Texting {}: reply to the text with its code",
+                        masked(&phone)
+                    )
+                }
+                _ => format!("Calling {}: answer and press #", masked(&phone)),
+            },
         })
     }
 
@@ -365,13 +408,45 @@ impl rolegate_sdk::Provider for LegacyPhone {
 
     fn challenge_continue(
         &self,
-        _ctx: &ChallengeContext,
-        _state: &[u8],
-        _input: &rolegate_sdk::Input,
+        ctx: &ChallengeContext,
+        state: &[u8],
+        input: &rolegate_sdk::Input,
     ) -> Result<Step, ProviderError> {
-        Err(ProviderError::bad_input(
-            "a phone call takes no typed answer: poll for its outcome",
-        ))
+        let state: TextState = rolegate_sdk::serde_json::from_slice(state).map_err(|_| {
+            ProviderError::bad_input("only a texted code is typed; a call's outcome is polled")
+        })?;
+        if state.request_id != ctx.request_id {
+            return Err(ProviderError::bad_input(
+                "the state belongs to another request",
+            ));
+        }
+        let rolegate_sdk::Input::Code { code } = input else {
+            return Err(ProviderError::bad_input("type the code from the text"));
+        };
+        let code = code.trim();
+        if code.len() != usize::from(state.length) || !code.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ProviderError::bad_input(format!(
+                "the code must be {} digits",
+                state.length
+            )));
+        }
+        if ctx.now >= state.expires_at {
+            return Ok(denied(DenyReason::Expired, "the texted code expired"));
+        }
+        let typed = code_hash(&state.salt.0, &ctx.request_id, code);
+        let same = typed.len() == state.hash.0.len()
+            && typed
+                .iter()
+                .zip(state.hash.0.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        Ok(if same {
+            Step::Done {
+                verdict: Verdict::Approved { credential: None },
+            }
+        } else {
+            denied(DenyReason::WrongAnswer, "wrong code")
+        })
     }
 
     fn cancel(&self, _ctx: &ChallengeContext, state: &[u8]) -> Result<(), ProviderError> {
@@ -382,7 +457,106 @@ impl rolegate_sdk::Provider for LegacyPhone {
     }
 }
 
+/// A texted code's state: never the code, only its salted hash bound to the request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "rolegate_sdk::serde", deny_unknown_fields)]
+struct TextState {
+    request_id: String,
+    expires_at: u64,
+    length: u8,
+    salt: rolegate_sdk::Bytes,
+    hash: rolegate_sdk::Bytes,
+}
+
+fn code_hash(salt: &[u8], request_id: &str, code: &str) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(salt);
+    h.update(request_id.as_bytes());
+    h.update([0u8]);
+    h.update(code.as_bytes());
+    h.finalize().to_vec()
+}
+
 impl LegacyPhone {
+    /// One-way SMS: PhoneFactor texts a code and tells it to us; the user types it here.
+    fn text_a_code(
+        &self,
+        ctx: &ChallengeContext,
+        xml: &str,
+        phone: &PhoneNumber,
+    ) -> Result<Step, ProviderError> {
+        let answer = self
+            .transport
+            .post(xml)
+            .map_err(|e| ProviderError::unavailable(e.to_string()))?;
+        if answer.status != 200 {
+            return Err(ProviderError::unavailable(format!(
+                "PhoneFactor answered HTTP {}",
+                answer.status
+            )));
+        }
+        let response = pfp::Response::parse(&answer.body)
+            .map_err(|e| ProviderError::unavailable(e.to_string()))?;
+        if !response.success {
+            return Ok(denied(
+                DenyReason::Other,
+                format!(
+                    "PhoneFactor refused the text (error {})",
+                    response
+                        .error_id
+                        .map_or_else(|| "unknown".to_string(), |e| e.to_string())
+                ),
+            ));
+        }
+        let otp = match (&response.otp, response.call_status) {
+            (Some(otp), _)
+                if !otp.is_empty()
+                    && otp.len() <= 16
+                    && otp.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                otp.clone()
+            }
+            (_, Some(code)) => {
+                let (_, message) = call_status::verdict(code, false);
+                let reason = match call_status::lookup(code).outcome {
+                    Outcome::Denied(r) => r,
+                    _ => DenyReason::Other,
+                };
+                return Ok(denied(reason, message));
+            }
+            _ => {
+                return Ok(denied(
+                    DenyReason::Other,
+                    "PhoneFactor sent no code and no status",
+                ));
+            }
+        };
+        let mut salt = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut salt))
+            .map_err(|e| ProviderError::unavailable(format!("no randomness: {e}")))?;
+        let state = TextState {
+            request_id: ctx.request_id.clone(),
+            expires_at: ctx
+                .now
+                .saturating_add(self.settings.call_timeout_s.max(300)),
+            length: u8::try_from(otp.len()).unwrap_or(16),
+            hash: code_hash(&salt, &ctx.request_id, &otp).into(),
+            salt: salt.to_vec().into(),
+        };
+        Ok(Step::Ask {
+            prompt: rolegate_sdk::Prompt::Code {
+                message: format!("Type the code texted to {}", masked(phone)),
+                length: Some(state.length),
+            },
+            state: rolegate_sdk::serde_json::to_vec(&state)
+                .map_err(|e| ProviderError::internal(format!("state: {e}")))?
+                .into(),
+            expires_in: self.settings.call_timeout_s.max(300),
+        })
+    }
+
     fn forget(&self, call: &str) {
         if let Ok(mut c) = self.calls.lock() {
             c.remove(call);
@@ -566,8 +740,17 @@ mod tests {
         pki(dir.path());
         let settings = deployment(dir.path(), 1);
         let mut bad = settings.clone();
-        bad["mode"] = json!("sms-one-way");
-        assert!(create(bad).unwrap_err().message.contains("`mode`"));
+        bad["mode"] = json!("pin");
+        assert!(
+            create(bad)
+                .unwrap_err()
+                .message
+                .contains("`pin` is not supported")
+        );
+        let mut bad = settings.clone();
+        bad["mode"] = json!("sms-two-way");
+        bad["sms_text"] = json!("no placeholder");
+        assert!(create(bad).unwrap_err().message.contains("<$otp$>"));
         let mut bad = settings.clone();
         bad["surprise"] = json!(1);
         assert!(create(bad).unwrap_err().message.contains("surprise"));
@@ -597,6 +780,79 @@ mod tests {
             e.message.contains("MFA Server mode") && e.message.contains("not supported"),
             "{}",
             e.message
+        );
+    }
+
+    #[test]
+    fn sms_modes_text_a_code_one_way_or_two_way() {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let d = Double::start(dir.path(), scripted);
+        let mut settings = deployment(dir.path(), d.port);
+        settings["mode"] = json!("sms-two-way");
+        let two = create(settings.clone()).unwrap();
+        let c = ctx(Some("+14255550001"), 1_000);
+        match two.challenge_start(&c).unwrap() {
+            Step::Wait { status, .. } => {
+                assert!(status.starts_with("Texting +1 •••0001"), "{status}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            reason_and_message(&call(&two, "+14255550001")).0,
+            None,
+            "approved"
+        );
+
+        settings["mode"] = json!("sms-one-way");
+        let one = create(settings).unwrap();
+        let Step::Ask { prompt, state, .. } = one.challenge_start(&c).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            prompt,
+            rolegate_sdk::Prompt::Code {
+                message: "Type the code texted to +1 •••0001".into(),
+                length: Some(6)
+            }
+        );
+        assert!(
+            !String::from_utf8_lossy(&state.0).contains("482913"),
+            "no code in the state"
+        );
+        let typed = |code: &str| {
+            one.challenge_continue(
+                &c,
+                &state.0,
+                &rolegate_sdk::Input::Code { code: code.into() },
+            )
+        };
+        assert_eq!(
+            reason_and_message(&typed("111111").unwrap()).0,
+            Some(DenyReason::WrongAnswer)
+        );
+        assert_eq!(
+            typed("12ab56").unwrap_err().kind,
+            rolegate_sdk::ErrorKind::BadInput
+        );
+        assert_eq!(
+            reason_and_message(&typed("482913").unwrap()).0,
+            None,
+            "approved"
+        );
+        let bodies = d.bodies.lock().unwrap();
+        let last = bodies.last().unwrap();
+        assert!(
+            last.contains("direction=\"one-way\"")
+                && last.contains("Your rolegate code is &lt;$otp$&gt;"),
+            "{last}"
+        );
+        // A text to an invalid number: the status's verdict.
+        drop(bodies);
+        let bad = ctx(Some("+14255550100"), 1_000);
+        assert_eq!(
+            reason_and_message(&one.challenge_start(&bad).unwrap()).0,
+            Some(DenyReason::NotEnrolled)
         );
     }
 
