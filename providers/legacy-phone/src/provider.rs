@@ -56,6 +56,14 @@ pub struct LegacySettings {
     /// Whether calls abroad are allowed.
     #[serde(default = "default_true")]
     pub allow_international: bool,
+    /// Calls (and texts) in flight at once, at most (1 to 10,000): each holds a thread and a
+    /// connection while it rings, so a flood of requests cannot exhaust the host.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: usize,
+}
+
+fn default_max_calls() -> usize {
+    200
 }
 
 fn default_mode() -> String {
@@ -93,6 +101,7 @@ pub struct LegacyPhone {
     default_country_code: u16,
     transport: Arc<Transport>,
     calls: Mutex<HashMap<String, Slot>>,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for LegacyPhone {
@@ -184,6 +193,12 @@ impl rolegate_sdk::Provider for LegacyPhone {
                 )));
             }
         };
+        if !(1..=10_000).contains(&settings.max_calls) {
+            return Err(ProviderError::config(format!(
+                "setting `max_calls` must be between 1 and 10000, not {}",
+                settings.max_calls
+            )));
+        }
         if !(10..=300).contains(&settings.call_timeout_s) {
             return Err(ProviderError::config(format!(
                 "setting `call_timeout_s` must be between 10 and 300 seconds, not {}",
@@ -233,6 +248,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
             default_country_code,
             transport: Arc::new(transport),
             calls: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             settings,
         })
     }
@@ -271,6 +287,22 @@ impl rolegate_sdk::Provider for LegacyPhone {
             Ok(p) => p,
             Err(e) => return Ok(denied(DenyReason::NotEnrolled, e.to_string())),
         };
+        use std::sync::atomic::Ordering;
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= self.settings.max_calls {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Err(ProviderError::unavailable(format!(
+                "{} calls are in flight already (max_calls); try again shortly",
+                self.settings.max_calls
+            )));
+        }
+        // Released when this call's request ends, whichever way.
+        struct Release(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let release = Release(Arc::clone(&self.in_flight));
         let request_id = random_u32()? % 10_000;
         let mode = self.mode.clone();
         let username = self
@@ -291,7 +323,9 @@ impl rolegate_sdk::Provider for LegacyPhone {
         }
         .to_xml();
         if matches!(mode, Mode::SmsOneWay { .. }) {
-            return self.text_a_code(ctx, &xml, &phone);
+            let step = self.text_a_code(ctx, &xml, &phone);
+            drop(release);
+            return step;
         }
         let call = format!("{}-{:08x}", ctx.request_id, random_u32()?);
         let slot: Slot = Arc::new(Mutex::new(None));
@@ -315,6 +349,8 @@ impl rolegate_sdk::Provider for LegacyPhone {
                         }
                         pfp::Response::parse(&a.body).map_err(|e| e.to_string())
                     });
+                // The call's place is free before anyone can see its answer.
+                drop(release);
                 if let Ok(mut s) = slot.lock() {
                     *s = Some(answer);
                 }
@@ -853,6 +889,39 @@ mod tests {
         assert_eq!(
             reason_and_message(&one.challenge_start(&bad).unwrap()).0,
             Some(DenyReason::NotEnrolled)
+        );
+    }
+
+    #[test]
+    fn calls_in_flight_are_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let d = Double::start(dir.path(), scripted);
+        let mut settings = deployment(dir.path(), d.port);
+        settings["max_calls"] = json!(1);
+        let p = create(settings.clone()).unwrap();
+        let c = ctx(Some("+14255550009"), 1_000);
+        let Step::Wait { state, .. } = p.challenge_start(&c).unwrap() else {
+            panic!()
+        };
+        let e = p.challenge_start(&c).unwrap_err();
+        assert_eq!(e.kind, rolegate_sdk::ErrorKind::Unavailable);
+        assert!(e.message.contains("max_calls"), "{}", e.message);
+        // Once the slow call has its answer, a new call may start.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut step = p.challenge_poll(&c, &state.0).unwrap();
+        while let Step::Wait { state, .. } = &step {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(50));
+            step = p.challenge_poll(&c, &state.0).unwrap();
+        }
+        assert!(p.challenge_start(&ctx(Some("+14255550001"), 1_000)).is_ok());
+        settings["max_calls"] = json!(0);
+        assert!(
+            create(settings)
+                .unwrap_err()
+                .message
+                .contains("`max_calls`")
         );
     }
 
