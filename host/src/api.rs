@@ -25,6 +25,8 @@ pub struct Api {
     service: Arc<Service>,
     /// Verified tokens (by hash) for a few seconds, so each call does not cost a read.
     tokens: Arc<std::sync::Mutex<std::collections::HashMap<String, (Caller, i64)>>>,
+    /// The directory users may be copied from.
+    directory: Option<Arc<crate::directory::DirectoryConfig>>,
 }
 
 /// How long a verified token is trusted without a new look-up (a revoked token stops working
@@ -87,7 +89,14 @@ impl Api {
         Self {
             service,
             tokens: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
+            directory: None,
         }
+    }
+
+    /// Lets admins create users from this directory (`from_directory`).
+    pub fn with_directory(mut self, directory: Option<crate::directory::DirectoryConfig>) -> Self {
+        self.directory = directory.map(Arc::new);
+        self
     }
 
     async fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller> {
@@ -424,6 +433,9 @@ struct UserBody {
     email: Option<String>,
     #[serde(default)]
     source: Option<String>,
+    /// Copy display name, phone and e-mail from the configured directory (once).
+    #[serde(default)]
+    from_directory: bool,
 }
 
 async fn create_user(
@@ -433,13 +445,42 @@ async fn create_user(
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let c = api.admin(&headers).await?;
     let cc = api.service.settings().default_country_code;
-    let new = NewUser {
+    let mut new = NewUser {
         account: b.account,
         display_name: b.display_name,
         phone: b.phone,
         email: b.email,
         source: b.source,
     };
+    if b.from_directory {
+        let Some(dir) = api.directory.clone() else {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "no [directory] is configured".into(),
+            ));
+        };
+        let account = new.account.clone();
+        let found = tokio::task::spawn_blocking(move || dir.lookup(&account))
+            .await
+            .map_err(|e| {
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
+        let Some(d) = found else {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("`{}` is not in the directory", new.account),
+            ));
+        };
+        // What the admin wrote wins; the directory fills the rest, once.
+        if new.display_name.trim().is_empty() {
+            new.display_name = d.display_name.unwrap_or_default();
+        }
+        new.phone = new.phone.or(d.phone);
+        new.email = new.email.or(d.email);
+        new.source = Some(d.dn);
+    }
     let u = api
         .service
         .store()

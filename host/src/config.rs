@@ -30,6 +30,9 @@ pub struct Config {
     /// The MFA providers, one `[[provider]]` table each.
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderConfig>,
+    /// The LDAP directory users can be copied from (`user new --from-directory`).
+    #[serde(default)]
+    pub directory: Option<crate::directory::DirectoryConfig>,
 }
 
 /// The HTTP server.
@@ -323,6 +326,14 @@ impl Config {
             && w.is_relative()
         {
             *w = base.join(&*w);
+        }
+        if let Some(d) = &mut config.directory {
+            if let Some(p) = &mut d.bind_password_file
+                && p.is_relative()
+            {
+                *p = base.join(&*p);
+            }
+            d.check()?;
         }
         Ok(config)
     }

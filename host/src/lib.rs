@@ -9,6 +9,7 @@ pub mod check;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod directory;
 pub mod error;
 pub mod events;
 pub mod import;

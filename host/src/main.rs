@@ -93,6 +93,9 @@ enum UserCommand {
         /// E-mail address.
         #[arg(long)]
         email: Option<String>,
+        /// Copy display name, phone and e-mail from the configured directory (once).
+        #[arg(long)]
+        from_directory: bool,
     },
     /// Change a user (Set-PAMUser); a phone change raises event 825.
     Set {
@@ -621,9 +624,10 @@ fn remote(
     let (value, columns): (serde_json::Value, Option<&[(&str, &str)]>) = rt.block_on(async {
         anyhow::Ok(match what {
             Remote::User(c) => match c {
-                UserCommand::New { account, display_name, phone, email } => (
+                UserCommand::New { account, display_name, phone, email, from_directory } => (
                     client.call("POST", "/v1/users", Some(json!({"account": account,
-                        "display_name": display_name.unwrap_or_default(), "phone": phone, "email": email}))).await?,
+                        "display_name": display_name.unwrap_or_default(), "phone": phone, "email": email,
+                        "from_directory": from_directory}))).await?,
                     Some(USER_COLUMNS),
                 ),
                 UserCommand::Set { account, display_name, phone, email, enabled } => {
@@ -1145,7 +1149,9 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             "rolegate: serving on http://{} (web page at /, OpenAPI at /openapi.json); Ctrl-C stops",
             listener.local_addr()?
         );
-        let app = rolegate::api::Api::new(service).router();
+        let app = rolegate::api::Api::new(service)
+            .with_directory(config.directory.clone())
+            .router();
         axum::serve(listener, app)
             .with_graceful_shutdown(async {
                 let _ = tokio::signal::ctrl_c().await;

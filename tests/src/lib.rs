@@ -98,6 +98,7 @@ pub fn write_private(path: &Path, text: &str) {
 
 pub mod browser;
 pub mod daemon;
+pub mod ldap;
 pub mod pg;
 pub mod phonefactor;
 pub mod stores;

@@ -1337,3 +1337,86 @@ async fn an_imported_mim_deployment_activates_through_the_phone_call() {
         "role imports are admin events: {ev}"
     );
 }
+
+/// `user new --from-directory` copies display name, phone and e-mail from a real OpenLDAP
+/// directory once (New-PAMUser from the CORP domain); an account not in it is refused.
+#[tokio::test]
+async fn users_are_created_from_the_directory() {
+    use rolegate_e2e::ldap::{ADMIN_DN, BASE_DN, Slapd};
+    let slapd = Slapd::start(&format!(
+        "dn: uid=jdoe,{BASE_DN}\nobjectClass: inetOrgPerson\nuid: jdoe\ncn: Jane Doe\nsn: Doe\ndisplayName: Jane Doe\ntelephoneNumber: (425) 555-0001\nmail: jdoe@contoso.test\n\ndn: uid=bob,{BASE_DN}\nobjectClass: inetOrgPerson\nuid: bob\ncn: Bob\nsn: B\nmobile: +44 20 7946 0000\n"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let password = slapd.password_file(dir.path());
+    let d = start_with(&format!(
+        "\n[directory]\nurl = \"{}\"\nbind_dn = \"{ADMIN_DN}\"\nbind_password_file = \"{}\"\nbase_dn = \"{BASE_DN}\"\naccount_attribute = \"uid\"\n",
+        slapd.url,
+        password.display()
+    ));
+    let admin = d.admin.clone();
+    let (okay, out) = cli(
+        &d,
+        &admin,
+        &["user", "new", "CONTOSO\\jdoe", "--from-directory", "--json"],
+        "",
+    );
+    assert!(okay, "{out}");
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|_| panic!("{out}"));
+    assert_eq!(v["display_name"], "Jane Doe", "{v}");
+    assert_eq!(v["phone"], "+14255550001", "normalised: {v}");
+    assert_eq!(v["email"], "jdoe@contoso.test", "{v}");
+    assert!(
+        v["source"].as_str().unwrap().starts_with("uid=jdoe,"),
+        "{v}"
+    );
+    // The second phone attribute when the first is absent; what the admin writes wins.
+    let (st, v) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "bob", "display_name": "Robert", "from_directory": true})),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    assert_eq!(
+        (v["display_name"].as_str(), v["phone"].as_str()),
+        (Some("Robert"), Some("+442079460000")),
+        "{v}"
+    );
+    let (st, e) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "CONTOSO\\nobody", "from_directory": true})),
+    )
+    .await;
+    assert_eq!(st, 404, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not in the directory"),
+        "{e}"
+    );
+
+    // A daemon without [directory] says so.
+    let plain = start();
+    let (st, e) = call(
+        &plain,
+        Some(&plain.admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "jdoe", "from_directory": true})),
+    )
+    .await;
+    assert_eq!(st, 422, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no [directory]"),
+        "{e}"
+    );
+}

@@ -1,0 +1,158 @@
+//! A directory source over LDAP: `user new --from-directory` copies a user's display name,
+//! phone and e-mail once, as New-PAMUser did from the CORP domain.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// `[directory]` in the config.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryConfig {
+    /// `ldap://host:389` or `ldaps://host:636`.
+    pub url: String,
+    /// The DN to bind as (anonymous when absent).
+    #[serde(default)]
+    pub bind_dn: Option<String>,
+    /// A private file (mode 0600) holding the bind password.
+    #[serde(default)]
+    pub bind_password_file: Option<PathBuf>,
+    /// Where users are searched (subtree).
+    pub base_dn: String,
+    /// The attribute holding the account name without its domain.
+    #[serde(default = "default_account_attribute")]
+    pub account_attribute: String,
+    /// The display name's attribute.
+    #[serde(default = "default_display_name_attribute")]
+    pub display_name_attribute: String,
+    /// The phone attributes, in order of preference (the first present is taken).
+    #[serde(default = "default_phone_attributes")]
+    pub phone_attributes: Vec<String>,
+    /// The e-mail attribute.
+    #[serde(default = "default_email_attribute")]
+    pub email_attribute: String,
+}
+
+fn default_account_attribute() -> String {
+    "sAMAccountName".into()
+}
+fn default_display_name_attribute() -> String {
+    "displayName".into()
+}
+fn default_phone_attributes() -> Vec<String> {
+    vec!["telephoneNumber".into(), "mobile".into()]
+}
+fn default_email_attribute() -> String {
+    "mail".into()
+}
+
+/// A user as the directory has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryUser {
+    /// The entry's DN.
+    pub dn: String,
+    /// Display name, when set.
+    pub display_name: Option<String>,
+    /// Phone (the first phone attribute present), as written there.
+    pub phone: Option<String>,
+    /// E-mail, when set.
+    pub email: Option<String>,
+}
+
+fn ldap_error(url: &str, e: impl std::fmt::Display) -> Error {
+    Error::Invalid {
+        what: format!("directory {url}"),
+        message: e.to_string(),
+    }
+}
+
+impl DirectoryConfig {
+    /// Checks the settings that can be checked without the server (at config load).
+    pub fn check(&self) -> Result<()> {
+        let lower = self.url.to_ascii_lowercase();
+        if !(lower.starts_with("ldap://") || lower.starts_with("ldaps://")) {
+            return Err(Error::Invalid {
+                what: "[directory] url".into(),
+                message: format!("must start with ldap:// or ldaps://, not `{}`", self.url),
+            });
+        }
+        if self.base_dn.trim().is_empty() || self.phone_attributes.is_empty() {
+            return Err(Error::Invalid {
+                what: "[directory]".into(),
+                message: "base_dn and at least one phone attribute are needed".into(),
+            });
+        }
+        if let Some(p) = &self.bind_password_file {
+            crate::config::check_private(p)?;
+        }
+        Ok(())
+    }
+
+    /// Looks `account` (`DOMAIN\name` or `name`) up by its name part; blocking.
+    pub fn lookup(&self, account: &str) -> Result<Option<DirectoryUser>> {
+        let name = account.rsplit('\\').next().unwrap_or(account).trim();
+        if name.is_empty() {
+            return Err(Error::Invalid {
+                what: "account".into(),
+                message: "the account has no name".into(),
+            });
+        }
+        let settings = ldap3::LdapConnSettings::new().set_conn_timeout(Duration::from_secs(5));
+        let mut ldap = ldap3::LdapConn::with_settings(settings, &self.url)
+            .map_err(|e| ldap_error(&self.url, e))?;
+        ldap.with_timeout(Duration::from_secs(10));
+        if let Some(dn) = &self.bind_dn {
+            let password = match &self.bind_password_file {
+                Some(p) => std::fs::read_to_string(p)
+                    .map_err(|source| Error::Io {
+                        what: format!("cannot read {}", p.display()),
+                        source,
+                    })?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+                None => String::new(),
+            };
+            ldap.simple_bind(dn, &password)
+                .and_then(|r| r.success())
+                .map_err(|e| ldap_error(&self.url, format!("binding as {dn}: {e}")))?;
+        }
+        let filter = format!("({}={})", self.account_attribute, ldap3::ldap_escape(name));
+        let mut attrs: Vec<&str> = vec![&self.display_name_attribute, &self.email_attribute];
+        attrs.extend(self.phone_attributes.iter().map(String::as_str));
+        let (entries, _) = ldap
+            .search(&self.base_dn, ldap3::Scope::Subtree, &filter, attrs)
+            .and_then(|r| r.success())
+            .map_err(|e| ldap_error(&self.url, format!("searching {filter}: {e}")))?;
+        let _ = ldap.unbind();
+        if entries.len() > 1 {
+            return Err(ldap_error(
+                &self.url,
+                format!(
+                    "{} entries match {filter}; the account must be unique",
+                    entries.len()
+                ),
+            ));
+        }
+        let Some(entry) = entries.into_iter().next() else {
+            return Ok(None);
+        };
+        let e = ldap3::SearchEntry::construct(entry);
+        let first = |attr: &str| {
+            e.attrs
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(attr))
+                .and_then(|(_, v)| v.first())
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        Ok(Some(DirectoryUser {
+            dn: e.dn.clone(),
+            display_name: first(&self.display_name_attribute),
+            phone: self.phone_attributes.iter().find_map(|a| first(a)),
+            email: first(&self.email_attribute),
+        }))
+    }
+}
