@@ -34,6 +34,14 @@ pub struct DirectoryConfig {
     /// The e-mail attribute.
     #[serde(default = "default_email_attribute")]
     pub email_attribute: String,
+    /// Seconds between two comparisons of the directory's phone numbers with the stored ones
+    /// (event 825 for each difference); 0 turns the monitor off.
+    #[serde(default = "default_monitor_interval")]
+    pub monitor_interval_s: u64,
+}
+
+fn default_monitor_interval() -> u64 {
+    3600
 }
 
 fn default_account_attribute() -> String {
@@ -93,13 +101,21 @@ impl DirectoryConfig {
 
     /// Looks `account` (`DOMAIN\name` or `name`) up by its name part; blocking.
     pub fn lookup(&self, account: &str) -> Result<Option<DirectoryUser>> {
-        let name = account.rsplit('\\').next().unwrap_or(account).trim();
-        if name.is_empty() {
-            return Err(Error::Invalid {
-                what: "account".into(),
-                message: "the account has no name".into(),
-            });
-        }
+        let mut ldap = self.connect()?;
+        let found = self.find(&mut ldap, account);
+        let _ = ldap.unbind();
+        found
+    }
+
+    /// Looks several accounts up over one connection; blocking.
+    pub fn lookup_many(&self, accounts: &[String]) -> Result<Vec<Option<DirectoryUser>>> {
+        let mut ldap = self.connect()?;
+        let found = accounts.iter().map(|a| self.find(&mut ldap, a)).collect();
+        let _ = ldap.unbind();
+        found
+    }
+
+    fn connect(&self) -> Result<ldap3::LdapConn> {
         let settings = ldap3::LdapConnSettings::new().set_conn_timeout(Duration::from_secs(5));
         let mut ldap = ldap3::LdapConn::with_settings(settings, &self.url)
             .map_err(|e| ldap_error(&self.url, e))?;
@@ -119,6 +135,17 @@ impl DirectoryConfig {
                 .and_then(|r| r.success())
                 .map_err(|e| ldap_error(&self.url, format!("binding as {dn}: {e}")))?;
         }
+        Ok(ldap)
+    }
+
+    fn find(&self, ldap: &mut ldap3::LdapConn, account: &str) -> Result<Option<DirectoryUser>> {
+        let name = account.rsplit('\\').next().unwrap_or(account).trim();
+        if name.is_empty() {
+            return Err(Error::Invalid {
+                what: "account".into(),
+                message: "the account has no name".into(),
+            });
+        }
         let filter = format!("({}={})", self.account_attribute, ldap3::ldap_escape(name));
         let mut attrs: Vec<&str> = vec![&self.display_name_attribute, &self.email_attribute];
         attrs.extend(self.phone_attributes.iter().map(String::as_str));
@@ -126,7 +153,6 @@ impl DirectoryConfig {
             .search(&self.base_dn, ldap3::Scope::Subtree, &filter, attrs)
             .and_then(|r| r.success())
             .map_err(|e| ldap_error(&self.url, format!("searching {filter}: {e}")))?;
-        let _ = ldap.unbind();
         if entries.len() > 1 {
             return Err(ldap_error(
                 &self.url,
@@ -155,4 +181,68 @@ impl DirectoryConfig {
             email: first(&self.email_attribute),
         }))
     }
+}
+
+/// Compares the directory's phone numbers with the stored ones and raises event 825 (Warning,
+/// source `monitoring`) for each difference not reported yet. The stored number is never
+/// changed: someone who edits a phone in the directory must not receive the next call.
+/// `reported` remembers what was reported (a difference is raised once, again after it
+/// changes). Returns how many events were raised.
+pub async fn monitor_once(
+    store: &crate::store::Store,
+    directory: std::sync::Arc<DirectoryConfig>,
+    default_cc: u16,
+    reported: &mut std::collections::HashMap<String, String>,
+) -> Result<usize> {
+    let users = store.read_long(crate::users::list).await?;
+    let accounts: Vec<String> = users.iter().map(|u| u.account.clone()).collect();
+    let found = tokio::task::spawn_blocking(move || directory.lookup_many(&accounts))
+        .await
+        .map_err(|e| Error::Invalid {
+            what: "directory monitor".into(),
+            message: e.to_string(),
+        })??;
+    let mut events = Vec::new();
+    for (user, entry) in users.iter().zip(found) {
+        let key = crate::users::account_key(&user.account);
+        let Some(raw) = entry.and_then(|e| e.phone) else {
+            continue;
+        };
+        let Ok(phone) = crate::phone::parse(&raw, default_cc).map(|p| p.to_string()) else {
+            continue;
+        };
+        if user.phone.as_deref() == Some(phone.as_str()) {
+            reported.remove(&key);
+            continue;
+        }
+        if reported.get(&key) == Some(&phone) {
+            continue;
+        }
+        reported.insert(key, phone.clone());
+        let mut e = crate::events::NewEvent::new(
+            crate::events::PHONE_CHANGED,
+            crate::events::Severity::Warning,
+            "monitoring",
+            format!(
+                "the directory's telephone number is now {} (stored: {}); the stored number is kept until an admin changes it",
+                crate::users::masked(Some(&phone)),
+                crate::users::masked(user.phone.as_deref())
+            ),
+        );
+        e.account = Some(user.account.clone());
+        events.push(e);
+    }
+    let n = events.len();
+    if n > 0 {
+        let now = jiff::Timestamp::now().as_millisecond();
+        store
+            .write(move |tx| {
+                for e in events {
+                    crate::events::append(tx, e, now)?;
+                }
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(n)
 }

@@ -1109,6 +1109,24 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                 "rolegate: first start. The admin token (shown once, keep it secret):\n\n    export ROLEGATE_TOKEN={token}\n"
             );
         }
+        if let Some(directory) = config.directory.clone()
+            && directory.monitor_interval_s > 0
+        {
+            let store = Arc::clone(&store);
+            let cc = config.policy.default_country_code;
+            let every = Duration::from_secs(directory.monitor_interval_s);
+            let directory = Arc::new(directory);
+            tokio::spawn(async move {
+                let mut reported = std::collections::HashMap::new();
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = rolegate::directory::monitor_once(&store, Arc::clone(&directory), cc, &mut reported).await {
+                        tracing::warn!(error = %e, "the directory monitor could not compare phone numbers");
+                    }
+                }
+            });
+        }
         let expirer = Arc::clone(&service);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -93,7 +93,8 @@ fn normalise_phone(phone: Option<&str>, default_cc: u16) -> Result<Option<String
 }
 
 /// The last four digits, for messages that must not spread whole numbers.
-fn masked(phone: Option<&str>) -> String {
+/// A phone number shown by its last four digits (`…0100`), or `none`.
+pub fn masked(phone: Option<&str>) -> String {
     match phone {
         None => "none".into(),
         Some(p) => {

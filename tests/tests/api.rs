@@ -1349,7 +1349,7 @@ async fn users_are_created_from_the_directory() {
     let dir = tempfile::tempdir().unwrap();
     let password = slapd.password_file(dir.path());
     let d = start_with(&format!(
-        "\n[directory]\nurl = \"{}\"\nbind_dn = \"{ADMIN_DN}\"\nbind_password_file = \"{}\"\nbase_dn = \"{BASE_DN}\"\naccount_attribute = \"uid\"\n",
+        "\n[directory]\nurl = \"{}\"\nbind_dn = \"{ADMIN_DN}\"\nbind_password_file = \"{}\"\nbase_dn = \"{BASE_DN}\"\naccount_attribute = \"uid\"\nmonitor_interval_s = 1\n",
         slapd.url,
         password.display()
     ));
@@ -1400,6 +1400,48 @@ async fn users_are_created_from_the_directory() {
             .contains("not in the directory"),
         "{e}"
     );
+
+    // Someone edits jdoe's phone in the directory: the monitor raises 825 once (source
+    // monitoring) and the stored number stays, so the next call still goes to the old phone.
+    slapd.modify(&format!(
+        "dn: uid=jdoe,{BASE_DN}\nchangetype: modify\nreplace: telephoneNumber\ntelephoneNumber: +1 206 555 0199\n"
+    ));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let monitored = loop {
+        let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=825", None).await;
+        let m: Vec<Value> = ev
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["source"] == "monitoring")
+            .cloned()
+            .collect();
+        if !m.is_empty() {
+            break m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no 825 from the monitor in 15 s: {ev}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(monitored[0]["account"], "CONTOSO\\jdoe", "{monitored:?}");
+    assert_eq!(monitored[0]["severity"], "warning", "{monitored:?}");
+    assert!(
+        monitored[0]["message"].as_str().unwrap().contains("…0199"),
+        "{monitored:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=825", None).await;
+    let again = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"] == "monitoring")
+        .count();
+    assert_eq!(again, 1, "raised once per change: {ev}");
+    let (_, u) = call(&d, Some(&admin), "GET", "/v1/users/CONTOSO%5Cjdoe", None).await;
+    assert_eq!(u["phone"], "+14255550001", "the stored number is kept: {u}");
 
     // A daemon without [directory] says so.
     let plain = start();
