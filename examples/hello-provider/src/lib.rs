@@ -76,13 +76,6 @@ impl Hello {
     }
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Provider for Hello {
     fn create(settings: Settings) -> Result<Self, ProviderError> {
         let settings: HelloSettings = settings.parse()?;
@@ -167,7 +160,7 @@ impl Provider for Hello {
             });
         }
         let expected = Hello::answer(&state.challenge);
-        let verdict = if same(code.as_bytes(), expected.as_bytes()) {
+        let verdict = if rolegate_sdk::constant_time_eq(code.as_bytes(), expected.as_bytes()) {
             Verdict::Approved { credential: None }
         } else {
             Verdict::Denied {

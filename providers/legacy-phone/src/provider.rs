@@ -127,10 +127,13 @@ fn denied(reason: DenyReason, message: impl Into<String>) -> Step {
 
 fn random_u32() -> Result<u32, ProviderError> {
     let mut b = [0u8; 4];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
-        .map_err(|e| ProviderError::unavailable(format!("no randomness: {e}")))?;
+    random(&mut b)?;
     Ok(u32::from_le_bytes(b))
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+fn random(buf: &mut [u8]) -> Result<(), ProviderError> {
+    getrandom::fill(buf).map_err(|e| ProviderError::unavailable(format!("no randomness: {e}")))
 }
 
 /// The number as the user sees it on the spinner: only its last four digits.
@@ -470,13 +473,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
             return Ok(denied(DenyReason::Expired, "the texted code expired"));
         }
         let typed = code_hash(&state.salt.0, &ctx.request_id, code);
-        let same = typed.len() == state.hash.0.len()
-            && typed
-                .iter()
-                .zip(state.hash.0.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0;
-        Ok(if same {
+        Ok(if rolegate_sdk::constant_time_eq(&typed, &state.hash.0) {
             Step::Done {
                 verdict: Verdict::Approved { credential: None },
             }
@@ -569,9 +566,7 @@ impl LegacyPhone {
             }
         };
         let mut salt = [0u8; 16];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut salt))
-            .map_err(|e| ProviderError::unavailable(format!("no randomness: {e}")))?;
+        random(&mut salt)?;
         let state = TextState {
             request_id: ctx.request_id.clone(),
             expires_at: ctx

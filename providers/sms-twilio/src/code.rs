@@ -52,13 +52,7 @@ pub(crate) fn digest(salt: &[u8], request_id: &str, code: &str) -> [u8; 32] {
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
-}
+pub(crate) use rolegate_sdk::constant_time_eq as same;
 
 #[cfg(test)]
 mod tests {

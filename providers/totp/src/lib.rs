@@ -128,13 +128,6 @@ fn secret_len(a: Algorithm) -> usize {
     }
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 impl Secret {
     /// The generator for this credential (`account` only labels the otpauth URI).
     fn totp(&self, issuer: Option<&str>, account: &str) -> Result<Totp, ProviderError> {
@@ -173,7 +166,7 @@ impl Secret {
         for step in origin.saturating_sub(u64::from(skew))..=origin.saturating_add(u64::from(skew))
         {
             let expected = totp.generate(step.saturating_mul(self.period)).to_string();
-            if same(expected.as_bytes(), code.as_bytes()) {
+            if rolegate_sdk::constant_time_eq(expected.as_bytes(), code.as_bytes()) {
                 if self.last_step.is_some_and(|last| step <= last) {
                     replayed = true;
                 } else {
