@@ -228,6 +228,7 @@ pub async fn walk_request(client: &Client, mut v: Value) -> Result<Value> {
 /// Walks an enrolment: shows the material a `display` prompt carries, reads the code that
 /// confirms it, and continues until the provider is done.
 pub async fn walk_enrolment(client: &Client, mut v: Value) -> Result<Value> {
+    let mut refused = 0;
     while v["done"] != true && v["state"].is_string() {
         let prompt = v["prompt"].clone();
         let state = v["state"].as_str().unwrap_or_default().to_string();
@@ -258,13 +259,25 @@ pub async fn walk_enrolment(client: &Client, mut v: Value) -> Result<Value> {
             }
         };
         let code = read_code(&question)?;
-        v = client
+        match client
             .call(
                 "POST",
                 "/v1/enrolments/continue",
                 Some(json!({"provider": provider, "state": state, "code": code.trim()})),
             )
-            .await?;
+            .await
+        {
+            Ok(next) => {
+                v = next;
+                refused = 0;
+            }
+            // A refused entry (a PIN too easy to guess) changes nothing: ask again, a few times.
+            Err(Error::Invalid { message, .. }) if refused < 4 => {
+                refused += 1;
+                eprintln!("{message}");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(v)
 }

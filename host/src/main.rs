@@ -406,10 +406,26 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("rolegate: {e:#}");
+            eprintln!("rolegate: {}", error_chain(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: errors that already name their
+/// source in their own message are not repeated.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// Threads for blocking work (in-process provider calls, PostgreSQL reads): enough for slow
@@ -1249,4 +1265,25 @@ fn quickstart(dir: &Path) -> anyhow::Result<PathBuf> {
     println!("wrote {}", path.display());
     list(&path, false)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let io = std::io::Error::other("permission denied");
+        let e = anyhow::Error::new(rolegate::Error::Io {
+            what: "reading key.bin".into(),
+            source: io,
+        })
+        .context("starting");
+        assert_eq!(
+            error_chain(&e),
+            "starting: reading key.bin: permission denied"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_chain(&e), "outer: inner");
+    }
 }

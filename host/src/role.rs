@@ -58,8 +58,8 @@ pub enum Refusal {
     NoUsableProvider {
         /// The role.
         role: String,
-        /// The providers the role accepts, in order.
-        accepted: Vec<String>,
+        /// The providers the role accepts, in order, each with why the user cannot use it.
+        accepted: Vec<(String, Usability)>,
     },
     /// The user is unknown or disabled.
     UserNotAllowed {
@@ -114,10 +114,18 @@ impl fmt::Display for Refusal {
             }
             Refusal::NoUsableProvider { role, accepted } => write!(
                 f,
-                "role `{role}` accepts MFA through {}, and you can use none of them yet: enrol with `rolegate enrol <provider>` (or ask an admin to record your phone number for phone and SMS providers)",
+                "role `{role}` accepts MFA through {}, and you can use none of them yet",
                 accepted
                     .iter()
-                    .map(|p| format!("`{p}`"))
+                    .map(|(p, u)| match u {
+                        Usability::NotEnrolled => {
+                            format!("`{p}` (you are not enrolled: `rolegate enrol {p}`)")
+                        }
+                        Usability::NoPhone => format!(
+                            "`{p}` (you have no phone number on record: ask an admin to add it)"
+                        ),
+                        _ => format!("`{p}` (not available now)"),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -456,16 +464,17 @@ impl Role {
                 })),
             };
         }
-        self.providers
-            .iter()
-            .find(|p| usability(p) == Usability::Usable)
-            .cloned()
-            .ok_or_else(|| {
-                Error::Refused(Refusal::NoUsableProvider {
-                    role: self.name.clone(),
-                    accepted: self.providers.clone(),
-                })
-            })
+        let mut accepted = Vec::with_capacity(self.providers.len());
+        for p in &self.providers {
+            match usability(p) {
+                Usability::Usable => return Ok(p.clone()),
+                u => accepted.push((p.clone(), u)),
+            }
+        }
+        Err(Error::Refused(Refusal::NoUsableProvider {
+            role: self.name.clone(),
+            accepted,
+        }))
     }
 }
 
@@ -650,7 +659,7 @@ mod tests {
             .unwrap_err();
         assert!(
             e.to_string()
-                .starts_with("role `Domain Admins` accepts MFA through `phone-legacy`, `totp`, and you can use none of them yet"),
+                .starts_with("role `Domain Admins` accepts MFA through `phone-legacy` (you are not enrolled: `rolegate enrol phone-legacy`), `totp` (you are not enrolled: `rolegate enrol totp`), and you can use none of them yet"),
             "{e}"
         );
     }

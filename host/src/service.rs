@@ -625,7 +625,7 @@ impl Service {
                 outcome => {
                     insert(tx, &s, None)?;
                     created_events(tx, &s)?;
-                    apply(tx, s, outcome, &settings, &key, now)
+                    apply(tx, s, outcome, false, &settings, &key, now)
                 }
             })
             .await
@@ -674,6 +674,8 @@ impl Service {
         input: Option<Input>,
     ) -> Result<RequestView> {
         let now = self.clock.now();
+        // Only a typed answer can be wrong and asked again; a poll's outcome ends the call.
+        let answered = input.is_some();
         let (stored, user, credential_rows) = self.pending(id, account).await?;
         let provider_id = stored.view.provider.clone().unwrap_or_default();
         let expired = stored.ask_expires_at.is_some_and(|t| t <= ms(now));
@@ -729,7 +731,7 @@ impl Service {
                 // update `apply` makes is conditional on the version read before the provider
                 // ran, and a miss undoes the whole write (credential, lockout, events).
                 let id = stored.view.id.clone();
-                apply(tx, stored, outcome, &settings, &key, now).map_err(|e| match e {
+                apply(tx, stored, outcome, answered, &settings, &key, now).map_err(|e| match e {
                     Error::Conflict(m) if m.starts_with(CREDENTIAL_RACE) => Error::Conflict(m),
                     Error::Conflict(_) => Error::Conflict(format!(
                         "request `{id}` changed meanwhile: this prompt was already answered"
@@ -1529,10 +1531,13 @@ fn record_failure(
 }
 
 /// Applies a provider's outcome to a pending-MFA request, inside the writer's transaction.
+/// `answered`: the outcome judges a typed answer to an `Ask`, so a wrong one may be asked
+/// again; a wrong outcome of a poll (a PIN mistyped on the phone) has no prompt to re-ask.
 fn apply(
     tx: &mut dyn Tx,
     mut s: Stored,
     outcome: Outcome,
+    answered: bool,
     settings: &Settings,
     key: &SealingKey,
     now: Timestamp,
@@ -1632,7 +1637,7 @@ fn apply(
             // A replayed code is a wrong answer the user can correct (the app's next code),
             // counted toward the cap and the lockout like one.
             let retryable = matches!(reason, DenyReason::WrongAnswer | DenyReason::Replayed);
-            if retryable {
+            if retryable && answered {
                 s.wrong_answers += 1;
                 let left = settings.max_wrong_answers - s.wrong_answers;
                 if left > 0 {
@@ -1653,7 +1658,7 @@ fn apply(
                     return Ok(s.view);
                 }
             }
-            let why = if retryable {
+            let why = if retryable && answered {
                 format!("{message}; no attempts left")
             } else {
                 message

@@ -228,8 +228,12 @@ function enrolStep(v) {
   }
   const key = (p.text || "").split("\n").find((l) => l.startsWith("Key: "));
   $("enrol-key").textContent = key || "";
-  $("enrol-code").value = "";
-  $("enrol-code").focus();
+  // A bare `code` prompt in an enrolment asks for a secret the user chooses (a PIN): no echo.
+  const input = $("enrol-code");
+  input.type = p.kind === "code" ? "password" : "text";
+  input.autocomplete = p.kind === "code" ? "new-password" : "one-time-code";
+  input.value = "";
+  input.focus();
 }
 
 // --- wiring -------------------------------------------------------------------------------

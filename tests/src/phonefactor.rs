@@ -253,10 +253,16 @@ pub const LICENSE_KEY: &str = "LIC-123";
 /// See [`LICENSE_KEY`].
 pub const GROUP_KEY: &str = "GRP-456";
 
+/// The PIN the scripted user at `…0001` types when a call asks for one.
+pub const USER_PIN: &str = "7391";
+
 /// Answers as a scripted user would, by the number's last four digits: `0001` answers and
-/// presses # (in SMS modes: a one-way text with code 482913, or a two-way text answered), `0009` answers after 1.5 s, `0004` never answers, `0013` voicemail, `0014`
-/// blocked, `0108` hangs up, `0112` enters the fraud code, anything else is an invalid
-/// number. Unknown license or group keys fail the request (error 5).
+/// presses # (in PIN mode: types [`USER_PIN`], so the call succeeds only when the request
+/// carries that PIN; in SMS modes: a one-way text with code 482913, or a two-way text
+/// answered), `0002` answers but types no PIN, `0009` answers after 1.5 s, `0004` never
+/// answers, `0013` voicemail, `0014` blocked, `0108` hangs up, `0112` enters the fraud code,
+/// anything else is an invalid number. Unknown license or group keys fail the request
+/// (error 5).
 pub fn scripted(body: &str) -> (u64, String) {
     let has = |s: &str| body.contains(s);
     if !has(&format!("<licenseKey>{LICENSE_KEY}</licenseKey>"))
@@ -286,8 +292,18 @@ pub fn scripted(body: &str) -> (u64, String) {
             ),
         );
     }
+    // PIN mode: the user types their PIN; PhoneFactor compares it with the request's.
+    let pin_mode = body.contains("pinMode=\"pin\"");
+    let pin_matches = body
+        .split("<pin ")
+        .nth(1)
+        .and_then(|r| r.split('>').nth(1))
+        .and_then(|r| r.split('<').next())
+        == Some(USER_PIN);
     let (delay, status, yes) = match suffix {
+        "0001" if pin_mode => (0, 1, pin_matches),
         "0001" => (0, 1, true),
+        "0002" => (0, 2, false),
         "0009" => (1500, 1, true),
         "0004" => (0, 4, false),
         "0013" => (0, 13, false),

@@ -1101,18 +1101,26 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
     assert_eq!(list[0]["state"], "active", "{list}");
 }
 
-/// The legacy phone call end to end: a role whose MFA is the PhoneFactor call activates when
-/// the user answers (the CLI shows the ringing status, then the activation; event 103); a
-/// fraud code fails the request (event 101) and locks the user out; voicemail fails it too.
-#[tokio::test]
-async fn a_legacy_phone_call_activates_a_role_and_its_failures_are_events() {
+/// A daemon with the legacy phone provider `id` (extra `settings` lines) against a scripted
+/// PhoneFactor double, the `users` with their phones and tokens, and a role "Domain Admins"
+/// whose MFA is that provider. Keep the double and the PKI directory alive with the daemon.
+async fn phone_role(
+    id: &str,
+    settings: &str,
+    users: &[(&'static str, &str)],
+) -> (
+    rolegate_e2e::phonefactor::Double,
+    tempfile::TempDir,
+    Daemon,
+    std::collections::HashMap<&'static str, String>,
+) {
     use rolegate_e2e::phonefactor::{Double, deployment, pki, scripted};
     let pki_dir = tempfile::tempdir().unwrap();
     pki(pki_dir.path());
     let double = Double::start(pki_dir.path(), scripted);
     let s = deployment(pki_dir.path(), double.port);
     let d = start_with(&format!(
-        "\n[[provider]]\nid = \"phone-legacy\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\nmfa_settings = \"{}\"\nca_file = \"{}\"\nendpoints = [\"{}\"]\ncall_timeout_s = 10\n",
+        "\n[[provider]]\nid = \"{id}\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\n{settings}mfa_settings = \"{}\"\nca_file = \"{}\"\nendpoints = [\"{}\"]\ncall_timeout_s = 10\n",
         rolegate_e2e::legacy_phone_lib().display(),
         s["mfa_settings"].as_str().unwrap(),
         s["ca_file"].as_str().unwrap(),
@@ -1120,11 +1128,7 @@ async fn a_legacy_phone_call_activates_a_role_and_its_failures_are_events() {
     ));
     let admin = d.admin.clone();
     let mut tokens = std::collections::HashMap::new();
-    for (account, phone) in [
-        ("jdoe", "+1 425 555 0001"),
-        ("mallory", "+1 425 555 0112"),
-        ("vm", "+1 425 555 0013"),
-    ] {
+    for (account, phone) in users {
         let (st, e) = call(
             &d,
             Some(&admin),
@@ -1142,13 +1146,32 @@ async fn a_legacy_phone_call_activates_a_role_and_its_failures_are_events() {
             Some(json!({"account": account})),
         )
         .await;
-        tokens.insert(account, t["token"].as_str().unwrap().to_string());
+        tokens.insert(*account, t["token"].as_str().unwrap().to_string());
     }
-    let role = json!({"name": "Domain Admins", "candidates": ["jdoe", "mallory", "vm"], "ttl_s": 600, "max_ttl_s": 600,
-                      "mfa_enabled": true, "providers": ["phone-legacy"]});
+    let candidates: Vec<&str> = users.iter().map(|(a, _)| *a).collect();
+    let role = json!({"name": "Domain Admins", "candidates": candidates, "ttl_s": 600, "max_ttl_s": 600,
+                      "mfa_enabled": true, "providers": [id]});
     let (st, e) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
     assert_eq!(st, 201, "{e}");
+    (double, pki_dir, d, tokens)
+}
 
+/// The legacy phone call end to end: a role whose MFA is the PhoneFactor call activates when
+/// the user answers (the CLI shows the ringing status, then the activation; event 103); a
+/// fraud code fails the request (event 101) and locks the user out; voicemail fails it too.
+#[tokio::test]
+async fn a_legacy_phone_call_activates_a_role_and_its_failures_are_events() {
+    let (double, _pki, d, tokens) = phone_role(
+        "phone-legacy",
+        "",
+        &[
+            ("jdoe", "+1 425 555 0001"),
+            ("mallory", "+1 425 555 0112"),
+            ("vm", "+1 425 555 0013"),
+        ],
+    )
+    .await;
+    let admin = d.admin.clone();
     let (okay, out) = cli(
         &d,
         &tokens["jdoe"],
@@ -1199,6 +1222,113 @@ async fn a_legacy_phone_call_activates_a_role_and_its_failures_are_events() {
             .iter()
             .any(|b| b.contains("<countryCode>1</countryCode>")
                 && b.contains(">4255550001</phonenumber>"))
+    );
+}
+
+/// Legacy PIN mode end to end: a user enrols a PIN with the CLI (typed twice; a guessable one
+/// is refused and asked again), and the call that asks for it activates the role. A PIN the
+/// user does not type, or none typed, fails the request at once (event 101) instead of
+/// leaving it waiting on a call that has ended; a user with no PIN is told to enrol.
+#[tokio::test]
+async fn a_legacy_pin_call_activates_after_a_pin_enrolment() {
+    let (double, _pki, d, tokens) = phone_role(
+        "phone-pin",
+        "mode = \"pin\"\n",
+        &[
+            ("jdoe", "+1 425 555 0001"),
+            ("eve", "+1 206 555 0001"),
+            ("mute", "+1 425 555 0002"),
+            ("new", "+1 425 555 0001"),
+        ],
+    )
+    .await;
+    let admin = d.admin.clone();
+
+    // No PIN yet: the request is refused with what to do.
+    let (st, e) = call(
+        &d,
+        Some(&tokens["new"]),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "Domain Admins"})),
+    )
+    .await;
+    assert!(st >= 400, "{e}");
+    assert!(e.to_string().contains("you are not enrolled"), "{e}");
+
+    // Enrol with the CLI: 1234 is refused (asked again), then 7391 twice.
+    let (okay, out) = cli(
+        &d,
+        &tokens["jdoe"],
+        &["enrol", "phone-pin"],
+        "1234\n7391\n7391\n",
+    );
+    assert!(okay, "{out}");
+    assert!(
+        out.contains("too easy to guess: its digits run in order"),
+        "{out}"
+    );
+    assert!(out.contains("Type the same PIN again"), "{out}");
+    assert!(
+        out.contains("enrolled in `phone-pin` (credential `pin`)"),
+        "{out}"
+    );
+    assert!(!out.contains("7391"), "the PIN is never echoed: {out}");
+    let (okay, out) = cli(
+        &d,
+        &tokens["jdoe"],
+        &["request", "new", "--role", "Domain Admins"],
+        "",
+    );
+    assert!(okay, "{out}");
+    assert!(
+        out.contains("Calling +1 •••0001: answer, type your PIN and press #")
+            && out.contains("is active until"),
+        "{out}"
+    );
+    assert!(
+        double
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b.contains("pinMode=\"pin\"") && b.contains(">7391</pin>")),
+        "the call carried the enrolled PIN"
+    );
+
+    // eve enrolled another PIN than the one typed on her phone; mute types none.
+    for (who, pin, said) in [
+        ("eve", "2580", "the PIN typed on the phone was wrong"),
+        ("mute", "2580", "no PIN entered (call status 2)"),
+    ] {
+        let (okay, out) = cli(
+            &d,
+            &tokens[who],
+            &["enrol", "phone-pin"],
+            &format!("{pin}\n{pin}\n"),
+        );
+        assert!(okay, "{out}");
+        let (okay, out) = cli(
+            &d,
+            &tokens[who],
+            &["request", "new", "--role", "Domain Admins", "--json"],
+            "",
+        );
+        assert!(!okay, "{who}: {out}");
+        assert!(out.contains(said), "{who}: {out}");
+        assert!(
+            !out.contains("attempt(s) left"),
+            "a call is not asked again: {out}"
+        );
+        let (_, list) = call(&d, Some(&tokens[who]), "GET", "/v1/requests", None).await;
+        assert_eq!(list[0]["state"], "failed", "{who}: {list}");
+    }
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=101", None).await;
+    assert_eq!(ev.as_array().unwrap().len(), 2, "{ev}");
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=310", None).await;
+    assert!(
+        ev.as_array().unwrap().len() >= 3,
+        "enrolments are events: {ev}"
     );
 }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use rolegate_sdk::phone::PhoneNumber;
 use rolegate_sdk::serde::{Deserialize, Serialize};
 use rolegate_sdk::{
-    ChallengeContext, DenyReason, FactorKind, Health, HealthStatus, PromptKind, ProviderError,
-    ProviderInfo, Settings, Step, Verdict,
+    ChallengeContext, DenyReason, EnrollContext, FactorKind, Health, HealthStatus, PromptKind,
+    ProviderError, ProviderInfo, Settings, Step, Verdict,
 };
 
 use crate::call_status::{self, Outcome};
@@ -40,10 +40,14 @@ pub struct LegacySettings {
     /// Endpoints in failover order (default: PhoneFactor's primary and backup).
     #[serde(default)]
     pub endpoints: Option<Vec<String>>,
-    /// `standard` (the call asks the user to press #), `sms-two-way` (a text the user answers
-    /// by text with its code) or `sms-one-way` (a text with a code the user types here).
+    /// `standard` (the call asks the user to press #), `pin` (the call asks for the PIN the
+    /// user enrolled), `sms-two-way` (a text the user answers by text with its code) or
+    /// `sms-one-way` (a text with a code the user types here).
     #[serde(default = "default_mode")]
     pub mode: String,
+    /// In `pin` mode, the fewest digits a PIN may have (4 to 10; PINs have at most 10).
+    #[serde(default = "default_pin_min_length")]
+    pub pin_min_length: usize,
     /// The text of SMS modes; `<$otp$>` stands for the code PhoneFactor draws.
     #[serde(default)]
     pub sms_text: Option<String>,
@@ -65,6 +69,13 @@ pub struct LegacySettings {
 fn default_max_calls() -> usize {
     200
 }
+
+fn default_pin_min_length() -> usize {
+    4
+}
+
+/// The most digits a PIN may have.
+const PIN_MAX_LENGTH: usize = 10;
 
 fn default_mode() -> String {
     "standard".into()
@@ -94,6 +105,7 @@ struct CallState {
 /// The legacy phone-call provider.
 pub struct LegacyPhone {
     settings: LegacySettings,
+    /// The instance's mode; in PIN mode it holds no PIN: each call carries the user's own.
     mode: Mode,
     license_key: String,
     group_key: String,
@@ -185,17 +197,19 @@ impl rolegate_sdk::Provider for LegacyPhone {
                     Mode::SmsOneWay { message }
                 }
             }
-            "pin" => {
-                return Err(ProviderError::config(
-                    "setting `mode`: `pin` is not supported: rolegate holds no PhoneFactor PINs; use `standard` or an SMS mode",
-                ));
-            }
+            "pin" => Mode::Pin(String::new()),
             other => {
                 return Err(ProviderError::config(format!(
-                    "setting `mode` must be standard, sms-two-way or sms-one-way, not `{other}`"
+                    "setting `mode` must be standard, pin, sms-two-way or sms-one-way, not `{other}`"
                 )));
             }
         };
+        if !(4..=PIN_MAX_LENGTH).contains(&settings.pin_min_length) {
+            return Err(ProviderError::config(format!(
+                "setting `pin_min_length` must be between 4 and {PIN_MAX_LENGTH}, not {}",
+                settings.pin_min_length
+            )));
+        }
         if !(1..=10_000).contains(&settings.max_calls) {
             return Err(ProviderError::config(format!(
                 "setting `max_calls` must be between 1 and 10000, not {}",
@@ -263,7 +277,8 @@ impl rolegate_sdk::Provider for LegacyPhone {
             version: env!("CARGO_PKG_VERSION").into(),
             vendor: "rolegate".into(),
             factor: FactorKind::Phone,
-            needs_enrolment: false,
+            // In PIN mode the user chooses a PIN first; the call then asks for it.
+            needs_enrolment: matches!(self.mode, Mode::Pin(_)),
             needs_phone: true,
             responder: PromptKind::Phone,
             quick: false,
@@ -276,6 +291,78 @@ impl rolegate_sdk::Provider for LegacyPhone {
         Health {
             status: HealthStatus::Ok,
             message: format!("{pending} call(s) in flight"),
+        }
+    }
+
+    fn enroll_start(&self, ctx: &EnrollContext) -> Result<Step, ProviderError> {
+        if !matches!(self.mode, Mode::Pin(_)) {
+            return Err(ProviderError::unsupported(
+                "this provider needs no enrolment outside `pin` mode",
+            ));
+        }
+        let _ = ctx;
+        Ok(Step::Ask {
+            prompt: rolegate_sdk::Prompt::Code {
+                message: format!(
+                    "Choose a PIN of {} to {PIN_MAX_LENGTH} digits: you will type it on the phone's keypad when rolegate calls",
+                    self.settings.pin_min_length
+                ),
+                length: None,
+            },
+            state: to_state(&PinEnrolment { first: None })?,
+            expires_in: PIN_ENROLMENT_EXPIRES_IN,
+        })
+    }
+
+    fn enroll_continue(
+        &self,
+        ctx: &EnrollContext,
+        state: &[u8],
+        input: &rolegate_sdk::Input,
+    ) -> Result<Step, ProviderError> {
+        let state: PinEnrolment = rolegate_sdk::serde_json::from_slice(state)
+            .map_err(|_| ProviderError::bad_input("the state is not a PIN enrolment's"))?;
+        let rolegate_sdk::Input::Code { code } = input else {
+            return Err(ProviderError::bad_input("type the PIN's digits"));
+        };
+        let pin = code.trim();
+        match state.first {
+            None => {
+                self.check_pin(pin, ctx.user.phone.as_deref())?;
+                let mut salt = [0u8; 16];
+                random(&mut salt)?;
+                let first = PinHash {
+                    hash: pin_hash(&salt, pin).into(),
+                    salt: salt.to_vec().into(),
+                };
+                Ok(Step::Ask {
+                    prompt: rolegate_sdk::Prompt::Code {
+                        message: "Type the same PIN again".into(),
+                        length: u8::try_from(pin.len()).ok(),
+                    },
+                    state: to_state(&PinEnrolment { first: Some(first) })?,
+                    expires_in: PIN_ENROLMENT_EXPIRES_IN,
+                })
+            }
+            Some(first) => {
+                let again = pin_hash(&first.salt.0, pin);
+                if !rolegate_sdk::constant_time_eq(&again, &first.hash.0) {
+                    return Ok(denied(DenyReason::WrongAnswer, "the two PINs differ"));
+                }
+                let data = rolegate_sdk::serde_json::to_vec(&PinCredential {
+                    pin: pin.to_string(),
+                })
+                .map_err(|e| ProviderError::internal(format!("credential: {e}")))?;
+                Ok(Step::Done {
+                    verdict: Verdict::Approved {
+                        credential: Some(rolegate_sdk::Credential {
+                            id: "pin".into(),
+                            label: "Phone call PIN".into(),
+                            data: data.into(),
+                        }),
+                    },
+                })
+            }
         }
     }
 
@@ -307,7 +394,18 @@ impl rolegate_sdk::Provider for LegacyPhone {
         }
         let release = Release(Arc::clone(&self.in_flight));
         let request_id = random_u32()? % 10_000;
-        let mode = self.mode.clone();
+        let mode = match &self.mode {
+            Mode::Pin(_) => match pin_of(ctx)? {
+                Some(pin) => Mode::Pin(pin),
+                None => {
+                    return Ok(denied(
+                        DenyReason::NotEnrolled,
+                        "no PIN is enrolled for the phone call: enrol one first",
+                    ));
+                }
+            },
+            other => other.clone(),
+        };
         let username = self
             .username
             .clone()
@@ -376,6 +474,10 @@ impl rolegate_sdk::Provider for LegacyPhone {
                         masked(&phone)
                     )
                 }
+                Mode::Pin(_) => format!(
+                    "Calling {}: answer, type your PIN and press #",
+                    masked(&phone)
+                ),
                 _ => format!("Calling {}: answer and press #", masked(&phone)),
             },
         })
@@ -436,6 +538,13 @@ impl rolegate_sdk::Provider for LegacyPhone {
                 "PhoneFactor's answer has no call status",
             ));
         };
+        // In PIN mode "PIN entered" without `authenticated` is a PIN that did not match.
+        if matches!(self.mode, Mode::Pin(_)) && code == 1 && !response.authenticated {
+            return Ok(denied(
+                DenyReason::WrongAnswer,
+                "the phone call ended: the PIN typed on the phone was wrong (call status 1)",
+            ));
+        }
         Ok(match call_status::verdict(code, response.authenticated) {
             (Outcome::Approved, _) => Step::Done {
                 verdict: Verdict::Approved { credential: None },
@@ -490,6 +599,82 @@ impl rolegate_sdk::Provider for LegacyPhone {
     }
 }
 
+/// Seconds a PIN enrolment's prompts stay open.
+const PIN_ENROLMENT_EXPIRES_IN: u64 = 300;
+
+/// A PIN enrolment's state (sealed by the host): after the first entry, only its salted hash.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "rolegate_sdk::serde", deny_unknown_fields)]
+struct PinEnrolment {
+    first: Option<PinHash>,
+}
+
+/// A salted hash of a PIN typed once, to compare the second entry with.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(crate = "rolegate_sdk::serde", deny_unknown_fields)]
+struct PinHash {
+    salt: rolegate_sdk::Bytes,
+    hash: rolegate_sdk::Bytes,
+}
+
+/// The enrolled PIN. PhoneFactor compares it with what the user types on the keypad, so the
+/// call carries it (`plainText`, inside the mutually authenticated TLS connection); at rest
+/// the host keeps it sealed with its key, like every credential.
+#[derive(Serialize, Deserialize)]
+#[serde(crate = "rolegate_sdk::serde", deny_unknown_fields)]
+struct PinCredential {
+    pin: String,
+}
+
+fn pin_hash(salt: &[u8], pin: &str) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(salt);
+    h.update(pin.as_bytes());
+    h.finalize().to_vec()
+}
+
+fn to_state<T: Serialize>(state: &T) -> Result<rolegate_sdk::Bytes, ProviderError> {
+    Ok(rolegate_sdk::serde_json::to_vec(state)
+        .map_err(|e| ProviderError::internal(format!("state: {e}")))?
+        .into())
+}
+
+/// The user's enrolled PIN, when they have one.
+fn pin_of(ctx: &ChallengeContext) -> Result<Option<String>, ProviderError> {
+    let Some(c) = ctx.credentials.first() else {
+        return Ok(None);
+    };
+    let pin: PinCredential = rolegate_sdk::serde_json::from_slice(c.data.as_slice())
+        .map_err(|_| ProviderError::internal("the stored PIN credential is unreadable"))?;
+    Ok(Some(pin.pin))
+}
+
+/// Why a PIN is too easy to guess, if it is: one digit repeated, a run up or down (1234,
+/// 9876), or digits of the user's own phone number.
+fn weak_pin(pin: &str, phone: Option<&str>) -> Option<&'static str> {
+    let d: Vec<i16> = pin
+        .bytes()
+        .map(|b| i16::from(b) - i16::from(b'0'))
+        .collect();
+    let steps: Vec<i16> = d.windows(2).map(|w| w[1] - w[0]).collect();
+    if steps.iter().all(|s| *s == 0) {
+        return Some("it repeats one digit");
+    }
+    if steps.iter().all(|s| *s == 1) || steps.iter().all(|s| *s == -1) {
+        return Some("its digits run in order");
+    }
+    let phone_digits: String = phone
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    if phone_digits.contains(pin) {
+        return Some("it is part of your phone number");
+    }
+    None
+}
+
 /// A texted code's state: never the code, only its salted hash bound to the request.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(crate = "rolegate_sdk::serde", deny_unknown_fields)]
@@ -512,6 +697,23 @@ fn code_hash(salt: &[u8], request_id: &str, code: &str) -> Vec<u8> {
 }
 
 impl LegacyPhone {
+    /// Refuses a PIN of the wrong shape or one too easy to guess, saying why (never echoing it).
+    fn check_pin(&self, pin: &str, phone: Option<&str>) -> Result<(), ProviderError> {
+        let min = self.settings.pin_min_length;
+        if !(min..=PIN_MAX_LENGTH).contains(&pin.len()) || !pin.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(ProviderError::bad_input(format!(
+                "a PIN is {min} to {PIN_MAX_LENGTH} digits"
+            )));
+        }
+        if let Some(why) = weak_pin(pin, phone) {
+            return Err(ProviderError::bad_input(format!(
+                "that PIN is too easy to guess: {why}; choose another"
+            )));
+        }
+        Ok(())
+    }
+
     /// One-way SMS: PhoneFactor texts a code and tells it to us; the user types it here.
     fn text_a_code(
         &self,
@@ -771,12 +973,21 @@ mod tests {
         pki(dir.path());
         let settings = deployment(dir.path(), 1);
         let mut bad = settings.clone();
-        bad["mode"] = json!("pin");
+        bad["mode"] = json!("voiceprint");
         assert!(
             create(bad)
                 .unwrap_err()
                 .message
-                .contains("`pin` is not supported")
+                .contains("must be standard, pin, sms-two-way or sms-one-way, not `voiceprint`")
+        );
+        let mut bad = settings.clone();
+        bad["mode"] = json!("pin");
+        bad["pin_min_length"] = json!(3);
+        assert!(
+            create(bad)
+                .unwrap_err()
+                .message
+                .contains("`pin_min_length` must be between 4 and 10")
         );
         let mut bad = settings.clone();
         bad["mode"] = json!("sms-two-way");
@@ -887,6 +1098,192 @@ mod tests {
         );
     }
 
+    fn enrol_ctx(phone: &str) -> EnrollContext {
+        EnrollContext {
+            user: UserContext {
+                account: "CONTOSO\\jdoe".into(),
+                phone: Some(phone.into()),
+                ..Default::default()
+            },
+            credentials: Vec::new(),
+            origin: None,
+            now: 1_000,
+        }
+    }
+
+    fn code(c: &str) -> rolegate_sdk::Input {
+        rolegate_sdk::Input::Code { code: c.into() }
+    }
+
+    /// Enrols `pin` (typed twice) and returns the credential.
+    fn enrol_pin(p: &LegacyPhone, pin: &str) -> rolegate_sdk::Credential {
+        let e = enrol_ctx("+1 425 555 0001");
+        let Step::Ask { state, .. } = p.enroll_start(&e).unwrap() else {
+            panic!()
+        };
+        let Step::Ask { state, .. } = p.enroll_continue(&e, &state.0, &code(pin)).unwrap() else {
+            panic!()
+        };
+        match p.enroll_continue(&e, &state.0, &code(pin)).unwrap() {
+            Step::Done {
+                verdict:
+                    Verdict::Approved {
+                        credential: Some(c),
+                    },
+            } => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn pin_mode_enrols_a_pin_typed_twice_and_each_call_carries_it() {
+        let dir = tempfile::tempdir().unwrap();
+        pki(dir.path());
+        let d = Double::start(dir.path(), scripted);
+        let mut settings = deployment(dir.path(), d.port);
+        // Standard mode needs no enrolment, and says so.
+        let standard = create(settings.clone()).unwrap();
+        assert!(!standard.info().needs_enrolment);
+        assert_eq!(
+            standard
+                .enroll_start(&enrol_ctx("+14255550001"))
+                .unwrap_err()
+                .kind,
+            rolegate_sdk::ErrorKind::Unsupported
+        );
+
+        settings["mode"] = json!("pin");
+        let p = create(settings.clone()).unwrap();
+        assert!(p.info().needs_enrolment && p.info().needs_phone);
+        let e = enrol_ctx("+1 425 555 0001");
+        let Step::Ask { prompt, state, .. } = p.enroll_start(&e).unwrap() else {
+            panic!()
+        };
+        assert!(
+            matches!(&prompt, rolegate_sdk::Prompt::Code { message, length: None } if message.contains("4 to 10 digits")),
+            "{prompt:?}"
+        );
+        // Bad shapes and guessable PINs are refused as bad input (the prompt stays).
+        for (bad, why) in [
+            ("123", "4 to 10 digits"),
+            ("12345678901", "4 to 10 digits"),
+            ("12a4", "4 to 10 digits"),
+            ("7777", "repeats one digit"),
+            ("3456", "run in order"),
+            ("9876", "run in order"),
+            ("5550", "part of your phone number"),
+        ] {
+            let err = p.enroll_continue(&e, &state.0, &code(bad)).unwrap_err();
+            assert_eq!(err.kind, rolegate_sdk::ErrorKind::BadInput, "{bad}");
+            assert!(err.message.contains(why), "{bad}: {}", err.message);
+            assert!(!err.message.contains(bad), "no PIN in the message");
+        }
+        let Step::Ask {
+            prompt,
+            state: again,
+            ..
+        } = p.enroll_continue(&e, &state.0, &code("7391")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            prompt,
+            rolegate_sdk::Prompt::Code {
+                message: "Type the same PIN again".into(),
+                length: Some(4)
+            }
+        );
+        assert!(
+            !String::from_utf8_lossy(&again.0).contains("7391"),
+            "the state holds a salted hash, never the PIN"
+        );
+        // A second entry that differs ends the enrolment without a credential.
+        let (reason, message) =
+            reason_and_message(&p.enroll_continue(&e, &again.0, &code("7392")).unwrap());
+        assert_eq!(reason, Some(DenyReason::WrongAnswer));
+        assert!(message.contains("differ"), "{message}");
+        let credential = enrol_pin(&p, "7391");
+        assert_eq!(credential.id, "pin");
+
+        // Without a PIN enrolled the call is not placed.
+        let bodies_before = d.bodies.lock().unwrap().len();
+        let (reason, message) =
+            reason_and_message(&p.challenge_start(&ctx(Some("+14255550001"), 1)).unwrap());
+        assert_eq!(reason, Some(DenyReason::NotEnrolled));
+        assert!(message.contains("no PIN is enrolled"), "{message}");
+        assert_eq!(d.bodies.lock().unwrap().len(), bodies_before);
+
+        // The right PIN: the scripted user types it and the call approves.
+        let with = |phone: &str, cred: &rolegate_sdk::Credential| {
+            let mut c = ctx(Some(phone), 1_000);
+            c.credentials = vec![cred.clone()];
+            c
+        };
+        let c = with("+14255550001", &credential);
+        let Step::Wait { status, state, .. } = p.challenge_start(&c).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            status,
+            "Calling +1 •••0001: answer, type your PIN and press #"
+        );
+        let poll_to_end = |c: &ChallengeContext, mut state: rolegate_sdk::Bytes| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                assert!(std::time::Instant::now() < deadline, "no outcome in 10 s");
+                match p.challenge_poll(c, &state.0).unwrap() {
+                    Step::Wait { state: s, .. } => state = s,
+                    done => return done,
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        assert_eq!(
+            reason_and_message(&poll_to_end(&c, state)).0,
+            None,
+            "approved"
+        );
+        let body = d.bodies.lock().unwrap().last().unwrap().clone();
+        assert!(
+            body.contains("<pinInfo pinMode=\"pin\"><pin pinFormat=\"plainText\" pinChangeRequired=\"no\">7391</pin>"),
+            "{body}"
+        );
+        // Another PIN than the one the user types: the call ends denied, as a wrong answer.
+        let other = enrol_pin(&p, "2580");
+        let c = with("+14255550001", &other);
+        let Step::Wait { state, .. } = p.challenge_start(&c).unwrap() else {
+            panic!()
+        };
+        let (reason, message) = reason_and_message(&poll_to_end(&c, state));
+        assert_eq!(reason, Some(DenyReason::WrongAnswer));
+        assert!(
+            message.contains("PIN typed on the phone was wrong"),
+            "{message}"
+        );
+        // No PIN typed at all.
+        let c = with("+14255550002", &credential);
+        let Step::Wait { state, .. } = p.challenge_start(&c).unwrap() else {
+            panic!()
+        };
+        let (reason, message) = reason_and_message(&poll_to_end(&c, state));
+        assert_eq!(reason, Some(DenyReason::WrongAnswer));
+        assert!(
+            message.contains("no PIN entered (call status 2)"),
+            "{message}"
+        );
+        // A credential that is not a PIN's is an error, not a call.
+        let mut c = ctx(Some("+14255550001"), 1_000);
+        c.credentials = vec![rolegate_sdk::Credential {
+            id: "pin".into(),
+            label: String::new(),
+            data: b"junk".to_vec().into(),
+        }];
+        assert_eq!(
+            p.challenge_start(&c).unwrap_err().kind,
+            rolegate_sdk::ErrorKind::Internal
+        );
+    }
+
     #[test]
     fn calls_in_flight_are_capped() {
         let dir = tempfile::tempdir().unwrap();
@@ -931,5 +1328,13 @@ mod tests {
         };
         let report = rolegate_sdk::conformance::check_provider::<LegacyPhone>(&options);
         assert!(report.passed(), "{report}");
+        let mut settings = deployment(dir.path(), d.port);
+        settings["mode"] = json!("pin");
+        let options = rolegate_sdk::conformance::Options {
+            settings,
+            ..Default::default()
+        };
+        let report = rolegate_sdk::conformance::check_provider::<LegacyPhone>(&options);
+        assert!(report.passed(), "PIN mode: {report}");
     }
 }
