@@ -10,6 +10,12 @@ use clap::{Parser, Subcommand};
 use rolegate::config::{Config, Isolation, PluginsConfig, check_private};
 use rolegate::plugins::{self, Plugin, Providers};
 
+/// mimalloc instead of glibc's allocator: the request path allocates on one thread and frees
+/// on another (the API's threads, the database writer), which glibc serves slowly; measured
+/// by `cargo bench --bench activation`: about a fifth less CPU per activation.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rolegate",

@@ -23,6 +23,16 @@ const CHECKPOINT_EVERY: u64 = 512;
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
+/// The size of the last batch from which on the writer counts as under load.
+const COMMIT_COMPANY: usize = 3;
+
+/// Under load, how many writes a batch waits for (at most [`COMMIT_DELAY`]) before it commits.
+const COMMIT_SIBLINGS: usize = 8;
+
+/// The longest a batch waits for [`COMMIT_SIBLINGS`]: short beside a request's latency, long
+/// enough for the requests in flight to queue their writes.
+const COMMIT_DELAY: Duration = Duration::from_micros(300);
+
 thread_local! {
     /// Rewritten statements by their text, per thread (each connection is used by one
     /// thread at a time): the rewrite runs once per statement, not once per execution.
@@ -338,6 +348,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
     // This writer is the database's only one, so the head it keeps stays true between
     // batches; it is dropped (and read again) whenever a batch does not commit.
     let mut head = EventHead::default();
+    let mut last_batch = 0usize;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -346,6 +357,26 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
                 Err(_) => break,
             }
         }
+        // Group commit under load: when the last batch was a crowd, wait a moment for more
+        // writes before committing, so that one commit (its WAL frames, its fsync) serves
+        // several. A writer with little company never waits: there, waiting is only latency.
+        // The wait is for as many writes as the last batch had (a little more, up to
+        // COMMIT_SIBLINGS): what the load has just shown it brings in that time.
+        let want = (last_batch + 1).min(COMMIT_SIBLINGS);
+        if last_batch >= COMMIT_COMPANY && batch.len() < want {
+            let until = std::time::Instant::now() + COMMIT_DELAY;
+            while batch.len() < want {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
+        last_batch = batch.len();
         let mut durable = Vec::with_capacity(batch.len());
         let mut at_once = Vec::new();
         let begun = exec_cached(&conn, "BEGIN IMMEDIATE");
