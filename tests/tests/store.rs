@@ -161,6 +161,87 @@ async fn roles_stored_before_migration_3_survive_it(backend) {
 
 both! {
 #[tokio::test]
+async fn rows_stored_before_migration_4_survive_it(backend) {
+    let at = Location::new(backend);
+    let db = at.open().await;
+    for i in 0..3 {
+        append(&db, i).await;
+    }
+    db.write(|tx| {
+        tx.execute(
+            "INSERT INTO users (account, account_key, display_name, phone, email, source, enabled, created_at, updated_at) VALUES ($1, $2, $3, $4, NULL, NULL, 1, 1, 2)",
+            &["CONTOSO\\jdoe".into(), "contoso\\jdoe".into(), "Jane".into(), "+14255550100".into()],
+        )?;
+        tx.execute(
+            "INSERT INTO credentials (account_key, provider, id, label, sealed, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 1, 2)",
+            &["contoso\\jdoe".into(), "totp".into(), "app".into(), "phone".into(), vec![1u8, 2, 3].into()],
+        )?;
+        tx.execute(
+            "INSERT INTO lockouts (account_key, provider, failures, locked_until) VALUES ($1, $2, 4, 99)",
+            &["contoso\\jdoe".into(), "totp".into()],
+        )?;
+        if tx.backend() == "sqlite" {
+            // Back to the layout of schema 3: rowid tables, events.seq not the rowid.
+            for (table, pk) in [
+                ("users", "account TEXT PRIMARY KEY, account_key TEXT NOT NULL UNIQUE, display_name TEXT NOT NULL, phone TEXT, email TEXT, source TEXT, enabled BIGINT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL"),
+                ("credentials", "account_key TEXT NOT NULL, provider TEXT NOT NULL, id TEXT NOT NULL, label TEXT NOT NULL, sealed BLOB NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (account_key, provider, id)"),
+                ("lockouts", "account_key TEXT NOT NULL, provider TEXT NOT NULL, failures BIGINT NOT NULL, locked_until BIGINT, PRIMARY KEY (account_key, provider)"),
+                ("events", "seq BIGINT PRIMARY KEY, id BIGINT NOT NULL, severity TEXT NOT NULL, source TEXT NOT NULL, at BIGINT NOT NULL, account TEXT, role TEXT, request TEXT, provider TEXT, message TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL"),
+            ] {
+                tx.execute(&format!("CREATE TABLE old_{table} ({pk})"), &[])?;
+                tx.execute(&format!("INSERT INTO old_{table} SELECT * FROM {table}"), &[])?;
+                tx.execute(&format!("DROP TABLE {table}"), &[])?;
+                tx.execute(&format!("ALTER TABLE old_{table} RENAME TO {table}"), &[])?;
+            }
+            tx.execute("CREATE INDEX events_by_id ON events (id, at)", &[])?;
+        }
+        tx.execute("DELETE FROM schema_migrations WHERE version >= $1", &[Value::Int(4)])
+    })
+    .await
+    .unwrap();
+    db.close();
+    drop(db);
+    let db = at.open().await;
+    let user = db
+        .read(|tx| rolegate::users::get(tx, "contoso\\JDOE"))
+        .await
+        .unwrap()
+        .expect("the user survived the migration");
+    assert_eq!((user.display_name.as_str(), user.phone.as_deref()), ("Jane", Some("+14255550100")));
+    let rows = db
+        .read(|tx| {
+            let mut rows = tx.query("SELECT sealed FROM credentials WHERE account_key = $1", &["contoso\\jdoe".into()])?;
+            rows.extend(tx.query("SELECT failures FROM lockouts WHERE account_key = $1", &["contoso\\jdoe".into()])?);
+            Ok(rows)
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows[0].blob(0).unwrap(), vec![1u8, 2, 3]);
+    assert_eq!(rows[1].int(0).unwrap(), 4);
+    // The chain is intact and grows on.
+    append(&db, 3).await;
+    assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(4));
+    if at.postgres.is_none() {
+        let layout = db
+            .read(|tx| tx.query("SELECT name, sql FROM sqlite_master WHERE name IN ('users', 'credentials', 'lockouts', 'events')", &[]))
+            .await
+            .unwrap();
+        assert_eq!(layout.len(), 4);
+        for r in &layout {
+            let (name, sql) = (r.text(0).unwrap(), r.text(1).unwrap());
+            if name == "events" {
+                assert!(sql.contains("seq           INTEGER PRIMARY KEY"), "{sql}");
+            } else {
+                assert!(sql.ends_with("WITHOUT ROWID"), "{name}: {sql}");
+            }
+        }
+    }
+    db.close();
+}
+}
+
+both! {
+#[tokio::test]
 async fn values_round_trip_and_migrations_run_once(backend) {
     let at = Location::new(backend);
     let db = at.open().await;

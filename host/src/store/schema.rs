@@ -2,7 +2,8 @@
 //!
 //! A migration is applied once, inside the writer's transaction, and recorded in
 //! `schema_migrations`; a database newer than this binary is refused rather than touched.
-//! `{blob}` stands for the backend's byte type.
+//! `{blob}` stands for the backend's byte type; a statement that begins with `{sqlite}` runs
+//! only on SQLite (its physical layout: rowid aliases, `WITHOUT ROWID` tables).
 
 use crate::error::{Error, Result};
 use crate::store::{Tx, Value};
@@ -128,6 +129,71 @@ DROP TABLE roles;
 ALTER TABLE roles_v3 RENAME TO roles;
 "#,
     ),
+    (
+        4,
+        "SQLite layout: users, credentials and lockouts clustered by their keys, events by seq",
+        r#"
+{sqlite} CREATE TABLE users_v4 (
+    account       TEXT NOT NULL UNIQUE,
+    account_key   TEXT NOT NULL PRIMARY KEY,
+    display_name  TEXT NOT NULL,
+    phone         TEXT,
+    email         TEXT,
+    source        TEXT,
+    enabled       BIGINT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    updated_at    BIGINT NOT NULL
+) WITHOUT ROWID;
+{sqlite} INSERT INTO users_v4 (account, account_key, display_name, phone, email, source, enabled, created_at, updated_at)
+    SELECT account, account_key, display_name, phone, email, source, enabled, created_at, updated_at FROM users;
+{sqlite} DROP TABLE users;
+{sqlite} ALTER TABLE users_v4 RENAME TO users;
+{sqlite} CREATE TABLE credentials_v4 (
+    account_key   TEXT NOT NULL,
+    provider      TEXT NOT NULL,
+    id            TEXT NOT NULL,
+    label         TEXT NOT NULL,
+    sealed        BLOB NOT NULL,
+    created_at    BIGINT NOT NULL,
+    updated_at    BIGINT NOT NULL,
+    PRIMARY KEY (account_key, provider, id)
+) WITHOUT ROWID;
+{sqlite} INSERT INTO credentials_v4 (account_key, provider, id, label, sealed, created_at, updated_at)
+    SELECT account_key, provider, id, label, sealed, created_at, updated_at FROM credentials;
+{sqlite} DROP TABLE credentials;
+{sqlite} ALTER TABLE credentials_v4 RENAME TO credentials;
+{sqlite} CREATE TABLE lockouts_v4 (
+    account_key   TEXT NOT NULL,
+    provider      TEXT NOT NULL,
+    failures      BIGINT NOT NULL,
+    locked_until  BIGINT,
+    PRIMARY KEY (account_key, provider)
+) WITHOUT ROWID;
+{sqlite} INSERT INTO lockouts_v4 (account_key, provider, failures, locked_until)
+    SELECT account_key, provider, failures, locked_until FROM lockouts;
+{sqlite} DROP TABLE lockouts;
+{sqlite} ALTER TABLE lockouts_v4 RENAME TO lockouts;
+{sqlite} CREATE TABLE events_v4 (
+    seq           INTEGER PRIMARY KEY,
+    id            BIGINT NOT NULL,
+    severity      TEXT NOT NULL,
+    source        TEXT NOT NULL,
+    at            BIGINT NOT NULL,
+    account       TEXT,
+    role          TEXT,
+    request       TEXT,
+    provider      TEXT,
+    message       TEXT NOT NULL,
+    prev_hash     TEXT NOT NULL,
+    hash          TEXT NOT NULL
+);
+{sqlite} INSERT INTO events_v4 (seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash)
+    SELECT seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash FROM events;
+{sqlite} DROP TABLE events;
+{sqlite} ALTER TABLE events_v4 RENAME TO events;
+{sqlite} CREATE INDEX events_by_id ON events (id, at)
+"#,
+    ),
 ];
 
 /// The newest schema version this binary knows.
@@ -163,6 +229,11 @@ pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
     let mut ran = 0;
     for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
         for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let statement = match statement.strip_prefix("{sqlite}") {
+                Some(_) if tx.backend() != "sqlite" => continue,
+                Some(s) => s,
+                None => statement,
+            };
             tx.execute(&statement.replace("{blob}", blob), &[])?;
         }
         tx.execute(
