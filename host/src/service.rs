@@ -231,7 +231,22 @@ pub struct Service {
     /// Parsed roles by name, with the policy text they were parsed from: a role is parsed
     /// again only when its stored policy changes.
     role_cache: std::sync::Mutex<std::collections::HashMap<String, (i64, Arc<Role>)>>,
+    /// Requests this host created that wait for their first answer, by id: the answer then
+    /// needs no read, and its write re-checks all it relies on (see [`Awaiting`]).
+    awaiting: std::sync::Mutex<std::collections::HashMap<String, Awaiting>>,
 }
+
+/// A request waiting for its first answer, as this host wrote it. The answer's write checks
+/// that nothing it relied on changed meanwhile: the request's version (an admin's close, the
+/// expiry sweep, another host), the user still enabled, the provider's credentials the same.
+struct Awaiting {
+    stored: Stored,
+    user: User,
+    credentials: Vec<Row>,
+}
+
+/// Requests kept in [`Service::awaiting`] at most: beyond, answers read the store as before.
+const AWAITING_MAX: usize = 4096;
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -256,7 +271,30 @@ impl Service {
             settings,
             buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
             role_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+            awaiting: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Keeps a request that waits for its first answer (dropping the expired ones when full).
+    fn remember(&self, a: Awaiting, now_ms: i64) {
+        if let Ok(mut m) = self.awaiting.lock() {
+            if m.len() >= AWAITING_MAX {
+                m.retain(|_, a| a.stored.ask_expires_at.is_some_and(|t| t > now_ms));
+                if m.len() >= AWAITING_MAX {
+                    return;
+                }
+            }
+            m.insert(a.stored.view.id.clone(), a);
+        }
+    }
+
+    /// Takes the kept request `id` if `account` made it (another caller's attempt leaves it).
+    fn recall(&self, id: &str, account: &str) -> Option<(Stored, User, Vec<Row>)> {
+        let mut m = self.awaiting.lock().ok()?;
+        if m.get(id)?.stored.view.account != account_key(account) {
+            return None;
+        }
+        m.remove(id).map(|a| (a.stored, a.user, a.credentials))
     }
 
     /// The parsed role for stored policy text, from the cache when the text is unchanged.
@@ -605,10 +643,32 @@ impl Service {
         let s = stored.clone_for_write();
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
+        // The request as `insert` stores it with its first prompt, for the answer.
+        let awaiting = match &outcome {
+            Outcome::Prompt {
+                prompt,
+                sealed,
+                expires_at,
+            } => {
+                let mut kept = stored.clone_for_write();
+                kept.view.prompt = Some(prompt.clone());
+                kept.challenge = Some(sealed.clone());
+                kept.ask_expires_at = Some(*expires_at);
+                kept.version = 1;
+                Some(Awaiting {
+                    stored: kept,
+                    user: user.clone(),
+                    credentials: credential_rows.clone(),
+                })
+            }
+            _ => None,
+        };
+        let seen = seen_credentials(&credential_rows, &provider_id);
         // A request still waiting for its answer is cheap to lose in a power cut (the user
         // asks again); anything that decides it is fsync'd before the caller hears of it.
         let durable = !matches!(outcome, Outcome::Prompt { .. });
-        self.store
+        let view = self
+            .store
             .write_with(durable, move |tx| match outcome {
                 // The usual case, in one row write: the request with its first prompt.
                 Outcome::Prompt {
@@ -625,10 +685,14 @@ impl Service {
                 outcome => {
                     insert(tx, &s, None)?;
                     created_events(tx, &s)?;
-                    apply(tx, s, outcome, false, &settings, &key, now)
+                    apply(tx, s, outcome, false, &seen, &settings, &key, now)
                 }
             })
-            .await
+            .await?;
+        if let Some(a) = awaiting {
+            self.remember(a, ms(now));
+        }
+        Ok(view)
     }
 
     async fn pending(&self, id: &str, account: &str) -> Result<(Stored, User, Vec<Row>)> {
@@ -676,7 +740,10 @@ impl Service {
         let now = self.clock.now();
         // Only a typed answer can be wrong and asked again; a poll's outcome ends the call.
         let answered = input.is_some();
-        let (stored, user, credential_rows) = self.pending(id, account).await?;
+        let (stored, user, credential_rows) = match self.recall(id, account) {
+            Some(kept) => kept,
+            None => self.pending(id, account).await?,
+        };
         let provider_id = stored.view.provider.clone().unwrap_or_default();
         let expired = stored.ask_expires_at.is_some_and(|t| t <= ms(now));
         let outcome = if expired {
@@ -725,18 +792,26 @@ impl Service {
         };
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
+        let seen = seen_credentials(&credential_rows, &provider_id);
         self.store
             .write(move |tx| {
                 // The answer counts only if nothing happened to the request meanwhile: every
                 // update `apply` makes is conditional on the version read before the provider
                 // ran, and a miss undoes the whole write (credential, lockout, events).
                 let id = stored.view.id.clone();
-                apply(tx, stored, outcome, answered, &settings, &key, now).map_err(|e| match e {
-                    Error::Conflict(m) if m.starts_with(CREDENTIAL_RACE) => Error::Conflict(m),
-                    Error::Conflict(_) => Error::Conflict(format!(
-                        "request `{id}` changed meanwhile: this prompt was already answered"
-                    )),
-                    e => e,
+                apply(tx, stored, outcome, answered, &seen, &settings, &key, now).map_err(|e| {
+                    match e {
+                        Error::Conflict(m)
+                            if m.starts_with(CREDENTIAL_RACE)
+                                || m.starts_with(CREDENTIALS_CHANGED) =>
+                        {
+                            Error::Conflict(m)
+                        }
+                        Error::Conflict(_) => Error::Conflict(format!(
+                            "request `{id}` changed meanwhile: this prompt was already answered"
+                        )),
+                        e => e,
+                    }
                 })
             })
             .await
@@ -1396,6 +1471,10 @@ pub fn store_credential(
 }
 
 /// Why an answer was undone when another answer changed its credential first.
+/// The start of the refusal of an approval whose credentials an admin changed meanwhile.
+const CREDENTIALS_CHANGED: &str =
+    "the credentials changed while the answer was checked (an admin removed or replaced one)";
+
 const CREDENTIAL_RACE: &str =
     "the credential changed meanwhile (another request used it): answer again with a new code";
 
@@ -1425,6 +1504,45 @@ fn with_prior(
         }
         other => other,
     })
+}
+
+/// The sealed values of a provider's credentials among a user's rows, sorted.
+fn seen_credentials(rows: &[Row], provider: &str) -> Vec<Vec<u8>> {
+    let mut seen: Vec<Vec<u8>> = rows
+        .iter()
+        .filter(|r| r.text(1).is_ok_and(|p| p == provider))
+        .filter_map(|r| r.blob(3).ok())
+        .collect();
+    seen.sort();
+    seen
+}
+
+/// Inside an approval's write: the user is still enabled, and the provider's credentials are
+/// still the ones it verified against (an admin may have disabled the user or removed a lost
+/// key while the answer was on its way); otherwise the approval is refused and undone.
+fn still_allowed(tx: &mut dyn Tx, s: &Stored, provider: &str, seen: &[Vec<u8>]) -> Result<()> {
+    let user = tx.query(
+        "SELECT enabled FROM users WHERE account_key = $1",
+        &[s.view.account.clone().into()],
+    )?;
+    if !matches!(user.first().map(|r| r.int(0)), Some(Ok(e)) if e != 0) {
+        return Err(Error::Refused(Refusal::UserNotAllowed {
+            account: s.view.account.clone(),
+        }));
+    }
+    let rows = tx.query(
+        "SELECT sealed FROM credentials WHERE account_key = $1 AND provider = $2",
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    let mut now: Vec<Vec<u8>> = rows.iter().filter_map(|r| r.blob(0).ok()).collect();
+    now.sort();
+    if now != seen {
+        return Err(Error::Conflict(format!(
+            "{CREDENTIALS_CHANGED}: `{}` in `{provider}` (request `{}`)",
+            s.view.account, s.view.id
+        )));
+    }
+    Ok(())
 }
 
 fn ensure_updated(n: u64, id: &str) -> Result<()> {
@@ -1533,11 +1651,13 @@ fn record_failure(
 /// Applies a provider's outcome to a pending-MFA request, inside the writer's transaction.
 /// `answered`: the outcome judges a typed answer to an `Ask`, so a wrong one may be asked
 /// again; a wrong outcome of a poll (a PIN mistyped on the phone) has no prompt to re-ask.
+#[allow(clippy::too_many_arguments)] // one call per path; a struct would only rename them
 fn apply(
     tx: &mut dyn Tx,
     mut s: Stored,
     outcome: Outcome,
     answered: bool,
+    seen: &[Vec<u8>],
     settings: &Settings,
     key: &SealingKey,
     now: Timestamp,
@@ -1565,6 +1685,7 @@ fn apply(
             Ok(s.view)
         }
         Outcome::Approved(credential) => {
+            still_allowed(tx, &s, &provider, seen)?;
             if let Some(CredentialUpdate {
                 credential: c,
                 sealed,

@@ -553,6 +553,77 @@ async fn a_user_enrols_then_activates_with_the_enrolled_factor() {
     assert_eq!(r["state"], "active", "{r}");
     let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=310", None).await;
     assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+
+    // While an answer is on its way, an admin disables the user, or removes the credential
+    // (a lost key): the right answer no longer activates, and the request stays pending.
+    let (dr, ur) = (&d, user.as_str());
+    let new_request = || async move {
+        let (s, r) = call(
+            dr,
+            Some(ur),
+            "POST",
+            "/v1/requests",
+            Some(json!({"role": "r"})),
+        )
+        .await;
+        assert_eq!(s, 201, "{r}");
+        r["id"].as_str().unwrap().to_string()
+    };
+    let answer = |id: String| async move {
+        call(
+            dr,
+            Some(ur),
+            "POST",
+            &format!("/v1/requests/{id}/answer"),
+            Some(json!({"code": "4321"})),
+        )
+        .await
+    };
+    let id = new_request().await;
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "PATCH",
+        "/v1/users/jdoe",
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, e) = answer(id.clone()).await;
+    assert_eq!(s, 403, "{e}");
+    assert!(
+        e.to_string().contains("not an enabled rolegate user"),
+        "{e}"
+    );
+    let (_, r) = call(&d, Some(&admin), "GET", &format!("/v1/requests/{id}"), None).await;
+    assert_eq!(
+        r["state"], "pending_mfa",
+        "nothing of the refused answer stays: {r}"
+    );
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "PATCH",
+        "/v1/users/jdoe",
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let id = new_request().await;
+    let (s, e) = call(
+        &d,
+        Some(&admin),
+        "DELETE",
+        "/v1/users/jdoe/credentials/sec/c1",
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    let (s, e) = answer(id.clone()).await;
+    assert_eq!(s, 409, "{e}");
+    assert!(e.to_string().contains("the credentials changed"), "{e}");
+    let (_, r) = call(&d, Some(&admin), "GET", &format!("/v1/requests/{id}"), None).await;
+    assert_eq!(r["state"], "pending_mfa", "{r}");
     let (s, e) = call(
         &d,
         Some(&user),
