@@ -180,12 +180,17 @@ async fn rows_stored_before_migration_4_survive_it(backend) {
             "INSERT INTO lockouts (account_key, provider, failures, locked_until) VALUES ($1, $2, 4, 99)",
             &["contoso\\jdoe".into(), "totp".into()],
         )?;
+        tx.execute(
+            "INSERT INTO tokens (hash, account, admin, label, created_at, expires_at) VALUES ('h', 'CONTOSO\\jdoe', 0, 'laptop', 1, NULL)",
+            &[],
+        )?;
         if tx.backend() == "sqlite" {
             // Back to the layout of schema 3: rowid tables, events.seq not the rowid.
             for (table, pk) in [
                 ("users", "account TEXT PRIMARY KEY, account_key TEXT NOT NULL UNIQUE, display_name TEXT NOT NULL, phone TEXT, email TEXT, source TEXT, enabled BIGINT NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL"),
                 ("credentials", "account_key TEXT NOT NULL, provider TEXT NOT NULL, id TEXT NOT NULL, label TEXT NOT NULL, sealed BLOB NOT NULL, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL, PRIMARY KEY (account_key, provider, id)"),
                 ("lockouts", "account_key TEXT NOT NULL, provider TEXT NOT NULL, failures BIGINT NOT NULL, locked_until BIGINT, PRIMARY KEY (account_key, provider)"),
+                ("tokens", "hash TEXT PRIMARY KEY, account TEXT NOT NULL, admin BIGINT NOT NULL, label TEXT NOT NULL, created_at BIGINT NOT NULL, expires_at BIGINT"),
                 ("events", "seq BIGINT PRIMARY KEY, id BIGINT NOT NULL, severity TEXT NOT NULL, source TEXT NOT NULL, at BIGINT NOT NULL, account TEXT, role TEXT, request TEXT, provider TEXT, message TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL"),
             ] {
                 tx.execute(&format!("CREATE TABLE old_{table} ({pk})"), &[])?;
@@ -212,21 +217,23 @@ async fn rows_stored_before_migration_4_survive_it(backend) {
         .read(|tx| {
             let mut rows = tx.query("SELECT sealed FROM credentials WHERE account_key = $1", &["contoso\\jdoe".into()])?;
             rows.extend(tx.query("SELECT failures FROM lockouts WHERE account_key = $1", &["contoso\\jdoe".into()])?);
+            rows.extend(tx.query("SELECT label FROM tokens WHERE hash = 'h'", &[])?);
             Ok(rows)
         })
         .await
         .unwrap();
     assert_eq!(rows[0].blob(0).unwrap(), vec![1u8, 2, 3]);
     assert_eq!(rows[1].int(0).unwrap(), 4);
+    assert_eq!(rows[2].text(0).unwrap(), "laptop");
     // The chain is intact and grows on.
     append(&db, 3).await;
     assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(4));
     if at.postgres.is_none() {
         let layout = db
-            .read(|tx| tx.query("SELECT name, sql FROM sqlite_master WHERE name IN ('users', 'credentials', 'lockouts', 'events')", &[]))
+            .read(|tx| tx.query("SELECT name, sql FROM sqlite_master WHERE name IN ('users', 'credentials', 'lockouts', 'tokens', 'events')", &[]))
             .await
             .unwrap();
-        assert_eq!(layout.len(), 4);
+        assert_eq!(layout.len(), 5);
         for r in &layout {
             let (name, sql) = (r.text(0).unwrap(), r.text(1).unwrap());
             if name == "events" {

@@ -131,7 +131,7 @@ ALTER TABLE roles_v3 RENAME TO roles;
     ),
     (
         4,
-        "SQLite layout: users, credentials and lockouts clustered by their keys, events by seq",
+        "SQLite layout: users, credentials, lockouts and tokens clustered by their keys, events by seq",
         r#"
 {sqlite} CREATE TABLE users_v4 (
     account       TEXT NOT NULL UNIQUE,
@@ -173,6 +173,18 @@ ALTER TABLE roles_v3 RENAME TO roles;
     SELECT account_key, provider, failures, locked_until FROM lockouts;
 {sqlite} DROP TABLE lockouts;
 {sqlite} ALTER TABLE lockouts_v4 RENAME TO lockouts;
+{sqlite} CREATE TABLE tokens_v4 (
+    hash          TEXT NOT NULL PRIMARY KEY,
+    account       TEXT NOT NULL,
+    admin         BIGINT NOT NULL,
+    label         TEXT NOT NULL,
+    created_at    BIGINT NOT NULL,
+    expires_at    BIGINT
+) WITHOUT ROWID;
+{sqlite} INSERT INTO tokens_v4 (hash, account, admin, label, created_at, expires_at)
+    SELECT hash, account, admin, label, created_at, expires_at FROM tokens;
+{sqlite} DROP TABLE tokens;
+{sqlite} ALTER TABLE tokens_v4 RENAME TO tokens;
 {sqlite} CREATE TABLE events_v4 (
     seq           INTEGER PRIMARY KEY,
     id            BIGINT NOT NULL,
