@@ -15,6 +15,7 @@ use serde_json::{Value as Json_, json};
 use crate::error::Error;
 use crate::events::{self, Filter};
 use crate::roles::{self, RoleSpec};
+use crate::service::Requester;
 use crate::service::Service;
 use crate::tokens::{self, Caller};
 use crate::users::{self, NewUser, UserChanges};
@@ -41,6 +42,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         use rolegate_sdk::ErrorKind;
         let (status, code) = match &e {
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             Error::Refused(crate::role::Refusal::RateLimited { .. }) => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
@@ -99,34 +101,49 @@ impl Api {
         self
     }
 
-    async fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller> {
-        let token = headers
+    /// The bearer token of a call.
+    fn bearer(headers: &HeaderMap) -> ApiResult<String> {
+        Ok(headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(|| unauthorized("send `Authorization: Bearer <token>`"))?
-            .to_string();
-        let now = jiff::Timestamp::now().as_millisecond();
-        let hash = crate::secrets::token_hash(&token);
-        if let Ok(cache) = self.tokens.lock()
-            && let Some((caller, at)) = cache.get(&hash)
-            && now - at < TOKEN_CACHE_MS
-        {
-            return Ok(caller.clone());
-        }
-        let caller = self
-            .service
-            .store()
-            .read(move |tx| tokens::verify(tx, &token, now))
-            .await?
-            .ok_or_else(|| unauthorized("the token is not valid"))?;
+            .to_string())
+    }
+
+    /// The caller of a token verified in the last few seconds, if any.
+    fn cached_caller(&self, token: &str, now: i64) -> Option<Caller> {
+        let hash = crate::secrets::token_hash(token);
+        let cache = self.tokens.lock().ok()?;
+        let (caller, at) = cache.get(&hash)?;
+        (now - at < TOKEN_CACHE_MS).then(|| caller.clone())
+    }
+
+    /// Remembers a verified token for a few seconds.
+    fn cache_caller(&self, token: &str, caller: &Caller, now: i64) {
         if let Ok(mut cache) = self.tokens.lock() {
             if cache.len() > 100_000 {
                 cache.clear();
             }
-            cache.insert(hash, (caller.clone(), now));
+            cache.insert(crate::secrets::token_hash(token), (caller.clone(), now));
         }
+    }
+
+    async fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller> {
+        let token = Self::bearer(headers)?;
+        let now = jiff::Timestamp::now().as_millisecond();
+        if let Some(caller) = self.cached_caller(&token, now) {
+            return Ok(caller);
+        }
+        let t = token.clone();
+        let caller = self
+            .service
+            .store()
+            .read(move |tx| tokens::verify(tx, &t, now))
+            .await?
+            .ok_or_else(|| unauthorized("the token is not valid"))?;
+        self.cache_caller(&token, &caller, now);
         Ok(caller)
     }
 
@@ -206,7 +223,13 @@ async fn create_request(
     headers: HeaderMap,
     Json(body): Json<NewRequest>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
-    let c = api.caller(&headers).await?;
+    // A token not seen lately is verified in the request's own read (one read, not two).
+    let token = Api::bearer(&headers)?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let who = match api.cached_caller(&token, now) {
+        Some(c) => Requester::Account(c.account),
+        None => Requester::Token(token.clone()),
+    };
     let starts_at = match &body.starts_at {
         None => None,
         Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|_| {
@@ -217,10 +240,10 @@ async fn create_request(
             )
         })?),
     };
-    let v = api
+    let (caller, v) = api
         .service
-        .request_at(
-            &c.account,
+        .request_as(
+            who,
             &body.role,
             &body.justification,
             body.ttl_s.map(SignedDuration::from_secs),
@@ -228,6 +251,9 @@ async fn create_request(
             starts_at,
         )
         .await?;
+    if let Some(c) = caller {
+        api.cache_caller(&token, &c, now);
+    }
     Ok((StatusCode::CREATED, Json(json!(v))))
 }
 

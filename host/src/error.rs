@@ -8,6 +8,10 @@ use rolegate_sdk::ProviderError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// The caller's bearer token is not valid (unknown, revoked or expired).
+    #[error("the token is not valid")]
+    Unauthorized,
+
     /// The config file cannot be used.
     #[error("config {path}: {message}")]
     Config {

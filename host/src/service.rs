@@ -21,6 +21,7 @@ use crate::roles;
 use crate::secrets::{SealingKey, time_ordered_id};
 use crate::store::Store;
 use crate::store::{Row, Tx, Value};
+use crate::tokens::{self, Caller};
 use crate::users::{self, User, account_key};
 
 /// Furthest a delayed start may lie ahead.
@@ -243,6 +244,15 @@ struct Awaiting {
     stored: Stored,
     user: User,
     credentials: Vec<Row>,
+}
+
+/// Who asks for a request.
+#[derive(Debug, Clone)]
+pub enum Requester {
+    /// An account the caller has verified.
+    Account(String),
+    /// A bearer token still to verify (in the request's own read).
+    Token(String),
 }
 
 /// Requests kept in [`Service::awaiting`] at most: beyond, answers read the store as before.
@@ -496,6 +506,30 @@ impl Service {
         provider_choice: Option<&str>,
         starts_at: Option<Timestamp>,
     ) -> Result<RequestView> {
+        self.request_as(
+            Requester::Account(account.to_string()),
+            role_name,
+            justification,
+            ttl,
+            provider_choice,
+            starts_at,
+        )
+        .await
+        .map(|(_, v)| v)
+    }
+
+    /// Like [`Service::request_at`], for a requester known by account or by a bearer token
+    /// the API has not verified lately: the token is then verified in the request's own
+    /// read, and its caller returned for the API to remember.
+    pub async fn request_as(
+        &self,
+        who: Requester,
+        role_name: &str,
+        justification: &str,
+        ttl: Option<SignedDuration>,
+        provider_choice: Option<&str>,
+        starts_at: Option<Timestamp>,
+    ) -> Result<(Option<Caller>, RequestView)> {
         let now = self.clock.now();
         let starts_at = match starts_at {
             Some(t) if t <= now => None,
@@ -510,25 +544,38 @@ impl Service {
             }
             other => other,
         };
-        let (a, r) = (account.to_string(), role_name.to_string());
-        let key = account_key(account);
-        self.rate_limit(&key, now)?;
-        let key2 = key.clone();
+        let r = role_name.to_string();
+        if let Requester::Account(a) = &who {
+            self.rate_limit(&account_key(a), now)?;
+        }
         let known = self.cached_revision(role_name);
-        // Everything the decision needs, in one read.
-        let (spec, user, credential_rows, lockouts) = self
+        let now_ms = ms(now);
+        // Everything the decision needs, in one read (the token too, when it needs a look).
+        let (account, caller, spec, user, credential_rows, lockouts) = self
             .store
             .read(move |tx| {
+                let (account, caller) = match who {
+                    Requester::Account(a) => (a, None),
+                    Requester::Token(t) => match tokens::verify(tx, &t, now_ms)? {
+                        Some(c) => (c.account.clone(), Some(c)),
+                        None => return Err(Error::Unauthorized),
+                    },
+                };
+                let key = account_key(&account);
                 let spec = roles::get_if_changed(tx, &r, known)?;
-                let user = users::get(tx, &a)?;
-                let creds = credential_rows(tx, &key2)?;
+                let user = users::get(tx, &account)?;
+                let creds = credential_rows(tx, &key)?;
                 let lockouts = tx.query(
                     "SELECT provider, locked_until FROM lockouts WHERE account_key = $1 AND locked_until IS NOT NULL",
-                    &[key2.into()],
+                    &[key.into()],
                 )?;
-                Ok((spec, user, creds, lockouts))
+                Ok((account, caller, spec, user, creds, lockouts))
             })
             .await?;
+        let key = account_key(&account);
+        if caller.is_some() {
+            self.rate_limit(&key, now)?;
+        }
         let enrolled: Vec<String> = credential_rows
             .iter()
             .map(|r| r.text(1))
@@ -541,7 +588,7 @@ impl Service {
             Some(u) if u.enabled => u,
             _ => {
                 return Err(Error::Refused(Refusal::UserNotAllowed {
-                    account: account.to_string(),
+                    account: account.clone(),
                 }));
             }
         };
@@ -585,7 +632,8 @@ impl Service {
                     created_events(tx, &s)?;
                     Ok(s.view)
                 })
-                .await;
+                .await
+                .map(|v| (caller, v));
         }
         // MFA: pick the provider the user can use.
         let usability = |p: &str| match self.providers.get(p).and_then(|lp| lp.info()) {
@@ -692,7 +740,7 @@ impl Service {
         if let Some(a) = awaiting {
             self.remember(a, ms(now));
         }
-        Ok(view)
+        Ok((caller, view))
     }
 
     async fn pending(&self, id: &str, account: &str) -> Result<(Stored, User, Vec<Row>)> {

@@ -160,6 +160,22 @@ async fn refusals_over_http_have_status_codes_and_messages() {
     assert_eq!(e["error"]["code"], "unauthorized");
     let (s, _) = call(&d, Some("rg_nonsense"), "GET", "/v1/roles", None).await;
     assert_eq!(s, 401);
+    // Request creation verifies its token inside its own read: the same refusal.
+    for token in [None, Some("rg_nonsense")] {
+        let (s, e) = call(
+            &d,
+            token,
+            "POST",
+            "/v1/requests",
+            Some(json!({"role": "r"})),
+        )
+        .await;
+        assert_eq!(
+            (s, e["error"]["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{e}"
+        );
+    }
     let admin = d.admin.clone();
     call(
         &d,
