@@ -1,12 +1,12 @@
 //! legacy-phone: the Azure MFA (PhoneFactor) phone call that MIM PAM used for activation,
 //! configured by the deployment's `MfaSettings.xml` as it is.
 //!
-//! Built so far: the settings file reader ([`mfa_settings`]), the PhoneFactor `pfpMessage`
-//! v1.5 request and response ([`pfp`]), the meaning of every `callStatus` code
-//! ([`call_status`]) and the HTTPS transport with the client certificate and failover
-//! ([`transport`]), and the provider on them ([`provider::LegacyPhone`]): standard calls
-//! (press #) in SDK mode. PIN and SMS modes, and MFA Server mode, are refused with a message
-//! saying so.
+//! The settings file reader ([`mfa_settings`]), the PhoneFactor `pfpMessage` v1.5 request
+//! and response ([`pfp`]), the meaning of every `callStatus` code ([`call_status`]), the HTTPS
+//! transport with the client certificate and failover ([`transport`]), and the provider on
+//! them ([`provider::LegacyPhone`]) in SDK mode: standard calls (press #), PIN calls (the PIN
+//! each user enrolled), two-way and one-way SMS. MFA Server mode is refused with a message
+//! saying why (its Web Service SDK is not publicly documented).
 
 pub mod call_status;
 pub mod mfa_settings;
