@@ -161,6 +161,38 @@ async fn roles_stored_before_migration_3_survive_it(backend) {
 
 both! {
 #[tokio::test]
+async fn a_lone_write_that_fails_leaves_nothing_behind(backend) {
+    let at = Location::new(backend);
+    let db = at.open().await;
+    append(&db, 0).await;
+    // Alone in its batch (each write is awaited before the next): it writes a row and an
+    // event, then fails; neither stays, and the event chain goes on from the event before.
+    let e = db
+        .write(|tx| {
+            tx.execute("INSERT INTO roles VALUES ($1, $2, $3, $4, $5)", &role_row(1))?;
+            events::append(
+                tx,
+                NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", "lost"),
+                2000,
+            )?;
+            tx.execute("INSERT INTO nowhere VALUES (1)", &[])
+        })
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("nowhere"), "{e}");
+    append(&db, 2).await;
+    let rows = db
+        .read(|tx| tx.query("SELECT COUNT(*) FROM roles", &[]))
+        .await
+        .unwrap();
+    assert_eq!(rows[0].int(0).unwrap(), 0);
+    assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(2));
+    db.close();
+}
+}
+
+both! {
+#[tokio::test]
 async fn rows_stored_before_migration_4_survive_it(backend) {
     let at = Location::new(backend);
     let db = at.open().await;
