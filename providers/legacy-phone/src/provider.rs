@@ -112,7 +112,10 @@ pub struct LegacyPhone {
     username: Option<String>,
     default_country_code: u16,
     transport: Arc<Transport>,
-    calls: Mutex<HashMap<String, Slot>>,
+    /// Calls by id, with the host-clock second after which nobody polls them any more. A
+    /// finished call stays until then, so that every poll of it (two tabs, a retry) gets the
+    /// same verdict.
+    calls: Mutex<HashMap<String, (Slot, u64)>>,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -287,7 +290,15 @@ impl rolegate_sdk::Provider for LegacyPhone {
     }
 
     fn health(&self) -> Health {
-        let pending = self.calls.lock().map(|c| c.len()).unwrap_or(0);
+        let pending = self
+            .calls
+            .lock()
+            .map(|c| {
+                c.values()
+                    .filter(|(s, _)| s.lock().map(|r| r.is_none()).unwrap_or(false))
+                    .count()
+            })
+            .unwrap_or(0);
         Health {
             status: HealthStatus::Ok,
             message: format!("{pending} call(s) in flight"),
@@ -430,12 +441,13 @@ impl rolegate_sdk::Provider for LegacyPhone {
         }
         let call = format!("{}-{:08x}", ctx.request_id, random_u32()?);
         let slot: Slot = Arc::new(Mutex::new(None));
+        let deadline = ctx.now.saturating_add(self.settings.call_timeout_s);
         if let Ok(mut calls) = self.calls.lock() {
-            // Calls nobody polled to the end are dropped rather than kept forever.
-            if calls.len() > 10_000 {
-                calls.retain(|_, s| s.lock().map(|r| r.is_none()).unwrap_or(false));
+            // Calls past their deadline (and a grace for late polls) are dropped.
+            if calls.len() > 1_000 {
+                calls.retain(|_, (_, until)| until.saturating_add(300) > ctx.now);
             }
-            calls.insert(call.clone(), Arc::clone(&slot));
+            calls.insert(call.clone(), (Arc::clone(&slot), deadline));
         }
         let transport = Arc::clone(&self.transport);
         std::thread::Builder::new()
@@ -460,7 +472,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
         let state = CallState {
             request_id: ctx.request_id.clone(),
             call,
-            deadline: ctx.now.saturating_add(self.settings.call_timeout_s),
+            deadline,
         };
         Ok(Step::Wait {
             state: rolegate_sdk::serde_json::to_vec(&state)
@@ -495,17 +507,17 @@ impl rolegate_sdk::Provider for LegacyPhone {
             .calls
             .lock()
             .ok()
-            .and_then(|c| c.get(&state.call).cloned());
+            .and_then(|c| c.get(&state.call).map(|(s, _)| Arc::clone(s)));
         let Some(slot) = slot else {
             return Ok(denied(
                 DenyReason::Other,
                 "this call was placed by another host or before a restart; ask again",
             ));
         };
-        let answer = slot.lock().ok().and_then(|mut s| s.take());
+        // Read, not taken: a concurrent or repeated poll of this call gets the same verdict.
+        let answer = slot.lock().ok().and_then(|s| s.clone());
         let Some(answer) = answer else {
             if ctx.now >= state.deadline {
-                self.forget(&state.call);
                 return Ok(denied(
                     DenyReason::Expired,
                     "the phone call was not answered in time",
@@ -519,7 +531,6 @@ impl rolegate_sdk::Provider for LegacyPhone {
                 status: "Ringing…".into(),
             });
         };
-        self.forget(&state.call);
         let response = answer.map_err(ProviderError::unavailable)?;
         if !response.success {
             return Ok(denied(
@@ -835,13 +846,17 @@ mod tests {
 
     /// Places a call and polls (bounded) until it is done.
     fn call(p: &LegacyPhone, phone: &str) -> Step {
-        let c = ctx(Some(phone), 1_000);
-        let mut step = p.challenge_start(&c).unwrap();
+        call_with(p, &ctx(Some(phone), 1_000))
+    }
+
+    /// Places the call of challenge `c` and polls (bounded) until it is done.
+    fn call_with(p: &LegacyPhone, c: &ChallengeContext) -> Step {
+        let mut step = p.challenge_start(c).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while let Step::Wait { state, .. } = &step {
             assert!(std::time::Instant::now() < deadline, "no outcome in 10 s");
             std::thread::sleep(Duration::from_millis(50));
-            step = p.challenge_poll(&c, &state.0).unwrap();
+            step = p.challenge_poll(c, &state.0).unwrap();
         }
         step
     }
@@ -945,6 +960,22 @@ mod tests {
         let (reason, message) = reason_and_message(&other.challenge_poll(&c, &state.0).unwrap());
         assert_eq!(reason, Some(DenyReason::Other));
         assert!(message.contains("another host"), "{message}");
+        // A finished call answers every poll of it alike (two pollers, a retry).
+        let c1 = ctx(Some("+14255550001"), 1_000);
+        let Step::Wait { state: mut s1, .. } = p.challenge_start(&c1).unwrap() else {
+            panic!()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let first = loop {
+            assert!(std::time::Instant::now() < deadline, "no outcome in 10 s");
+            match p.challenge_poll(&c1, &s1.0).unwrap() {
+                Step::Wait { state: s, .. } => s1 = s,
+                done => break done,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(reason_and_message(&first).0, None, "approved");
+        assert_eq!(p.challenge_poll(&c1, &s1.0).unwrap(), first);
         // Past the call's deadline while it still rings: expired.
         let late = ctx(Some("+14255550009"), 1_011);
         let (reason, _) = reason_and_message(&p.challenge_poll(&late, &state.0).unwrap());
@@ -1220,29 +1251,14 @@ mod tests {
             c
         };
         let c = with("+14255550001", &credential);
-        let Step::Wait { status, state, .. } = p.challenge_start(&c).unwrap() else {
+        let Step::Wait { status, .. } = p.challenge_start(&c).unwrap() else {
             panic!()
         };
         assert_eq!(
             status,
             "Calling +1 •••0001: answer, type your PIN and press #"
         );
-        let poll_to_end = |c: &ChallengeContext, mut state: rolegate_sdk::Bytes| {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                assert!(std::time::Instant::now() < deadline, "no outcome in 10 s");
-                match p.challenge_poll(c, &state.0).unwrap() {
-                    Step::Wait { state: s, .. } => state = s,
-                    done => return done,
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        };
-        assert_eq!(
-            reason_and_message(&poll_to_end(&c, state)).0,
-            None,
-            "approved"
-        );
+        assert_eq!(reason_and_message(&call_with(&p, &c)).0, None, "approved");
         let body = d.bodies.lock().unwrap().last().unwrap().clone();
         assert!(
             body.contains("<pinInfo pinMode=\"pin\"><pin pinFormat=\"plainText\" pinChangeRequired=\"no\">7391</pin>"),
@@ -1250,22 +1266,15 @@ mod tests {
         );
         // Another PIN than the one the user types: the call ends denied, as a wrong answer.
         let other = enrol_pin(&p, "2580");
-        let c = with("+14255550001", &other);
-        let Step::Wait { state, .. } = p.challenge_start(&c).unwrap() else {
-            panic!()
-        };
-        let (reason, message) = reason_and_message(&poll_to_end(&c, state));
+        let (reason, message) = reason_and_message(&call_with(&p, &with("+14255550001", &other)));
         assert_eq!(reason, Some(DenyReason::WrongAnswer));
         assert!(
             message.contains("PIN typed on the phone was wrong"),
             "{message}"
         );
         // No PIN typed at all.
-        let c = with("+14255550002", &credential);
-        let Step::Wait { state, .. } = p.challenge_start(&c).unwrap() else {
-            panic!()
-        };
-        let (reason, message) = reason_and_message(&poll_to_end(&c, state));
+        let (reason, message) =
+            reason_and_message(&call_with(&p, &with("+14255550002", &credential)));
         assert_eq!(reason, Some(DenyReason::WrongAnswer));
         assert!(
             message.contains("no PIN entered (call status 2)"),
