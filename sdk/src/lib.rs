@@ -5,6 +5,7 @@
 //! - [`message`]: the JSON messages of the contract, stable within an ABI version;
 //! - [`abi`]: the C ABI itself, for hosts and for vendors in other languages
 //!   (`include/rolegate_provider.h` is the same layout in C);
+//! - [`random`]: the operating system's CSPRNG, and unbiased one-time codes;
 //! - [`conformance`]: the contract checks `rolegate provider check` runs, usable from a
 //!   vendor's own tests.
 //!
@@ -17,6 +18,7 @@ pub mod error;
 pub mod message;
 pub mod phone;
 pub mod provider;
+pub mod random;
 pub mod settings;
 
 pub use bytes::Bytes;

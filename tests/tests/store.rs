@@ -192,6 +192,85 @@ async fn a_lone_write_that_fails_leaves_nothing_behind(backend) {
 }
 
 both! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_in_a_shared_batch_undoes_only_itself(backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    let at = Location::new(backend);
+    let db = Arc::new(at.open().await);
+    // The first write holds the writer until the others are queued: they share one batch.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let running = Arc::new(AtomicBool::new(false));
+    let first = {
+        let (db, running) = (Arc::clone(&db), Arc::clone(&running));
+        tokio::spawn(async move {
+            db.write(move |tx| {
+                running.store(true, Ordering::SeqCst);
+                let _ = held.recv_timeout(Duration::from_secs(10));
+                tx.execute("INSERT INTO roles VALUES ($1, $2, $3, $4, $5)", &role_row(0))
+            })
+            .await
+        })
+    };
+    for _ in 0..500 {
+        if running.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(running.load(Ordering::SeqCst), "the first write never ran");
+    // Each: a role row and an event; 2 then fails, 3 panics, after their writes.
+    let mut tasks = Vec::new();
+    for i in 1..=4i64 {
+        let db = Arc::clone(&db);
+        tasks.push(tokio::spawn(async move {
+            db.write(move |tx| {
+                tx.execute("INSERT INTO roles VALUES ($1, $2, $3, $4, $5)", &role_row(i))?;
+                events::append(
+                    tx,
+                    NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", format!("event {i}")),
+                    1000 + i,
+                )?;
+                if i == 2 {
+                    tx.execute("INSERT INTO nowhere VALUES (1)", &[])?;
+                }
+                if i == 3 {
+                    panic!("write 3 breaks after its writes");
+                }
+                Ok(i)
+            })
+            .await
+        }));
+        // In this order in the queue.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    release.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap().map_err(|e| e.to_string()));
+    }
+    assert_eq!(results[0], Ok(1));
+    assert!(results[1].as_ref().is_err_and(|e| e.contains("nowhere")), "{:?}", results[1]);
+    assert!(results[2].is_err(), "{:?}", results[2]);
+    assert_eq!(results[3], Ok(4));
+    db.close();
+    // What stays, after a restart: the good writes' rows and events, an intact chain.
+    let db = at.open().await;
+    let rows = db
+        .read(|tx| tx.query("SELECT name FROM roles ORDER BY name", &[]))
+        .await
+        .unwrap();
+    let names: Vec<String> = rows.iter().map(|r| r.text(0).unwrap()).collect();
+    assert_eq!(names, ["r0", "r1", "r4"]);
+    assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(2));
+    append(&db, 9).await;
+    assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(3));
+    db.close();
+}
+}
+
+both! {
 #[tokio::test]
 async fn rows_stored_before_migration_4_survive_it(backend) {
     let at = Location::new(backend);

@@ -52,28 +52,6 @@ impl Hello {
     pub fn answer(challenge: &str) -> String {
         challenge.chars().rev().collect()
     }
-
-    fn random_digits(&self) -> Result<String, ProviderError> {
-        use std::io::Read as _;
-        let mut bytes = vec![0u8; usize::from(self.settings.digits)];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut bytes))
-            .map_err(|e| ProviderError::unavailable(format!("no randomness: {e}")))?;
-        // 250 is the largest multiple of 10 below 256: reject above it to avoid bias.
-        let mut out = String::with_capacity(bytes.len());
-        for b in bytes {
-            let mut b = b;
-            while b >= 250 {
-                let mut one = [0u8; 1];
-                std::fs::File::open("/dev/urandom")
-                    .and_then(|mut f| f.read_exact(&mut one))
-                    .map_err(|e| ProviderError::unavailable(format!("no randomness: {e}")))?;
-                b = one[0];
-            }
-            out.push(char::from(b'0' + b % 10));
-        }
-        Ok(out)
-    }
 }
 
 impl Provider for Hello {
@@ -110,7 +88,7 @@ impl Provider for Hello {
     }
 
     fn challenge_start(&self, ctx: &ChallengeContext) -> Result<Step, ProviderError> {
-        let challenge = self.random_digits()?;
+        let challenge = rolegate_sdk::random::digits(usize::from(self.settings.digits))?;
         let state = State {
             challenge: challenge.clone(),
             expires_at: ctx.now.saturating_add(self.settings.expires_in),

@@ -267,7 +267,7 @@ impl Postgres {
         let writer = {
             let config = config.clone();
             std::thread::Builder::new()
-                .name("rolegate-pg-writer".into())
+                .name("pg-writer".into())
                 .spawn(move || write_loop(conn, &config, rx))
                 .map_err(|source| Error::Io {
                     what: "starting the database writer".into(),

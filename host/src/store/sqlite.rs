@@ -91,22 +91,28 @@ impl rusqlite::ToSql for Param<'_> {
     }
 }
 
+/// The statements a batch's writes have run, to run again when a later write of the batch
+/// fails and the transaction is rolled back under them.
+type Redo = Vec<(std::rc::Rc<str>, Vec<Value>)>;
+
 /// A SQLite connection seen as a [`Tx`].
 pub struct SqliteTx<'a> {
     conn: &'a Connection,
     /// The writer's event head (none on reading connections).
     head: Option<&'a mut EventHead>,
+    /// Where the writer records each statement that changed something (in shared batches).
+    redo: Option<&'a mut Redo>,
 }
 
 impl Tx for SqliteTx<'_> {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&cached_sql(sql))
-            .map_err(|e| db_error("preparing a statement", e))?;
-        stmt.execute(rusqlite::params_from_iter(params.iter().map(Param)))
-            .map(|n| n as u64)
-            .map_err(|e| db_error("writing", e))
+        let sql = cached_sql(sql);
+        let n = run(self.conn, &sql, params)?;
+        // Only a statement that ran is redone (a failed one changed nothing).
+        if let Some(redo) = self.redo.as_deref_mut() {
+            redo.push((sql, params.to_vec()));
+        }
+        Ok(n)
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
@@ -146,6 +152,16 @@ impl Tx for SqliteTx<'_> {
     fn event_head(&mut self) -> Option<&mut EventHead> {
         self.head.as_deref_mut()
     }
+}
+
+/// Runs one statement (in SQLite's syntax) through the statement cache.
+fn run(conn: &Connection, sql: &str, params: &[Value]) -> Result<u64> {
+    let mut stmt = conn
+        .prepare_cached(sql)
+        .map_err(|e| db_error("preparing a statement", e))?;
+    stmt.execute(rusqlite::params_from_iter(params.iter().map(Param)))
+        .map(|n| n as u64)
+        .map_err(|e| db_error("writing", e))
 }
 
 /// A SQLite store.
@@ -211,6 +227,7 @@ impl Sqlite {
             let mut tx = SqliteTx {
                 conn: &conn,
                 head: None,
+                redo: None,
             };
             match super::schema::migrate(&mut tx, now_ms) {
                 Ok(_) => conn
@@ -222,7 +239,7 @@ impl Sqlite {
                 }
             }
         }
-        // Savepoints' sub-journals stay in memory (one per job in a batch).
+        // Statement journals and temporary tables stay in memory.
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;")
             .map_err(|e| db_error("configuring the database", e))?;
         let (tx, rx) = mpsc::channel::<Queued>();
@@ -233,7 +250,7 @@ impl Sqlite {
             wal.push("-wal");
             let wal = PathBuf::from(wal);
             std::thread::Builder::new()
-                .name("rolegate-sqlite-sync".into())
+                .name("sqlite-syncer".into())
                 .spawn(move || sync_loop(&wal, sync_rx))
                 .map_err(|source| Error::Io {
                     what: "starting the database syncer".into(),
@@ -241,7 +258,7 @@ impl Sqlite {
                 })?
         };
         let writer = std::thread::Builder::new()
-            .name("rolegate-sqlite-writer".into())
+            .name("sqlite-writer".into())
             .spawn(move || write_loop(conn, rx, sync_tx))
             .map_err(|source| Error::Io {
                 what: "starting the database writer".into(),
@@ -251,7 +268,7 @@ impl Sqlite {
             let path = path.to_path_buf();
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
-                .name("rolegate-sqlite-checkpoint".into())
+                .name("sqlite-checkpt".into())
                 .spawn(move || checkpoint_loop(&path, &stop))
                 .map_err(|source| Error::Io {
                     what: "starting the checkpointer".into(),
@@ -380,42 +397,44 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
         let mut durable = Vec::with_capacity(batch.len());
         let mut at_once = Vec::new();
         let begun = exec_cached(&conn, "BEGIN IMMEDIATE");
-        // A write alone in its batch needs no savepoint (its page copies cost a tenth of the
-        // writer): if it fails, the whole transaction is rolled back instead.
-        let solo = batch.len() == 1;
+        // No savepoint per write (their page copies cost a tenth of the writer): the
+        // statements that each write ran are recorded instead, and when one write fails, the
+        // transaction is rolled back and the batch's earlier writes are run again — failures
+        // are rare (a lost race, a refused credential), successes are every request.
+        let shared = batch.len() > 1;
+        let mut redo: Redo = Vec::new();
         // Set when a failed write could not be undone alone: the whole batch then is.
         let mut undo_all = false;
         for Queued { job, durable: d } in batch.drain(..) {
-            if !begun {
+            if !begun || undo_all {
                 let (_, done) = job(&mut FailTx("sqlite"));
                 at_once.push(done);
                 continue;
             }
-            let saved = !solo && exec_cached(&conn, "SAVEPOINT op");
             let before = head.clone();
+            let mark = redo.len();
             // A panicking write is undone and its caller told the writer failed; the others
             // of the batch go on.
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 job(&mut SqliteTx {
                     conn: &conn,
                     head: Some(&mut head),
+                    redo: shared.then_some(&mut redo),
                 })
             }));
             let ok = matches!(ran, Ok((true, _)));
-            if !ok {
+            // An I/O error or a full disk makes SQLite roll the whole transaction back itself.
+            let lost = conn.is_autocommit();
+            if !ok || lost {
                 head = before;
-            }
-            if saved {
-                if !ok && !exec_cached(&conn, "ROLLBACK TO op") {
-                    head.head = None;
+                redo.truncate(mark);
+                if !shared || lost || !redo_from_scratch(&conn, &redo) {
+                    undo_all = true;
                 }
-                exec_cached(&conn, "RELEASE op");
-            } else if !ok {
-                undo_all = true;
             }
             if let Ok((_, done)) = ran {
                 // A failed write has nothing to wait for on disk.
-                if d && ok {
+                if d && ok && !undo_all {
                     durable.push(done)
                 } else {
                     at_once.push(done)
@@ -428,6 +447,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
                 &mut SqliteTx {
                     conn: &conn,
                     head: None,
+                    redo: None,
                 },
                 *seq,
                 hash,
@@ -441,7 +461,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
         } else if undo_all {
             let _ = conn.execute_batch("ROLLBACK");
             // A lone failed write keeps its own error; its head was restored already.
-            (!solo).then(|| "a failed write could not be undone alone".to_string())
+            shared.then(|| "a failed write could not be undone alone".to_string())
         } else if let Some(e) = stored_head {
             let _ = conn.execute_batch("ROLLBACK");
             Some(e)
@@ -479,6 +499,17 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
             let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
         }
     }
+}
+
+/// Rolls the writer's transaction back and runs the recorded statements of the batch's good
+/// writes again, leaving the database as if the failed write had never run. False when that
+/// fails (the caller then undoes the whole batch).
+fn redo_from_scratch(conn: &Connection, redo: &Redo) -> bool {
+    if !exec_cached(conn, "ROLLBACK") || !exec_cached(conn, "BEGIN IMMEDIATE") {
+        return false;
+    }
+    redo.iter()
+        .all(|(sql, params)| run(conn, sql, params).is_ok())
 }
 
 /// Makes committed batches durable: one fsync of the WAL covers every batch committed
@@ -536,6 +567,7 @@ fn read_pooled<T>(
         op(&mut SqliteTx {
             conn: &conn,
             head: None,
+            redo: None,
         })
     }));
     if begun {

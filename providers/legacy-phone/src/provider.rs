@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rolegate_sdk::phone::PhoneNumber;
+use rolegate_sdk::random::{fill as random, u32 as random_u32};
 use rolegate_sdk::serde::{Deserialize, Serialize};
 use rolegate_sdk::{
     ChallengeContext, DenyReason, EnrollContext, FactorKind, Health, HealthStatus, PromptKind,
@@ -138,17 +139,6 @@ fn denied(reason: DenyReason, message: impl Into<String>) -> Step {
             message: message.into(),
         },
     }
-}
-
-fn random_u32() -> Result<u32, ProviderError> {
-    let mut b = [0u8; 4];
-    random(&mut b)?;
-    Ok(u32::from_le_bytes(b))
-}
-
-/// Fills `buf` from the operating system's CSPRNG.
-fn random(buf: &mut [u8]) -> Result<(), ProviderError> {
-    getrandom::fill(buf).map_err(|e| ProviderError::unavailable(format!("no randomness: {e}")))
 }
 
 /// The number as the user sees it on the spinner: only its last four digits.

@@ -8,31 +8,11 @@ const DOMAIN: &[u8] = b"rolegate/sms-twilio/code/v1";
 /// Bytes of salt per challenge.
 pub(crate) const SALT_LEN: usize = 16;
 
-/// Fills `buf` from the operating system's CSPRNG.
-pub(crate) fn random(buf: &mut [u8]) -> Result<(), ProviderError> {
-    getrandom::fill(buf).map_err(|e| {
-        ProviderError::unavailable(format!("the operating system's random source failed: {e}"))
-    })
-}
+pub(crate) use rolegate_sdk::random::fill as random;
 
-/// A code of `length` decimal digits, uniform over all such codes.
-///
-/// Each digit comes from one random byte; bytes of 250 and above are rejected (250 is the
-/// largest multiple of 10 that fits in a byte), so `byte % 10` has no modulo bias.
+/// A code of `length` decimal digits, uniform over all such codes (the SDK's generator).
 pub(crate) fn generate(length: u8) -> Result<String, ProviderError> {
-    let length = usize::from(length);
-    let mut out = String::with_capacity(length);
-    let mut pool = [0u8; 32];
-    while out.len() < length {
-        random(&mut pool)?;
-        for &b in pool.iter().filter(|&&b| b < 250) {
-            if out.len() == length {
-                break;
-            }
-            out.push(char::from(b'0' + b % 10));
-        }
-    }
-    Ok(out)
+    rolegate_sdk::random::digits(usize::from(length))
 }
 
 fn put(hasher: &mut Sha256, part: &[u8]) {

@@ -211,8 +211,7 @@ fn typed_code(input: &Input, lengths: &[u8]) -> Result<String, ProviderError> {
 
 fn random(n: usize) -> Result<Vec<u8>, ProviderError> {
     let mut b = vec![0u8; n];
-    getrandom::fill(&mut b)
-        .map_err(|e| ProviderError::unavailable(format!("no randomness: {e}")))?;
+    rolegate_sdk::random::fill(&mut b)?;
     Ok(b)
 }
 
