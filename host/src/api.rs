@@ -112,38 +112,37 @@ impl Api {
             .to_string())
     }
 
-    /// The caller of a token verified in the last few seconds, if any.
-    fn cached_caller(&self, token: &str, now: i64) -> Option<Caller> {
-        let hash = crate::secrets::token_hash(token);
+    /// The caller of a token (by its hash) verified in the last few seconds, if any.
+    fn cached_caller(&self, hash: &str, now: i64) -> Option<Caller> {
         let cache = self.tokens.lock().ok()?;
-        let (caller, at) = cache.get(&hash)?;
+        let (caller, at) = cache.get(hash)?;
         (now - at < TOKEN_CACHE_MS).then(|| caller.clone())
     }
 
-    /// Remembers a verified token for a few seconds.
-    fn cache_caller(&self, token: &str, caller: &Caller, now: i64) {
+    /// Remembers a verified token (by its hash) for a few seconds.
+    fn cache_caller(&self, hash: String, caller: &Caller, now: i64) {
         if let Ok(mut cache) = self.tokens.lock() {
             if cache.len() > 100_000 {
                 cache.clear();
             }
-            cache.insert(crate::secrets::token_hash(token), (caller.clone(), now));
+            cache.insert(hash, (caller.clone(), now));
         }
     }
 
     async fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller> {
-        let token = Self::bearer(headers)?;
+        let hash = crate::secrets::token_hash(&Self::bearer(headers)?);
         let now = jiff::Timestamp::now().as_millisecond();
-        if let Some(caller) = self.cached_caller(&token, now) {
+        if let Some(caller) = self.cached_caller(&hash, now) {
             return Ok(caller);
         }
-        let t = token.clone();
+        let h = hash.clone();
         let caller = self
             .service
             .store()
-            .read(move |tx| tokens::verify(tx, &t, now))
+            .read(move |tx| tokens::verify_hash(tx, &h, now))
             .await?
             .ok_or_else(|| unauthorized("the token is not valid"))?;
-        self.cache_caller(&token, &caller, now);
+        self.cache_caller(hash, &caller, now);
         Ok(caller)
     }
 
@@ -224,11 +223,11 @@ async fn create_request(
     Json(body): Json<NewRequest>,
 ) -> ApiResult<(StatusCode, Json<RequestView>)> {
     // A token not seen lately is verified in the request's own read (one read, not two).
-    let token = Api::bearer(&headers)?;
+    let hash = crate::secrets::token_hash(&Api::bearer(&headers)?);
     let now = jiff::Timestamp::now().as_millisecond();
-    let who = match api.cached_caller(&token, now) {
+    let who = match api.cached_caller(&hash, now) {
         Some(c) => Requester::Account(c.account),
-        None => Requester::Token(token.clone()),
+        None => Requester::TokenHash(hash.clone()),
     };
     let starts_at = match &body.starts_at {
         None => None,
@@ -252,7 +251,7 @@ async fn create_request(
         )
         .await?;
     if let Some(c) = caller {
-        api.cache_caller(&token, &c, now);
+        api.cache_caller(hash, &c, now);
     }
     // Serialized straight from the view, not through a JSON tree (this is the hot path).
     Ok((StatusCode::CREATED, Json(v)))

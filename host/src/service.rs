@@ -251,8 +251,8 @@ struct Awaiting {
 pub enum Requester {
     /// An account the caller has verified.
     Account(String),
-    /// A bearer token still to verify (in the request's own read).
-    Token(String),
+    /// A bearer token still to verify (in the request's own read), by its hash as stored.
+    TokenHash(String),
 }
 
 /// Requests kept in [`Service::awaiting`] at most: beyond, answers read the store as before.
@@ -556,7 +556,7 @@ impl Service {
             .read(move |tx| {
                 let (account, caller) = match who {
                     Requester::Account(a) => (a, None),
-                    Requester::Token(t) => match tokens::verify(tx, &t, now_ms)? {
+                    Requester::TokenHash(h) => match tokens::verify_hash(tx, &h, now_ms)? {
                         Some(c) => (c.account.clone(), Some(c)),
                         None => return Err(Error::Unauthorized),
                     },

@@ -37,9 +37,14 @@ pub fn issue(
 
 /// The caller a token belongs to, if it is valid.
 pub fn verify(tx: &mut dyn Tx, token: &str, now_ms: i64) -> Result<Option<Caller>> {
+    verify_hash(tx, &token_hash(token), now_ms)
+}
+
+/// [`verify`] for a token already hashed (a caller that keys its cache by the hash).
+pub fn verify_hash(tx: &mut dyn Tx, hash: &str, now_ms: i64) -> Result<Option<Caller>> {
     let rows = tx.query(
         "SELECT account, admin, expires_at FROM tokens WHERE hash = $1",
-        &[token_hash(token).into()],
+        &[hash.into()],
     )?;
     let Some(r) = rows.first() else {
         return Ok(None);

@@ -213,6 +213,10 @@ pub fn dispatch<P: Provider>(provider: &P, request: Request) -> Vec<u8> {
 
 /// Decodes a request, telling an operation this SDK does not know from a malformed message.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, ProviderError> {
+    // Every call: one pass. Only a message that does not decode is read again, to say why.
+    if let Ok(request) = serde_json::from_slice::<Request>(bytes) {
+        return Ok(request);
+    }
     #[derive(serde::Deserialize)]
     struct Op {
         op: String,
