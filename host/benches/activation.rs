@@ -299,10 +299,21 @@ fn main() {
                                 user = i % tokens.len();
                                 i += c;
                             };
-                            totp_code = rolegate_provider_totp::code_for_secret(
-                                &totp_secret(user),
-                                step * 30,
-                            );
+                            let secret = totp_secret(user);
+                            let code = rolegate_provider_totp::code_for_secret(&secret, step * 30);
+                            // One code in a million is also the next step's: the provider then
+                            // records the later step (the same digits cannot be used twice), and
+                            // so must the load, or its next code for this user is a replay.
+                            if code.is_some()
+                                && code
+                                    == rolegate_provider_totp::code_for_secret(
+                                        &secret,
+                                        (step + 1) * 30,
+                                    )
+                            {
+                                used[user].fetch_max(step + 2, Ordering::Relaxed);
+                            }
+                            totp_code = code;
                         }
                         let token = &tokens[user];
                         let t = Instant::now();
