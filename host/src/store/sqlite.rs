@@ -100,7 +100,7 @@ pub struct SqliteTx<'a> {
     conn: &'a Connection,
     /// The writer's event head (none on reading connections).
     head: Option<&'a mut EventHead>,
-    /// Where the writer records each statement that changed something (in shared batches).
+    /// Where the writer records each statement that ran (in batches of several writes).
     redo: Option<&'a mut Redo>,
 }
 
@@ -397,7 +397,7 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
         let mut durable = Vec::with_capacity(batch.len());
         let mut at_once = Vec::new();
         let begun = exec_cached(&conn, "BEGIN IMMEDIATE");
-        // No savepoint per write (their page copies cost a tenth of the writer): the
+        // No savepoint per write (their page copies cost the writer ~15%): the
         // statements that each write ran are recorded instead, and when one write fails, the
         // transaction is rolled back and the batch's earlier writes are run again — failures
         // are rare (a lost race, a refused credential), successes are every request.
