@@ -15,8 +15,7 @@ use serde_json::{Value as Json_, json};
 use crate::error::Error;
 use crate::events::{self, Filter};
 use crate::roles::{self, RoleSpec};
-use crate::service::Service;
-use crate::service::{RequestView, Requester};
+use crate::service::{RequestView, Requester, Service};
 use crate::tokens::{self, Caller};
 use crate::users::{self, NewUser, UserChanges};
 

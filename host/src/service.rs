@@ -307,7 +307,6 @@ impl Service {
         m.remove(id).map(|a| (a.stored, a.user, a.credentials))
     }
 
-    /// The parsed role for stored policy text, from the cache when the text is unchanged.
     /// The revision of the cached role with this name (0: none cached).
     fn cached_revision(&self, name: &str) -> i64 {
         self.role_cache
@@ -1487,8 +1486,6 @@ fn created_events(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
     Ok(())
 }
 
-/// Fails with a conflict when a version-checked update changed no row: someone else moved
-/// the request first.
 /// Stores (or replaces) a user's credential for a provider, sealed with the host's key —
 /// what a finished enrolment does; also for bulk imports of enrolments made elsewhere.
 pub fn store_credential(
@@ -1518,11 +1515,11 @@ pub fn store_credential(
     Ok(())
 }
 
-/// Why an answer was undone when another answer changed its credential first.
 /// The start of the refusal of an approval whose credentials an admin changed meanwhile.
 const CREDENTIALS_CHANGED: &str =
     "the credentials changed while the answer was checked (an admin removed or replaced one)";
 
+/// Why an answer was undone when another answer changed its credential first.
 const CREDENTIAL_RACE: &str =
     "the credential changed meanwhile (another request used it): answer again with a new code";
 
@@ -1593,6 +1590,8 @@ fn still_allowed(tx: &mut dyn Tx, s: &Stored, provider: &str, seen: &[Vec<u8>]) 
     Ok(())
 }
 
+/// Fails with a conflict when a version-checked update changed no row: someone else moved
+/// the request first.
 fn ensure_updated(n: u64, id: &str) -> Result<()> {
     if n == 0 {
         return Err(Error::Conflict(format!("request `{id}` changed meanwhile")));

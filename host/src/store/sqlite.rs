@@ -586,9 +586,7 @@ fn read_pooled<T>(
 
 /// Runs a parameterless statement through the statement cache (no re-parsing per write).
 fn exec_cached(conn: &Connection, sql: &str) -> bool {
-    conn.prepare_cached(sql)
-        .and_then(|mut s| s.execute([]))
-        .is_ok()
+    run(conn, sql, &[]).is_ok()
 }
 
 fn checkpoint_loop(path: &Path, stop: &AtomicBool) {

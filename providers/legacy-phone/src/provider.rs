@@ -841,14 +841,25 @@ mod tests {
 
     /// Places the call of challenge `c` and polls (bounded) until it is done.
     fn call_with(p: &LegacyPhone, c: &ChallengeContext) -> Step {
-        let mut step = p.challenge_start(c).unwrap();
+        poll_to_end(p, c, p.challenge_start(c).unwrap()).0
+    }
+
+    /// Polls (bounded) from `step` until the call is done: the outcome, and the state of the
+    /// poll that brought it.
+    fn poll_to_end(
+        p: &LegacyPhone,
+        c: &ChallengeContext,
+        mut step: Step,
+    ) -> (Step, rolegate_sdk::Bytes) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut last = rolegate_sdk::Bytes(Vec::new());
         while let Step::Wait { state, .. } = &step {
             assert!(std::time::Instant::now() < deadline, "no outcome in 10 s");
             std::thread::sleep(Duration::from_millis(50));
+            last = state.clone();
             step = p.challenge_poll(c, &state.0).unwrap();
         }
-        step
+        (step, last)
     }
 
     fn reason_and_message(step: &Step) -> (Option<DenyReason>, String) {
@@ -952,18 +963,7 @@ mod tests {
         assert!(message.contains("another host"), "{message}");
         // A finished call answers every poll of it alike (two pollers, a retry).
         let c1 = ctx(Some("+14255550001"), 1_000);
-        let Step::Wait { state: mut s1, .. } = p.challenge_start(&c1).unwrap() else {
-            panic!()
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let first = loop {
-            assert!(std::time::Instant::now() < deadline, "no outcome in 10 s");
-            match p.challenge_poll(&c1, &s1.0).unwrap() {
-                Step::Wait { state: s, .. } => s1 = s,
-                done => break done,
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let (first, s1) = poll_to_end(&p, &c1, p.challenge_start(&c1).unwrap());
         assert_eq!(reason_and_message(&first).0, None, "approved");
         assert_eq!(p.challenge_poll(&c1, &s1.0).unwrap(), first);
         // Past the call's deadline while it still rings: expired.
