@@ -5,6 +5,12 @@
 //! fsync of the WAL that began after its commit — but the fsync is not in the writer's way:
 //! the writer runs with `synchronous = NORMAL` and commits the next batch while the syncer
 //! flushes the previous ones (one fsync for all of them).
+//!
+//! The WAL is started over (instead of growing) once it is long, which needs every frame
+//! copied back into the database between two of the writer's transactions — a moment when
+//! every write waits. The checkpointer copies the bulk beforehand, every few milliseconds,
+//! and tells the writer when only a small tail is left; the writer copies that tail itself.
+//! A WAL restarted every 512 commits by the writer alone held writes up for 5–16 ms each time.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +23,38 @@ use rusqlite::{Connection, OpenFlags, types::ValueRef};
 use super::{Completion, EventHead, FailTx, Queued, Row, Tx, Value, Writer};
 use crate::error::{Error, Result};
 
-/// Commits between two checkpoints by the writer.
-const CHECKPOINT_EVERY: u64 = 512;
+/// When the WAL is started over, and how much of it the writer copies back itself.
+#[derive(Debug, Clone, Copy)]
+struct WalLimits {
+    /// The WAL size (in frames, one page each) from which on it is started over.
+    restart_frames: i64,
+    /// The most frames the writer copies back itself to start the WAL over; the
+    /// checkpointer copies the rest beforehand, off the writer's path.
+    tail_frames: i64,
+    /// Commits after which the writer checkpoints itself though the checkpointer has not
+    /// called it (it stopped, or cannot keep up): the WAL must not grow without bound.
+    writer_fallback: u64,
+}
+
+impl Default for WalLimits {
+    fn default() -> Self {
+        Self {
+            // 64 MB of 4 KB pages: each start-over holds every write up for one short
+            // checkpoint (its two fsyncs), so they are rare; readers do not pay for a long
+            // WAL, as they only search the frames written since the last checkpoint.
+            restart_frames: 16_384,
+            tail_frames: 256,
+            writer_fallback: 4096,
+        }
+    }
+}
+
+/// The shortest pause between two background checkpoints: short under load, so that each
+/// copies little and the tail left for the writer stays small.
+const CHECKPOINT_PAUSE: Duration = Duration::from_millis(10);
+
+/// The longest pause between two background checkpoints, when there was nothing to copy.
+const CHECKPOINT_IDLE_PAUSE: Duration = Duration::from_millis(250);
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -200,6 +236,10 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
 impl Sqlite {
     /// Opens (creating when missing, with mode 0600) and migrates the database at `path`.
     pub fn open(path: &Path, now_ms: i64) -> Result<Self> {
+        Self::open_with(path, now_ms, WalLimits::default())
+    }
+
+    fn open_with(path: &Path, now_ms: i64, limits: WalLimits) -> Result<Self> {
         if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt as _;
             std::fs::OpenOptions::new()
@@ -245,6 +285,7 @@ impl Sqlite {
         let (tx, rx) = mpsc::channel::<Queued>();
         let (sync_tx, sync_rx) = mpsc::channel::<Synced>();
         let stop = Arc::new(AtomicBool::new(false));
+        let tail_ready = Arc::new(AtomicBool::new(false));
         let syncer = {
             let mut wal = path.as_os_str().to_owned();
             wal.push("-wal");
@@ -257,19 +298,22 @@ impl Sqlite {
                     source,
                 })?
         };
-        let writer = std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || write_loop(conn, rx, sync_tx))
-            .map_err(|source| Error::Io {
-                what: "starting the database writer".into(),
-                source,
-            })?;
+        let writer = {
+            let tail_ready = Arc::clone(&tail_ready);
+            std::thread::Builder::new()
+                .name("sqlite-writer".into())
+                .spawn(move || write_loop(conn, rx, sync_tx, &tail_ready, limits))
+        }
+        .map_err(|source| Error::Io {
+            what: "starting the database writer".into(),
+            source,
+        })?;
         let checkpointer = {
             let path = path.to_path_buf();
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("sqlite-checkpt".into())
-                .spawn(move || checkpoint_loop(&path, &stop))
+                .spawn(move || checkpoint_loop(&path, &stop, &tail_ready, limits))
                 .map_err(|source| Error::Io {
                     what: "starting the checkpointer".into(),
                     source,
@@ -359,8 +403,18 @@ impl Drop for Sqlite {
 /// the disk, or the news that the writer stopped.
 type Synced = Vec<Completion>;
 
-fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<Synced>) {
+/// The writer: commits what is queued in one transaction at a time, hands the durable
+/// writes' callers to the syncer, and starts the WAL over when the checkpointer says that
+/// little is left to copy (`tail_ready`).
+fn write_loop(
+    conn: Connection,
+    rx: mpsc::Receiver<Queued>,
+    sync: mpsc::Sender<Synced>,
+    tail_ready: &AtomicBool,
+    limits: WalLimits,
+) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    // Commits since the writer last checkpointed.
     let mut commits = 0u64;
     // This writer is the database's only one, so the head it keeps stays true between
     // batches; it is dropped (and read again) whenever a batch does not commit.
@@ -493,10 +547,14 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Queued>, sync: mpsc::Sender<S
             }
         }
         commits += 1;
-        if commits.is_multiple_of(CHECKPOINT_EVERY) {
-            // With the WAL fully copied back, the next transaction starts the WAL over
-            // instead of growing it (a growing file costs block allocation on every commit).
-            let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
+        // With the WAL fully copied back, the next transaction starts the WAL over instead of
+        // growing it (a growing WAL costs block allocation on every commit and longer page
+        // lookups in every read). Only a checkpoint between two of the writer's transactions
+        // can copy everything, and every write waits while it runs — so the checkpointer
+        // copies the bulk beforehand and the writer only the last few frames.
+        if tail_ready.swap(false, Ordering::AcqRel) || commits >= limits.writer_fallback {
+            let _ = checkpoint(&conn);
+            commits = 0;
         }
     }
 }
@@ -589,14 +647,57 @@ fn exec_cached(conn: &Connection, sql: &str) -> bool {
     run(conn, sql, &[]).is_ok()
 }
 
-fn checkpoint_loop(path: &Path, stop: &AtomicBool) {
+/// A passive checkpoint (it never waits for the writer or readers; it copies what it can):
+/// the frames in the WAL and how many of them are copied back, or `None` when another
+/// checkpoint was running or it failed.
+fn checkpoint(conn: &Connection) -> Option<(i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })
+    .ok()
+    .filter(|(busy, log, _)| *busy == 0 && *log >= 0)
+    .map(|(_, log, copied)| (log, copied))
+}
+
+/// Copies the WAL back into the database off the writer's path, and once the WAL is long
+/// enough to start over and little of it is left to copy, tells the writer so.
+fn checkpoint_loop(path: &Path, stop: &AtomicBool, tail_ready: &AtomicBool, limits: WalLimits) {
     let Ok(conn) = open_connection(path, false) else {
         return;
     };
+    let mut pause = CHECKPOINT_PAUSE;
+    let mut last = None;
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(250));
-        // PASSIVE never waits for the writer; it copies what it can.
-        let _ = conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE);");
+        std::thread::sleep(pause);
+        let Some(mut state) = checkpoint(&conn) else {
+            continue;
+        };
+        // An idle database is looked at less and less often; a write brings the pace back.
+        pause = if last == Some(state) {
+            (pause * 2).min(CHECKPOINT_IDLE_PAUSE)
+        } else {
+            CHECKPOINT_PAUSE
+        };
+        // What the writer appended while this one copied; a few rounds shrink it to about
+        // one fsync's worth of commits.
+        for _ in 0..3 {
+            if state.0 - state.1 <= limits.tail_frames {
+                break;
+            }
+            match checkpoint(&conn) {
+                Some(next) => state = next,
+                None => break,
+            }
+        }
+        last = Some(state);
+        let (log, copied) = state;
+        if log >= limits.restart_frames && log - copied <= limits.tail_frames {
+            tail_ready.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -630,5 +731,54 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let e = Sqlite::open(&path, 0).unwrap_err();
         assert!(e.to_string().contains("chmod 600"), "{e}");
+    }
+
+    /// Under a steady stream of writes the WAL is started over once it is long (the
+    /// checkpointer copying the bulk, the writer the tail), so it stays short; every write
+    /// is still there after a restart.
+    #[tokio::test]
+    async fn the_wal_is_started_over_while_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rolegate.db");
+        let wal = dir.path().join("rolegate.db-wal");
+        let limits = WalLimits {
+            restart_frames: 64,
+            tail_frames: 16,
+            // The writer's own fallback never fires here: only the hand-over can keep the
+            // WAL short.
+            writer_fallback: u64::MAX,
+        };
+        let db = Sqlite::open_with(&path, 0, limits).unwrap();
+        let writes = 1500;
+        let mut longest = 0;
+        for i in 0..writes {
+            db.write(move |tx| {
+                tx.execute(
+                    "INSERT INTO meta (name, value) VALUES ($1, $2)",
+                    &[Value::Text(format!("k{i}")), Value::Blob(vec![7; 1024])],
+                )
+            })
+            .await
+            .unwrap();
+            if i % 25 == 0 {
+                longest = longest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            }
+        }
+        // The WAL header counts the times it was started over (its checkpoint sequence).
+        let header = std::fs::read(&wal).unwrap();
+        let restarts = u32::from_be_bytes([header[12], header[13], header[14], header[15]]);
+        assert!(restarts >= 3, "the WAL was started over {restarts} times");
+        // Without starting over, these writes make a WAL of about 4,000 frames (16 MB).
+        assert!(
+            longest < 8 << 20,
+            "the WAL grew to {longest} bytes: it was not started over"
+        );
+        db.close();
+        let db = Sqlite::open(&path, 0).unwrap();
+        let n = db
+            .read(|tx| tx.query("SELECT COUNT(*) FROM meta WHERE name LIKE 'k%'", &[]))
+            .await
+            .unwrap();
+        assert_eq!(n[0].int(0).unwrap(), writes);
     }
 }
