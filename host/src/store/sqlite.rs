@@ -37,10 +37,9 @@ struct WalLimits {
     /// The most frames the writer copies back itself to start the WAL over; the
     /// checkpointer copies the rest beforehand, off the writer's path.
     tail_frames: i64,
-    /// Commits after which the writer checkpoints itself though the checkpointer has not
-    /// called it (it stopped, or cannot keep up): the WAL must not grow without bound. Far
-    /// beyond a WAL's worth of commits, so that it fires only when the checkpointer fails.
-    writer_fallback: u64,
+    /// The WAL size from which on the writer checkpoints itself though the checkpointer has
+    /// not called it (it stopped, or cannot keep up): the WAL must not grow without bound.
+    fallback_frames: i64,
 }
 
 impl Default for WalLimits {
@@ -52,7 +51,7 @@ impl Default for WalLimits {
             restart_frames: 16_384,
             copy_from: 12_288,
             tail_frames: 256,
-            writer_fallback: 16_384,
+            fallback_frames: 32_768,
         }
     }
 }
@@ -325,9 +324,10 @@ impl Sqlite {
         };
         let writer = {
             let tail_ready = Arc::clone(&tail_ready);
+            let wal_frames = Arc::clone(&wal_frames);
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || write_loop(conn, rx, sync_tx, &tail_ready, limits))
+                .spawn(move || write_loop(conn, rx, sync_tx, &tail_ready, &wal_frames, limits))
         }
         .map_err(|source| Error::Io {
             what: "starting the database writer".into(),
@@ -436,11 +436,12 @@ fn write_loop(
     rx: mpsc::Receiver<Queued>,
     sync: mpsc::Sender<Synced>,
     tail_ready: &AtomicBool,
+    wal_frames: &AtomicI64,
     limits: WalLimits,
 ) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
-    // Commits since the writer last checkpointed.
-    let mut commits = 0u64;
+    // The WAL length at which the writer checkpoints without being asked.
+    let mut fallback_at = limits.fallback_frames;
     // This writer is the database's only one, so the head it keeps stays true between
     // batches; it is dropped (and read again) whenever a batch does not commit.
     let mut head = EventHead::default();
@@ -571,15 +572,22 @@ fn write_loop(
                 done(Some("the database syncer stopped"));
             }
         }
-        commits += 1;
         // With the WAL fully copied back, the next transaction starts the WAL over instead of
         // growing it (a growing WAL costs block allocation on every commit and longer page
         // lookups in every read). Only a checkpoint between two of the writer's transactions
         // can copy everything, and every write waits while it runs — so the checkpointer
         // copies the bulk beforehand and the writer only the last few frames.
-        if tail_ready.swap(false, Ordering::AcqRel) || commits >= limits.writer_fallback {
+        let frames = wal_frames.load(Ordering::Relaxed);
+        if frames < limits.fallback_frames {
+            fallback_at = limits.fallback_frames;
+        }
+        let fallback = frames >= fallback_at;
+        if tail_ready.swap(false, Ordering::AcqRel) || fallback {
             let _ = checkpoint(&conn);
-            commits = 0;
+            if fallback {
+                // A reader may have kept it from copying everything: try again later.
+                fallback_at = frames.saturating_add(limits.restart_frames / 4);
+            }
         }
     }
 }
@@ -774,22 +782,12 @@ mod tests {
         assert!(e.to_string().contains("chmod 600"), "{e}");
     }
 
-    /// Under a steady stream of writes the WAL is started over once it is long (the
-    /// checkpointer copying the bulk, the writer the tail), so it stays short; every write
-    /// is still there after a restart.
-    #[tokio::test]
-    async fn the_wal_is_started_over_while_writes_go_on() {
+    /// Runs 1,500 durable writes under `limits`; the times the WAL was started over and the
+    /// longest it was seen. Every write must be there after a restart.
+    async fn stream_of_writes(limits: WalLimits) -> (u32, u64) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rolegate.db");
         let wal = dir.path().join("rolegate.db-wal");
-        let limits = WalLimits {
-            restart_frames: 64,
-            copy_from: 48,
-            tail_frames: 16,
-            // The writer's own fallback never fires here: only the hand-over can keep the
-            // WAL short.
-            writer_fallback: u64::MAX,
-        };
         let db = Sqlite::open_with(&path, 0, limits).unwrap();
         let writes = 1500;
         let mut longest = 0;
@@ -809,12 +807,6 @@ mod tests {
         // The WAL header counts the times it was started over (its checkpoint sequence).
         let header = std::fs::read(&wal).unwrap();
         let restarts = u32::from_be_bytes([header[12], header[13], header[14], header[15]]);
-        assert!(restarts >= 3, "the WAL was started over {restarts} times");
-        // Without starting over, these writes make a WAL of about 4,000 frames (16 MB).
-        assert!(
-            longest < 8 << 20,
-            "the WAL grew to {longest} bytes: it was not started over"
-        );
         db.close();
         let db = Sqlite::open(&path, 0).unwrap();
         let n = db
@@ -822,5 +814,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n[0].int(0).unwrap(), writes);
+        (restarts, longest)
+    }
+
+    /// Under a steady stream of writes the WAL is started over once it is long (the
+    /// checkpointer copying the bulk, the writer the tail), so it stays short.
+    #[tokio::test]
+    async fn the_wal_is_started_over_while_writes_go_on() {
+        let (restarts, longest) = stream_of_writes(WalLimits {
+            restart_frames: 64,
+            copy_from: 48,
+            tail_frames: 16,
+            // The writer's own fallback never fires here: only the hand-over can keep the
+            // WAL short.
+            fallback_frames: i64::MAX,
+        })
+        .await;
+        assert!(restarts >= 3, "the WAL was started over {restarts} times");
+        // Without starting over, these writes make a WAL of about 4,000 frames (16 MB).
+        assert!(
+            longest < 8 << 20,
+            "the WAL grew to {longest} bytes: it was not started over"
+        );
+    }
+
+    /// When the checkpointer does not copy (here: never asked to), the writer starts the
+    /// WAL over itself once it reaches its fallback length.
+    #[tokio::test]
+    async fn the_writer_starts_the_wal_over_without_the_checkpointer() {
+        let (restarts, longest) = stream_of_writes(WalLimits {
+            restart_frames: 64,
+            copy_from: i64::MAX,
+            tail_frames: 16,
+            fallback_frames: 128,
+        })
+        .await;
+        assert!(restarts >= 3, "the WAL was started over {restarts} times");
+        assert!(
+            longest < 8 << 20,
+            "the WAL grew to {longest} bytes: it was not started over"
+        );
     }
 }
