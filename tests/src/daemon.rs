@@ -30,6 +30,16 @@ impl Drop for Daemon {
     }
 }
 
+impl Daemon {
+    /// Kills the daemon at once (SIGKILL: no shutdown, no final checkpoint), keeping its
+    /// folder for a restart.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
 /// Starts `rolegate serve` on a config file that is already written (in `dir`).
 pub fn serve_config(dir: tempfile::TempDir, cfg: &std::path::Path) -> Daemon {
     let mut child = Command::new(rolegate_bin())

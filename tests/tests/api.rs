@@ -1679,3 +1679,100 @@ async fn users_are_created_from_the_directory() {
         "{e}"
     );
 }
+
+/// A daemon killed (SIGKILL) in the middle of a stream of activations loses none it reported
+/// active: after a restart on the same folder each is active, and the event chain is whole.
+#[tokio::test]
+async fn a_killed_daemon_loses_no_activation_it_reported() {
+    let d = start_with("\n[policy]\nrequests_per_minute = 100000\n");
+    let admin = d.admin.clone();
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "CONTOSO\\jdoe"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let role = json!({"name": "Ops", "candidates": ["CONTOSO\\jdoe"], "ttl_s": 3600, "max_ttl_s": 3600,
+                      "mfa_enabled": true, "approval_enabled": false, "providers": ["hello"]});
+    let (s, _) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
+    assert_eq!(s, 201);
+    let (_, t) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "CONTOSO\\jdoe"})),
+    )
+    .await;
+    let user = t["token"].as_str().unwrap().to_string();
+
+    // Eight clients activate in a loop; each records the ids the daemon reported active.
+    let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (url, user, reported) = (d.url.clone(), user.clone(), reported.clone());
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            // Until the daemon is gone (or the bounds are reached): errors end the loop.
+            for _ in 0..2_000 {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let Ok(r) = client
+                    .post(format!("{url}/v1/requests"))
+                    .bearer_auth(&user)
+                    .json(&json!({"role": "Ops", "justification": "load"}))
+                    .send()
+                    .await
+                else {
+                    break;
+                };
+                let Ok(r) = r.json::<Value>().await else {
+                    break;
+                };
+                let id = r["id"].as_str().unwrap_or_default().to_string();
+                let Ok(done) = client
+                    .post(format!("{url}/v1/requests/{id}/answer"))
+                    .bearer_auth(&user)
+                    .json(&json!({"code": hello_answer(&r)}))
+                    .send()
+                    .await
+                else {
+                    break;
+                };
+                let Ok(done) = done.json::<Value>().await else {
+                    break;
+                };
+                if done["state"] == "active" {
+                    reported.lock().unwrap().push(id);
+                }
+            }
+        }));
+    }
+    // Killed while the clients still write.
+    while reported.lock().unwrap().len() < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dir = d.kill();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let reported = reported.lock().unwrap().clone();
+    assert!(reported.len() >= 200, "only {} activations", reported.len());
+
+    let cfg = dir.path().join("rolegate.toml");
+    let d = serve_config(dir, &cfg);
+    assert!(d.admin.is_empty(), "the restart found its database");
+    for id in &reported {
+        let (s, r) = call(&d, Some(&admin), "GET", &format!("/v1/requests/{id}"), None).await;
+        assert_eq!((s, r["state"].as_str()), (200, Some("active")), "{id}: {r}");
+    }
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=103", None).await;
+    assert!(ev.as_array().unwrap().len() >= reported.len(), "{ev}");
+    let (_, v) = call(&d, Some(&admin), "GET", "/v1/events/verify", None).await;
+    assert_eq!(v["intact"], true, "{v}");
+}
