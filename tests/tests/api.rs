@@ -1686,28 +1686,7 @@ async fn users_are_created_from_the_directory() {
 async fn a_killed_daemon_loses_no_activation_it_reported() {
     let d = start_with("\n[policy]\nrequests_per_minute = 100000\n");
     let admin = d.admin.clone();
-    let (s, _) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/users",
-        Some(json!({"account": "CONTOSO\\jdoe"})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let role = json!({"name": "Ops", "candidates": ["CONTOSO\\jdoe"], "ttl_s": 3600, "max_ttl_s": 3600,
-                      "mfa_enabled": true, "approval_enabled": false, "providers": ["hello"]});
-    let (s, _) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
-    assert_eq!(s, 201);
-    let (_, t) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/tokens",
-        Some(json!({"account": "CONTOSO\\jdoe"})),
-    )
-    .await;
-    let user = t["token"].as_str().unwrap().to_string();
+    let user = jdoe_with_role(&d, "hello").await;
 
     // Eight clients activate in a loop; each records the ids the daemon reported active.
     let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -1725,7 +1704,7 @@ async fn a_killed_daemon_loses_no_activation_it_reported() {
                 let Ok(r) = client
                     .post(format!("{url}/v1/requests"))
                     .bearer_auth(&user)
-                    .json(&json!({"role": "Ops", "justification": "load"}))
+                    .json(&json!({"role": "r", "justification": "load"}))
                     .send()
                     .await
                 else {

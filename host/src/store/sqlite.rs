@@ -56,6 +56,15 @@ impl Default for WalLimits {
     }
 }
 
+/// What the writer and the checkpointer tell each other about the WAL.
+#[derive(Debug, Default)]
+struct WalWatch {
+    /// The WAL's length in frames after the writer's last commit (its commit hook).
+    frames: AtomicI64,
+    /// Set by the checkpointer when little is left to copy: the writer may start it over.
+    tail_ready: AtomicBool,
+}
+
 /// The shortest pause between two background checkpoints: short under load, so that each
 /// copies little and the tail left for the writer stays small.
 const CHECKPOINT_PAUSE: Duration = Duration::from_millis(10);
@@ -298,15 +307,13 @@ impl Sqlite {
         let (tx, rx) = mpsc::channel::<Queued>();
         let (sync_tx, sync_rx) = mpsc::channel::<Synced>();
         let stop = Arc::new(AtomicBool::new(false));
-        let tail_ready = Arc::new(AtomicBool::new(false));
-        // The WAL's length in frames after the writer's last commit, for the checkpointer.
-        let wal_frames = Arc::new(AtomicI64::new(0));
+        let watch = Arc::new(WalWatch::default());
         let mut conn = conn;
         {
-            let frames = Arc::clone(&wal_frames);
+            let watch = Arc::clone(&watch);
             conn.wal_hook(Some(
                 move |_: &mut rusqlite::hooks::Wal, pages: std::os::raw::c_int| {
-                    frames.store(i64::from(pages), Ordering::Relaxed);
+                    watch.frames.store(i64::from(pages), Ordering::Relaxed);
                     Ok(())
                 },
             ))
@@ -325,11 +332,10 @@ impl Sqlite {
                 })?
         };
         let writer = {
-            let tail_ready = Arc::clone(&tail_ready);
-            let wal_frames = Arc::clone(&wal_frames);
+            let watch = Arc::clone(&watch);
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || write_loop(conn, rx, sync_tx, &tail_ready, &wal_frames, limits))
+                .spawn(move || write_loop(conn, rx, sync_tx, &watch, limits))
         }
         .map_err(|source| Error::Io {
             what: "starting the database writer".into(),
@@ -340,7 +346,7 @@ impl Sqlite {
             let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("sqlite-checkpt".into())
-                .spawn(move || checkpoint_loop(&path, &stop, &tail_ready, &wal_frames, limits))
+                .spawn(move || checkpoint_loop(&path, &stop, &watch, limits))
                 .map_err(|source| Error::Io {
                     what: "starting the checkpointer".into(),
                     source,
@@ -432,13 +438,12 @@ type Synced = Vec<Completion>;
 
 /// The writer: commits what is queued in one transaction at a time, hands the durable
 /// writes' callers to the syncer, and starts the WAL over when the checkpointer says that
-/// little is left to copy (`tail_ready`).
+/// little is left to copy.
 fn write_loop(
     conn: Connection,
     rx: mpsc::Receiver<Queued>,
     sync: mpsc::Sender<Synced>,
-    tail_ready: &AtomicBool,
-    wal_frames: &AtomicI64,
+    watch: &WalWatch,
     limits: WalLimits,
 ) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
@@ -579,12 +584,12 @@ fn write_loop(
         // lookups in every read). Only a checkpoint between two of the writer's transactions
         // can copy everything, and every write waits while it runs — so the checkpointer
         // copies the bulk beforehand and the writer only the last few frames.
-        let frames = wal_frames.load(Ordering::Relaxed);
+        let frames = watch.frames.load(Ordering::Relaxed);
         if frames < limits.fallback_frames {
             fallback_at = limits.fallback_frames;
         }
         let fallback = frames >= fallback_at;
-        if tail_ready.swap(false, Ordering::AcqRel) || fallback {
+        if watch.tail_ready.swap(false, Ordering::AcqRel) || fallback {
             let _ = checkpoint(&conn);
             if fallback {
                 // A reader may have kept it from copying everything: try again later.
@@ -700,14 +705,8 @@ fn checkpoint(conn: &Connection) -> Option<(i64, i64)> {
 
 /// Copies the WAL back into the database off the writer's path once it has grown long, and
 /// when little of it is left to copy, tells the writer to start it over; copies what is left
-/// when the writer is idle. `wal_frames` is the WAL's length after the writer's last commit.
-fn checkpoint_loop(
-    path: &Path,
-    stop: &AtomicBool,
-    tail_ready: &AtomicBool,
-    wal_frames: &AtomicI64,
-    limits: WalLimits,
-) {
+/// when the writer is idle.
+fn checkpoint_loop(path: &Path, stop: &AtomicBool, watch: &WalWatch, limits: WalLimits) {
     let Ok(conn) = open_connection(path, false) else {
         return;
     };
@@ -717,7 +716,7 @@ fn checkpoint_loop(
     let mut tidy = true;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(pause);
-        let frames = wal_frames.load(Ordering::Relaxed);
+        let frames = watch.frames.load(Ordering::Relaxed);
         if frames == seen {
             // No commit since the last look: copy what is left once (readers then find every
             // page in the database file), and look less and less often.
@@ -747,7 +746,7 @@ fn checkpoint_loop(
         }
         let (log, copied) = state;
         if log >= limits.restart_frames && log - copied <= limits.tail_frames {
-            tail_ready.store(true, Ordering::Release);
+            watch.tail_ready.store(true, Ordering::Release);
         }
     }
 }
