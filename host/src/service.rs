@@ -20,6 +20,7 @@ use crate::role::{Refusal, Role, Usability};
 use crate::roles;
 use crate::secrets::{SealingKey, time_ordered_id};
 use crate::store::Store;
+use crate::store::changes::{self, Changes, Kind, Stamp};
 use crate::store::{Row, Tx, Value};
 use crate::tokens::{self, Caller};
 use crate::users::{self, User, account_key};
@@ -231,10 +232,46 @@ pub struct Service {
     buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, i64)>>,
     /// Parsed roles by name, with the policy text they were parsed from: a role is parsed
     /// again only when its stored policy changes.
-    role_cache: std::sync::Mutex<std::collections::HashMap<String, (i64, Arc<Role>)>>,
+    role_cache: std::sync::Mutex<std::collections::HashMap<String, CachedRole>>,
+    /// The rows a create reads per account, kept while the store's writer reports them
+    /// unchanged (SQLite; see [`Changes`]), by account key.
+    accounts: std::sync::Mutex<std::collections::HashMap<String, Arc<AccountRows>>>,
     /// Requests this host created that wait for their first answer, by id: the answer then
     /// needs no read, and its write re-checks all it relies on (see [`Awaiting`]).
     awaiting: std::sync::Mutex<std::collections::HashMap<String, Awaiting>>,
+}
+
+/// A parsed role and the revision it was parsed from.
+struct CachedRole {
+    revision: i64,
+    role: Arc<Role>,
+    /// When known unchanged since: the key's stamp and the read's time (Unix ms).
+    fresh: Option<(Stamp, i64)>,
+}
+
+/// What a create reads of the requesting account.
+struct AccountRows {
+    user: Option<User>,
+    credentials: Vec<Row>,
+    /// The provider and end of each lockout on record.
+    lockouts: Vec<Row>,
+    /// The account key's stamp before the read, and the read's time (Unix ms).
+    stamp: Option<Stamp>,
+    read_at: i64,
+}
+
+/// Whether a cached read of `kind` `key`, stamped and made at `read_at`, may stand for a read
+/// now: the writer changed nothing of it, and it is recent enough that a change made by
+/// another process would have been seen.
+fn still_fresh(
+    c: &Changes,
+    kind: Kind,
+    key: &str,
+    stamp: Stamp,
+    read_at: i64,
+    now_ms: i64,
+) -> bool {
+    (0..changes::MAX_AGE_MS).contains(&(now_ms - read_at)) && c.unchanged(kind, key, stamp)
 }
 
 /// A request waiting for its first answer, as this host wrote it. The answer's write checks
@@ -257,6 +294,9 @@ pub enum Requester {
 
 /// Requests kept in [`Service::awaiting`] at most: beyond, answers read the store as before.
 const AWAITING_MAX: usize = 4096;
+
+/// Accounts kept in [`Service::accounts`] at most (then it starts empty again).
+const ACCOUNTS_MAX: usize = 100_000;
 
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -281,6 +321,7 @@ impl Service {
             settings,
             buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
             role_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+            accounts: std::sync::Mutex::new(std::collections::HashMap::new()),
             awaiting: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -312,7 +353,7 @@ impl Service {
         self.role_cache
             .lock()
             .ok()
-            .and_then(|c| c.get(name.trim()).map(|(rev, _)| *rev))
+            .and_then(|c| c.get(name.trim()).map(|r| r.revision))
             .unwrap_or(0)
     }
 
@@ -326,8 +367,8 @@ impl Service {
     ) -> Result<Arc<Role>> {
         let cached = self.role_cache.lock().ok().and_then(|c| {
             c.get(name)
-                .filter(|(rev, _)| *rev == revision)
-                .map(|(_, role)| Arc::clone(role))
+                .filter(|r| r.revision == revision)
+                .map(|r| Arc::clone(&r.role))
         });
         let (revision, policy) = match (policy, cached) {
             (Some(policy), _) => (revision, policy),
@@ -353,9 +394,52 @@ impl Service {
             if cache.len() > 10_000 {
                 cache.clear();
             }
-            cache.insert(name.to_string(), (revision, Arc::clone(&role)));
+            cache.insert(
+                name.to_string(),
+                CachedRole {
+                    revision,
+                    role: Arc::clone(&role),
+                    fresh: None,
+                },
+            );
         }
         Ok(role)
+    }
+
+    /// The cached role `name`, when the store's writer has not changed it since it was read.
+    fn fresh_role(&self, c: &Changes, name: &str, now_ms: i64) -> Option<Arc<Role>> {
+        let cache = self.role_cache.lock().ok()?;
+        let r = cache.get(name)?;
+        let (stamp, read_at) = r.fresh?;
+        still_fresh(c, Kind::Role, name, stamp, read_at, now_ms).then(|| Arc::clone(&r.role))
+    }
+
+    /// Marks the cached role `name` at `revision` as read unchanged after `stamp` was taken.
+    fn role_read(&self, name: &str, revision: i64, stamp: Stamp, now_ms: i64) {
+        if let Ok(mut cache) = self.role_cache.lock()
+            && let Some(r) = cache.get_mut(name)
+            && r.revision == revision
+        {
+            r.fresh = Some((stamp, now_ms));
+        }
+    }
+
+    /// The cached rows of `key`, when the store's writer has not changed them since.
+    fn fresh_account(&self, c: &Changes, key: &str, now_ms: i64) -> Option<Arc<AccountRows>> {
+        let cache = self.accounts.lock().ok()?;
+        let rows = cache.get(key)?;
+        still_fresh(c, Kind::Account, key, rows.stamp?, rows.read_at, now_ms)
+            .then(|| Arc::clone(rows))
+    }
+
+    /// Keeps the rows of `key` read after their stamp was taken.
+    fn account_read(&self, key: &str, rows: Arc<AccountRows>) {
+        if let Ok(mut cache) = self.accounts.lock() {
+            if cache.len() >= ACCOUNTS_MAX {
+                cache.clear();
+            }
+            cache.insert(key.to_string(), rows);
+        }
     }
 
     /// Takes one request from the account's token bucket, or says when the next one is due.
@@ -543,47 +627,40 @@ impl Service {
             }
             other => other,
         };
-        let r = role_name.to_string();
-        if let Requester::Account(a) = &who {
-            self.rate_limit(&account_key(a), now)?;
+        // The account's key, when the caller is known before any read.
+        let known_key = match &who {
+            Requester::Account(a) => Some(account_key(a)),
+            Requester::TokenHash(_) => None,
+        };
+        if let Some(k) = &known_key {
+            self.rate_limit(k, now)?;
         }
-        let known = self.cached_revision(role_name);
         let now_ms = ms(now);
-        // Everything the decision needs, in one read (the token too, when it needs a look).
-        let (account, caller, spec, user, credential_rows, lockouts) = self
-            .store
-            .read(move |tx| {
-                let (account, caller) = match who {
-                    Requester::Account(a) => (a, None),
-                    Requester::TokenHash(h) => match tokens::verify_hash(tx, &h, now_ms)? {
-                        Some(c) => (c.account.clone(), Some(c)),
-                        None => return Err(Error::Unauthorized),
-                    },
-                };
-                let key = account_key(&account);
-                let spec = roles::get_if_changed(tx, &r, known)?;
-                let user = users::get(tx, &account)?;
-                let creds = credential_rows(tx, &key)?;
-                let lockouts = tx.query(
-                    "SELECT provider, locked_until FROM lockouts WHERE account_key = $1 AND locked_until IS NOT NULL",
-                    &[key.into()],
-                )?;
-                Ok((account, caller, spec, user, creds, lockouts))
-            })
-            .await?;
+        let changes = self.store.changes().cloned();
+        // Rows the writer reports unchanged since they were read need no read (SQLite).
+        let cached = changes.as_deref().and_then(|c| {
+            let role = self.fresh_role(c, role_name, now_ms)?;
+            let rows = self.fresh_account(c, known_key.as_deref()?, now_ms)?;
+            Some((role, rows))
+        });
+        let (account, caller, role, rows) = match (cached, &who) {
+            (Some((role, rows)), Requester::Account(a)) => (a.clone(), None, role, rows),
+            _ => {
+                self.read_for_request(who, role_name, now_ms, changes.as_deref())
+                    .await?
+            }
+        };
         let key = account_key(&account);
         if caller.is_some() {
             self.rate_limit(&key, now)?;
         }
+        let credential_rows = rows.credentials.clone();
+        let lockouts = &rows.lockouts[..];
         let enrolled: Vec<String> = credential_rows
             .iter()
             .map(|r| r.text(1))
             .collect::<Result<_>>()?;
-        let (revision, policy) = spec.ok_or_else(|| Error::NotFound {
-            what: format!("role `{role_name}`"),
-        })?;
-        let role = self.role_from(role_name.trim(), revision, policy).await?;
-        let user = match user {
+        let user = match rows.user.clone() {
             Some(u) if u.enabled => u,
             _ => {
                 return Err(Error::Refused(Refusal::UserNotAllowed {
@@ -644,7 +721,7 @@ impl Service {
             Some(_) => Usability::Usable,
         };
         let provider_id = role.choose_provider(provider_choice, usability)?;
-        for l in &lockouts {
+        for l in lockouts {
             if l.text(0)? == provider_id
                 && let Some(Value::Int(until)) = l.0.get(1)
                 && *until > ms(now)
@@ -740,6 +817,72 @@ impl Service {
             self.remember(a, ms(now));
         }
         Ok((caller, view))
+    }
+
+    /// Reads what a create decides on, in one read (the token too, when it needs a look), and
+    /// keeps the role and the account's rows for the next creates (SQLite).
+    async fn read_for_request(
+        &self,
+        who: Requester,
+        role_name: &str,
+        now_ms: i64,
+        changes: Option<&Changes>,
+    ) -> Result<(String, Option<Caller>, Arc<Role>, Arc<AccountRows>)> {
+        let known_key = match &who {
+            Requester::Account(a) => Some(account_key(a)),
+            Requester::TokenHash(_) => None,
+        };
+        // Stamped before the read: a change committed meanwhile leaves what it read stale.
+        let role_stamp = changes.map(|c| c.stamp(Kind::Role, role_name));
+        let account_stamp = changes
+            .zip(known_key.as_deref())
+            .map(|(c, k)| c.stamp(Kind::Account, k));
+        let known = self.cached_revision(role_name);
+        let r = role_name.to_string();
+        let (account, caller, spec, user, credentials, lockouts) = self
+            .store
+            .read(move |tx| {
+                let (account, caller) = match who {
+                    Requester::Account(a) => (a, None),
+                    Requester::TokenHash(h) => match tokens::verify_hash(tx, &h, now_ms)? {
+                        Some(c) => (c.account.clone(), Some(c)),
+                        None => return Err(Error::Unauthorized),
+                    },
+                };
+                let key = account_key(&account);
+                let spec = roles::get_if_changed(tx, &r, known)?;
+                let user = users::get(tx, &account)?;
+                let creds = credential_rows(tx, &key)?;
+                let lockouts = tx.query(
+                    "SELECT provider, locked_until FROM lockouts WHERE account_key = $1 AND locked_until IS NOT NULL",
+                    &[key.into()],
+                )?;
+                Ok((account, caller, spec, user, creds, lockouts))
+            })
+            .await?;
+        let (revision, policy) = spec.ok_or_else(|| Error::NotFound {
+            what: format!("role `{role_name}`"),
+        })?;
+        let trimmed = role_name.trim();
+        let role = self.role_from(trimmed, revision, policy).await?;
+        if let Some(stamp) = role_stamp
+            && trimmed == role_name
+        {
+            self.role_read(role_name, revision, stamp, now_ms);
+        }
+        let rows = Arc::new(AccountRows {
+            user,
+            credentials,
+            lockouts,
+            stamp: account_stamp,
+            read_at: now_ms,
+        });
+        if let Some(k) = known_key
+            && account_stamp.is_some()
+        {
+            self.account_read(&k, Arc::clone(&rows));
+        }
+        Ok((account, caller, role, rows))
     }
 
     async fn pending(&self, id: &str, account: &str) -> Result<(Stored, User, Vec<Row>)> {

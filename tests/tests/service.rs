@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use jiff::{SignedDuration, Timestamp};
 use rolegate::Error;
-use rolegate::clock::ManualClock;
+use rolegate::clock::{Clock as _, ManualClock};
 use rolegate::config::{Config, PluginsConfig, ProviderConfig};
 use rolegate::events::{self, Filter};
 use rolegate::plugins::Providers;
@@ -763,5 +763,105 @@ async fn a_delayed_start_is_granted_now_and_active_later(backend) {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("can be activated only"), "{e}");
+}
+}
+
+both! {
+#[tokio::test]
+async fn a_change_reaches_the_next_request_though_the_last_one_read_it(backend) {
+    // The role and the account's rows a create reads are kept for the next creates (SQLite,
+    // while its writer reports them unchanged): each change below must still count at once.
+    let w = world(backend).await;
+    let jdoe = "CONTOSO\\jdoe";
+    let request = |role: &'static str| {
+        let s = Arc::clone(&w.service);
+        async move { s.request(jdoe, role, "x", None, None).await }
+    };
+    for role in ["auto", "auto", "mfa", "mfa"] {
+        request(role).await.unwrap();
+    }
+    let store = w.service.store().clone();
+    let enable = |on: bool| {
+        let store = store.clone();
+        async move {
+            store
+                .write(move |tx| {
+                    users::update(
+                        tx,
+                        jdoe,
+                        users::UserChanges {
+                            enabled: Some(on),
+                            ..Default::default()
+                        },
+                        1,
+                        "admin",
+                        0,
+                    )
+                })
+                .await
+                .unwrap();
+        }
+    };
+    enable(false).await;
+    let e = request("auto").await.unwrap_err();
+    assert!(e.to_string().contains("not an enabled rolegate user"), "{e}");
+    enable(true).await;
+    request("auto").await.unwrap();
+    // A lockout written by any code path (here a bare statement) refuses the next request.
+    let until = w.clock.now().as_millisecond() + 3_600_000;
+    store
+        .write(move |tx| {
+            tx.execute(
+                "INSERT INTO lockouts (account_key, provider, failures, locked_until) VALUES ($1, 'hello', 0, $2)",
+                &[users::account_key(jdoe).into(), until.into()],
+            )
+        })
+        .await
+        .unwrap();
+    let e = request("mfa").await.unwrap_err();
+    assert!(e.to_string().starts_with("too many failed attempts with `hello`"), "{e}");
+    assert!(w.service.unlock(jdoe, "hello", "admin").await.unwrap());
+    request("mfa").await.unwrap();
+    // A changed role, then a removed one.
+    let mut changed = spec("auto", false, false);
+    changed.candidates = ["CONTOSO\\boss".to_string()].into();
+    store
+        .write(move |tx| roles::replace(tx, &changed, 1))
+        .await
+        .unwrap();
+    let e = request("auto").await.unwrap_err();
+    assert_eq!(e.to_string(), "`CONTOSO\\jdoe` is not a candidate for role `auto`");
+    store
+        .write(|tx| roles::remove(tx, "mfa"))
+        .await
+        .unwrap();
+    let e = request("mfa").await.unwrap_err();
+    assert_eq!(e.to_string(), "role `mfa` not found");
+    // Another process's change (here a second store on the same database, which this
+    // service's writer does not see) counts once what was read is older than the bound.
+    request("approval").await.unwrap();
+    let other = w._at.open().await;
+    other
+        .write(move |tx| {
+            users::update(
+                tx,
+                jdoe,
+                users::UserChanges {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+                1,
+                "admin",
+                0,
+            )
+        })
+        .await
+        .unwrap();
+    other.close();
+    w.clock.advance(SignedDuration::from_millis(
+        rolegate::store::changes::MAX_AGE_MS,
+    ));
+    let e = request("approval").await.unwrap_err();
+    assert!(e.to_string().contains("not an enabled rolegate user"), "{e}");
 }
 }

@@ -10,6 +10,7 @@
 //! SQL is written once, in the subset both databases speak, with `$1`-style parameters and
 //! the [`Value`] type; each backend implements [`Tx`].
 
+pub mod changes;
 pub mod postgres;
 pub mod schema;
 pub mod sqlite;
@@ -234,6 +235,15 @@ impl Store {
         match self {
             Store::Sqlite(s) => s.close(),
             Store::Postgres(p) => p.close(),
+        }
+    }
+
+    /// The writer's account of changed keys, for caches of rows: SQLite only (with
+    /// PostgreSQL, other hosts write too, and every read goes to the database).
+    pub fn changes(&self) -> Option<&std::sync::Arc<changes::Changes>> {
+        match self {
+            Store::Sqlite(s) => Some(s.changes()),
+            Store::Postgres(_) => None,
         }
     }
 

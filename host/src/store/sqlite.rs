@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, types::ValueRef};
 
+use super::changes::{Changes, Kind};
 use super::{Completion, EventHead, FailTx, Queued, Row, Tx, Value, Writer};
 use crate::error::{Error, Result};
 
@@ -226,6 +227,8 @@ fn run(conn: &Connection, sql: &str, params: &[Value]) -> Result<u64> {
 pub struct Sqlite {
     path: PathBuf,
     writer: Writer,
+    /// The keys the writer changed, for caches of rows (see [`Changes`]).
+    changes: Arc<Changes>,
     readers: Arc<Mutex<Vec<Connection>>>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -308,6 +311,8 @@ impl Sqlite {
         let (sync_tx, sync_rx) = mpsc::channel::<Synced>();
         let stop = Arc::new(AtomicBool::new(false));
         let watch = Arc::new(WalWatch::default());
+        let changes = Arc::new(Changes::default());
+        let touched = record_changes(&conn)?;
         let mut conn = conn;
         {
             let watch = Arc::clone(&watch);
@@ -333,9 +338,13 @@ impl Sqlite {
         };
         let writer = {
             let watch = Arc::clone(&watch);
+            let changed = Changed {
+                changes: Arc::clone(&changes),
+                touched,
+            };
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
-                .spawn(move || write_loop(conn, rx, sync_tx, &watch, limits))
+                .spawn(move || write_loop(conn, rx, sync_tx, &watch, &changed, limits))
         }
         .map_err(|source| Error::Io {
             what: "starting the database writer".into(),
@@ -355,11 +364,17 @@ impl Sqlite {
         Ok(Self {
             path: path.to_path_buf(),
             writer: Writer::new(tx),
+            changes,
             readers: Arc::new(Mutex::new(Vec::new())),
             stop,
             // Joined in this order: the writer drains its queue, then the syncer its own.
             threads: Mutex::new(vec![writer, syncer, checkpointer]),
         })
+    }
+
+    /// The keys this store's writer changed, for caches of the rows they name.
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.changes
     }
 
     /// Runs `op` in the next group-commit transaction; returns once it is durable (fsync'd).
@@ -432,6 +447,73 @@ impl Drop for Sqlite {
     }
 }
 
+/// The keys the triggers on the writer's connection named during the current transaction.
+type Touched = Arc<Mutex<Vec<(Kind, String)>>>;
+
+/// The tables whose rows caches keep, the key each row is cached by, and its kind's tag.
+const CACHED_TABLES: [(&str, &str, &str); 5] = [
+    ("users", "account_key", "u"),
+    ("credentials", "account_key", "u"),
+    ("lockouts", "account_key", "u"),
+    ("roles", "name", "r"),
+    ("tokens", "hash", "t"),
+];
+
+/// Makes the writer's connection name every changed row of a cached table: a function that
+/// records the key, called by temporary triggers (this connection's alone; the schema is
+/// untouched). Every write goes through this connection, whatever code path issues it.
+fn record_changes(conn: &Connection) -> Result<Touched> {
+    use rusqlite::functions::FunctionFlags;
+    let touched: Touched = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&touched);
+    conn.create_scalar_function(
+        "rolegate_changed",
+        2,
+        FunctionFlags::SQLITE_UTF8,
+        move |ctx| {
+            let tag: String = ctx.get(0)?;
+            let key: String = ctx.get(1)?;
+            if let (Some(kind), Ok(mut t)) = (Kind::from_tag(&tag), sink.lock()) {
+                t.push((kind, key));
+            }
+            Ok(0i64)
+        },
+    )
+    .map_err(|e| db_error("watching cached tables", e))?;
+    let mut sql = String::new();
+    for (table, key, tag) in CACHED_TABLES {
+        sql.push_str(&format!(
+            "CREATE TEMP TRIGGER rolegate_{table}_inserted AFTER INSERT ON main.{table} BEGIN SELECT rolegate_changed('{tag}', NEW.{key}); END;
+             CREATE TEMP TRIGGER rolegate_{table}_updated AFTER UPDATE ON main.{table} BEGIN SELECT rolegate_changed('{tag}', OLD.{key}); SELECT rolegate_changed('{tag}', NEW.{key}); END;
+             CREATE TEMP TRIGGER rolegate_{table}_deleted AFTER DELETE ON main.{table} BEGIN SELECT rolegate_changed('{tag}', OLD.{key}); END;"
+        ));
+    }
+    conn.execute_batch(&sql)
+        .map_err(|e| db_error("watching cached tables", e))?;
+    Ok(touched)
+}
+
+/// What the writer tells caches after each transaction.
+struct Changed {
+    changes: Arc<Changes>,
+    touched: Touched,
+}
+
+impl Changed {
+    /// Advances the epochs of the keys the transaction changed (committed or not: a rolled
+    /// back change only costs a cache miss).
+    fn publish(&self) {
+        match self.touched.lock() {
+            Ok(mut t) => {
+                for (kind, key) in t.drain(..) {
+                    self.changes.changed(kind, &key);
+                }
+            }
+            Err(_) => self.changes.all_changed(),
+        }
+    }
+}
+
 /// What the syncer is handed: the completions of a committed batch whose callers wait for
 /// the disk, or the news that the writer stopped.
 type Synced = Vec<Completion>;
@@ -444,6 +526,7 @@ fn write_loop(
     rx: mpsc::Receiver<Queued>,
     sync: mpsc::Sender<Synced>,
     watch: &WalWatch,
+    changed: &Changed,
     limits: WalLimits,
 ) {
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
@@ -565,6 +648,8 @@ fn write_loop(
             head = EventHead::default();
         }
         head.dirty = false;
+        // Caches learn of the batch's changes before any of its callers hears back.
+        changed.publish();
         for done in at_once {
             done(outcome.as_deref());
         }
