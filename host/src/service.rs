@@ -281,6 +281,8 @@ struct Awaiting {
     stored: Stored,
     user: User,
     credentials: Vec<Row>,
+    /// The provider's state for the answer, as `stored` holds it sealed.
+    state: Bytes,
 }
 
 /// Who asks for a request.
@@ -340,12 +342,12 @@ impl Service {
     }
 
     /// Takes the kept request `id` if `account` made it (another caller's attempt leaves it).
-    fn recall(&self, id: &str, account: &str) -> Option<(Stored, User, Vec<Row>)> {
+    fn recall(&self, id: &str, account: &str) -> Option<Awaiting> {
         let mut m = self.awaiting.lock().ok()?;
         if m.get(id)?.stored.view.account != account_key(account) {
             return None;
         }
-        m.remove(id).map(|a| (a.stored, a.user, a.credentials))
+        m.remove(id)
     }
 
     /// The revision of the cached role with this name (0: none cached).
@@ -754,6 +756,11 @@ impl Service {
         stored.view.state = RequestState::PendingMfa.to_string();
         stored.state = RequestState::PendingMfa;
         let step = provider.challenge_start(ctx).await;
+        // The state as the answer needs it: kept beside its sealed copy, not opened again.
+        let plain_state = match &step {
+            Ok(Step::Ask { state, .. } | Step::Wait { state, .. }) => Some(state.clone()),
+            _ => None,
+        };
         let outcome = match step {
             Ok(step) => with_prior(
                 self.outcome(step, &id, now)?,
@@ -768,12 +775,15 @@ impl Service {
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
         // The request as `insert` stores it with its first prompt, for the answer.
-        let awaiting = match &outcome {
-            Outcome::Prompt {
-                prompt,
-                sealed,
-                expires_at,
-            } => {
+        let awaiting = match (&outcome, plain_state) {
+            (
+                Outcome::Prompt {
+                    prompt,
+                    sealed,
+                    expires_at,
+                },
+                Some(state),
+            ) => {
                 let mut kept = stored.clone_for_write();
                 kept.view.prompt = Some(prompt.clone());
                 kept.challenge = Some(sealed.clone());
@@ -783,6 +793,7 @@ impl Service {
                     stored: kept,
                     user: user.clone(),
                     credentials: credential_rows.clone(),
+                    state,
                 })
             }
             _ => None,
@@ -832,13 +843,18 @@ impl Service {
             Requester::Account(a) => Some(account_key(a)),
             Requester::TokenHash(_) => None,
         };
+        // A role the writer reports unchanged is not read again (a caller known only by a
+        // token not seen lately: the account's rows are read with the token).
+        let fresh_role = changes.and_then(|c| self.fresh_role(c, role_name, now_ms));
         // Stamped before the read: a change committed meanwhile leaves what it read stale.
-        let role_stamp = changes.map(|c| c.stamp(Kind::Role, role_name));
+        let role_stamp = changes
+            .filter(|_| fresh_role.is_none())
+            .map(|c| c.stamp(Kind::Role, role_name));
         let account_stamp = changes
             .zip(known_key.as_deref())
             .map(|(c, k)| c.stamp(Kind::Account, k));
         let known = self.cached_revision(role_name);
-        let r = role_name.to_string();
+        let r = fresh_role.is_none().then(|| role_name.to_string());
         let (account, caller, spec, user, credentials, lockouts) = self
             .store
             .read(move |tx| {
@@ -850,7 +866,10 @@ impl Service {
                     },
                 };
                 let key = account_key(&account);
-                let spec = roles::get_if_changed(tx, &r, known)?;
+                let spec = match r {
+                    Some(r) => Some(roles::get_if_changed(tx, &r, known)?),
+                    None => None,
+                };
                 let user = users::get(tx, &account)?;
                 let creds = credential_rows(tx, &key)?;
                 let lockouts = tx.query(
@@ -860,16 +879,22 @@ impl Service {
                 Ok((account, caller, spec, user, creds, lockouts))
             })
             .await?;
-        let (revision, policy) = spec.ok_or_else(|| Error::NotFound {
-            what: format!("role `{role_name}`"),
-        })?;
-        let trimmed = role_name.trim();
-        let role = self.role_from(trimmed, revision, policy).await?;
-        if let Some(stamp) = role_stamp
-            && trimmed == role_name
-        {
-            self.role_read(role_name, revision, stamp, now_ms);
-        }
+        let role = match (fresh_role, spec) {
+            (Some(role), _) => role,
+            (None, spec) => {
+                let (revision, policy) = spec.flatten().ok_or_else(|| Error::NotFound {
+                    what: format!("role `{role_name}`"),
+                })?;
+                let trimmed = role_name.trim();
+                let role = self.role_from(trimmed, revision, policy).await?;
+                if let Some(stamp) = role_stamp
+                    && trimmed == role_name
+                {
+                    self.role_read(role_name, revision, stamp, now_ms);
+                }
+                role
+            }
+        };
         let rows = Arc::new(AccountRows {
             user,
             credentials,
@@ -930,9 +955,12 @@ impl Service {
         let now = self.clock.now();
         // Only a typed answer can be wrong and asked again; a poll's outcome ends the call.
         let answered = input.is_some();
-        let (stored, user, credential_rows) = match self.recall(id, account) {
-            Some(kept) => kept,
-            None => self.pending(id, account).await?,
+        let (stored, user, credential_rows, kept_state) = match self.recall(id, account) {
+            Some(a) => (a.stored, a.user, a.credentials, Some(a.state)),
+            None => {
+                let (stored, user, creds) = self.pending(id, account).await?;
+                (stored, user, creds, None)
+            }
         };
         let provider_id = stored.view.provider.clone().unwrap_or_default();
         let expired = stored.ask_expires_at.is_some_and(|t| t <= ms(now));
@@ -946,10 +974,16 @@ impl Service {
                     .ok_or_else(|| Error::NotFound {
                         what: format!("provider `{provider_id}`"),
                     })?;
-            let state = self.key.open(
-                stored.challenge.as_deref().unwrap_or_default(),
-                &format!("challenge/{id}"),
-            )?;
+            let state = match kept_state {
+                Some(state) => state,
+                None => self
+                    .key
+                    .open(
+                        stored.challenge.as_deref().unwrap_or_default(),
+                        &format!("challenge/{id}"),
+                    )?
+                    .into(),
+            };
             let ctx = ChallengeContext {
                 user: Self::user_context(&user),
                 role: stored.view.role.clone(),
@@ -959,8 +993,8 @@ impl Service {
                 now: now.as_second().max(0) as u64,
             };
             let step = match input {
-                Some(input) => provider.challenge_continue(ctx, state.into(), input).await,
-                None => provider.challenge_poll(ctx, state.into()).await,
+                Some(input) => provider.challenge_continue(ctx, state, input).await,
+                None => provider.challenge_poll(ctx, state).await,
             };
             match step {
                 Ok(step) => with_prior(
