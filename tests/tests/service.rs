@@ -766,6 +766,26 @@ async fn a_delayed_start_is_granted_now_and_active_later(backend) {
 }
 }
 
+/// A write that enables or disables `account`, as an admin's `user set` does.
+fn set_enabled(
+    account: &'static str,
+    on: bool,
+) -> impl FnOnce(&mut dyn rolegate::store::Tx) -> rolegate::Result<users::User> + Send + 'static {
+    move |tx| {
+        users::update(
+            tx,
+            account,
+            users::UserChanges {
+                enabled: Some(on),
+                ..Default::default()
+            },
+            1,
+            "admin",
+            0,
+        )
+    }
+}
+
 both! {
 #[tokio::test]
 async fn a_change_reaches_the_next_request_though_the_last_one_read_it(backend) {
@@ -784,22 +804,7 @@ async fn a_change_reaches_the_next_request_though_the_last_one_read_it(backend) 
     let enable = |on: bool| {
         let store = store.clone();
         async move {
-            store
-                .write(move |tx| {
-                    users::update(
-                        tx,
-                        jdoe,
-                        users::UserChanges {
-                            enabled: Some(on),
-                            ..Default::default()
-                        },
-                        1,
-                        "admin",
-                        0,
-                    )
-                })
-                .await
-                .unwrap();
+            store.write(set_enabled(jdoe, on)).await.unwrap();
         }
     };
     enable(false).await;
@@ -841,22 +846,7 @@ async fn a_change_reaches_the_next_request_though_the_last_one_read_it(backend) 
     // service's writer does not see) counts once what was read is older than the bound.
     request("approval").await.unwrap();
     let other = w._at.open().await;
-    other
-        .write(move |tx| {
-            users::update(
-                tx,
-                jdoe,
-                users::UserChanges {
-                    enabled: Some(false),
-                    ..Default::default()
-                },
-                1,
-                "admin",
-                0,
-            )
-        })
-        .await
-        .unwrap();
+    other.write(set_enabled(jdoe, false)).await.unwrap();
     other.close();
     w.clock.advance(SignedDuration::from_millis(
         rolegate::store::changes::MAX_AGE_MS,
