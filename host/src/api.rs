@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::events::{self, Filter};
 use crate::roles::{self, RoleSpec};
 use crate::service::{RequestView, Requester, Service};
+use crate::store::changes::{Kind, Stamp};
 use crate::tokens::{self, Caller};
 use crate::users::{self, NewUser, UserChanges};
 
@@ -24,7 +25,9 @@ use crate::users::{self, NewUser, UserChanges};
 pub struct Api {
     service: Arc<Service>,
     /// Verified tokens (by hash) for a few seconds, so each call does not cost a read.
-    tokens: Arc<std::sync::Mutex<std::collections::HashMap<String, (Caller, i64)>>>,
+    /// With SQLite, also the token's stamp before its read: a revocation through this
+    /// daemon's writer makes it stale at once, even when it raced the read.
+    tokens: Arc<std::sync::Mutex<std::collections::HashMap<String, CachedToken>>>,
     /// The directory users may be copied from.
     directory: Option<Arc<crate::directory::DirectoryConfig>>,
 }
@@ -32,6 +35,9 @@ pub struct Api {
 /// How long a verified token is trusted without a new look-up (a revoked token stops working
 /// within this time).
 const TOKEN_CACHE_MS: i64 = 5_000;
+
+/// A verified token's caller, when it was verified, and (SQLite) its stamp before the read.
+type CachedToken = (Caller, i64, Option<Stamp>);
 
 /// An error as the API returns it: a status and `{"error": {"code", "message"}}`.
 #[derive(Debug)]
@@ -114,17 +120,29 @@ impl Api {
     /// The caller of a token (by its hash) verified in the last few seconds, if any.
     fn cached_caller(&self, hash: &str, now: i64) -> Option<Caller> {
         let cache = self.tokens.lock().ok()?;
-        let (caller, at) = cache.get(hash)?;
-        (now - at < TOKEN_CACHE_MS).then(|| caller.clone())
+        let (caller, at, stamp) = cache.get(hash)?;
+        let unchanged = match (stamp, self.service.store().changes()) {
+            (Some(stamp), Some(c)) => c.unchanged(Kind::Token, hash, *stamp),
+            _ => true,
+        };
+        (now - at < TOKEN_CACHE_MS && unchanged).then(|| caller.clone())
+    }
+
+    /// The token's stamp before a read that verifies it (SQLite), for [`Api::cache_caller`].
+    fn token_stamp(&self, hash: &str) -> Option<Stamp> {
+        self.service
+            .store()
+            .changes()
+            .map(|c| c.stamp(Kind::Token, hash))
     }
 
     /// Remembers a verified token (by its hash) for a few seconds.
-    fn cache_caller(&self, hash: String, caller: &Caller, now: i64) {
+    fn cache_caller(&self, hash: String, caller: &Caller, now: i64, stamp: Option<Stamp>) {
         if let Ok(mut cache) = self.tokens.lock() {
             if cache.len() > 100_000 {
                 cache.clear();
             }
-            cache.insert(hash, (caller.clone(), now));
+            cache.insert(hash, (caller.clone(), now, stamp));
         }
     }
 
@@ -135,13 +153,14 @@ impl Api {
             return Ok(caller);
         }
         let h = hash.clone();
+        let stamp = self.token_stamp(&hash);
         let caller = self
             .service
             .store()
             .read(move |tx| tokens::verify_hash(tx, &h, now))
             .await?
             .ok_or_else(|| unauthorized("the token is not valid"))?;
-        self.cache_caller(hash, &caller, now);
+        self.cache_caller(hash, &caller, now, stamp);
         Ok(caller)
     }
 
@@ -191,7 +210,8 @@ impl Api {
             .route("/v1/events", get(list_events))
             .route("/v1/events/verify", get(verify_events))
             .route("/v1/providers", get(list_providers))
-            .route("/v1/tokens", post(create_token))
+            .route("/v1/tokens", post(create_token).get(list_tokens))
+            .route("/v1/tokens/{id}", delete(revoke_token))
             .merge(crate::web::routes())
             .with_state(self)
     }
@@ -224,9 +244,9 @@ async fn create_request(
     // A token not seen lately is verified in the request's own read (one read, not two).
     let hash = crate::secrets::token_hash(&Api::bearer(&headers)?);
     let now = jiff::Timestamp::now().as_millisecond();
-    let who = match api.cached_caller(&hash, now) {
-        Some(c) => Requester::Account(c.account),
-        None => Requester::TokenHash(hash.clone()),
+    let (who, stamp) = match api.cached_caller(&hash, now) {
+        Some(c) => (Requester::Account(c.account), None),
+        None => (Requester::TokenHash(hash.clone()), api.token_stamp(&hash)),
     };
     let starts_at = match &body.starts_at {
         None => None,
@@ -250,7 +270,7 @@ async fn create_request(
         )
         .await?;
     if let Some(c) = caller {
-        api.cache_caller(hash, &c, now);
+        api.cache_caller(hash, &c, now, stamp);
     }
     // Serialized straight from the view, not through a JSON tree (this is the hot path).
     Ok((StatusCode::CREATED, Json(v)))
@@ -920,15 +940,8 @@ async fn create_token(
         .store()
         .write(move |tx| {
             let token = tokens::issue(tx, &b.account, b.admin, &b.label, now_ms())?;
-            let what = format!(
-                "{} token issued{}",
-                if b.admin { "admin" } else { "user" },
-                if b.label.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (label `{}`)", b.label)
-                }
-            );
+            let (kind, label) = token_words(b.admin, &b.label);
+            let what = format!("{kind} token issued{label}");
             events::admin_change(
                 tx,
                 events::TOKEN_ISSUED,
@@ -945,6 +958,64 @@ async fn create_token(
         StatusCode::CREATED,
         Json(json!({"account": account, "admin": admin, "token": token})),
     ))
+}
+
+/// How a token's event names it: its kind, and its label when it has one.
+fn token_words(admin: bool, label: &str) -> (&'static str, String) {
+    let kind = if admin { "admin" } else { "user" };
+    if label.is_empty() {
+        (kind, String::new())
+    } else {
+        (kind, format!(" (label `{label}`)"))
+    }
+}
+
+async fn list_tokens(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
+    api.admin(&headers).await?;
+    let list = api.service.store().read(tokens::list).await?;
+    Ok(Json(json!(list)))
+}
+
+async fn revoke_token(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.admin(&headers).await?;
+    let revoked = api
+        .service
+        .store()
+        .write(move |tx| {
+            let Some((hash, token)) = tokens::revoke(tx, &id)? else {
+                return Ok(None);
+            };
+            let (kind, label) = token_words(token.admin, &token.label);
+            let what = format!("{kind} token `{}` revoked{label}", token.id);
+            events::admin_change(
+                tx,
+                events::TOKEN_REVOKED,
+                &c.account,
+                Some(&token.account),
+                None,
+                &what,
+                now_ms(),
+            )?;
+            Ok(Some((hash, token)))
+        })
+        .await?;
+    let Some((hash, token)) = revoked else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no token has this id".into(),
+        ));
+    };
+    // This daemon stops accepting it at once; another sharing the database, within its cache's
+    // few seconds.
+    if let Ok(mut cache) = api.tokens.lock() {
+        cache.remove(&hash);
+    }
+    Ok(Json(json!(token)))
 }
 
 /// The top-level settings of a role that differ between two versions, by name.
@@ -1010,7 +1081,9 @@ pub fn openapi_document() -> Json_ {
             "/v1/events": {"get": op("Events, newest first: ?id&account&role&since_ms&until_ms&limit", true)},
             "/v1/events/verify": {"get": op("Verify the event hash chain", true)},
             "/v1/providers": {"get": op("Providers with their health", false)},
-            "/v1/tokens": {"post": op("Issue a token: {account, admin?, label?}; shown once", true)},
+            "/v1/tokens": {"post": op("Issue a token: {account, admin?, label?}; shown once", true),
+                           "get": op("List tokens: id, account, admin, label, created_at, expires_at (never a secret)", true)},
+            "/v1/tokens/{id}": {"delete": op("Revoke a token by its id; it stops working at once", true)},
         }
     })
 }

@@ -55,6 +55,8 @@ pub const ROLE_CHANGED: i64 = 511;
 pub const ROLE_REMOVED: i64 = 512;
 /// An admin issued an API token.
 pub const TOKEN_ISSUED: i64 = 520;
+/// An admin revoked an API token.
+pub const TOKEN_REVOKED: i64 = 521;
 
 /// Appends an admin change: what `actor` did, to which user or role.
 pub fn admin_change(

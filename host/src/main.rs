@@ -365,6 +365,13 @@ enum TokenCommand {
         #[arg(long, default_value = "")]
         label: String,
     },
+    /// List the tokens: id, account, admin, label, when issued (never a secret).
+    List,
+    /// Revoke a token by its id (from `token list`): it stops working at once.
+    Revoke {
+        /// The token's id.
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -741,6 +748,13 @@ fn remote(
                 } else {
                     bail!("enrolment in `{provider}` did not complete: {}", v["message"].as_str().unwrap_or("no reason given"));
                 }
+            }
+            Remote::Token(TokenCommand::List) => (client.call("GET", "/v1/tokens", None).await?, Some(&[
+                ("ID", "id"), ("ACCOUNT", "account"), ("ADMIN", "admin"), ("LABEL", "label"), ("CREATED", "created_at"),
+            ][..])),
+            Remote::Token(TokenCommand::Revoke { id }) => {
+                let v = client.call("DELETE", &format!("/v1/tokens/{}", segment(&id)), None).await?;
+                if json { (v, None) } else { (json!(format!("token `{}` of `{}` revoked", v["id"].as_str().unwrap_or(""), v["account"].as_str().unwrap_or(""))), None) }
             }
             Remote::Token(TokenCommand::New { account, admin, label }) => {
                 let v = client.call("POST", "/v1/tokens", Some(json!({"account": account, "admin": admin, "label": label}))).await?;

@@ -60,6 +60,94 @@ pub fn verify_hash(tx: &mut dyn Tx, hash: &str, now_ms: i64) -> Result<Option<Ca
     }))
 }
 
+/// How many hex digits of a token's hash name it to admins (its public id).
+pub const ID_LEN: usize = 16;
+
+/// A token as admins see it: an id (the start of its hash), never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TokenView {
+    /// The first [`ID_LEN`] hex digits of the token's hash.
+    pub id: String,
+    /// The account it speaks for.
+    pub account: String,
+    /// Whether it may administer.
+    pub admin: bool,
+    /// The admin's note.
+    pub label: String,
+    /// When it was issued (ms since the epoch).
+    pub created_at: i64,
+    /// When it stops working, if ever (ms since the epoch).
+    pub expires_at: Option<i64>,
+}
+
+const VIEW_COLUMNS: &str = "hash, account, admin, label, created_at, expires_at";
+
+fn view(r: &crate::store::Row) -> Result<(String, TokenView)> {
+    let hash = r.text(0)?;
+    let expires_at = match r.0.get(5) {
+        Some(Value::Int(t)) => Some(*t),
+        _ => None,
+    };
+    Ok((
+        hash.clone(),
+        TokenView {
+            id: hash.chars().take(ID_LEN).collect(),
+            account: r.text(1)?,
+            admin: r.int(2)? != 0,
+            label: r.text(3)?,
+            created_at: r.int(4)?,
+            expires_at,
+        },
+    ))
+}
+
+/// Every token, oldest first.
+pub fn list(tx: &mut dyn Tx) -> Result<Vec<TokenView>> {
+    tx.query(
+        &format!("SELECT {VIEW_COLUMNS} FROM tokens ORDER BY created_at, hash"),
+        &[],
+    )?
+    .iter()
+    .map(|r| view(r).map(|(_, v)| v))
+    .collect()
+}
+
+/// Revokes the token with this id: returns it and its whole hash, or `None` when no token
+/// has that id.
+pub fn revoke(tx: &mut dyn Tx, id: &str) -> Result<Option<(String, TokenView)>> {
+    if id.len() != ID_LEN
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(Error::Invalid {
+            what: "token id".into(),
+            message: format!(
+                "`{}` is not a token id ({ID_LEN} lower-case hex digits, as `token list` shows)",
+                id.chars().take(64).collect::<String>()
+            ),
+        });
+    }
+    let rows = tx.query(
+        &format!("SELECT {VIEW_COLUMNS} FROM tokens WHERE substr(hash, 1, {ID_LEN}) = $1"),
+        &[id.into()],
+    )?;
+    let found = match rows.as_slice() {
+        [] => return Ok(None),
+        [one] => view(one)?,
+        _ => {
+            return Err(Error::Conflict(format!(
+                "several tokens share the id `{id}`; nothing was revoked"
+            )));
+        }
+    };
+    tx.execute(
+        "DELETE FROM tokens WHERE hash = $1",
+        &[found.0.clone().into()],
+    )?;
+    Ok(Some(found))
+}
+
 /// How many tokens exist (a first start has none).
 pub fn count(tx: &mut dyn Tx) -> Result<i64> {
     tx.query("SELECT COUNT(*) FROM tokens", &[])?

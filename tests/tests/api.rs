@@ -825,6 +825,111 @@ async fn admin_changes_are_logged_with_their_actor() {
     );
 }
 
+#[tokio::test]
+async fn a_revoked_token_is_refused_at_once() {
+    let d = start();
+    let admin = d.admin.clone();
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let (s, t) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "jdoe", "label": "laptop"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let token = t["token"].as_str().unwrap().to_string();
+    // It works, and the daemon now keeps it in its token cache.
+    let (s, _) = call(&d, Some(&token), "GET", "/v1/requests", None).await;
+    assert_eq!(s, 200);
+    // Admins list tokens by id, never by secret; users may not list them.
+    let (s, _) = call(&d, Some(&token), "GET", "/v1/tokens", None).await;
+    assert_eq!(s, 403);
+    let (s, list) = call(&d, Some(&admin), "GET", "/v1/tokens", None).await;
+    assert_eq!(s, 200);
+    assert!(!list.to_string().contains(&token), "{list}");
+    let laptop: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["label"] == "laptop")
+        .collect();
+    assert_eq!(laptop.len(), 1, "{list}");
+    assert_eq!(laptop[0]["account"], "jdoe");
+    assert_eq!(laptop[0]["admin"], false);
+    let id = laptop[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 16);
+    // Refusals: a malformed id, an unknown one, a user revoking.
+    let (s, e) = call(&d, Some(&admin), "DELETE", "/v1/tokens/not-an-id", None).await;
+    assert_eq!(s, 422, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a token id"),
+        "{e}"
+    );
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "DELETE",
+        "/v1/tokens/0123456789abcdef",
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (s, _) = call(
+        &d,
+        Some(&token),
+        "DELETE",
+        &format!("/v1/tokens/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 403);
+    // Revoked with the CLI: refused on the very next call, though the daemon had it cached.
+    let (ok, out) = cli(&d, &admin, &["token", "revoke", &id], "");
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("token `{id}` of `jdoe` revoked")),
+        "{out}"
+    );
+    let (s, _) = call(&d, Some(&token), "GET", "/v1/requests", None).await;
+    assert_eq!(s, 401);
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "DELETE",
+        &format!("/v1/tokens/{id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 404);
+    let (ok, out) = cli(&d, &admin, &["token", "list"], "");
+    assert!(
+        ok && !out.contains(&id) && out.contains("first admin"),
+        "{out}"
+    );
+    let (s, events) = call(&d, Some(&admin), "GET", "/v1/events?id=521", None).await;
+    assert_eq!(s, 200);
+    let events = events.as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        events[0]["message"],
+        format!("user token `{id}` revoked (label `laptop`) by `admin`")
+    );
+    assert_eq!(events[0]["account"], "jdoe");
+}
+
 /// The web page is served from the binary with a strict policy, writes server data as text
 /// only, and calls only endpoints the API documents.
 #[tokio::test]
