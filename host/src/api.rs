@@ -653,22 +653,33 @@ async fn remove_user(
         .service
         .store()
         .write(move |tx| {
-            let removed = users::remove(tx, &a)?;
-            if removed {
-                events::admin_change(
-                    tx,
-                    events::USER_REMOVED,
-                    &c.account,
-                    Some(&a),
-                    None,
-                    "user and credentials removed",
-                    now_ms(),
-                )?;
+            if !users::remove(tx, &a)? {
+                return Ok(None);
             }
-            Ok(removed)
+            // Its tokens speak for an account that is gone.
+            let revoked = tokens::revoke_account(tx, &a)?;
+            let what = match revoked.len() {
+                0 => "user and credentials removed".to_string(),
+                n => format!("user and credentials removed, {n} token(s) revoked"),
+            };
+            events::admin_change(
+                tx,
+                events::USER_REMOVED,
+                &c.account,
+                Some(&a),
+                None,
+                &what,
+                now_ms(),
+            )?;
+            Ok(Some(revoked))
         })
         .await?;
-    if removed {
+    if let Some(revoked) = removed {
+        if let Ok(mut cache) = api.tokens.lock() {
+            for hash in &revoked {
+                cache.remove(hash);
+            }
+        }
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::NotFound {

@@ -148,6 +148,22 @@ pub fn revoke(tx: &mut dyn Tx, id: &str) -> Result<Option<(String, TokenView)>> 
     Ok(Some(found))
 }
 
+/// Revokes every token of `account` (compared as accounts are: trimmed, case-insensitive);
+/// returns their hashes.
+pub fn revoke_account(tx: &mut dyn Tx, account: &str) -> Result<Vec<String>> {
+    let key = crate::users::account_key(account);
+    let mut revoked = Vec::new();
+    for r in tx.query("SELECT hash, account FROM tokens", &[])? {
+        if crate::users::account_key(&r.text(1)?) == key {
+            revoked.push(r.text(0)?);
+        }
+    }
+    for hash in &revoked {
+        tx.execute("DELETE FROM tokens WHERE hash = $1", &[hash.clone().into()])?;
+    }
+    Ok(revoked)
+}
+
 /// How many tokens exist (a first start has none).
 pub fn count(tx: &mut dyn Tx) -> Result<i64> {
     tx.query("SELECT COUNT(*) FROM tokens", &[])?

@@ -33,6 +33,18 @@ fn hello_answer(view: &Value) -> String {
     message.split(' ').nth(1).unwrap().chars().rev().collect()
 }
 
+/// The status of a call without a body.
+async fn status(d: &Daemon, token: &str, method: &str, path: &str) -> u16 {
+    call(d, Some(token), method, path, None).await.0
+}
+
+/// Issues a token as `admin` (`body`: account, label, admin) and returns its secret.
+async fn issue_token(d: &Daemon, admin: &str, body: Value) -> String {
+    let (s, t) = call(d, Some(admin), "POST", "/v1/tokens", Some(body)).await;
+    assert_eq!(s, 201, "{t}");
+    t["token"].as_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn a_user_activates_a_role_through_mfa_over_http() {
     let d = start();
@@ -59,25 +71,8 @@ async fn a_user_activates_a_role_through_mfa_over_http() {
                       "ttl_s": 3600, "max_ttl_s": 7200, "mfa_enabled": true, "approval_enabled": true, "providers": ["hello"]});
     let (s, _) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
     assert_eq!(s, 201);
-    let (s, t) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/tokens",
-        Some(json!({"account": "CONTOSO\\jdoe"})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let user = t["token"].as_str().unwrap().to_string();
-    let (_, t) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/tokens",
-        Some(json!({"account": "CONTOSO\\boss"})),
-    )
-    .await;
-    let boss = t["token"].as_str().unwrap().to_string();
+    let user = issue_token(&d, &admin, json!({"account": "CONTOSO\\jdoe"})).await;
+    let boss = issue_token(&d, &admin, json!({"account": "CONTOSO\\boss"})).await;
 
     let (s, r) = call(
         &d,
@@ -185,15 +180,7 @@ async fn refusals_over_http_have_status_codes_and_messages() {
         Some(json!({"account": "jdoe"})),
     )
     .await;
-    let (_, t) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/tokens",
-        Some(json!({"account": "jdoe"})),
-    )
-    .await;
-    let user = t["token"].as_str().unwrap().to_string();
+    let user = issue_token(&d, &admin, json!({"account": "jdoe"})).await;
     let (s, e) = call(
         &d,
         Some(&user),
@@ -262,15 +249,7 @@ async fn jdoe_with_role(d: &Daemon, provider: &str) -> String {
                       "mfa_enabled": true, "providers": [provider]});
     let (s, e) = call(d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
     assert_eq!(s, 201, "{e}");
-    let (_, t) = call(
-        d,
-        Some(&admin),
-        "POST",
-        "/v1/tokens",
-        Some(json!({"account": "jdoe"})),
-    )
-    .await;
-    t["token"].as_str().unwrap().to_string()
+    issue_token(d, &admin, json!({"account": "jdoe"})).await
 }
 
 #[tokio::test]
@@ -764,15 +743,7 @@ async fn admin_changes_are_logged_with_their_actor() {
     let role = json!({"name": "r", "candidates": ["jdoe"], "ttl_s": 120, "max_ttl_s": 600});
     let (s, _) = call(&d, Some(&admin), "PUT", "/v1/roles/r", Some(role)).await;
     assert_eq!(s, 200);
-    let (s, _) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/tokens",
-        Some(json!({"account": "jdoe", "label": "laptop"})),
-    )
-    .await;
-    assert_eq!(s, 201);
+    issue_token(&d, &admin, json!({"account": "jdoe", "label": "laptop"})).await;
     let (s, _) = call(&d, Some(&admin), "DELETE", "/v1/roles/r", None).await;
     assert_eq!(s, 204);
     let (s, _) = call(&d, Some(&admin), "DELETE", "/v1/users/jdoe", None).await;
@@ -838,22 +809,11 @@ async fn a_revoked_token_is_refused_at_once() {
     )
     .await;
     assert_eq!(s, 201);
-    let (s, t) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/tokens",
-        Some(json!({"account": "jdoe", "label": "laptop"})),
-    )
-    .await;
-    assert_eq!(s, 201);
-    let token = t["token"].as_str().unwrap().to_string();
+    let token = issue_token(&d, &admin, json!({"account": "jdoe", "label": "laptop"})).await;
     // It works, and the daemon now keeps it in its token cache.
-    let (s, _) = call(&d, Some(&token), "GET", "/v1/requests", None).await;
-    assert_eq!(s, 200);
+    assert_eq!(status(&d, &token, "GET", "/v1/requests").await, 200);
     // Admins list tokens by id, never by secret; users may not list them.
-    let (s, _) = call(&d, Some(&token), "GET", "/v1/tokens", None).await;
-    assert_eq!(s, 403);
+    assert_eq!(status(&d, &token, "GET", "/v1/tokens").await, 403);
     let (s, list) = call(&d, Some(&admin), "GET", "/v1/tokens", None).await;
     assert_eq!(s, 200);
     assert!(!list.to_string().contains(&token), "{list}");
@@ -878,24 +838,14 @@ async fn a_revoked_token_is_refused_at_once() {
             .contains("is not a token id"),
         "{e}"
     );
-    let (s, _) = call(
-        &d,
-        Some(&admin),
-        "DELETE",
-        "/v1/tokens/0123456789abcdef",
-        None,
-    )
-    .await;
-    assert_eq!(s, 404);
-    let (s, _) = call(
-        &d,
-        Some(&token),
-        "DELETE",
-        &format!("/v1/tokens/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 403);
+    assert_eq!(
+        status(&d, &admin, "DELETE", "/v1/tokens/0123456789abcdef").await,
+        404
+    );
+    assert_eq!(
+        status(&d, &token, "DELETE", &format!("/v1/tokens/{id}")).await,
+        403
+    );
     // Revoked with the CLI: refused on the very next call, though the daemon had it cached.
     let (ok, out) = cli(&d, &admin, &["token", "revoke", &id], "");
     assert!(ok, "{out}");
@@ -903,17 +853,11 @@ async fn a_revoked_token_is_refused_at_once() {
         out.contains(&format!("token `{id}` of `jdoe` revoked")),
         "{out}"
     );
-    let (s, _) = call(&d, Some(&token), "GET", "/v1/requests", None).await;
-    assert_eq!(s, 401);
-    let (s, _) = call(
-        &d,
-        Some(&admin),
-        "DELETE",
-        &format!("/v1/tokens/{id}"),
-        None,
-    )
-    .await;
-    assert_eq!(s, 404);
+    assert_eq!(status(&d, &token, "GET", "/v1/requests").await, 401);
+    assert_eq!(
+        status(&d, &admin, "DELETE", &format!("/v1/tokens/{id}")).await,
+        404
+    );
     let (ok, out) = cli(&d, &admin, &["token", "list"], "");
     assert!(
         ok && !out.contains(&id) && out.contains("first admin"),
@@ -928,6 +872,17 @@ async fn a_revoked_token_is_refused_at_once() {
         format!("user token `{id}` revoked (label `laptop`) by `admin`")
     );
     assert_eq!(events[0]["account"], "jdoe");
+    // Removing a user revokes their tokens with them, at once.
+    let second = issue_token(&d, &admin, json!({"account": "JDOE"})).await;
+    assert_eq!(status(&d, &second, "GET", "/v1/requests").await, 200);
+    assert_eq!(status(&d, &admin, "DELETE", "/v1/users/jdoe").await, 204);
+    assert_eq!(status(&d, &second, "GET", "/v1/requests").await, 401);
+    let (s, removed) = call(&d, Some(&admin), "GET", "/v1/events?id=502", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        removed[0]["message"],
+        "user and credentials removed, 1 token(s) revoked by `admin`"
+    );
 }
 
 /// The web page is served from the binary with a strict policy, writes server data as text
@@ -1330,15 +1285,10 @@ async fn phone_role(
         )
         .await;
         assert_eq!(st, 201, "{e}");
-        let (_, t) = call(
-            &d,
-            Some(&admin),
-            "POST",
-            "/v1/tokens",
-            Some(json!({"account": account})),
-        )
-        .await;
-        tokens.insert(*account, t["token"].as_str().unwrap().to_string());
+        tokens.insert(
+            *account,
+            issue_token(&d, &admin, json!({"account": account})).await,
+        );
     }
     let candidates: Vec<&str> = users.iter().map(|(a, _)| *a).collect();
     let role = json!({"name": "Domain Admins", "candidates": candidates, "ttl_s": 600, "max_ttl_s": 600,
@@ -1630,15 +1580,7 @@ async fn an_imported_mim_deployment_activates_through_the_phone_call() {
     // The daemon on the imported state: jdoe activates through the phone call.
     let d = serve_config(dir, &cfg);
     let admin = d.admin.clone();
-    let (_, t) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/tokens",
-        Some(json!({"account": "CONTOSO\\jdoe"})),
-    )
-    .await;
-    let token = t["token"].as_str().unwrap().to_string();
+    let token = issue_token(&d, &admin, json!({"account": "CONTOSO\\jdoe"})).await;
     let (okay, out) = cli(
         &d,
         &token,
