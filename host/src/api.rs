@@ -128,6 +128,16 @@ impl Api {
         (now - at < TOKEN_CACHE_MS && unchanged).then(|| caller.clone())
     }
 
+    /// Drops revoked tokens (by hash) from the cache: this daemon refuses them at once;
+    /// another sharing the database, within its cache's few seconds.
+    fn forget_tokens(&self, hashes: &[String]) {
+        if let Ok(mut cache) = self.tokens.lock() {
+            for hash in hashes {
+                cache.remove(hash);
+            }
+        }
+    }
+
     /// The token's stamp before a read that verifies it (SQLite), for [`Api::cache_caller`].
     fn token_stamp(&self, hash: &str) -> Option<Stamp> {
         self.service
@@ -675,11 +685,7 @@ async fn remove_user(
         })
         .await?;
     if let Some(revoked) = removed {
-        if let Ok(mut cache) = api.tokens.lock() {
-            for hash in &revoked {
-                cache.remove(hash);
-            }
-        }
+        api.forget_tokens(&revoked);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::NotFound {
@@ -1021,11 +1027,7 @@ async fn revoke_token(
             "no token has this id".into(),
         ));
     };
-    // This daemon stops accepting it at once; another sharing the database, within its cache's
-    // few seconds.
-    if let Ok(mut cache) = api.tokens.lock() {
-        cache.remove(&hash);
-    }
+    api.forget_tokens(&[hash]);
     Ok(Json(json!(token)))
 }
 

@@ -20,7 +20,7 @@ use crate::role::{Refusal, Role, Usability};
 use crate::roles;
 use crate::secrets::{SealingKey, time_ordered_id};
 use crate::store::Store;
-use crate::store::changes::{self, Changes, Kind, Stamp};
+use crate::store::changes::{Changes, Kind, Stamp};
 use crate::store::{Row, Tx, Value};
 use crate::tokens::{self, Caller};
 use crate::users::{self, User, account_key};
@@ -260,20 +260,6 @@ struct AccountRows {
     read_at: i64,
 }
 
-/// Whether a cached read of `kind` `key`, stamped and made at `read_at`, may stand for a read
-/// now: the writer changed nothing of it, and it is recent enough that a change made by
-/// another process would have been seen.
-fn still_fresh(
-    c: &Changes,
-    kind: Kind,
-    key: &str,
-    stamp: Stamp,
-    read_at: i64,
-    now_ms: i64,
-) -> bool {
-    (0..changes::MAX_AGE_MS).contains(&(now_ms - read_at)) && c.unchanged(kind, key, stamp)
-}
-
 /// A request waiting for its first answer, as this host wrote it. The answer's write checks
 /// that nothing it relied on changed meanwhile: the request's version (an admin's close, the
 /// expiry sweep, another host), the user still enabled, the provider's credentials the same.
@@ -413,7 +399,8 @@ impl Service {
         let cache = self.role_cache.lock().ok()?;
         let r = cache.get(name)?;
         let (stamp, read_at) = r.fresh?;
-        still_fresh(c, Kind::Role, name, stamp, read_at, now_ms).then(|| Arc::clone(&r.role))
+        c.still_fresh(Kind::Role, name, stamp, read_at, now_ms)
+            .then(|| Arc::clone(&r.role))
     }
 
     /// Marks the cached role `name` at `revision` as read unchanged after `stamp` was taken.
@@ -430,7 +417,7 @@ impl Service {
     fn fresh_account(&self, c: &Changes, key: &str, now_ms: i64) -> Option<Arc<AccountRows>> {
         let cache = self.accounts.lock().ok()?;
         let rows = cache.get(key)?;
-        still_fresh(c, Kind::Account, key, rows.stamp?, rows.read_at, now_ms)
+        c.still_fresh(Kind::Account, key, rows.stamp?, rows.read_at, now_ms)
             .then(|| Arc::clone(rows))
     }
 

@@ -35,22 +35,21 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn tag(self) -> u8 {
+    /// Every kind.
+    pub(crate) const ALL: [Kind; 3] = [Kind::Account, Kind::Role, Kind::Token];
+
+    /// The tag the writer's triggers name the kind by.
+    pub(crate) fn tag(self) -> &'static str {
         match self {
-            Kind::Account => b'u',
-            Kind::Role => b'r',
-            Kind::Token => b't',
+            Kind::Account => "u",
+            Kind::Role => "r",
+            Kind::Token => "t",
         }
     }
 
     /// The kind a trigger names by its tag.
     pub(crate) fn from_tag(tag: &str) -> Option<Self> {
-        match tag {
-            "u" => Some(Kind::Account),
-            "r" => Some(Kind::Role),
-            "t" => Some(Kind::Token),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|k| k.tag() == tag)
     }
 }
 
@@ -102,6 +101,19 @@ impl Changes {
     /// Whether the key is unchanged since `stamp` was taken.
     pub fn unchanged(&self, kind: Kind, key: &str, stamp: Stamp) -> bool {
         self.stamp(kind, key) == stamp
+    }
+
+    /// Whether a read of the key, stamped before it and made at `read_at` (Unix ms), may stand
+    /// for a read at `now_ms`: unchanged by the writer, and younger than [`MAX_AGE_MS`].
+    pub fn still_fresh(
+        &self,
+        kind: Kind,
+        key: &str,
+        stamp: Stamp,
+        read_at: i64,
+        now_ms: i64,
+    ) -> bool {
+        (0..MAX_AGE_MS).contains(&(now_ms - read_at)) && self.unchanged(kind, key, stamp)
     }
 
     /// Records a change of the key (the writer, after the transaction that made it).

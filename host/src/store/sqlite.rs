@@ -451,12 +451,12 @@ impl Drop for Sqlite {
 type Touched = Arc<Mutex<Vec<(Kind, String)>>>;
 
 /// The tables whose rows caches keep, the key each row is cached by, and its kind's tag.
-const CACHED_TABLES: [(&str, &str, &str); 5] = [
-    ("users", "account_key", "u"),
-    ("credentials", "account_key", "u"),
-    ("lockouts", "account_key", "u"),
-    ("roles", "name", "r"),
-    ("tokens", "hash", "t"),
+const CACHED_TABLES: [(&str, &str, Kind); 5] = [
+    ("users", "account_key", Kind::Account),
+    ("credentials", "account_key", Kind::Account),
+    ("lockouts", "account_key", Kind::Account),
+    ("roles", "name", Kind::Role),
+    ("tokens", "hash", Kind::Token),
 ];
 
 /// Makes the writer's connection name every changed row of a cached table: a function that
@@ -481,7 +481,8 @@ fn record_changes(conn: &Connection) -> Result<Touched> {
     )
     .map_err(|e| db_error("watching cached tables", e))?;
     let mut sql = String::new();
-    for (table, key, tag) in CACHED_TABLES {
+    for (table, key, kind) in CACHED_TABLES {
+        let tag = kind.tag();
         sql.push_str(&format!(
             "CREATE TEMP TRIGGER rolegate_{table}_inserted AFTER INSERT ON main.{table} BEGIN SELECT rolegate_changed('{tag}', NEW.{key}); END;
              CREATE TEMP TRIGGER rolegate_{table}_updated AFTER UPDATE ON main.{table} BEGIN SELECT rolegate_changed('{tag}', OLD.{key}); SELECT rolegate_changed('{tag}', NEW.{key}); END;
