@@ -253,7 +253,7 @@ struct CachedRole {
 struct AccountRows {
     user: Option<User>,
     credentials: Vec<Row>,
-    /// The provider and end of each lockout on record.
+    /// The provider and end (or NULL) of each lockout or failure count on record.
     lockouts: Vec<Row>,
     /// The account key's stamp before the read, and the read's time (Unix ms).
     stamp: Option<Stamp>,
@@ -267,8 +267,32 @@ struct Awaiting {
     stored: Stored,
     user: User,
     credentials: Vec<Row>,
+    /// The create's read of the account, for the answer's write to trust.
+    vouch: Option<Vouch>,
     /// The provider's state for the answer, as `stored` holds it sealed.
     state: Bytes,
+}
+
+/// What the answer's write relied on: the provider's credentials as the provider saw them,
+/// and, when the writer can vouch for it, the read of the account they came from.
+struct Relied {
+    /// The sealed values of the provider's credentials, sorted.
+    seen: Vec<Vec<u8>>,
+    /// The read, when the store keeps an account of changed keys (SQLite).
+    vouch: Option<Vouch>,
+}
+
+/// A read of an account's rows (user, credentials, lockouts) that the SQLite writer can
+/// vouch for later: if no write changed the account since, and the read is younger than
+/// [`crate::store::changes::MAX_AGE_MS`], the write trusts it instead of reading it again.
+#[derive(Debug, Clone, Copy)]
+struct Vouch {
+    /// The account key's epoch before the read.
+    stamp: Stamp,
+    /// When it was read (Unix ms).
+    read_at: i64,
+    /// Whether the read found failures or a lockout for the request's provider.
+    failures: bool,
 }
 
 /// Who asks for a request.
@@ -710,6 +734,13 @@ impl Service {
             Some(_) => Usability::Usable,
         };
         let provider_id = role.choose_provider(provider_choice, usability)?;
+        let vouch = rows.stamp.map(|stamp| Vouch {
+            stamp,
+            read_at: rows.read_at,
+            failures: lockouts
+                .iter()
+                .any(|l| l.text(0).is_ok_and(|p| p == provider_id)),
+        });
         for l in lockouts {
             if l.text(0)? == provider_id
                 && let Some(Value::Int(until)) = l.0.get(1)
@@ -780,12 +811,16 @@ impl Service {
                     stored: kept,
                     user: user.clone(),
                     credentials: credential_rows.clone(),
+                    vouch,
                     state,
                 })
             }
             _ => None,
         };
-        let seen = seen_credentials(&credential_rows, &provider_id);
+        let relied = Relied {
+            seen: seen_credentials(&credential_rows, &provider_id),
+            vouch,
+        };
         // A request still waiting for its answer is cheap to lose in a power cut (the user
         // asks again); anything that decides it is fsync'd before the caller hears of it.
         let durable = !matches!(outcome, Outcome::Prompt { .. });
@@ -807,7 +842,7 @@ impl Service {
                 outcome => {
                     insert(tx, &s, None)?;
                     created_events(tx, &s)?;
-                    apply(tx, s, outcome, false, &seen, &settings, &key, now)
+                    apply(tx, s, outcome, false, &relied, &settings, &key, now)
                 }
             })
             .await?;
@@ -860,7 +895,7 @@ impl Service {
                 let user = users::get(tx, &account)?;
                 let creds = credential_rows(tx, &key)?;
                 let lockouts = tx.query(
-                    "SELECT provider, locked_until FROM lockouts WHERE account_key = $1 AND locked_until IS NOT NULL",
+                    "SELECT provider, locked_until FROM lockouts WHERE account_key = $1 AND (locked_until IS NOT NULL OR failures <> 0)",
                     &[key.into()],
                 )?;
                 Ok((account, caller, spec, user, creds, lockouts))
@@ -942,11 +977,11 @@ impl Service {
         let now = self.clock.now();
         // Only a typed answer can be wrong and asked again; a poll's outcome ends the call.
         let answered = input.is_some();
-        let (stored, user, credential_rows, kept_state) = match self.recall(id, account) {
-            Some(a) => (a.stored, a.user, a.credentials, Some(a.state)),
+        let (stored, user, credential_rows, kept_state, vouch) = match self.recall(id, account) {
+            Some(a) => (a.stored, a.user, a.credentials, Some(a.state), a.vouch),
             None => {
                 let (stored, user, creds) = self.pending(id, account).await?;
-                (stored, user, creds, None)
+                (stored, user, creds, None, None)
             }
         };
         let provider_id = stored.view.provider.clone().unwrap_or_default();
@@ -1003,14 +1038,17 @@ impl Service {
         };
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
-        let seen = seen_credentials(&credential_rows, &provider_id);
+        let relied = Relied {
+            seen: seen_credentials(&credential_rows, &provider_id),
+            vouch,
+        };
         self.store
             .write(move |tx| {
                 // The answer counts only if nothing happened to the request meanwhile: every
                 // update `apply` makes is conditional on the version read before the provider
                 // ran, and a miss undoes the whole write (credential, lockout, events).
                 let id = stored.view.id.clone();
-                apply(tx, stored, outcome, answered, &seen, &settings, &key, now).map_err(|e| {
+                apply(tx, stored, outcome, answered, &relied, &settings, &key, now).map_err(|e| {
                     match e {
                         Error::Conflict(m)
                             if m.starts_with(CREDENTIAL_RACE)
@@ -1729,7 +1767,18 @@ fn seen_credentials(rows: &[Row], provider: &str) -> Vec<Vec<u8>> {
 /// Inside an approval's write: the user is still enabled, and the provider's credentials are
 /// still the ones it verified against (an admin may have disabled the user or removed a lost
 /// key while the answer was on its way); otherwise the approval is refused and undone.
-fn still_allowed(tx: &mut dyn Tx, s: &Stored, provider: &str, seen: &[Vec<u8>]) -> Result<()> {
+/// A read the writer vouches for (`trusted`: nothing changed the account since) stands for
+/// a new one.
+fn still_allowed(
+    tx: &mut dyn Tx,
+    s: &Stored,
+    provider: &str,
+    relied: &Relied,
+    trusted: bool,
+) -> Result<()> {
+    if trusted {
+        return Ok(());
+    }
     let user = tx.query(
         "SELECT enabled FROM users WHERE account_key = $1",
         &[s.view.account.clone().into()],
@@ -1743,15 +1792,22 @@ fn still_allowed(tx: &mut dyn Tx, s: &Stored, provider: &str, seen: &[Vec<u8>]) 
         "SELECT sealed FROM credentials WHERE account_key = $1 AND provider = $2",
         &[s.view.account.clone().into(), provider.into()],
     )?;
-    let mut now: Vec<Vec<u8>> = rows.iter().filter_map(|r| r.blob(0).ok()).collect();
-    now.sort();
-    if now != seen {
+    let mut current: Vec<Vec<u8>> = rows.iter().filter_map(|r| r.blob(0).ok()).collect();
+    current.sort();
+    if current != relied.seen {
         return Err(Error::Conflict(format!(
             "{CREDENTIALS_CHANGED}: `{}` in `{provider}` (request `{}`)",
             s.view.account, s.view.id
         )));
     }
     Ok(())
+}
+
+/// Whether the writer vouches for the read the request's write relied on.
+fn trusted(tx: &dyn Tx, s: &Stored, relied: &Relied, now: Timestamp) -> bool {
+    relied.vouch.is_some_and(|v| {
+        tx.unchanged_since(Kind::Account, &s.view.account, v.stamp, v.read_at, ms(now))
+    })
 }
 
 /// Fails with a conflict when a version-checked update changed no row: someone else moved
@@ -1868,7 +1924,7 @@ fn apply(
     mut s: Stored,
     outcome: Outcome,
     answered: bool,
-    seen: &[Vec<u8>],
+    relied: &Relied,
     settings: &Settings,
     key: &SealingKey,
     now: Timestamp,
@@ -1896,7 +1952,9 @@ fn apply(
             Ok(s.view)
         }
         Outcome::Approved(credential) => {
-            still_allowed(tx, &s, &provider, seen)?;
+            // Asked before this write changes the account itself (a credential's update).
+            let trust = trusted(tx, &s, relied, now);
+            still_allowed(tx, &s, &provider, relied, trust)?;
             if let Some(CredentialUpdate {
                 credential: c,
                 sealed,
@@ -1941,11 +1999,14 @@ fn apply(
                     )));
                 }
             }
-            tx.execute(
-                // Only a row with failures is rewritten: an unchanged row costs no page write.
-                "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2 AND failures <> 0",
-                &[s.view.account.clone().into(), provider.clone().into()],
-            )?;
+            // Failures are cleared; a read the writer vouches for that found none needs no
+            // statement (else only a row with failures is rewritten).
+            if !(trust && relied.vouch.is_some_and(|v| !v.failures)) {
+                tx.execute(
+                    "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2 AND failures <> 0",
+                    &[s.view.account.clone().into(), provider.clone().into()],
+                )?;
+            }
             events::append(
                 tx,
                 event(

@@ -393,6 +393,50 @@ async fn wrong_answers_fail_the_challenge_then_lock_the_user_out(backend) {
 
 both! {
 #[tokio::test]
+async fn a_right_answer_clears_the_failures_counted_before_it(backend) {
+    let w = world_with(backend, Settings {
+        lockout_threshold: 4,
+        ..Default::default()
+    })
+    .await;
+    let u = "CONTOSO\\jdoe";
+    // Two wrong answers before each right one: never four failures in a row, though ten in all.
+    for _ in 0..5 {
+        let v = w.service.request(u, "mfa", "x", None, None).await.unwrap();
+        for _ in 0..2 {
+            let r = w.service.answer(&v.id, u, code(wrong_code(&v))).await.unwrap();
+            assert_eq!(r.state, "pending_mfa");
+        }
+        let r = w.service.answer(&v.id, u, code(right_code(&v))).await.unwrap();
+        assert_eq!(r.state, "active");
+    }
+    // Three failures, then a request answered right at once: its create saw them, its answer
+    // clears them.
+    let v = w.service.request(u, "mfa", "x", None, None).await.unwrap();
+    for _ in 0..3 {
+        w.service.answer(&v.id, u, code(wrong_code(&v))).await.unwrap();
+    }
+    let v = w.service.request(u, "mfa", "x", None, None).await.unwrap();
+    let r = w.service.answer(&v.id, u, code(right_code(&v))).await.unwrap();
+    assert_eq!(r.state, "active");
+    // Three failures since the last success: one short of the lockout; the fourth locks.
+    let v = w.service.request(u, "mfa", "x", None, None).await.unwrap();
+    for _ in 0..3 {
+        w.service.answer(&v.id, u, code(wrong_code(&v))).await.unwrap();
+    }
+    let v = w.service.request(u, "mfa", "x", None, None).await.unwrap();
+    w.service.answer(&v.id, u, code(wrong_code(&v))).await.unwrap();
+    let e = w
+        .service
+        .request(u, "mfa", "x", None, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().starts_with("too many failed attempts with `hello`"), "{e}");
+}
+}
+
+both! {
+#[tokio::test]
 async fn activations_expire_with_the_clock_and_prompts_time_out(backend) {
     let w = world(backend).await;
     let active = w

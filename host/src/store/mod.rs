@@ -146,6 +146,20 @@ pub trait Tx {
     fn event_head(&mut self) -> Option<&mut EventHead> {
         None
     }
+    /// Whether this writer vouches that no write changed the rows of `key` since a read
+    /// stamped `read` (before it) at `read_at` (Unix ms), younger than the bound at `now_ms`
+    /// — this transaction's own writes included: a check that would read them again may then
+    /// trust that read. False when it cannot tell (PostgreSQL, readers).
+    fn unchanged_since(
+        &self,
+        _kind: changes::Kind,
+        _key: &str,
+        _read: changes::Stamp,
+        _read_at: i64,
+        _now_ms: i64,
+    ) -> bool {
+        false
+    }
 }
 
 /// A write to run in the writer's transaction.

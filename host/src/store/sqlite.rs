@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, types::ValueRef};
 
-use super::changes::{Changes, Kind};
+use super::changes::{Changes, Kind, Stamp};
 use super::{Completion, EventHead, FailTx, Queued, Row, Tx, Value, Writer};
 use crate::error::{Error, Result};
 
@@ -161,6 +161,8 @@ pub struct SqliteTx<'a> {
     head: Option<&'a mut EventHead>,
     /// Where the writer records each statement that ran (in batches of several writes).
     redo: Option<&'a mut Redo>,
+    /// The writer's account of changed keys (none on reading connections).
+    changed: Option<&'a Changed>,
 }
 
 impl Tx for SqliteTx<'_> {
@@ -210,6 +212,18 @@ impl Tx for SqliteTx<'_> {
 
     fn event_head(&mut self) -> Option<&mut EventHead> {
         self.head.as_deref_mut()
+    }
+
+    fn unchanged_since(
+        &self,
+        kind: Kind,
+        key: &str,
+        read: Stamp,
+        read_at: i64,
+        now_ms: i64,
+    ) -> bool {
+        self.changed
+            .is_some_and(|c| c.unchanged_since(kind, key, read, read_at, now_ms))
     }
 }
 
@@ -293,6 +307,7 @@ impl Sqlite {
                 conn: &conn,
                 head: None,
                 redo: None,
+                changed: None,
             };
             match super::schema::migrate(&mut tx, now_ms) {
                 Ok(_) => conn
@@ -501,6 +516,24 @@ struct Changed {
 }
 
 impl Changed {
+    /// Whether a read of `key` stamped `read` at `read_at` still stands at `now_ms`: no
+    /// committed write changed the key since (as [`Changes::still_fresh`] judges), nor any
+    /// write of the transaction under way.
+    fn unchanged_since(
+        &self,
+        kind: Kind,
+        key: &str,
+        read: Stamp,
+        read_at: i64,
+        now_ms: i64,
+    ) -> bool {
+        self.changes.still_fresh(kind, key, read, read_at, now_ms)
+            && self
+                .touched
+                .lock()
+                .is_ok_and(|t| !t.iter().any(|(k, changed)| *k == kind && changed == key))
+    }
+
     /// Advances the epochs of the keys the transaction changed (committed or not: a rolled
     /// back change only costs a cache miss).
     fn publish(&self) {
@@ -591,6 +624,7 @@ fn write_loop(
                     conn: &conn,
                     head: Some(&mut head),
                     redo: shared.then_some(&mut redo),
+                    changed: Some(changed),
                 })
             }));
             let ok = matches!(ran, Ok((true, _)));
@@ -619,6 +653,7 @@ fn write_loop(
                     conn: &conn,
                     head: None,
                     redo: None,
+                    changed: None,
                 },
                 *seq,
                 hash,
@@ -752,6 +787,7 @@ fn read_pooled<T>(
             conn: &conn,
             head: None,
             redo: None,
+            changed: None,
         })
     }));
     if begun {
