@@ -32,8 +32,10 @@ pub struct Api {
     directory: Option<Arc<crate::directory::DirectoryConfig>>,
 }
 
-/// How long a verified token is trusted without a new look-up (a revoked token stops working
-/// within this time).
+/// How long a verified token is trusted without a new look-up when the store cannot tell of
+/// its revocation (PostgreSQL, where another host may revoke it): it stops working within
+/// this time. With SQLite the writer reports revocations, and a token is trusted as long as
+/// it is unchanged (at most [`crate::store::changes::MAX_AGE_MS`]).
 const TOKEN_CACHE_MS: i64 = 5_000;
 
 /// A verified token's caller, when it was verified, and (SQLite) its stamp before the read.
@@ -121,11 +123,12 @@ impl Api {
     fn cached_caller(&self, hash: &str, now: i64) -> Option<Caller> {
         let cache = self.tokens.lock().ok()?;
         let (caller, at, stamp) = cache.get(hash)?;
-        let unchanged = match (stamp, self.service.store().changes()) {
-            (Some(stamp), Some(c)) => c.unchanged(Kind::Token, hash, *stamp),
-            _ => true,
+        let fresh = match (stamp, self.service.store().changes()) {
+            (Some(stamp), Some(c)) => c.still_fresh(Kind::Token, hash, *stamp, *at, now),
+            _ => (0..TOKEN_CACHE_MS).contains(&(now - at)),
         };
-        (now - at < TOKEN_CACHE_MS && unchanged).then(|| caller.clone())
+        let live = caller.expires_at.is_none_or(|e| now < e);
+        (fresh && live).then(|| caller.clone())
     }
 
     /// Drops revoked tokens (by hash) from the cache: this daemon refuses them at once;

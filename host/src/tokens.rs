@@ -11,6 +11,8 @@ pub struct Caller {
     pub account: String,
     /// Whether it may administer users, roles, tokens and read events.
     pub admin: bool,
+    /// When the token stops working (Unix ms), if ever: a cache must not outlive it.
+    pub expires_at: Option<i64>,
 }
 
 /// Issues a token; returns the secret (to show once).
@@ -49,14 +51,15 @@ pub fn verify_hash(tx: &mut dyn Tx, hash: &str, now_ms: i64) -> Result<Option<Ca
     let Some(r) = rows.first() else {
         return Ok(None);
     };
-    if let Some(Value::Int(exp)) = r.0.get(2)
-        && *exp <= now_ms
-    {
-        return Ok(None);
-    }
+    let expires_at = match r.0.get(2) {
+        Some(Value::Int(exp)) if *exp <= now_ms => return Ok(None),
+        Some(Value::Int(exp)) => Some(*exp),
+        _ => None,
+    };
     Ok(Some(Caller {
         account: r.text(0)?,
         admin: r.int(1)? != 0,
+        expires_at,
     }))
 }
 

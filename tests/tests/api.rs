@@ -883,6 +883,53 @@ async fn a_revoked_token_is_refused_at_once() {
         removed[0]["message"],
         "user and credentials removed, 1 token(s) revoked by `admin`"
     );
+    // Another process ends a token the daemon has cached (a bare statement on the database
+    // file, as `rolegate import` writes it): refused once the daemon's writer notices that
+    // commit (within 100 ms; waited for here up to 5 s).
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "jroe"})),
+    )
+    .await;
+    assert_eq!(s, 201);
+    let third = issue_token(&d, &admin, json!({"account": "jroe"})).await;
+    let fourth = issue_token(&d, &admin, json!({"account": "jroe"})).await;
+    assert_eq!(status(&d, &third, "GET", "/v1/requests").await, 200);
+    let now = jiff::Timestamp::now().as_millisecond();
+    let expire = |token: &str, at: i64| {
+        let hash = rolegate::secrets::token_hash(token);
+        move |tx: &mut dyn rolegate::store::Tx| {
+            tx.execute(
+                "UPDATE tokens SET expires_at = $1 WHERE hash = $2",
+                &[rolegate::store::Value::Int(at), hash.into()],
+            )
+        }
+    };
+    let other =
+        rolegate::store::sqlite::Sqlite::open(&d.dir.path().join("rolegate.db"), now).unwrap();
+    other.write(expire(&third, now - 1)).await.unwrap();
+    // The fourth may live three more seconds: it is first used (and cached) before that.
+    let end = now + 3_000;
+    other.write(expire(&fourth, end)).await.unwrap();
+    other.close();
+    let mut waited = 0;
+    while status(&d, &third, "GET", "/v1/requests").await != 401 {
+        assert!(
+            waited < 5_000,
+            "another process's expiry of a token never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 50;
+    }
+    // A cached token stops working at its expiry, with no change to tell of it.
+    assert_eq!(status(&d, &fourth, "GET", "/v1/requests").await, 200);
+    assert_eq!(status(&d, &fourth, "GET", "/v1/requests").await, 200);
+    let left = end + 50 - jiff::Timestamp::now().as_millisecond();
+    tokio::time::sleep(std::time::Duration::from_millis(left.max(0) as u64)).await;
+    assert_eq!(status(&d, &fourth, "GET", "/v1/requests").await, 401);
 }
 
 /// The web page is served from the binary with a strict policy, writes server data as text

@@ -12,6 +12,7 @@ use rolegate::plugins::Providers;
 use rolegate::roles::{self, RoleSpec};
 use rolegate::secrets::SealingKey;
 use rolegate::service::{RequestView, Service, Settings};
+use rolegate::store::changes::Kind;
 use rolegate::users::{self, NewUser};
 use rolegate_e2e::both;
 use rolegate_e2e::stores::{Backend, Location};
@@ -886,16 +887,48 @@ async fn a_change_reaches_the_next_request_though_the_last_one_read_it(backend) 
         .unwrap();
     let e = request("mfa").await.unwrap_err();
     assert_eq!(e.to_string(), "role `mfa` not found");
-    // Another process's change (here a second store on the same database, which this
-    // service's writer does not see) counts once what was read is older than the bound.
+    // Another process's change (here a second store on the same database, whose triggers this
+    // service's writer does not run), with an event of its own: the writer notices the commit
+    // (within 100 ms when idle; waited for here in real time, the clock standing still), every
+    // cache drops what it kept, and the writer's event head is read again.
     request("approval").await.unwrap();
+    let stamp = store
+        .changes()
+        .map(|c| c.stamp(Kind::Account, "contoso\\jdoe"));
     let other = w._at.open().await;
-    other.write(set_enabled(jdoe, false)).await.unwrap();
+    other
+        .write(|tx| {
+            set_enabled(jdoe, false)(tx)?;
+            events::admin_change(
+                tx,
+                events::USER_CHANGED,
+                "import",
+                Some(jdoe),
+                None,
+                "disabled by another process",
+                0,
+            )
+        })
+        .await
+        .unwrap();
     other.close();
-    w.clock.advance(SignedDuration::from_millis(
-        rolegate::store::changes::MAX_AGE_MS,
-    ));
+    if let (Some(c), Some(stamp)) = (store.changes(), stamp) {
+        let mut waited = 0;
+        while c.unchanged(Kind::Account, "contoso\\jdoe", stamp) {
+            assert!(waited < 5_000, "the writer never noticed the other process's commit");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            waited += 20;
+        }
+    }
     let e = request("approval").await.unwrap_err();
     assert!(e.to_string().contains("not an enabled rolegate user"), "{e}");
+    // The next events follow the other process's in one intact chain.
+    store.write(set_enabled(jdoe, true)).await.unwrap();
+    request("approval").await.unwrap();
+    let report = store.read_long(events::verify).await.unwrap();
+    assert!(
+        matches!(report, events::Verification::Intact(_)),
+        "{report:?}"
+    );
 }
 }

@@ -8,17 +8,18 @@
 //! entry carries the [`Stamp`] taken *before* its read, so a read that raced a commit is
 //! stale at once, never trusted.
 //!
-//! Another process writing the same file (`rolegate import`) is not seen by the triggers:
-//! caches also drop what they read more than [`MAX_AGE_MS`] ago. PostgreSQL has no such
-//! account (other hosts write too): its store reports none, and every read goes to the
-//! database.
+//! Another process writing the same file (`rolegate import`) is not seen by the triggers;
+//! the writer notices its commits (SQLite's `data_version`) before each batch and, when idle,
+//! every 100 ms, and then marks every key changed. Caches also drop what they read more than
+//! [`MAX_AGE_MS`] ago, a safety net. PostgreSQL has no such account (other hosts write too):
+//! its store reports none, and every read goes to the database.
 
 use std::hash::BuildHasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// How long a cache keeps a row the writer reported unchanged: the bound on how late a change
-/// made by another process (not through this writer) is seen.
-pub const MAX_AGE_MS: i64 = 2_000;
+/// How long a cache keeps a row the writer reports unchanged, at most: a safety net, as the
+/// writer reports other processes' commits too (within 100 ms).
+pub const MAX_AGE_MS: i64 = 60_000;
 
 /// Epoch slots; keys share a slot by hash (a shared slot only costs a spurious miss).
 const SLOTS: usize = 16_384;

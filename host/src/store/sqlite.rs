@@ -77,6 +77,10 @@ const CHECKPOINT_IDLE_PAUSE: Duration = Duration::from_millis(250);
 /// the bulk, each further one what the writer appended meanwhile.
 const CHECKPOINT_ROUNDS: usize = 6;
 
+/// How often an idle writer looks for commits made by another process: the bound on how late
+/// the daemon's caches see them (under load, it looks before every batch).
+const FOREIGN_POLL: Duration = Duration::from_millis(100);
+
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
@@ -566,11 +570,25 @@ fn write_loop(
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     // The WAL length at which the writer checkpoints without being asked.
     let mut fallback_at = limits.fallback_frames;
-    // This writer is the database's only one, so the head it keeps stays true between
-    // batches; it is dropped (and read again) whenever a batch does not commit.
+    // This writer is the daemon's only one, so the head it keeps stays true between batches;
+    // it is dropped (and read again) whenever a batch does not commit, or another process
+    // committed.
     let mut head = EventHead::default();
     let mut last_batch = 0usize;
-    while let Ok(first) = rx.recv() {
+    let mut version = None;
+    foreign_commits(&conn, &mut version);
+    loop {
+        let first = match rx.recv_timeout(FOREIGN_POLL) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if foreign_commits(&conn, &mut version) {
+                    changed.changes.all_changed();
+                    head = EventHead::default();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -601,6 +619,13 @@ fn write_loop(
         let mut durable = Vec::with_capacity(batch.len());
         let mut at_once = Vec::new();
         let begun = exec_cached(&conn, "BEGIN IMMEDIATE");
+        // With the write lock held, nothing else commits until this batch has: a commit made
+        // before it by another process (`rolegate import`) leaves the caches and the event head
+        // stale, so they are dropped.
+        if begun && foreign_commits(&conn, &mut version) {
+            changed.changes.all_changed();
+            head = EventHead::default();
+        }
         // No savepoint per write (their page copies cost the writer ~15%): the
         // statements that each write ran are recorded instead, and when one write fails, the
         // transaction is rolled back and the batch's earlier writes are run again — failures
@@ -718,6 +743,19 @@ fn write_loop(
             }
         }
     }
+}
+
+/// Whether another connection committed since the last look (`PRAGMA data_version` counts
+/// the commits of every connection but this one; the daemon's readers never write, so these
+/// are other processes'). A failed look counts as a commit.
+fn foreign_commits(conn: &Connection, seen: &mut Option<i64>) -> bool {
+    let now = conn
+        .prepare_cached("PRAGMA data_version")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .ok();
+    let foreign = now.is_none() || now != *seen;
+    *seen = now;
+    foreign
 }
 
 /// Rolls the writer's transaction back and runs the recorded statements of the batch's good
