@@ -401,32 +401,31 @@ async fn a_right_answer_clears_the_failures_counted_before_it(backend) {
     })
     .await;
     let u = "CONTOSO\\jdoe";
+    // A new request answered wrong `wrong` times, then right when `right`.
+    let attempt = |wrong: usize, right: bool| {
+        let s = Arc::clone(&w.service);
+        async move {
+            let v = s.request(u, "mfa", "x", None, None).await.unwrap();
+            for _ in 0..wrong {
+                s.answer(&v.id, u, code(wrong_code(&v))).await.unwrap();
+            }
+            if right {
+                let r = s.answer(&v.id, u, code(right_code(&v))).await.unwrap();
+                assert_eq!(r.state, "active");
+            }
+        }
+    };
     // Two wrong answers before each right one: never four failures in a row, though ten in all.
     for _ in 0..5 {
-        let v = w.service.request(u, "mfa", "x", None, None).await.unwrap();
-        for _ in 0..2 {
-            let r = w.service.answer(&v.id, u, code(wrong_code(&v))).await.unwrap();
-            assert_eq!(r.state, "pending_mfa");
-        }
-        let r = w.service.answer(&v.id, u, code(right_code(&v))).await.unwrap();
-        assert_eq!(r.state, "active");
+        attempt(2, true).await;
     }
     // Three failures, then a request answered right at once: its create saw them, its answer
     // clears them.
-    let v = w.service.request(u, "mfa", "x", None, None).await.unwrap();
-    for _ in 0..3 {
-        w.service.answer(&v.id, u, code(wrong_code(&v))).await.unwrap();
-    }
-    let v = w.service.request(u, "mfa", "x", None, None).await.unwrap();
-    let r = w.service.answer(&v.id, u, code(right_code(&v))).await.unwrap();
-    assert_eq!(r.state, "active");
+    attempt(3, false).await;
+    attempt(0, true).await;
     // Three failures since the last success: one short of the lockout; the fourth locks.
-    let v = w.service.request(u, "mfa", "x", None, None).await.unwrap();
-    for _ in 0..3 {
-        w.service.answer(&v.id, u, code(wrong_code(&v))).await.unwrap();
-    }
-    let v = w.service.request(u, "mfa", "x", None, None).await.unwrap();
-    w.service.answer(&v.id, u, code(wrong_code(&v))).await.unwrap();
+    attempt(3, false).await;
+    attempt(1, false).await;
     let e = w
         .service
         .request(u, "mfa", "x", None, None)
