@@ -282,6 +282,19 @@ struct Relied {
     vouch: Option<Vouch>,
 }
 
+impl Relied {
+    /// The provider's credentials among a user's rows, and the read they came from.
+    fn new(rows: &[Row], provider: &str, vouch: Option<Vouch>) -> Self {
+        let mut seen: Vec<Vec<u8>> = rows
+            .iter()
+            .filter(|r| r.text(1).is_ok_and(|p| p == provider))
+            .filter_map(|r| r.blob(3).ok())
+            .collect();
+        seen.sort();
+        Self { seen, vouch }
+    }
+}
+
 /// A read of an account's rows (user, credentials, lockouts) that the SQLite writer can
 /// vouch for later: if no write changed the account since, and the read is younger than
 /// [`crate::store::changes::MAX_AGE_MS`], the write trusts it instead of reading it again.
@@ -817,10 +830,7 @@ impl Service {
             }
             _ => None,
         };
-        let relied = Relied {
-            seen: seen_credentials(&credential_rows, &provider_id),
-            vouch,
-        };
+        let relied = Relied::new(&credential_rows, &provider_id, vouch);
         // A request still waiting for its answer is cheap to lose in a power cut (the user
         // asks again); anything that decides it is fsync'd before the caller hears of it.
         let durable = !matches!(outcome, Outcome::Prompt { .. });
@@ -1038,10 +1048,7 @@ impl Service {
         };
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
-        let relied = Relied {
-            seen: seen_credentials(&credential_rows, &provider_id),
-            vouch,
-        };
+        let relied = Relied::new(&credential_rows, &provider_id, vouch);
         self.store
             .write(move |tx| {
                 // The answer counts only if nothing happened to the request meanwhile: every
@@ -1751,17 +1758,6 @@ fn with_prior(
         }
         other => other,
     })
-}
-
-/// The sealed values of a provider's credentials among a user's rows, sorted.
-fn seen_credentials(rows: &[Row], provider: &str) -> Vec<Vec<u8>> {
-    let mut seen: Vec<Vec<u8>> = rows
-        .iter()
-        .filter(|r| r.text(1).is_ok_and(|p| p == provider))
-        .filter_map(|r| r.blob(3).ok())
-        .collect();
-    seen.sort();
-    seen
 }
 
 /// Inside an approval's write: the user is still enabled, and the provider's credentials are

@@ -38,6 +38,13 @@ async fn status(d: &Daemon, token: &str, method: &str, path: &str) -> u16 {
     call(d, Some(token), method, path, None).await.0
 }
 
+/// Creates a user as `admin` (`body` as `POST /v1/users` takes it) and returns the user.
+async fn new_user(d: &Daemon, admin: &str, body: Value) -> Value {
+    let (s, v) = call(d, Some(admin), "POST", "/v1/users", Some(body)).await;
+    assert_eq!(s, 201, "{v}");
+    v
+}
+
 /// Issues a token as `admin` (`body`: account, label, admin) and returns its secret.
 async fn issue_token(d: &Daemon, admin: &str, body: Value) -> String {
     let (s, t) = call(d, Some(admin), "POST", "/v1/tokens", Some(body)).await;
@@ -49,24 +56,13 @@ async fn issue_token(d: &Daemon, admin: &str, body: Value) -> String {
 async fn a_user_activates_a_role_through_mfa_over_http() {
     let d = start();
     let admin = d.admin.clone();
-    let (s, _) = call(
+    new_user(
         &d,
-        Some(&admin),
-        "POST",
-        "/v1/users",
-        Some(json!({"account": "CONTOSO\\jdoe", "display_name": "Jane", "phone": "425 555 0100"})),
+        &admin,
+        json!({"account": "CONTOSO\\jdoe", "display_name": "Jane", "phone": "425 555 0100"}),
     )
     .await;
-    assert_eq!(s, 201);
-    let (s, _) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/users",
-        Some(json!({"account": "CONTOSO\\boss"})),
-    )
-    .await;
-    assert_eq!(s, 201);
+    new_user(&d, &admin, json!({"account": "CONTOSO\\boss"})).await;
     let role = json!({"name": "Domain Admins", "candidates": ["CONTOSO\\jdoe"], "approvers": ["CONTOSO\\boss"],
                       "ttl_s": 3600, "max_ttl_s": 7200, "mfa_enabled": true, "approval_enabled": true, "providers": ["hello"]});
     let (s, _) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
@@ -719,15 +715,12 @@ async fn two_daemons_share_one_postgresql_database() {
 async fn admin_changes_are_logged_with_their_actor() {
     let d = start();
     let admin = d.admin.clone();
-    let (s, _) = call(
+    new_user(
         &d,
-        Some(&admin),
-        "POST",
-        "/v1/users",
-        Some(json!({"account": "jdoe", "phone": "425 555 0100"})),
+        &admin,
+        json!({"account": "jdoe", "phone": "425 555 0100"}),
     )
     .await;
-    assert_eq!(s, 201);
     let (s, _) = call(
         &d,
         Some(&admin),
@@ -800,15 +793,7 @@ async fn admin_changes_are_logged_with_their_actor() {
 async fn a_revoked_token_is_refused_at_once() {
     let d = start();
     let admin = d.admin.clone();
-    let (s, _) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/users",
-        Some(json!({"account": "jdoe"})),
-    )
-    .await;
-    assert_eq!(s, 201);
+    new_user(&d, &admin, json!({"account": "jdoe"})).await;
     let token = issue_token(&d, &admin, json!({"account": "jdoe", "label": "laptop"})).await;
     // It works, and the daemon now keeps it in its token cache.
     assert_eq!(status(&d, &token, "GET", "/v1/requests").await, 200);
@@ -886,15 +871,7 @@ async fn a_revoked_token_is_refused_at_once() {
     // Another process ends a token the daemon has cached (a bare statement on the database
     // file, as `rolegate import` writes it): refused once the daemon's writer notices that
     // commit (within 100 ms; waited for here up to 5 s).
-    let (s, _) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/users",
-        Some(json!({"account": "jroe"})),
-    )
-    .await;
-    assert_eq!(s, 201);
+    new_user(&d, &admin, json!({"account": "jroe"})).await;
     let third = issue_token(&d, &admin, json!({"account": "jroe"})).await;
     let fourth = issue_token(&d, &admin, json!({"account": "jroe"})).await;
     assert_eq!(status(&d, &third, "GET", "/v1/requests").await, 200);
@@ -1323,15 +1300,7 @@ async fn phone_role(
     let admin = d.admin.clone();
     let mut tokens = std::collections::HashMap::new();
     for (account, phone) in users {
-        let (st, e) = call(
-            &d,
-            Some(&admin),
-            "POST",
-            "/v1/users",
-            Some(json!({"account": account, "phone": phone})),
-        )
-        .await;
-        assert_eq!(st, 201, "{e}");
+        new_user(&d, &admin, json!({"account": account, "phone": phone})).await;
         tokens.insert(
             *account,
             issue_token(&d, &admin, json!({"account": account})).await,
@@ -1681,15 +1650,12 @@ async fn users_are_created_from_the_directory() {
         "{v}"
     );
     // The second phone attribute when the first is absent; what the admin writes wins.
-    let (st, v) = call(
+    let v = new_user(
         &d,
-        Some(&admin),
-        "POST",
-        "/v1/users",
-        Some(json!({"account": "bob", "display_name": "Robert", "from_directory": true})),
+        &admin,
+        json!({"account": "bob", "display_name": "Robert", "from_directory": true}),
     )
     .await;
-    assert_eq!(st, 201, "{v}");
     assert_eq!(
         (v["display_name"].as_str(), v["phone"].as_str()),
         (Some("Robert"), Some("+442079460000")),

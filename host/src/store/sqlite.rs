@@ -218,6 +218,8 @@ impl Tx for SqliteTx<'_> {
         self.head.as_deref_mut()
     }
 
+    /// No committed write changed the key since the read (as [`Changes::still_fresh`]
+    /// judges), nor any write of the writer's transaction under way.
     fn unchanged_since(
         &self,
         kind: Kind,
@@ -226,8 +228,12 @@ impl Tx for SqliteTx<'_> {
         read_at: i64,
         now_ms: i64,
     ) -> bool {
-        self.changed
-            .is_some_and(|c| c.unchanged_since(kind, key, read, read_at, now_ms))
+        self.changed.is_some_and(|c| {
+            c.changes.still_fresh(kind, key, read, read_at, now_ms)
+                && c.touched
+                    .lock()
+                    .is_ok_and(|t| !t.iter().any(|(k, changed)| *k == kind && changed == key))
+        })
     }
 }
 
@@ -520,24 +526,6 @@ struct Changed {
 }
 
 impl Changed {
-    /// Whether a read of `key` stamped `read` at `read_at` still stands at `now_ms`: no
-    /// committed write changed the key since (as [`Changes::still_fresh`] judges), nor any
-    /// write of the transaction under way.
-    fn unchanged_since(
-        &self,
-        kind: Kind,
-        key: &str,
-        read: Stamp,
-        read_at: i64,
-        now_ms: i64,
-    ) -> bool {
-        self.changes.still_fresh(kind, key, read, read_at, now_ms)
-            && self
-                .touched
-                .lock()
-                .is_ok_and(|t| !t.iter().any(|(k, changed)| *k == kind && changed == key))
-    }
-
     /// Advances the epochs of the keys the transaction changed (committed or not: a rolled
     /// back change only costs a cache miss).
     fn publish(&self) {
