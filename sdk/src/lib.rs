@@ -20,6 +20,7 @@ pub mod phone;
 pub mod provider;
 pub mod random;
 pub mod settings;
+mod tagged;
 
 pub use bytes::Bytes;
 pub use error::{ErrorKind, ProviderError, SdkError};

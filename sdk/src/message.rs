@@ -12,7 +12,8 @@ use crate::error::ProviderError;
 
 /// A call from the host to a provider instance.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+// The tag travels first; see `tagged.rs` for why the impls are not derived directly.
+#[serde(remote = "Self", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Request {
     /// Describe the provider.
@@ -62,6 +63,8 @@ pub enum Request {
         state: Bytes,
     },
 }
+
+crate::tagged::tagged!(Request, "op");
 
 impl Request {
     /// The operation's name as it travels in the `op` field.
@@ -270,7 +273,8 @@ pub struct Credential {
 
 /// The user's answer to an `Ask`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+// The tag travels first; see `tagged.rs` for why the impls are not derived directly.
+#[serde(remote = "Self", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Input {
     /// Typed text (digits of a code).
@@ -292,9 +296,12 @@ pub enum Input {
     Acknowledge,
 }
 
+crate::tagged::tagged!(Input, "kind");
+
 /// What the host must do next.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "step", rename_all = "snake_case")]
+// The tag travels first; see `tagged.rs` for why the impls are not derived directly.
+#[serde(remote = "Self", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Step {
     /// The user must answer the prompt within `expires_in` seconds.
@@ -323,9 +330,12 @@ pub enum Step {
     },
 }
 
+crate::tagged::tagged!(Step, "step");
+
 /// The outcome of a challenge or enrolment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+// The tag travels first; see `tagged.rs` for why the impls are not derived directly.
+#[serde(remote = "Self", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Verdict {
     /// The factor was verified (challenge) or the credential issued (enrolment).
@@ -344,6 +354,8 @@ pub enum Verdict {
         message: String,
     },
 }
+
+crate::tagged::tagged!(Verdict, "outcome");
 
 /// Why a challenge was denied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -371,7 +383,8 @@ pub enum DenyReason {
 
 /// A prompt for the user, presented by the CLI or web page.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+// The tag travels first; see `tagged.rs` for why the impls are not derived directly.
+#[serde(remote = "Self", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Prompt {
     /// Type a code.
@@ -414,6 +427,8 @@ pub enum Prompt {
         text: Option<String>,
     },
 }
+
+crate::tagged::tagged!(Prompt, "kind");
 
 impl Prompt {
     /// The prompt's kind.
