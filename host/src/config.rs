@@ -72,6 +72,20 @@ pub struct StoreConfig {
     /// A private file holding the PostgreSQL password, kept out of the connection string.
     #[serde(default)]
     pub postgres_password_file: Option<PathBuf>,
+    /// How long (MB) SQLite's WAL grows under sustained writes before it is started over:
+    /// each start-over holds writes for a few milliseconds, so fewer is a shorter tail.
+    #[serde(default = "default_wal_mb")]
+    pub wal_mb: u32,
+}
+
+/// The WAL's default length before a start-over, in MB.
+pub const DEFAULT_WAL_MB: u32 = 256;
+
+/// The WAL lengths the setting accepts, in MB.
+pub const WAL_MB_RANGE: std::ops::RangeInclusive<u32> = 4..=4096;
+
+fn default_wal_mb() -> u32 {
+    DEFAULT_WAL_MB
 }
 
 fn default_db() -> PathBuf {
@@ -89,6 +103,7 @@ impl Default for StoreConfig {
             key_file: default_key(),
             postgres: None,
             postgres_password_file: None,
+            wal_mb: DEFAULT_WAL_MB,
         }
     }
 }
@@ -364,6 +379,17 @@ impl Config {
                 ),
             });
         }
+        if !WAL_MB_RANGE.contains(&config.store.wal_mb) {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "[store] wal_mb = {} is outside {}..={} (MB)",
+                    config.store.wal_mb,
+                    WAL_MB_RANGE.start(),
+                    WAL_MB_RANGE.end()
+                ),
+            });
+        }
         if let Some(conn) = &config.store.postgres {
             crate::store::postgres::parse_config(conn, None).map_err(|e| Error::Config {
                 path: path.to_path_buf(),
@@ -479,6 +505,22 @@ mod tests {
                 .contains("provider id `a` is declared twice in the config (libraries x and y)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_wal_length_is_a_setting_within_bounds() {
+        assert_eq!(parse("").unwrap().store.wal_mb, DEFAULT_WAL_MB);
+        assert_eq!(parse("[store]\nwal_mb = 64").unwrap().store.wal_mb, 64);
+        for bad in ["0", "3", "4097"] {
+            let e = parse(&format!("[store]\nwal_mb = {bad}")).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("[store] wal_mb = {bad} is outside 4..=4096 (MB)")),
+                "{e}"
+            );
+        }
+        let e = parse("[store]\nwal_mb = -1").unwrap_err();
+        assert!(e.to_string().contains("wal_mb"), "{e}");
     }
 
     #[test]

@@ -179,7 +179,8 @@ impl Store {
     /// file. Blocking (connects and migrates): call it before serving.
     pub fn open(config: &crate::config::StoreConfig, now_ms: i64) -> Result<Self> {
         let Some(conn) = &config.postgres else {
-            return sqlite::Sqlite::open(&config.sqlite, now_ms).map(Store::Sqlite);
+            return sqlite::Sqlite::open_sized(&config.sqlite, now_ms, config.wal_mb)
+                .map(Store::Sqlite);
         };
         let password = match &config.postgres_password_file {
             None => None,
