@@ -4,6 +4,10 @@
 //! not know, and every field added after ABI v1 is optional (`#[serde(default)]`), so an old
 //! plugin runs on a new host and a new plugin on an old host. Nothing here is ever removed or
 //! renamed within one ABI version.
+//!
+//! The tagged enums (`Request`, `Input`, `Step`, `Verdict`, `Prompt`) derive serde's code as
+//! inherent functions (`#[serde(remote = "Self")]`) and get their trait impls from
+//! `tagged!`, which writes the tag first and decodes without buffering (see `tagged.rs`).
 
 use serde::{Deserialize, Serialize};
 
@@ -12,7 +16,6 @@ use crate::error::ProviderError;
 
 /// A call from the host to a provider instance.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-// The tag travels first; see `tagged.rs` for why the impls are not derived directly.
 #[serde(remote = "Self", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Request {
@@ -273,7 +276,6 @@ pub struct Credential {
 
 /// The user's answer to an `Ask`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-// The tag travels first; see `tagged.rs` for why the impls are not derived directly.
 #[serde(remote = "Self", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Input {
@@ -300,7 +302,6 @@ crate::tagged::tagged!(Input, "kind");
 
 /// What the host must do next.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-// The tag travels first; see `tagged.rs` for why the impls are not derived directly.
 #[serde(remote = "Self", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Step {
@@ -334,7 +335,6 @@ crate::tagged::tagged!(Step, "step");
 
 /// The outcome of a challenge or enrolment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-// The tag travels first; see `tagged.rs` for why the impls are not derived directly.
 #[serde(remote = "Self", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Verdict {
@@ -383,7 +383,6 @@ pub enum DenyReason {
 
 /// A prompt for the user, presented by the CLI or web page.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-// The tag travels first; see `tagged.rs` for why the impls are not derived directly.
 #[serde(remote = "Self", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Prompt {

@@ -14,6 +14,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use serde::Deserialize as _;
 use serde::de::value::{MapAccessDeserializer, StrDeserializer};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::ser::{self, Impossible, SerializeStruct, Serializer};
@@ -242,8 +243,6 @@ impl<'de, F: Deserializer<'de>> de::VariantAccess<'de> for Fields<F> {
         self.0.deserialize_struct("", fields, visitor)
     }
 }
-
-use serde::Deserialize as _;
 
 /// A serializer that writes serde's externally tagged variants as objects with the tag first.
 struct TagFirst<S> {

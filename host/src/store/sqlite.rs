@@ -62,12 +62,6 @@ impl WalLimits {
     }
 }
 
-impl Default for WalLimits {
-    fn default() -> Self {
-        Self::for_megabytes(crate::config::DEFAULT_WAL_MB)
-    }
-}
-
 /// What the writer and the checkpointer tell each other about the WAL.
 #[derive(Debug, Default)]
 struct WalWatch {
@@ -296,7 +290,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
 impl Sqlite {
     /// Opens (creating when missing, with mode 0600) and migrates the database at `path`.
     pub fn open(path: &Path, now_ms: i64) -> Result<Self> {
-        Self::open_with(path, now_ms, WalLimits::default())
+        Self::open_sized(path, now_ms, crate::config::DEFAULT_WAL_MB)
     }
 
     /// Opens the database with its WAL started over at `wal_mb` megabytes under load
