@@ -244,6 +244,8 @@ fn main() {
         .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
         .filter(|v: &Vec<usize>| !v.is_empty())
         .unwrap_or_else(|| vec![1, 8, 32]);
+    // The tail of each level, printed under the table: where the p99 sits in it.
+    let mut tails = Vec::new();
     for c in levels {
         let duration = Duration::from_secs(8);
         let _ = server_quantiles();
@@ -367,6 +369,19 @@ fn main() {
             p(0.5),
             p(0.99)
         );
+        let over_10ms = lat.iter().filter(|l| l.as_millis() >= 10).count();
+        tails.push(format!(
+            "tail at c={c}: p95 {:.2} ms, p98 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}; {:.2}% of activations took 10 ms or more",
+            p(0.95),
+            p(0.98),
+            p(0.99),
+            p(0.999),
+            p(1.0),
+            over_10ms as f64 * 100.0 / lat.len().max(1) as f64
+        ));
+    }
+    for t in tails {
+        println!("{t}");
     }
 }
 
