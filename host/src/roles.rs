@@ -190,7 +190,7 @@ pub fn get_if_changed(
     }
 }
 
-/// Parses stored policy text (from [`get_raw`]).
+/// Parses stored policy text (from [`get_if_changed`]).
 pub fn parse(name: &str, policy: &str) -> Result<RoleSpec> {
     decode(name, policy)
 }
