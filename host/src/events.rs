@@ -305,6 +305,12 @@ pub struct Filter {
 
 /// Lists events, newest first.
 pub fn list(tx: &mut dyn Tx, f: &Filter) -> Result<Vec<Event>> {
+    let (sql, params) = list_query(f);
+    tx.query(&sql, &params)?.iter().map(from_row).collect()
+}
+
+/// The query [`list`] runs for a filter, and its parameters.
+fn list_query(f: &Filter) -> (String, Vec<Value>) {
     let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1 = 1");
     let mut params = Vec::new();
     let mut add = |clause: &str, v: Value, params: &mut Vec<Value>| {
@@ -328,7 +334,7 @@ pub fn list(tx: &mut dyn Tx, f: &Filter) -> Result<Vec<Event>> {
     }
     let limit = f.limit.unwrap_or(1000).clamp(1, 100_000);
     sql.push_str(&format!(" ORDER BY seq DESC LIMIT {limit}"));
-    tx.query(&sql, &params)?.iter().map(from_row).collect()
+    (sql, params)
 }
 
 /// What `verify` found.
@@ -613,6 +619,38 @@ mod tests {
         };
         let got = db.read(move |tx| list(tx, &f)).await.unwrap();
         assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), [10, 9]);
+    }
+
+    #[tokio::test]
+    async fn the_newest_events_of_one_id_are_read_in_order_not_sorted() {
+        // `events --id N` must stay quick on a chain of millions: the index is walked from
+        // the newest entry down, and the limit ends the walk (no sort of every match).
+        let (_d, db) = db_with_events(10).await;
+        let (sql, params) = list_query(&Filter {
+            id: Some(MFA_COMPLETED),
+            since_ms: Some(0),
+            limit: Some(10),
+            ..Default::default()
+        });
+        let plan = db
+            .read(move |tx| tx.query(&format!("EXPLAIN QUERY PLAN {sql}"), &params))
+            .await
+            .unwrap();
+        let plan: Vec<String> = plan.iter().map(|r| r.text(3).unwrap()).collect();
+        assert!(plan.iter().any(|p| p.contains("events_by_id")), "{plan:?}");
+        assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
+        let f = Filter {
+            id: Some(MFA_COMPLETED),
+            limit: Some(3),
+            ..Default::default()
+        };
+        let got = db.read(move |tx| list(tx, &f)).await.unwrap();
+        let seqs: Vec<i64> = got.iter().map(|e| e.seq).collect();
+        let mut expected = seqs.clone();
+        expected.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(seqs, expected);
+        assert_eq!(seqs.len(), 3);
+        assert!(got.iter().all(|e| e.id == MFA_COMPLETED));
     }
 
     #[tokio::test]

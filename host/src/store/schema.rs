@@ -206,6 +206,14 @@ ALTER TABLE roles_v3 RENAME TO roles;
 {sqlite} CREATE INDEX events_by_id ON events (id, at)
 "#,
     ),
+    (
+        5,
+        "events_by_id in sequence order: the newest events of one id without sorting them all",
+        r#"
+DROP INDEX events_by_id;
+CREATE INDEX events_by_id ON events (id, seq)
+"#,
+    ),
 ];
 
 /// The newest schema version this binary knows.
