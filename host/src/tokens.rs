@@ -31,8 +31,15 @@ pub fn issue(
     }
     let (token, hash) = new_token()?;
     tx.execute(
-        "INSERT INTO tokens (hash, account, admin, label, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, NULL)",
-        &[hash.into(), account.trim().into(), admin.into(), label.into(), Value::Int(now_ms)],
+        "INSERT INTO tokens (hash, account, account_key, admin, label, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+        &[
+            hash.into(),
+            account.trim().into(),
+            crate::users::account_key(account).into(),
+            admin.into(),
+            label.into(),
+            Value::Int(now_ms),
+        ],
     )?;
     Ok(token)
 }
@@ -155,12 +162,14 @@ pub fn revoke(tx: &mut dyn Tx, id: &str) -> Result<Option<(String, TokenView)>> 
 /// returns their hashes.
 pub fn revoke_account(tx: &mut dyn Tx, account: &str) -> Result<Vec<String>> {
     let key = crate::users::account_key(account);
-    let mut revoked = Vec::new();
-    for r in tx.query("SELECT hash, account FROM tokens", &[])? {
-        if crate::users::account_key(&r.text(1)?) == key {
-            revoked.push(r.text(0)?);
-        }
-    }
+    let revoked = tx
+        .query(
+            "SELECT hash FROM tokens WHERE account_key = $1",
+            &[key.into()],
+        )?
+        .iter()
+        .map(|r| r.text(0))
+        .collect::<Result<Vec<_>>>()?;
     for hash in &revoked {
         tx.execute("DELETE FROM tokens WHERE hash = $1", &[hash.clone().into()])?;
     }

@@ -214,7 +214,19 @@ DROP INDEX events_by_id;
 CREATE INDEX events_by_id ON events (id, seq)
 "#,
     ),
+    (
+        6,
+        "tokens: the account's key, so that a user's tokens are found without reading them all",
+        r#"
+ALTER TABLE tokens ADD COLUMN account_key TEXT;
+CREATE INDEX tokens_by_account ON tokens (account_key)
+"#,
+    ),
 ];
+
+/// The version whose tokens need their account key filled in (by Rust: the key is the
+/// Unicode-lowercased account, which SQL's `lower` does not compute alike on both backends).
+const TOKEN_KEYS: i64 = 6;
 
 /// The newest schema version this binary knows.
 pub fn latest() -> i64 {
@@ -255,6 +267,17 @@ pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
                 None => statement,
             };
             tx.execute(&statement.replace("{blob}", blob), &[])?;
+        }
+        if *version == TOKEN_KEYS {
+            for r in tx.query("SELECT hash, account FROM tokens", &[])? {
+                tx.execute(
+                    "UPDATE tokens SET account_key = $1 WHERE hash = $2",
+                    &[
+                        crate::users::account_key(&r.text(1)?).into(),
+                        r.text(0)?.into(),
+                    ],
+                )?;
+            }
         }
         tx.execute(
             "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
