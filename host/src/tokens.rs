@@ -162,14 +162,21 @@ pub fn revoke(tx: &mut dyn Tx, id: &str) -> Result<Option<(String, TokenView)>> 
 /// returns their hashes.
 pub fn revoke_account(tx: &mut dyn Tx, account: &str) -> Result<Vec<String>> {
     let key = crate::users::account_key(account);
-    let revoked = tx
-        .query(
-            "SELECT hash FROM tokens WHERE account_key = $1",
-            &[key.into()],
-        )?
-        .iter()
-        .map(|r| r.text(0))
-        .collect::<Result<Vec<_>>>()?;
+    // A token without a key was issued by an instance older than schema 6 still running
+    // beside upgraded ones (PostgreSQL): it is compared by its account instead.
+    let mut revoked = Vec::new();
+    for r in tx.query(
+        "SELECT hash, account, account_key FROM tokens WHERE account_key = $1 OR account_key IS NULL",
+        &[key.clone().into()],
+    )? {
+        let theirs = match r.opt_text(2)? {
+            Some(k) => k == key,
+            None => crate::users::account_key(&r.text(1)?) == key,
+        };
+        if theirs {
+            revoked.push(r.text(0)?);
+        }
+    }
     for hash in &revoked {
         tx.execute("DELETE FROM tokens WHERE hash = $1", &[hash.clone().into()])?;
     }
@@ -183,4 +190,34 @@ pub fn count(tx: &mut dyn Tx) -> Result<i64> {
         .map(|r| r.int(0))
         .transpose()
         .map(|n| n.unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::Sqlite;
+
+    #[tokio::test]
+    async fn a_users_tokens_are_revoked_also_when_issued_without_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        let revoked = db
+            .write(|tx| {
+                issue(tx, "CONTOSO\\jdoe", false, "laptop", 1)?;
+                issue(tx, "CONTOSO\\ann", false, "laptop", 1)?;
+                // As an instance older than schema 6 stores a token: no account key.
+                tx.execute(
+                    "INSERT INTO tokens (hash, account, admin, label, created_at, expires_at) VALUES ('old', 'Contoso\\JDoe', 0, 'phone', 1, NULL)",
+                    &[],
+                )?;
+                revoke_account(tx, " contoso\\JDOE ")
+            })
+            .await
+            .unwrap();
+        assert_eq!(revoked.len(), 2, "{revoked:?}");
+        assert!(revoked.iter().any(|h| h == "old"));
+        let left = db.read(list).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].account, "CONTOSO\\ann");
+    }
 }
