@@ -224,8 +224,8 @@ CREATE INDEX tokens_by_account ON tokens (account_key)
     ),
 ];
 
-/// The version whose tokens need their account key filled in (by Rust: the key is the
-/// Unicode-lowercased account, which SQL's `lower` does not compute alike on both backends).
+/// The version after whose statements the tokens get their account keys (computed in Rust:
+/// see [`crate::tokens::fill_account_keys`]).
 const TOKEN_KEYS: i64 = 6;
 
 /// The newest schema version this binary knows.
@@ -269,15 +269,7 @@ pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
             tx.execute(&statement.replace("{blob}", blob), &[])?;
         }
         if *version == TOKEN_KEYS {
-            for r in tx.query("SELECT hash, account FROM tokens", &[])? {
-                tx.execute(
-                    "UPDATE tokens SET account_key = $1 WHERE hash = $2",
-                    &[
-                        crate::users::account_key(&r.text(1)?).into(),
-                        r.text(0)?.into(),
-                    ],
-                )?;
-            }
+            crate::tokens::fill_account_keys(tx)?;
         }
         tx.execute(
             "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
