@@ -11,6 +11,15 @@
 //! The daemon and the load generator share this 2-core machine, as they would with oha; the
 //! generator is a minimal keep-alive HTTP/1.1 client (one connection per worker) so that
 //! its own cost stays small beside the server's.
+//!
+//! Each worker starts its next activation as soon as the last one is active (a closed loop):
+//! the table's throughput is the most the machine does, and its latencies are those of a
+//! saturated machine. `ROLEGATE_BENCH_RATE=8000` offers a fixed load instead, as wrk2 does:
+//! the workers start activations on a schedule (together, that many a second), and each
+//! latency counts from its scheduled start — a stall delays every activation scheduled
+//! during it, and all of them count — so the p99 is the one users see at that load. (The
+//! generator's timer has millisecond steps: an activation may start up to 1 ms after its
+//! schedule, and that counts against it too.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: failing loudly is right
 
@@ -244,6 +253,17 @@ fn main() {
         .map(|v| v.split(',').filter_map(|c| c.trim().parse().ok()).collect())
         .filter(|v: &Vec<usize>| !v.is_empty())
         .unwrap_or_else(|| vec![1, 8, 32]);
+    // A fixed offered load (activations per second, across the workers) instead of a closed
+    // loop.
+    let rate: Option<f64> = std::env::var("ROLEGATE_BENCH_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .filter(|r: &f64| *r > 0.0);
+    if let Some(rate) = rate {
+        println!(
+            "(paced: {rate:.0} activations/s offered across the workers; each latency from the activation's scheduled start)"
+        );
+    }
     // The tail of each level, printed under the table: where the p99 sits in it.
     let mut tails = Vec::new();
     for c in levels {
@@ -263,7 +283,22 @@ fn main() {
                     let mut lat = Vec::new();
                     let mut i = w;
                     let mut waits = 0u64;
+                    // Paced: this worker's share of the schedule, its starts staggered
+                    // across the workers.
+                    let interval = rate.map(|r| Duration::from_secs_f64(c as f64 / r));
+                    let mut next =
+                        start + interval.unwrap_or_default().mul_f64(w as f64 / c as f64);
                     while start.elapsed() < duration && lat.len() < 100_000 {
+                        // When this activation counts from: its scheduled start, or now.
+                        let scheduled = match interval {
+                            Some(interval) => {
+                                tokio::time::sleep_until(next.into()).await;
+                                let at = next;
+                                next += interval;
+                                Some(at)
+                            }
+                            None => None,
+                        };
                         let mut user = i % tokens.len();
                         i += c;
                         let mut totp_code = None;
@@ -318,7 +353,7 @@ fn main() {
                             totp_code = code;
                         }
                         let token = &tokens[user];
-                        let t = Instant::now();
+                        let t = scheduled.unwrap_or_else(Instant::now);
                         let r: Created = conn
                             .post(
                                 "/v1/requests",
