@@ -20,6 +20,12 @@
 //! during it, and all of them count — so the p99 is the one users see at that load. (The
 //! generator's timer has millisecond steps: an activation may start up to 1 ms after its
 //! schedule, and that counts against it too.)
+//!
+//! Under the table, one line per level gives the tail (p95 … max, the share of activations
+//! of 10 ms or more) and the host's own unsteadiness meanwhile: the share of 50-ms windows in
+//! which a light probe (~25 µs of fixed arithmetic every 2 ms, ~1% of one core) ran at half
+//! speed or less. On a shared virtual machine that share moves the p99 more than most changes
+//! to rolegate do; compare runs with similar shares.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: failing loudly is right
 
@@ -264,11 +270,13 @@ fn main() {
             "(paced: {rate:.0} activations/s offered across the workers; each latency from the activation's scheduled start)"
         );
     }
+    let probe_work = Probe::calibrate();
     // The tail of each level, printed under the table: where the p99 sits in it.
     let mut tails = Vec::new();
     for c in levels {
         let duration = Duration::from_secs(8);
         let _ = server_quantiles();
+        let probe = Probe::start(probe_work);
         let cpu_before = process_cpu_seconds();
         let writer_before = thread_cpu_seconds(WRITER_THREAD);
         let (count, mut lat) = client_rt.block_on(async {
@@ -405,8 +413,9 @@ fn main() {
             p(0.99)
         );
         let over_10ms = lat.iter().filter(|l| l.as_millis() >= 10).count();
+        let slow_windows = probe.finish();
         tails.push(format!(
-            "tail at c={c}: p95 {:.2} ms, p98 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}; {:.2}% of activations took 10 ms or more",
+            "tail at c={c}: p95 {:.2} ms, p98 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}; {:.2}% of activations took 10 ms or more; host: {slow_windows:.1}% of 50-ms windows at half speed or less",
             p(0.95),
             p(0.98),
             p(0.99),
@@ -417,6 +426,91 @@ fn main() {
     }
     for t in tails {
         println!("{t}");
+    }
+}
+
+/// A light probe of the host's own speed while a level runs (see the `noise` bench): one
+/// thread does ~25 µs of fixed arithmetic every 2 ms — about 1% of one core — and keeps how
+/// long each piece took. A shared virtual machine runs some stretches at a fraction of its
+/// speed; a p99 measured across them carries that, and the tail line says how much of the
+/// level it was.
+struct Probe {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Duration, Duration)>>,
+}
+
+impl Probe {
+    /// The window the speed is judged over.
+    const WINDOW: Duration = Duration::from_millis(50);
+
+    /// One piece: `n` steps of a 64-bit LCG (no memory traffic, no system calls).
+    fn piece(n: u64) {
+        let mut x = 1u64;
+        for _ in 0..n {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+    }
+
+    /// The number of steps that take ~25 µs here.
+    fn calibrate() -> u64 {
+        let mut n = 10_000u64;
+        loop {
+            let t = Instant::now();
+            Self::piece(n);
+            let took = t.elapsed();
+            if took >= Duration::from_millis(2) || n >= 1 << 34 {
+                return (n as f64 * 25e-6 / took.as_secs_f64()).max(1.0) as u64;
+            }
+            n *= 2;
+        }
+    }
+
+    fn start(n: u64) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || {
+                let start = Instant::now();
+                let mut pieces = Vec::new();
+                while !flag.load(Ordering::Relaxed) && pieces.len() < 1_000_000 {
+                    let t = Instant::now();
+                    Self::piece(n);
+                    pieces.push((t - start, t.elapsed()));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                pieces
+            })
+            .unwrap();
+        Self { stop, thread }
+    }
+
+    /// Stops the probe; the share (%) of its windows whose median piece took at least twice
+    /// the level's fast pieces (its 10th percentile): stretches at half speed or less.
+    fn finish(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let pieces = self.thread.join().unwrap_or_default();
+        let mut all: Vec<Duration> = pieces.iter().map(|p| p.1).collect();
+        all.sort();
+        let Some(&fast) = all.get(all.len() / 10) else {
+            return 0.0;
+        };
+        let mut windows: std::collections::BTreeMap<u128, Vec<Duration>> = Default::default();
+        for (at, took) in pieces {
+            windows
+                .entry(at.as_millis() / Self::WINDOW.as_millis())
+                .or_default()
+                .push(took);
+        }
+        let slow = windows
+            .values_mut()
+            .map(|w| {
+                w.sort();
+                w[w.len() / 2]
+            })
+            .filter(|median| *median >= fast * 2)
+            .count();
+        slow as f64 * 100.0 / windows.len().max(1) as f64
     }
 }
 
