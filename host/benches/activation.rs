@@ -29,6 +29,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: failing loudly is right
 
+#[path = "common/work.rs"]
+mod work;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -443,26 +446,9 @@ impl Probe {
     /// The window the speed is judged over.
     const WINDOW: Duration = Duration::from_millis(50);
 
-    /// One piece: `n` steps of a 64-bit LCG (no memory traffic, no system calls).
-    fn piece(n: u64) {
-        let mut x = 1u64;
-        for _ in 0..n {
-            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
-        }
-    }
-
-    /// The number of steps that take ~25 µs here.
+    /// The number of steps of a piece that take ~25 µs here.
     fn calibrate() -> u64 {
-        let mut n = 10_000u64;
-        loop {
-            let t = Instant::now();
-            Self::piece(n);
-            let took = t.elapsed();
-            if took >= Duration::from_millis(2) || n >= 1 << 34 {
-                return (n as f64 * 25e-6 / took.as_secs_f64()).max(1.0) as u64;
-            }
-            n *= 2;
-        }
+        work::steps_for(Duration::from_micros(25))
     }
 
     fn start(n: u64) -> Self {
@@ -475,7 +461,7 @@ impl Probe {
                 let mut pieces = Vec::new();
                 while !flag.load(Ordering::Relaxed) && pieces.len() < 1_000_000 {
                     let t = Instant::now();
-                    Self::piece(n);
+                    work::piece(n);
                     pieces.push((t - start, t.elapsed()));
                     std::thread::sleep(Duration::from_millis(2));
                 }

@@ -6,21 +6,14 @@
 //! activation bench's numbers: `cargo bench -p rolegate --bench noise`.
 //! `ROLEGATE_NOISE_SECS` sets the length (default 8 s, at most 60).
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
+
+#[path = "common/work.rs"]
+mod work;
 
 /// The window over which the speed is judged: long enough for a few hundred pieces, short
 /// enough to see a stall that a p99 would.
 const WINDOW: Duration = Duration::from_millis(20);
-
-/// One piece of work: `n` steps of a 64-bit LCG (no memory traffic, no syscalls).
-fn piece(n: u64, seed: u64) -> u64 {
-    let mut x = seed;
-    for _ in 0..n {
-        x = black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
-    }
-    x
-}
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted
@@ -35,30 +28,17 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(8)
         .clamp(1, 60);
-    // Calibrate a piece to ~50 µs.
-    let mut n = 10_000u64;
-    let mut seed = 1u64;
-    loop {
-        let t = Instant::now();
-        seed = piece(n, seed);
-        let took = t.elapsed();
-        if took >= Duration::from_millis(2) || n >= 1 << 34 {
-            n = (n as f64 * 50e-6 / took.as_secs_f64()).max(1.0) as u64;
-            break;
-        }
-        n *= 2;
-    }
+    let n = work::steps_for(Duration::from_micros(50));
     let start = Instant::now();
     let run = Duration::from_secs(secs);
     // (start of the piece since the run's start, its duration), both in µs.
     let mut pieces: Vec<(f64, f64)> = Vec::with_capacity((secs as usize) * 30_000);
     while start.elapsed() < run && pieces.len() < 5_000_000 {
         let t = Instant::now();
-        seed = piece(n, seed);
+        work::piece(n);
         let took = t.elapsed();
         pieces.push(((t - start).as_secs_f64() * 1e6, took.as_secs_f64() * 1e6));
     }
-    black_box(seed);
     let mut all: Vec<f64> = pieces.iter().map(|p| p.1).collect();
     all.sort_by(f64::total_cmp);
     let median = quantile(&all, 0.5);
