@@ -439,7 +439,7 @@ fn main() {
 /// level it was.
 struct Probe {
     stop: Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<(Duration, Duration)>>,
+    thread: std::thread::JoinHandle<Vec<work::Piece>>,
 }
 
 impl Probe {
@@ -481,21 +481,8 @@ impl Probe {
         let Some(&fast) = all.get(all.len() / 10) else {
             return 0.0;
         };
-        let mut windows: std::collections::BTreeMap<u128, Vec<Duration>> = Default::default();
-        for (at, took) in pieces {
-            windows
-                .entry(at.as_millis() / Self::WINDOW.as_millis())
-                .or_default()
-                .push(took);
-        }
-        let slow = windows
-            .values_mut()
-            .map(|w| {
-                w.sort();
-                w[w.len() / 2]
-            })
-            .filter(|median| *median >= fast * 2)
-            .count();
+        let windows = work::window_medians(&pieces, Self::WINDOW);
+        let slow = windows.iter().filter(|w| w.1 >= fast * 2).count();
         slow as f64 * 100.0 / windows.len().max(1) as f64
     }
 }

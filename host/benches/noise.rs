@@ -15,11 +15,16 @@ mod work;
 /// enough to see a stall that a p99 would.
 const WINDOW: Duration = Duration::from_millis(20);
 
-fn quantile(sorted: &[f64], q: f64) -> f64 {
+/// The piece at quantile `q` of pieces sorted by duration.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted
         .get(((sorted.len().saturating_sub(1)) as f64 * q) as usize)
         .copied()
-        .unwrap_or(0.0)
+        .unwrap_or_default()
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
 }
 
 fn main() {
@@ -31,40 +36,28 @@ fn main() {
     let n = work::steps_for(Duration::from_micros(50));
     let start = Instant::now();
     let run = Duration::from_secs(secs);
-    // (start of the piece since the run's start, its duration), both in µs.
-    let mut pieces: Vec<(f64, f64)> = Vec::with_capacity((secs as usize) * 30_000);
+    let mut pieces: Vec<work::Piece> = Vec::with_capacity((secs as usize) * 30_000);
     while start.elapsed() < run && pieces.len() < 5_000_000 {
         let t = Instant::now();
         work::piece(n);
-        let took = t.elapsed();
-        pieces.push(((t - start).as_secs_f64() * 1e6, took.as_secs_f64() * 1e6));
+        pieces.push((t - start, t.elapsed()));
     }
-    let mut all: Vec<f64> = pieces.iter().map(|p| p.1).collect();
-    all.sort_by(f64::total_cmp);
-    let median = quantile(&all, 0.5);
+    let mut all: Vec<Duration> = pieces.iter().map(|p| p.1).collect();
+    all.sort();
+    let median = quantile(&all, 0.5).max(Duration::from_nanos(1));
     // Each window's median piece against the whole run's.
-    let window_us = WINDOW.as_secs_f64() * 1e6;
-    let mut windows: Vec<(f64, f64)> = Vec::new();
-    let mut current: Vec<f64> = Vec::new();
-    let mut window_start = 0.0;
-    for &(at, took) in &pieces {
-        while at >= window_start + window_us {
-            if !current.is_empty() {
-                current.sort_by(f64::total_cmp);
-                windows.push((window_start, quantile(&current, 0.5) / median));
-                current.clear();
-            }
-            window_start += window_us;
-        }
-        current.push(took);
-    }
+    let windows: Vec<(Duration, f64)> = work::window_medians(&pieces, WINDOW)
+        .into_iter()
+        .map(|(at, m)| (at, m.as_secs_f64() / median.as_secs_f64()))
+        .collect();
     let slower = |f: f64| windows.iter().filter(|w| w.1 >= f).count();
     println!(
-        "one thread, {} pieces of ~{median:.0} µs over {secs} s: p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
+        "one thread, {} pieces of ~{:.0} µs over {secs} s: p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs",
         pieces.len(),
-        quantile(&all, 0.99),
-        quantile(&all, 0.999),
-        quantile(&all, 1.0),
+        micros(median),
+        micros(quantile(&all, 0.99)),
+        micros(quantile(&all, 0.999)),
+        micros(quantile(&all, 1.0)),
     );
     println!(
         "| {}-ms windows whose median piece took | count | share |",
@@ -80,10 +73,10 @@ fn main() {
         );
     }
     // Where the slow stretches were: consecutive slow windows joined.
-    let mut stretches: Vec<(f64, f64, f64)> = Vec::new();
+    let mut stretches: Vec<(Duration, Duration, f64)> = Vec::new();
     for &(at, ratio) in windows.iter().filter(|w| w.1 >= 1.4) {
         match stretches.last_mut() {
-            Some(s) if at - s.1 <= window_us => {
+            Some(s) if at - s.1 <= WINDOW => {
                 s.1 = at;
                 s.2 = s.2.max(ratio);
             }
@@ -94,9 +87,9 @@ fn main() {
         .iter()
         .map(|(from, to, worst)| {
             format!(
-                "{:.2} s ({:.0} ms, worst {worst:.1}×)",
-                from / 1e6,
-                (to - from + window_us) / 1e3
+                "{:.2} s ({} ms, worst {worst:.1}×)",
+                from.as_secs_f64(),
+                (*to - *from + WINDOW).as_millis()
             )
         })
         .collect();

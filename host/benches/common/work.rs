@@ -24,3 +24,26 @@ pub(crate) fn steps_for(target: Duration) -> u64 {
         n *= 2;
     }
 }
+
+/// A piece of a run: when it started (since the run's start) and how long it took.
+pub(crate) type Piece = (Duration, Duration);
+
+/// The median piece of each `window` of the run that has pieces, with the window's start, in
+/// order: how fast the machine was, window by window.
+pub(crate) fn window_medians(pieces: &[Piece], window: Duration) -> Vec<(Duration, Duration)> {
+    let mut windows: std::collections::BTreeMap<u128, Vec<Duration>> = Default::default();
+    for &(at, took) in pieces {
+        windows
+            .entry(at.as_nanos() / window.as_nanos().max(1))
+            .or_default()
+            .push(took);
+    }
+    windows
+        .into_iter()
+        .map(|(k, mut took)| {
+            took.sort();
+            let start = Duration::from_nanos((k * window.as_nanos()) as u64);
+            (start, took[took.len() / 2])
+        })
+        .collect()
+}
