@@ -223,7 +223,13 @@ fn main() {
         let app = rolegate::api::Api::new(service)
             .router()
             .layer(axum::middleware::from_fn(timed));
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        // The daemon's own server (its limits, TCP_NODELAY, the body deadline), never stopped.
+        tokio::spawn(rolegate::server::serve(
+            listener,
+            app,
+            rolegate::server::Limits::default(),
+            std::future::pending(),
+        ));
         (url, tokens)
     });
 

@@ -42,16 +42,56 @@ pub struct ServerConfig {
     /// Address to listen on.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Seconds a client may take to send a request's headers, and then its body; also how
+    /// long a kept-alive connection may sit idle.
+    #[serde(default = "default_client_timeout_s")]
+    pub client_timeout_s: u64,
+    /// Open connections at most (beyond them, new ones are closed at once).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:8420".into()
 }
 
+/// The default of `[server] client_timeout_s`.
+pub const DEFAULT_CLIENT_TIMEOUT_S: u64 = 30;
+
+/// The values `[server] client_timeout_s` may take.
+pub const CLIENT_TIMEOUT_S_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
+
+fn default_client_timeout_s() -> u64 {
+    DEFAULT_CLIENT_TIMEOUT_S
+}
+
+/// The default of `[server] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// The values `[server] max_connections` may take.
+pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+
+fn default_max_connections() -> usize {
+    DEFAULT_MAX_CONNECTIONS
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            client_timeout_s: DEFAULT_CLIENT_TIMEOUT_S,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The limits the HTTP server puts on clients.
+    pub fn limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            client_timeout: Duration::from_secs(self.client_timeout_s),
+            max_connections: self.max_connections,
+            ..crate::server::Limits::default()
         }
     }
 }
@@ -379,6 +419,29 @@ impl Config {
                 ),
             });
         }
+        let server = &config.server;
+        if !CLIENT_TIMEOUT_S_RANGE.contains(&server.client_timeout_s) {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "[server] client_timeout_s = {} is outside {}..={} (seconds)",
+                    server.client_timeout_s,
+                    CLIENT_TIMEOUT_S_RANGE.start(),
+                    CLIENT_TIMEOUT_S_RANGE.end()
+                ),
+            });
+        }
+        if !MAX_CONNECTIONS_RANGE.contains(&server.max_connections) {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "[server] max_connections = {} is outside {}..={}",
+                    server.max_connections,
+                    MAX_CONNECTIONS_RANGE.start(),
+                    MAX_CONNECTIONS_RANGE.end()
+                ),
+            });
+        }
         if !WAL_MB_RANGE.contains(&config.store.wal_mb) {
             return Err(Error::Config {
                 path: path.to_path_buf(),
@@ -521,6 +584,36 @@ mod tests {
         }
         let e = parse("[store]\nwal_mb = -1").unwrap_err();
         assert!(e.to_string().contains("wal_mb"), "{e}");
+    }
+
+    #[test]
+    fn the_server_limits_are_settings_within_bounds() {
+        let c = parse("").unwrap();
+        assert_eq!(
+            c.server.limits().client_timeout,
+            Duration::from_secs(DEFAULT_CLIENT_TIMEOUT_S)
+        );
+        assert_eq!(c.server.limits().max_connections, DEFAULT_MAX_CONNECTIONS);
+        let c = parse("[server]\nclient_timeout_s = 5\nmax_connections = 64").unwrap();
+        assert_eq!(c.server.limits().client_timeout, Duration::from_secs(5));
+        assert_eq!(c.server.limits().max_connections, 64);
+        for bad in ["0", "3601"] {
+            let e = parse(&format!("[server]\nclient_timeout_s = {bad}")).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!(
+                    "[server] client_timeout_s = {bad} is outside 1..=3600 (seconds)"
+                )),
+                "{e}"
+            );
+        }
+        let e = parse("[server]\nmax_connections = 0").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[server] max_connections = 0 is outside 1..=1000000"),
+            "{e}"
+        );
+        let e = parse("[server]\nmax_conections = 10").unwrap_err();
+        assert!(e.to_string().contains("max_conections"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod plugins;
 pub mod role;
 pub mod roles;
 pub mod secrets;
+pub mod server;
 pub mod service;
 pub mod store;
 pub mod tokens;

@@ -1200,24 +1200,66 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         eprintln!(
-            "rolegate: serving on http://{} (web page at /, OpenAPI at /openapi.json); Ctrl-C stops",
+            "rolegate: serving on http://{} (web page at /, OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops",
             listener.local_addr()?
         );
         let app = rolegate::api::Api::new(service)
             .with_directory(config.directory.clone())
             .router();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await?;
+        let limits = config.server.limits();
+        raise_open_files(limits.max_connections);
+        // Ctrl-C, or SIGTERM as systemd and container runtimes send: stop accepting, let the
+        // requests in progress finish, then close the store cleanly.
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot listen for SIGTERM")?;
+        let stop = async move {
+            let signal = tokio::select! {
+                _ = tokio::signal::ctrl_c() => "interrupt",
+                _ = terminate.recv() => "SIGTERM",
+            };
+            eprintln!("rolegate: stopping ({signal}): finishing the requests in progress");
+        };
+        rolegate::server::serve(listener, app, limits, stop).await;
         store.close();
+        eprintln!("rolegate: stopped");
         anyhow::Ok(())
     });
     // An in-process provider call that hung past its deadline must not hold up the exit.
     rt.shutdown_timeout(Duration::from_secs(5));
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the soft limit on open files to the hard one, so that `max_connections` clients
+/// (each a file descriptor) fit beside the store's and plugins' files; warns when they cannot.
+fn raise_open_files(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
+        }
+    }
+    // Room for the store, the plugins' workers and the log besides the clients.
+    let needed = max_connections as u64 + 256;
+    if lim.rlim_cur < needed {
+        tracing::warn!(
+            open_files = lim.rlim_cur,
+            needed,
+            "the open-file limit is below [server] max_connections + 256: connections beyond it will fail to be accepted; raise LimitNOFILE or lower max_connections"
+        );
+    }
 }
 
 fn quickstart(dir: &Path) -> anyhow::Result<PathBuf> {

@@ -21,6 +21,8 @@ pub struct Daemon {
     pub admin: String,
     /// The folder of its config and database.
     pub dir: tempfile::TempDir,
+    /// What it prints after it started, line by line.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Drop for Daemon {
@@ -37,6 +39,32 @@ impl Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Sends SIGTERM (as systemd stops a service) and waits for the exit (up to 20 s): its
+    /// status, what it printed meanwhile, and its folder for a restart.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>, tempfile::TempDir) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill only sends a signal, to the child this value owns (not yet waited for).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running 20 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The reader thread ends with the process's stderr: everything it said is queued.
+        let mut said = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            said.push(line);
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (status, said, dir)
     }
 }
 
@@ -81,6 +109,7 @@ pub fn serve_config(dir: tempfile::TempDir, cfg: &std::path::Path) -> Daemon {
         // Only the first start on a database prints one.
         admin: admin.unwrap_or_default(),
         dir,
+        lines: rx,
     }
 }
 

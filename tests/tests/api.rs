@@ -1815,3 +1815,122 @@ async fn a_killed_daemon_loses_no_activation_it_reported() {
     let (_, v) = call(&d, Some(&admin), "GET", "/v1/events/verify", None).await;
     assert_eq!(v["intact"], true, "{v}");
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_daemon_cleanly_and_a_restart_finds_everything() {
+    let d = start();
+    let admin = d.admin.clone();
+    let token = jdoe_with_role(&d, "hello").await;
+    let (s, r) = call(
+        &d,
+        Some(&token),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "r", "justification": "before the stop"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let (s, r) = call(
+        &d,
+        Some(&token),
+        "POST",
+        &format!("/v1/requests/{id}/answer"),
+        Some(json!({"code": hello_answer(&r)})),
+    )
+    .await;
+    assert_eq!((s, r["state"].as_str()), (200, Some("active")), "{r}");
+
+    let (status, said, dir) = d.terminate();
+    assert!(status.success(), "{status}: {said:?}");
+    assert!(
+        said.iter()
+            .any(|l| l.contains("rolegate: stopping (SIGTERM)")),
+        "{said:?}"
+    );
+    assert_eq!(
+        said.last().map(String::as_str),
+        Some("rolegate: stopped"),
+        "{said:?}"
+    );
+    // A clean stop checkpoints and truncates the WAL: the database file alone holds the state.
+    let wal = dir.path().join("rolegate.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "the WAL was left with data"
+    );
+
+    let cfg = dir.path().join("rolegate.toml");
+    let d = serve_config(dir, &cfg);
+    assert!(d.admin.is_empty(), "the restart found its database");
+    let (s, again) = call(&d, Some(&admin), "GET", &format!("/v1/requests/{id}"), None).await;
+    assert_eq!(
+        (s, again["state"].as_str()),
+        (200, Some("active")),
+        "{again}"
+    );
+    let (_, v) = call(&d, Some(&admin), "GET", "/v1/events/verify", None).await;
+    assert_eq!(v["intact"], true, "{v}");
+}
+
+#[tokio::test]
+async fn server_limits_in_the_config_are_applied_and_bad_ones_refused() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let server = |limits: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{limits}\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
+            hello_lib().display()
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rolegate.toml");
+    write_private(&cfg, &server("client_timeout_s = 0"));
+    let out = Command::new(rolegate_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[server] client_timeout_s = 0 is outside 1..=3600 (seconds)"),
+        "{stderr}"
+    );
+
+    write_private(&cfg, &server("client_timeout_s = 1\nmax_connections = 2"));
+    let d = serve_config(dir, &cfg);
+    let addr = d.url.trim_start_matches("http://").to_string();
+    // A client that never finishes its headers is cut off after a second.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
+        .await
+        .expect("the slow client was never cut off")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    // Two connections held open; a third is closed unserved.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let n = c.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(c);
+    }
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("the third connection was neither served nor closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
+}

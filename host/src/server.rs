@@ -1,0 +1,429 @@
+//! The API's HTTP server: the router behind hyper, with the limits a daemon facing
+//! untrusted clients needs — a deadline for each request's headers and body (which also
+//! closes kept-alive connections left idle), a cap on open connections — and a graceful stop
+//! that lets requests in progress finish.
+//!
+//! Without them, a client that opens connections and sends its headers a byte a minute
+//! (slowloris) holds a socket each until the daemon runs out of file descriptors, and every
+//! user is refused with it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, HttpBody as _};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+/// What the server allows its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long a client may take to send a request's headers, and then its body; also how
+    /// long a kept-alive connection may sit idle before it is closed.
+    pub client_timeout: Duration,
+    /// Open connections at most; one accepted beyond them is closed at once.
+    pub max_connections: usize,
+    /// How long a stop waits for requests in progress before it gives up on them.
+    pub drain: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            client_timeout: Duration::from_secs(crate::config::DEFAULT_CLIENT_TIMEOUT_S),
+            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            drain: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The largest request body accepted: the API's bodies are small JSON documents.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Serves `router` on `listener` under `limits` until `stop` completes, then stops accepting,
+/// lets the requests in progress finish (up to `limits.drain`), and returns.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    stop: impl Future<Output = ()>,
+) {
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        limits.client_timeout,
+        bounded_body,
+    ));
+    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let open = Arc::new(Semaphore::new(max));
+    let (stopping_tx, stopping) = watch::channel(false);
+    let refused = Refused::default();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors (or a connection reset before it was
+                    // accepted): wait a moment instead of spinning on the error.
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            drop(stream);
+            refused.note(max);
+            continue;
+        };
+        // Responses go out as soon as they are written (each is one write).
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let mut stopping = stopping.clone();
+        let timeout = limits.client_timeout;
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(timeout)
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            let stop = async move { stopping.wait_for(|s| *s).await.map(|_| ()) };
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = stopping_tx.send(true);
+    // Every connection holds a permit until it ends: all of them back means all ended.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.drain, open.acquire_many(all))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = max - open.available_permits(),
+            "stopping with requests still in progress"
+        );
+    }
+}
+
+/// Connections refused over the cap, reported at most once every 10 seconds (a flood of
+/// them must not become a flood of log lines).
+#[derive(Default)]
+struct Refused {
+    since_report: AtomicU64,
+    last_report: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Refused {
+    fn note(&self, max: usize) {
+        let n = self.since_report.fetch_add(1, Ordering::Relaxed) + 1;
+        let Ok(mut last) = self.last_report.lock() else {
+            return;
+        };
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            *last = Some(Instant::now());
+            self.since_report.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                refused = n,
+                max_connections = max,
+                "connections refused: the server holds its maximum of open connections"
+            );
+        }
+    }
+}
+
+/// Reads a request's body within the client timeout (and at most [`MAX_BODY`] bytes) before
+/// the handler sees it: a client that sends its headers and then trickles the body gets 408,
+/// not a connection held open for as long as it likes.
+async fn bounded_body(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+    if req.body().is_end_stream() {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(e)) if too_large(&e) => refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request's body is larger than {} KiB", MAX_BODY / 1024),
+        ),
+        Ok(Err(_)) => refusal(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request's body could not be read".into(),
+        ),
+        Err(_) => refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the request's body did not arrive within {} s",
+                timeout.as_secs_f64()
+            ),
+        ),
+    }
+}
+
+/// Whether reading a body failed for its length (not for the connection).
+fn too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An error in the API's shape (`{"error": {"code", "message"}}`), closing the connection.
+fn refusal(status: StatusCode, code: &str, message: String) -> Response {
+    let mut r = (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use axum::routing::{get, post};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    /// Generous bound on every wait in these tests (they end in about a second each).
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// A server on 127.0.0.1 with `limits` (serving `/`, `/echo` and `/slow`), and the
+    /// switch that stops it.
+    async fn start(
+        limits: Limits,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let router = Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route("/echo", post(|body: String| async move { body }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    "done"
+                }),
+            );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, limits, async move {
+            let _ = rx.await;
+        }));
+        (addr, tx, server)
+    }
+
+    fn limits(timeout_ms: u64, max_connections: usize) -> Limits {
+        Limits {
+            client_timeout: Duration::from_millis(timeout_ms),
+            max_connections,
+            drain: BOUND,
+        }
+    }
+
+    /// Reads until the server closes the connection (or BOUND passes): what it sent.
+    async fn read_to_close(s: &mut TcpStream) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        let until = tokio::time::Instant::now() + BOUND;
+        loop {
+            match tokio::time::timeout_at(until, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&out).into_owned(),
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Err(_) => panic!(
+                    "the server kept the connection open for {BOUND:?}; it sent: {}",
+                    String::from_utf8_lossy(&out)
+                ),
+            }
+        }
+    }
+
+    /// Sends one request on a kept-alive connection and reads its (short) answer.
+    async fn request(s: &mut TcpStream, path: &str) -> String {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(BOUND, s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn headers_sent_too_slowly_lose_the_connection() {
+        let (addr, _stop, _server) = start(limits(500, 16)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n").await.unwrap();
+        let said = read_to_close(&mut s).await;
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "closed before its deadline"
+        );
+        assert!(!said.contains("200 OK"), "{said}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_kept_alive_connection_is_closed() {
+        let (addr, _stop, _server) = start(limits(500, 16)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        assert!(request(&mut s, "/").await.starts_with("HTTP/1.1 200"));
+        // Still open for the next request at once …
+        assert!(request(&mut s, "/").await.starts_with("HTTP/1.1 200"));
+        // … and closed once it sits idle past the timeout.
+        assert_eq!(read_to_close(&mut s).await, "");
+    }
+
+    #[tokio::test]
+    async fn a_body_sent_too_slowly_is_answered_408() {
+        let (addr, _stop, _server) = start(limits(500, 16)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab")
+            .await
+            .unwrap();
+        let said = read_to_close(&mut s).await;
+        assert!(said.starts_with("HTTP/1.1 408"), "{said}");
+        assert!(said.contains(r#""code":"timeout""#), "{said}");
+        assert!(
+            said.contains("the request's body did not arrive within 0.5 s"),
+            "{said}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_answered_413_and_one_within_it_passes() {
+        let (addr, _stop, _server) = start(limits(5_000, 16)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let said = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            said.starts_with("HTTP/1.1 200") && said.ends_with("hello"),
+            "{said}"
+        );
+
+        let s = TcpStream::connect(addr).await.unwrap();
+        let len = MAX_BODY + 1;
+        let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n");
+        let mut whole = head.into_bytes();
+        whole.resize(whole.len() + len, b'x');
+        let (mut r, mut w) = s.into_split();
+        let writer = tokio::spawn(async move {
+            let _ = w.write_all(&whole).await;
+            w
+        });
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(BOUND, r.read_to_end(&mut out)).await;
+        let said = String::from_utf8_lossy(&out);
+        assert!(said.starts_with("HTTP/1.1 413"), "{said}");
+        assert!(
+            said.contains("the request's body is larger than 1024 KiB"),
+            "{said}"
+        );
+        drop(writer.await);
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_closed_and_the_others_served() {
+        let (addr, _stop, _server) = start(limits(5_000, 2)).await;
+        let mut a = TcpStream::connect(addr).await.unwrap();
+        let mut b = TcpStream::connect(addr).await.unwrap();
+        assert!(request(&mut a, "/").await.starts_with("HTTP/1.1 200"));
+        assert!(request(&mut b, "/").await.starts_with("HTTP/1.1 200"));
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        assert_eq!(
+            read_to_close(&mut c).await,
+            "",
+            "a third connection was served"
+        );
+        assert!(request(&mut a, "/").await.starts_with("HTTP/1.1 200"));
+        // One closed frees its place (once the server has seen it close).
+        drop(b);
+        let until = std::time::Instant::now() + BOUND;
+        loop {
+            let mut d = TcpStream::connect(addr).await.unwrap();
+            d.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            let mut buf = [0u8; 256];
+            if let Ok(Ok(n)) = tokio::time::timeout(BOUND, d.read(&mut buf)).await
+                && n > 0
+            {
+                assert!(buf.starts_with(b"HTTP/1.1 200"));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the freed place was not reused"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_lets_the_request_in_progress_finish_then_refuses_new_ones() {
+        let (addr, stop, server) = start(limits(5_000, 16)).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        assert!(request(&mut idle, "/").await.starts_with("HTTP/1.1 200"));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stop.send(()).unwrap();
+        let said = read_to_close(&mut s).await;
+        assert!(
+            said.starts_with("HTTP/1.1 200") && said.ends_with("done"),
+            "{said}"
+        );
+        // The idle connection is closed, and the server returns.
+        assert_eq!(read_to_close(&mut idle).await, "");
+        tokio::time::timeout(BOUND, server)
+            .await
+            .expect("the server returned")
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+    }
+}
