@@ -60,7 +60,10 @@ pub async fn serve(
         limits.client_timeout,
         bounded_body,
     ));
-    let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let all = u32::try_from(limits.max_connections)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let max = all as usize;
     let open = Arc::new(Semaphore::new(max));
     let (stopping_tx, stopping) = watch::channel(false);
     let refused = Refused::default();
@@ -111,7 +114,6 @@ pub async fn serve(
     drop(listener);
     let _ = stopping_tx.send(true);
     // Every connection holds a permit until it ends: all of them back means all ended.
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(limits.drain, open.acquire_many(all))
         .await
         .is_err()
