@@ -227,7 +227,24 @@ impl Api {
             .route("/v1/tokens/{id}", delete(revoke_token))
             .merge(crate::web::routes())
             .with_state(self)
+            .layer(axum::middleware::map_response(no_store))
     }
+}
+
+/// Marks every answer not to be stored by browsers or proxies (answers carry tokens, TOTP
+/// secrets, prompts and personal data) nor sniffed as another type; the web page's own
+/// files keep the caching they set.
+async fn no_store(mut r: Response) -> Response {
+    use axum::http::{HeaderValue, header};
+    let h = r.headers_mut();
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 fn now_ms() -> i64 {

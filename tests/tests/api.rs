@@ -930,6 +930,21 @@ async fn the_web_page_is_served_with_a_strict_policy() {
     }
     assert_eq!(h["x-frame-options"], "DENY");
     assert_eq!(h["x-content-type-options"], "nosniff");
+    // The page may be revalidated; the API's answers (tokens, secrets, prompts) never stored.
+    assert_eq!(h["cache-control"], "no-cache");
+    let token = client
+        .post(format!("{}/v1/tokens", d.url))
+        .bearer_auth(&d.admin)
+        .json(&json!({"account": "CONTOSO\\ops", "label": "cached?", "admin": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(token.status(), 201);
+    assert_eq!(token.headers()["cache-control"], "no-store");
+    assert_eq!(token.headers()["x-content-type-options"], "nosniff");
+    let refused = get("/v1/roles").await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["cache-control"], "no-store");
     let html = r.text().await.unwrap();
     // No inline script: every <script> names its source.
     assert_eq!(
