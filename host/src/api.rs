@@ -1083,6 +1083,8 @@ pub fn openapi_document() -> Json_ {
                "responses": {"200": {"description": "OK"}, "401": {"description": "no or bad token"},
                              "403": {"description": "refused by policy, or not an admin"},
                              "404": {"description": "not found"}, "409": {"description": "conflict"},
+                             "408": {"description": "the body did not arrive within [server] client_timeout_s"},
+                             "413": {"description": "the body is over 1 MiB"},
                              "422": {"description": "invalid input"}}})
     };
     json!({
