@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// Open connections at most (beyond them, new ones are closed at once).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Allow `listen` beyond the loopback interface although the API speaks plain HTTP.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 fn default_listen() -> String {
@@ -81,11 +84,36 @@ impl Default for ServerConfig {
             listen: default_listen(),
             client_timeout_s: DEFAULT_CLIENT_TIMEOUT_S,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            allow_plaintext: false,
         }
     }
 }
 
 impl ServerConfig {
+    /// Why `listen` must not be served, if it must not: it is no address, or it reaches
+    /// beyond this machine while the API speaks plain HTTP (tokens and MFA codes in clear).
+    pub fn listen_refusal(&self) -> Option<String> {
+        use std::net::ToSocketAddrs as _;
+        let addrs: Vec<std::net::SocketAddr> = match self.listen.to_socket_addrs() {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                return Some(format!(
+                    "[server] listen = `{}` is not a host:port address: {e}",
+                    self.listen
+                ));
+            }
+        };
+        if self.allow_plaintext {
+            return None;
+        }
+        let beyond = addrs.iter().find(|a| !a.ip().is_loopback())?;
+        Some(format!(
+            "[server] listen = `{}` reaches beyond this machine ({}): rolegate speaks plain HTTP, so API tokens and MFA codes would cross the network unencrypted. Listen on 127.0.0.1 behind a TLS reverse proxy, or set [server] allow_plaintext = true if the path to the clients is protected otherwise (a private link, a mesh that does TLS)",
+            self.listen,
+            beyond.ip()
+        ))
+    }
+
     /// The limits the HTTP server puts on clients.
     pub fn limits(&self) -> crate::server::Limits {
         crate::server::Limits {
@@ -584,6 +612,43 @@ mod tests {
         }
         let e = parse("[store]\nwal_mb = -1").unwrap_err();
         assert!(e.to_string().contains("wal_mb"), "{e}");
+    }
+
+    #[test]
+    fn plain_http_is_served_on_loopback_only_unless_allowed() {
+        let server = |listen: &str, allow: bool| ServerConfig {
+            listen: listen.into(),
+            allow_plaintext: allow,
+            ..ServerConfig::default()
+        };
+        for ok in [
+            "127.0.0.1:8420",
+            "[::1]:8420",
+            "localhost:8420",
+            "127.0.0.1:0",
+        ] {
+            assert_eq!(server(ok, false).listen_refusal(), None, "{ok}");
+        }
+        for beyond in ["0.0.0.0:8420", "192.0.2.10:8420", "[::]:8420"] {
+            let refusal = server(beyond, false).listen_refusal().expect(beyond);
+            assert!(
+                refusal.contains(&format!("[server] listen = `{beyond}` reaches beyond"))
+                    && refusal.contains("allow_plaintext = true"),
+                "{refusal}"
+            );
+            assert_eq!(server(beyond, true).listen_refusal(), None, "{beyond}");
+        }
+        let refusal = server("8420", true).listen_refusal().expect("no host");
+        assert!(
+            refusal.contains("[server] listen = `8420` is not a host:port address"),
+            "{refusal}"
+        );
+        assert!(
+            parse("[server]\nallow_plaintext = true")
+                .unwrap()
+                .server
+                .allow_plaintext
+        );
     }
 
     #[test]

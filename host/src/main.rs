@@ -1026,6 +1026,9 @@ fn import_mim(
 fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
     use std::sync::Arc;
     let config = Config::load(config_path)?;
+    if let Some(refusal) = config.server.listen_refusal() {
+        anyhow::bail!("{}: {refusal}", config_path.display());
+    }
     let rt = runtime()?;
     let served = rt.block_on(async move {
         let now = jiff::Timestamp::now().as_millisecond();

@@ -1899,6 +1899,25 @@ async fn server_limits_in_the_config_are_applied_and_bad_ones_refused() {
     };
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("rolegate.toml");
+    // Plain HTTP beyond the loopback interface is refused before anything is opened.
+    write_private(&cfg, &server("").replace("127.0.0.1:0", "0.0.0.0:8420"));
+    let out = Command::new(rolegate_bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[server] listen = `0.0.0.0:8420` reaches beyond this machine")
+            && stderr.contains("allow_plaintext = true"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("rolegate.db").exists(),
+        "a database was created"
+    );
+
     write_private(&cfg, &server("client_timeout_s = 0"));
     let out = Command::new(rolegate_bin())
         .args(["serve", "--config"])
