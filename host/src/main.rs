@@ -1233,8 +1233,9 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Raises the soft limit on open files to the hard one, so that `max_connections` clients
-/// (each a file descriptor) fit beside the store's and plugins' files; warns when they cannot.
+/// Raises the soft limit on open files as far as `max_connections` clients (each a file
+/// descriptor) need beside the store's and plugins' files — within the hard limit, no further —
+/// and warns when the hard limit is too low for them.
 fn raise_open_files(max_connections: usize) {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -1244,9 +1245,11 @@ fn raise_open_files(max_connections: usize) {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return;
     }
-    if lim.rlim_cur < lim.rlim_max {
+    // Room for the store, the plugins' workers and the log besides the clients.
+    let needed = max_connections as u64 + 256;
+    if lim.rlim_cur < needed {
         let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
+            rlim_cur: needed.min(lim.rlim_max),
             rlim_max: lim.rlim_max,
         };
         // SAFETY: setrlimit only reads the struct it is given.
@@ -1254,8 +1257,6 @@ fn raise_open_files(max_connections: usize) {
             lim = raised;
         }
     }
-    // Room for the store, the plugins' workers and the log besides the clients.
-    let needed = max_connections as u64 + 256;
     if lim.rlim_cur < needed {
         tracing::warn!(
             open_files = lim.rlim_cur,
