@@ -1085,6 +1085,7 @@ pub fn openapi_document() -> Json_ {
                              "404": {"description": "not found"}, "409": {"description": "conflict"},
                              "408": {"description": "the body did not arrive within [server] client_timeout_s"},
                              "413": {"description": "the body is over 1 MiB"},
+                             "503": {"description": "a provider is unavailable, or too many large bodies are being received (Retry-After)"},
                              "422": {"description": "invalid input"}}})
     };
     json!({

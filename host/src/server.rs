@@ -33,6 +33,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a stop waits for requests in progress before it gives up on them.
     pub drain: Duration,
+    /// Bytes of request bodies over [`SMALL_BODY`] held at once, across all connections: a
+    /// crowd of clients each sending a large body gets `503`, not the daemon's memory.
+    pub body_budget: usize,
 }
 
 impl Default for Limits {
@@ -41,12 +44,24 @@ impl Default for Limits {
             client_timeout: Duration::from_secs(crate::config::DEFAULT_CLIENT_TIMEOUT_S),
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
             drain: Duration::from_secs(10),
+            body_budget: 64 << 20,
         }
     }
 }
 
 /// The largest request body accepted: the API's bodies are small JSON documents.
 pub const MAX_BODY: usize = 1 << 20;
+
+/// Bodies up to this size are read without drawing on [`Limits::body_budget`] (every request
+/// of the activation path is far smaller; `max_connections` of them bound their memory).
+pub const SMALL_BODY: usize = 16 << 10;
+
+/// What [`bounded_body`] needs: the client timeout and the shared budget (in KiB permits).
+#[derive(Clone)]
+struct BodyLimits {
+    timeout: Duration,
+    budget: Arc<Semaphore>,
+}
 
 /// Serves `router` on `listener` under `limits` until `stop` completes, then stops accepting,
 /// lets the requests in progress finish (up to `limits.drain`), and returns.
@@ -56,8 +71,12 @@ pub async fn serve(
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) {
+    let budget_kib = (limits.body_budget / 1024).clamp(MAX_BODY / 1024, Semaphore::MAX_PERMITS);
     let router = router.layer(axum::middleware::from_fn_with_state(
-        limits.client_timeout,
+        BodyLimits {
+            timeout: limits.client_timeout,
+            budget: Arc::new(Semaphore::new(budget_kib)),
+        },
         bounded_body,
     ));
     let all = u32::try_from(limits.max_connections)
@@ -154,21 +173,53 @@ impl Refused {
 /// Reads a request's body within the client timeout (and at most [`MAX_BODY`] bytes) before
 /// the handler sees it: a client that sends its headers and then trickles the body gets 408,
 /// not a connection held open for as long as it likes.
-async fn bounded_body(State(timeout): State<Duration>, req: Request, next: Next) -> Response {
+async fn bounded_body(State(limits): State<BodyLimits>, req: Request, next: Next) -> Response {
     if req.body().is_end_stream() {
         return next.run(req).await;
     }
+    let too_large_refusal = || {
+        refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("the request's body is larger than {} KiB", MAX_BODY / 1024),
+        )
+    };
+    // What the body may take: its declared length, or the most a body may be.
+    let declared = req.body().size_hint().exact();
+    let expected = declared.map_or(MAX_BODY, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    if expected > MAX_BODY {
+        return too_large_refusal();
+    }
+    // Held until the body has been handed on (and dropped with the request).
+    let _reserved = if expected > SMALL_BODY {
+        let kib = u32::try_from(expected.div_ceil(1024)).unwrap_or(u32::MAX);
+        match Arc::clone(&limits.budget).try_acquire_many_owned(kib) {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let mut r = refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "the server holds as many large request bodies as it allows: retry shortly"
+                        .into(),
+                );
+                r.headers_mut().insert(
+                    axum::http::header::RETRY_AFTER,
+                    axum::http::HeaderValue::from_static("1"),
+                );
+                return r;
+            }
+        }
+    } else {
+        None
+    };
+    let timeout = limits.timeout;
     let (parts, body) = req.into_parts();
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, MAX_BODY)).await {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Ok(Err(e)) if too_large(&e) => refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            format!("the request's body is larger than {} KiB", MAX_BODY / 1024),
-        ),
+        Ok(Err(e)) if too_large(&e) => too_large_refusal(),
         Ok(Err(_)) => refusal(
             StatusCode::BAD_REQUEST,
             "bad_request",
@@ -256,6 +307,7 @@ mod tests {
             client_timeout: Duration::from_millis(timeout_ms),
             max_connections,
             drain: BOUND,
+            ..Limits::default()
         }
     }
 
@@ -347,10 +399,14 @@ mod tests {
         );
 
         let s = TcpStream::connect(addr).await.unwrap();
+        // Chunked, so no length is declared: the limit is found while reading.
         let len = MAX_BODY + 1;
-        let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n");
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n{len:x}\r\n"
+        );
         let mut whole = head.into_bytes();
         whole.resize(whole.len() + len, b'x');
+        whole.extend_from_slice(b"\r\n0\r\n\r\n");
         let (mut r, mut w) = s.into_split();
         let writer = tokio::spawn(async move {
             let _ = w.write_all(&whole).await;
@@ -365,6 +421,107 @@ mod tests {
             "{said}"
         );
         drop(writer.await);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_before_reading() {
+        let (addr, _stop, _server) = start(limits(5_000, 16)).await;
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        // Headers only: the answer must not wait for the body.
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            MAX_BODY + 1
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        let said = read_to_close(&mut s).await;
+        assert!(said.starts_with("HTTP/1.1 413"), "{said}");
+    }
+
+    #[tokio::test]
+    async fn large_bodies_held_at_once_stop_at_the_budget() {
+        // A budget of one largest body: a second large body waits its turn (503), a small
+        // one does not draw on it.
+        let (addr, _stop, _server) = start(Limits {
+            body_budget: MAX_BODY,
+            ..limits(5_000, 16)
+        })
+        .await;
+        let big = MAX_BODY - 100;
+        let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {big}\r\n\r\n");
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        first.write_all(head.as_bytes()).await.unwrap();
+        first.write_all(b"partial").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The first body is being read (its reservation held) …
+        let until = std::time::Instant::now() + BOUND;
+        let said = loop {
+            let mut second = TcpStream::connect(addr).await.unwrap();
+            second
+                .write_all(
+                    format!(
+                        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                        SMALL_BODY + 1
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+            let said = read_to_close(&mut second).await;
+            if said.starts_with("HTTP/1.1 503") || std::time::Instant::now() > until {
+                break said;
+            }
+        };
+        assert!(said.starts_with("HTTP/1.1 503"), "{said}");
+        assert!(
+            said.to_ascii_lowercase().contains("retry-after: 1"),
+            "{said}"
+        );
+        assert!(said.contains(r#""code":"busy""#), "{said}");
+        // … a small body is served meanwhile …
+        let mut small = TcpStream::connect(addr).await.unwrap();
+        small
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(BOUND, small.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).ends_with("hello"));
+        // … and once the first body is complete and answered, its reservation is free again.
+        first
+            .write_all(&vec![b'x'; big - "partial".len()])
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 64];
+        let n = tokio::time::timeout(BOUND, first.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+        let mut again = TcpStream::connect(addr).await.unwrap();
+        let body = vec![b'y'; SMALL_BODY + 1];
+        again
+            .write_all(
+                format!(
+                    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        again.write_all(&body).await.unwrap();
+        let n = tokio::time::timeout(BOUND, again.read(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            answer[..n].starts_with(b"HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&answer[..n])
+        );
     }
 
     #[tokio::test]
