@@ -86,6 +86,12 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(max));
     let (stopping_tx, stopping) = watch::channel(false);
     let refused = Refused::default();
+    // One connection setting for all: the header deadline (which also ends idle keep-alives).
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.client_timeout)
+        .keep_alive(true);
     let mut stop = std::pin::pin!(stop);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -110,14 +116,8 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let mut stopping = stopping.clone();
-        let timeout = limits.client_timeout;
+        let conn = http1.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(timeout)
-                .keep_alive(true);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             let stop = async move { stopping.wait_for(|s| *s).await.map(|_| ()) };
             tokio::select! {
@@ -333,6 +333,16 @@ mod tests {
         s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
             .await
             .unwrap();
+        answer(s).await
+    }
+
+    /// The head of a POST to `/echo` declaring a body of `len` bytes.
+    fn post_head(len: usize) -> String {
+        format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {len}\r\n\r\n")
+    }
+
+    /// One read of a (short) answer, within BOUND.
+    async fn answer(s: &mut TcpStream) -> String {
         let mut buf = vec![0u8; 4096];
         let n = tokio::time::timeout(BOUND, s.read(&mut buf))
             .await
@@ -371,7 +381,7 @@ mod tests {
     async fn a_body_sent_too_slowly_is_answered_408() {
         let (addr, _stop, _server) = start(limits(500, 16)).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nab")
+        s.write_all(format!("{}ab", post_head(10)).as_bytes())
             .await
             .unwrap();
         let said = read_to_close(&mut s).await;
@@ -387,12 +397,10 @@ mod tests {
     async fn a_body_over_the_limit_is_answered_413_and_one_within_it_passes() {
         let (addr, _stop, _server) = start(limits(5_000, 16)).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+        s.write_all(format!("{}hello", post_head(5)).as_bytes())
             .await
             .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = s.read(&mut buf).await.unwrap();
-        let said = String::from_utf8_lossy(&buf[..n]);
+        let said = answer(&mut s).await;
         assert!(
             said.starts_with("HTTP/1.1 200") && said.ends_with("hello"),
             "{said}"
@@ -428,11 +436,9 @@ mod tests {
         let (addr, _stop, _server) = start(limits(5_000, 16)).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         // Headers only: the answer must not wait for the body.
-        let head = format!(
-            "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-            MAX_BODY + 1
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(post_head(MAX_BODY + 1).as_bytes())
+            .await
+            .unwrap();
         let said = read_to_close(&mut s).await;
         assert!(said.starts_with("HTTP/1.1 413"), "{said}");
     }
@@ -447,9 +453,8 @@ mod tests {
         })
         .await;
         let big = MAX_BODY - 100;
-        let head = format!("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {big}\r\n\r\n");
         let mut first = TcpStream::connect(addr).await.unwrap();
-        first.write_all(head.as_bytes()).await.unwrap();
+        first.write_all(post_head(big).as_bytes()).await.unwrap();
         first.write_all(b"partial").await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
         // The first body is being read (its reservation held) …
@@ -457,13 +462,7 @@ mod tests {
         let said = loop {
             let mut second = TcpStream::connect(addr).await.unwrap();
             second
-                .write_all(
-                    format!(
-                        "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-                        SMALL_BODY + 1
-                    )
-                    .as_bytes(),
-                )
+                .write_all(post_head(SMALL_BODY + 1).as_bytes())
                 .await
                 .unwrap();
             let said = read_to_close(&mut second).await;
@@ -480,48 +479,25 @@ mod tests {
         // … a small body is served meanwhile …
         let mut small = TcpStream::connect(addr).await.unwrap();
         small
-            .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+            .write_all(format!("{}hello", post_head(5)).as_bytes())
             .await
             .unwrap();
-        let mut buf = vec![0u8; 4096];
-        let n = tokio::time::timeout(BOUND, small.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(String::from_utf8_lossy(&buf[..n]).ends_with("hello"));
+        assert!(answer(&mut small).await.ends_with("hello"));
         // … and once the first body is complete and answered, its reservation is free again.
         first
             .write_all(&vec![b'x'; big - "partial".len()])
             .await
             .unwrap();
-        let mut answer = vec![0u8; 64];
-        let n = tokio::time::timeout(BOUND, first.read(&mut answer))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+        assert!(answer(&mut first).await.starts_with("HTTP/1.1 200"));
         let mut again = TcpStream::connect(addr).await.unwrap();
         let body = vec![b'y'; SMALL_BODY + 1];
         again
-            .write_all(
-                format!(
-                    "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                )
-                .as_bytes(),
-            )
+            .write_all(post_head(body.len()).as_bytes())
             .await
             .unwrap();
         again.write_all(&body).await.unwrap();
-        let n = tokio::time::timeout(BOUND, again.read(&mut answer))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(
-            answer[..n].starts_with(b"HTTP/1.1 200"),
-            "{}",
-            String::from_utf8_lossy(&answer[..n])
-        );
+        let said = answer(&mut again).await;
+        assert!(said.starts_with("HTTP/1.1 200"), "{said}");
     }
 
     #[tokio::test]
