@@ -448,39 +448,27 @@ impl Config {
             });
         }
         let server = &config.server;
-        if !CLIENT_TIMEOUT_S_RANGE.contains(&server.client_timeout_s) {
-            return Err(Error::Config {
-                path: path.to_path_buf(),
-                message: format!(
-                    "[server] client_timeout_s = {} is outside {}..={} (seconds)",
-                    server.client_timeout_s,
-                    CLIENT_TIMEOUT_S_RANGE.start(),
-                    CLIENT_TIMEOUT_S_RANGE.end()
-                ),
-            });
-        }
-        if !MAX_CONNECTIONS_RANGE.contains(&server.max_connections) {
-            return Err(Error::Config {
-                path: path.to_path_buf(),
-                message: format!(
-                    "[server] max_connections = {} is outside {}..={}",
-                    server.max_connections,
-                    MAX_CONNECTIONS_RANGE.start(),
-                    MAX_CONNECTIONS_RANGE.end()
-                ),
-            });
-        }
-        if !WAL_MB_RANGE.contains(&config.store.wal_mb) {
-            return Err(Error::Config {
-                path: path.to_path_buf(),
-                message: format!(
-                    "[store] wal_mb = {} is outside {}..={} (MB)",
-                    config.store.wal_mb,
-                    WAL_MB_RANGE.start(),
-                    WAL_MB_RANGE.end()
-                ),
-            });
-        }
+        within(
+            path,
+            "[server] client_timeout_s",
+            server.client_timeout_s,
+            &CLIENT_TIMEOUT_S_RANGE,
+            " (seconds)",
+        )?;
+        within(
+            path,
+            "[server] max_connections",
+            server.max_connections,
+            &MAX_CONNECTIONS_RANGE,
+            "",
+        )?;
+        within(
+            path,
+            "[store] wal_mb",
+            config.store.wal_mb,
+            &WAL_MB_RANGE,
+            " (MB)",
+        )?;
         if let Some(conn) = &config.store.postgres {
             crate::store::postgres::parse_config(conn, None).map_err(|e| Error::Config {
                 path: path.to_path_buf(),
@@ -544,6 +532,27 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// A refusal naming `key` when `value` is outside `range` (`unit` follows the range).
+fn within<T: PartialOrd + std::fmt::Display>(
+    path: &Path,
+    key: &str,
+    value: T,
+    range: &std::ops::RangeInclusive<T>,
+    unit: &str,
+) -> Result<()> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(Error::Config {
+        path: path.to_path_buf(),
+        message: format!(
+            "{key} = {value} is outside {}..={}{unit}",
+            range.start(),
+            range.end()
+        ),
+    })
 }
 
 #[cfg(test)]
