@@ -228,6 +228,7 @@ fn main() {
             listener,
             app,
             rolegate::server::Limits::default(),
+            None,
             std::future::pending(),
         ));
         (url, tokens)

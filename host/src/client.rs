@@ -1,6 +1,7 @@
 //! The CLI's side of the API: a small client for the daemon, with human and JSON output.
 
 use std::io::Write as _;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -16,22 +17,89 @@ pub struct Client {
 }
 
 fn transport(url: &str, e: reqwest::Error) -> Error {
+    // reqwest's own message is only "error sending request": the cause is in its sources.
+    let e = e.without_url();
+    let mut why = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        why = format!("{why}: {s}");
+        source = s.source();
+    }
+    let hint = if why.contains("certificate") {
+        "the daemon's certificate is not trusted: set --ca-file or ROLEGATE_CA_FILE to the CA that signed it"
+    } else {
+        "is `rolegate serve` running? set --server or ROLEGATE_URL"
+    };
     Error::Io {
-        what: format!(
-            "cannot reach the rolegate daemon at {url} (is `rolegate serve` running? set --server or ROLEGATE_URL)"
-        ),
-        source: std::io::Error::other(e.without_url().to_string()),
+        what: format!("cannot reach the rolegate daemon at {url} ({hint})"),
+        source: std::io::Error::other(why),
     }
 }
 
+/// Whether `url` names this machine (a token sent there in clear does not cross a network).
+fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 impl Client {
-    /// A client of the daemon at `base` (`http://127.0.0.1:8420`).
-    pub fn new(base: &str, token: Option<String>) -> Self {
-        Self {
-            base: base.trim_end_matches('/').to_string(),
-            token,
-            http: reqwest::Client::new(),
+    /// A client of the daemon at `base` (`http://127.0.0.1:8420`, `https://pam.example.org:8420`),
+    /// trusting the certificates in `ca_file` (PEM) beside the system's. A token is never
+    /// sent over plain HTTP to another machine.
+    pub fn new(base: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Self> {
+        let base = base.trim_end_matches('/').to_string();
+        let bad_url = |message: String| Error::Invalid {
+            what: format!("server URL `{base}`"),
+            message,
+        };
+        let url = reqwest::Url::parse(&base).map_err(|e| bad_url(e.to_string()))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if token.is_none() || is_loopback(&url) => {}
+            "http" => {
+                return Err(bad_url(
+                    "plain HTTP to another machine would send the token unencrypted: use https:// (the daemon's [server] tls_cert, or a TLS proxy in front of it)".into(),
+                ));
+            }
+            other => {
+                return Err(bad_url(format!(
+                    "the scheme `{other}` is not http or https"
+                )));
+            }
         }
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|source| Error::Io {
+                what: format!("cannot read the CA file {}", path.display()),
+                source,
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| Error::Invalid {
+                    what: format!("CA file {}", path.display()),
+                    message: format!("not a PEM certificate bundle: {e}"),
+                })?;
+            if certs.is_empty() {
+                return Err(Error::Invalid {
+                    what: format!("CA file {}", path.display()),
+                    message: "holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)"
+                        .into(),
+                });
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        let http = builder.build().map_err(|e| Error::Invalid {
+            what: "HTTP client".into(),
+            message: e.to_string(),
+        })?;
+        Ok(Self { base, token, http })
     }
 
     /// Sends one call; an error answer becomes an error naming the server's message.
@@ -333,5 +401,56 @@ pub fn request_summary(v: &Value) -> String {
                 .unwrap_or_default()
         ),
         None => format!("request {id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_never_goes_in_clear_to_another_machine() {
+        let token = || Some("rg_secret".to_string());
+        for local in [
+            "http://127.0.0.1:8420",
+            "http://localhost:8420/",
+            "http://[::1]:8420",
+            "https://pam.example.org:8420",
+        ] {
+            assert!(Client::new(local, token(), None).is_ok(), "{local}");
+        }
+        let e = Client::new("http://pam.example.org:8420", token(), None).unwrap_err();
+        let message = e.to_string();
+        assert!(
+            message.contains("server URL `http://pam.example.org:8420`")
+                && message.contains("would send the token unencrypted")
+                && !message.contains("rg_secret"),
+            "{message}"
+        );
+        // Without a token nothing secret is sent (the web page, /healthz).
+        assert!(Client::new("http://pam.example.org:8420", None, None).is_ok());
+        let e = Client::new("ftp://127.0.0.1", None, None).unwrap_err();
+        assert!(e.to_string().contains("`ftp` is not http or https"), "{e}");
+        let e = Client::new("127.0.0.1:8420", None, None).unwrap_err();
+        assert!(e.to_string().contains("server URL `127.0.0.1:8420`"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate\n").unwrap();
+        let e = Client::new("https://127.0.0.1:8420", None, Some(&ca)).unwrap_err();
+        assert!(
+            e.to_string().contains("ca.pem") && e.to_string().contains("holds no certificate"),
+            "{e}"
+        );
+        let missing = dir.path().join("missing.pem");
+        let e = Client::new("https://127.0.0.1:8420", None, Some(&missing)).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot read the CA file")
+                && e.to_string().contains("missing.pem"),
+            "{e}"
+        );
     }
 }

@@ -52,6 +52,12 @@ pub struct ServerConfig {
     /// Allow `listen` beyond the loopback interface although the API speaks plain HTTP.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// The certificate chain (PEM) to serve HTTPS with; with `tls_key`.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM, a private file); with `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -85,6 +91,8 @@ impl Default for ServerConfig {
             client_timeout_s: DEFAULT_CLIENT_TIMEOUT_S,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             allow_plaintext: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -103,15 +111,20 @@ impl ServerConfig {
                 ));
             }
         };
-        if self.allow_plaintext {
+        if self.allow_plaintext || self.tls().is_some() {
             return None;
         }
         let beyond = addrs.iter().find(|a| !a.ip().is_loopback())?;
         Some(format!(
-            "[server] listen = `{}` reaches beyond this machine ({}): rolegate speaks plain HTTP, so API tokens and MFA codes would cross the network unencrypted. Listen on 127.0.0.1 behind a TLS reverse proxy, or set [server] allow_plaintext = true if the path to the clients is protected otherwise (a private link, a mesh that does TLS)",
+            "[server] listen = `{}` reaches beyond this machine ({}): rolegate speaks plain HTTP, so API tokens and MFA codes would cross the network unencrypted. Set [server] tls_cert and tls_key to serve HTTPS, listen on 127.0.0.1 behind a TLS reverse proxy, or set [server] allow_plaintext = true if the path to the clients is protected otherwise (a private link, a mesh that does TLS)",
             self.listen,
             beyond.ip()
         ))
+    }
+
+    /// The certificate and key files, when the API is served over HTTPS.
+    pub fn tls(&self) -> Option<(&Path, &Path)> {
+        self.tls_cert.as_deref().zip(self.tls_key.as_deref())
     }
 
     /// The limits the HTTP server puts on clients.
@@ -405,6 +418,14 @@ impl Config {
         {
             *p = base.join(&*p);
         }
+        for p in [&mut config.server.tls_cert, &mut config.server.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
         if let Some(w) = &mut config.plugins.worker
             && w.is_relative()
         {
@@ -448,6 +469,19 @@ impl Config {
             });
         }
         let server = &config.server;
+        if server.tls_cert.is_some() != server.tls_key.is_some() {
+            let (set, missing) = if server.tls_cert.is_some() {
+                ("tls_cert", "tls_key")
+            } else {
+                ("tls_key", "tls_cert")
+            };
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "[server] {set} is set but {missing} is not: HTTPS needs the certificate chain (tls_cert) and its private key (tls_key)"
+                ),
+            });
+        }
         within(
             path,
             "[server] client_timeout_s",
@@ -658,6 +692,43 @@ mod tests {
                 .server
                 .allow_plaintext
         );
+        // HTTPS may listen anywhere.
+        let tls = ServerConfig {
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            ..server("0.0.0.0:8420", false)
+        };
+        assert_eq!(tls.listen_refusal(), None);
+    }
+
+    #[test]
+    fn https_needs_both_files_named_beside_the_config() {
+        use std::os::unix::fs::PermissionsExt as _;
+        for (set, missing) in [("tls_cert", "tls_key"), ("tls_key", "tls_cert")] {
+            let e = parse(&format!("[server]\n{set} = \"x.pem\"")).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("[server] {set} is set but {missing} is not")),
+                "{e}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rolegate.toml");
+        std::fs::write(
+            &p,
+            "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"/etc/rolegate/key.pem\"",
+        )
+        .unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(
+            c.server.tls(),
+            Some((
+                dir.path().join("cert.pem").as_path(),
+                Path::new("/etc/rolegate/key.pem")
+            ))
+        );
+        assert_eq!(parse("").unwrap().server.tls(), None);
     }
 
     #[test]

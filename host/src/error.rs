@@ -32,6 +32,15 @@ pub enum Error {
         mode: u32,
     },
 
+    /// The daemon's TLS certificate or key cannot be served.
+    #[error("TLS {path}: {message}")]
+    Tls {
+        /// The certificate or key file.
+        path: PathBuf,
+        /// What is wrong with it (never the key's bytes).
+        message: String,
+    },
+
     /// A provider library was refused at load time.
     #[error("provider `{id}`: {library}: {reason}")]
     Load {

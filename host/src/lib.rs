@@ -21,6 +21,7 @@ pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod tokens;
 pub mod users;
 pub mod web;

@@ -34,6 +34,9 @@ struct Cli {
     /// Your API token (prefer the environment variable: command lines are visible to others).
     #[arg(long, global = true, env = "ROLEGATE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A CA certificate bundle (PEM) to trust for the daemon's HTTPS, beside the system's.
+    #[arg(long, global = true, env = "ROLEGATE_CA_FILE")]
+    ca_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -412,8 +415,13 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // The CLI says why a certificate is not trusted in its own error.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
+                }),
         )
+        // Colours for a terminal only, not for a journal or a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -455,8 +463,13 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let (server, token, json) = (cli.server.clone(), cli.token.clone(), cli.json);
-    let go = |r: Remote| remote(&server, token.clone(), json, r);
+    let daemon = Daemon {
+        server: cli.server.clone(),
+        token: cli.token.clone(),
+        ca_file: cli.ca_file.clone(),
+    };
+    let json = cli.json;
+    let go = |r: Remote| remote(&daemon, json, r);
     match cli.command {
         Command::User { command } => go(Remote::User(command)),
         Command::Role { command } => go(Remote::Role(command)),
@@ -489,9 +502,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ProviderCommand::List {
                 config: Some(config),
             } => list(&config, cli.json),
-            ProviderCommand::List { config: None } => {
-                remote(&cli.server, cli.token, cli.json, Remote::Providers)
-            }
+            ProviderCommand::List { config: None } => remote(&daemon, cli.json, Remote::Providers),
             ProviderCommand::Pin { library } => {
                 let hash = plugins::library::sha256_file(&library)
                     .with_context(|| format!("cannot read {}", library.display()))?;
@@ -640,15 +651,21 @@ fn role_body(
     Ok(v)
 }
 
-fn remote(
-    server: &str,
+/// The daemon the CLI talks to, and how.
+struct Daemon {
+    server: String,
     token: Option<String>,
-    json: bool,
-    what: Remote,
-) -> anyhow::Result<ExitCode> {
+    ca_file: Option<PathBuf>,
+}
+
+fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode> {
     use rolegate::client::{Client, request_summary, segment, table};
     use serde_json::json;
-    let client = Client::new(server, token);
+    let client = Client::new(
+        &daemon.server,
+        daemon.token.clone(),
+        daemon.ca_file.as_deref(),
+    )?;
     let rt = runtime()?;
     let (value, columns): (serde_json::Value, Option<&[(&str, &str)]>) = rt.block_on(async {
         anyhow::Ok(match what {
@@ -1029,6 +1046,15 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
     if let Some(refusal) = config.server.listen_refusal() {
         anyhow::bail!("{}: {refusal}", config_path.display());
     }
+    // The certificate and key are checked before anything opens: a wrong file names itself.
+    let tls = match config.server.tls() {
+        Some((cert, key)) => Some(Arc::new(rolegate::tls::ServerTls::load(
+            cert,
+            key,
+            jiff::Timestamp::now(),
+        )?)),
+        None => None,
+    };
     let rt = runtime()?;
     let served = rt.block_on(async move {
         let now = jiff::Timestamp::now().as_millisecond();
@@ -1202,10 +1228,14 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!(
-            "rolegate: serving on http://{} (web page at /, OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops",
+            "rolegate: serving on {scheme}://{} (web page at /, OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops",
             listener.local_addr()?
         );
+        if let Some(tls) = &tls {
+            watch_certificate(Arc::clone(tls))?;
+        }
         let app = rolegate::api::Api::new(service)
             .with_directory(config.directory.clone())
             .router();
@@ -1222,7 +1252,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             };
             eprintln!("rolegate: stopping ({signal}): finishing the requests in progress");
         };
-        rolegate::server::serve(listener, app, limits, stop).await;
+        rolegate::server::serve(listener, app, limits, tls, stop).await;
         store.close();
         eprintln!("rolegate: stopped");
         anyhow::Ok(())
@@ -1231,6 +1261,60 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
     rt.shutdown_timeout(Duration::from_secs(5));
     served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says which certificate HTTPS is served with, reloads it on SIGHUP (what a renewal hook
+/// sends: `systemctl reload rolegate`), and warns twice a day while it nears its end.
+fn watch_certificate(tls: std::sync::Arc<rolegate::tls::ServerTls>) -> anyhow::Result<()> {
+    use rolegate::tls::EXPIRY_WARNING;
+    let file = tls.cert_path().display().to_string();
+    let near_end = move |s: &rolegate::tls::CertSummary| {
+        let left = jiff::Timestamp::now().duration_until(s.not_after);
+        if left < EXPIRY_WARNING {
+            tracing::warn!(
+                certificate = %s.subject,
+                not_after = %s.not_after,
+                file = %file,
+                "the TLS certificate ends in less than 14 days: renew it, then send SIGHUP"
+            );
+        }
+    };
+    if let Some(s) = tls.summary() {
+        eprintln!("rolegate: TLS with {s} ({})", tls.cert_path().display());
+        near_end(&s);
+    }
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot listen for SIGHUP")?;
+    let mut twice_a_day = tokio::time::interval(Duration::from_secs(12 * 3600));
+    twice_a_day.reset();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = hup.recv() => {
+                    if got.is_none() {
+                        break;
+                    }
+                    match tls.reload(jiff::Timestamp::now()) {
+                        Ok(s) => {
+                            // A lifecycle line like the others (a closed stderr is no reason to panic).
+                            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("rolegate: TLS reloaded: {s}\n"));
+                            near_end(&s);
+                        }
+                        Err(e) => tracing::error!(
+                            error = %e,
+                            "TLS reload refused: new handshakes keep the certificate in use"
+                        ),
+                    }
+                }
+                _ = twice_a_day.tick() => {
+                    if let Some(s) = tls.summary() {
+                        near_end(&s);
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Raises the soft limit on open files as far as `max_connections` clients (each a file

@@ -23,6 +23,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::tls::ServerTls;
+
 /// What the server allows its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -63,12 +65,14 @@ struct BodyLimits {
     budget: Arc<Semaphore>,
 }
 
-/// Serves `router` on `listener` under `limits` until `stop` completes, then stops accepting,
-/// lets the requests in progress finish (up to `limits.drain`), and returns.
+/// Serves `router` on `listener` under `limits` — over HTTPS when `tls` is given — until
+/// `stop` completes, then stops accepting, lets the requests in progress finish (up to
+/// `limits.drain`), and returns.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<Arc<ServerTls>>,
     stop: impl Future<Output = ()>,
 ) {
     let budget_kib = (limits.body_budget / 1024).clamp(MAX_BODY / 1024, Semaphore::MAX_PERMITS);
@@ -92,6 +96,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.client_timeout)
         .keep_alive(true);
+    let http1 = Arc::new(http1);
     let mut stop = std::pin::pin!(stop);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -115,20 +120,29 @@ pub async fn serve(
         // Responses go out as soon as they are written (each is one write).
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let mut stopping = stopping.clone();
-        let conn = http1.serve_connection(TokioIo::new(stream), service);
-        tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            let stop = async move { stopping.wait_for(|s| *s).await.map(|_| ()) };
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+        let stopping = stopping.clone();
+        match &tls {
+            None => {
+                let conn = http1.serve_connection(TokioIo::new(stream), service);
+                tokio::spawn(async move {
+                    drive(conn, stopping).await;
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(tls) => {
+                let (acceptor, http1) = (tls.acceptor(), Arc::clone(&http1));
+                let timeout = limits.client_timeout;
+                tokio::spawn(async move {
+                    // The handshake has the client timeout too: a client that opens a
+                    // connection and says nothing must not hold it.
+                    if let Some(stream) = handshake(acceptor, stream, timeout).await {
+                        let conn = http1.serve_connection(TokioIo::new(stream), service);
+                        drive(conn, stopping).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     let _ = stopping_tx.send(true);
@@ -141,6 +155,75 @@ pub async fn serve(
             connections = max - open.available_permits(),
             "stopping with requests still in progress"
         );
+    }
+}
+
+/// Serves one connection until it ends, or until a stop: then its request in progress
+/// finishes and the connection closes.
+async fn drive<I>(
+    conn: hyper::server::conn::http1::Connection<I, TowerToHyperService<Router>>,
+    mut stopping: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let mut conn = std::pin::pin!(conn);
+    let stop = async move { stopping.wait_for(|s| *s).await.map(|_| ()) };
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = stop => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// What a client that speaks plain HTTP to the HTTPS port is told, instead of a handshake
+/// failure it cannot read.
+const PLAIN_TO_TLS: &str = r#"{"error":{"code":"https_required","message":"this port serves HTTPS: use an https:// URL for the rolegate API"}}"#;
+
+/// The TLS handshake, within `timeout`; `None` when it fails (a scanner, a client that does
+/// not trust the certificate — which it says in its own alert) or a plain-HTTP client.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let deadline = tokio::time::Instant::now() + timeout;
+    // A TLS connection opens with a handshake record (0x16); a letter is an HTTP method.
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut first)).await;
+    match peeked {
+        Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+            let mut stream = stream;
+            let answer = format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{PLAIN_TO_TLS}",
+                PLAIN_TO_TLS.len()
+            );
+            let _ = tokio::time::timeout_at(deadline, stream.write_all(answer.as_bytes())).await;
+            let _ = stream.shutdown().await;
+            // What the client sent is read (a little, briefly) before the socket closes: closed
+            // with unread bytes, it would reset the connection and lose the answer.
+            let mut sink = [0u8; 4096];
+            for _ in 0..16 {
+                match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut sink)).await
+                {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => break,
+                }
+            }
+            return None;
+        }
+        Ok(Ok(1)) => {}
+        _ => return None,
+    }
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "a TLS handshake failed");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -296,7 +379,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router, limits, async move {
+        let server = tokio::spawn(serve(listener, router, limits, None, async move {
             let _ = rx.await;
         }));
         (addr, tx, server)

@@ -41,6 +41,27 @@ impl Daemon {
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
+    /// Sends SIGHUP (as `systemctl reload` does).
+    pub fn hangup(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill only sends a signal, to the child this value owns (not yet waited for).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    }
+
+    /// The next line the daemon prints that contains `needle`, waiting up to 10 s; the lines
+    /// before it are dropped.
+    pub fn said(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("the daemon did not say `{needle}` within 10 s");
+    }
+
     /// Sends SIGTERM (as systemd stops a service) and waits for the exit (up to 20 s): its
     /// status, what it printed meanwhile, and its folder for a restart.
     pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>, tempfile::TempDir) {

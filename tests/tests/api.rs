@@ -1969,3 +1969,133 @@ async fn server_limits_in_the_config_are_applied_and_bad_ones_refused() {
         .unwrap_or(0);
     assert_eq!(n, 0, "{}", String::from_utf8_lossy(&buf[..n]));
 }
+
+/// The daemon's own HTTPS, as an admin sets it up: refused files named before anything opens,
+/// the CLI trusting a private CA, a plain-HTTP client told to use https, a silent client cut off,
+/// and a renewed certificate taken on SIGHUP while a broken one is not.
+#[tokio::test]
+async fn https_from_the_config_reloads_on_sighup_and_refuses_bad_files() {
+    use rolegate_e2e::phonefactor::pki;
+    use std::os::unix::fs::PermissionsExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // Two test PKIs: the certificate served first, and its renewal from another CA.
+    let (first, renewal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    pki(first.path());
+    pki(renewal.path());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(first.path().join("server.pem"), &cert).unwrap();
+    std::fs::copy(first.path().join("server.key"), &key).unwrap();
+    let cfg = dir.path().join("rolegate.toml");
+    let config = |server: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nclient_timeout_s = 2\n{server}\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
+            hello_lib().display()
+        )
+    };
+    let refused = |server: &str| {
+        write_private(&cfg, &config(server));
+        let out = Command::new(rolegate_bin())
+            .args(["serve", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            !dir.path().join("rolegate.db").exists(),
+            "a database was created"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let both = "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"";
+    let said = refused("tls_cert = \"cert.pem\"");
+    assert!(
+        said.contains("[server] tls_cert is set but tls_key is not"),
+        "{said}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let said = refused(both);
+    assert!(
+        said.contains("key.pem is readable by group or others (mode 644)"),
+        "{said}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let said = refused("tls_cert = \"key.pem\"\ntls_key = \"key.pem\"");
+    assert!(said.contains("key.pem: holds no certificate"), "{said}");
+    let said = refused(&format!(
+        "tls_cert = \"cert.pem\"\ntls_key = \"{}\"",
+        renewal.path().join("server.key").display()
+    ));
+    assert!(
+        said.contains("server.key: is not the key of the certificate in")
+            && !said.contains("BEGIN"),
+        "{said}"
+    );
+
+    write_private(&cfg, &config(both));
+    let d = serve_config(dir, &cfg);
+    assert!(d.url.starts_with("https://127.0.0.1:"), "{}", d.url);
+    // The test certificates live two days: the daemon says so.
+    d.said("ends in less than 14 days");
+    let ca_first = first.path().join("ca.pem");
+    let ca_renewal = renewal.path().join("ca.pem");
+    let ca = |path: &std::path::Path| ["--ca-file".to_string(), path.display().to_string()];
+    let list = |ca_args: &[String]| {
+        let mut args: Vec<&str> = ca_args.iter().map(String::as_str).collect();
+        args.extend(["provider", "list"]);
+        cli(&d, &d.admin, &args, "")
+    };
+    let (ok, out) = list(&ca(&ca_first));
+    assert!(ok && out.contains("hello"), "{out}");
+    // Without the private CA the CLI refuses the daemon, and says what to do.
+    let (ok, out) = list(&[]);
+    assert!(
+        !ok && out.contains("set --ca-file or ROLEGATE_CA_FILE"),
+        "{out}"
+    );
+    let addr = d.url.trim_start_matches("https://").to_string();
+    // Plain HTTP to the HTTPS port: a readable refusal, not a broken handshake.
+    let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut answer))
+        .await
+        .expect("no answer to plain HTTP")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("use an https:// URL"),
+        "{answer}"
+    );
+    // A client that connects and never starts its handshake is cut off after 2 s.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the silent client was never cut off")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(1_500));
+
+    // A renewal half done (the new key beside the old certificate) is refused; HTTPS goes on
+    // with the certificate in use.
+    std::fs::copy(renewal.path().join("server.key"), &key).unwrap();
+    d.hangup();
+    let line = d.said("TLS reload refused");
+    assert!(line.contains("is not the key of the certificate"), "{line}");
+    let (ok, out) = list(&ca(&ca_first));
+    assert!(ok, "{out}");
+    // The whole renewal is taken on the next SIGHUP, for new connections.
+    std::fs::copy(renewal.path().join("server.pem"), &cert).unwrap();
+    d.hangup();
+    d.said("rolegate: TLS reloaded: certificate CN=server");
+    let (ok, out) = list(&ca(&ca_renewal));
+    assert!(ok && out.contains("hello"), "{out}");
+    let (ok, out) = list(&ca(&ca_first));
+    // (Both test CAs have one name: the old one's key does not check the new certificate.)
+    assert!(!ok && out.contains("invalid peer certificate"), "{out}");
+}
