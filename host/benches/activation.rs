@@ -21,6 +21,10 @@
 //! generator's timer has millisecond steps: an activation may start up to 1 ms after its
 //! schedule, and that counts against it too.)
 //!
+//! `ROLEGATE_BENCH_TLS=1` serves HTTPS (a P-256 certificate made with the openssl command,
+//! TLS 1.3, one handshake per kept-alive connection), to measure what the daemon's own TLS
+//! costs per activation.
+//!
 //! Under the table, one line per level gives the tail (p95 … max, the share of activations
 //! of 10 ms or more) and the host's own unsteadiness meanwhile: the share of 50-ms windows in
 //! which a light probe (~25 µs of fixed arithmetic every 2 ms, ~1% of one core) ran at half
@@ -120,6 +124,9 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    let tls_files = std::env::var("ROLEGATE_BENCH_TLS")
+        .is_ok_and(|v| v == "1")
+        .then(|| test_certificate(dir.path()));
     let (url, user_tokens) = server_rt.block_on(async {
         // ROLEGATE_BENCH_POSTGRES names an empty PostgreSQL database to run on instead.
         let store = Arc::new(match std::env::var("ROLEGATE_BENCH_POSTGRES") {
@@ -223,12 +230,15 @@ fn main() {
         let app = rolegate::api::Api::new(service)
             .router()
             .layer(axum::middleware::from_fn(timed));
+        let tls = tls_files.as_ref().map(|(cert, key, _)| {
+            Arc::new(rolegate::tls::ServerTls::load(cert, key, jiff::Timestamp::now()).unwrap())
+        });
         // The daemon's own server (its limits, TCP_NODELAY, the body deadline), never stopped.
         tokio::spawn(rolegate::server::serve(
             listener,
             app,
             rolegate::server::Limits::default(),
-            None,
+            tls,
             std::future::pending(),
         ));
         (url, tokens)
@@ -263,6 +273,20 @@ fn main() {
     let used: Arc<Vec<AtomicU64>> =
         Arc::new((0..tokens.len()).map(|_| AtomicU64::new(0)).collect());
     let addr = url.trim_start_matches("http://").to_string();
+    let tls_client = tls_files.as_ref().map(|(_, _, ca)| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+    });
+    if tls_client.is_some() {
+        println!("(HTTPS: the daemon's own TLS, one handshake per worker's connection)");
+    }
     // ROLEGATE_BENCH_C="32" runs only the listed concurrencies (for a profile of one).
     let levels: Vec<usize> = std::env::var("ROLEGATE_BENCH_C")
         .ok()
@@ -294,10 +318,11 @@ fn main() {
             let mut tasks = Vec::new();
             for w in 0..c {
                 let (addr, tokens, used) = (addr.clone(), Arc::clone(&tokens), Arc::clone(&used));
+                let tls_client = tls_client.clone();
                 tasks.push(tokio::spawn(async move {
                     // One kept-alive connection per worker, as a load generator (wrk, oha)
                     // holds them: the client's own cost stays small beside the server's.
-                    let mut conn = Conn::open(&addr).await;
+                    let mut conn = Conn::open(&addr, tls_client).await;
                     let mut lat = Vec::new();
                     let mut i = w;
                     let mut waits = 0u64;
@@ -551,17 +576,97 @@ struct Done {
     reason: Option<String>,
 }
 
+/// A certificate for 127.0.0.1 from a CA of its own, made with the openssl command: the
+/// certificate and key files, and the CA's certificate for the client.
+fn test_certificate(
+    dir: &std::path::Path,
+) -> (PathBuf, PathBuf, rustls::pki_types::CertificateDer<'static>) {
+    use rustls::pki_types::pem::PemObject as _;
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=bench CA",
+    ]);
+    openssl(&ca);
+    let mut req = vec!["req"];
+    req.extend(ec);
+    req.extend([
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+        "-subj",
+        "/CN=bench",
+    ]);
+    openssl(&req);
+    std::fs::write(dir.join("tls.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "tls.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "tls.ext",
+    ]);
+    let ca = rustls::pki_types::CertificateDer::from_pem_file(dir.join("ca.pem")).unwrap();
+    (dir.join("tls.pem"), dir.join("tls.key"), ca)
+}
+
+/// Plain TCP or TLS under the client.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
 /// A minimal HTTP/1.1 keep-alive client: the request line, three headers, a JSON body; the
 /// answer read to its Content-Length.
 struct Conn {
-    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    stream: tokio::io::BufReader<Box<dyn Stream>>,
     host: String,
 }
 
 impl Conn {
-    async fn open(addr: &str) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
+    async fn open(addr: &str, tls: Option<tokio_rustls::TlsConnector>) -> Self {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let stream: Box<dyn Stream> = match tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::IpAddress(
+                    "127.0.0.1".parse::<std::net::IpAddr>().unwrap().into(),
+                );
+                Box::new(tls.connect(name, tcp).await.unwrap())
+            }
+        };
         Self {
             stream: tokio::io::BufReader::new(stream),
             host: addr.to_string(),
@@ -583,6 +688,7 @@ impl Conn {
         .into_bytes();
         req.extend_from_slice(body);
         self.stream.get_mut().write_all(&req).await.unwrap();
+        self.stream.get_mut().flush().await.unwrap();
         let mut line = String::new();
         self.stream.read_line(&mut line).await.unwrap();
         assert!(line.starts_with("HTTP/1.1 20"), "{line}");

@@ -168,8 +168,14 @@ fn read_pair(
         source,
     })?;
     // The key's bytes are never put in a message: only what kind of problem it is.
+    let encrypted = key_pem
+        .windows(b"ENCRYPTED PRIVATE KEY".len())
+        .any(|w| w == b"ENCRYPTED PRIVATE KEY");
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
         let why = match e {
+            _ if encrypted => {
+                "is encrypted: a daemon cannot type its passphrase; store it decrypted (`openssl pkey -in KEY -out KEY.new`) with mode 0600".to_string()
+            }
             rustls::pki_types::pem::Error::NoItemsFound => {
                 "holds no private key (expected PEM: PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY)"
                     .to_string()

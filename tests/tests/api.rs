@@ -2022,6 +2022,21 @@ async fn https_from_the_config_reloads_on_sighup_and_refuses_bad_files() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let said = refused("tls_cert = \"key.pem\"\ntls_key = \"key.pem\"");
     assert!(said.contains("key.pem: holds no certificate"), "{said}");
+    let encrypted = dir.path().join("encrypted.pem");
+    let out = Command::new("openssl")
+        .args(["pkey", "-aes256", "-passout", "pass:x", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&encrypted)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    std::fs::set_permissions(&encrypted, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let said = refused("tls_cert = \"cert.pem\"\ntls_key = \"encrypted.pem\"");
+    assert!(
+        said.contains("encrypted.pem: is encrypted: a daemon cannot type its passphrase"),
+        "{said}"
+    );
     let said = refused(&format!(
         "tls_cert = \"cert.pem\"\ntls_key = \"{}\"",
         renewal.path().join("server.key").display()
