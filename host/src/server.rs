@@ -134,8 +134,13 @@ pub async fn serve(
                 let timeout = limits.client_timeout;
                 tokio::spawn(async move {
                     // The handshake has the client timeout too: a client that opens a
-                    // connection and says nothing must not hold it.
-                    if let Some(stream) = handshake(acceptor, stream, timeout).await {
+                    // connection and says nothing must not hold it; nor may it hold up a stop.
+                    let mut stop = stopping.clone();
+                    let shaken = tokio::select! {
+                        s = handshake(acceptor, stream, timeout) => s,
+                        _ = stop.wait_for(|s| *s) => None,
+                    };
+                    if let Some(stream) = shaken {
                         let conn = http1.serve_connection(TokioIo::new(stream), service);
                         drive(conn, stopping).await;
                     }
@@ -366,6 +371,18 @@ mod tests {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
     ) {
+        start_on(limits, None).await
+    }
+
+    /// Like [`start`], over HTTPS when `tls` is given.
+    async fn start_on(
+        limits: Limits,
+        tls: Option<Arc<ServerTls>>,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let router = Router::new()
             .route("/", get(|| async { "ok" }))
             .route("/echo", post(|body: String| async move { body }))
@@ -379,7 +396,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router, limits, None, async move {
+        let server = tokio::spawn(serve(listener, router, limits, tls, async move {
             let _ = rx.await;
         }));
         (addr, tx, server)
@@ -644,5 +661,68 @@ mod tests {
             .expect("the server returned")
             .unwrap();
         assert!(TcpStream::connect(addr).await.is_err(), "still accepting");
+    }
+
+    /// A self-signed certificate and its key, made with the openssl command.
+    fn self_signed(dir: &std::path::Path) -> Arc<ServerTls> {
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args([
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=t",
+            ])
+            .args(["-keyout", "key.pem", "-out", "cert.pem"])
+            .current_dir(dir)
+            .output()
+            .expect("the openssl command (scripts/test installs it)");
+        assert!(out.status.success(), "{out:?}");
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(dir.join("key.pem"), private).unwrap();
+        }
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        Arc::new(ServerTls::load(&cert, &key, jiff::Timestamp::now()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn https_answers_plain_http_and_a_stop_does_not_wait_for_a_silent_handshake() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = self_signed(dir.path());
+        // A client timeout and a drain far longer than the stop may take.
+        let limits = Limits {
+            client_timeout: Duration::from_secs(60),
+            drain: Duration::from_secs(30),
+            ..Limits::default()
+        };
+        let (addr, stop, server) = start_on(limits, Some(tls)).await;
+        let mut plain = TcpStream::connect(addr).await.unwrap();
+        plain
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut plain).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains("\"https_required\""),
+            "{answer}"
+        );
+        let silent = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stopping = Instant::now();
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(40), server)
+            .await
+            .expect("the server never stopped")
+            .unwrap();
+        assert!(
+            stopping.elapsed() < Duration::from_secs(5),
+            "the stop waited {:?} for a client that never started its handshake",
+            stopping.elapsed()
+        );
+        drop(silent);
     }
 }
