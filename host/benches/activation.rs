@@ -237,7 +237,11 @@ fn main() {
         tokio::spawn(rolegate::server::serve(
             listener,
             app,
-            rolegate::server::Limits::default(),
+            // Every worker connects from 127.0.0.1: any concurrency asked for is served.
+            rolegate::server::Limits {
+                max_connections_per_client: rolegate::config::DEFAULT_MAX_CONNECTIONS,
+                ..Default::default()
+            },
             tls,
             std::future::pending(),
         ));

@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// Open connections at most (beyond them, new ones are closed at once).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open connections from one client address at most (IPv6: one /64).
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
     /// Allow `listen` beyond the loopback interface although the API speaks plain HTTP.
     #[serde(default)]
     pub allow_plaintext: bool,
@@ -84,12 +87,20 @@ fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS
 }
 
+/// The default of `[server] max_connections_per_client`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 128;
+
+fn default_max_connections_per_client() -> usize {
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
             client_timeout_s: DEFAULT_CLIENT_TIMEOUT_S,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             allow_plaintext: false,
             tls_cert: None,
             tls_key: None,
@@ -132,6 +143,7 @@ impl ServerConfig {
         crate::server::Limits {
             client_timeout: Duration::from_secs(self.client_timeout_s),
             max_connections: self.max_connections,
+            max_connections_per_client: self.max_connections_per_client,
             ..crate::server::Limits::default()
         }
     }
@@ -498,6 +510,13 @@ impl Config {
         )?;
         within(
             path,
+            "[server] max_connections_per_client",
+            server.max_connections_per_client,
+            &MAX_CONNECTIONS_RANGE,
+            "",
+        )?;
+        within(
+            path,
             "[store] wal_mb",
             config.store.wal_mb,
             &WAL_MB_RANGE,
@@ -739,9 +758,17 @@ mod tests {
             Duration::from_secs(DEFAULT_CLIENT_TIMEOUT_S)
         );
         assert_eq!(c.server.limits().max_connections, DEFAULT_MAX_CONNECTIONS);
-        let c = parse("[server]\nclient_timeout_s = 5\nmax_connections = 64").unwrap();
+        assert_eq!(
+            c.server.limits().max_connections_per_client,
+            DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+        );
+        let c = parse(
+            "[server]\nclient_timeout_s = 5\nmax_connections = 64\nmax_connections_per_client = 8",
+        )
+        .unwrap();
         assert_eq!(c.server.limits().client_timeout, Duration::from_secs(5));
         assert_eq!(c.server.limits().max_connections, 64);
+        assert_eq!(c.server.limits().max_connections_per_client, 8);
         for bad in ["0", "3601"] {
             let e = parse(&format!("[server]\nclient_timeout_s = {bad}")).unwrap_err();
             assert!(
@@ -755,6 +782,12 @@ mod tests {
         assert!(
             e.to_string()
                 .contains("[server] max_connections = 0 is outside 1..=1000000"),
+            "{e}"
+        );
+        let e = parse("[server]\nmax_connections_per_client = 0").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[server] max_connections_per_client = 0 is outside 1..=1000000"),
             "{e}"
         );
         let e = parse("[server]\nmax_conections = 10").unwrap_err();

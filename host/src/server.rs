@@ -8,6 +8,7 @@
 //! user is refused with it.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,6 +34,9 @@ pub struct Limits {
     pub client_timeout: Duration,
     /// Open connections at most; one accepted beyond them is closed at once.
     pub max_connections: usize,
+    /// Open connections from one client address at most (IPv6: one /64), so that one client
+    /// cannot take every place in `max_connections`.
+    pub max_connections_per_client: usize,
     /// How long a stop waits for requests in progress before it gives up on them.
     pub drain: Duration,
     /// Bytes of request bodies over [`SMALL_BODY`] held at once, across all connections: a
@@ -45,6 +49,7 @@ impl Default for Limits {
         Self {
             client_timeout: Duration::from_secs(crate::config::DEFAULT_CLIENT_TIMEOUT_S),
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: crate::config::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             drain: Duration::from_secs(10),
             body_budget: 64 << 20,
         }
@@ -90,6 +95,8 @@ pub async fn serve(
     let open = Arc::new(Semaphore::new(max));
     let (stopping_tx, stopping) = watch::channel(false);
     let refused = Refused::default();
+    let per_client = Arc::new(PerClient::new(limits.max_connections_per_client));
+    let refused_client = Refused::default();
     // One connection setting for all: the header deadline (which also ends idle keep-alives).
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
@@ -99,7 +106,7 @@ pub async fn serve(
     let http1 = Arc::new(http1);
     let mut stop = std::pin::pin!(stop);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut stop => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -112,11 +119,31 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+        let Some(place) = PerClient::enter(&per_client, peer.ip()) else {
             drop(stream);
-            refused.note(max);
+            refused_client.note(|n| {
+                tracing::warn!(
+                    refused = n,
+                    client = %client_key(peer.ip()),
+                    max_connections_per_client = per_client.max,
+                    "connections refused: a client holds its maximum of open connections"
+                );
+            });
             continue;
         };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            drop(stream);
+            refused.note(|n| {
+                tracing::warn!(
+                    refused = n,
+                    max_connections = max,
+                    "connections refused: the server holds its maximum of open connections"
+                );
+            });
+            continue;
+        };
+        // Both places are given back when the connection ends.
+        let permit = (permit, place);
         // Responses go out as soon as they are written (each is one write).
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
@@ -241,7 +268,9 @@ struct Refused {
 }
 
 impl Refused {
-    fn note(&self, max: usize) {
+    /// Counts one refusal; `report` gets the count since the last report, at most once
+    /// every 10 seconds.
+    fn note(&self, report: impl FnOnce(u64)) {
         let n = self.since_report.fetch_add(1, Ordering::Relaxed) + 1;
         let Ok(mut last) = self.last_report.lock() else {
             return;
@@ -249,12 +278,74 @@ impl Refused {
         if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
             *last = Some(Instant::now());
             self.since_report.store(0, Ordering::Relaxed);
-            tracing::warn!(
-                refused = n,
-                max_connections = max,
-                "connections refused: the server holds its maximum of open connections"
-            );
+            report(n);
         }
+    }
+}
+
+/// Open connections per client address: one client (a misbehaving script, an attacker with
+/// one address) must not hold every place the server has.
+struct PerClient {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in its client's count, given back when dropped.
+struct ClientPlace {
+    table: Arc<PerClient>,
+    client: IpAddr,
+}
+
+impl PerClient {
+    fn new(max: usize) -> Self {
+        Self {
+            max: max.max(1),
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` when its client holds `max`.
+    fn enter(table: &Arc<Self>, ip: IpAddr) -> Option<ClientPlace> {
+        let client = client_key(ip);
+        let mut open = table.open.lock().ok()?;
+        let n = open.entry(client).or_insert(0);
+        if *n >= table.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientPlace {
+            table: Arc::clone(table),
+            client,
+        })
+    }
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.table.open.lock()
+            && let Some(n) = open.get_mut(&self.client)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
+/// The address a client is counted by: an IPv4 address (also when it comes IPv4-mapped), or
+/// an IPv6 address's /64 — one subscriber's network, which holds more addresses than any
+/// count could.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -636,6 +727,67 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A connection to `addr` from the loopback address `from` (all of 127/8 is this machine).
+    async fn connect_from(from: &str, addr: std::net::SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_client_cannot_take_every_connection() {
+        let (addr, _stop, _server) = start(Limits {
+            max_connections_per_client: 2,
+            ..limits(5_000, 16)
+        })
+        .await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut c = connect_from("127.0.0.1", addr).await;
+            assert!(request(&mut c, "/").await.starts_with("HTTP/1.1 200"));
+            held.push(c);
+        }
+        let mut third = connect_from("127.0.0.1", addr).await;
+        let _ = third.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        assert_eq!(
+            read_to_close(&mut third).await,
+            "",
+            "a client's third connection was served"
+        );
+        // Another client is served meanwhile.
+        let mut other = connect_from("127.0.0.2", addr).await;
+        assert!(request(&mut other, "/").await.starts_with("HTTP/1.1 200"));
+        // A closed connection gives its client's place back.
+        drop(held.pop());
+        let until = std::time::Instant::now() + BOUND;
+        loop {
+            let mut again = connect_from("127.0.0.1", addr).await;
+            let _ = again.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+            let mut buf = [0u8; 256];
+            if let Ok(Ok(n)) = tokio::time::timeout(BOUND, again.read(&mut buf)).await
+                && n > 0
+            {
+                assert!(buf.starts_with(b"HTTP/1.1 200"));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "the freed place was not reused"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn clients_are_counted_by_ipv4_address_or_ipv6_network() {
+        let key = |s: &str| client_key(s.parse().unwrap()).to_string();
+        assert_eq!(key("192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(key("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
     }
 
     #[tokio::test]
