@@ -88,6 +88,13 @@ pub async fn serve(
         },
         bounded_body,
     ));
+    // Over HTTPS, browsers are told to use nothing else for this host (the web page holds
+    // tokens and answers MFA prompts).
+    let router = if tls.is_some() {
+        router.layer(axum::middleware::map_response(strict_transport))
+    } else {
+        router
+    };
     let all = u32::try_from(limits.max_connections)
         .unwrap_or(u32::MAX)
         .max(1);
@@ -188,6 +195,15 @@ pub async fn serve(
             "stopping with requests still in progress"
         );
     }
+}
+
+/// HSTS for every answer over HTTPS: a year, as browsers' preload rules ask for.
+async fn strict_transport(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        axum::http::header::STRICT_TRANSPORT_SECURITY,
+        axum::http::HeaderValue::from_static("max-age=31536000"),
+    );
+    r
 }
 
 /// Serves one connection until it ends, or until a stop: then its request in progress
@@ -827,6 +843,8 @@ mod tests {
                 "-subj",
                 "/CN=t",
             ])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .args(["-keyout", "key.pem", "-out", "cert.pem"])
             .current_dir(dir)
             .output()
@@ -842,7 +860,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn https_answers_plain_http_and_a_stop_does_not_wait_for_a_silent_handshake() {
+    async fn https_serves_with_hsts_answers_plain_http_and_stops_without_waiting_for_a_silent_client()
+     {
         let dir = tempfile::tempdir().unwrap();
         let tls = self_signed(dir.path());
         // A client timeout and a drain far longer than the stop may take.
@@ -860,6 +879,39 @@ mod tests {
         let answer = read_to_close(&mut plain).await;
         assert!(
             answer.starts_with("HTTP/1.1 400") && answer.contains("\"https_required\""),
+            "{answer}"
+        );
+        // A TLS client that trusts the certificate is served, and told to stay on HTTPS.
+        let mut roots = rustls::RootCertStore::empty();
+        {
+            use rustls::pki_types::pem::PemObject as _;
+            let cert = dir.path().join("cert.pem");
+            roots
+                .add(rustls::pki_types::CertificateDer::from_pem_file(cert).unwrap())
+                .unwrap();
+        }
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect(name, TcpStream::connect(addr).await.unwrap())
+            .await
+            .unwrap();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(BOUND, tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(
+            answer.starts_with("http/1.1 200")
+                && answer.contains("strict-transport-security: max-age=31536000")
+                && answer.ends_with("ok"),
             "{answer}"
         );
         let silent = TcpStream::connect(addr).await.unwrap();
