@@ -237,12 +237,15 @@ fn main() {
         tokio::spawn(rolegate::server::serve(
             listener,
             app,
-            // Every worker connects from 127.0.0.1: any concurrency asked for is served.
-            rolegate::server::Limits {
-                max_connections_per_client: rolegate::config::DEFAULT_MAX_CONNECTIONS,
-                ..Default::default()
+            rolegate::server::Serving {
+                // Every worker connects from 127.0.0.1: any concurrency asked for is served.
+                limits: rolegate::server::Limits {
+                    max_connections_per_client: rolegate::config::DEFAULT_MAX_CONNECTIONS,
+                    ..Default::default()
+                },
+                tls,
+                access_log: None,
             },
-            tls,
             std::future::pending(),
         ));
         (url, tokens)

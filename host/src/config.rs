@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// Allow `listen` beyond the loopback interface although the API speaks plain HTTP.
     #[serde(default)]
     pub allow_plaintext: bool,
+    /// A file that gets one JSON line per HTTP request (relative to the config's folder).
+    #[serde(default)]
+    pub access_log: Option<PathBuf>,
     /// The certificate chain (PEM) to serve HTTPS with; with `tls_key`.
     #[serde(default)]
     pub tls_cert: Option<PathBuf>,
@@ -102,6 +105,7 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             allow_plaintext: false,
+            access_log: None,
             tls_cert: None,
             tls_key: None,
         }
@@ -430,9 +434,13 @@ impl Config {
         {
             *p = base.join(&*p);
         }
-        for p in [&mut config.server.tls_cert, &mut config.server.tls_key]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut config.server.tls_cert,
+            &mut config.server.tls_key,
+            &mut config.server.access_log,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -3,6 +3,7 @@
 //! The host loads MFA provider plugins through the stable ABI of `rolegate-sdk`, in-process
 //! or in supervised worker processes, and drives them for role activation.
 
+pub mod access;
 pub mod activation;
 pub mod api;
 pub mod check;

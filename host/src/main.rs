@@ -1056,6 +1056,11 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let rt = runtime()?;
+    // Opened before anything else too; its writer is a thread of its own.
+    let access_log = match &config.server.access_log {
+        Some(path) => Some(rolegate::access::AccessLog::open(path)?),
+        None => None,
+    };
     let served = rt.block_on(async move {
         let now = jiff::Timestamp::now().as_millisecond();
         // Blocking (PostgreSQL connects and migrates): off the runtime's threads.
@@ -1233,9 +1238,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             "rolegate: serving on {scheme}://{} (web page at /, OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops",
             listener.local_addr()?
         );
-        if let Some(tls) = &tls {
-            watch_certificate(Arc::clone(tls))?;
-        }
+        on_hangup(tls.clone(), access_log.clone())?;
         let app = rolegate::api::Api::new(service)
             .with_directory(config.directory.clone())
             .router();
@@ -1252,7 +1255,12 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             };
             eprintln!("rolegate: stopping ({signal}): finishing the requests in progress");
         };
-        rolegate::server::serve(listener, app, limits, tls, stop).await;
+        let serving = rolegate::server::Serving {
+            limits,
+            tls,
+            access_log,
+        };
+        rolegate::server::serve(listener, app, serving, stop).await;
         store.close();
         eprintln!("rolegate: stopped");
         anyhow::Ok(())
@@ -1263,11 +1271,22 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Says which certificate HTTPS is served with, reloads it on SIGHUP (what a renewal hook
-/// sends: `systemctl reload rolegate`), and warns twice a day while it nears its end.
-fn watch_certificate(tls: std::sync::Arc<rolegate::tls::ServerTls>) -> anyhow::Result<()> {
+/// What SIGHUP (`systemctl reload rolegate`, a certificate renewal hook, logrotate) does: the
+/// TLS certificate and key are read again, and the access log is opened again. Says which
+/// certificate HTTPS is served with, and warns twice a day while it nears its end. Without
+/// either, SIGHUP keeps its usual meaning.
+fn on_hangup(
+    tls: Option<std::sync::Arc<rolegate::tls::ServerTls>>,
+    access_log: Option<rolegate::access::AccessLog>,
+) -> anyhow::Result<()> {
     use rolegate::tls::EXPIRY_WARNING;
-    let file = tls.cert_path().display().to_string();
+    if tls.is_none() && access_log.is_none() {
+        return Ok(());
+    }
+    let file = tls
+        .as_ref()
+        .map(|t| t.cert_path().display().to_string())
+        .unwrap_or_default();
     let near_end = move |s: &rolegate::tls::CertSummary| {
         let left = jiff::Timestamp::now().duration_until(s.not_after);
         if left < EXPIRY_WARNING {
@@ -1279,9 +1298,17 @@ fn watch_certificate(tls: std::sync::Arc<rolegate::tls::ServerTls>) -> anyhow::R
             );
         }
     };
-    if let Some(s) = tls.summary() {
-        eprintln!("rolegate: TLS with {s} ({})", tls.cert_path().display());
+    if let Some(s) = tls.as_ref().and_then(|t| t.summary()) {
+        eprintln!(
+            "rolegate: TLS with {s} ({})",
+            tls.as_ref()
+                .map(|t| t.cert_path().display().to_string())
+                .unwrap_or_default()
+        );
         near_end(&s);
+    }
+    if let Some(log) = &access_log {
+        eprintln!("rolegate: access log {}", log.path().display());
     }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
@@ -1294,6 +1321,10 @@ fn watch_certificate(tls: std::sync::Arc<rolegate::tls::ServerTls>) -> anyhow::R
                     if got.is_none() {
                         break;
                     }
+                    if let Some(log) = &access_log {
+                        log.reopen();
+                    }
+                    let Some(tls) = &tls else { continue };
                     match tls.reload(jiff::Timestamp::now()) {
                         Ok(s) => {
                             // A lifecycle line like the others (a closed stderr is no reason to panic).
@@ -1307,7 +1338,7 @@ fn watch_certificate(tls: std::sync::Arc<rolegate::tls::ServerTls>) -> anyhow::R
                     }
                 }
                 _ = twice_a_day.tick() => {
-                    if let Some(s) = tls.summary() {
+                    if let Some(s) = tls.as_ref().and_then(|t| t.summary()) {
                         near_end(&s);
                     }
                 }

@@ -24,6 +24,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::access::{self, AccessLog, ClientAddr};
 use crate::tls::ServerTls;
 
 /// What the server allows its clients.
@@ -70,16 +71,31 @@ struct BodyLimits {
     budget: Arc<Semaphore>,
 }
 
-/// Serves `router` on `listener` under `limits` — over HTTPS when `tls` is given — until
+/// How the server serves: its limits, its TLS, its access log.
+#[derive(Debug, Clone, Default)]
+pub struct Serving {
+    /// What clients are allowed.
+    pub limits: Limits,
+    /// The certificate to serve HTTPS with; plain HTTP without.
+    pub tls: Option<Arc<ServerTls>>,
+    /// Where a line per request goes, if anywhere.
+    pub access_log: Option<AccessLog>,
+}
+
+/// Serves `router` on `listener` as `serving` says — over HTTPS when it has TLS — until
 /// `stop` completes, then stops accepting, lets the requests in progress finish (up to
 /// `limits.drain`), and returns.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    limits: Limits,
-    tls: Option<Arc<ServerTls>>,
+    serving: Serving,
     stop: impl Future<Output = ()>,
 ) {
+    let Serving {
+        limits,
+        tls,
+        access_log,
+    } = serving;
     let budget_kib = (limits.body_budget / 1024).clamp(MAX_BODY / 1024, Semaphore::MAX_PERMITS);
     let router = router.layer(axum::middleware::from_fn_with_state(
         BodyLimits {
@@ -88,6 +104,12 @@ pub async fn serve(
         },
         bounded_body,
     ));
+    // Outermost, so that the server's own refusals (408, 413, 503) are logged too.
+    let logging = access_log.is_some();
+    let router = match access_log {
+        Some(log) => router.layer(axum::middleware::from_fn_with_state(log, access::layer)),
+        None => router,
+    };
     // Over HTTPS, browsers are told to use nothing else for this host (the web page holds
     // tokens and answers MFA prompts).
     let router = if tls.is_some() {
@@ -153,7 +175,10 @@ pub async fn serve(
         let permit = (permit, place);
         // Responses go out as soon as they are written (each is one write).
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(WithClient {
+            router: router.clone(),
+            client: logging.then_some(peer),
+        });
         let stopping = stopping.clone();
         match &tls {
             None => {
@@ -197,6 +222,36 @@ pub async fn serve(
     }
 }
 
+/// The router, with the client's address put in each request for the access log.
+#[derive(Clone)]
+struct WithClient {
+    router: Router,
+    client: Option<std::net::SocketAddr>,
+}
+
+impl tower_service::Service<hyper::Request<hyper::body::Incoming>> for WithClient {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = <Router as tower_service::Service<hyper::Request<hyper::body::Incoming>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower_service::Service::<hyper::Request<hyper::body::Incoming>>::poll_ready(
+            &mut self.router,
+            cx,
+        )
+    }
+
+    fn call(&mut self, mut req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        if let Some(client) = self.client {
+            req.extensions_mut().insert(ClientAddr(client));
+        }
+        self.router.call(req)
+    }
+}
+
 /// HSTS for every answer over HTTPS: a year, as browsers' preload rules ask for.
 async fn strict_transport(mut r: Response) -> Response {
     r.headers_mut().insert(
@@ -209,7 +264,7 @@ async fn strict_transport(mut r: Response) -> Response {
 /// Serves one connection until it ends, or until a stop: then its request in progress
 /// finishes and the connection closes.
 async fn drive<I>(
-    conn: hyper::server::conn::http1::Connection<I, TowerToHyperService<Router>>,
+    conn: hyper::server::conn::http1::Connection<I, TowerToHyperService<WithClient>>,
     mut stopping: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -503,7 +558,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, router, limits, tls, async move {
+        let serving = Serving {
+            limits,
+            tls,
+            access_log: None,
+        };
+        let server = tokio::spawn(serve(listener, router, serving, async move {
             let _ = rx.await;
         }));
         (addr, tx, server)

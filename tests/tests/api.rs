@@ -2114,3 +2114,81 @@ async fn https_from_the_config_reloads_on_sighup_and_refuses_bad_files() {
     // (Both test CAs have one name: the old one's key does not check the new certificate.)
     assert!(!ok && out.contains("invalid peer certificate"), "{out}");
 }
+
+/// The access log as an admin reads it: a line per request with the client, the request, the
+/// status and the token's public id (never the token), refusals included; and a new file after
+/// logrotate moves it away and sends SIGHUP.
+#[tokio::test]
+async fn the_access_log_records_each_request_and_reopens_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rolegate.toml");
+    write_private(
+        &cfg,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = \"access.jsonl\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
+            hello_lib().display()
+        ),
+    );
+    let d = serve_config(dir, &cfg);
+    d.said("rolegate: access log");
+    let log = d.dir.path().join("access.jsonl");
+    let admin = d.admin.clone();
+    let (s, _) = call(&d, Some(&admin), "GET", "/v1/providers", None).await;
+    assert_eq!(s, 200);
+    let (s, _) = call(&d, Some("rg_not-a-token"), "GET", "/v1/users", None).await;
+    assert_eq!(s, 401);
+    let (s, _) = call(&d, None, "GET", "/healthz", None).await;
+    assert_eq!(s, 200);
+    let lines = |path: &std::path::Path, n: usize| -> Vec<Value> {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let lines: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            if lines.len() >= n {
+                assert!(!text.contains(&admin), "the token itself was logged");
+                return lines;
+            }
+            assert!(Instant::now() < until, "{n} lines not written: {text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let got = lines(&log, 3);
+    let admin_id = &rolegate::secrets::token_hash(&admin)[..rolegate::tokens::ID_LEN];
+    let wrong_id = &rolegate::secrets::token_hash("rg_not-a-token")[..rolegate::tokens::ID_LEN];
+    let seen: Vec<(&str, &str, u64, Option<&str>)> = got
+        .iter()
+        .map(|l| {
+            assert_eq!(l["client"], "127.0.0.1", "{l}");
+            assert!(l["us"].as_u64().is_some() && l["time"].is_string(), "{l}");
+            (
+                l["method"].as_str().unwrap(),
+                l["path"].as_str().unwrap(),
+                l["status"].as_u64().unwrap(),
+                l["token"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("GET", "/v1/providers", 200, Some(admin_id)),
+            ("GET", "/v1/users", 401, Some(wrong_id)),
+            ("GET", "/healthz", 200, None),
+        ]
+    );
+    // logrotate: move the file away, SIGHUP; the next line goes to a new file.
+    let rotated = d.dir.path().join("access.jsonl.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    d.hangup();
+    let until = Instant::now() + Duration::from_secs(10);
+    while !log.exists() {
+        let _ = call(&d, None, "GET", "/healthz", None).await;
+        assert!(Instant::now() < until, "no new access log after SIGHUP");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lines(&log, 1)[0]["path"], "/healthz");
+    assert!(lines(&rotated, 3).len() >= 3);
+}

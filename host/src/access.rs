@@ -1,0 +1,231 @@
+//! The HTTP access log: one JSON line per request — when, from where, what, the answer's
+//! status, how long it took, and which token asked (its public id, never the token) — for the
+//! requests the event log does not record: refused tokens, scans, floods.
+//!
+//! Lines are written by a thread of their own, so a slow disk never holds up a request; if it
+//! falls far behind, lines are counted and the count is written instead of them.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::error::{Error, Result};
+
+/// The client's address, as the server accepted its connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Lines queued for the writer at most; beyond them lines are counted as dropped.
+const QUEUE: usize = 65_536;
+
+/// An open access log: where lines go, and how to ask for the file to be opened again.
+#[derive(Clone)]
+pub struct AccessLog {
+    lines: mpsc::SyncSender<String>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("path", &self.shared.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    path: PathBuf,
+    reopen: AtomicBool,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// Opens (or creates, mode 0600) the log at `path` for appending, and starts its writer.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = open_append(path)?;
+        let shared = Arc::new(Shared {
+            path: path.to_path_buf(),
+            reopen: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        });
+        let (lines, rx) = mpsc::sync_channel(QUEUE);
+        let s = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_loop(file, &rx, &s))
+            .map_err(|source| Error::Io {
+                what: "cannot start the access log's writer".into(),
+                source,
+            })?;
+        Ok(Self { lines, shared })
+    }
+
+    /// Asks the writer to open the file again (after logrotate moved it away).
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::Release);
+    }
+
+    /// The log's file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    fn send(&self, line: String) {
+        if self.lines.try_send(line).is_err() {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| Error::Io {
+            what: format!("cannot open the access log {}", path.display()),
+            source,
+        })
+}
+
+fn write_loop(file: std::fs::File, rx: &mpsc::Receiver<String>, shared: &Shared) {
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
+    let mut failing = false;
+    loop {
+        let first = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(line) => Some(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        if shared.reopen.swap(false, Ordering::AcqRel) {
+            let _ = out.flush();
+            match open_append(&shared.path) {
+                Ok(f) => {
+                    out = std::io::BufWriter::with_capacity(64 << 10, f);
+                    failing = false;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the access log could not be opened again; writing on to the old file")
+                }
+            }
+        }
+        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
+        let mut result = Ok(());
+        if dropped > 0 {
+            let line = serde_json::json!({
+                "time": jiff::Timestamp::now().to_string(),
+                "dropped": dropped,
+            });
+            result = writeln!(out, "{line}");
+        }
+        for line in first.into_iter().chain(rx.try_iter()) {
+            if result.is_ok() {
+                result = out.write_all(line.as_bytes());
+            }
+        }
+        if result.is_ok() {
+            result = out.flush();
+        }
+        // One error message per run of failures (a full disk must not flood the log).
+        match (result, failing) {
+            (Err(e), false) => {
+                failing = true;
+                tracing::error!(error = %e, path = %shared.path.display(), "writing the access log failed");
+            }
+            (Ok(()), true) => failing = false,
+            _ => {}
+        }
+    }
+    let _ = out.flush();
+}
+
+/// Logs one line per request (the layer outermost, so refusals by the server's own limits
+/// are logged too).
+pub async fn layer(State(log): State<AccessLog>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    // The token's public id (as `rolegate token list` shows it), never the token.
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| {
+            let mut id = crate::secrets::token_hash(t.trim());
+            id.truncate(crate::tokens::ID_LEN);
+            id
+        });
+    let response = next.run(req).await;
+    let line = serde_json::json!({
+        "time": jiff::Timestamp::now().to_string(),
+        "client": client.map(|c| c.to_string()),
+        "method": method.as_str(),
+        "path": path,
+        "status": response.status().as_u16(),
+        "us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        "token": token,
+    });
+    log.send(format!("{line}\n"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn lines_are_appended_to_a_private_file_which_is_opened_again_when_asked() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.jsonl");
+        let log = AccessLog::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        log.send("{\"n\":1}\n".into());
+        let until = Instant::now() + Duration::from_secs(10);
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        while read(&path) != "{\"n\":1}\n" {
+            assert!(Instant::now() < until, "the line was not written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // logrotate moves the file away, then asks for a new one.
+        let rotated = dir.path().join("access.jsonl.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        log.reopen();
+        std::thread::sleep(Duration::from_millis(50));
+        log.send("{\"n\":2}\n".into());
+        while read(&path) != "{\"n\":2}\n" {
+            assert!(
+                Instant::now() < until,
+                "the reopened file got {:?}",
+                read(&path)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(read(&rotated), "{\"n\":1}\n");
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_opened_names_its_file() {
+        let e = AccessLog::open(Path::new("/nonexistent-dir/access.jsonl")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("cannot open the access log /nonexistent-dir/access.jsonl"),
+            "{e}"
+        );
+    }
+}
