@@ -25,6 +25,8 @@
 //! TLS 1.3, one handshake per kept-alive connection), to measure what the daemon's own TLS
 //! costs per activation.
 //!
+//! `ROLEGATE_BENCH_ACCESS_LOG=1` writes the access log (`[server] access_log`) meanwhile.
+//!
 //! Under the table, one line per level gives the tail (p95 … max, the share of activations
 //! of 10 ms or more) and the host's own unsteadiness meanwhile: the share of 50-ms windows in
 //! which a light probe (~25 µs of fixed arithmetic every 2 ms, ~1% of one core) ran at half
@@ -244,7 +246,12 @@ fn main() {
                     ..Default::default()
                 },
                 tls,
-                access_log: None,
+                access_log: std::env::var("ROLEGATE_BENCH_ACCESS_LOG")
+                    .is_ok_and(|v| v == "1")
+                    .then(|| {
+                        println!("(access log: a line per request)");
+                        rolegate::access::AccessLog::open(&dir.path().join("access.jsonl")).unwrap()
+                    }),
             },
             std::future::pending(),
         ));

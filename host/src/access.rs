@@ -168,17 +168,32 @@ pub async fn layer(State(log): State<AccessLog>, req: Request, next: Next) -> Re
             id
         });
     let response = next.run(req).await;
-    let line = serde_json::json!({
-        "time": jiff::Timestamp::now().to_string(),
-        "client": client.map(|c| c.to_string()),
-        "method": method.as_str(),
-        "path": path,
-        "status": response.status().as_u16(),
-        "us": u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        "token": token,
-    });
-    log.send(format!("{line}\n"));
+    let line = Line {
+        time: jiff::Timestamp::now(),
+        client,
+        method: method.as_str(),
+        path: &path,
+        status: response.status().as_u16(),
+        us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        token: token.as_deref(),
+    };
+    if let Ok(mut text) = serde_json::to_string(&line) {
+        text.push('\n');
+        log.send(text);
+    }
     response
+}
+
+/// One request's line.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    time: jiff::Timestamp,
+    client: Option<std::net::IpAddr>,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    us: u64,
+    token: Option<&'a str>,
 }
 
 #[cfg(test)]
