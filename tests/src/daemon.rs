@@ -89,6 +89,18 @@ impl Daemon {
     }
 }
 
+/// Runs `rolegate serve` on `cfg`, which must refuse to start: what it said.
+pub fn refused_to_serve(cfg: &std::path::Path) -> String {
+    let out = Command::new(rolegate_bin())
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "it started: {said}");
+    said
+}
+
 /// Starts `rolegate serve` on a config file that is already written (in `dir`).
 pub fn serve_config(dir: tempfile::TempDir, cfg: &std::path::Path) -> Daemon {
     let mut child = Command::new(rolegate_bin())

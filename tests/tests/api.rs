@@ -4,7 +4,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rolegate_e2e::daemon::{Daemon, call, cli, serve_config};
+use rolegate_e2e::daemon::{Daemon, call, cli, refused_to_serve, serve_config};
 use rolegate_e2e::{hello_lib, rolegate_bin, write_private};
 use serde_json::{Value, json};
 
@@ -434,13 +434,7 @@ async fn a_refused_provider_stops_the_start_and_is_logged() {
         &cfg,
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[[provider]]\nid = \"gone\"\nlibrary = \"libgone.so\"\nunpinned = true\n",
     );
-    let out = Command::new(rolegate_bin())
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_to_serve(&cfg);
     assert!(
         stderr.contains("provider `gone`:") && stderr.contains("libgone.so: file not found"),
         "{stderr}"
@@ -1901,13 +1895,7 @@ async fn server_limits_in_the_config_are_applied_and_bad_ones_refused() {
     let cfg = dir.path().join("rolegate.toml");
     // Plain HTTP beyond the loopback interface is refused before anything is opened.
     write_private(&cfg, &server("").replace("127.0.0.1:0", "0.0.0.0:8420"));
-    let out = Command::new(rolegate_bin())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_to_serve(&cfg);
     assert!(
         stderr.contains("[server] listen = `0.0.0.0:8420` reaches beyond this machine")
             && stderr.contains("allow_plaintext = true"),
@@ -1919,13 +1907,7 @@ async fn server_limits_in_the_config_are_applied_and_bad_ones_refused() {
     );
 
     write_private(&cfg, &server("client_timeout_s = 0"));
-    let out = Command::new(rolegate_bin())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused_to_serve(&cfg);
     assert!(
         stderr.contains("[server] client_timeout_s = 0 is outside 1..=3600 (seconds)"),
         "{stderr}"
@@ -1995,17 +1977,12 @@ async fn https_from_the_config_reloads_on_sighup_and_refuses_bad_files() {
     };
     let refused = |server: &str| {
         write_private(&cfg, &config(server));
-        let out = Command::new(rolegate_bin())
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
+        let said = refused_to_serve(&cfg);
         assert!(
             !dir.path().join("rolegate.db").exists(),
             "a database was created"
         );
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        said
     };
     let both = "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"";
     let said = refused("tls_cert = \"cert.pem\"");
