@@ -29,8 +29,14 @@ const QUEUE: usize = 65_536;
 /// An open access log: where lines go, and how to ask for the file to be opened again.
 #[derive(Clone)]
 pub struct AccessLog {
-    lines: mpsc::SyncSender<String>,
+    lines: mpsc::SyncSender<Msg>,
     shared: Arc<Shared>,
+}
+
+/// What the writer is sent: a line, or a request to say when everything before it is written.
+enum Msg {
+    Line(String),
+    Flushed(mpsc::Sender<()>),
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -78,8 +84,17 @@ impl AccessLog {
         &self.shared.path
     }
 
+    /// Waits (up to `timeout`) until every line sent so far is written: before the daemon
+    /// exits, so that the last requests' lines are not lost with it.
+    pub fn flush(&self, timeout: Duration) {
+        let (tx, rx) = mpsc::channel();
+        if send_within(&self.lines, Msg::Flushed(tx), timeout) {
+            let _ = rx.recv_timeout(timeout);
+        }
+    }
+
     fn send(&self, line: String) {
-        if self.lines.try_send(line).is_err() {
+        if self.lines.try_send(Msg::Line(line)).is_err() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -98,7 +113,23 @@ fn open_append(path: &Path) -> Result<std::fs::File> {
         })
 }
 
-fn write_loop(file: std::fs::File, rx: &mpsc::Receiver<String>, shared: &Shared) {
+/// `SyncSender::send` with a deadline (std's is unstable): false when the queue stays full or
+/// the writer is gone.
+fn send_within<T>(tx: &mpsc::SyncSender<T>, mut msg: T, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => return true,
+            Err(mpsc::TrySendError::Full(m)) if Instant::now() < until => {
+                msg = m;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+fn write_loop(file: std::fs::File, rx: &mpsc::Receiver<Msg>, shared: &Shared) {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, file);
     let mut failing = false;
     loop {
@@ -128,13 +159,19 @@ fn write_loop(file: std::fs::File, rx: &mpsc::Receiver<String>, shared: &Shared)
             });
             result = writeln!(out, "{line}");
         }
-        for line in first.into_iter().chain(rx.try_iter()) {
-            if result.is_ok() {
-                result = out.write_all(line.as_bytes());
+        let mut waiting = Vec::new();
+        for msg in first.into_iter().chain(rx.try_iter()) {
+            match msg {
+                Msg::Line(line) if result.is_ok() => result = out.write_all(line.as_bytes()),
+                Msg::Line(_) => {}
+                Msg::Flushed(done) => waiting.push(done),
             }
         }
         if result.is_ok() {
             result = out.flush();
+        }
+        for done in waiting {
+            let _ = done.send(());
         }
         // One error message per run of failures (a full disk must not flood the log).
         match (result, failing) {
@@ -211,6 +248,8 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         log.send("{\"n\":1}\n".into());
+        log.flush(Duration::from_secs(10));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n");
         let until = Instant::now() + Duration::from_secs(10);
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         while read(&path) != "{\"n\":1}\n" {

@@ -1258,9 +1258,12 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         let serving = rolegate::server::Serving {
             limits,
             tls,
-            access_log,
+            access_log: access_log.clone(),
         };
         rolegate::server::serve(listener, app, serving, stop).await;
+        if let Some(log) = access_log {
+            log.flush(Duration::from_secs(2));
+        }
         store.close();
         eprintln!("rolegate: stopped");
         anyhow::Ok(())

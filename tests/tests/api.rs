@@ -2168,4 +2168,12 @@ async fn the_access_log_records_each_request_and_reopens_on_sighup() {
     }
     assert_eq!(lines(&log, 1)[0]["path"], "/healthz");
     assert!(lines(&rotated, 3).len() >= 3);
+    // The last request before a stop is in the log when the daemon has exited.
+    let (s, _) = call(&d, Some(&admin), "GET", "/v1/roles", None).await;
+    assert_eq!(s, 200);
+    let (status, _, _dir) = d.terminate();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["path"], "/v1/roles", "{text}");
 }
