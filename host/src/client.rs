@@ -25,7 +25,11 @@ fn transport(url: &str, e: reqwest::Error) -> Error {
         why = format!("{why}: {s}");
         source = s.source();
     }
-    let hint = if why.contains("certificate") {
+    let hint = if why.contains("not valid for name") || why.contains("NotValidForName") {
+        "the daemon's certificate is not for this host name: use a name (or address) its certificate names in --server"
+    } else if why.contains("certificate expired") || why.contains("Expired") {
+        "the daemon's certificate has expired: renew it, then `systemctl reload rolegate` (SIGHUP)"
+    } else if why.contains("certificate") {
         "the daemon's certificate is not trusted: set --ca-file or ROLEGATE_CA_FILE to the CA that signed it"
     } else {
         "is `rolegate serve` running? set --server or ROLEGATE_URL"

@@ -2045,6 +2045,20 @@ async fn https_from_the_config_reloads_on_sighup_and_refuses_bad_files() {
         !ok && out.contains("set --ca-file or ROLEGATE_CA_FILE"),
         "{out}"
     );
+    // By a name its certificate does not hold (it names 127.0.0.1 only): said so.
+    let out = Command::new(rolegate_bin())
+        .args(["--server", &d.url.replace("127.0.0.1", "localhost")])
+        .arg("--ca-file")
+        .arg(&ca_first)
+        .args(["provider", "list"])
+        .env("ROLEGATE_TOKEN", &d.admin)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("certificate is not for this host name"),
+        "{said}"
+    );
     let addr = d.url.trim_start_matches("https://").to_string();
     // Plain HTTP to the HTTPS port: a readable refusal, not a broken handshake.
     let mut plain = tokio::net::TcpStream::connect(&addr).await.unwrap();
