@@ -163,10 +163,15 @@ fn write_loop(file: std::fs::File, rx: &mpsc::Receiver<Msg>, shared: &Shared) {
         }
         let mut waiting = Vec::new();
         let mut gone = false;
-        loop {
+        // At most a queue's worth per poll: under a steady flood the reopen and the flush
+        // requests still come round.
+        for _ in 0..QUEUE {
             match rx.try_recv() {
                 Ok(Msg::Line(line)) if result.is_ok() => result = out.write_all(line.as_bytes()),
-                Ok(Msg::Line(_)) => {}
+                // Lines a failing write could not take are counted, as if the queue were full.
+                Ok(Msg::Line(_)) => {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(Msg::Flushed(done)) => waiting.push(done),
                 Err(mpsc::TryRecvError::Empty) => break,
                 Err(mpsc::TryRecvError::Disconnected) => {
@@ -282,6 +287,33 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(read(&rotated), "{\"n\":1}\n");
+    }
+
+    #[test]
+    fn every_line_is_written_or_counted_when_the_queue_overflows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.jsonl");
+        let log = AccessLog::open(&path).unwrap();
+        let sent = 3 * QUEUE;
+        for i in 0..sent {
+            log.send(format!("{{\"n\":{i}}}\n"));
+        }
+        // The count of dropped lines is written at the poll after the drops: two flushes.
+        log.flush(Duration::from_secs(10));
+        log.flush(Duration::from_secs(10));
+        let (mut written, mut dropped) = (0, 0);
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            match v["dropped"].as_u64() {
+                Some(n) => dropped += usize::try_from(n).unwrap(),
+                None => written += 1,
+            }
+        }
+        assert_eq!(
+            written + dropped,
+            sent,
+            "{written} written, {dropped} counted"
+        );
     }
 
     #[test]
