@@ -64,10 +64,26 @@ impl Daemon {
 
     /// Sends SIGTERM (as systemd stops a service) and waits for the exit (up to 20 s): its
     /// status, what it printed meanwhile, and its folder for a restart.
-    pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>, tempfile::TempDir) {
+    pub fn terminate(self) -> (std::process::ExitStatus, Vec<String>, tempfile::TempDir) {
+        self.stop_with(false)
+    }
+
+    /// Like [`Daemon::terminate`], with SIGTERM sent to the daemon's whole process group (its
+    /// plugin workers too), as Ctrl-C in a terminal or systemd's stop of a unit signal them all.
+    pub fn terminate_group(self) -> (std::process::ExitStatus, Vec<String>, tempfile::TempDir) {
+        self.stop_with(true)
+    }
+
+    fn stop_with(
+        mut self,
+        group: bool,
+    ) -> (std::process::ExitStatus, Vec<String>, tempfile::TempDir) {
         let pid = libc::pid_t::try_from(self.child.id()).unwrap();
-        // SAFETY: kill only sends a signal, to the child this value owns (not yet waited for).
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        // The daemon leads a process group of its own (see `serve_config`).
+        let target = if group { -pid } else { pid };
+        // SAFETY: kill only sends a signal, to the child this value owns (not yet waited for)
+        // or to the group it leads.
+        assert_eq!(unsafe { libc::kill(target, libc::SIGTERM) }, 0);
         let deadline = Instant::now() + Duration::from_secs(20);
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -103,9 +119,12 @@ pub fn refused_to_serve(cfg: &std::path::Path) -> String {
 
 /// Starts `rolegate serve` on a config file that is already written (in `dir`).
 pub fn serve_config(dir: tempfile::TempDir, cfg: &std::path::Path) -> Daemon {
+    use std::os::unix::process::CommandExt as _;
     let mut child = Command::new(rolegate_bin())
         .args(["serve", "--config"])
         .arg(cfg)
+        // A process group of its own: a signal to it reaches the daemon and its workers only.
+        .process_group(0)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -2191,3 +2191,36 @@ async fn the_access_log_records_each_request_and_reopens_on_sighup() {
     let last: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
     assert_eq!(last["path"], "/v1/roles", "{text}");
 }
+
+/// Ctrl-C in a terminal and systemd's stop signal the daemon's whole process group: its plugin
+/// workers must not die of it as if they had crashed (a warning, and event 402 in the chain,
+/// on every stop); the daemon stops them itself.
+#[tokio::test]
+async fn a_stop_signalled_to_the_whole_group_records_no_worker_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rolegate.toml");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\nisolation = \"process\"\n",
+        hello_lib().display()
+    );
+    write_private(&cfg, &config);
+    let d = serve_config(dir, &cfg);
+    let admin = d.admin.clone();
+    // The worker is up and answering.
+    let (s, v) = call(&d, Some(&admin), "GET", "/v1/providers", None).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v.to_string().contains("\"ok\""), "{v}");
+    let (status, said, dir) = d.terminate_group();
+    assert!(status.success(), "{said:?}");
+    let said = said.join("\n");
+    assert!(
+        said.contains("rolegate: stopped")
+            && !said.contains("plugin worker ended")
+            && !said.contains("provider crash"),
+        "{said}"
+    );
+    // Nor is a crash in the event chain when it starts again.
+    let d = serve_config(dir, &cfg);
+    let (_, events) = call(&d, Some(&admin), "GET", "/v1/events?id=402", None).await;
+    assert_eq!(events.as_array().map(Vec::len), Some(0), "{events}");
+}

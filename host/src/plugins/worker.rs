@@ -53,6 +53,15 @@ pub fn run(library: &Path, sha256: &str) -> i32 {
     // Die with the host, whatever happens to the pipe.
     // SAFETY: prctl with PR_SET_PDEATHSIG and a valid signal number.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // Signals sent to the host's whole process group — Ctrl-C in a terminal, `timeout`, a
+    // service manager's stop (systemd signals every process of the unit) — are the host's to
+    // act on: it stops its workers itself, and a worker whose host is gone dies with it
+    // (above) or at the end of its pipe. Dying of them here would look like a crash, logged
+    // and recorded as one, on every stop.
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: sets a standard signal's disposition, before the worker starts any thread.
+        unsafe { libc::signal(signal, libc::SIG_IGN) };
+    }
     let out = match take_stdout() {
         Ok(f) => Arc::new(Mutex::new(f)),
         Err(e) => {
