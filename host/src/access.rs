@@ -210,16 +210,8 @@ pub async fn layer(State(log): State<AccessLog>, req: Request, next: Next) -> Re
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     // The token's public id (as `rolegate token list` shows it), never the token.
-    let token = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| {
-            let mut id = crate::secrets::token_hash(t.trim());
-            id.truncate(crate::tokens::ID_LEN);
-            id
-        });
+    let token = crate::api::bearer_token(req.headers())
+        .map(|t| crate::tokens::id_of_hash(&crate::secrets::token_hash(t)));
     let response = next.run(req).await;
     let line = Line {
         time: jiff::Timestamp::now(),

@@ -110,11 +110,7 @@ impl Api {
 
     /// The bearer token of a call.
     fn bearer(headers: &HeaderMap) -> ApiResult<String> {
-        Ok(headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+        Ok(bearer_token(headers)
             .ok_or_else(|| unauthorized("send `Authorization: Bearer <token>`"))?
             .to_string())
     }
@@ -245,6 +241,16 @@ async fn no_store(mut r: Response) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     r
+}
+
+/// The bearer token an `Authorization` header carries, if any (the API's callers, and the
+/// access log's token ids).
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
 }
 
 fn now_ms() -> i64 {

@@ -419,37 +419,22 @@ impl Config {
                 p.library = base.join(&p.library);
             }
         }
-        for p in [&mut config.store.sqlite, &mut config.store.key_file] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-        if let Some(p) = &mut config.store.postgres_password_file
-            && p.is_relative()
-        {
-            *p = base.join(&*p);
-        }
-        if let Some(p) = &mut config.events.jsonl
-            && p.is_relative()
-        {
-            *p = base.join(&*p);
-        }
-        for p in [
+        // Every other file the config names is relative to the config's folder too.
+        let optional = [
+            &mut config.store.postgres_password_file,
+            &mut config.events.jsonl,
             &mut config.server.tls_cert,
             &mut config.server.tls_key,
             &mut config.server.access_log,
-        ]
-        .into_iter()
-        .flatten()
+            &mut config.plugins.worker,
+        ];
+        for p in [&mut config.store.sqlite, &mut config.store.key_file]
+            .into_iter()
+            .chain(optional.into_iter().flatten())
         {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
-        }
-        if let Some(w) = &mut config.plugins.worker
-            && w.is_relative()
-        {
-            *w = base.join(&*w);
         }
         if let Some(d) = &mut config.directory {
             if let Some(p) = &mut d.bind_password_file

@@ -1290,6 +1290,10 @@ fn on_hangup(
         .as_ref()
         .map(|t| t.cert_path().display().to_string())
         .unwrap_or_default();
+    let serving = tls.as_ref().and_then(|t| t.summary());
+    if let Some(s) = &serving {
+        eprintln!("rolegate: TLS with {s} ({file})");
+    }
     let near_end = move |s: &rolegate::tls::CertSummary| {
         let left = jiff::Timestamp::now().duration_until(s.not_after);
         if left < EXPIRY_WARNING {
@@ -1301,14 +1305,8 @@ fn on_hangup(
             );
         }
     };
-    if let Some(s) = tls.as_ref().and_then(|t| t.summary()) {
-        eprintln!(
-            "rolegate: TLS with {s} ({})",
-            tls.as_ref()
-                .map(|t| t.cert_path().display().to_string())
-                .unwrap_or_default()
-        );
-        near_end(&s);
+    if let Some(s) = &serving {
+        near_end(s);
     }
     if let Some(log) = &access_log {
         eprintln!("rolegate: access log {}", log.path().display());

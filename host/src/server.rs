@@ -179,19 +179,19 @@ pub async fn serve(
             router: router.clone(),
             client: logging.then_some(peer),
         });
-        let stopping = stopping.clone();
-        match &tls {
-            None => {
-                let conn = http1.serve_connection(TokioIo::new(stream), service);
-                tokio::spawn(async move {
-                    drive(conn, stopping).await;
-                    drop(permit);
-                });
-            }
-            Some(tls) => {
-                let (acceptor, http1) = (tls.acceptor(), Arc::clone(&http1));
-                let timeout = limits.client_timeout;
-                tokio::spawn(async move {
+        let (stopping, http1) = (stopping.clone(), Arc::clone(&http1));
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let timeout = limits.client_timeout;
+        tokio::spawn(async move {
+            match acceptor {
+                None => {
+                    drive(
+                        http1.serve_connection(TokioIo::new(stream), service),
+                        stopping,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
                     // The handshake has the client timeout too: a client that opens a
                     // connection and says nothing must not hold it; nor may it hold up a stop.
                     let mut stop = stopping.clone();
@@ -203,10 +203,10 @@ pub async fn serve(
                         let conn = http1.serve_connection(TokioIo::new(stream), service);
                         drive(conn, stopping).await;
                     }
-                    drop(permit);
-                });
+                }
             }
-        }
+            drop(permit);
+        });
     }
     drop(listener);
     let _ = stopping_tx.send(true);

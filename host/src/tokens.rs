@@ -73,6 +73,11 @@ pub fn verify_hash(tx: &mut dyn Tx, hash: &str, now_ms: i64) -> Result<Option<Ca
 /// How many hex digits of a token's hash name it to admins (its public id).
 pub const ID_LEN: usize = 16;
 
+/// The public id of the token with `hash`: what `token list` shows and the access log writes.
+pub fn id_of_hash(hash: &str) -> String {
+    hash.chars().take(ID_LEN).collect()
+}
+
 /// A token as admins see it: an id (the start of its hash), never the secret.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct TokenView {
@@ -101,7 +106,7 @@ fn view(r: &crate::store::Row) -> Result<(String, TokenView)> {
     Ok((
         hash.clone(),
         TokenView {
-            id: hash.chars().take(ID_LEN).collect(),
+            id: id_of_hash(&hash),
             account: r.text(1)?,
             admin: r.int(2)? != 0,
             label: r.text(3)?,
