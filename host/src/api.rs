@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::events::{self, Filter};
 use crate::roles::{self, RoleSpec};
 use crate::service::{RequestView, Requester, Service};
-use crate::store::changes::{Kind, Stamp};
+use crate::store::changes::{Kind, MAX_AGE_MS, Stamp};
 use crate::tokens::{self, Caller};
 use crate::users::{self, NewUser, UserChanges};
 
@@ -148,9 +148,10 @@ impl Api {
     /// Remembers a verified token (by its hash) for a few seconds.
     fn cache_caller(&self, hash: String, caller: &Caller, now: i64, stamp: Option<Stamp>) {
         if let Ok(mut cache) = self.tokens.lock() {
-            if cache.len() > 100_000 {
-                cache.clear();
-            }
+            let kept = TOKEN_CACHE_MS.max(MAX_AGE_MS);
+            crate::caches::make_room(&mut cache, crate::caches::MAX_ENTRIES, |_, (c, at, _)| {
+                !(0..kept).contains(&(now - *at)) || c.expires_at.is_some_and(|e| e <= now)
+            });
             cache.insert(hash, (caller.clone(), now, stamp));
         }
     }

@@ -6,6 +6,7 @@
 pub mod access;
 pub mod activation;
 pub mod api;
+pub mod caches;
 pub mod check;
 pub mod client;
 pub mod clock;

@@ -20,7 +20,7 @@ use crate::role::{Refusal, Role, Usability};
 use crate::roles;
 use crate::secrets::{SealingKey, time_ordered_id};
 use crate::store::Store;
-use crate::store::changes::{Changes, Kind, Stamp};
+use crate::store::changes::{Changes, Kind, MAX_AGE_MS, Stamp};
 use crate::store::{Row, Tx, Value};
 use crate::tokens::{self, Caller};
 use crate::users::{self, User, account_key};
@@ -320,9 +320,6 @@ pub enum Requester {
 /// Requests kept in [`Service::awaiting`] at most: beyond, answers read the store as before.
 const AWAITING_MAX: usize = 4096;
 
-/// Accounts kept in [`Service::accounts`] at most (then it starts empty again).
-const ACCOUNTS_MAX: usize = 100_000;
-
 impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Service").finish_non_exhaustive()
@@ -461,9 +458,10 @@ impl Service {
     /// Keeps the rows of `key` read after their stamp was taken.
     fn account_read(&self, key: &str, rows: Arc<AccountRows>) {
         if let Ok(mut cache) = self.accounts.lock() {
-            if cache.len() >= ACCOUNTS_MAX {
-                cache.clear();
-            }
+            let now = rows.read_at;
+            crate::caches::make_room(&mut cache, crate::caches::MAX_ENTRIES, |_, r| {
+                !(0..MAX_AGE_MS).contains(&(now - r.read_at))
+            });
             cache.insert(key.to_string(), rows);
         }
     }
@@ -475,10 +473,12 @@ impl Service {
         let Ok(mut buckets) = self.buckets.lock() else {
             return Ok(());
         };
-        if buckets.len() > 100_000 {
-            // Forget full buckets rather than grow without bound.
-            buckets.retain(|_, (tokens, at)| *tokens < per_min && now_ms - *at < 60_000);
-        }
+        // Full buckets are forgotten rather than kept without bound.
+        crate::caches::make_room(
+            &mut buckets,
+            crate::caches::MAX_ENTRIES,
+            |_, (tokens, at)| *tokens >= per_min || now_ms - *at >= 60_000,
+        );
         let (tokens, at) = buckets.entry(key.to_string()).or_insert((per_min, now_ms));
         let refill = (now_ms - *at).max(0) as f64 / 60_000.0 * per_min;
         *tokens = (*tokens + refill).min(per_min);
