@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::hash::Hash;
 
 /// Entries an account-sized cache (accounts' rows, tokens, rate-limit buckets) keeps at
-/// most: every account that activates within a cache's minute at over 4,000 activations a
-/// second.
-pub const MAX_ENTRIES: usize = 262_144;
+/// most: every account that activates within a cache's minute at over 1,600 activations a
+/// second, in well under 100 MB.
+pub const MAX_ENTRIES: usize = 100_000;
 
 /// Makes room in `map` once it holds `max` entries: the entries `stale` names go, and if
 /// fewer than a quarter go, all go. What goes is dropped on a thread of its own: dropping a
