@@ -229,7 +229,7 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     key: Arc<SealingKey>,
     settings: Settings,
-    buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, i64)>>,
+    buckets: crate::caches::Buckets,
     /// Parsed roles by name, with the policy text they were parsed from: a role is parsed
     /// again only when its stored policy changes.
     role_cache: std::sync::Mutex<std::collections::HashMap<String, CachedRole>>,
@@ -341,7 +341,7 @@ impl Service {
             clock,
             key,
             settings,
-            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+            buckets: crate::caches::Buckets::default(),
             role_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             accounts: std::sync::Mutex::new(std::collections::HashMap::new()),
             awaiting: std::sync::Mutex::new(std::collections::HashMap::new()),
@@ -468,30 +468,9 @@ impl Service {
 
     /// Takes one request from the account's token bucket, or says when the next one is due.
     fn rate_limit(&self, key: &str, now: Timestamp) -> Result<()> {
-        let per_min = f64::from(self.settings.requests_per_minute.max(1));
-        let now_ms = ms(now);
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
-        };
-        // Full buckets are forgotten rather than kept without bound.
-        crate::caches::make_room(
-            &mut buckets,
-            crate::caches::MAX_ENTRIES,
-            |_, (tokens, at)| *tokens >= per_min || now_ms - *at >= 60_000,
-        );
-        let (tokens, at) = buckets.entry(key.to_string()).or_insert((per_min, now_ms));
-        let refill = (now_ms - *at).max(0) as f64 / 60_000.0 * per_min;
-        *tokens = (*tokens + refill).min(per_min);
-        *at = now_ms;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait_s = ((1.0 - *tokens) / per_min * 60.0).ceil() as i64;
-            Err(Error::Refused(Refusal::RateLimited {
-                retry_after_s: wait_s.max(1),
-            }))
-        }
+        self.buckets
+            .take(key, self.settings.requests_per_minute, ms(now))
+            .map_err(|retry_after_s| Error::Refused(Refusal::RateLimited { retry_after_s }))
     }
 
     /// The store, for admin operations.
