@@ -148,8 +148,14 @@ impl Api {
     /// Remembers a verified token (by its hash) for a few seconds.
     fn cache_caller(&self, hash: String, caller: &Caller, now: i64, stamp: Option<Stamp>) {
         if let Ok(mut cache) = self.tokens.lock() {
-            let kept = TOKEN_CACHE_MS.max(MAX_AGE_MS);
-            crate::caches::make_room(&mut cache, crate::caches::MAX_ENTRIES, |_, (c, at, _)| {
+            // Stale as `cached_caller` judges by age: a minute with the writer's stamp, a few
+            // seconds without (PostgreSQL).
+            crate::caches::make_room(&mut cache, crate::caches::MAX_ENTRIES, |_, (c, at, s)| {
+                let kept = if s.is_some() {
+                    MAX_AGE_MS
+                } else {
+                    TOKEN_CACHE_MS
+                };
                 !(0..kept).contains(&(now - *at)) || c.expires_at.is_some_and(|e| e <= now)
             });
             cache.insert(hash, (caller.clone(), now, stamp));
