@@ -6,13 +6,13 @@ use std::sync::Mutex;
 
 /// Entries an account-sized cache (accounts' rows, tokens, rate-limit buckets) keeps at
 /// most: every account that activates within a cache's minute at over 1,600 activations a
-/// second, in well under 100 MB.
+/// second.
 pub const MAX_ENTRIES: usize = 100_000;
 
 /// Makes room in `map` once it holds `max` entries: the entries `stale` names go, and if
-/// fewer than a quarter go, all go. What goes is dropped on a thread of its own: dropping a
-/// few hundred thousand entries takes tens of milliseconds, which the holder of the cache's
-/// lock — and every request waiting for that lock — would otherwise wait.
+/// fewer than a quarter go, all go. What goes is dropped on a thread of its own: freeing a
+/// hundred thousand entries, each several heap blocks, takes milliseconds, which the holder of
+/// the cache's lock — and every request waiting for that lock — would otherwise wait.
 pub fn make_room<K, V>(map: &mut HashMap<K, V>, max: usize, mut stale: impl FnMut(&K, &V) -> bool)
 where
     K: Eq + Hash + Send + 'static,
