@@ -9,8 +9,8 @@
 //! never waits for fresh codes: a user has two usable codes (this step's and the next's) per
 //! 30 s, and the three levels back to back take up to ~150,000 activations in 24 s here
 //! (64,000 users ran short: "waited … for fresh TOTP steps"; 192,000 cost no more CPU per
-//! activation in alternating runs, 247–251 against 240–256 µs). With `ROLEGATE_BENCH_POSTGRES="host=… dbname=<empty
-//! database>"` it runs on PostgreSQL; `ROLEGATE_BENCH_C="32"` picks the concurrencies.
+//! activation in alternating runs, 247–251 against 240–256 µs). With
+//! `ROLEGATE_BENCH_POSTGRES="host=… dbname=<empty database>"` it runs on PostgreSQL; `ROLEGATE_BENCH_C="32"` picks the concurrencies.
 //! The daemon and the load generator share this 2-core machine, as they would with oha; the
 //! generator is a minimal keep-alive HTTP/1.1 client (one connection per worker) so that
 //! its own cost stays small beside the server's.

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::events::{self, Filter};
 use crate::roles::{self, RoleSpec};
 use crate::service::{RequestView, Requester, Service};
-use crate::store::changes::{Kind, MAX_AGE_MS, Stamp};
+use crate::store::changes::{self, Kind, Stamp};
 use crate::tokens::{self, Caller};
 use crate::users::{self, NewUser, UserChanges};
 
@@ -151,12 +151,11 @@ impl Api {
             // Stale as `cached_caller` judges by age: a minute with the writer's stamp, a few
             // seconds without (PostgreSQL).
             crate::caches::make_room(&mut cache, crate::caches::MAX_ENTRIES, |_, (c, at, s)| {
-                let kept = if s.is_some() {
-                    MAX_AGE_MS
-                } else {
-                    TOKEN_CACHE_MS
+                let young = match s {
+                    Some(_) => changes::young(*at, now),
+                    None => (0..TOKEN_CACHE_MS).contains(&(now - *at)),
                 };
-                !(0..kept).contains(&(now - *at)) || c.expires_at.is_some_and(|e| e <= now)
+                !young || c.expires_at.is_some_and(|e| e <= now)
             });
             cache.insert(hash, (caller.clone(), now, stamp));
         }

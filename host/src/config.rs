@@ -428,20 +428,20 @@ impl Config {
             &mut config.server.access_log,
             &mut config.plugins.worker,
         ];
+        let directory = config
+            .directory
+            .as_mut()
+            .and_then(|d| d.bind_password_file.as_mut());
         for p in [&mut config.store.sqlite, &mut config.store.key_file]
             .into_iter()
             .chain(optional.into_iter().flatten())
+            .chain(directory)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
         }
-        if let Some(d) = &mut config.directory {
-            if let Some(p) = &mut d.bind_password_file
-                && p.is_relative()
-            {
-                *p = base.join(&*p);
-            }
+        if let Some(d) = &config.directory {
             d.check()?;
         }
         Ok(config)

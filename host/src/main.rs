@@ -1290,8 +1290,8 @@ fn on_hangup(
         .as_ref()
         .map(|t| t.cert_path().display().to_string())
         .unwrap_or_default();
-    let serving = tls.as_ref().and_then(|t| t.summary());
-    if let Some(s) = &serving {
+    let summary = tls.as_ref().and_then(|t| t.summary());
+    if let Some(s) = &summary {
         eprintln!("rolegate: TLS with {s} ({file})");
     }
     let near_end = move |s: &rolegate::tls::CertSummary| {
@@ -1305,7 +1305,7 @@ fn on_hangup(
             );
         }
     };
-    if let Some(s) = &serving {
+    if let Some(s) = &summary {
         near_end(s);
     }
     if let Some(log) = &access_log {

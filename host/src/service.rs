@@ -20,7 +20,7 @@ use crate::role::{Refusal, Role, Usability};
 use crate::roles;
 use crate::secrets::{SealingKey, time_ordered_id};
 use crate::store::Store;
-use crate::store::changes::{Changes, Kind, MAX_AGE_MS, Stamp};
+use crate::store::changes::{self, Changes, Kind, Stamp};
 use crate::store::{Row, Tx, Value};
 use crate::tokens::{self, Caller};
 use crate::users::{self, User, account_key};
@@ -460,7 +460,7 @@ impl Service {
         if let Ok(mut cache) = self.accounts.lock() {
             let now = rows.read_at;
             crate::caches::make_room(&mut cache, crate::caches::MAX_ENTRIES, |_, r| {
-                !(0..MAX_AGE_MS).contains(&(now - r.read_at))
+                !changes::young(r.read_at, now)
             });
             cache.insert(key.to_string(), rows);
         }

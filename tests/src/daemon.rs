@@ -200,9 +200,14 @@ pub async fn call(
 /// Runs the `rolegate` CLI against the daemon with `token`, feeding `stdin`; success and the
 /// combined output.
 pub fn cli(d: &Daemon, token: &str, args: &[&str], stdin: &str) -> (bool, String) {
+    cli_at(&d.url, token, args, stdin)
+}
+
+/// Like [`cli`], against the daemon at `url` (another name or address of it).
+pub fn cli_at(url: &str, token: &str, args: &[&str], stdin: &str) -> (bool, String) {
     use std::io::Write as _;
     let mut child = Command::new(rolegate_bin())
-        .args(["--server", &d.url])
+        .args(["--server", url])
         .args(args)
         .env("ROLEGATE_TOKEN", token)
         .stdin(Stdio::piped())

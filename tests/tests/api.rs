@@ -4,7 +4,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rolegate_e2e::daemon::{Daemon, call, cli, refused_to_serve, serve_config};
+use rolegate_e2e::daemon::{Daemon, call, cli, cli_at, refused_to_serve, serve_config};
 use rolegate_e2e::{hello_lib, rolegate_bin, write_private};
 use serde_json::{Value, json};
 
@@ -2032,11 +2032,13 @@ async fn https_from_the_config_reloads_on_sighup_and_refuses_bad_files() {
     let ca_first = first.path().join("ca.pem");
     let ca_renewal = renewal.path().join("ca.pem");
     let ca = |path: &std::path::Path| ["--ca-file".to_string(), path.display().to_string()];
-    let list = |ca_args: &[String]| {
+    // `provider list` by `url` with `ca_args`.
+    let list_at = |url: &str, ca_args: &[String]| {
         let mut args: Vec<&str> = ca_args.iter().map(String::as_str).collect();
         args.extend(["provider", "list"]);
-        cli(&d, &d.admin, &args, "")
+        cli_at(url, &d.admin, &args, "")
     };
+    let list = |ca_args: &[String]| list_at(&d.url, ca_args);
     let (ok, out) = list(&ca(&ca_first));
     assert!(ok && out.contains("hello"), "{out}");
     // Without the private CA the CLI refuses the daemon, and says what to do.
@@ -2046,17 +2048,9 @@ async fn https_from_the_config_reloads_on_sighup_and_refuses_bad_files() {
         "{out}"
     );
     // By a name its certificate does not hold (it names 127.0.0.1 only): said so.
-    let out = Command::new(rolegate_bin())
-        .args(["--server", &d.url.replace("127.0.0.1", "localhost")])
-        .arg("--ca-file")
-        .arg(&ca_first)
-        .args(["provider", "list"])
-        .env("ROLEGATE_TOKEN", &d.admin)
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
+    let (ok, said) = list_at(&d.url.replace("127.0.0.1", "localhost"), &ca(&ca_first));
     assert!(
-        !out.status.success() && said.contains("certificate is not for this host name"),
+        !ok && said.contains("certificate is not for this host name"),
         "{said}"
     );
     let addr = d.url.trim_start_matches("https://").to_string();

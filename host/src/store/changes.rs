@@ -21,6 +21,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// writer reports other processes' commits too (within 100 ms).
 pub const MAX_AGE_MS: i64 = 60_000;
 
+/// Whether a read made at `read_at` (Unix ms) is still young enough at `now_ms` for a cache
+/// to keep: the [`MAX_AGE_MS`] safety net alone (freshness needs [`Changes::still_fresh`]).
+pub fn young(read_at: i64, now_ms: i64) -> bool {
+    (0..MAX_AGE_MS).contains(&(now_ms - read_at))
+}
+
 /// Epoch slots; keys share a slot by hash (a shared slot only costs a spurious miss).
 const SLOTS: usize = 16_384;
 
@@ -114,7 +120,7 @@ impl Changes {
         read_at: i64,
         now_ms: i64,
     ) -> bool {
-        (0..MAX_AGE_MS).contains(&(now_ms - read_at)) && self.unchanged(kind, key, stamp)
+        young(read_at, now_ms) && self.unchanged(kind, key, stamp)
     }
 
     /// Records a change of the key (the writer, after the transaction that made it).
