@@ -30,6 +30,8 @@ pub struct Api {
     tokens: Arc<std::sync::Mutex<std::collections::HashMap<String, CachedToken>>>,
     /// The directory users may be copied from.
     directory: Option<Arc<crate::directory::DirectoryConfig>>,
+    /// The hash of the token that may read `/metrics` (and nothing else), if one is set.
+    metrics_token: Option<Arc<str>>,
 }
 
 /// How long a verified token is trusted without a new look-up when the store cannot tell of
@@ -99,7 +101,14 @@ impl Api {
             service,
             tokens: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
             directory: None,
+            metrics_token: None,
         }
+    }
+
+    /// Lets the holder of `token` read `/metrics` (admins always may).
+    pub fn with_metrics_token(mut self, token: Option<&str>) -> Self {
+        self.metrics_token = token.map(|t| crate::secrets::token_hash(t).into());
+        self
     }
 
     /// Lets admins create users from this directory (`from_directory`).
@@ -196,6 +205,7 @@ impl Api {
         Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/openapi.json", get(openapi))
+            .route("/metrics", get(metrics))
             .route("/v1/requests", post(create_request).get(my_requests))
             .route("/v1/requests/{id}", get(get_request))
             .route("/v1/requests/{id}/answer", post(answer))
@@ -951,6 +961,29 @@ async fn verify_events(State(api): State<Api>, headers: HeaderMap) -> ApiResult<
     }))
 }
 
+/// The metrics in Prometheus's text format, for the scrape token or an admin.
+async fn metrics(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Response> {
+    let hash = crate::secrets::token_hash(&Api::bearer(&headers)?);
+    // Comparing hashes: the time it takes tells nothing of the token.
+    if api.metrics_token.as_deref() != Some(hash.as_str()) {
+        api.admin(&headers).await?;
+    }
+    let in_flight = api
+        .service
+        .store()
+        .read_long(crate::metrics::in_flight)
+        .await?;
+    let body = crate::metrics::METRICS.render(&in_flight);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}
+
 async fn list_providers(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
     api.caller(&headers).await?;
     let mut out = Vec::new();
@@ -1132,6 +1165,7 @@ pub fn openapi_document() -> Json_ {
             "/v1/tokens": {"post": op("Issue a token: {account, admin?, label?}; shown once", true),
                            "get": op("List tokens: id, account, admin, label, created_at, expires_at (never a secret)", true)},
             "/v1/tokens/{id}": {"delete": op("Revoke a token by its id; it stops working at once", true)},
+            "/metrics": {"get": op("Metrics in Prometheus's text format: admins, or the token of [server] metrics_token_file", true)},
         }
     })
 }

@@ -64,6 +64,9 @@ pub struct ServerConfig {
     /// The certificate's private key (PEM, a private file); with `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// A private file holding the token that may read `/metrics` and nothing else.
+    #[serde(default)]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -90,6 +93,9 @@ fn default_max_connections() -> usize {
     DEFAULT_MAX_CONNECTIONS
 }
 
+/// The fewest characters a metrics token may have.
+pub const MIN_METRICS_TOKEN: usize = 32;
+
 /// The default of `[server] max_connections_per_client`.
 pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 128;
 
@@ -108,6 +114,7 @@ impl Default for ServerConfig {
             access_log: None,
             tls_cert: None,
             tls_key: None,
+            metrics_token_file: None,
         }
     }
 }
@@ -135,6 +142,37 @@ impl ServerConfig {
             self.listen,
             beyond.ip()
         ))
+    }
+
+    /// The token of `metrics_token_file`, when one is set: read from a private file, and
+    /// refused (without being shown) when too short to resist guessing.
+    pub fn metrics_token(&self) -> Result<Option<String>> {
+        let Some(file) = &self.metrics_token_file else {
+            return Ok(None);
+        };
+        check_private(file)?;
+        let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
+            what: format!("cannot read [server] metrics_token_file {}", file.display()),
+            source,
+        })?;
+        let token = text.trim_end_matches(['\r', '\n']);
+        let what = || format!("[server] metrics_token_file {}", file.display());
+        if token.chars().any(|c| !c.is_ascii_graphic()) {
+            return Err(Error::Invalid {
+                what: what(),
+                message: "the token must be one line of printable ASCII without spaces".into(),
+            });
+        }
+        if token.len() < MIN_METRICS_TOKEN {
+            return Err(Error::Invalid {
+                what: what(),
+                message: format!(
+                    "the token has {} characters; it needs at least {MIN_METRICS_TOKEN} (make one with `openssl rand -hex 32`)",
+                    token.len()
+                ),
+            });
+        }
+        Ok(Some(token.to_string()))
     }
 
     /// The certificate and key files, when the API is served over HTTPS.
@@ -426,6 +464,7 @@ impl Config {
             &mut config.server.tls_cert,
             &mut config.server.tls_key,
             &mut config.server.access_log,
+            &mut config.server.metrics_token_file,
             &mut config.plugins.worker,
         ];
         let directory = config

@@ -262,6 +262,7 @@ pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<Event> {
             event.hash.clone().into(),
         ],
     )?;
+    crate::metrics::appended(event.id, event.provider.as_deref());
     match tx.event_head() {
         // The writer stores the head once, before its batch commits.
         Some(h) => {

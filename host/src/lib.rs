@@ -15,6 +15,7 @@ pub mod directory;
 pub mod error;
 pub mod events;
 pub mod import;
+pub mod metrics;
 pub mod phone;
 pub mod plugins;
 pub mod role;

@@ -1055,6 +1055,8 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         )?)),
         None => None,
     };
+    let metrics_token = config.server.metrics_token()?;
+    rolegate::metrics::METRICS.started(jiff::Timestamp::now().as_second());
     let rt = runtime()?;
     // Opened before anything else too; its writer is a thread of its own.
     let access_log = match &config.server.access_log {
@@ -1235,12 +1237,13 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!(
-            "rolegate: serving on {scheme}://{} (web page at /, OpenAPI at /openapi.json); Ctrl-C or SIGTERM stops",
+            "rolegate: serving on {scheme}://{} (web page at /, OpenAPI at /openapi.json, metrics at /metrics); Ctrl-C or SIGTERM stops",
             listener.local_addr()?
         );
         on_hangup(tls.clone(), access_log.clone())?;
         let app = rolegate::api::Api::new(service)
             .with_directory(config.directory.clone())
+            .with_metrics_token(metrics_token.as_deref())
             .router();
         let limits = config.server.limits();
         raise_open_files(limits.max_connections);

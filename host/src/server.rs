@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::access::{self, AccessLog, ClientAddr};
+use crate::metrics::METRICS;
 use crate::tls::ServerTls;
 
 /// What the server allows its clients.
@@ -104,7 +105,8 @@ pub async fn serve(
         },
         bounded_body,
     ));
-    // Outermost, so that the server's own refusals (408, 413, 503) are logged too.
+    // Outermost, so that the server's own refusals (408, 413, 503) are logged and counted too.
+    let router = router.layer(axum::middleware::from_fn(count_answers));
     let logging = access_log.is_some();
     let router = match access_log {
         Some(log) => router.layer(axum::middleware::from_fn_with_state(log, access::layer)),
@@ -150,6 +152,7 @@ pub async fn serve(
         };
         let Some(place) = PerClient::enter(&per_client, peer.ip()) else {
             drop(stream);
+            METRICS.connections_refused.fetch_add(1, Ordering::Relaxed);
             refused_client.note(|n| {
                 tracing::warn!(
                     refused = n,
@@ -162,6 +165,7 @@ pub async fn serve(
         };
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             drop(stream);
+            METRICS.connections_refused.fetch_add(1, Ordering::Relaxed);
             refused.note(|n| {
                 tracing::warn!(
                     refused = n,
@@ -171,8 +175,9 @@ pub async fn serve(
             });
             continue;
         };
-        // Both places are given back when the connection ends.
-        let permit = (permit, place);
+        // Both places are given back when the connection ends, and it is counted as open
+        // until then.
+        let permit = (permit, place, OpenConnection::new());
         // Responses go out as soon as they are written (each is one write).
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(WithClient {
@@ -327,6 +332,30 @@ async fn handshake(
             None
         }
         Err(_) => None,
+    }
+}
+
+/// Counts every answer by status, and how long it took, for `/metrics`.
+async fn count_answers(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(req).await;
+    METRICS.http(response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// A connection counted in `rolegate_connections_open` while it lives.
+struct OpenConnection;
+
+impl OpenConnection {
+    fn new() -> Self {
+        METRICS.connections_open.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        METRICS.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -2218,3 +2218,198 @@ async fn a_stop_signalled_to_the_whole_group_records_no_worker_crash() {
     let (_, events) = call(&d, Some(&admin), "GET", "/v1/events?id=402", None).await;
     assert_eq!(events.as_array().map(Vec::len), Some(0), "{events}");
 }
+
+/// The sum of the samples in Prometheus text whose line starts with `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_committed_activations_for_the_scrape_token_and_admins_only() {
+    let scrape = "0123456789abcdef0123456789abcdef-scrape";
+    let dir = tempfile::tempdir().unwrap();
+    write_private(&dir.path().join("metrics.token"), &format!("{scrape}\n"));
+    let cfg = dir.path().join("rolegate.toml");
+    write_private(
+        &cfg,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_token_file = \"metrics.token\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
+            hello_lib().display()
+        ),
+    );
+    let d = serve_config(dir, &cfg);
+    let admin = d.admin.clone();
+    new_user(&d, &admin, json!({"account": "jdoe"})).await;
+    new_user(&d, &admin, json!({"account": "mallory"})).await;
+    let role = json!({"name": "Ops", "candidates": ["jdoe"], "ttl_s": 3600, "max_ttl_s": 7200,
+                      "mfa_enabled": true, "providers": ["hello"]});
+    let (s, _) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
+    assert_eq!(s, 201);
+    let user = issue_token(&d, &admin, json!({"account": "jdoe"})).await;
+    let mallory = issue_token(&d, &admin, json!({"account": "mallory"})).await;
+
+    // Nobody else reads the metrics: no token, a user's token, a wrong one.
+    assert_eq!(call(&d, None, "GET", "/metrics", None).await.0, 401);
+    assert_eq!(status(&d, &user, "GET", "/metrics").await, 403);
+    assert_eq!(
+        status(
+            &d,
+            "0123456789abcdef0123456789abcdef-wrong",
+            "GET",
+            "/metrics"
+        )
+        .await,
+        401
+    );
+
+    // One activation through MFA, one refused request (not a candidate).
+    let body = json!({"role": "Ops", "justification": "deploy"});
+    let (s, r) = call(&d, Some(&user), "POST", "/v1/requests", Some(body.clone())).await;
+    assert_eq!(s, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let (s, r) = call(
+        &d,
+        Some(&user),
+        "POST",
+        &format!("/v1/requests/{id}/answer"),
+        Some(json!({"code": hello_answer(&r)})),
+    )
+    .await;
+    assert_eq!((s, r["state"].as_str()), (200, Some("active")), "{r}");
+    let (s, _) = call(&d, Some(&mallory), "POST", "/v1/requests", Some(body)).await;
+    assert_eq!(s, 403);
+
+    let resp = reqwest::Client::new()
+        .get(format!("{}/metrics", d.url))
+        .bearer_auth(scrape)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "{:?}",
+        resp.headers()
+    );
+    let text = resp.text().await.unwrap();
+    // Committed events, by id: one request created, MFA completed with hello, activated;
+    // the refused request raised nothing.
+    assert_eq!(
+        sample(&text, "rolegate_events_total{id=\"200\","),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "rolegate_events_total{id=\"103\",provider=\"hello\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "rolegate_events_total{id=\"203\","),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "rolegate_events_total{id=\"101\","),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "rolegate_events_total{id=\"400\","),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "rolegate_requests{state=\"active\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "rolegate_requests{state=\"pending_mfa\"}"),
+        0.0,
+        "{text}"
+    );
+    // The provider's calls: the challenge's start and its answer, each timed.
+    for op in ["challenge_start", "challenge_continue"] {
+        let series = format!(
+            "rolegate_provider_call_duration_seconds_count{{provider=\"hello\",op=\"{op}\"}}"
+        );
+        assert_eq!(sample(&text, &series), 1.0, "{series}\n{text}");
+    }
+    assert_eq!(sample(&text, "rolegate_provider_call_failures_total"), 0.0);
+    assert_eq!(
+        sample(&text, "rolegate_http_requests_total{code=\"403\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "rolegate_http_requests_total{code=\"401\"}"),
+        2.0,
+        "{text}"
+    );
+    assert!(sample(&text, "rolegate_http_request_duration_seconds_count") >= 9.0);
+    assert!(
+        sample(&text, "rolegate_store_write_duration_seconds_count") >= 5.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "rolegate_store_commit_failures_total"), 0.0);
+    assert!(sample(&text, "rolegate_connections_open") >= 1.0, "{text}");
+    assert!(sample(&text, "rolegate_start_time_seconds") as u64 > unix_now() - 600);
+    // No secret in them: not the scrape token, not a user's.
+    assert!(!text.contains(scrape) && !text.contains(&user));
+
+    // Admins may read them too.
+    let (s, by_admin) = call(&d, Some(&admin), "GET", "/metrics", None).await;
+    assert_eq!(s, 200);
+    assert!(
+        by_admin
+            .as_str()
+            .unwrap()
+            .contains("rolegate_build_info{version=")
+    );
+}
+
+#[test]
+fn a_metrics_token_file_that_is_readable_by_others_or_weak_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rolegate.toml");
+    write_private(
+        &cfg,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmetrics_token_file = \"m.token\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
+            hello_lib().display()
+        ),
+    );
+    let token = dir.path().join("m.token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = refused_to_serve(&cfg);
+    assert!(
+        stderr.contains("m.token") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    write_private(&token, "short-secret\n");
+    let stderr = refused_to_serve(&cfg);
+    assert!(
+        stderr.contains("metrics_token_file") && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("short-secret"),
+        "the token was shown: {stderr}"
+    );
+    assert!(
+        !dir.path().join("rolegate.db").exists(),
+        "the store was opened before the refusal"
+    );
+}

@@ -229,15 +229,21 @@ async fn a_failed_write_in_a_shared_batch_undoes_only_itself(backend) {
     }
     assert!(running.load(Ordering::SeqCst), "the first write never ran");
     // Each: a role row and an event; 2 then fails, 3 panics, after their writes.
+    // The events name a provider of this test's own, so that the metrics count only them.
+    let label = format!("shared-batch-{backend:?}");
     let mut tasks = Vec::new();
     for i in 1..=4i64 {
         let db = Arc::clone(&db);
+        let label = label.clone();
         tasks.push(tokio::spawn(async move {
             db.write(move |tx| {
                 tx.execute("INSERT INTO roles VALUES ($1, $2, $3, $4, $5)", &role_row(i))?;
                 events::append(
                     tx,
-                    NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", format!("event {i}")),
+                    NewEvent {
+                        provider: Some(label),
+                        ..NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", format!("event {i}"))
+                    },
                     1000 + i,
                 )?;
                 if i == 2 {
@@ -263,6 +269,9 @@ async fn a_failed_write_in_a_shared_batch_undoes_only_itself(backend) {
     assert!(results[1].as_ref().is_err_and(|e| e.contains("nowhere")), "{:?}", results[1]);
     assert!(results[2].is_err(), "{:?}", results[2]);
     assert_eq!(results[3], Ok(4));
+    // The metrics count the committed writes' events only: not the failed one's, nor the
+    // panicked one's.
+    assert_eq!(rolegate::metrics::METRICS.events(events::MFA_COMPLETED, Some(&label)), 2);
     db.close();
     // What stays, after a restart: the good writes' rows and events, an intact chain.
     let db = at.open().await;

@@ -201,6 +201,7 @@ impl Plugin {
             plugin: self.clone(),
             info: None,
             backend,
+            calls: crate::metrics::METRICS.provider(&self.id),
         };
         let info: ProviderInfo = provider.call(&Request::Info).await?;
         if let Backend::InProcess { inline, .. } = &provider.backend {
@@ -230,6 +231,8 @@ pub struct LoadedProvider {
     pub plugin: Plugin,
     info: Option<ProviderInfo>,
     backend: Backend,
+    /// Its calls' durations and failures, for `/metrics`.
+    calls: Arc<crate::metrics::ProviderCalls>,
 }
 
 impl std::fmt::Debug for LoadedProvider {
@@ -259,6 +262,13 @@ impl LoadedProvider {
 
     /// Sends raw request bytes, returning the raw response; never blocks the async runtime.
     pub async fn call_raw(&self, op: &'static str, request: Vec<u8>) -> Result<Vec<u8>> {
+        let started = std::time::Instant::now();
+        let answer = self.call_backend(op, request).await;
+        self.calls.observe(op, started.elapsed(), answer.is_ok());
+        answer
+    }
+
+    async fn call_backend(&self, op: &'static str, request: Vec<u8>) -> Result<Vec<u8>> {
         match &self.backend {
             Backend::InProcess {
                 instance,

@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, mpsc};
 
 use tokio::sync::oneshot;
@@ -312,18 +313,30 @@ impl Writer {
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = oneshot::channel::<Result<T>>();
+        let queued = std::time::Instant::now();
         let job: Job = Box::new(move |tx| {
-            let result = op(tx);
+            let (result, events) = crate::metrics::collect_events(|| op(tx));
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |commit_error| {
+                let metrics = &crate::metrics::METRICS;
                 let out = match (result, commit_error) {
-                    (Ok(v), None) => Ok(v),
-                    (Ok(_), Some(e)) => Err(Error::Store {
-                        what: "committing".into(),
-                        message: e.to_string(),
-                    }),
+                    (Ok(v), None) => {
+                        // Counted only now: the write's events are durable.
+                        metrics.committed(events);
+                        Ok(v)
+                    }
+                    (Ok(_), Some(e)) => {
+                        metrics
+                            .store_commit_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        Err(Error::Store {
+                            what: "committing".into(),
+                            message: e.to_string(),
+                        })
+                    }
                     (Err(e), _) => Err(e),
                 };
+                metrics.store_write_seconds.observe(queued.elapsed());
                 let _ = reply.send(out);
             });
             (ok, completion)

@@ -1,0 +1,523 @@
+//! The daemon's metrics, served at `GET /metrics` in Prometheus's text format: what an
+//! operator graphs and alerts on (activations, MFA failures, lockouts, provider latency,
+//! the store's commit time, HTTP answers, refused connections).
+//!
+//! Counters of what happened to rolegate's state (`rolegate_events_total`) are counted only
+//! once the write that raised them has committed, durably: a write undone, or a batch that
+//! did not commit, counts nothing. Everything here is process-wide and costs an atomic add
+//! or two on the request path.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The upper bounds (seconds) of every histogram's buckets: from half a millisecond (a
+/// commit, a quick provider call) to 10 s (an SMS gateway at its deadline).
+pub const BUCKETS_S: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A histogram of durations with [`BUCKETS_S`].
+#[derive(Debug)]
+pub struct Histogram {
+    /// Observations at or under each bound (not cumulative; summed when rendered).
+    buckets: [AtomicU64; BUCKETS_S.len()],
+    /// Observations over the last bound.
+    over: AtomicU64,
+    /// The observations' sum, in nanoseconds.
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    /// An empty histogram.
+    pub const fn new() -> Self {
+        Self {
+            buckets: [const { AtomicU64::new(0) }; BUCKETS_S.len()],
+            over: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        match BUCKETS_S.iter().position(|b| s <= *b) {
+            Some(i) => self.buckets[i].fetch_add(1, Ordering::Relaxed),
+            None => self.over.fetch_add(1, Ordering::Relaxed),
+        };
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// How many durations were recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets
+            .iter()
+            .chain([&self.over])
+            .map(|b| b.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0u64;
+        for (bound, n) in BUCKETS_S.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += self.over.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        let _ = writeln!(out, "{name}_count{braces} {cumulative}");
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One provider's calls: how long they took, and how many failed to get an answer.
+#[derive(Debug, Default)]
+pub struct ProviderCalls {
+    /// Each operation's durations, by the SDK's operation name.
+    by_op: Mutex<BTreeMap<&'static str, Arc<Histogram>>>,
+    /// Calls that got no answer, by operation: past the deadline, a crashed worker, refused.
+    failed: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl ProviderCalls {
+    /// Records one call of `op` that took `took`; `answered` is false when it got no answer.
+    pub fn observe(&self, op: &'static str, took: Duration, answered: bool) {
+        let histogram = match self.by_op.lock() {
+            Ok(mut m) => Arc::clone(m.entry(op).or_default()),
+            Err(_) => return,
+        };
+        histogram.observe(took);
+        if !answered && let Ok(mut m) = self.failed.lock() {
+            *m.entry(op).or_default() += 1;
+        }
+    }
+}
+
+/// The process's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Committed events, by (event id, provider or "").
+    events: Mutex<BTreeMap<(i64, String), u64>>,
+    /// HTTP answers, by status code.
+    http_status: Mutex<BTreeMap<u16, u64>>,
+    /// How long the server took to answer each HTTP request.
+    pub http_seconds: Histogram,
+    /// How long each store write waited for its durable commit (queue, batch, fsync).
+    pub store_write_seconds: Histogram,
+    /// Writes whose batch did not commit (a full disk, an I/O error, a lost connection).
+    pub store_commit_failures: AtomicU64,
+    /// Each provider's calls, by provider id.
+    providers: Mutex<BTreeMap<String, Arc<ProviderCalls>>>,
+    /// Connections open now.
+    pub connections_open: AtomicI64,
+    /// Connections closed at once: over `max_connections` or the client's share.
+    pub connections_refused: AtomicU64,
+    /// When the process started (Unix seconds), once [`Metrics::started`] is called.
+    start_time_s: AtomicI64,
+}
+
+/// The process's metrics.
+pub static METRICS: Metrics = Metrics::new();
+
+/// Events a write appended: (event id, provider).
+pub type Appended = Vec<(i64, Option<String>)>;
+
+thread_local! {
+    /// The events appended by the write running on this thread, while a writer collects them.
+    static APPENDED: RefCell<Option<Appended>> = const { RefCell::new(None) };
+}
+
+/// Runs one store write, returning what it returned and the events it appended (to be
+/// counted once its batch commits: see [`Metrics::committed`]).
+pub fn collect_events<T>(write: impl FnOnce() -> T) -> (T, Appended) {
+    APPENDED.with(|a| *a.borrow_mut() = Some(Vec::new()));
+    let out = write();
+    let appended = APPENDED.with(|a| a.borrow_mut().take()).unwrap_or_default();
+    (out, appended)
+}
+
+/// Notes an appended event, when the write that appends it is being collected.
+pub fn appended(id: i64, provider: Option<&str>) {
+    APPENDED.with(|a| {
+        if let Some(v) = a.borrow_mut().as_mut() {
+            v.push((id, provider.map(str::to_owned)));
+        }
+    });
+}
+
+/// How many requests are in each unfinished state now, read from the store when scraped.
+pub type InFlight = Vec<(&'static str, i64)>;
+
+impl Metrics {
+    /// Empty metrics.
+    pub const fn new() -> Self {
+        Self {
+            events: Mutex::new(BTreeMap::new()),
+            http_status: Mutex::new(BTreeMap::new()),
+            http_seconds: Histogram::new(),
+            store_write_seconds: Histogram::new(),
+            store_commit_failures: AtomicU64::new(0),
+            providers: Mutex::new(BTreeMap::new()),
+            connections_open: AtomicI64::new(0),
+            connections_refused: AtomicU64::new(0),
+            start_time_s: AtomicI64::new(0),
+        }
+    }
+
+    /// Notes when the daemon started.
+    pub fn started(&self, unix_s: i64) {
+        self.start_time_s.store(unix_s, Ordering::Relaxed);
+    }
+
+    /// Counts the events of a write whose batch committed.
+    pub fn committed(&self, events: Appended) {
+        if events.is_empty() {
+            return;
+        }
+        if let Ok(mut m) = self.events.lock() {
+            for (id, provider) in events {
+                *m.entry((id, provider.unwrap_or_default())).or_default() += 1;
+            }
+        }
+    }
+
+    /// How many committed events had `id` (and `provider`, when given).
+    pub fn events(&self, id: i64, provider: Option<&str>) -> u64 {
+        self.events.lock().map_or(0, |m| {
+            m.iter()
+                .filter(|((i, p), _)| *i == id && provider.is_none_or(|want| p == want))
+                .map(|(_, n)| n)
+                .sum()
+        })
+    }
+
+    /// Counts one HTTP answer and how long it took.
+    pub fn http(&self, status: u16, took: Duration) {
+        if let Ok(mut m) = self.http_status.lock() {
+            *m.entry(status).or_default() += 1;
+        }
+        self.http_seconds.observe(took);
+    }
+
+    /// The call figures of provider `id` (made on its first use).
+    pub fn provider(&self, id: &str) -> Arc<ProviderCalls> {
+        match self.providers.lock() {
+            Ok(mut m) => Arc::clone(m.entry(id.to_owned()).or_default()),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    /// Everything, in Prometheus's text exposition format (version 0.0.4).
+    pub fn render(&self, in_flight: &InFlight) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        head(
+            &mut out,
+            "rolegate_build_info",
+            "gauge",
+            "The running version (always 1).",
+        );
+        let _ = writeln!(
+            &mut out,
+            "rolegate_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        head(
+            &mut out,
+            "rolegate_start_time_seconds",
+            "gauge",
+            "When the daemon started, in Unix seconds.",
+        );
+        let _ = writeln!(
+            &mut out,
+            "rolegate_start_time_seconds {}",
+            self.start_time_s.load(Ordering::Relaxed)
+        );
+
+        head(
+            &mut out,
+            "rolegate_events_total",
+            "counter",
+            "Events committed to the event log since start, by event id (docs/events.md) and provider.",
+        );
+        if let Ok(m) = self.events.lock() {
+            for ((id, provider), n) in m.iter() {
+                let _ = writeln!(
+                    &mut out,
+                    "rolegate_events_total{{id=\"{id}\",provider=\"{}\"}} {n}",
+                    escape(provider)
+                );
+            }
+        }
+
+        head(
+            &mut out,
+            "rolegate_requests",
+            "gauge",
+            "Requests in each unfinished state now (read from the store when scraped).",
+        );
+        for (state, n) in in_flight {
+            let _ = writeln!(&mut out, "rolegate_requests{{state=\"{state}\"}} {n}");
+        }
+
+        head(
+            &mut out,
+            "rolegate_provider_call_duration_seconds",
+            "histogram",
+            "How long each call into a provider took, by provider id and operation.",
+        );
+        let providers: Vec<(String, Arc<ProviderCalls>)> = self
+            .providers
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect())
+            .unwrap_or_default();
+        for (id, calls) in &providers {
+            let ops: Vec<(&'static str, Arc<Histogram>)> = calls
+                .by_op
+                .lock()
+                .map(|m| m.iter().map(|(k, v)| (*k, Arc::clone(v))).collect())
+                .unwrap_or_default();
+            for (op, h) in ops {
+                let labels = format!("provider=\"{}\",op=\"{op}\"", escape(id));
+                h.render(&mut out, "rolegate_provider_call_duration_seconds", &labels);
+            }
+        }
+        head(
+            &mut out,
+            "rolegate_provider_call_failures_total",
+            "counter",
+            "Provider calls that got no answer (past the deadline, a crashed worker, refused), by provider id and operation.",
+        );
+        for (id, calls) in &providers {
+            if let Ok(m) = calls.failed.lock() {
+                for (op, n) in m.iter() {
+                    let _ = writeln!(
+                        &mut out,
+                        "rolegate_provider_call_failures_total{{provider=\"{}\",op=\"{op}\"}} {n}",
+                        escape(id)
+                    );
+                }
+            }
+        }
+
+        head(
+            &mut out,
+            "rolegate_store_write_duration_seconds",
+            "histogram",
+            "How long each write waited for its durable commit (queue, group commit, fsync).",
+        );
+        self.store_write_seconds
+            .render(&mut out, "rolegate_store_write_duration_seconds", "");
+        head(
+            &mut out,
+            "rolegate_store_commit_failures_total",
+            "counter",
+            "Writes whose batch did not commit (a full disk, an I/O error, a lost database connection).",
+        );
+        let _ = writeln!(
+            &mut out,
+            "rolegate_store_commit_failures_total {}",
+            self.store_commit_failures.load(Ordering::Relaxed)
+        );
+
+        head(
+            &mut out,
+            "rolegate_http_requests_total",
+            "counter",
+            "HTTP requests answered, by status code.",
+        );
+        if let Ok(m) = self.http_status.lock() {
+            for (code, n) in m.iter() {
+                let _ = writeln!(
+                    &mut out,
+                    "rolegate_http_requests_total{{code=\"{code}\"}} {n}"
+                );
+            }
+        }
+        head(
+            &mut out,
+            "rolegate_http_request_duration_seconds",
+            "histogram",
+            "How long the server took to answer each HTTP request.",
+        );
+        self.http_seconds
+            .render(&mut out, "rolegate_http_request_duration_seconds", "");
+        head(
+            &mut out,
+            "rolegate_connections_open",
+            "gauge",
+            "Client connections open now.",
+        );
+        let _ = writeln!(
+            &mut out,
+            "rolegate_connections_open {}",
+            self.connections_open.load(Ordering::Relaxed)
+        );
+        head(
+            &mut out,
+            "rolegate_connections_refused_total",
+            "counter",
+            "Connections closed at once: over max_connections or the client's max_connections_per_client.",
+        );
+        let _ = writeln!(
+            &mut out,
+            "rolegate_connections_refused_total {}",
+            self.connections_refused.load(Ordering::Relaxed)
+        );
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn head(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// A label value as the text format needs it: backslash, double quote and newline escaped.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The request states that are not final, as `rolegate_requests` reports them.
+pub const UNFINISHED: [&str; 4] = ["pending_mfa", "pending_approval", "scheduled", "active"];
+
+/// Counts the requests in each unfinished state (an indexed count per state).
+pub fn in_flight(tx: &mut dyn crate::store::Tx) -> crate::Result<InFlight> {
+    let mut out = Vec::with_capacity(UNFINISHED.len());
+    for state in UNFINISHED {
+        let rows = tx.query(
+            "SELECT COUNT(*) FROM requests WHERE state = $1",
+            &[state.into()],
+        )?;
+        let n = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
+        out.push((state, n));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let h = Histogram::new();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "a=\"b\"");
+        assert!(
+            out.contains("x_seconds_bucket{a=\"b\",le=\"0.0005\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{a=\"b\",le=\"0.0025\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{a=\"b\",le=\"0.005\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{a=\"b\",le=\"10\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{a=\"b\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_seconds_sum{a=\"b\"} 60.0033\n"), "{out}");
+        assert!(out.contains("x_seconds_count{a=\"b\"} 3\n"), "{out}");
+        assert_eq!(h.count(), 3);
+    }
+
+    #[test]
+    fn only_collected_writes_note_their_events_and_label_values_are_escaped() {
+        // Outside a collecting write, nothing is kept.
+        appended(103, Some("ignored"));
+        let ((), got) = collect_events(|| {
+            appended(103, Some("totp"));
+            appended(200, None);
+        });
+        assert_eq!(got, vec![(103, Some("totp".into())), (200, None)]);
+        let ((), none) = collect_events(|| ());
+        assert!(none.is_empty());
+
+        let m = Metrics::new();
+        m.committed(got);
+        m.committed(vec![(103, Some("we\"ird\\id\n".into()))]);
+        assert_eq!(m.events(103, None), 2);
+        assert_eq!(m.events(103, Some("totp")), 1);
+        assert_eq!(m.events(200, Some("")), 1);
+        let text = m.render(&vec![("active", 7)]);
+        assert!(text.contains("rolegate_events_total{id=\"103\",provider=\"totp\"} 1\n"));
+        assert!(text.contains("rolegate_events_total{id=\"200\",provider=\"\"} 1\n"));
+        assert!(
+            text.contains("provider=\"we\\\"ird\\\\id\\n\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("rolegate_requests{state=\"active\"} 7\n"));
+        // Every sample line belongs to a family declared before it.
+        let mut declared = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                declared.insert(rest.split(' ').next().unwrap_or_default().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap_or_default();
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| declared.contains(*f)))
+                    .unwrap_or(name);
+                assert!(declared.contains(family), "{line} has no # TYPE before it");
+            }
+        }
+    }
+
+    #[test]
+    fn provider_calls_count_failures_by_operation() {
+        let m = Metrics::new();
+        let calls = m.provider("sms");
+        calls.observe("challenge_start", Duration::from_millis(40), true);
+        calls.observe("challenge_start", Duration::from_secs(11), false);
+        assert!(Arc::ptr_eq(&calls, &m.provider("sms")));
+        let text = m.render(&Vec::new());
+        assert!(text.contains("rolegate_provider_call_duration_seconds_count{provider=\"sms\",op=\"challenge_start\"} 2\n"), "{text}");
+        assert!(
+            text.contains(
+                "rolegate_provider_call_failures_total{provider=\"sms\",op=\"challenge_start\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+}
