@@ -424,6 +424,33 @@ async fn provider_loads_and_crashes_are_in_the_event_log() {
     }
     let (_, failed) = call(&d, Some(&admin), "GET", "/v1/events?id=101", None).await;
     assert_eq!(failed.as_array().unwrap().len(), 1);
+    // The metrics say the same: the crashed call, the failed MFA, the crash.
+    let (s, metrics) = call(&d, Some(&admin), "GET", "/metrics", None).await;
+    assert_eq!(s, 200);
+    let text = metrics.as_str().unwrap();
+    assert_eq!(
+        sample(
+            text,
+            "rolegate_provider_call_failures_total{provider=\"mis\",op=\"challenge_start\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(text, "rolegate_events_total{id=\"101\",provider=\"mis\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(text, "rolegate_events_total{id=\"402\",provider=\"mis\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(text, "rolegate_requests{state=\"active\"}"),
+        0.0,
+        "{text}"
+    );
 }
 
 #[tokio::test]
