@@ -244,16 +244,12 @@ impl Metrics {
             "rolegate_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
         );
-        head(
+        scalar(
             &mut out,
             "rolegate_start_time_seconds",
             "gauge",
             "When the daemon started, in Unix seconds.",
-        );
-        let _ = writeln!(
-            &mut out,
-            "rolegate_start_time_seconds {}",
-            self.start_time_s.load(Ordering::Relaxed)
+            self.start_time_s.load(Ordering::Relaxed),
         );
 
         head(
@@ -330,16 +326,12 @@ impl Metrics {
         );
         self.store_write_seconds
             .render(&mut out, "rolegate_store_write_duration_seconds", "");
-        head(
+        scalar(
             &mut out,
             "rolegate_store_commit_failures_total",
             "counter",
             "Writes whose batch did not commit (a full disk, an I/O error, a lost database connection).",
-        );
-        let _ = writeln!(
-            &mut out,
-            "rolegate_store_commit_failures_total {}",
-            self.store_commit_failures.load(Ordering::Relaxed)
+            self.store_commit_failures.load(Ordering::Relaxed),
         );
 
         head(
@@ -364,27 +356,19 @@ impl Metrics {
         );
         self.http_seconds
             .render(&mut out, "rolegate_http_request_duration_seconds", "");
-        head(
+        scalar(
             &mut out,
             "rolegate_connections_open",
             "gauge",
             "Client connections open now.",
+            self.connections_open.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
-            &mut out,
-            "rolegate_connections_open {}",
-            self.connections_open.load(Ordering::Relaxed)
-        );
-        head(
+        scalar(
             &mut out,
             "rolegate_connections_refused_total",
             "counter",
             "Connections closed at once: over max_connections or the client's max_connections_per_client.",
-        );
-        let _ = writeln!(
-            &mut out,
-            "rolegate_connections_refused_total {}",
-            self.connections_refused.load(Ordering::Relaxed)
+            self.connections_refused.load(Ordering::Relaxed),
         );
         out
     }
@@ -394,6 +378,12 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A metric family of one unlabelled sample.
+fn scalar(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    head(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 fn head(out: &mut String, name: &str, kind: &str, help: &str) {
