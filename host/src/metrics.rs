@@ -116,13 +116,16 @@ impl ProviderCalls {
     }
 }
 
+/// Status codes are below this (HTTP's are 100–599).
+const STATUS_CODES: usize = 600;
+
 /// The process's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     /// Committed events, by (event id, provider or "").
     events: Mutex<BTreeMap<(i64, String), u64>>,
-    /// HTTP answers, by status code.
-    http_status: Mutex<BTreeMap<u16, u64>>,
+    /// HTTP answers, by status code (HTTP's codes are all below 600).
+    http_status: [AtomicU64; STATUS_CODES],
     /// How long the server took to answer each HTTP request.
     pub http_seconds: Histogram,
     /// How long each store write waited for its durable commit (queue, batch, fsync).
@@ -176,7 +179,7 @@ impl Metrics {
     pub const fn new() -> Self {
         Self {
             events: Mutex::new(BTreeMap::new()),
-            http_status: Mutex::new(BTreeMap::new()),
+            http_status: [const { AtomicU64::new(0) }; STATUS_CODES],
             http_seconds: Histogram::new(),
             store_write_seconds: Histogram::new(),
             store_commit_failures: AtomicU64::new(0),
@@ -216,10 +219,17 @@ impl Metrics {
 
     /// Counts one HTTP answer and how long it took.
     pub fn http(&self, status: u16, took: Duration) {
-        if let Ok(mut m) = self.http_status.lock() {
-            *m.entry(status).or_default() += 1;
+        if let Some(n) = self.http_status.get(usize::from(status)) {
+            n.fetch_add(1, Ordering::Relaxed);
         }
         self.http_seconds.observe(took);
+    }
+
+    /// How many HTTP answers had `status`.
+    pub fn http_answers(&self, status: u16) -> u64 {
+        self.http_status
+            .get(usize::from(status))
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// The call figures of provider `id` (made on its first use).
@@ -340,8 +350,9 @@ impl Metrics {
             "counter",
             "HTTP requests answered, by status code.",
         );
-        if let Ok(m) = self.http_status.lock() {
-            for (code, n) in m.iter() {
+        for (code, n) in self.http_status.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
                 let _ = writeln!(
                     &mut out,
                     "rolegate_http_requests_total{{code=\"{code}\"}} {n}"
