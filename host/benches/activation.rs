@@ -153,6 +153,7 @@ fn main() {
         let sealing = Arc::clone(&key);
         let config = Config {
             providers: vec![ProviderConfig {
+                sunset: None,
                 id: provider.into(),
                 library: lib.clone(),
                 sha256: None,

@@ -995,6 +995,8 @@ async fn list_providers(State(api): State<Api>, headers: HeaderMap) -> ApiResult
         out.push(json!({
             "id": p.id(), "info": p.info(), "isolation": p.plugin.isolation.to_string(),
             "sha256": p.plugin.sha256, "health": health,
+            "sunset": p.sunset().map(|t| t.to_string()),
+            "retired": p.retired_at(api.service.clock().now()).is_some(),
         }));
     }
     Ok(Json(Json_::Array(out)))

@@ -404,12 +404,35 @@ pub struct ProviderConfig {
     /// Deadline of one call in milliseconds; `[plugins].deadline_ms` when unset.
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// When roles stop accepting this provider (a factor being retired, such as the legacy
+    /// phone call): a date (its first moment, UTC) or an RFC 3339 time.
+    #[serde(default)]
+    pub sunset: Option<String>,
     /// The provider's own settings, handed to it as a JSON object.
     #[serde(default)]
     pub settings: toml::Table,
 }
 
 impl ProviderConfig {
+    /// The moment of `sunset`, if set; a clear error for a value that is no date or time.
+    pub fn sunset(&self) -> std::result::Result<Option<jiff::Timestamp>, String> {
+        let Some(text) = self.sunset.as_deref() else {
+            return Ok(None);
+        };
+        if let Ok(t) = text.parse::<jiff::Timestamp>() {
+            return Ok(Some(t));
+        }
+        text.parse::<jiff::civil::Date>()
+            .and_then(|d| jiff::tz::TimeZone::UTC.to_timestamp(d.into()))
+            .map(Some)
+            .map_err(|_| {
+                format!(
+                    "provider `{}`: sunset = `{text}` is neither a date (2027-09-30, from its first moment in UTC) nor an RFC 3339 time (2027-09-30T18:00:00Z, 2027-09-30T20:00:00+02:00)",
+                    self.id
+                )
+            })
+    }
+
     /// The provider's settings as a JSON object.
     pub fn settings_json(&self) -> Result<serde_json::Value> {
         serde_json::to_value(&self.settings).map_err(|e| Error::Load {
@@ -589,6 +612,10 @@ impl Config {
                     ),
                 });
             }
+            p.sunset().map_err(|message| Error::Config {
+                path: path.to_path_buf(),
+                message,
+            })?;
             if p.sha256.is_some() && p.unpinned {
                 return Err(Error::Config {
                     path: path.to_path_buf(),

@@ -778,7 +778,7 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
                 if json { (v, None) } else { (json!(format!("token for `{account}` (shown once): {}", v["token"].as_str().unwrap_or(""))), None) }
             }
             Remote::Providers => (client.call("GET", "/v1/providers", None).await?, Some(&[
-                ("ID", "id"), ("NAME", "info.name"), ("VERSION", "info.version"), ("ISOLATION", "isolation"), ("HEALTH", "health.status"),
+                ("ID", "id"), ("NAME", "info.name"), ("VERSION", "info.version"), ("ISOLATION", "isolation"), ("HEALTH", "health.status"), ("SUNSET", "sunset"),
             ][..])),
             Remote::Events { action: Some(a), .. } if a == "verify" => {
                 let v = client.call("GET", "/v1/events/verify", None).await?;
@@ -894,6 +894,7 @@ fn list(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
                 "library": p.plugin.library,
                 "sha256": p.plugin.sha256,
                 "health": health,
+                "sunset": p.sunset().map(|t| t.to_string()),
             }));
         }
         for p in providers.iter() {
@@ -982,6 +983,7 @@ fn import_mim(
                 let mut table = toml::Table::new();
                 table.insert("mfa_settings".into(), toml::Value::String(settings.display().to_string()));
                 let p = ProviderConfig {
+                    sunset: None,
                     id: provider_id.to_string(),
                     library: lib.clone(),
                     sha256: Some(hash.clone()),
@@ -1120,6 +1122,17 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                     rolegate::events::append(tx, ev, now)
                 })
                 .await?;
+        }
+        // Retired and retiring providers, and the roles they would leave without MFA.
+        let sunsets: Vec<(String, jiff::Timestamp)> = providers
+            .iter()
+            .filter_map(|p| Some((p.id().to_string(), p.sunset()?)))
+            .collect();
+        if !sunsets.is_empty() {
+            let roles = store.read(rolegate::roles::list).await?;
+            for warning in rolegate::roles::sunset_warnings(&roles, &sunsets, jiff::Timestamp::now()) {
+                tracing::warn!("{warning}");
+            }
         }
         {
             let store = Arc::clone(&store);

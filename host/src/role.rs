@@ -61,6 +61,13 @@ pub enum Refusal {
         /// The providers the role accepts, in order, each with why the user cannot use it.
         accepted: Vec<(String, Usability)>,
     },
+    /// The provider was retired (its `sunset` has passed): no new enrolment, no new challenge.
+    ProviderRetired {
+        /// The provider.
+        provider: String,
+        /// When it was retired, RFC 3339.
+        at: String,
+    },
     /// The user is unknown or disabled.
     UserNotAllowed {
         /// The account.
@@ -124,10 +131,17 @@ impl fmt::Display for Refusal {
                         Usability::NoPhone => format!(
                             "`{p}` (you have no phone number on record: ask an admin to add it)"
                         ),
+                        Usability::Retired(at) => format!(
+                            "`{p}` (retired on {at}: ask an admin which factor replaces it)"
+                        ),
                         _ => format!("`{p}` (not available now)"),
                     })
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+            Refusal::ProviderRetired { provider, at } => write!(
+                f,
+                "provider `{provider}` was retired on {at}: it takes no new enrolments or challenges; ask an admin which factor replaces it"
             ),
             Refusal::UserNotAllowed { account } => write!(
                 f,
@@ -314,8 +328,10 @@ pub enum Usability {
     NotEnrolled,
     /// The provider calls or texts, and the user has no phone number.
     NoPhone,
-    /// The provider is not loaded, or past its sunset date.
+    /// The provider is not loaded.
     Unavailable,
+    /// The provider was retired at this moment (its `sunset`): roles no longer accept it.
+    Retired(jiff::Timestamp),
 }
 
 impl Role {
@@ -459,6 +475,7 @@ impl Role {
                     why: match u {
                         Usability::NotEnrolled => "you are not enrolled",
                         Usability::NoPhone => "you have no phone number on record",
+                        Usability::Retired(_) => "it has been retired (its sunset has passed)",
                         _ => "it is not available",
                     },
                 })),

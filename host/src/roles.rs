@@ -203,6 +203,47 @@ pub fn list(tx: &mut dyn Tx) -> Result<Vec<RoleSpec>> {
         .collect()
 }
 
+/// How long before a provider's sunset the daemon starts warning of it.
+pub const SUNSET_NOTICE: SignedDuration = SignedDuration::from_hours(30 * 24);
+
+/// What an admin should hear at start about retired and retiring providers (`sunset`): each
+/// provider past its sunset or within [`SUNSET_NOTICE`] of it, and each MFA role left with no
+/// provider once those sunsets pass — its candidates could then not activate it.
+pub fn sunset_warnings(
+    roles: &[RoleSpec],
+    sunsets: &[(String, jiff::Timestamp)],
+    now: jiff::Timestamp,
+) -> Vec<String> {
+    let due = |at: &jiff::Timestamp| now.duration_until(*at) <= SUNSET_NOTICE;
+    let mut out = Vec::new();
+    for (id, at) in sunsets.iter().filter(|(_, at)| due(at)) {
+        if now >= *at {
+            out.push(format!(
+                "provider `{id}` was retired on {at}: roles no longer start challenges with it, nor enrol users in it"
+            ));
+        } else {
+            let days = now.duration_until(*at).as_hours() / 24;
+            out.push(format!("provider `{id}` retires on {at} (in {days} days)"));
+        }
+    }
+    for role in roles.iter().filter(|r| r.mfa_enabled) {
+        let retiring = |p: &String| sunsets.iter().any(|(id, at)| id == p && due(at));
+        if !role.providers.is_empty() && role.providers.iter().all(retiring) {
+            out.push(format!(
+                "role `{}` accepts only {}: once retired, its candidates cannot activate it; add a provider (`rolegate role set '{}' --providers …`)",
+                role.name,
+                role.providers
+                    .iter()
+                    .map(|p| format!("`{p}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                role.name
+            ));
+        }
+    }
+    out
+}
+
 /// Removes a role; true when there was one.
 pub fn remove(tx: &mut dyn Tx, name: &str) -> Result<bool> {
     Ok(tx.execute("DELETE FROM roles WHERE name = $1", &[name.trim().into()])? > 0)
@@ -224,6 +265,45 @@ mod tests {
             "providers": ["phone-legacy", "totp"]
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn sunsets_within_a_month_or_past_are_announced_with_the_roles_they_would_strand() {
+        let now: jiff::Timestamp = "2027-09-01T00:00:00Z".parse().unwrap();
+        let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap();
+        let mut legacy_only = spec();
+        legacy_only.name = "Legacy".into();
+        legacy_only.providers = vec!["phone-legacy".into()];
+        let mut no_mfa = legacy_only.clone();
+        no_mfa.name = "NoMfa".into();
+        no_mfa.mfa_enabled = false;
+        // Both: `Domain Admins` keeps TOTP, so only `Legacy` would be stranded.
+        let roles = [spec(), legacy_only, no_mfa];
+
+        let soon = [("phone-legacy".to_string(), at("2027-09-30T00:00:00Z"))];
+        let said = sunset_warnings(&roles, &soon, now);
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert_eq!(
+            said[0],
+            "provider `phone-legacy` retires on 2027-09-30T00:00:00Z (in 29 days)"
+        );
+        assert!(
+            said[1].starts_with("role `Legacy` accepts only `phone-legacy`: once retired"),
+            "{said:?}"
+        );
+
+        let past = [("phone-legacy".to_string(), at("2027-08-01T00:00:00Z"))];
+        let said = sunset_warnings(&roles, &past, now);
+        assert!(
+            said[0].contains("was retired on 2027-08-01T00:00:00Z"),
+            "{said:?}"
+        );
+        assert_eq!(said.len(), 2);
+
+        // Far off: nothing yet.
+        let later = [("phone-legacy".to_string(), at("2028-01-01T00:00:00Z"))];
+        assert!(sunset_warnings(&roles, &later, now).is_empty());
+        assert!(sunset_warnings(&roles, &[], now).is_empty());
     }
 
     #[tokio::test]

@@ -717,7 +717,9 @@ impl Service {
                 .map(|v| (caller, v));
         }
         // MFA: pick the provider the user can use.
+        let retired = |p: &str| self.providers.get(p).and_then(|lp| lp.retired_at(now));
         let usability = |p: &str| match self.providers.get(p).and_then(|lp| lp.info()) {
+            _ if let Some(at) = retired(p) => Usability::Retired(at),
             None => Usability::Unavailable,
             Some(info) if info.needs_phone && user.phone.is_none() => Usability::NoPhone,
             Some(info) if info.needs_enrolment && !enrolled.iter().any(|e| e == p) => {
@@ -1336,6 +1338,12 @@ impl Service {
             .ok_or_else(|| Error::NotFound {
                 what: format!("provider `{provider_id}`"),
             })?;
+        if let Some(at) = provider.retired_at(self.clock.now()) {
+            return Err(Error::Refused(Refusal::ProviderRetired {
+                provider: provider_id.to_string(),
+                at: at.to_string(),
+            }));
+        }
         if !provider.info().is_some_and(|i| i.needs_enrolment) {
             return Err(Error::Invalid {
                 what: "enrolment".into(),
@@ -1531,6 +1539,11 @@ impl Service {
     /// The providers, with whether they are loaded and healthy.
     pub fn providers(&self) -> &Arc<Providers> {
         &self.providers
+    }
+
+    /// The service's clock (injected in tests).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// Ends what is due: activations past their end, prompts past their expiry, approvals

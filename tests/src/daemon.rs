@@ -21,6 +21,8 @@ pub struct Daemon {
     pub admin: String,
     /// The folder of its config and database.
     pub dir: tempfile::TempDir,
+    /// What it printed up to its `serving on` line.
+    pub start_lines: Vec<String>,
     /// What it prints after it started, line by line.
     lines: std::sync::mpsc::Receiver<String>,
 }
@@ -150,17 +152,19 @@ pub fn serve_config(dir: tempfile::TempDir, cfg: &std::path::Path) -> Daemon {
         }
         seen.push(line);
     }
+    let url = url.unwrap_or_else(|| {
+        panic!(
+            "the daemon did not start in 20 s; it said:\n{}",
+            seen.join("\n")
+        )
+    });
     Daemon {
         child,
-        url: url.unwrap_or_else(|| {
-            panic!(
-                "the daemon did not start in 20 s; it said:\n{}",
-                seen.join("\n")
-            )
-        }),
+        url,
         // Only the first start on a database prints one.
         admin: admin.unwrap_or_default(),
         dir,
+        start_lines: seen,
         lines: rx,
     }
 }

@@ -2413,3 +2413,156 @@ fn a_metrics_token_file_that_is_readable_by_others_or_weak_is_refused_at_start()
         "the store was opened before the refusal"
     );
 }
+
+#[tokio::test]
+async fn a_provider_past_its_sunset_takes_no_new_challenge_or_enrolment_and_is_announced() {
+    let in_ten_days = (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(240))
+        .strftime("%Y-%m-%d")
+        .to_string();
+    let provider = |id: &str, lib: &std::path::Path, sunset: &str| {
+        format!(
+            "\n[[provider]]\nid = \"{id}\"\nlibrary = \"{}\"\nunpinned = true\n{sunset}\n",
+            lib.display()
+        )
+    };
+    let d = start_with(&format!(
+        "{}{}{}",
+        provider("old", &hello_lib(), "sunset = \"2020-01-01\""),
+        provider(
+            "totp-old",
+            &rolegate_e2e::totp_lib(),
+            "sunset = \"2020-06-30T12:00:00+02:00\""
+        ),
+        provider("soon", &hello_lib(), &format!("sunset = \"{in_ten_days}\"")),
+    ));
+    let admin = d.admin.clone();
+    // Announced at start: the retired ones, and the one retiring within a month.
+    let said = d.start_lines.join("\n");
+    assert!(
+        said.contains("provider `old` was retired on 2020-01-01T00:00:00Z"),
+        "{said}"
+    );
+    assert!(
+        said.contains("provider `totp-old` was retired on 2020-06-30T10:00:00Z"),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "provider `soon` retires on {in_ten_days}T00:00:00Z (in "
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("provider `hello` retire"), "{said}");
+
+    new_user(&d, &admin, json!({"account": "jdoe"})).await;
+    for (name, providers) in [
+        ("Mixed", json!(["old", "hello"])),
+        ("Stranded", json!(["old"])),
+    ] {
+        let role = json!({"name": name, "candidates": ["jdoe"], "ttl_s": 600, "max_ttl_s": 600,
+                          "mfa_enabled": true, "providers": providers});
+        let (s, e) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
+        assert_eq!(s, 201, "{e}");
+    }
+    let user = issue_token(&d, &admin, json!({"account": "jdoe"})).await;
+
+    // A role that still has a live provider goes on with it.
+    let (s, r) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "Mixed"})),
+    )
+    .await;
+    assert_eq!((s, r["provider"].as_str()), (201, Some("hello")), "{r}");
+    // Asking for the retired one by name is refused, saying why.
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "Mixed", "provider": "old"})),
+    )
+    .await;
+    assert_eq!(s, 403, "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(message.contains("has been retired"), "{message}");
+    // A role left with only retired providers cannot be activated: the message says so.
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "Stranded"})),
+    )
+    .await;
+    assert_eq!(s, 403, "{e}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`old` (retired on 2020-01-01T00:00:00Z"),
+        "{message}"
+    );
+    // No new enrolment in a retired provider.
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/enrolments",
+        Some(json!({"provider": "totp-old"})),
+    )
+    .await;
+    assert_eq!(s, 403, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("provider `totp-old` was retired on 2020-06-30T10:00:00Z"),
+        "{e}"
+    );
+    // The provider list says which are retired and when the others retire.
+    let (_, list) = call(&d, Some(&admin), "GET", "/v1/providers", None).await;
+    let by_id = |id: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_id("old")["retired"], true);
+    assert_eq!(by_id("old")["sunset"], "2020-01-01T00:00:00Z");
+    assert_eq!(by_id("soon")["retired"], false);
+    assert_eq!(by_id("hello")["sunset"], Value::Null);
+
+    // A restart names the role the retired provider strands.
+    let (_, said, dir) = d.terminate();
+    drop(said);
+    let cfg = dir.path().join("rolegate.toml");
+    let d = serve_config(dir, &cfg);
+    let said = d.start_lines.join("\n");
+    assert!(
+        said.contains("role `Stranded` accepts only `old`: once retired"),
+        "{said}"
+    );
+    assert!(!said.contains("role `Mixed`"), "{said}");
+}
+
+#[test]
+fn a_sunset_that_is_no_date_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("rolegate.toml");
+    write_private(
+        &cfg,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\nsunset = \"next spring\"\n",
+            hello_lib().display()
+        ),
+    );
+    let stderr = refused_to_serve(&cfg);
+    assert!(
+        stderr.contains("provider `hello`: sunset = `next spring` is neither a date"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("rolegate.db").exists());
+}

@@ -53,6 +53,7 @@ async fn load_misbehave(
     max_crashes: usize,
 ) -> rolegate::Result<LoadedProvider> {
     let p = ProviderConfig {
+        sunset: None,
         id: format!("mis-{mode}"),
         library: misbehave_lib(),
         sha256: None,

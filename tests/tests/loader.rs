@@ -187,6 +187,7 @@ async fn a_duplicate_provider_id_is_refused() {
 async fn a_provider_that_rejects_its_settings_names_the_key() {
     for iso in BOTH {
         let p = ProviderConfig {
+            sunset: None,
             id: "hello".into(),
             library: hello_lib(),
             sha256: None,

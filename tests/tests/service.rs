@@ -34,6 +34,7 @@ async fn providers() -> Providers {
             ..Default::default()
         },
         providers: vec![ProviderConfig {
+            sunset: None,
             id: "hello".into(),
             library: hello_lib(),
             sha256: None,

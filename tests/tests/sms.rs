@@ -32,6 +32,7 @@ struct World {
 
 fn provider_config(settings: toml::Table, isolation: &str) -> ProviderConfig {
     ProviderConfig {
+        sunset: None,
         id: "sms".into(),
         library: sms_twilio_lib(),
         sha256: None,

@@ -202,6 +202,7 @@ impl Plugin {
             info: None,
             backend,
             calls: crate::metrics::METRICS.provider(&self.id),
+            sunset: None,
         };
         let info: ProviderInfo = provider.call(&Request::Info).await?;
         if let Backend::InProcess { inline, .. } = &provider.backend {
@@ -233,6 +234,8 @@ pub struct LoadedProvider {
     backend: Backend,
     /// Its calls' durations and failures, for `/metrics`.
     calls: Arc<crate::metrics::ProviderCalls>,
+    /// When roles stop accepting it (`sunset` in its config), if ever.
+    sunset: Option<jiff::Timestamp>,
 }
 
 impl std::fmt::Debug for LoadedProvider {
@@ -248,6 +251,16 @@ impl LoadedProvider {
     /// The provider id from the config.
     pub fn id(&self) -> &str {
         &self.plugin.id
+    }
+
+    /// When roles stop accepting the provider (its `sunset`), if ever.
+    pub fn sunset(&self) -> Option<jiff::Timestamp> {
+        self.sunset
+    }
+
+    /// Whether the provider's sunset has passed at `now`: no new enrolment or challenge.
+    pub fn retired_at(&self, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+        self.sunset.filter(|s| now >= *s)
     }
 
     /// What the provider said about itself when it was created.
@@ -477,5 +490,12 @@ pub async fn load_observed(
     )
     .await?
     .observe(observer);
-    plugin.instantiate(&p.settings_json()?).await
+    let sunset = p.sunset().map_err(|reason| Error::Load {
+        id: p.id.clone(),
+        library: p.library.clone(),
+        reason,
+    })?;
+    let mut provider = plugin.instantiate(&p.settings_json()?).await?;
+    provider.sunset = sunset;
+    Ok(provider)
 }
