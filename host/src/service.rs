@@ -717,15 +717,21 @@ impl Service {
                 .map(|v| (caller, v));
         }
         // MFA: pick the provider the user can use.
-        let retired = |p: &str| self.providers.get(p).and_then(|lp| lp.retired_at(now));
-        let usability = |p: &str| match self.providers.get(p).and_then(|lp| lp.info()) {
-            _ if let Some(at) = retired(p) => Usability::Retired(at),
-            None => Usability::Unavailable,
-            Some(info) if info.needs_phone && user.phone.is_none() => Usability::NoPhone,
-            Some(info) if info.needs_enrolment && !enrolled.iter().any(|e| e == p) => {
-                Usability::NotEnrolled
+        let usability = |p: &str| {
+            let Some(lp) = self.providers.get(p) else {
+                return Usability::Unavailable;
+            };
+            if let Some(at) = lp.retired_at(now) {
+                return Usability::Retired(at);
             }
-            Some(_) => Usability::Usable,
+            match lp.info() {
+                None => Usability::Unavailable,
+                Some(info) if info.needs_phone && user.phone.is_none() => Usability::NoPhone,
+                Some(info) if info.needs_enrolment && !enrolled.iter().any(|e| e == p) => {
+                    Usability::NotEnrolled
+                }
+                Some(_) => Usability::Usable,
+            }
         };
         let provider_id = role.choose_provider(provider_choice, usability)?;
         let vouch = rows.stamp.map(|stamp| Vouch {

@@ -33,6 +33,24 @@ fn hello_answer(view: &Value) -> String {
     message.split(' ').nth(1).unwrap().chars().rev().collect()
 }
 
+/// Requests a role as `token` (`body` as `POST /v1/requests` takes it), answers hello's
+/// prompt right, and checks that the request became active; returns its id.
+async fn activate_with_hello(d: &Daemon, token: &str, body: Value) -> String {
+    let (s, r) = call(d, Some(token), "POST", "/v1/requests", Some(body)).await;
+    assert_eq!(s, 201, "{r}");
+    let id = r["id"].as_str().unwrap().to_string();
+    let (s, r) = call(
+        d,
+        Some(token),
+        "POST",
+        &format!("/v1/requests/{id}/answer"),
+        Some(json!({"code": hello_answer(&r)})),
+    )
+    .await;
+    assert_eq!((s, r["state"].as_str()), (200, Some("active")), "{r}");
+    id
+}
+
 /// The status of a call without a body.
 async fn status(d: &Daemon, token: &str, method: &str, path: &str) -> u16 {
     call(d, Some(token), method, path, None).await.0
@@ -1857,25 +1875,12 @@ async fn sigterm_stops_the_daemon_cleanly_and_a_restart_finds_everything() {
     let d = start();
     let admin = d.admin.clone();
     let token = jdoe_with_role(&d, "hello").await;
-    let (s, r) = call(
+    let id = activate_with_hello(
         &d,
-        Some(&token),
-        "POST",
-        "/v1/requests",
-        Some(json!({"role": "r", "justification": "before the stop"})),
+        &token,
+        json!({"role": "r", "justification": "before the stop"}),
     )
     .await;
-    assert_eq!(s, 201, "{r}");
-    let id = r["id"].as_str().unwrap().to_string();
-    let (s, r) = call(
-        &d,
-        Some(&token),
-        "POST",
-        &format!("/v1/requests/{id}/answer"),
-        Some(json!({"code": hello_answer(&r)})),
-    )
-    .await;
-    assert_eq!((s, r["state"].as_str()), (200, Some("active")), "{r}");
 
     let (status, said, dir) = d.terminate();
     assert!(status.success(), "{status}: {said:?}");
@@ -2294,18 +2299,7 @@ async fn metrics_count_committed_activations_for_the_scrape_token_and_admins_onl
 
     // One activation through MFA, one refused request (not a candidate).
     let body = json!({"role": "Ops", "justification": "deploy"});
-    let (s, r) = call(&d, Some(&user), "POST", "/v1/requests", Some(body.clone())).await;
-    assert_eq!(s, 201, "{r}");
-    let id = r["id"].as_str().unwrap().to_string();
-    let (s, r) = call(
-        &d,
-        Some(&user),
-        "POST",
-        &format!("/v1/requests/{id}/answer"),
-        Some(json!({"code": hello_answer(&r)})),
-    )
-    .await;
-    assert_eq!((s, r["state"].as_str()), (200, Some("active")), "{r}");
+    activate_with_hello(&d, &user, body.clone()).await;
     let (s, _) = call(&d, Some(&mallory), "POST", "/v1/requests", Some(body)).await;
     assert_eq!(s, 403);
 

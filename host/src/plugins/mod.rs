@@ -258,7 +258,7 @@ impl LoadedProvider {
         self.sunset
     }
 
-    /// Whether the provider's sunset has passed at `now`: no new enrolment or challenge.
+    /// The provider's sunset, when it has passed at `now`: no new enrolment or challenge.
     pub fn retired_at(&self, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
         self.sunset.filter(|s| now >= *s)
     }
