@@ -44,6 +44,7 @@ function tab(name) {
   if (name === "requests") loadRequests().catch(showError);
   if (name === "approvals") loadApprovals().catch(showError);
   if (name === "events") loadEvents().catch(showError);
+  if (name === "admin") loadAdmin().catch(showError);
   if (name === "enrol") loadEnrolProviders().catch(showError);
 }
 
@@ -190,6 +191,100 @@ async function loadEvents() {
   }
 }
 
+// --- administration: users, roles (the policy as the API holds it), tokens -----------------
+const list = (text) => text.split(",").map((s) => s.trim()).filter((s) => s);
+const path = (base, name) => base + "/" + encodeURIComponent(name);
+// The role being edited as the API returned it: fields the form does not show (the
+// availability window) go back unchanged.
+let editing = null;
+
+function button(td, label, onclick) {
+  const b = document.createElement("button");
+  b.textContent = label;
+  b.onclick = onclick;
+  td.appendChild(b);
+}
+
+async function loadAdmin() {
+  await Promise.all([loadUsers(), loadRoles(), loadTokens()]);
+}
+
+async function loadUsers() {
+  const body = $("users-body");
+  body.replaceChildren();
+  for (const u of await api("GET", "/v1/users")) {
+    const row = document.createElement("tr");
+    cell(row, u.account); cell(row, u.display_name); cell(row, u.phone); cell(row, u.enabled ? "yes" : "no");
+    button(cell(row, ""), u.enabled ? "Disable" : "Enable", () =>
+      api("PATCH", path("/v1/users", u.account), { enabled: !u.enabled }).then(loadUsers, showError));
+    body.appendChild(row);
+  }
+}
+
+async function loadRoles() {
+  const body = $("roles-body");
+  body.replaceChildren();
+  for (const r of await api("GET", "/v1/roles")) {
+    const row = document.createElement("tr");
+    cell(row, r.name);
+    cell(row, r.mfa_enabled ? r.providers.join(", ") : "off");
+    cell(row, r.approval_enabled ? "on" : "off");
+    cell(row, r.candidates.join(", "));
+    cell(row, Math.round(r.ttl_s / 60) + " (max " + Math.round(r.max_ttl_s / 60) + ")");
+    button(cell(row, ""), "Edit", () => editRole(r));
+    body.appendChild(row);
+  }
+}
+
+function editRole(r) {
+  editing = r;
+  $("role-name").value = r.name;
+  $("role-name").readOnly = true;
+  $("role-candidates").value = r.candidates.join(", ");
+  $("role-approvers").value = r.approvers.join(", ");
+  $("role-providers").value = r.providers.join(", ");
+  $("role-mfa").checked = r.mfa_enabled;
+  $("role-approval").checked = r.approval_enabled;
+  $("role-justification").checked = r.justification_required;
+  $("role-ttl").value = Math.round(r.ttl_s / 60);
+  $("role-max-ttl").value = Math.round(r.max_ttl_s / 60);
+  $("role-save").textContent = "Save changes to " + r.name;
+}
+
+function saveRole() {
+  const spec = Object.assign({}, editing || {}, {
+    name: $("role-name").value.trim(),
+    candidates: list($("role-candidates").value),
+    approvers: list($("role-approvers").value),
+    providers: list($("role-providers").value),
+    mfa_enabled: $("role-mfa").checked,
+    approval_enabled: $("role-approval").checked,
+    justification_required: $("role-justification").checked,
+    ttl_s: parseInt($("role-ttl").value, 10) * 60,
+    max_ttl_s: parseInt($("role-max-ttl").value, 10) * 60,
+  });
+  const done = editing ? api("PUT", path("/v1/roles", spec.name), spec) : api("POST", "/v1/roles", spec);
+  return done.then(() => {
+    editing = null;
+    $("role-form").reset();
+    $("role-name").readOnly = false;
+    $("role-save").textContent = "Save role";
+    return loadRoles();
+  });
+}
+
+async function loadTokens() {
+  const body = $("tokens-body");
+  body.replaceChildren();
+  for (const t of await api("GET", "/v1/tokens")) {
+    const row = document.createElement("tr");
+    cell(row, t.id); cell(row, t.account); cell(row, t.admin ? "yes" : "no"); cell(row, t.label);
+    cell(row, when(t.created_at));
+    button(cell(row, ""), "Revoke", () => api("DELETE", path("/v1/tokens", t.id)).then(loadTokens, showError));
+    body.appendChild(row);
+  }
+}
+
 // --- enrolment: pick a provider, show its material (QR code), confirm with a code ----------
 let enrolment = null;
 
@@ -273,6 +368,30 @@ document.addEventListener("DOMContentLoaded", () => {
     if (!enrolment) return;
     const body = { provider: enrolment.provider, state: enrolment.state, code: $("enrol-code").value.trim() };
     api("POST", "/v1/enrolments/continue", body).then(enrolStep, showError);
+  };
+  $("user-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    showError(null);
+    const body = { account: $("user-account").value.trim(), display_name: $("user-name").value.trim() };
+    if ($("user-phone").value.trim()) body.phone = $("user-phone").value.trim();
+    if ($("user-email").value.trim()) body.email = $("user-email").value.trim();
+    api("POST", "/v1/users", body).then(() => { $("user-form").reset(); return loadUsers(); }).catch(showError);
+  };
+  $("role-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    showError(null);
+    saveRole().catch(showError);
+  };
+  $("token-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    showError(null);
+    const body = { account: $("token-account").value.trim(), label: $("token-label").value, admin: $("token-admin").checked };
+    api("POST", "/v1/tokens", body).then((t) => {
+      // Shown once, here only; it is not kept by the page.
+      $("token-issued").textContent = "Token for " + body.account + " (shown once): " + t.token;
+      $("token-form").reset();
+      return loadTokens();
+    }).catch(showError);
   };
   $("verify").onclick = () => api("GET", "/v1/events/verify").then((v) => {
     $("verify-result").textContent = v.intact

@@ -1326,6 +1326,133 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
     assert_eq!(list[0]["state"], "active", "{list}");
 }
 
+/// The admin's part of the web page: users, roles and tokens, through the same API.
+#[tokio::test]
+async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_browser() {
+    use rolegate_e2e::browser::Browser;
+    let d = start();
+    let admin = d.admin.clone();
+    let b = Browser::start().await;
+    b.goto(&format!("{}/", d.url)).await;
+    b.type_into("#token", &admin).await;
+    b.click("#signin-form button").await;
+    b.wait_for(
+        "return !document.querySelector('button[data-tab=admin]').hidden",
+        "the admin's tabs",
+    )
+    .await;
+    b.click("button[data-tab=admin]").await;
+    let row_has = |body: &str, text: &str| {
+        format!(
+            "return [...document.querySelectorAll('#{body} tr')].some(r => r.textContent.includes({}))",
+            json!(text)
+        )
+    };
+    // Click the first button in the row of `body` whose text includes `text`.
+    let click_in_row = |body: &str, text: &str| {
+        format!(
+            "[...document.querySelectorAll('#{body} tr')].find(r => r.textContent.includes({})).querySelector('button').click()",
+            json!(text)
+        )
+    };
+
+    // A user, their phone normalised as the API does; a bad phone is refused, naming it.
+    b.type_into("#user-account", "CONTOSO\\jdoe").await;
+    b.type_into("#user-name", "Jane Doe").await;
+    b.type_into("#user-phone", "425 555 0100").await;
+    b.click("#user-form button").await;
+    b.wait_for(&row_has("users-body", "+14255550100"), "the new user")
+        .await;
+    b.type_into("#user-account", "eve").await;
+    b.type_into("#user-phone", "call me maybe").await;
+    b.click("#user-form button").await;
+    b.wait_for(
+        "return document.getElementById('error').textContent.includes('phone')",
+        "the refused phone",
+    )
+    .await;
+    let (_, users) = call(&d, Some(&admin), "GET", "/v1/users", None).await;
+    assert!(
+        users
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["account"] != "eve"),
+        "{users}"
+    );
+
+    // A role with MFA through hello, then edited: approval on, a new default duration.
+    b.type_into("#role-name", "Ops").await;
+    b.type_into("#role-candidates", "CONTOSO\\jdoe").await;
+    b.type_into("#role-providers", "hello").await;
+    b.click("#role-mfa").await;
+    b.type_into("#role-ttl", "30").await;
+    b.type_into("#role-max-ttl", "60").await;
+    b.click("#role-save").await;
+    b.wait_for(&row_has("roles-body", "Ops"), "the new role")
+        .await;
+    b.eval(&click_in_row("roles-body", "Ops")).await;
+    b.wait_for(
+        "return document.getElementById('role-name').readOnly",
+        "the role in the form",
+    )
+    .await;
+    b.click("#role-approval").await;
+    b.type_into("#role-approvers", "boss").await;
+    b.type_into("#role-ttl", "45").await;
+    b.click("#role-save").await;
+    b.wait_for(
+        "return !document.getElementById('role-name').readOnly",
+        "the saved role",
+    )
+    .await;
+    let (_, role) = call(&d, Some(&admin), "GET", "/v1/roles/Ops", None).await;
+    assert_eq!(role["providers"], json!(["hello"]), "{role}");
+    assert_eq!(role["mfa_enabled"], true, "{role}");
+    assert_eq!(role["approval_enabled"], true, "{role}");
+    assert_eq!(role["approvers"], json!(["boss"]), "{role}");
+    assert_eq!(role["candidates"], json!(["CONTOSO\\jdoe"]), "{role}");
+    assert_eq!(
+        (role["ttl_s"].as_i64(), role["max_ttl_s"].as_i64()),
+        (Some(2700), Some(3600))
+    );
+
+    // A token for the user, shown once; it works; revoked from the list, it stops working.
+    b.type_into("#token-account", "CONTOSO\\jdoe").await;
+    b.type_into("#token-label", "laptop").await;
+    b.click("#token-form button").await;
+    b.wait_for(
+        "return document.getElementById('token-issued').textContent.includes('shown once')",
+        "the issued token",
+    )
+    .await;
+    let shown = b.text("#token-issued").await;
+    let token = shown.rsplit(' ').next().unwrap().to_string();
+    assert_eq!(status(&d, &token, "GET", "/v1/requests").await, 200);
+    b.wait_for(&row_has("tokens-body", "laptop"), "the token in the list")
+        .await;
+    b.eval(&click_in_row("tokens-body", "laptop")).await;
+    b.wait_for(
+        &row_has("tokens-body", "laptop").replace("return ", "return !"),
+        "the revoked token gone from the list",
+    )
+    .await;
+    assert_eq!(status(&d, &token, "GET", "/v1/requests").await, 401);
+
+    // Disabling the user.
+    b.eval(&click_in_row("users-body", "jdoe")).await;
+    b.wait_for(
+        "return [...document.querySelectorAll('#users-body tr')].some(r => r.textContent.includes('jdoe') && r.textContent.includes('Enable'))",
+        "the user disabled",
+    )
+    .await;
+    let (_, u) = call(&d, Some(&admin), "GET", "/v1/users/CONTOSO%5Cjdoe", None).await;
+    assert_eq!(u["enabled"], false, "{u}");
+    // Every change is an admin event.
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=511", None).await;
+    assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+}
+
 /// A daemon with the legacy phone provider `id` (extra `settings` lines) against a scripted
 /// PhoneFactor double, the `users` with their phones and tokens, and a role "Domain Admins"
 /// whose MFA is that provider. Keep the double and the PKI directory alive with the daemon.
