@@ -206,7 +206,19 @@ function button(td, label, onclick) {
 }
 
 async function loadAdmin() {
-  await Promise.all([loadUsers(), loadRoles(), loadTokens()]);
+  await Promise.all([loadUsers(), loadRoles(), loadTokens(), loadProviders()]);
+}
+
+async function loadProviders() {
+  const body = $("providers-body");
+  body.replaceChildren();
+  for (const p of await api("GET", "/v1/providers")) {
+    const row = document.createElement("tr");
+    cell(row, p.id); cell(row, p.info ? p.info.name : ""); cell(row, p.isolation);
+    cell(row, p.health ? p.health.status : "");
+    cell(row, p.sunset ? (p.retired ? "retired since " : "retires ") + p.sunset : "");
+    body.appendChild(row);
+  }
 }
 
 async function loadUsers() {
@@ -376,6 +388,17 @@ document.addEventListener("DOMContentLoaded", () => {
     if ($("user-phone").value.trim()) body.phone = $("user-phone").value.trim();
     if ($("user-email").value.trim()) body.email = $("user-email").value.trim();
     api("POST", "/v1/users", body).then(() => { $("user-form").reset(); return loadUsers(); }).catch(showError);
+  };
+  $("unlock-form").onsubmit = (ev) => {
+    ev.preventDefault();
+    showError(null);
+    const account = $("unlock-account").value.trim();
+    const provider = $("unlock-provider").value.trim();
+    api("POST", path("/v1/users", account) + "/unlock", { provider }).then((v) => {
+      $("unlock-result").textContent = v.unlocked
+        ? account + " may use " + provider + " again."
+        : account + " was not locked out of " + provider + ".";
+    }, showError);
   };
   $("role-form").onsubmit = (ev) => {
     ev.preventDefault();

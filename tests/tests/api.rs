@@ -1439,6 +1439,18 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     .await;
     assert_eq!(status(&d, &token, "GET", "/v1/requests").await, 401);
 
+    // The providers, and a lockout lifted (there was none: the page says so).
+    b.wait_for(&row_has("providers-body", "hello"), "the provider list")
+        .await;
+    b.type_into("#unlock-account", "CONTOSO\\jdoe").await;
+    b.type_into("#unlock-provider", "hello").await;
+    b.click("#unlock-form button").await;
+    b.wait_for(
+        "return document.getElementById('unlock-result').textContent.includes('was not locked out of hello')",
+        "the unlock's answer",
+    )
+    .await;
+
     // Disabling the user.
     b.eval(&click_in_row("users-body", "jdoe")).await;
     b.wait_for(
