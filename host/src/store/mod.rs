@@ -319,21 +319,22 @@ impl Writer {
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |commit_error| {
                 let metrics = &crate::metrics::METRICS;
+                if commit_error.is_some() {
+                    // Its batch did not commit (or could not begin), whatever the write did.
+                    metrics
+                        .store_commit_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 let out = match (result, commit_error) {
                     (Ok(v), None) => {
                         // Counted only now: the write's events are durable.
                         metrics.committed(events);
                         Ok(v)
                     }
-                    (Ok(_), Some(e)) => {
-                        metrics
-                            .store_commit_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        Err(Error::Store {
-                            what: "committing".into(),
-                            message: e.to_string(),
-                        })
-                    }
+                    (Ok(_), Some(e)) => Err(Error::Store {
+                        what: "committing".into(),
+                        message: e.to_string(),
+                    }),
                     (Err(e), _) => Err(e),
                 };
                 metrics.store_write_seconds.observe(queued.elapsed());
