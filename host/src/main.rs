@@ -906,18 +906,19 @@ fn list(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         println!(
-            "{:<14} {:<40} {:<9} {:<11} {:<8} SHA-256",
-            "ID", "NAME", "VERSION", "ISOLATION", "HEALTH"
+            "{:<14} {:<40} {:<9} {:<11} {:<8} {:<21} SHA-256",
+            "ID", "NAME", "VERSION", "ISOLATION", "HEALTH", "SUNSET"
         );
         for r in &rows {
             let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
             println!(
-                "{:<14} {:<40} {:<9} {:<11} {:<8} {}…",
+                "{:<14} {:<40} {:<9} {:<11} {:<8} {:<21} {}…",
                 s(&r["id"]),
                 s(&r["info"]["name"]),
                 s(&r["info"]["version"]),
                 s(&r["isolation"]),
                 s(&r["health"]),
+                s(&r["sunset"]),
                 s(&r["sha256"]).chars().take(16).collect::<String>()
             );
         }

@@ -2667,6 +2667,11 @@ async fn a_provider_past_its_sunset_takes_no_new_challenge_or_enrolment_and_is_a
     assert_eq!(by_id("old")["sunset"], "2020-01-01T00:00:00Z");
     assert_eq!(by_id("soon")["retired"], false);
     assert_eq!(by_id("hello")["sunset"], Value::Null);
+    let (okay, out) = cli(&d, &admin, &["provider", "list"], "");
+    assert!(
+        okay && out.contains("SUNSET") && out.contains("2020-01-01T00:00:00Z"),
+        "{out}"
+    );
 
     // A restart names the role the retired provider strands.
     let (_, said, dir) = d.terminate();
