@@ -203,6 +203,16 @@ function button(td, label, onclick) {
   b.textContent = label;
   b.onclick = onclick;
   td.appendChild(b);
+  return b;
+}
+
+// A button that acts on its second click only (the first asks), for what cannot be undone.
+function removeButton(td, what, remove) {
+  const b = button(td, "Remove", () => {
+    if (b.dataset.armed) return remove();
+    b.dataset.armed = "1";
+    b.textContent = "Remove " + what + "? Click again";
+  });
 }
 
 async function loadAdmin() {
@@ -227,8 +237,11 @@ async function loadUsers() {
   for (const u of await api("GET", "/v1/users")) {
     const row = document.createElement("tr");
     cell(row, u.account); cell(row, u.display_name); cell(row, u.phone); cell(row, u.enabled ? "yes" : "no");
-    button(cell(row, ""), u.enabled ? "Disable" : "Enable", () =>
+    const td = cell(row, "");
+    button(td, u.enabled ? "Disable" : "Enable", () =>
       api("PATCH", path("/v1/users", u.account), { enabled: !u.enabled }).then(loadUsers, showError));
+    removeButton(td, u.account, () =>
+      api("DELETE", path("/v1/users", u.account)).then(loadUsers, showError));
     body.appendChild(row);
   }
 }
@@ -243,7 +256,9 @@ async function loadRoles() {
     cell(row, r.approval_enabled ? "on" : "off");
     cell(row, r.candidates.join(", "));
     cell(row, Math.round(r.ttl_s / 60) + " (max " + Math.round(r.max_ttl_s / 60) + ")");
-    button(cell(row, ""), "Edit", () => editRole(r));
+    const td = cell(row, "");
+    button(td, "Edit", () => editRole(r));
+    removeButton(td, r.name, () => api("DELETE", path("/v1/roles", r.name)).then(loadRoles, showError));
     body.appendChild(row);
   }
 }

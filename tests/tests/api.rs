@@ -1463,6 +1463,36 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     // Every change is an admin event.
     let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=511", None).await;
     assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+
+    // Removing takes a second click: the first only asks.
+    let remove_in_row = |body: &str, text: &str| {
+        format!(
+            "[...document.querySelectorAll('#{body} tr')].find(r => r.textContent.includes({})).querySelectorAll('button')[1].click()",
+            json!(text)
+        )
+    };
+    b.eval(&remove_in_row("roles-body", "Ops")).await;
+    b.wait_for(&row_has("roles-body", "Click again"), "the question")
+        .await;
+    assert_eq!(status(&d, &admin, "GET", "/v1/roles/Ops").await, 200);
+    b.eval(&remove_in_row("roles-body", "Ops")).await;
+    b.wait_for(
+        &row_has("roles-body", "Ops").replace("return ", "return !"),
+        "the role gone from the list",
+    )
+    .await;
+    assert_eq!(status(&d, &admin, "GET", "/v1/roles/Ops").await, 404);
+    b.eval(&remove_in_row("users-body", "jdoe")).await;
+    b.eval(&remove_in_row("users-body", "jdoe")).await;
+    b.wait_for(
+        &row_has("users-body", "jdoe").replace("return ", "return !"),
+        "the user gone from the list",
+    )
+    .await;
+    assert_eq!(
+        status(&d, &admin, "GET", "/v1/users/CONTOSO%5Cjdoe").await,
+        404
+    );
 }
 
 /// A daemon with the legacy phone provider `id` (extra `settings` lines) against a scripted
