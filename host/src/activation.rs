@@ -54,6 +54,11 @@ impl RequestState {
             .unwrap_or("unknown")
     }
 
+    /// The states a request can still leave, in the lifecycle's order.
+    pub fn unfinished() -> impl Iterator<Item = RequestState> {
+        ALL.iter().map(|(s, _)| *s).filter(|s| !s.is_final())
+    }
+
     /// Whether nothing can happen to the request any more.
     pub fn is_final(self) -> bool {
         matches!(

@@ -150,12 +150,7 @@ impl ServerConfig {
         let Some(file) = &self.metrics_token_file else {
             return Ok(None);
         };
-        check_private(file)?;
-        let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
-            what: format!("cannot read [server] metrics_token_file {}", file.display()),
-            source,
-        })?;
-        let token = text.trim_end_matches(['\r', '\n']);
+        let token = read_secret(file)?;
         let what = || format!("[server] metrics_token_file {}", file.display());
         if token.chars().any(|c| !c.is_ascii_graphic()) {
             return Err(Error::Invalid {
@@ -172,7 +167,7 @@ impl ServerConfig {
                 ),
             });
         }
-        Ok(Some(token.to_string()))
+        Ok(Some(token))
     }
 
     /// The certificate and key files, when the API is served over HTTPS.
@@ -463,6 +458,17 @@ pub fn check_private(path: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Reads a one-line secret (a password, a token) from a file that must be private
+/// ([`check_private`]), without its line ending.
+pub fn read_secret(path: &Path) -> Result<String> {
+    check_private(path)?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        what: format!("cannot read {}", path.display()),
+        source,
+    })?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
 }
 
 impl Config {

@@ -409,13 +409,10 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The request states that are not final, as `rolegate_requests` reports them.
-pub const UNFINISHED: [&str; 4] = ["pending_mfa", "pending_approval", "scheduled", "active"];
-
 /// Counts the requests in each unfinished state (an indexed count per state).
 pub fn in_flight(tx: &mut dyn crate::store::Tx) -> crate::Result<InFlight> {
-    let mut out = Vec::with_capacity(UNFINISHED.len());
-    for state in UNFINISHED {
+    let mut out = Vec::new();
+    for state in crate::activation::RequestState::unfinished().map(|s| s.as_str()) {
         let rows = tx.query(
             "SELECT COUNT(*) FROM requests WHERE state = $1",
             &[state.into()],

@@ -33,6 +33,25 @@ function cell(row, text) {
   return td;
 }
 
+function button(td, label, onclick) {
+  const b = document.createElement("button");
+  b.textContent = label;
+  b.onclick = onclick;
+  td.appendChild(b);
+  return b;
+}
+
+// Replaces the rows of the table body `id` with one row per item, filled by `fillRow(row, item)`.
+function fill(id, items, fillRow) {
+  const body = $(id);
+  body.replaceChildren();
+  for (const item of items) {
+    const row = document.createElement("tr");
+    fillRow(row, item);
+    body.appendChild(row);
+  }
+}
+
 function when(ms) { return ms ? new Date(ms).toLocaleString() : ""; }
 
 function tab(name) {
@@ -144,51 +163,33 @@ async function webauthn(id, options) {
 
 // --- lists --------------------------------------------------------------------------------
 async function loadRequests() {
-  const body = $("requests-body");
-  body.replaceChildren();
-  for (const v of await api("GET", "/v1/requests?limit=50")) {
-    const row = document.createElement("tr");
+  fill("requests-body", await api("GET", "/v1/requests?limit=50"), (row, v) => {
     cell(row, v.role); cell(row, v.state); cell(row, when(v.expires_at)); cell(row, v.reason);
     const td = cell(row, "");
     if (["active", "pending_mfa", "pending_approval", "scheduled"].includes(v.state)) {
-      const b = document.createElement("button");
-      b.textContent = v.state === "active" ? "End now" : "Cancel";
-      b.onclick = () => api("POST", "/v1/requests/" + encodeURIComponent(v.id) + "/close")
-        .then(loadRequests, showError);
-      td.appendChild(b);
+      button(td, v.state === "active" ? "End now" : "Cancel", () =>
+        api("POST", "/v1/requests/" + encodeURIComponent(v.id) + "/close").then(loadRequests, showError));
     }
-    body.appendChild(row);
-  }
+  });
 }
 
 async function loadApprovals() {
-  const body = $("approvals-body");
-  body.replaceChildren();
-  for (const v of await api("GET", "/v1/approvals")) {
-    const row = document.createElement("tr");
+  fill("approvals-body", await api("GET", "/v1/approvals"), (row, v) => {
     cell(row, v.account); cell(row, v.role); cell(row, v.justification);
     cell(row, Math.round(v.ttl_s / 60));
     const td = cell(row, "");
     for (const [label, verb] of [["Approve", "approve"], ["Reject", "reject"]]) {
-      const b = document.createElement("button");
-      b.textContent = label;
-      b.onclick = () => api("POST", "/v1/approvals/" + encodeURIComponent(v.id) + "/" + verb)
-        .then(loadApprovals, showError);
-      td.appendChild(b);
+      button(td, label, () => api("POST", "/v1/approvals/" + encodeURIComponent(v.id) + "/" + verb)
+        .then(loadApprovals, showError));
     }
-    body.appendChild(row);
-  }
+  });
 }
 
 async function loadEvents() {
-  const body = $("events-body");
-  body.replaceChildren();
-  for (const e of await api("GET", "/v1/events?limit=200")) {
-    const row = document.createElement("tr");
+  fill("events-body", await api("GET", "/v1/events?limit=200"), (row, e) => {
     cell(row, when(e.at)); cell(row, e.id); cell(row, e.severity);
     cell(row, e.account); cell(row, e.role); cell(row, e.message);
-    body.appendChild(row);
-  }
+  });
 }
 
 // --- administration: users, roles (the policy as the API holds it), tokens -----------------
@@ -197,14 +198,6 @@ const path = (base, name) => base + "/" + encodeURIComponent(name);
 // The role being edited as the API returned it: fields the form does not show (the
 // availability window) go back unchanged.
 let editing = null;
-
-function button(td, label, onclick) {
-  const b = document.createElement("button");
-  b.textContent = label;
-  b.onclick = onclick;
-  td.appendChild(b);
-  return b;
-}
 
 // A button that acts on its second click only (the first asks), for what cannot be undone.
 function removeButton(td, what, remove) {
@@ -220,37 +213,26 @@ async function loadAdmin() {
 }
 
 async function loadProviders() {
-  const body = $("providers-body");
-  body.replaceChildren();
-  for (const p of await api("GET", "/v1/providers")) {
-    const row = document.createElement("tr");
+  fill("providers-body", await api("GET", "/v1/providers"), (row, p) => {
     cell(row, p.id); cell(row, p.info ? p.info.name : ""); cell(row, p.isolation);
     cell(row, p.health ? p.health.status : "");
     cell(row, p.sunset ? (p.retired ? "retired since " : "retires ") + p.sunset : "");
-    body.appendChild(row);
-  }
+  });
 }
 
 async function loadUsers() {
-  const body = $("users-body");
-  body.replaceChildren();
-  for (const u of await api("GET", "/v1/users")) {
-    const row = document.createElement("tr");
+  fill("users-body", await api("GET", "/v1/users"), (row, u) => {
     cell(row, u.account); cell(row, u.display_name); cell(row, u.phone); cell(row, u.enabled ? "yes" : "no");
     const td = cell(row, "");
     button(td, u.enabled ? "Disable" : "Enable", () =>
       api("PATCH", path("/v1/users", u.account), { enabled: !u.enabled }).then(loadUsers, showError));
     removeButton(td, u.account, () =>
       api("DELETE", path("/v1/users", u.account)).then(loadUsers, showError));
-    body.appendChild(row);
-  }
+  });
 }
 
 async function loadRoles() {
-  const body = $("roles-body");
-  body.replaceChildren();
-  for (const r of await api("GET", "/v1/roles")) {
-    const row = document.createElement("tr");
+  fill("roles-body", await api("GET", "/v1/roles"), (row, r) => {
     cell(row, r.name);
     cell(row, r.mfa_enabled ? r.providers.join(", ") : "off");
     cell(row, r.approval_enabled ? "on" : "off");
@@ -259,8 +241,7 @@ async function loadRoles() {
     const td = cell(row, "");
     button(td, "Edit", () => editRole(r));
     removeButton(td, r.name, () => api("DELETE", path("/v1/roles", r.name)).then(loadRoles, showError));
-    body.appendChild(row);
-  }
+  });
 }
 
 function editRole(r) {
@@ -301,15 +282,11 @@ function saveRole() {
 }
 
 async function loadTokens() {
-  const body = $("tokens-body");
-  body.replaceChildren();
-  for (const t of await api("GET", "/v1/tokens")) {
-    const row = document.createElement("tr");
+  fill("tokens-body", await api("GET", "/v1/tokens"), (row, t) => {
     cell(row, t.id); cell(row, t.account); cell(row, t.admin ? "yes" : "no"); cell(row, t.label);
     cell(row, when(t.created_at));
     button(cell(row, ""), "Revoke", () => api("DELETE", path("/v1/tokens", t.id)).then(loadTokens, showError));
-    body.appendChild(row);
-  }
+  });
 }
 
 // --- enrolment: pick a provider, show its material (QR code), confirm with a code ----------

@@ -183,17 +183,11 @@ impl Store {
             return sqlite::Sqlite::open_sized(&config.sqlite, now_ms, config.wal_mb)
                 .map(Store::Sqlite);
         };
-        let password = match &config.postgres_password_file {
-            None => None,
-            Some(file) => {
-                crate::config::check_private(file)?;
-                let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
-                    what: format!("reading {}", file.display()),
-                    source,
-                })?;
-                Some(text.trim_end_matches(['\r', '\n']).to_string())
-            }
-        };
+        let password = config
+            .postgres_password_file
+            .as_deref()
+            .map(crate::config::read_secret)
+            .transpose()?;
         let pg = postgres::parse_config(conn, password).map_err(|message| Error::Store {
             what: "reading [store] postgres".into(),
             message,
