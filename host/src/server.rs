@@ -151,7 +151,6 @@ pub async fn serve(
         };
         let Some(place) = PerClient::enter(&per_client, peer.ip()) else {
             drop(stream);
-            METRICS.connections_refused.fetch_add(1, Ordering::Relaxed);
             refused_client.note(|n| {
                 tracing::warn!(
                     refused = n,
@@ -164,7 +163,6 @@ pub async fn serve(
         };
         let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
             drop(stream);
-            METRICS.connections_refused.fetch_add(1, Ordering::Relaxed);
             refused.note(|n| {
                 tracing::warn!(
                     refused = n,
@@ -359,9 +357,10 @@ struct Refused {
 }
 
 impl Refused {
-    /// Counts one refusal; `report` gets the count since the last report, at most once
-    /// every 10 seconds.
+    /// Counts one refusal (in the metrics too); `report` gets the count since the last
+    /// report, at most once every 10 seconds.
     fn note(&self, report: impl FnOnce(u64)) {
+        METRICS.connections_refused.fetch_add(1, Ordering::Relaxed);
         let n = self.since_report.fetch_add(1, Ordering::Relaxed) + 1;
         let Ok(mut last) = self.last_report.lock() else {
             return;
