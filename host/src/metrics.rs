@@ -96,22 +96,29 @@ impl Default for Histogram {
 /// One provider's calls: how long they took, and how many failed to get an answer.
 #[derive(Debug, Default)]
 pub struct ProviderCalls {
-    /// Each operation's durations, by the SDK's operation name.
-    by_op: Mutex<BTreeMap<&'static str, Arc<Histogram>>>,
-    /// Calls that got no answer, by operation: past the deadline, a crashed worker, refused.
-    failed: Mutex<BTreeMap<&'static str, u64>>,
+    /// Each operation's figures, by the SDK's operation name.
+    by_op: Mutex<BTreeMap<&'static str, Arc<OpCalls>>>,
+}
+
+/// The calls of one operation of one provider.
+#[derive(Debug, Default)]
+struct OpCalls {
+    /// How long they took.
+    seconds: Histogram,
+    /// How many got no answer: past the deadline, a crashed worker, refused.
+    failed: AtomicU64,
 }
 
 impl ProviderCalls {
     /// Records one call of `op` that took `took`; `answered` is false when it got no answer.
     pub fn observe(&self, op: &'static str, took: Duration, answered: bool) {
-        let histogram = match self.by_op.lock() {
+        let calls = match self.by_op.lock() {
             Ok(mut m) => Arc::clone(m.entry(op).or_default()),
             Err(_) => return,
         };
-        histogram.observe(took);
-        if !answered && let Ok(mut m) = self.failed.lock() {
-            *m.entry(op).or_default() += 1;
+        calls.seconds.observe(took);
+        if !answered {
+            calls.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -294,21 +301,19 @@ impl Metrics {
             "histogram",
             "How long each call into a provider took, by provider id and operation.",
         );
-        let providers: Vec<(String, Arc<ProviderCalls>)> = self
-            .providers
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), Arc::clone(v))).collect())
-            .unwrap_or_default();
-        for (id, calls) in &providers {
-            let ops: Vec<(&'static str, Arc<Histogram>)> = calls
-                .by_op
-                .lock()
-                .map(|m| m.iter().map(|(k, v)| (*k, Arc::clone(v))).collect())
-                .unwrap_or_default();
-            for (op, h) in ops {
-                let labels = format!("provider=\"{}\",op=\"{op}\"", escape(id));
-                h.render(&mut out, "rolegate_provider_call_duration_seconds", &labels);
+        // (provider, operation, its figures), ordered by provider then operation.
+        let mut calls: Vec<(String, &'static str, Arc<OpCalls>)> = Vec::new();
+        if let Ok(providers) = self.providers.lock() {
+            for (id, p) in providers.iter() {
+                if let Ok(ops) = p.by_op.lock() {
+                    calls.extend(ops.iter().map(|(op, c)| (escape(id), *op, Arc::clone(c))));
+                }
             }
+        }
+        for (id, op, c) in &calls {
+            let labels = format!("provider=\"{id}\",op=\"{op}\"");
+            c.seconds
+                .render(&mut out, "rolegate_provider_call_duration_seconds", &labels);
         }
         head(
             &mut out,
@@ -316,15 +321,13 @@ impl Metrics {
             "counter",
             "Provider calls that got no answer (past the deadline, a crashed worker, refused), by provider id and operation.",
         );
-        for (id, calls) in &providers {
-            if let Ok(m) = calls.failed.lock() {
-                for (op, n) in m.iter() {
-                    let _ = writeln!(
-                        &mut out,
-                        "rolegate_provider_call_failures_total{{provider=\"{}\",op=\"{op}\"}} {n}",
-                        escape(id)
-                    );
-                }
+        for (id, op, c) in &calls {
+            let n = c.failed.load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    &mut out,
+                    "rolegate_provider_call_failures_total{{provider=\"{id}\",op=\"{op}\"}} {n}"
+                );
             }
         }
 
