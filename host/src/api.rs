@@ -206,6 +206,7 @@ impl Api {
             .route("/healthz", get(|| async { "ok" }))
             .route("/openapi.json", get(openapi))
             .route("/metrics", get(metrics))
+            .route("/v1/me", get(me))
             .route("/v1/requests", post(create_request).get(my_requests))
             .route("/v1/requests/{id}", get(get_request))
             .route("/v1/requests/{id}/answer", post(answer))
@@ -598,6 +599,15 @@ async fn create_user(
         })
         .await?;
     Ok((StatusCode::CREATED, Json(user_json(&u))))
+}
+
+/// Who the token belongs to: the web page's greeting and its own credentials' account, and a
+/// script's check of a token before it acts.
+async fn me(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
+    let c = api.caller(&headers).await?;
+    Ok(Json(
+        json!({"account": c.account, "admin": c.admin, "expires_at": c.expires_at}),
+    ))
 }
 
 async fn get_user(
@@ -1141,6 +1151,7 @@ pub fn openapi_document() -> Json_ {
                  "description": "Privileged role activation gated by pluggable MFA. Errors are {\"error\": {\"code\", \"message\"}}."},
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "paths": {
+            "/v1/me": {"get": op("The caller: {account, admin, expires_at}", false)},
             "/v1/requests": {"post": op("Request a role (New-PAMRequest): {role, justification, ttl_s?, provider?, starts_at?}", false),
                               "get": op("The caller's requests", false)},
             "/v1/requests/{id}": {"get": op("A request (Get-PAMRequest)", false)},

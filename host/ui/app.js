@@ -64,21 +64,22 @@ function tab(name) {
   if (name === "approvals") loadApprovals().catch(showError);
   if (name === "events") loadEvents().catch(showError);
   if (name === "admin") loadAdmin().catch(showError);
-  if (name === "enrol") loadEnrolProviders().catch(showError);
+  if (name === "enrol") Promise.all([loadEnrolProviders(), loadMyCredentials()]).catch(showError);
 }
 
+// The signed-in caller, as `GET /v1/me` tells: {account, admin}.
+let me = null;
+
 async function signIn() {
-  // The token is checked by a harmless call; an admin token also reads events.
+  // The token is checked by asking whose it is.
   try {
-    await api("GET", "/v1/requests?limit=1");
+    me = await api("GET", "/v1/me");
   } catch (e) {
     if (e.status === 401) signOut();
     throw e;
   }
-  let admin = false;
-  try { await api("GET", "/v1/events?limit=1"); admin = true; } catch (_) { admin = false; }
-  for (const el of document.querySelectorAll(".admin-only")) el.hidden = !admin;
-  $("who").textContent = admin ? "admin" : "";
+  for (const el of document.querySelectorAll(".admin-only")) el.hidden = !me.admin;
+  $("who").textContent = me.account + (me.admin ? " (admin)" : "");
   $("signin").hidden = true;
   $("app").hidden = false;
   $("signout").hidden = false;
@@ -87,6 +88,7 @@ async function signIn() {
 
 function signOut() {
   token = "";
+  me = null;
   sessionStorage.removeItem("rolegate-token");
   $("app").hidden = true;
   $("signin").hidden = false;
@@ -195,8 +197,8 @@ async function loadEvents() {
 // --- administration: users, roles (the policy as the API holds it), tokens -----------------
 const list = (text) => text.split(",").map((s) => s.trim()).filter((s) => s);
 const path = (base, name) => base + "/" + encodeURIComponent(name);
-// The role being edited as the API returned it: fields the form does not show (the
-// availability window) go back unchanged.
+// The role being edited as the API returned it: fields the form does not show go back
+// unchanged.
 let editing = null;
 
 // A button that acts on its second click only (the first asks), for what cannot be undone.
@@ -226,10 +228,34 @@ async function loadUsers() {
     const td = cell(row, "");
     button(td, u.enabled ? "Disable" : "Enable", () =>
       api("PATCH", path("/v1/users", u.account), { enabled: !u.enabled }).then(loadUsers, showError));
+    button(td, "Credentials", () => loadCredentials(u.account).catch(showError));
     removeButton(td, u.account, () =>
       api("DELETE", path("/v1/users", u.account)).then(loadUsers, showError));
   });
 }
+
+// One user's credentials (never their data), each removable: a lost phone or key.
+async function loadCredentials(account) {
+  const base = path("/v1/users", account) + "/credentials";
+  fill("credentials-body", await api("GET", base), (row, c) => {
+    cell(row, c.provider); cell(row, c.id); cell(row, c.label); cell(row, when(c.created_at));
+    removeButton(cell(row, ""), c.provider + " credential", () =>
+      api("DELETE", path(path(base, c.provider), c.id))
+        .then(() => loadCredentials(account), showError));
+  });
+  $("credentials-of").textContent = "Credentials of " + account;
+  $("credentials").hidden = false;
+}
+
+async function loadMyCredentials() {
+  if (!me) return;
+  fill("my-credentials-body", await api("GET", path("/v1/users", me.account) + "/credentials"), (row, c) => {
+    cell(row, c.provider); cell(row, c.label); cell(row, when(c.created_at));
+  });
+}
+
+// A role's availability window as a line (`mon-fri 08:00–18:00 Europe/London`).
+function windowText(w) { return w ? w.days.join(", ") + " " + w.from + "–" + w.to + " " + w.time_zone : "any time"; }
 
 async function loadRoles() {
   fill("roles-body", await api("GET", "/v1/roles"), (row, r) => {
@@ -238,6 +264,7 @@ async function loadRoles() {
     cell(row, r.approval_enabled ? "on" : "off");
     cell(row, r.candidates.join(", "));
     cell(row, Math.round(r.ttl_s / 60) + " (max " + Math.round(r.max_ttl_s / 60) + ")");
+    cell(row, windowText(r.availability));
     const td = cell(row, "");
     button(td, "Edit", () => editRole(r));
     removeButton(td, r.name, () => api("DELETE", path("/v1/roles", r.name)).then(loadRoles, showError));
@@ -256,7 +283,20 @@ function editRole(r) {
   $("role-justification").checked = r.justification_required;
   $("role-ttl").value = Math.round(r.ttl_s / 60);
   $("role-max-ttl").value = Math.round(r.max_ttl_s / 60);
+  const w = r.availability || { days: [], from: "", to: "", time_zone: "" };
+  $("role-days").value = w.days.join(", ");
+  $("role-from").value = w.from;
+  $("role-to").value = w.to;
+  $("role-tz").value = w.time_zone;
   $("role-save").textContent = "Save changes to " + r.name;
+}
+
+// The window the form describes: none when its four fields are empty; anything else goes to
+// the API as typed, which names what it refuses.
+function windowSpec() {
+  const [days, from, to, tz] = ["role-days", "role-from", "role-to", "role-tz"].map((id) => $(id).value.trim());
+  if (!days && !from && !to && !tz) return null;
+  return { days: list(days), from, to, time_zone: tz };
 }
 
 function saveRole() {
@@ -270,6 +310,7 @@ function saveRole() {
     justification_required: $("role-justification").checked,
     ttl_s: parseInt($("role-ttl").value, 10) * 60,
     max_ttl_s: parseInt($("role-max-ttl").value, 10) * 60,
+    availability: windowSpec(),
   });
   const done = editing ? api("PUT", path("/v1/roles", spec.name), spec) : api("POST", "/v1/roles", spec);
   return done.then(() => {
@@ -312,6 +353,7 @@ function enrolStep(v) {
       ? "Enrolled (credential " + v.credential + ")."
       : (v.message || "The enrolment did not complete.");
     enrolment = null;
+    loadMyCredentials().catch(showError);
     return;
   }
   const p = v.prompt || {};

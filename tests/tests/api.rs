@@ -1303,6 +1303,13 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
         "the enrolment to complete",
     )
     .await;
+    // The page says whose token it holds, and lists the user's credentials (never their data).
+    assert_eq!(b.text("#who").await, "jdoe");
+    b.wait_for(
+        "return document.getElementById('my-credentials-body').textContent.includes('totp')",
+        "the new credential in the user's list",
+    )
+    .await;
 
     // Activate: request, the code prompt, active.
     b.click("button[data-tab=activate]").await;
@@ -1330,7 +1337,10 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
 #[tokio::test]
 async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_browser() {
     use rolegate_e2e::browser::Browser;
-    let d = start();
+    let d = start_with(&format!(
+        "\n[[provider]]\nid = \"sec\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\nmode = \"enrol\"\n",
+        rolegate_e2e::misbehave_lib().display()
+    ));
     let admin = d.admin.clone();
     let b = Browser::start().await;
     b.goto(&format!("{}/", d.url)).await;
@@ -1341,6 +1351,7 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
         "the admin's tabs",
     )
     .await;
+    assert_eq!(b.text("#who").await, "admin (admin)");
     b.click("button[data-tab=admin]").await;
     let rows_with = |body: &str, text: &str| {
         format!(
@@ -1355,6 +1366,14 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
         format!(
             "[...document.querySelectorAll('#{body} tr')].find(r => r.textContent.includes({})).querySelector('button').click()",
             json!(text)
+        )
+    };
+    // Click the button labelled `label…` in that row.
+    let click_labelled = |body: &str, text: &str, label: &str| {
+        format!(
+            "[...[...document.querySelectorAll('#{body} tr')].find(r => r.textContent.includes({})).querySelectorAll('button')].find(b => b.textContent.startsWith({})).click()",
+            json!(text),
+            json!(label)
         )
     };
 
@@ -1402,6 +1421,22 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     b.click("#role-approval").await;
     b.type_into("#role-approvers", "boss").await;
     b.type_into("#role-ttl", "45").await;
+    // An availability window: a zone that does not exist is refused, naming it, and the role
+    // stays as it was; a real one is kept.
+    b.type_into("#role-days", "mon-fri, sat").await;
+    b.type_into("#role-from", "08:00").await;
+    b.type_into("#role-to", "18:00").await;
+    b.type_into("#role-tz", "Mars/Olympus").await;
+    b.click("#role-save").await;
+    b.wait_for(
+        "return document.getElementById('error').textContent.includes('`Mars/Olympus` is not a known time zone')",
+        "the refused time zone",
+    )
+    .await;
+    let (_, role) = call(&d, Some(&admin), "GET", "/v1/roles/Ops", None).await;
+    assert_eq!(role["approval_enabled"], false, "{role}");
+    assert!(role["availability"].is_null(), "{role}");
+    b.type_into("#role-tz", "Europe/London").await;
     b.click("#role-save").await;
     b.wait_for(
         "return !document.getElementById('role-name').readOnly",
@@ -1418,6 +1453,34 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
         (role["ttl_s"].as_i64(), role["max_ttl_s"].as_i64()),
         (Some(2700), Some(3600))
     );
+    assert_eq!(
+        role["availability"],
+        json!({"days": ["mon-fri", "sat"], "from": "08:00", "to": "18:00", "time_zone": "Europe/London"})
+    );
+    b.wait_for(
+        &row_has("roles-body", "mon-fri, sat 08:00–18:00 Europe/London"),
+        "the window in the role list",
+    )
+    .await;
+    // Emptied in the form, the window goes: the role is available at any time again.
+    b.eval(&click_in_row("roles-body", "Ops")).await;
+    b.wait_for(
+        "return document.getElementById('role-tz').value === 'Europe/London'",
+        "the window in the form",
+    )
+    .await;
+    for field in ["#role-days", "#role-from", "#role-to", "#role-tz"] {
+        b.type_into(field, "").await;
+    }
+    b.click("#role-save").await;
+    b.wait_for(
+        &row_has("roles-body", "any time"),
+        "the role without a window",
+    )
+    .await;
+    let (_, role) = call(&d, Some(&admin), "GET", "/v1/roles/Ops", None).await;
+    assert!(role["availability"].is_null(), "{role}");
+    assert_eq!(role["approvers"], json!(["boss"]), "{role}");
 
     // A token for the user, shown once; it works; revoked from the list, it stops working.
     b.type_into("#token-account", "CONTOSO\\jdoe").await;
@@ -1431,6 +1494,52 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     let shown = b.text("#token-issued").await;
     let token = shown.rsplit(' ').next().unwrap().to_string();
     assert_eq!(status(&d, &token, "GET", "/v1/requests").await, 200);
+    let (_, who) = call(&d, Some(&token), "GET", "/v1/me", None).await;
+    assert_eq!(
+        who,
+        json!({"account": "CONTOSO\\jdoe", "admin": false, "expires_at": null})
+    );
+
+    // The user enrols (with the token); the admin sees the credential and removes it — a
+    // lost key — at the second click, after which the user has none.
+    let (_, v) = call(
+        &d,
+        Some(&token),
+        "POST",
+        "/v1/enrolments",
+        Some(json!({"provider": "sec"})),
+    )
+    .await;
+    let (s, e) = call(
+        &d,
+        Some(&token),
+        "POST",
+        "/v1/enrolments/continue",
+        Some(json!({"provider": "sec", "state": v["state"], "code": "4321"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{e}");
+    b.eval(&click_labelled("users-body", "jdoe", "Credentials"))
+        .await;
+    b.wait_for(&row_has("credentials-body", "sec"), "the user's credential")
+        .await;
+    assert_eq!(
+        b.text("#credentials-of").await,
+        "Credentials of CONTOSO\\jdoe"
+    );
+    b.eval(&click_in_row("credentials-body", "sec")).await;
+    b.wait_for(&row_has("credentials-body", "Click again"), "the question")
+        .await;
+    let creds = format!("/v1/users/{}/credentials", "CONTOSO%5Cjdoe");
+    let (_, list) = call(&d, Some(&admin), "GET", &creds, None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    b.eval(&click_in_row("credentials-body", "sec")).await;
+    b.wait_for(&row_gone("credentials-body", "sec"), "the credential gone")
+        .await;
+    let (_, list) = call(&d, Some(&admin), "GET", &creds, None).await;
+    assert_eq!(list, json!([]));
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=311", None).await;
+    assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
     b.wait_for(&row_has("tokens-body", "laptop"), "the token in the list")
         .await;
     b.eval(&click_in_row("tokens-body", "laptop")).await;
@@ -1462,17 +1571,25 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     .await;
     let (_, u) = call(&d, Some(&admin), "GET", "/v1/users/CONTOSO%5Cjdoe", None).await;
     assert_eq!(u["enabled"], false, "{u}");
-    // Every change is an admin event.
+    // Every change is an admin event, naming what changed (the refused one is none).
     let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=511", None).await;
-    assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+    let messages: Vec<&str> = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "role changed (availability) by `admin`",
+            "role changed (approval_enabled, approvers, availability, ttl_s) by `admin`"
+        ],
+        "{ev}"
+    );
 
     // Removing takes a second click: the first only asks.
-    let remove_in_row = |body: &str, text: &str| {
-        format!(
-            "[...document.querySelectorAll('#{body} tr')].find(r => r.textContent.includes({})).querySelectorAll('button')[1].click()",
-            json!(text)
-        )
-    };
+    let remove_in_row = |body: &str, text: &str| click_labelled(body, text, "Remove");
     b.eval(&remove_in_row("roles-body", "Ops")).await;
     b.wait_for(&row_has("roles-body", "Click again"), "the question")
         .await;
