@@ -41,7 +41,8 @@ function button(td, label, onclick) {
   return b;
 }
 
-// Replaces the rows of the table body `id` with one row per item, filled by `fillRow(row, item)`.
+// Replaces the rows of the table body `id` with one row per item, filled by `fillRow(row, item)`;
+// marks the body filled (a test waits for that).
 function fill(id, items, fillRow) {
   const body = $(id);
   body.replaceChildren();
@@ -50,6 +51,7 @@ function fill(id, items, fillRow) {
     fillRow(row, item);
     body.appendChild(row);
   }
+  body.dataset.filled = "yes";
 }
 
 function when(ms) { return ms ? new Date(ms).toLocaleString() : ""; }
@@ -249,7 +251,10 @@ async function loadCredentials(account) {
 
 async function loadMyCredentials() {
   if (!me) return;
-  fill("my-credentials-body", await api("GET", path("/v1/users", me.account) + "/credentials"), (row, c) => {
+  // A token's account need not be a user (the first admin's is not): then it has none.
+  const mine = await api("GET", path("/v1/users", me.account) + "/credentials")
+    .catch((e) => { if (e.status === 404) return []; throw e; });
+  fill("my-credentials-body", mine, (row, c) => {
     cell(row, c.provider); cell(row, c.label); cell(row, when(c.created_at));
   });
 }

@@ -1352,6 +1352,15 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     )
     .await;
     assert_eq!(b.text("#who").await, "admin (admin)");
+    // The first admin's account is no user: their Enrol tab lists no credentials, and no error.
+    b.click("button[data-tab=enrol]").await;
+    b.wait_for(
+        "return document.getElementById('my-credentials-body').dataset.filled === 'yes'",
+        "the admin's own credentials",
+    )
+    .await;
+    assert_eq!(b.text("#error").await, "");
+    assert_eq!(b.text("#my-credentials-body").await, "");
     b.click("button[data-tab=admin]").await;
     let rows_with = |body: &str, text: &str| {
         format!(
