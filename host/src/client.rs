@@ -138,9 +138,7 @@ impl Client {
             .map(String::from)
             .unwrap_or_else(|| value.as_str().unwrap_or("").to_string());
         Err(match status.as_u16() {
-            401 => Error::Refused(crate::role::Refusal::UserNotAllowed {
-                account: format!("(token) {message}; set --token or ROLEGATE_TOKEN"),
-            }),
+            401 => Error::TokenRefused { message },
             404 => Error::NotFound {
                 what: message.trim_end_matches(" not found").to_string(),
             },

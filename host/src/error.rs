@@ -12,6 +12,15 @@ pub enum Error {
     #[error("the token is not valid")]
     Unauthorized,
 
+    /// The daemon refused the CLI's token: its message, and how to give another.
+    #[error(
+        "the daemon refused the token ({message}); set --token or ROLEGATE_TOKEN to a valid one"
+    )]
+    TokenRefused {
+        /// The daemon's reason.
+        message: String,
+    },
+
     /// The config file cannot be used.
     #[error("config {path}: {message}")]
     Config {

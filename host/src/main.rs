@@ -285,6 +285,8 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
+    /// Whose token this is: its account, and whether it is an admin's.
+    Whoami,
     /// API tokens.
     Token {
         #[command(subcommand)]
@@ -477,6 +479,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Approval { command } => go(Remote::Approval(command)),
         Command::Enrol { provider } => go(Remote::Enrol(provider)),
         Command::Token { command } => go(Remote::Token(command)),
+        Command::Whoami => go(Remote::Whoami),
         Command::Events {
             action,
             id,
@@ -548,6 +551,7 @@ enum Remote {
     Approval(ApprovalCommand),
     Enrol(String),
     Token(TokenCommand),
+    Whoami,
     Providers,
     Events {
         action: Option<String>,
@@ -776,6 +780,13 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
             Remote::Token(TokenCommand::New { account, admin, label }) => {
                 let v = client.call("POST", "/v1/tokens", Some(json!({"account": account, "admin": admin, "label": label}))).await?;
                 if json { (v, None) } else { (json!(format!("token for `{account}` (shown once): {}", v["token"].as_str().unwrap_or(""))), None) }
+            }
+            Remote::Whoami => {
+                let v = client.call("GET", "/v1/me", None).await?;
+                if json { (v, None) } else {
+                    let kind = if v["admin"] == true { "an admin token" } else { "a user token" };
+                    (json!(format!("`{}` ({kind})", v["account"].as_str().unwrap_or(""))), None)
+                }
             }
             Remote::Providers => (client.call("GET", "/v1/providers", None).await?, Some(&[
                 ("ID", "id"), ("NAME", "info.name"), ("VERSION", "info.version"), ("ISOLATION", "isolation"), ("HEALTH", "health.status"), ("SUNSET", "sunset"),

@@ -338,6 +338,26 @@ async fn the_cli_mirrors_the_pam_cmdlets_against_a_running_daemon() {
         .as_str()
         .unwrap()
         .into();
+    // Whose token is it: the CLI asks the daemon; a revoked or made-up one is refused.
+    assert_eq!(
+        ok(cli(&d, &user, &["whoami"], "")).trim(),
+        "`CONTOSO\\jdoe` (a user token)"
+    );
+    assert_eq!(
+        ok(cli(&d, &admin, &["whoami"], "")).trim(),
+        "`admin` (an admin token)"
+    );
+    let me: Value = serde_json::from_str(&ok(cli(&d, &boss, &["--json", "whoami"], ""))).unwrap();
+    assert_eq!(
+        (me["account"].as_str(), me["admin"].as_bool()),
+        (Some("CONTOSO\\boss"), Some(false))
+    );
+    let (okay, out) = cli(&d, "rg_not_a_token", &["whoami"], "");
+    assert!(!okay, "{out}");
+    assert!(
+        out.contains("the daemon refused the token (the token is not valid); set --token or ROLEGATE_TOKEN to a valid one"),
+        "{out}"
+    );
 
     // A wrong code on standard input: the challenge fails after the attempts, clearly.
     let (okay, out) = cli(
