@@ -225,7 +225,10 @@ async function loadProviders() {
 }
 
 async function loadUsers() {
-  fill("users-body", await api("GET", "/v1/users"), (row, u) => {
+  const users = await api("GET", "/v1/users");
+  // A removed user's credentials are not left on show.
+  if (!users.some((u) => u.account === credentialsOf)) $("credentials").hidden = true;
+  fill("users-body", users, (row, u) => {
     cell(row, u.account); cell(row, u.display_name); cell(row, u.phone); cell(row, u.enabled ? "yes" : "no");
     const td = cell(row, "");
     button(td, u.enabled ? "Disable" : "Enable", () =>
@@ -237,7 +240,9 @@ async function loadUsers() {
 }
 
 // One user's credentials (never their data), each removable: a lost phone or key.
+let credentialsOf = null;
 async function loadCredentials(account) {
+  credentialsOf = account;
   const base = path("/v1/users", account) + "/credentials";
   fill("credentials-body", await api("GET", base), (row, c) => {
     cell(row, c.provider); cell(row, c.id); cell(row, c.label); cell(row, when(c.created_at));

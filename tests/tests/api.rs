@@ -1637,6 +1637,13 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
         "the user gone from the list",
     )
     .await;
+    assert!(
+        b.eval("return document.getElementById('credentials').hidden")
+            .await
+            .as_bool()
+            .unwrap(),
+        "the removed user's credentials are still on show"
+    );
     assert_eq!(
         status(&d, &admin, "GET", "/v1/users/CONTOSO%5Cjdoe").await,
         404
