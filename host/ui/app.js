@@ -233,9 +233,49 @@ async function loadUsers() {
     const td = cell(row, "");
     button(td, u.enabled ? "Disable" : "Enable", () =>
       api("PATCH", path("/v1/users", u.account), { enabled: !u.enabled }).then(loadUsers, showError));
+    button(td, "Edit", () => editUser(u));
     button(td, "Credentials", () => loadCredentials(u.account).catch(showError));
     removeButton(td, u.account, () =>
       api("DELETE", path("/v1/users", u.account)).then(loadUsers, showError));
+  });
+}
+
+// The user being edited as the API returned it; a save sends only what the form changed (a
+// different phone number raises event 825).
+let editingUser = null;
+
+function editUser(u) {
+  editingUser = u;
+  $("user-account").value = u.account;
+  $("user-account").readOnly = true;
+  $("user-name").value = u.display_name || "";
+  $("user-phone").value = u.phone || "";
+  $("user-email").value = u.email || "";
+  $("user-save").textContent = "Save changes to " + u.account;
+}
+
+function saveUser() {
+  const [name, phone, email] = ["user-name", "user-phone", "user-email"].map((id) => $(id).value.trim());
+  let done;
+  if (editingUser) {
+    const u = editingUser;
+    const patch = {};
+    if (name !== (u.display_name || "")) patch.display_name = name;
+    if (phone !== (u.phone || "")) patch.phone = phone || null;
+    if (email !== (u.email || "")) patch.email = email || null;
+    done = api("PATCH", path("/v1/users", u.account), patch);
+  } else {
+    const body = { account: $("user-account").value.trim(), display_name: name };
+    if (phone) body.phone = phone;
+    if (email) body.email = email;
+    done = api("POST", "/v1/users", body);
+  }
+  return done.then(() => {
+    editingUser = null;
+    $("user-form").reset();
+    $("user-account").readOnly = false;
+    $("user-save").textContent = "Add user";
+    return loadUsers();
   });
 }
 
@@ -428,10 +468,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("user-form").onsubmit = (ev) => {
     ev.preventDefault();
     showError(null);
-    const body = { account: $("user-account").value.trim(), display_name: $("user-name").value.trim() };
-    if ($("user-phone").value.trim()) body.phone = $("user-phone").value.trim();
-    if ($("user-email").value.trim()) body.email = $("user-email").value.trim();
-    api("POST", "/v1/users", body).then(() => { $("user-form").reset(); return loadUsers(); }).catch(showError);
+    saveUser().catch(showError);
   };
   $("unlock-form").onsubmit = (ev) => {
     ev.preventDefault();

@@ -1431,6 +1431,39 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
         "{users}"
     );
 
+    // Editing the user: a bad number is refused and the stored one kept; a new one is
+    // normalised and raises event 825 (as Set-PAMUser did), and only the phone is changed.
+    b.eval(&click_labelled("users-body", "jdoe", "Edit")).await;
+    b.wait_for(
+        "return document.getElementById('user-account').readOnly",
+        "the user in the form",
+    )
+    .await;
+    assert_eq!(
+        b.eval("return document.getElementById('user-phone').value")
+            .await,
+        json!("+14255550100")
+    );
+    b.type_into("#user-phone", "not a phone").await;
+    b.click("#user-form button").await;
+    b.wait_for(
+        "return document.getElementById('error').textContent.includes('phone')",
+        "the refused phone",
+    )
+    .await;
+    b.type_into("#user-phone", "+44 20 7946 0958").await;
+    b.click("#user-form button").await;
+    b.wait_for(&row_has("users-body", "+442079460958"), "the new number")
+        .await;
+    let (_, u) = call(&d, Some(&admin), "GET", "/v1/users/CONTOSO%5Cjdoe", None).await;
+    assert_eq!(
+        (u["phone"].as_str(), u["display_name"].as_str()),
+        (Some("+442079460958"), Some("Jane Doe")),
+        "{u}"
+    );
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=825", None).await;
+    assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+
     // A role with MFA through hello, then edited: approval on, a new default duration.
     b.type_into("#role-name", "Ops").await;
     b.type_into("#role-candidates", "CONTOSO\\jdoe").await;
