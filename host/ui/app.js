@@ -240,6 +240,15 @@ async function loadUsers() {
   });
 }
 
+// Puts the `user` or `role` form in edit mode for `name` (its key field read-only), or, with
+// null, empties it and back to adding (its button says `addLabel`).
+function editMode(form, name, addLabel) {
+  const key = $(form === "user" ? "user-account" : "role-name");
+  if (name === null) $(form + "-form").reset();
+  key.readOnly = name !== null;
+  $(form + "-save").textContent = name === null ? addLabel : "Save changes to " + name;
+}
+
 // The user being edited as the API returned it; a save sends only what the form changed (a
 // different phone number raises event 825).
 let editingUser = null;
@@ -247,11 +256,10 @@ let editingUser = null;
 function editUser(u) {
   editingUser = u;
   $("user-account").value = u.account;
-  $("user-account").readOnly = true;
+  editMode("user", u.account, "Add user");
   $("user-name").value = u.display_name || "";
   $("user-phone").value = u.phone || "";
   $("user-email").value = u.email || "";
-  $("user-save").textContent = "Save changes to " + u.account;
 }
 
 function saveUser() {
@@ -272,9 +280,7 @@ function saveUser() {
   }
   return done.then(() => {
     editingUser = null;
-    $("user-form").reset();
-    $("user-account").readOnly = false;
-    $("user-save").textContent = "Add user";
+    editMode("user", null, "Add user");
     return loadUsers();
   });
 }
@@ -324,7 +330,7 @@ async function loadRoles() {
 function editRole(r) {
   editing = r;
   $("role-name").value = r.name;
-  $("role-name").readOnly = true;
+  editMode("role", r.name, "Save role");
   $("role-candidates").value = r.candidates.join(", ");
   $("role-approvers").value = r.approvers.join(", ");
   $("role-providers").value = r.providers.join(", ");
@@ -338,7 +344,6 @@ function editRole(r) {
   $("role-from").value = w.from;
   $("role-to").value = w.to;
   $("role-tz").value = w.time_zone;
-  $("role-save").textContent = "Save changes to " + r.name;
 }
 
 // The window the form describes: none when its four fields are empty; anything else goes to
@@ -365,9 +370,7 @@ function saveRole() {
   const done = editing ? api("PUT", path("/v1/roles", spec.name), spec) : api("POST", "/v1/roles", spec);
   return done.then(() => {
     editing = null;
-    $("role-form").reset();
-    $("role-name").readOnly = false;
-    $("role-save").textContent = "Save role";
+    editMode("role", null, "Save role");
     return loadRoles();
   });
 }
