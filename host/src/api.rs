@@ -51,9 +51,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         use rolegate_sdk::ErrorKind;
         let (status, code) = match &e {
-            Error::Unauthorized | Error::TokenRefused { .. } => {
-                (StatusCode::UNAUTHORIZED, "unauthorized")
-            }
+            Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
             Error::Refused(crate::role::Refusal::RateLimited { .. }) => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited")

@@ -463,22 +463,24 @@ pub fn check_private(path: &Path) -> Result<()> {
 /// Reads a one-line secret (a password, a token) from a file that must be private
 /// ([`check_private`]), without its line ending.
 pub fn read_secret(path: &Path) -> Result<String> {
-    check_private(path)?;
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        what: format!("cannot read {}", path.display()),
-        source,
-    })?;
+    let text = read_private(path, "")?;
     Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Reads a file that must be private ([`check_private`]); `what` names it in the error
+/// (`config `, or nothing).
+fn read_private(path: &Path, what: &str) -> Result<String> {
+    check_private(path)?;
+    std::fs::read_to_string(path).map_err(|source| Error::Io {
+        what: format!("cannot read {what}{}", path.display()),
+        source,
+    })
 }
 
 impl Config {
     /// Reads and checks a config file: private permissions, known keys, unique provider ids.
     pub fn load(path: &Path) -> Result<Self> {
-        check_private(path)?;
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            what: format!("cannot read config {}", path.display()),
-            source,
-        })?;
+        let text = read_private(path, "config ")?;
         let mut config = Self::parse(&text, path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in &mut config.providers {

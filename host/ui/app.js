@@ -431,6 +431,16 @@ function enrolStep(v) {
 }
 
 // --- wiring -------------------------------------------------------------------------------
+// Runs `act` (a promise) when the form `id` is submitted, the last error cleared first and its
+// own failure shown.
+function onSubmit(id, act) {
+  $(id).onsubmit = (ev) => {
+    ev.preventDefault();
+    showError(null);
+    act().catch(showError);
+  };
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   for (const b of document.querySelectorAll(".tab")) b.onclick = () => tab(b.dataset.tab);
   $("signin-form").onsubmit = (ev) => {
@@ -441,65 +451,49 @@ document.addEventListener("DOMContentLoaded", () => {
     signIn().catch(showError);
   };
   $("signout").onclick = signOut;
-  $("request-form").onsubmit = (ev) => {
-    ev.preventDefault();
-    showError(null);
+  onSubmit("request-form", () => {
     $("request-result").textContent = "";
     const body = { role: $("role").value.trim(), justification: $("justification").value };
     const minutes = parseInt($("minutes").value, 10);
     if (minutes > 0) body.ttl_s = minutes * 60;
-    api("POST", "/v1/requests", body).then(settle, showError);
-  };
+    return api("POST", "/v1/requests", body).then(settle);
+  });
   $("code-form").onsubmit = (ev) => {
     ev.preventDefault();
     const code = $("code").value.trim();
     api("POST", "/v1/requests/" + encodeURIComponent(current.id) + "/answer", { code })
       .then(settle, showError);
   };
-  $("enrol-form").onsubmit = (ev) => {
-    ev.preventDefault();
-    showError(null);
+  onSubmit("enrol-form", () => {
     $("enrol-result").textContent = "";
-    api("POST", "/v1/enrolments", { provider: $("enrol-provider").value }).then(enrolStep, showError);
-  };
+    return api("POST", "/v1/enrolments", { provider: $("enrol-provider").value }).then(enrolStep);
+  });
   $("enrol-code-form").onsubmit = (ev) => {
     ev.preventDefault();
     if (!enrolment) return;
     const body = { provider: enrolment.provider, state: enrolment.state, code: $("enrol-code").value.trim() };
     api("POST", "/v1/enrolments/continue", body).then(enrolStep, showError);
   };
-  $("user-form").onsubmit = (ev) => {
-    ev.preventDefault();
-    showError(null);
-    saveUser().catch(showError);
-  };
-  $("unlock-form").onsubmit = (ev) => {
-    ev.preventDefault();
-    showError(null);
+  onSubmit("user-form", saveUser);
+  onSubmit("unlock-form", () => {
     const account = $("unlock-account").value.trim();
     const provider = $("unlock-provider").value.trim();
-    api("POST", path("/v1/users", account) + "/unlock", { provider }).then((v) => {
+    return api("POST", path("/v1/users", account) + "/unlock", { provider }).then((v) => {
       $("unlock-result").textContent = v.unlocked
         ? account + " may use " + provider + " again."
         : account + " was not locked out of " + provider + ".";
-    }, showError);
-  };
-  $("role-form").onsubmit = (ev) => {
-    ev.preventDefault();
-    showError(null);
-    saveRole().catch(showError);
-  };
-  $("token-form").onsubmit = (ev) => {
-    ev.preventDefault();
-    showError(null);
+    });
+  });
+  onSubmit("role-form", saveRole);
+  onSubmit("token-form", () => {
     const body = { account: $("token-account").value.trim(), label: $("token-label").value, admin: $("token-admin").checked };
-    api("POST", "/v1/tokens", body).then((t) => {
+    return api("POST", "/v1/tokens", body).then((t) => {
       // Shown once, here only; it is not kept by the page.
       $("token-issued").textContent = "Token for " + body.account + " (shown once): " + t.token;
       $("token-form").reset();
       return loadTokens();
-    }).catch(showError);
-  };
+    });
+  });
   $("verify").onclick = () => api("GET", "/v1/events/verify").then((v) => {
     $("verify-result").textContent = v.intact
       ? "intact: " + v.events + " events"
