@@ -30,6 +30,9 @@
 //!
 //! `ROLEGATE_BENCH_ACCESS_LOG=1` writes the access log (`[server] access_log`) meanwhile.
 //!
+//! `ROLEGATE_BENCH_WAL_MB=1024` starts SQLite's WAL over at that length instead of the
+//! default's (`[store] wal_mb`), to compare WAL lengths with one binary.
+//!
 //! Under the table, one line per level gives the tail (p95 … max, the share of activations
 //! of 10 ms or more) and the host's own unsteadiness meanwhile: the share of 50-ms windows in
 //! which a light probe (~25 µs of fixed arithmetic every 2 ms, ~1% of one core) ran at half
@@ -145,7 +148,13 @@ fn main() {
                 .unwrap()
                 .into()
             }
-            _ => Store::from(Sqlite::open(&dir.path().join("bench.db"), 0).unwrap()),
+            _ => {
+                let wal_mb = std::env::var("ROLEGATE_BENCH_WAL_MB")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(rolegate::config::DEFAULT_WAL_MB);
+                Store::from(Sqlite::open_sized(&dir.path().join("bench.db"), 0, wal_mb).unwrap())
+            }
         });
         println!("store: {}", store.backend());
         let key = Arc::new(SealingKey::load_or_create(&dir.path().join("bench.key")).unwrap());
