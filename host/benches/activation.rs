@@ -246,7 +246,9 @@ fn main() {
             .router()
             .layer(axum::middleware::from_fn(timed));
         let tls = tls_files.as_ref().map(|(cert, key, _)| {
-            Arc::new(rolegate::tls::ServerTls::load(cert, key, jiff::Timestamp::now()).unwrap())
+            Arc::new(
+                rolegate::tls::ServerTls::load(cert, key, None, jiff::Timestamp::now()).unwrap(),
+            )
         });
         // The daemon's own server (its limits, TCP_NODELAY, the body deadline), never stopped.
         tokio::spawn(rolegate::server::serve(

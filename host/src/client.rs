@@ -25,7 +25,25 @@ fn transport(url: &str, e: reqwest::Error) -> Error {
         why = format!("{why}: {s}");
         source = s.source();
     }
-    let hint = if why.contains("not valid for name") || why.contains("NotValidForName") {
+    // What the daemon's side of the handshake refused comes back as an alert it sent.
+    let alert = |names: &[&str]| {
+        names
+            .iter()
+            .any(|n| why.contains(&format!("received fatal alert: {n}")))
+    };
+    let hint = if alert(&["CertificateRequired"]) {
+        "the daemon asks for a client certificate: set --client-cert and --client-key (or ROLEGATE_CLIENT_CERT and ROLEGATE_CLIENT_KEY)"
+    } else if alert(&[
+        "UnknownCA",
+        "BadCertificate",
+        "DecryptError",
+        "CertificateUnknown",
+        "CertificateExpired",
+        "CertificateRevoked",
+        "UnsupportedCertificate",
+    ]) {
+        "the daemon refused the client certificate: it must come from the CA in the daemon's [server] tls_client_ca"
+    } else if why.contains("not valid for name") || why.contains("NotValidForName") {
         "the daemon's certificate is not for this host name: use a name (or address) its certificate names in --server"
     } else if why.contains("certificate expired") || why.contains("Expired") {
         "the daemon's certificate has expired: renew it, then `systemctl reload rolegate` (SIGHUP)"
@@ -52,11 +70,51 @@ fn is_loopback(url: &reqwest::Url) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The client certificate and key the CLI presents, read as one PEM identity. The key file
+/// must be private (as SSH keys are); its bytes never appear in a message.
+fn client_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity> {
+    let mut pem = std::fs::read(cert).map_err(|source| Error::Io {
+        what: format!("cannot read the client certificate {}", cert.display()),
+        source,
+    })?;
+    if !pem
+        .windows(b"BEGIN CERTIFICATE".len())
+        .any(|w| w == b"BEGIN CERTIFICATE")
+    {
+        return Err(Error::Invalid {
+            what: format!("client certificate {}", cert.display()),
+            message: "holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)".into(),
+        });
+    }
+    crate::config::check_private(key)?;
+    let key_pem = std::fs::read(key).map_err(|source| Error::Io {
+        what: format!("cannot read the client key {}", key.display()),
+        source,
+    })?;
+    pem.push(b'\n');
+    pem.extend_from_slice(&key_pem);
+    reqwest::Identity::from_pem(&pem).map_err(|_| Error::Invalid {
+        what: format!("client key {}", key.display()),
+        message: "is not a readable, unencrypted PEM private key for the certificate".into(),
+    })
+}
+
 impl Client {
     /// A client of the daemon at `base` (`http://127.0.0.1:8420`, `https://pam.example.org:8420`),
     /// trusting the certificates in `ca_file` (PEM) beside the system's. A token is never
     /// sent over plain HTTP to another machine.
     pub fn new(base: &str, token: Option<String>, ca_file: Option<&Path>) -> Result<Self> {
+        Self::with_identity(base, token, ca_file, None)
+    }
+
+    /// Like [`Client::new`], presenting the certificate in `identity` (a PEM chain, and its
+    /// key in a private file) to a daemon that asks for client certificates (mutual TLS).
+    pub fn with_identity(
+        base: &str,
+        token: Option<String>,
+        ca_file: Option<&Path>,
+        identity: Option<(&Path, &Path)>,
+    ) -> Result<Self> {
         let base = base.trim_end_matches('/').to_string();
         let bad_url = |message: String| Error::Invalid {
             what: format!("server URL `{base}`"),
@@ -98,6 +156,9 @@ impl Client {
             for c in certs {
                 builder = builder.add_root_certificate(c);
             }
+        }
+        if let Some((cert, key)) = identity {
+            builder = builder.identity(client_identity(cert, key)?);
         }
         let http = builder.build().map_err(|e| Error::Invalid {
             what: "HTTP client".into(),

@@ -64,6 +64,11 @@ pub struct ServerConfig {
     /// The certificate's private key (PEM, a private file); with `tls_cert`.
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that API clients' certificates must chain to: when set, a
+    /// connection without such a certificate is refused in the TLS handshake (mutual TLS, on
+    /// top of the bearer token). Needs `tls_cert` and `tls_key`.
+    #[serde(default)]
+    pub tls_client_ca: Option<PathBuf>,
     /// A private file holding the token that may read `/metrics` and nothing else.
     #[serde(default)]
     pub metrics_token_file: Option<PathBuf>,
@@ -114,6 +119,7 @@ impl Default for ServerConfig {
             access_log: None,
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
             metrics_token_file: None,
         }
     }
@@ -494,6 +500,7 @@ impl Config {
             &mut config.events.jsonl,
             &mut config.server.tls_cert,
             &mut config.server.tls_key,
+            &mut config.server.tls_client_ca,
             &mut config.server.access_log,
             &mut config.server.metrics_token_file,
             &mut config.plugins.worker,
@@ -555,6 +562,12 @@ impl Config {
                 message: format!(
                     "[server] {set} is set but {missing} is not: HTTPS needs the certificate chain (tls_cert) and its private key (tls_key)"
                 ),
+            });
+        }
+        if server.tls_client_ca.is_some() && server.tls_cert.is_none() {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: "[server] tls_client_ca is set but tls_cert and tls_key are not: client certificates are asked for in the TLS handshake, so the daemon must serve HTTPS".into(),
             });
         }
         within(
@@ -815,6 +828,20 @@ mod tests {
             ))
         );
         assert_eq!(parse("").unwrap().server.tls(), None);
+        // Client certificates need HTTPS; their CA is named beside the config too.
+        let e = parse("[server]\ntls_client_ca = \"clients.pem\"").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[server] tls_client_ca is set but tls_cert and tls_key are not"),
+            "{e}"
+        );
+        std::fs::write(
+            &p,
+            "[server]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\ntls_client_ca = \"clients.pem\"",
+        )
+        .unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.server.tls_client_ca, Some(dir.path().join("clients.pem")));
     }
 
     #[test]

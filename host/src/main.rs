@@ -37,6 +37,22 @@ struct Cli {
     /// A CA certificate bundle (PEM) to trust for the daemon's HTTPS, beside the system's.
     #[arg(long, global = true, env = "ROLEGATE_CA_FILE")]
     ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) to present to a daemon that asks for one (mutual TLS).
+    #[arg(
+        long,
+        global = true,
+        env = "ROLEGATE_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, a private file).
+    #[arg(
+        long,
+        global = true,
+        env = "ROLEGATE_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -469,6 +485,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         server: cli.server.clone(),
         token: cli.token.clone(),
         ca_file: cli.ca_file.clone(),
+        identity: cli.client_cert.clone().zip(cli.client_key.clone()),
     };
     let json = cli.json;
     let go = |r: Remote| remote(&daemon, json, r);
@@ -660,15 +677,21 @@ struct Daemon {
     server: String,
     token: Option<String>,
     ca_file: Option<PathBuf>,
+    /// The client certificate and key, for mutual TLS.
+    identity: Option<(PathBuf, PathBuf)>,
 }
 
 fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode> {
     use rolegate::client::{Client, request_summary, segment, table};
     use serde_json::json;
-    let client = Client::new(
+    let client = Client::with_identity(
         &daemon.server,
         daemon.token.clone(),
         daemon.ca_file.as_deref(),
+        daemon
+            .identity
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path())),
     )?;
     let rt = runtime()?;
     let (value, columns): (serde_json::Value, Option<&[(&str, &str)]>) = rt.block_on(async {
@@ -1065,6 +1088,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         Some((cert, key)) => Some(Arc::new(rolegate::tls::ServerTls::load(
             cert,
             key,
+            config.server.tls_client_ca.as_deref(),
             jiff::Timestamp::now(),
         )?)),
         None => None,
@@ -1321,6 +1345,11 @@ fn on_hangup(
     let summary = tls.as_ref().and_then(|t| t.summary());
     if let Some(s) = &summary {
         eprintln!("rolegate: TLS with {s} ({file})");
+    }
+    if tls.as_ref().is_some_and(|t| t.asks_client_certs()) {
+        eprintln!(
+            "rolegate: clients must present a certificate from [server] tls_client_ca (mutual TLS)"
+        );
     }
     let near_end = move |s: &rolegate::tls::CertSummary| {
         let left = jiff::Timestamp::now().duration_until(s.not_after);

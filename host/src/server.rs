@@ -937,7 +937,7 @@ mod tests {
             std::fs::set_permissions(dir.join("key.pem"), private).unwrap();
         }
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-        Arc::new(ServerTls::load(&cert, &key, jiff::Timestamp::now()).unwrap())
+        Arc::new(ServerTls::load(&cert, &key, None, jiff::Timestamp::now()).unwrap())
     }
 
     #[tokio::test]

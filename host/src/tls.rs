@@ -25,9 +25,12 @@ pub const EXPIRY_WARNING: jiff::SignedDuration = jiff::SignedDuration::from_hour
 pub struct ServerTls {
     cert_path: PathBuf,
     key_path: PathBuf,
+    /// The CAs that clients' certificates must chain to (mutual TLS), when asked for.
+    client_ca: Option<PathBuf>,
     provider: Arc<CryptoProvider>,
     current: Arc<Current>,
-    config: Arc<rustls::ServerConfig>,
+    /// The configuration new handshakes get: a reload swaps it whole (a new client CA).
+    config: RwLock<Arc<rustls::ServerConfig>>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -75,36 +78,46 @@ impl ResolvesServerCert for Current {
 
 impl ServerTls {
     /// Loads the certificate chain and key (a private file, as SSH keys are), and checks that
-    /// they belong together and that the certificate is valid at `now`.
-    pub fn load(cert_path: &Path, key_path: &Path, now: Timestamp) -> Result<Self> {
+    /// they belong together and that the certificate is valid at `now`. With `client_ca`,
+    /// every client must present a certificate that chains to one of its CAs.
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        client_ca: Option<&Path>,
+        now: Timestamp,
+    ) -> Result<Self> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let (key, summary) = read_pair(cert_path, key_path, &provider, now)?;
         let current = Arc::new(Current(RwLock::new((key, summary))));
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_error(cert_path, format!("no TLS version to offer: {e}")))?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = server_config(cert_path, client_ca, &provider, &current)?;
         Ok(Self {
             cert_path: cert_path.to_path_buf(),
             key_path: key_path.to_path_buf(),
+            client_ca: client_ca.map(Path::to_path_buf),
             provider,
             current,
-            config: Arc::new(config),
+            config: RwLock::new(config),
         })
     }
 
-    /// Reads the files again and serves new handshakes with them; on any error the pair in use
-    /// stays (a renewal half-written, a key left world-readable must not take HTTPS down).
+    /// Reads the files again and serves new handshakes with them; on any error the pair and
+    /// client CAs in use stay (a renewal half-written, a key left world-readable must not
+    /// take HTTPS down).
     pub fn reload(&self, now: Timestamp) -> Result<CertSummary> {
         let (key, summary) = read_pair(&self.cert_path, &self.key_path, &self.provider, now)?;
-        let mut current = self.current.0.write().map_err(|_| {
+        let unreadable = || {
             tls_error(
                 &self.cert_path,
                 "the certificate in use is unreadable".into(),
             )
-        })?;
+        };
+        // The client CAs are read again too (one added, one retired); the key pair is shared
+        // with the configuration in use, so without them nothing else needs building.
+        if let Some(ca) = &self.client_ca {
+            let config = server_config(&self.cert_path, Some(ca), &self.provider, &self.current)?;
+            *self.config.write().map_err(|_| unreadable())? = config;
+        }
+        let mut current = self.current.0.write().map_err(|_| unreadable())?;
         *current = (key, summary.clone());
         Ok(summary)
     }
@@ -119,10 +132,73 @@ impl ServerTls {
         &self.cert_path
     }
 
+    /// Whether clients must present a certificate from the configured CAs.
+    pub fn asks_client_certs(&self) -> bool {
+        self.client_ca.is_some()
+    }
+
     /// An acceptor for one connection's handshake.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        tokio_rustls::TlsAcceptor::from(Arc::clone(&self.config))
+        let config = match self.config.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
+        tokio_rustls::TlsAcceptor::from(config)
     }
+}
+
+/// The server configuration: the swappable key pair, and client certificates checked
+/// against `client_ca` when it is set.
+fn server_config(
+    cert_path: &Path,
+    client_ca: Option<&Path>,
+    provider: &Arc<CryptoProvider>,
+    current: &Arc<Current>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(cert_path, format!("no TLS version to offer: {e}")))?;
+    let builder = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::clone(current) as Arc<dyn ResolvesServerCert>);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Reads the CA certificates clients' certificates must chain to.
+fn client_verifier(
+    ca_path: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let certs = read_certs(ca_path, "client CA file", "bundle")?;
+    if certs.is_empty() {
+        return Err(tls_error(
+            ca_path,
+            "holds no CA certificate (expected PEM: -----BEGIN CERTIFICATE-----)".into(),
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| {
+            tls_error(
+                ca_path,
+                format!("its certificate #{} is not a usable CA: {e}", i + 1),
+            )
+        })?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(provider),
+    )
+    .build()
+    .map_err(|e| {
+        tls_error(
+            ca_path,
+            format!("cannot check client certificates with it: {e}"),
+        )
+    })
 }
 
 fn tls_error(path: &Path, message: String) -> Error {
@@ -132,6 +208,17 @@ fn tls_error(path: &Path, message: String) -> Error {
     }
 }
 
+/// The certificates in a PEM file (`what` names the file in messages, `kind` what it holds).
+fn read_certs(path: &Path, what: &str, kind: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = std::fs::read(path).map_err(|source| Error::Io {
+        what: format!("cannot read the {what} {}", path.display()),
+        source,
+    })?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| tls_error(path, format!("not a PEM certificate {kind}: {e}")))
+}
+
 /// Reads and checks one certificate chain and its key.
 fn read_pair(
     cert_path: &Path,
@@ -139,13 +226,7 @@ fn read_pair(
     provider: &CryptoProvider,
     now: Timestamp,
 ) -> Result<(Arc<CertifiedKey>, CertSummary)> {
-    let pem = std::fs::read(cert_path).map_err(|source| Error::Io {
-        what: format!("cannot read the TLS certificate {}", cert_path.display()),
-        source,
-    })?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| tls_error(cert_path, format!("not a PEM certificate chain: {e}")))?;
+    let chain = read_certs(cert_path, "TLS certificate", "chain")?;
     let leaf = chain.first().ok_or_else(|| {
         tls_error(
             cert_path,

@@ -2489,6 +2489,126 @@ async fn https_from_the_config_reloads_on_sighup_and_refuses_bad_files() {
     assert!(!ok && out.contains("invalid peer certificate"), "{out}");
 }
 
+/// Mutual TLS as an admin sets it up: only clients with a certificate from the configured CA
+/// reach the API (the token still names the caller); a client without one, or with one from
+/// another CA, is told what is wrong; a client key others can read is refused before anything
+/// is sent; and a new client CA is taken on SIGHUP.
+#[tokio::test]
+async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
+    use rolegate_e2e::phonefactor::pki;
+    use std::os::unix::fs::PermissionsExt as _;
+    let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    pki(ours.path());
+    pki(theirs.path());
+    for pki_dir in [ours.path(), theirs.path()] {
+        std::fs::set_permissions(
+            pki_dir.join("client.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::copy(ours.path().join("server.pem"), &cert).unwrap();
+    std::fs::copy(ours.path().join("server.key"), &key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let clients = dir.path().join("clients.pem");
+    std::fs::copy(ours.path().join("ca.pem"), &clients).unwrap();
+    let cfg = dir.path().join("rolegate.toml");
+    let config = |server: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
+            hello_lib().display()
+        )
+    };
+    let tls = "tls_cert = \"cert.pem\"\ntls_key = \"key.pem\"";
+    // A client CA without HTTPS, and a file that holds no certificate: refused at start.
+    write_private(&cfg, &config("tls_client_ca = \"clients.pem\""));
+    let said = refused_to_serve(&cfg);
+    assert!(
+        said.contains("[server] tls_client_ca is set but tls_cert and tls_key are not"),
+        "{said}"
+    );
+    write_private(
+        &cfg,
+        &config(&format!("{tls}\ntls_client_ca = \"key.pem\"")),
+    );
+    let said = refused_to_serve(&cfg);
+    assert!(
+        said.contains("key.pem: holds no CA certificate") && !said.contains("PRIVATE KEY"),
+        "{said}"
+    );
+    assert!(
+        !dir.path().join("rolegate.db").exists(),
+        "a database was created"
+    );
+
+    write_private(
+        &cfg,
+        &config(&format!("{tls}\ntls_client_ca = \"clients.pem\"")),
+    );
+    let d = serve_config(dir, &cfg);
+    d.said("clients must present a certificate from [server] tls_client_ca");
+    let ca = ours.path().join("ca.pem").display().to_string();
+    let as_client = |pki_dir: &std::path::Path| {
+        vec![
+            "--client-cert".to_string(),
+            pki_dir.join("client.pem").display().to_string(),
+            "--client-key".to_string(),
+            pki_dir.join("client.key").display().to_string(),
+        ]
+    };
+    let list = |client: &[String]| {
+        let mut args = vec!["--ca-file", ca.as_str()];
+        args.extend(client.iter().map(String::as_str));
+        args.extend(["provider", "list"]);
+        cli_at(&d.url, &d.admin, &args, "")
+    };
+    // With our CA's client certificate, the API answers as before.
+    let (ok, out) = list(&as_client(ours.path()));
+    assert!(ok && out.contains("hello"), "{out}");
+    // Without one: refused in the handshake, and the CLI says what to set.
+    let (ok, out) = list(&[]);
+    assert!(
+        !ok && out.contains("the daemon asks for a client certificate: set --client-cert"),
+        "{out}"
+    );
+    // With another CA's: refused, and said so.
+    let (ok, out) = list(&as_client(theirs.path()));
+    assert!(
+        !ok && out.contains("the daemon refused the client certificate"),
+        "{out}"
+    );
+    // A certificate without its key is a usage error; a key others can read is refused
+    // before anything is sent, without its bytes in the message.
+    let (ok, out) = list(&as_client(ours.path())[..2]);
+    assert!(!ok && out.contains("--client-key"), "{out}");
+    let key_of_ours = ours.path().join("client.key");
+    std::fs::set_permissions(&key_of_ours, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, out) = list(&as_client(ours.path()));
+    assert!(
+        !ok && out.contains("client.key is readable by group or others")
+            && !out.contains("PRIVATE KEY"),
+        "{out}"
+    );
+    std::fs::set_permissions(&key_of_ours, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A new client CA, taken on SIGHUP: their clients in, ours out.
+    std::fs::copy(
+        theirs.path().join("ca.pem"),
+        d.dir.path().join("clients.pem"),
+    )
+    .unwrap();
+    d.hangup();
+    d.said("rolegate: TLS reloaded");
+    let (ok, out) = list(&as_client(theirs.path()));
+    assert!(ok && out.contains("hello"), "{out}");
+    let (ok, out) = list(&as_client(ours.path()));
+    assert!(
+        !ok && out.contains("the daemon refused the client certificate"),
+        "{out}"
+    );
+}
+
 /// The access log as an admin reads it: a line per request with the client, the request, the
 /// status and the token's public id (never the token), refusals included; and a new file after
 /// logrotate moves it away and sends SIGHUP.
