@@ -69,6 +69,10 @@ pub struct ServerConfig {
     /// top of the bearer token). Needs `tls_cert` and `tls_key`.
     #[serde(default)]
     pub tls_client_ca: Option<PathBuf>,
+    /// Certificate revocation lists (PEM) from the `tls_client_ca` CAs: a client certificate
+    /// revoked in them is refused. Re-read on SIGHUP.
+    #[serde(default)]
+    pub tls_client_crl: Option<PathBuf>,
     /// A private file holding the token that may read `/metrics` and nothing else.
     #[serde(default)]
     pub metrics_token_file: Option<PathBuf>,
@@ -120,6 +124,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_client_crl: None,
             metrics_token_file: None,
         }
     }
@@ -501,6 +506,7 @@ impl Config {
             &mut config.server.tls_cert,
             &mut config.server.tls_key,
             &mut config.server.tls_client_ca,
+            &mut config.server.tls_client_crl,
             &mut config.server.access_log,
             &mut config.server.metrics_token_file,
             &mut config.plugins.worker,
@@ -562,6 +568,12 @@ impl Config {
                 message: format!(
                     "[server] {set} is set but {missing} is not: HTTPS needs the certificate chain (tls_cert) and its private key (tls_key)"
                 ),
+            });
+        }
+        if server.tls_client_crl.is_some() && server.tls_client_ca.is_none() {
+            return Err(Error::Config {
+                path: path.to_path_buf(),
+                message: "[server] tls_client_crl is set but tls_client_ca is not: revocation lists retire client certificates, which only mutual TLS asks for".into(),
             });
         }
         if server.tls_client_ca.is_some() && server.tls_cert.is_none() {
@@ -842,6 +854,12 @@ mod tests {
         .unwrap();
         let c = Config::load(&p).unwrap();
         assert_eq!(c.server.tls_client_ca, Some(dir.path().join("clients.pem")));
+        let e = parse("[server]\ntls_client_crl = \"clients.crl\"").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("[server] tls_client_crl is set but tls_client_ca is not"),
+            "{e}"
+        );
     }
 
     #[test]

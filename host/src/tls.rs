@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use jiff::Timestamp;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -25,8 +25,8 @@ pub const EXPIRY_WARNING: jiff::SignedDuration = jiff::SignedDuration::from_hour
 pub struct ServerTls {
     cert_path: PathBuf,
     key_path: PathBuf,
-    /// The CAs that clients' certificates must chain to (mutual TLS), when asked for.
-    client_ca: Option<PathBuf>,
+    /// What clients' certificates are checked against (mutual TLS), when asked for.
+    client: Option<ClientCerts>,
     provider: Arc<CryptoProvider>,
     current: Arc<Current>,
     /// The configuration new handshakes get: a reload swaps it whole (a new client CA).
@@ -40,6 +40,16 @@ impl fmt::Debug for ServerTls {
             .field("key_path", &self.key_path)
             .finish_non_exhaustive()
     }
+}
+
+/// What API clients' certificates are checked against (mutual TLS): the CAs they must
+/// chain to, and the revocation lists that retire single certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCerts {
+    /// The CA certificates (PEM).
+    pub ca: PathBuf,
+    /// Certificate revocation lists (PEM) from those CAs, when kept.
+    pub crl: Option<PathBuf>,
 }
 
 /// What a served certificate says of itself, for the log.
@@ -78,22 +88,23 @@ impl ResolvesServerCert for Current {
 
 impl ServerTls {
     /// Loads the certificate chain and key (a private file, as SSH keys are), and checks that
-    /// they belong together and that the certificate is valid at `now`. With `client_ca`,
-    /// every client must present a certificate that chains to one of its CAs.
+    /// they belong together and that the certificate is valid at `now`. With `client`,
+    /// every client must present a certificate that chains to one of its CAs and is not
+    /// revoked.
     pub fn load(
         cert_path: &Path,
         key_path: &Path,
-        client_ca: Option<&Path>,
+        client: Option<ClientCerts>,
         now: Timestamp,
     ) -> Result<Self> {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let (key, summary) = read_pair(cert_path, key_path, &provider, now)?;
         let current = Arc::new(Current(RwLock::new((key, summary))));
-        let config = server_config(cert_path, client_ca, &provider, &current)?;
+        let config = server_config(cert_path, client.as_ref(), &provider, &current)?;
         Ok(Self {
             cert_path: cert_path.to_path_buf(),
             key_path: key_path.to_path_buf(),
-            client_ca: client_ca.map(Path::to_path_buf),
+            client,
             provider,
             current,
             config: RwLock::new(config),
@@ -113,8 +124,9 @@ impl ServerTls {
         };
         // The client CAs are read again too (one added, one retired); the key pair is shared
         // with the configuration in use, so without them nothing else needs building.
-        if let Some(ca) = &self.client_ca {
-            let config = server_config(&self.cert_path, Some(ca), &self.provider, &self.current)?;
+        if let Some(client) = &self.client {
+            let config =
+                server_config(&self.cert_path, Some(client), &self.provider, &self.current)?;
             *self.config.write().map_err(|_| unreadable())? = config;
         }
         let mut current = self.current.0.write().map_err(|_| unreadable())?;
@@ -134,7 +146,7 @@ impl ServerTls {
 
     /// Whether clients must present a certificate from the configured CAs.
     pub fn asks_client_certs(&self) -> bool {
-        self.client_ca.is_some()
+        self.client.is_some()
     }
 
     /// An acceptor for one connection's handshake.
@@ -148,18 +160,18 @@ impl ServerTls {
 }
 
 /// The server configuration: the swappable key pair, and client certificates checked
-/// against `client_ca` when it is set.
+/// against `client` when it is set.
 fn server_config(
     cert_path: &Path,
-    client_ca: Option<&Path>,
+    client: Option<&ClientCerts>,
     provider: &Arc<CryptoProvider>,
     current: &Arc<Current>,
 ) -> Result<Arc<rustls::ServerConfig>> {
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error(cert_path, format!("no TLS version to offer: {e}")))?;
-    let builder = match client_ca {
-        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+    let builder = match client {
+        Some(c) => builder.with_client_cert_verifier(client_verifier(c, provider)?),
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::clone(current) as Arc<dyn ResolvesServerCert>);
@@ -167,11 +179,12 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
-/// Reads the CA certificates clients' certificates must chain to.
+/// Reads the CA certificates clients' certificates must chain to, and the revocation lists.
 fn client_verifier(
-    ca_path: &Path,
+    client: &ClientCerts,
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let ca_path = client.ca.as_path();
     let certs = read_certs(ca_path, "client CA file", "bundle")?;
     if certs.is_empty() {
         return Err(tls_error(
@@ -188,16 +201,39 @@ fn client_verifier(
             )
         })?;
     }
-    rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let mut builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         Arc::clone(provider),
-    )
-    .build()
-    .map_err(|e| {
-        tls_error(
-            ca_path,
-            format!("cannot check client certificates with it: {e}"),
-        )
+    );
+    if let Some(crl_path) = &client.crl {
+        let pem = std::fs::read(crl_path).map_err(|source| Error::Io {
+            what: format!("cannot read the client CRL file {}", crl_path.display()),
+            source,
+        })?;
+        let crls: Vec<CertificateRevocationListDer<'static>> =
+            CertificateRevocationListDer::pem_slice_iter(&pem)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| tls_error(crl_path, format!("not a PEM CRL bundle: {e}")))?;
+        if crls.is_empty() {
+            return Err(tls_error(
+                crl_path,
+                "holds no revocation list (expected PEM: -----BEGIN X509 CRL-----)".into(),
+            ));
+        }
+        // The client's own certificate is looked up in its CA's list; a list that does not
+        // cover it (another CA's) refuses it rather than letting it through unchecked.
+        builder = builder.with_crls(crls).only_check_end_entity_revocation();
+    }
+    builder.build().map_err(|e| {
+        let path = client.crl.as_deref().unwrap_or(ca_path);
+        let e = e.to_string();
+        // OpenSSL writes v1 lists unless told otherwise; rustls reads v2 only.
+        let hint = if e.contains("CRL") {
+            " (a revocation list must be v2, with a CRL number and the CA's key identifier, as RFC 5280 asks: `openssl ca -gencrl` with crlnumber and crl_extensions set)"
+        } else {
+            ""
+        };
+        tls_error(path, format!("cannot check client certificates with it: {e}{hint}"))
     })
 }
 

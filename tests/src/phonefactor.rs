@@ -15,7 +15,8 @@ use std::time::Duration;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs the openssl command in `dir`, failing the test with its message when it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)

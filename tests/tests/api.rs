@@ -2609,6 +2609,109 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
     );
 }
 
+/// A client certificate revoked by its CA is refused once the CA's new revocation list is in
+/// place (SIGHUP), and a file that holds no list is refused at start.
+#[tokio::test]
+async fn mutual_tls_refuses_a_client_certificate_its_ca_revoked() {
+    use rolegate_e2e::phonefactor::{openssl, pki};
+    use std::os::unix::fs::PermissionsExt as _;
+    let ours = tempfile::tempdir().unwrap();
+    pki(ours.path());
+    std::fs::set_permissions(
+        ours.path().join("client.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    // The CA's own books, as `openssl ca` keeps them.
+    // (A v2 list with a number and the CA's key id, as RFC 5280 asks and rustls reads.)
+    std::fs::write(ours.path().join("index.txt"), "").unwrap();
+    std::fs::write(ours.path().join("crlnumber"), "01\n").unwrap();
+    std::fs::write(
+        ours.path().join("ca.cnf"),
+        "[ca]\ndefault_ca = test\n[test]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 2\ncrl_extensions = crl_ext\n[crl_ext]\nauthorityKeyIdentifier = keyid:always\n",
+    )
+    .unwrap();
+    let ca_cmd = [
+        "ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.pem",
+    ];
+    let gencrl = |out: &str| {
+        let mut args = ca_cmd.to_vec();
+        args.extend(["-gencrl", "-out", out]);
+        openssl(ours.path(), &args);
+    };
+    gencrl("none-revoked.crl");
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("server.pem", "cert.pem"),
+        ("server.key", "key.pem"),
+        ("ca.pem", "clients.pem"),
+        ("none-revoked.crl", "clients.crl"),
+    ] {
+        std::fs::copy(ours.path().join(from), dir.path().join(to)).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.path().join("key.pem"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let cfg = dir.path().join("rolegate.toml");
+    let config = |crl: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\ntls_client_ca = \"clients.pem\"\ntls_client_crl = \"{crl}\"\n\n[[provider]]\nid = \"hello\"\nlibrary = \"{}\"\nunpinned = true\n",
+            hello_lib().display()
+        )
+    };
+    write_private(&cfg, &config("cert.pem"));
+    let said = refused_to_serve(&cfg);
+    assert!(
+        said.contains("cert.pem: holds no revocation list"),
+        "{said}"
+    );
+    write_private(&cfg, &config("clients.crl"));
+    let d = serve_config(dir, &cfg);
+    let ca = ours.path().join("ca.pem").display().to_string();
+    let (cert, key) = (
+        ours.path().join("client.pem").display().to_string(),
+        ours.path().join("client.key").display().to_string(),
+    );
+    let list = || {
+        cli_at(
+            &d.url,
+            &d.admin,
+            &[
+                "--ca-file",
+                &ca,
+                "--client-cert",
+                &cert,
+                "--client-key",
+                &key,
+                "provider",
+                "list",
+            ],
+            "",
+        )
+    };
+    let (ok, out) = list();
+    assert!(ok && out.contains("hello"), "{out}");
+    // The CA revokes the client's certificate and publishes a new list.
+    let mut revoke = ca_cmd.to_vec();
+    revoke.extend(["-revoke", "client.pem"]);
+    openssl(ours.path(), &revoke);
+    gencrl("revoked.crl");
+    std::fs::copy(
+        ours.path().join("revoked.crl"),
+        d.dir.path().join("clients.crl"),
+    )
+    .unwrap();
+    d.hangup();
+    d.said("rolegate: TLS reloaded");
+    let (ok, out) = list();
+    assert!(
+        !ok && out.contains("the daemon refused the client certificate"),
+        "{out}"
+    );
+}
+
 /// The access log as an admin reads it: a line per request with the client, the request, the
 /// status and the token's public id (never the token), refusals included; and a new file after
 /// logrotate moves it away and sends SIGHUP.
