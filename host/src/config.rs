@@ -186,6 +186,16 @@ impl ServerConfig {
         self.tls_cert.as_deref().zip(self.tls_key.as_deref())
     }
 
+    /// What API clients' certificates are checked against, when mutual TLS is asked for.
+    pub fn client_certs(&self) -> Option<crate::tls::ClientCerts> {
+        self.tls_client_ca
+            .clone()
+            .map(|ca| crate::tls::ClientCerts {
+                ca,
+                crl: self.tls_client_crl.clone(),
+            })
+    }
+
     /// The limits the HTTP server puts on clients.
     pub fn limits(&self) -> crate::server::Limits {
         crate::server::Limits {

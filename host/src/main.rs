@@ -1088,14 +1088,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         Some((cert, key)) => Some(Arc::new(rolegate::tls::ServerTls::load(
             cert,
             key,
-            config
-                .server
-                .tls_client_ca
-                .clone()
-                .map(|ca| rolegate::tls::ClientCerts {
-                    ca,
-                    crl: config.server.tls_client_crl.clone(),
-                }),
+            config.server.client_certs(),
             jiff::Timestamp::now(),
         )?)),
         None => None,

@@ -2489,31 +2489,68 @@ async fn https_from_the_config_reloads_on_sighup_and_refuses_bad_files() {
     assert!(!ok && out.contains("invalid peer certificate"), "{out}");
 }
 
+/// A test PKI (see `pki`) whose client key is private, as the CLI requires of it.
+fn client_pki() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    rolegate_e2e::phonefactor::pki(dir.path());
+    std::fs::set_permissions(
+        dir.path().join("client.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    dir
+}
+
+/// A daemon's folder serving `pki`'s server certificate (`cert.pem`, `key.pem`, the key
+/// private) and holding its CA as `clients.pem`.
+fn mtls_dir(pki: &std::path::Path) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    for (from, to) in [
+        ("server.pem", "cert.pem"),
+        ("server.key", "key.pem"),
+        ("ca.pem", "clients.pem"),
+    ] {
+        std::fs::copy(pki.join(from), dir.path().join(to)).unwrap();
+    }
+    std::fs::set_permissions(
+        dir.path().join("key.pem"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    dir
+}
+
+/// The CLI's arguments that present `pki`'s client certificate.
+fn as_client(pki: &std::path::Path) -> Vec<String> {
+    vec![
+        "--client-cert".to_string(),
+        pki.join("client.pem").display().to_string(),
+        "--client-key".to_string(),
+        pki.join("client.key").display().to_string(),
+    ]
+}
+
+/// `rolegate provider list` as the admin over HTTPS, trusting `pki`'s CA, with `client`'s
+/// arguments (a client certificate, or none).
+fn list_over_mtls(d: &Daemon, pki: &std::path::Path, client: &[String]) -> (bool, String) {
+    let ca = pki.join("ca.pem").display().to_string();
+    let mut args = vec!["--ca-file", ca.as_str()];
+    args.extend(client.iter().map(String::as_str));
+    args.extend(["provider", "list"]);
+    cli_at(&d.url, &d.admin, &args, "")
+}
+
 /// Mutual TLS as an admin sets it up: only clients with a certificate from the configured CA
 /// reach the API (the token still names the caller); a client without one, or with one from
 /// another CA, is told what is wrong; a client key others can read is refused before anything
 /// is sent; and a new client CA is taken on SIGHUP.
 #[tokio::test]
 async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
-    use rolegate_e2e::phonefactor::pki;
     use std::os::unix::fs::PermissionsExt as _;
-    let (ours, theirs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    pki(ours.path());
-    pki(theirs.path());
-    for pki_dir in [ours.path(), theirs.path()] {
-        std::fs::set_permissions(
-            pki_dir.join("client.key"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::copy(ours.path().join("server.pem"), &cert).unwrap();
-    std::fs::copy(ours.path().join("server.key"), &key).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let clients = dir.path().join("clients.pem");
-    std::fs::copy(ours.path().join("ca.pem"), &clients).unwrap();
+    let (ours, theirs) = (client_pki(), client_pki());
+    let dir = mtls_dir(ours.path());
     let cfg = dir.path().join("rolegate.toml");
     let config = |server: &str| {
         format!(
@@ -2549,21 +2586,7 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
     );
     let d = serve_config(dir, &cfg);
     d.said("clients must present a certificate from [server] tls_client_ca");
-    let ca = ours.path().join("ca.pem").display().to_string();
-    let as_client = |pki_dir: &std::path::Path| {
-        vec![
-            "--client-cert".to_string(),
-            pki_dir.join("client.pem").display().to_string(),
-            "--client-key".to_string(),
-            pki_dir.join("client.key").display().to_string(),
-        ]
-    };
-    let list = |client: &[String]| {
-        let mut args = vec!["--ca-file", ca.as_str()];
-        args.extend(client.iter().map(String::as_str));
-        args.extend(["provider", "list"]);
-        cli_at(&d.url, &d.admin, &args, "")
-    };
+    let list = |client: &[String]| list_over_mtls(&d, ours.path(), client);
     // With our CA's client certificate, the API answers as before.
     let (ok, out) = list(&as_client(ours.path()));
     assert!(ok && out.contains("hello"), "{out}");
@@ -2613,15 +2636,8 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
 /// place (SIGHUP), and a file that holds no list is refused at start.
 #[tokio::test]
 async fn mutual_tls_refuses_a_client_certificate_its_ca_revoked() {
-    use rolegate_e2e::phonefactor::{openssl, pki};
-    use std::os::unix::fs::PermissionsExt as _;
-    let ours = tempfile::tempdir().unwrap();
-    pki(ours.path());
-    std::fs::set_permissions(
-        ours.path().join("client.key"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+    use rolegate_e2e::phonefactor::openssl;
+    let ours = client_pki();
     // The CA's own books, as `openssl ca` keeps them.
     // (A v2 list with a number and the CA's key id, as RFC 5280 asks and rustls reads.)
     std::fs::write(ours.path().join("index.txt"), "").unwrap();
@@ -2640,18 +2656,10 @@ async fn mutual_tls_refuses_a_client_certificate_its_ca_revoked() {
         openssl(ours.path(), &args);
     };
     gencrl("none-revoked.crl");
-    let dir = tempfile::tempdir().unwrap();
-    for (from, to) in [
-        ("server.pem", "cert.pem"),
-        ("server.key", "key.pem"),
-        ("ca.pem", "clients.pem"),
-        ("none-revoked.crl", "clients.crl"),
-    ] {
-        std::fs::copy(ours.path().join(from), dir.path().join(to)).unwrap();
-    }
-    std::fs::set_permissions(
-        dir.path().join("key.pem"),
-        std::fs::Permissions::from_mode(0o600),
+    let dir = mtls_dir(ours.path());
+    std::fs::copy(
+        ours.path().join("none-revoked.crl"),
+        dir.path().join("clients.crl"),
     )
     .unwrap();
     let cfg = dir.path().join("rolegate.toml");
@@ -2669,28 +2677,7 @@ async fn mutual_tls_refuses_a_client_certificate_its_ca_revoked() {
     );
     write_private(&cfg, &config("clients.crl"));
     let d = serve_config(dir, &cfg);
-    let ca = ours.path().join("ca.pem").display().to_string();
-    let (cert, key) = (
-        ours.path().join("client.pem").display().to_string(),
-        ours.path().join("client.key").display().to_string(),
-    );
-    let list = || {
-        cli_at(
-            &d.url,
-            &d.admin,
-            &[
-                "--ca-file",
-                &ca,
-                "--client-cert",
-                &cert,
-                "--client-key",
-                &key,
-                "provider",
-                "list",
-            ],
-            "",
-        )
-    };
+    let list = || list_over_mtls(&d, ours.path(), &as_client(ours.path()));
     let (ok, out) = list();
     assert!(ok && out.contains("hello"), "{out}");
     // The CA revokes the client's certificate and publishes a new list.
