@@ -287,6 +287,9 @@ struct NewRequest {
     /// A delayed start, RFC 3339.
     #[serde(default)]
     starts_at: Option<String>,
+    /// The first prompt's code, sent ahead (providers that take it: TOTP).
+    #[serde(default)]
+    code: Option<String>,
 }
 
 async fn create_request(
@@ -315,11 +318,14 @@ async fn create_request(
         .service
         .request_as(
             who,
-            &body.role,
-            &body.justification,
-            body.ttl_s.map(SignedDuration::from_secs),
-            body.provider.as_deref(),
-            starts_at,
+            crate::service::NewRequest {
+                role: &body.role,
+                justification: &body.justification,
+                ttl: body.ttl_s.map(SignedDuration::from_secs),
+                provider: body.provider.as_deref(),
+                starts_at,
+                answer: body.code.map(|code| rolegate_sdk::Input::Code { code }),
+            },
         )
         .await?;
     if let Some(c) = caller {

@@ -414,7 +414,7 @@ pub async fn walk_enrolment(client: &Client, mut v: Value) -> Result<Value> {
 }
 
 /// Reads a code: from the terminal without echo, or a line of standard input for scripts.
-fn read_code(message: &str) -> Result<String> {
+pub fn read_code(message: &str) -> Result<String> {
     use std::io::IsTerminal as _;
     let io = |source| Error::Io {
         what: "reading the code".into(),

@@ -222,6 +222,11 @@ enum RequestCommand {
         /// Start later, at this RFC 3339 time (-RequestedTime).
         #[arg(long)]
         start: Option<String>,
+        /// The code your authenticator app shows, sent with the request (TOTP roles): one
+        /// round trip, no prompt. `-` reads it first, from the terminal without echo or a
+        /// line of standard input.
+        #[arg(long)]
+        code: Option<String>,
     },
     /// Show a request, or your requests (Get-PAMRequest).
     Get {
@@ -756,9 +761,19 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
                 }
             },
             Remote::Request(c) => match c {
-                RequestCommand::New { role, justification, ttl, provider, start } => {
-                    let v = client.call("POST", "/v1/requests", Some(json!({"role": role,
-                        "justification": justification, "ttl_s": ttl, "provider": provider, "starts_at": start}))).await?;
+                RequestCommand::New { role, justification, ttl, provider, start, code } => {
+                    let code = match code.as_deref() {
+                        Some("-") => Some(rolegate::client::read_code("Enter the code")?),
+                        other => other.map(String::from),
+                    };
+                    let code = code.map(|c| c.trim().to_string());
+                    let mut body = json!({"role": role, "justification": justification, "ttl_s": ttl,
+                        "provider": provider, "starts_at": start});
+                    // Only when given: a daemon older than the field refuses fields it does not know.
+                    if let Some(code) = code {
+                        body["code"] = json!(code);
+                    }
+                    let v = client.call("POST", "/v1/requests", Some(body)).await?;
                     let v = rolegate::client::walk_request(&client, v).await?;
                     // A request that ended without the role is a failure for scripts too.
                     if matches!(v["state"].as_str(), Some("failed" | "rejected" | "cancelled")) {

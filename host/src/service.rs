@@ -308,6 +308,25 @@ struct Vouch {
     failures: bool,
 }
 
+/// What a create asks for.
+#[derive(Debug, Clone, Default)]
+pub struct NewRequest<'a> {
+    /// The role's name.
+    pub role: &'a str,
+    /// Why (-Justification).
+    pub justification: &'a str,
+    /// The activation's length, when not the role's default.
+    pub ttl: Option<SignedDuration>,
+    /// The MFA provider, when the role accepts several.
+    pub provider: Option<&'a str>,
+    /// A delayed start (MIM's -RequestedTime).
+    pub starts_at: Option<Timestamp>,
+    /// The answer to the first prompt, sent with the request: accepted from providers that
+    /// know it is the user's to give before any challenge ([`rolegate_sdk::ProviderInfo::answer_ahead`], TOTP),
+    /// and judged at once: one round trip instead of two.
+    pub answer: Option<Input>,
+}
+
 /// Who asks for a request.
 #[derive(Debug, Clone)]
 pub enum Requester {
@@ -596,28 +615,36 @@ impl Service {
     ) -> Result<RequestView> {
         self.request_as(
             Requester::Account(account.to_string()),
-            role_name,
-            justification,
-            ttl,
-            provider_choice,
-            starts_at,
+            NewRequest {
+                role: role_name,
+                justification,
+                ttl,
+                provider: provider_choice,
+                starts_at,
+                answer: None,
+            },
         )
         .await
         .map(|(_, v)| v)
     }
 
     /// Like [`Service::request_at`], for a requester known by account or by a bearer token
-    /// the API has not verified lately: the token is then verified in the request's own
-    /// read, and its caller returned for the API to remember.
+    /// the API has not verified lately (the token is then verified in the request's own
+    /// read, and its caller returned for the API to remember), perhaps with the answer to
+    /// the first prompt (see [`NewRequest::answer`]).
     pub async fn request_as(
         &self,
         who: Requester,
-        role_name: &str,
-        justification: &str,
-        ttl: Option<SignedDuration>,
-        provider_choice: Option<&str>,
-        starts_at: Option<Timestamp>,
+        new: NewRequest<'_>,
     ) -> Result<(Option<Caller>, RequestView)> {
+        let NewRequest {
+            role: role_name,
+            justification,
+            ttl,
+            provider: provider_choice,
+            starts_at,
+            answer,
+        } = new;
         let now = self.clock.now();
         let starts_at = match starts_at {
             Some(t) if t <= now => None,
@@ -699,6 +726,15 @@ impl Service {
             needs_approval: admission.needs_approval,
             updated_at: ms(now),
         };
+        if !admission.needs_mfa && answer.is_some() {
+            return Err(Error::Invalid {
+                what: "answer".into(),
+                message: format!(
+                    "role `{}` asks for no MFA: send the request without an answer",
+                    role.name
+                ),
+            });
+        }
         if !admission.needs_mfa {
             stored.view.state = stored.state.to_string();
             if matches!(stored.state, RequestState::Active | RequestState::Scheduled) {
@@ -770,9 +806,19 @@ impl Service {
             origin: None,
             now: now.as_second().max(0) as u64,
         };
+        // Refused before the provider starts anything (an SMS provider would send its code).
+        if answer.is_some() && !provider.info().is_some_and(|i| i.answer_ahead) {
+            return Err(Error::Invalid {
+                what: "answer".into(),
+                message: format!(
+                    "provider `{provider_id}` sends or shows what its prompt's answer depends on, so it cannot be answered with the request: send the request without an answer, then answer its prompt"
+                ),
+            });
+        }
         stored.view.provider = Some(provider_id.clone());
         stored.view.state = RequestState::PendingMfa.to_string();
         stored.state = RequestState::PendingMfa;
+        let ahead = answer.map(|input| (input, ctx.clone()));
         let step = provider.challenge_start(ctx).await;
         // The state as the answer needs it: kept beside its sealed copy, not opened again.
         let plain_state = match &step {
@@ -789,6 +835,56 @@ impl Service {
             )?,
             Err(e) => Outcome::Denied(DenyReason::Other, e.to_string()),
         };
+        let relied = Relied::new(&credential_rows, &provider_id, vouch);
+        if let (
+            Some((input, ctx)),
+            Outcome::Prompt {
+                prompt,
+                sealed,
+                expires_at,
+            },
+            Some(state),
+        ) = (ahead, &outcome, &plain_state)
+        {
+            // The answer came with the request: the provider judges it now, and the request
+            // is stored with its outcome in one durable write, as create and answer would.
+            let step = provider.challenge_continue(ctx, state.clone(), input).await;
+            let judged = match step {
+                Ok(step) => with_prior(
+                    self.outcome(step, &id, now)?,
+                    &credential_rows,
+                    &provider_id,
+                    &self.key,
+                    &key,
+                )?,
+                // Malformed input: nothing is stored, the user may send it again.
+                Err(e)
+                    if e.provider_error().map(|p| p.kind)
+                        == Some(rolegate_sdk::ErrorKind::BadInput) =>
+                {
+                    return Err(e);
+                }
+                Err(e) => Outcome::Denied(DenyReason::Other, e.to_string()),
+            };
+            let asking = (prompt.clone(), sealed.clone(), *expires_at);
+            let mut kept = stored.clone_for_write();
+            kept.view.prompt = Some(asking.0.clone());
+            kept.challenge = Some(asking.1.clone());
+            kept.ask_expires_at = Some(asking.2);
+            kept.version = 1;
+            let s = stored.clone_for_write();
+            let settings = self.settings.clone();
+            let key = Arc::clone(&self.key);
+            let view = self
+                .store
+                .write(move |tx| {
+                    insert(tx, &s, Some((&asking.0, asking.1, asking.2)))?;
+                    created_events(tx, &s)?;
+                    apply(tx, kept, judged, true, &relied, &settings, &key, now)
+                })
+                .await?;
+            return Ok((caller, view));
+        }
         let s = stored.clone_for_write();
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
@@ -817,7 +913,6 @@ impl Service {
             }
             _ => None,
         };
-        let relied = Relied::new(&credential_rows, &provider_id, vouch);
         // A request still waiting for its answer is cheap to lose in a power cut (the user
         // asks again); anything that decides it is fsync'd before the caller hears of it.
         let durable = !matches!(outcome, Outcome::Prompt { .. });

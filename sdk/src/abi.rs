@@ -490,6 +490,7 @@ mod tests {
                 needs_phone: false,
                 responder: PromptKind::Code,
                 quick: false,
+                answer_ahead: false,
                 sdk_version: String::new(),
             }
         }

@@ -138,6 +138,12 @@ pub struct ProviderInfo {
     /// request's own thread rather than hand them to a blocking thread.
     #[serde(default)]
     pub quick: bool,
+    /// Whether the answer to a challenge's first prompt is known before the challenge starts
+    /// (a code from the user's authenticator app, which no challenge changes): the host then
+    /// accepts it with the request, in one round trip. False when the challenge sends or
+    /// shows what the answer depends on (a code by SMS, a call, a WebAuthn challenge).
+    #[serde(default)]
+    pub answer_ahead: bool,
     /// The SDK version the provider was built with (filled by the Rust SDK).
     #[serde(default)]
     pub sdk_version: String,

@@ -1251,6 +1251,146 @@ async fn a_user_enrols_in_totp_and_activates_with_its_codes() {
     assert_eq!(v["prompt"]["kind"], "display", "{v}");
 }
 
+/// A TOTP code sent with the request (`code` in `POST /v1/requests`, `rolegate request new
+/// --code`) activates in one round trip; a used one leaves the request open for the next
+/// code, a malformed one stores nothing, and roles that cannot take a code ahead (no MFA, a
+/// provider whose prompt carries what the answer depends on) refuse it before anything runs.
+#[tokio::test]
+async fn a_totp_code_sent_with_the_request_activates_in_one_round_trip() {
+    use rolegate_provider_totp::code_for_uri;
+    let d = start_with(&format!(
+        "\n[[provider]]\nid = \"totp\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\nskew = 3\n",
+        rolegate_e2e::totp_lib().display()
+    ));
+    let user = jdoe_with_role(&d, "totp").await;
+    let admin = d.admin.clone();
+    for role in [
+        json!({"name": "h", "candidates": ["jdoe"], "ttl_s": 60, "max_ttl_s": 60, "mfa_enabled": true, "providers": ["hello"]}),
+        json!({"name": "open", "candidates": ["jdoe"], "ttl_s": 60, "max_ttl_s": 60, "mfa_enabled": false}),
+    ] {
+        let (s, e) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
+        assert_eq!(s, 201, "{e}");
+    }
+    // Enrol through the API, confirming with this step's code.
+    let (s, v) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/enrolments",
+        Some(json!({"provider": "totp"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let uri = v["prompt"]["uri"].as_str().unwrap().to_string();
+    let (s, v) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/enrolments/continue",
+        Some(json!({"provider": "totp", "state": v["state"],
+                    "code": code_for_uri(&uri, unix_now()).unwrap()})),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let stored = || async {
+        let (s, list) = call(&d, Some(&user), "GET", "/v1/requests", None).await;
+        assert_eq!(s, 200, "{list}");
+        list.as_array().unwrap().len()
+    };
+
+    // The CLI reads the code first (`--code -`) and sends it with the request: active, no prompt.
+    let next = code_for_uri(&uri, unix_now() + 30).unwrap();
+    let (okay, out) = cli(
+        &d,
+        &user,
+        &["request", "new", "--role", "r", "--code", "-"],
+        &format!("{next}\n"),
+    );
+    assert!(okay && out.contains("active"), "{out}");
+    assert_eq!(stored().await, 1);
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?account=jdoe", None).await;
+    let ids: Vec<i64> = ev
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .collect();
+    for id in [200, 103, 203] {
+        assert!(ids.contains(&id), "event {id} missing: {ev}");
+    }
+
+    // The same code again: the request is stored, open, its prompt answerable with the next.
+    let (s, r) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "r", "code": next})),
+    )
+    .await;
+    assert_eq!(s, 201, "{r}");
+    assert_eq!(r["state"], "pending_mfa", "{r}");
+    assert_eq!(r["prompt"]["kind"], "code", "{r}");
+    assert!(
+        r["reason"].as_str().unwrap_or("").contains("used already"),
+        "{r}"
+    );
+    let id = r["id"].as_str().unwrap().to_string();
+    let (s, r) = call(
+        &d,
+        Some(&user),
+        "POST",
+        &format!("/v1/requests/{id}/answer"),
+        Some(json!({"code": code_for_uri(&uri, unix_now() + 60).unwrap()})),
+    )
+    .await;
+    assert_eq!((s, &r["state"]), (200, &json!("active")), "{r}");
+    assert_eq!(stored().await, 2);
+
+    // Two requests racing with one fresh code: one activation, never two.
+    let fresh = code_for_uri(&uri, unix_now() + 90).unwrap();
+    let body = json!({"role": "r", "code": fresh});
+    let ((_, ra), (_, rb)) = tokio::join!(
+        call(&d, Some(&user), "POST", "/v1/requests", Some(body.clone())),
+        call(&d, Some(&user), "POST", "/v1/requests", Some(body)),
+    );
+    let active = [&ra, &rb].iter().filter(|r| r["state"] == "active").count();
+    assert_eq!(active, 1, "{ra}\n{rb}");
+    let stored_now = stored().await;
+
+    // Refusals store nothing: a malformed code, a role with no MFA, a provider whose prompt
+    // must be seen first.
+    for (body, status, says) in [
+        (json!({"role": "r", "code": "12ab56"}), 400, "6 digits"),
+        (
+            json!({"role": "open", "code": "123456"}),
+            422,
+            "role `open` asks for no MFA",
+        ),
+        (
+            json!({"role": "h", "code": "123456"}),
+            422,
+            "provider `hello` sends or shows what its prompt's answer depends on",
+        ),
+    ] {
+        let (s, e) = call(&d, Some(&user), "POST", "/v1/requests", Some(body)).await;
+        assert_eq!(s, status, "{e}");
+        let message = e["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{e}");
+    }
+    assert_eq!(stored().await, stored_now);
+    let (okay, out) = cli(
+        &d,
+        &user,
+        &["request", "new", "--role", "h", "--code", "123456"],
+        "",
+    );
+    assert!(
+        !okay && out.contains("send the request without an answer"),
+        "{out}"
+    );
+}
+
 #[test]
 fn the_totp_provider_passes_its_check() {
     let out = Command::new(rolegate_bin())

@@ -11,7 +11,7 @@ use rolegate::config::{Config, PluginsConfig, ProviderConfig};
 use rolegate::plugins::Providers;
 use rolegate::roles::{self, RoleSpec};
 use rolegate::secrets::SealingKey;
-use rolegate::service::{RequestView, Service, Settings};
+use rolegate::service::{NewRequest, RequestView, Requester, Service, Settings};
 use rolegate::users::{self, NewUser};
 use rolegate_e2e::daemon::{Daemon, serve_config};
 use rolegate_e2e::stores::{Backend, Location};
@@ -250,6 +250,32 @@ async fn a_user_without_a_phone_is_refused_and_nothing_is_sent() {
         "{e}"
     );
     assert!(w.double.requests().is_empty(), "{:?}", w.double.requests());
+}
+
+/// A code sent with the request cannot be the SMS's (none was sent yet): refused before the
+/// provider runs, so no SMS goes out and no request is stored.
+#[tokio::test]
+async fn a_code_sent_with_the_request_is_refused_and_nothing_is_sent() {
+    let w = world().await;
+    let e = w
+        .service
+        .request_as(
+            Requester::Account(JDOE.into()),
+            NewRequest {
+                role: "sms-admins",
+                answer: Some(code("123456")),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("provider `sms` sends or shows what its prompt's answer depends on"),
+        "{e}"
+    );
+    assert!(w.double.requests().is_empty(), "{:?}", w.double.requests());
+    assert!(w.service.requests_of(JDOE, 10).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -83,6 +83,7 @@ impl Provider for Hello {
             needs_phone: false,
             responder: PromptKind::Code,
             quick: true,
+            answer_ahead: false,
             sdk_version: String::new(),
         }
     }

@@ -275,6 +275,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
             needs_phone: true,
             responder: PromptKind::Phone,
             quick: false,
+            answer_ahead: false,
             sdk_version: String::new(),
         }
     }

@@ -120,6 +120,7 @@ impl Provider for SmsTwilio {
             responder: PromptKind::Code,
             // Sending waits on Twilio: never on the host's request threads.
             quick: false,
+            answer_ahead: false,
             sdk_version: String::new(),
         }
     }

@@ -382,6 +382,7 @@ impl Provider for TotpProvider {
             needs_phone: false,
             responder: PromptKind::Code,
             quick: true,
+            answer_ahead: true,
             sdk_version: String::new(),
         }
     }

@@ -58,6 +58,7 @@ impl Provider for Misbehave {
             needs_phone: false,
             responder: PromptKind::Code,
             quick: self.quick,
+            answer_ahead: false,
             sdk_version: String::new(),
         }
     }
