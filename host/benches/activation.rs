@@ -24,6 +24,10 @@
 //! generator's timer has millisecond steps: an activation may start up to 1 ms after its
 //! schedule, and that counts against it too.)
 //!
+//! `ROLEGATE_BENCH_CODE_AHEAD=1` (with TOTP) sends each code with its request (`code` in
+//! `POST /v1/requests`, as `rolegate request new --code` does): one round trip per
+//! activation instead of two.
+//!
 //! `ROLEGATE_BENCH_TLS=1` serves HTTPS (a P-256 certificate made with the openssl command,
 //! TLS 1.3, one handshake per kept-alive connection), to measure what the daemon's own TLS
 //! costs per activation.
@@ -316,6 +320,11 @@ fn main() {
     if tls_client.is_some() {
         println!("(HTTPS: the daemon's own TLS, one handshake per worker's connection)");
     }
+    // TOTP: the code sent with the request (`code` in `POST /v1/requests`), one round trip.
+    let ahead = totp && std::env::var("ROLEGATE_BENCH_CODE_AHEAD").is_ok_and(|v| v == "1");
+    if ahead {
+        println!("(TOTP codes sent with the request: one round trip per activation)");
+    }
     // ROLEGATE_BENCH_C="32" runs only the listed concurrencies (for a profile of one).
     let levels: Vec<usize> = std::env::var("ROLEGATE_BENCH_C")
         .ok()
@@ -426,6 +435,16 @@ fn main() {
                         }
                         let token = &tokens[user];
                         let t = scheduled.unwrap_or_else(Instant::now);
+                        if let (true, Some(code)) = (ahead, &totp_code) {
+                            let body = format!(
+                                r#"{{"role":"admins","justification":"bench","code":"{code}"}}"#
+                            );
+                            let done: Done =
+                                conn.post("/v1/requests", token, body.as_bytes()).await;
+                            assert_eq!(done.state, "active", "{}", done.reason.unwrap_or_default());
+                            lat.push(t.elapsed());
+                            continue;
+                        }
                         let r: Created = conn
                             .post(
                                 "/v1/requests",
