@@ -8,3 +8,4 @@ mod loader;
 mod service;
 mod sms;
 mod store;
+mod totp;

@@ -1,0 +1,206 @@
+//! The TOTP provider loaded by the host's service, on both stores: a code sent with the
+//! request (`NewRequest::answer`) is judged at once and stored with its outcome in one write.
+
+use std::sync::Arc;
+
+use rolegate::clock::{Clock as _, ManualClock};
+use rolegate::config::{Config, PluginsConfig, ProviderConfig};
+use rolegate::events::{self, Filter};
+use rolegate::plugins::Providers;
+use rolegate::roles::{self, RoleSpec};
+use rolegate::secrets::SealingKey;
+use rolegate::service::{self, NewRequest, RequestView, Requester, Service, Settings};
+use rolegate::users::{self, NewUser};
+use rolegate_e2e::both;
+use rolegate_e2e::stores::{Backend, Location};
+use rolegate_e2e::{rolegate_bin, totp_lib};
+use rolegate_provider_totp::{Secret, code_for_secret};
+use rolegate_sdk::{Credential, Input};
+
+const T0: &str = "2026-11-26T10:00:00Z";
+const JDOE: &str = "CONTOSO\\jdoe";
+
+struct World {
+    _at: Location,
+    service: Arc<Service>,
+    clock: Arc<ManualClock>,
+    app: Secret,
+}
+
+/// A service with the TOTP provider (`isolation` as the config spells it), jdoe enrolled,
+/// and two TOTP roles: `totp` (MFA only) and `totp-approved` (MFA, then approval).
+async fn world(backend: Backend, isolation: &str) -> World {
+    let config = Config {
+        plugins: PluginsConfig {
+            worker: Some(rolegate_bin()),
+            ..Default::default()
+        },
+        providers: vec![ProviderConfig {
+            sunset: None,
+            id: "totp".into(),
+            library: totp_lib(),
+            sha256: None,
+            unpinned: true,
+            isolation: isolation.parse().unwrap(),
+            deadline_ms: None,
+            settings: Default::default(),
+        }],
+        ..Default::default()
+    };
+    let providers = Providers::load(&config).await.unwrap();
+    let at = Location::new(backend);
+    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
+    let store = Arc::new(at.open().await);
+    let key = Arc::new(SealingKey::load_or_create(&at.path().join("rolegate.key")).unwrap());
+    let app = Secret {
+        secret: "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ".into(),
+        algorithm: "SHA1".into(),
+        digits: 6,
+        period: 30,
+        last_step: None,
+    };
+    let credential = Credential {
+        id: "app".into(),
+        label: "Authenticator app".into(),
+        data: serde_json::to_vec(&app).unwrap().into(),
+    };
+    let sealing = Arc::clone(&key);
+    store
+        .write(move |tx| {
+            for account in [JDOE, "CONTOSO\\boss"] {
+                users::create(
+                    tx,
+                    NewUser {
+                        account: account.into(),
+                        display_name: account.into(),
+                        ..Default::default()
+                    },
+                    1,
+                    0,
+                )?;
+            }
+            for (name, approval) in [("totp", false), ("totp-approved", true)] {
+                roles::create(
+                    tx,
+                    &RoleSpec {
+                        name: name.into(),
+                        candidates: [JDOE.to_string()].into(),
+                        approvers: ["CONTOSO\\boss".to_string()].into(),
+                        ttl_s: 3600,
+                        max_ttl_s: 3600,
+                        availability: None,
+                        justification_required: false,
+                        approval_enabled: approval,
+                        mfa_enabled: true,
+                        providers: vec!["totp".into()],
+                    },
+                    0,
+                )?;
+            }
+            service::store_credential(tx, &sealing, JDOE, "totp", &credential, 0)
+        })
+        .await
+        .unwrap();
+    let service = Service::new(
+        store,
+        Arc::new(providers),
+        clock.clone(),
+        key,
+        Settings::default(),
+    );
+    World {
+        _at: at,
+        service: Arc::new(service),
+        clock,
+        app,
+    }
+}
+
+impl World {
+    /// The app's code `steps` time steps from the clock's now.
+    fn code(&self, steps: i64) -> String {
+        let now = self.clock.now().as_second() + steps * 30;
+        code_for_secret(&self.app, u64::try_from(now).unwrap()).unwrap()
+    }
+
+    /// Requests `role` with `code` sent along.
+    async fn request(&self, role: &str, code: String) -> rolegate::Result<RequestView> {
+        self.service
+            .request_as(
+                Requester::Account(JDOE.into()),
+                NewRequest {
+                    role,
+                    justification: "patch night",
+                    answer: Some(Input::Code { code }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map(|(_, v)| v)
+    }
+
+    async fn event_ids(&self, request: &str) -> Vec<i64> {
+        let r = request.to_string();
+        let mut ids: Vec<i64> = self
+            .service
+            .store()
+            .read(move |tx| events::list(tx, &Filter::default()))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.request.as_deref() == Some(r.as_str()))
+            .map(|e| e.id)
+            .collect();
+        ids.reverse();
+        ids
+    }
+}
+
+both! {
+    #[tokio::test]
+    async fn a_code_sent_with_the_request_activates_and_cannot_be_used_twice(backend) {
+        let w = world(backend, "in-process").await;
+        let code = w.code(0);
+        let v = w.request("totp", code.clone()).await.unwrap();
+        assert_eq!(v.state, "active", "{v:?}");
+        assert!(v.prompt.is_none() && v.expires_at.is_some(), "{v:?}");
+        assert_eq!(w.event_ids(&v.id).await, [200, 103, 203]);
+        // Stored as the answer left it.
+        assert_eq!(w.service.get(&v.id, Some(JDOE)).await.unwrap().state, "active");
+
+        // The same code again: stored, open, its prompt answerable with the next code.
+        let again = w.request("totp", code).await.unwrap();
+        assert_eq!(again.state, "pending_mfa", "{again:?}");
+        assert!(again.reason.as_deref().unwrap_or("").contains("used already"), "{again:?}");
+        assert_eq!(again.prompt.as_ref().unwrap()["kind"], "code");
+        let done = w
+            .service
+            .answer(&again.id, JDOE, Input::Code { code: w.code(1) })
+            .await
+            .unwrap();
+        assert_eq!(done.state, "active", "{done:?}");
+
+        // MFA first, then the approver: the code moves the request on to approval.
+        let v = w.request("totp-approved", w.code(-1)).await.unwrap();
+        assert_eq!(v.state, "pending_mfa", "a step before the last used is a replay: {v:?}");
+        w.clock.advance(jiff::SignedDuration::from_secs(60));
+        let v = w.request("totp-approved", w.code(0)).await.unwrap();
+        assert_eq!(v.state, "pending_approval", "{v:?}");
+        assert_eq!(w.event_ids(&v.id).await, [200, 103]);
+
+        // A malformed code stores nothing.
+        let before = w.service.requests_of(JDOE, 100).await.unwrap().len();
+        let e = w.request("totp", "12 34".into()).await.unwrap_err();
+        assert!(e.to_string().contains("6 digits"), "{e}");
+        assert_eq!(w.service.requests_of(JDOE, 100).await.unwrap().len(), before);
+    }
+}
+
+/// The provider's `answer_ahead` crosses the worker process's boundary too.
+#[tokio::test]
+async fn a_code_sent_with_the_request_activates_through_a_worker_process() {
+    let w = world(Backend::Sqlite, "process").await;
+    let v = w.request("totp", w.code(0)).await.unwrap();
+    assert_eq!(v.state, "active", "{v:?}");
+    assert_eq!(w.event_ids(&v.id).await, [200, 103, 203]);
+}
