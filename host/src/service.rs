@@ -541,6 +541,35 @@ impl Service {
         }
     }
 
+    /// What a provider's step after the user's input means, its credential update sealed;
+    /// input the provider calls malformed is the caller's error, and changes nothing.
+    fn judge(
+        &self,
+        step: Result<Step>,
+        request: &str,
+        now: Timestamp,
+        rows: &[Row],
+        provider: &str,
+        account_key: &str,
+    ) -> Result<Outcome> {
+        match step {
+            Ok(step) => with_prior(
+                self.outcome(step, request, now)?,
+                rows,
+                provider,
+                &self.key,
+                account_key,
+            ),
+            Err(e)
+                if e.provider_error().map(|p| p.kind)
+                    == Some(rolegate_sdk::ErrorKind::BadInput) =>
+            {
+                Err(e)
+            }
+            Err(e) => Ok(Outcome::Denied(DenyReason::Other, e.to_string())),
+        }
+    }
+
     fn outcome(&self, step: Step, request: &str, now: Timestamp) -> Result<Outcome> {
         let cap = ms(now) + self.settings.max_prompt_lifetime.as_millis() as i64;
         Ok(match step {
@@ -848,24 +877,10 @@ impl Service {
         {
             // The answer came with the request: the provider judges it now, and the request
             // is stored with its outcome in one durable write, as create and answer would.
+            // (A first step that is no `Ask` — a verdict at once, a wait — leaves it unused.)
+            // Malformed input stores nothing: the user may send it again.
             let step = provider.challenge_continue(ctx, state.clone(), input).await;
-            let judged = match step {
-                Ok(step) => with_prior(
-                    self.outcome(step, &id, now)?,
-                    &credential_rows,
-                    &provider_id,
-                    &self.key,
-                    &key,
-                )?,
-                // Malformed input: nothing is stored, the user may send it again.
-                Err(e)
-                    if e.provider_error().map(|p| p.kind)
-                        == Some(rolegate_sdk::ErrorKind::BadInput) =>
-                {
-                    return Err(e);
-                }
-                Err(e) => Outcome::Denied(DenyReason::Other, e.to_string()),
-            };
+            let judged = self.judge(step, &id, now, &credential_rows, &provider_id, &key)?;
             let asking = (prompt.clone(), sealed.clone(), *expires_at);
             let mut kept = stored.clone_for_write();
             kept.view.prompt = Some(asking.0.clone());
@@ -1110,23 +1125,15 @@ impl Service {
                 Some(input) => provider.challenge_continue(ctx, state, input).await,
                 None => provider.challenge_poll(ctx, state).await,
             };
-            match step {
-                Ok(step) => with_prior(
-                    self.outcome(step, id, now)?,
-                    &credential_rows,
-                    &provider_id,
-                    &self.key,
-                    &stored.view.account,
-                )?,
-                // Malformed input changes nothing: the user may answer again.
-                Err(e)
-                    if e.provider_error().map(|p| p.kind)
-                        == Some(rolegate_sdk::ErrorKind::BadInput) =>
-                {
-                    return Err(e);
-                }
-                Err(e) => Outcome::Denied(DenyReason::Other, e.to_string()),
-            }
+            // Malformed input changes nothing: the user may answer again.
+            self.judge(
+                step,
+                id,
+                now,
+                &credential_rows,
+                &provider_id,
+                &stored.view.account,
+            )?
         };
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);

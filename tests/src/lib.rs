@@ -96,6 +96,23 @@ pub fn write_private(path: &Path, text: &str) {
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
 }
 
+/// The ids of the events a request raised, oldest first.
+pub async fn request_event_ids(service: &rolegate::service::Service, request: &str) -> Vec<i64> {
+    use rolegate::events::{self, Filter};
+    let r = request.to_string();
+    let mut ids: Vec<i64> = service
+        .store()
+        .read(move |tx| events::list(tx, &Filter::default()))
+        .await
+        .unwrap_or_else(|e| panic!("reading the event log: {e}"))
+        .into_iter()
+        .filter(|e| e.request.as_deref() == Some(r.as_str()))
+        .map(|e| e.id)
+        .collect();
+    ids.reverse();
+    ids
+}
+
 pub mod browser;
 pub mod daemon;
 pub mod ldap;

@@ -152,19 +152,7 @@ fn code(c: String) -> Input {
 }
 
 async fn event_ids(w: &World, request: &str) -> Vec<i64> {
-    let r = request.to_string();
-    let mut ids: Vec<i64> = w
-        .service
-        .store()
-        .read(move |tx| events::list(tx, &Filter::default()))
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.request.as_deref() == Some(r.as_str()))
-        .map(|e| e.id)
-        .collect();
-    ids.reverse();
-    ids
+    rolegate_e2e::request_event_ids(&w.service, request).await
 }
 
 both! {

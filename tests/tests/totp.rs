@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use rolegate::clock::{Clock as _, ManualClock};
 use rolegate::config::{Config, PluginsConfig, ProviderConfig};
-use rolegate::events::{self, Filter};
 use rolegate::plugins::Providers;
 use rolegate::roles::{self, RoleSpec};
 use rolegate::secrets::SealingKey;
@@ -140,19 +139,7 @@ impl World {
     }
 
     async fn event_ids(&self, request: &str) -> Vec<i64> {
-        let r = request.to_string();
-        let mut ids: Vec<i64> = self
-            .service
-            .store()
-            .read(move |tx| events::list(tx, &Filter::default()))
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.request.as_deref() == Some(r.as_str()))
-            .map(|e| e.id)
-            .collect();
-        ids.reverse();
-        ids
+        rolegate_e2e::request_event_ids(&self.service, request).await
     }
 }
 
