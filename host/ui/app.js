@@ -456,6 +456,10 @@ document.addEventListener("DOMContentLoaded", () => {
     const body = { role: $("role").value.trim(), justification: $("justification").value };
     const minutes = parseInt($("minutes").value, 10);
     if (minutes > 0) body.ttl_s = minutes * 60;
+    // An authenticator app's code sent with the request: judged at once, no prompt.
+    const code = $("request-code").value.trim();
+    $("request-code").value = "";
+    if (code) body.code = code;
     return api("POST", "/v1/requests", body).then(settle);
   });
   $("code-form").onsubmit = (ev) => {

@@ -1413,7 +1413,7 @@ fn the_totp_provider_passes_its_check() {
 async fn the_web_page_enrols_and_activates_in_a_real_browser() {
     use rolegate_e2e::browser::Browser;
     let d = start_with(&format!(
-        "\n[[provider]]\nid = \"totp\"\nlibrary = \"{}\"\nunpinned = true\n",
+        "\n[[provider]]\nid = \"totp\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\nskew = 2\n",
         rolegate_e2e::totp_lib().display()
     ));
     let user = jdoe_with_role(&d, "totp").await;
@@ -1491,6 +1491,27 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
     // The same state the page shows is the API's.
     let (_, list) = call(&d, Some(&user), "GET", "/v1/requests", None).await;
     assert_eq!(list[0]["state"], "active", "{list}");
+
+    // The app's code typed with the request: active at once, no prompt.
+    let later = rolegate_provider_totp::code_for_secret(&app, unix_now() + 60).unwrap();
+    b.type_into("#request-code", &later).await;
+    b.click("#request-form button").await;
+    b.wait_for(
+        "return document.getElementById('request-result').textContent.includes(' is active until ')",
+        "the second activation",
+    )
+    .await;
+    let (_, list) = call(&d, Some(&user), "GET", "/v1/requests", None).await;
+    let newest = list[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list[0]["state"], "active", "{list}");
+    assert!(b.text("#request-result").await.contains(&newest), "{list}");
+    // The code is not left in the form.
+    b.wait_for(
+        "return document.getElementById('request-code').value === ''",
+        "the code field emptied",
+    )
+    .await;
 }
 
 /// The admin's part of the web page: users, roles and tokens, through the same API.
