@@ -146,12 +146,9 @@ impl Api {
         }
     }
 
-    /// The token's stamp before a read that verifies it (SQLite), for [`Api::cache_caller`].
-    fn token_stamp(&self, hash: &str) -> Option<Stamp> {
-        self.service
-            .store()
-            .changes()
-            .map(|c| c.stamp(Kind::Token, hash))
+    /// The stamp before a read that verifies a token (SQLite), for [`Api::cache_caller`].
+    fn token_stamp(&self) -> Option<Stamp> {
+        self.service.store().changes().map(|c| c.stamp())
     }
 
     /// Remembers a verified token (by its hash) for a few seconds.
@@ -177,7 +174,7 @@ impl Api {
             return Ok(caller);
         }
         let h = hash.clone();
-        let stamp = self.token_stamp(&hash);
+        let stamp = self.token_stamp();
         let caller = self
             .service
             .store()
@@ -302,7 +299,7 @@ async fn create_request(
     let now = jiff::Timestamp::now().as_millisecond();
     let (who, stamp) = match api.cached_caller(&hash, now) {
         Some(c) => (Requester::Account(c.account), None),
-        None => (Requester::TokenHash(hash.clone()), api.token_stamp(&hash)),
+        None => (Requester::TokenHash(hash.clone()), api.token_stamp()),
     };
     let starts_at = match &body.starts_at {
         None => None,

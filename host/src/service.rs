@@ -976,12 +976,10 @@ impl Service {
         // token not seen lately: the account's rows are read with the token).
         let fresh_role = changes.and_then(|c| self.fresh_role(c, role_name, now_ms));
         // Stamped before the read: a change committed meanwhile leaves what it read stale.
-        let role_stamp = changes
-            .filter(|_| fresh_role.is_none())
-            .map(|c| c.stamp(Kind::Role, role_name));
-        let account_stamp = changes
-            .zip(known_key.as_deref())
-            .map(|(c, k)| c.stamp(Kind::Account, k));
+        // The account's too when only the token names it: the writer then trusts the read.
+        let stamp = changes.map(Changes::stamp);
+        let role_stamp = stamp.filter(|_| fresh_role.is_none());
+        let account_stamp = stamp;
         let known = self.cached_revision(role_name);
         let r = fresh_role.is_none().then(|| role_name.to_string());
         let (account, caller, spec, user, credentials, lockouts) = self

@@ -537,14 +537,14 @@ struct Changed {
 }
 
 impl Changed {
-    /// Advances the epochs of the keys the transaction changed (committed or not: a rolled
-    /// back change only costs a cache miss).
+    /// Publishes the keys the transaction changed (committed or not: a rolled back change
+    /// only costs a cache miss).
     fn publish(&self) {
         match self.touched.lock() {
             Ok(mut t) => {
-                for (kind, key) in t.drain(..) {
-                    self.changes.changed(kind, &key);
-                }
+                self.changes
+                    .publish(t.iter().map(|(kind, key)| (*kind, key.as_str())));
+                t.clear();
             }
             Err(_) => self.changes.all_changed(),
         }
