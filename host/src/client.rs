@@ -14,9 +14,11 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// Whether it presents a client certificate (for what a refused connection means).
+    presents_certificate: bool,
 }
 
-fn transport(url: &str, e: reqwest::Error) -> Error {
+fn transport(url: &str, presents_certificate: bool, e: reqwest::Error) -> Error {
     // reqwest's own message is only "error sending request": the cause is in its sources.
     let e = e.without_url();
     let mut why = e.to_string();
@@ -43,6 +45,15 @@ fn transport(url: &str, e: reqwest::Error) -> Error {
         "UnsupportedCertificate",
     ]) {
         "the daemon refused the client certificate: it must come from the CA in the daemon's [server] tls_client_ca"
+    } else if url.starts_with("https:") && closed_early(&why) {
+        // TLS 1.3: the daemon judges the client's certificate (or its absence) after the
+        // client's side of the handshake is done, and its alert may lose the race with the
+        // request: then all the client sees is a connection closed before any answer.
+        if presents_certificate {
+            "the daemon closed the connection after the TLS handshake: it may have refused the client certificate, which must come from the CA in the daemon's [server] tls_client_ca"
+        } else {
+            "the daemon closed the connection after the TLS handshake: if it asks for client certificates ([server] tls_client_ca), set --client-cert and --client-key (or ROLEGATE_CLIENT_CERT and ROLEGATE_CLIENT_KEY)"
+        }
     } else if why.contains("not valid for name") || why.contains("NotValidForName") {
         "the daemon's certificate is not for this host name: use a name (or address) its certificate names in --server"
     } else if why.contains("certificate expired") || why.contains("Expired") {
@@ -56,6 +67,19 @@ fn transport(url: &str, e: reqwest::Error) -> Error {
         what: format!("cannot reach the rolegate daemon at {url} ({hint})"),
         source: std::io::Error::other(why),
     }
+}
+
+/// Whether a request's error says the connection closed before the request went out or its
+/// answer came back (hyper's words for it).
+fn closed_early(why: &str) -> bool {
+    [
+        "connection was not ready",
+        "connection closed before message completed",
+        "peer closed connection without sending TLS close_notify",
+        "Connection reset by peer",
+    ]
+    .iter()
+    .any(|w| why.contains(w))
 }
 
 /// Whether `url` names this machine (a token sent there in clear does not cross a network).
@@ -157,6 +181,7 @@ impl Client {
                 builder = builder.add_root_certificate(c);
             }
         }
+        let presents_certificate = identity.is_some();
         if let Some((cert, key)) = identity {
             builder = builder.identity(client_identity(cert, key)?);
         }
@@ -164,7 +189,12 @@ impl Client {
             what: "HTTP client".into(),
             message: e.to_string(),
         })?;
-        Ok(Self { base, token, http })
+        Ok(Self {
+            base,
+            token,
+            http,
+            presents_certificate,
+        })
     }
 
     /// Sends one call; an error answer becomes an error naming the server's message.
@@ -183,9 +213,15 @@ impl Client {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.map_err(|e| transport(&self.base, e))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| transport(&self.base, self.presents_certificate, e))?;
         let status = resp.status();
-        let text = resp.text().await.map_err(|e| transport(&self.base, e))?;
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| transport(&self.base, self.presents_certificate, e))?;
         let value: Value = if text.is_empty() {
             Value::Null
         } else {
