@@ -113,6 +113,41 @@ pub async fn request_event_ids(service: &rolegate::service::Service, request: &s
     ids
 }
 
+/// An unpinned provider of the test build (`isolation` as the config spells it).
+pub fn provider_config(
+    id: &str,
+    library: PathBuf,
+    isolation: &str,
+) -> rolegate::config::ProviderConfig {
+    rolegate::config::ProviderConfig {
+        sunset: None,
+        id: id.into(),
+        library,
+        sha256: None,
+        unpinned: true,
+        isolation: isolation
+            .parse()
+            .unwrap_or_else(|e| panic!("isolation `{isolation}`: {e}")),
+        deadline_ms: None,
+        settings: Default::default(),
+    }
+}
+
+/// Loads `providers` as the daemon would, with this build's worker for isolated ones.
+pub async fn load_providers(
+    providers: Vec<rolegate::config::ProviderConfig>,
+) -> rolegate::Result<rolegate::plugins::Providers> {
+    let config = rolegate::config::Config {
+        plugins: rolegate::config::PluginsConfig {
+            worker: Some(rolegate_bin()),
+            ..Default::default()
+        },
+        providers,
+        ..Default::default()
+    };
+    rolegate::plugins::Providers::load(&config).await
+}
+
 pub mod browser;
 pub mod daemon;
 pub mod ldap;

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use jiff::{SignedDuration, Timestamp};
 use rolegate::Error;
 use rolegate::clock::{Clock as _, ManualClock};
-use rolegate::config::{Config, PluginsConfig, ProviderConfig};
 use rolegate::events::{self, Filter};
 use rolegate::plugins::Providers;
 use rolegate::roles::{self, RoleSpec};
@@ -15,8 +14,8 @@ use rolegate::service::{RequestView, Service, Settings};
 use rolegate::store::changes::Kind;
 use rolegate::users::{self, NewUser};
 use rolegate_e2e::both;
+use rolegate_e2e::hello_lib;
 use rolegate_e2e::stores::{Backend, Location};
-use rolegate_e2e::{hello_lib, rolegate_bin};
 use rolegate_sdk::Input;
 
 const T0: &str = "2026-11-26T10:00:00Z"; // a Thursday
@@ -28,24 +27,8 @@ struct World {
 }
 
 async fn providers() -> Providers {
-    let config = Config {
-        plugins: PluginsConfig {
-            worker: Some(rolegate_bin()),
-            ..Default::default()
-        },
-        providers: vec![ProviderConfig {
-            sunset: None,
-            id: "hello".into(),
-            library: hello_lib(),
-            sha256: None,
-            unpinned: true,
-            isolation: Default::default(),
-            deadline_ms: None,
-            settings: Default::default(),
-        }],
-        ..Default::default()
-    };
-    Providers::load(&config).await.unwrap()
+    let hello = rolegate_e2e::provider_config("hello", hello_lib(), "in-process");
+    rolegate_e2e::load_providers(vec![hello]).await.unwrap()
 }
 
 async fn open_service(

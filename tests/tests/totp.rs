@@ -4,15 +4,13 @@
 use std::sync::Arc;
 
 use rolegate::clock::{Clock as _, ManualClock};
-use rolegate::config::{Config, PluginsConfig, ProviderConfig};
-use rolegate::plugins::Providers;
 use rolegate::roles::{self, RoleSpec};
 use rolegate::secrets::SealingKey;
 use rolegate::service::{self, NewRequest, RequestView, Requester, Service, Settings};
 use rolegate::users::{self, NewUser};
 use rolegate_e2e::both;
 use rolegate_e2e::stores::{Backend, Location};
-use rolegate_e2e::{rolegate_bin, totp_lib};
+use rolegate_e2e::totp_lib;
 use rolegate_provider_totp::{Secret, code_for_secret};
 use rolegate_sdk::{Credential, Input};
 
@@ -29,24 +27,8 @@ struct World {
 /// A service with the TOTP provider (`isolation` as the config spells it), jdoe enrolled,
 /// and two TOTP roles: `totp` (MFA only) and `totp-approved` (MFA, then approval).
 async fn world(backend: Backend, isolation: &str) -> World {
-    let config = Config {
-        plugins: PluginsConfig {
-            worker: Some(rolegate_bin()),
-            ..Default::default()
-        },
-        providers: vec![ProviderConfig {
-            sunset: None,
-            id: "totp".into(),
-            library: totp_lib(),
-            sha256: None,
-            unpinned: true,
-            isolation: isolation.parse().unwrap(),
-            deadline_ms: None,
-            settings: Default::default(),
-        }],
-        ..Default::default()
-    };
-    let providers = Providers::load(&config).await.unwrap();
+    let totp = rolegate_e2e::provider_config("totp", totp_lib(), isolation);
+    let providers = rolegate_e2e::load_providers(vec![totp]).await.unwrap();
     let at = Location::new(backend);
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
     let store = Arc::new(at.open().await);
