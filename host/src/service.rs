@@ -836,7 +836,11 @@ impl Service {
             now: now.as_second().max(0) as u64,
         };
         // Refused before the provider starts anything (an SMS provider would send its code).
-        if answer.is_some() && !provider.info().is_some_and(|i| i.answer_ahead) {
+        // (A typed answer only: the SDK's check refuses `answer_ahead` on other responders.)
+        let ahead_ok = provider
+            .info()
+            .is_some_and(|i| i.answer_ahead && i.responder == rolegate_sdk::PromptKind::Code);
+        if answer.is_some() && !ahead_ok {
             return Err(Error::Invalid {
                 what: "answer".into(),
                 message: format!(

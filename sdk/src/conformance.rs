@@ -757,6 +757,14 @@ impl<'a> Session<'a> {
                 problems.push(format!("{field} is empty"));
             }
         }
+        // An answer known before the challenge is one the user types (an app's code): a
+        // WebAuthn assertion, a card's signature or a call answers the challenge itself.
+        if info.answer_ahead && info.responder != crate::PromptKind::Code {
+            problems.push(format!(
+                "answer_ahead is for answers the user types (responder `code`), not responder `{}`, whose answer depends on the challenge",
+                wire(&info.responder)
+            ));
+        }
         let second: Reply<ProviderInfo> = self.call_request(endpoint, &Request::Info);
         match second {
             Reply::Ok(again) if again == info => {}
@@ -1385,6 +1393,7 @@ mod tests {
     const INTERNAL: u8 = 4;
     const HANGS: u8 = 5;
     const ENROLS: u8 = 6;
+    const AHEAD_NOT_TYPED: u8 = 7;
 
     #[derive(Serialize, Deserialize)]
     struct DemoState {
@@ -1463,9 +1472,13 @@ mod tests {
                 factor: FactorKind::Code,
                 needs_enrolment: FLAW == ENROLS,
                 needs_phone: false,
-                responder: PromptKind::Code,
+                responder: if FLAW == AHEAD_NOT_TYPED {
+                    PromptKind::Webauthn
+                } else {
+                    PromptKind::Code
+                },
                 quick: false,
-                answer_ahead: false,
+                answer_ahead: FLAW == AHEAD_NOT_TYPED,
                 sdk_version: String::new(),
             }
         }
@@ -1598,6 +1611,17 @@ mod tests {
         assert!(!shown.contains(" passed, "), "{shown}");
         assert!(detail(&report, ROUND_TRIP).contains("Done: denied (wrong_answer)"));
         assert!(detail(&report, CONCURRENT).starts_with("16 threads at once"));
+    }
+
+    #[test]
+    fn an_answer_ahead_that_is_not_typed_fails_info() {
+        let report = check_provider::<Demo<AHEAD_NOT_TYPED>>(&Options::default());
+        assert_only_failure(&report, INFO);
+        let d = detail(&report, INFO);
+        assert!(
+            d.contains("answer_ahead is for answers the user types") && d.contains("`webauthn`"),
+            "{d}"
+        );
     }
 
     #[test]
