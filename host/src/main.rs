@@ -765,8 +765,8 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
                     let code = match code.as_deref() {
                         Some("-") => Some(rolegate::client::read_code("Enter the code")?),
                         other => other.map(String::from),
-                    };
-                    let code = code.map(|c| c.trim().to_string());
+                    }
+                    .map(|c| c.trim().to_string());
                     let mut body = json!({"role": role, "justification": justification, "ttl_s": ttl,
                         "provider": provider, "starts_at": start});
                     // Only when given: a daemon older than the field refuses fields it does not know.

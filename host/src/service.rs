@@ -885,19 +885,15 @@ impl Service {
             // Malformed input stores nothing: the user may send it again.
             let step = provider.challenge_continue(ctx, state.clone(), input).await;
             let judged = self.judge(step, &id, now, &credential_rows, &provider_id, &key)?;
-            let asking = (prompt.clone(), sealed.clone(), *expires_at);
-            let mut kept = stored.clone_for_write();
-            kept.view.prompt = Some(asking.0.clone());
-            kept.challenge = Some(asking.1.clone());
-            kept.ask_expires_at = Some(asking.2);
-            kept.version = 1;
+            let kept = stored.asking(prompt, sealed, *expires_at);
+            let (prompt, sealed, expires_at) = (prompt.clone(), sealed.clone(), *expires_at);
             let s = stored.clone_for_write();
             let settings = self.settings.clone();
             let key = Arc::clone(&self.key);
             let view = self
                 .store
                 .write(move |tx| {
-                    insert(tx, &s, Some((&asking.0, asking.1, asking.2)))?;
+                    insert(tx, &s, Some((&prompt, sealed, expires_at)))?;
                     created_events(tx, &s)?;
                     apply(tx, kept, judged, true, &relied, &settings, &key, now)
                 })
@@ -916,20 +912,13 @@ impl Service {
                     expires_at,
                 },
                 Some(state),
-            ) => {
-                let mut kept = stored.clone_for_write();
-                kept.view.prompt = Some(prompt.clone());
-                kept.challenge = Some(sealed.clone());
-                kept.ask_expires_at = Some(*expires_at);
-                kept.version = 1;
-                Some(Awaiting {
-                    stored: kept,
-                    user: user.clone(),
-                    credentials: credential_rows.clone(),
-                    vouch,
-                    state,
-                })
-            }
+            ) => Some(Awaiting {
+                stored: stored.asking(prompt, sealed, *expires_at),
+                user: user.clone(),
+                credentials: credential_rows.clone(),
+                vouch,
+                state,
+            }),
             _ => None,
         };
         // A request still waiting for its answer is cheap to lose in a power cut (the user
@@ -1714,6 +1703,17 @@ impl Stored {
             needs_approval: self.needs_approval,
             updated_at: self.updated_at,
         }
+    }
+
+    /// The new request as `insert` stores it with its first prompt (version 1), for the
+    /// answer's write.
+    fn asking(&self, prompt: &serde_json::Value, sealed: &[u8], expires_at: i64) -> Stored {
+        let mut kept = self.clone_for_write();
+        kept.view.prompt = Some(prompt.clone());
+        kept.challenge = Some(sealed.to_vec());
+        kept.ask_expires_at = Some(expires_at);
+        kept.version = 1;
+        kept
     }
 }
 

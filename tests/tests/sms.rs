@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rolegate::clock::ManualClock;
-use rolegate::config::{Config, PluginsConfig, ProviderConfig};
+use rolegate::config::ProviderConfig;
 use rolegate::plugins::Providers;
 use rolegate::roles::{self, RoleSpec};
 use rolegate::secrets::SealingKey;
@@ -30,29 +30,12 @@ struct World {
     token: String,
 }
 
-fn provider_config(settings: toml::Table, isolation: &str) -> ProviderConfig {
-    ProviderConfig {
-        sunset: None,
-        id: "sms".into(),
-        library: sms_twilio_lib(),
-        sha256: None,
-        unpinned: true,
-        isolation: isolation.parse().unwrap(),
-        deadline_ms: None,
-        settings,
-    }
-}
-
 async fn load(settings: toml::Table) -> rolegate::Result<Providers> {
-    let config = Config {
-        plugins: PluginsConfig {
-            worker: Some(rolegate_bin()),
-            ..Default::default()
-        },
-        providers: vec![provider_config(settings, "in-process")],
-        ..Default::default()
+    let sms = ProviderConfig {
+        settings,
+        ..rolegate_e2e::provider_config("sms", sms_twilio_lib(), "in-process")
     };
-    Providers::load(&config).await
+    rolegate_e2e::load_providers(vec![sms]).await
 }
 
 /// A service on SQLite with the sms provider pointing at a fresh double; `extra` settings are
