@@ -41,7 +41,14 @@
 //! of 10 ms or more) and the host's own unsteadiness meanwhile: the share of 50-ms windows in
 //! which a light probe (~25 µs of fixed arithmetic every 2 ms, ~1% of one core) ran at half
 //! speed or less. On a shared virtual machine that share moves the p99 more than most changes
-//! to rolegate do; compare runs with similar shares.
+//! to rolegate do; compare runs with similar shares. The line also gives the share of
+//! activations that ran (in part) in those windows, and the p99 of the others: rolegate's own
+//! tail, apart from the host's slow stretches (which an idle machine shows too: the `noise`
+//! bench).
+//!
+//! `ROLEGATE_BENCH_TRACE=/tmp/trace` writes, per level, one line per activation (its start, ms
+//! into the level, and its latency, ms) to `/tmp/trace.c32` and the like, and the probe's pieces
+//! (start and length, ms) to `/tmp/trace.c32.probe`: to lay a tail beside the host's speed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: failing loudly is right
 
@@ -351,8 +358,9 @@ fn main() {
         let probe = Probe::start(probe_work);
         let cpu_before = process_cpu_seconds();
         let writer_before = thread_cpu_seconds(WRITER_THREAD);
-        let (count, mut lat) = client_rt.block_on(async {
-            let start = Instant::now();
+        let level_start = std::time::SystemTime::now();
+        let start = Instant::now();
+        let (count, lat) = client_rt.block_on(async {
             let mut tasks = Vec::new();
             for w in 0..c {
                 let (addr, tokens, used) = (addr.clone(), Arc::clone(&tokens), Arc::clone(&used));
@@ -442,7 +450,7 @@ fn main() {
                             let done: Done =
                                 conn.post("/v1/requests", token, body.as_bytes()).await;
                             assert_eq!(done.state, "active", "{}", done.reason.unwrap_or_default());
-                            lat.push(t.elapsed());
+                            lat.push((t - start, t.elapsed()));
                             continue;
                         }
                         let r: Created = conn
@@ -469,7 +477,7 @@ fn main() {
                             )
                             .await;
                         assert_eq!(done.state, "active", "{}", done.reason.unwrap_or_default());
-                        lat.push(t.elapsed());
+                        lat.push((t - start, t.elapsed()));
                     }
                     if waits > 0 {
                         eprintln!("worker {w}: waited {waits} times for fresh TOTP steps");
@@ -483,6 +491,26 @@ fn main() {
             }
             (all.len(), all)
         });
+        let trace = std::env::var("ROLEGATE_BENCH_TRACE").ok();
+        if let Some(path) = &trace {
+            write_trace(&format!("{path}.c{c}"), level_start, &lat);
+        }
+        let host = probe.finish(trace.as_ref().map(|p| format!("{p}.c{c}.probe")));
+        // The activations that ran while the host was at half speed or less, and the p99 of
+        // the others: rolegate's own tail, apart from the host's.
+        let in_slow = |&(at, l): &(Duration, Duration)| {
+            let (from, to) = (start + at, start + at + l);
+            host.slow.iter().any(|&(s, e)| s < to && e > from)
+        };
+        let mut quiet: Vec<Duration> = lat.iter().filter(|a| !in_slow(a)).map(|a| a.1).collect();
+        quiet.sort();
+        let overlapped = (lat.len() - quiet.len()) as f64 * 100.0 / lat.len().max(1) as f64;
+        let quiet_p99 = quiet
+            .get((quiet.len().saturating_sub(1) as f64 * 0.99) as usize)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+        let quiet_over = quiet.iter().filter(|l| l.as_millis() >= 10).count() as f64 * 100.0
+            / quiet.len().max(1) as f64;
+        let mut lat: Vec<Duration> = lat.into_iter().map(|(_, l)| l).collect();
         lat.sort();
         let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
         let (s50, s99) = server_quantiles();
@@ -496,20 +524,42 @@ fn main() {
             p(0.99)
         );
         let over_10ms = lat.iter().filter(|l| l.as_millis() >= 10).count();
-        let slow_windows = probe.finish();
         tails.push(format!(
-            "tail at c={c}: p95 {:.2} ms, p98 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}; {:.2}% of activations took 10 ms or more; host: {slow_windows:.1}% of 50-ms windows at half speed or less",
+            "tail at c={c}: p95 {:.2} ms, p98 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}; {:.2}% of activations took 10 ms or more; host: {:.1}% of 50-ms windows at half speed or less, {overlapped:.1}% of activations ran in them; the others: p99 {quiet_p99:.2} ms, {quiet_over:.2}% took 10 ms or more",
             p(0.95),
             p(0.98),
             p(0.99),
             p(0.999),
             p(1.0),
-            over_10ms as f64 * 100.0 / lat.len().max(1) as f64
+            over_10ms as f64 * 100.0 / lat.len().max(1) as f64,
+            host.slow_share,
         ));
     }
     for t in tails {
         println!("{t}");
     }
+}
+
+/// Writes one line per activation — its start (ms into the level) and its latency (ms) —
+/// so that a tail can be laid beside the host probe and the store's background work.
+fn write_trace(path: &str, start: std::time::SystemTime, lat: &[(Duration, Duration)]) {
+    let mut lines: Vec<_> = lat.to_vec();
+    lines.sort();
+    let unix = start
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let head = format!("# level start {unix:.6} s since the epoch\n");
+    let text: String = std::iter::once(head)
+        .chain(lines.iter().map(|(at, l)| {
+            format!(
+                "{:.3},{:.3}\n",
+                at.as_secs_f64() * 1e3,
+                l.as_secs_f64() * 1e3
+            )
+        }))
+        .collect();
+    std::fs::write(path, text).unwrap();
 }
 
 /// A light probe of the host's own speed while a level runs (see the `noise` bench): one
@@ -518,6 +568,7 @@ fn main() {
 /// speed; a p99 measured across them carries that, and the tail line says how much of the
 /// level it was.
 struct Probe {
+    started: Instant,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Vec<work::Piece>>,
 }
@@ -534,10 +585,11 @@ impl Probe {
     fn start(n: u64) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let started = Instant::now();
         let thread = std::thread::Builder::new()
             .name("probe".into())
             .spawn(move || {
-                let start = Instant::now();
+                let start = started;
                 let mut pieces = Vec::new();
                 while !flag.load(Ordering::Relaxed) && pieces.len() < 1_000_000 {
                     let t = Instant::now();
@@ -548,23 +600,57 @@ impl Probe {
                 pieces
             })
             .unwrap();
-        Self { stop, thread }
+        Self {
+            started,
+            stop,
+            thread,
+        }
     }
 
-    /// Stops the probe; the share (%) of its windows whose median piece took at least twice
-    /// the level's fast pieces (its 10th percentile): stretches at half speed or less.
-    fn finish(self) -> f64 {
+    /// Stops the probe; its windows whose median piece took at least twice the level's fast
+    /// pieces (its 10th percentile): stretches at half speed or less.
+    /// With `trace`, the pieces are written there (start and length, ms) first.
+    fn finish(self, trace: Option<String>) -> HostSpeed {
         self.stop.store(true, Ordering::Relaxed);
         let pieces = self.thread.join().unwrap_or_default();
+        if let Some(path) = trace {
+            let text: String = pieces
+                .iter()
+                .map(|(at, d)| {
+                    format!(
+                        "{:.3},{:.3}\n",
+                        at.as_secs_f64() * 1e3,
+                        d.as_secs_f64() * 1e3
+                    )
+                })
+                .collect();
+            let _ = std::fs::write(path, text);
+        }
         let mut all: Vec<Duration> = pieces.iter().map(|p| p.1).collect();
         all.sort();
         let Some(&fast) = all.get(all.len() / 10) else {
-            return 0.0;
+            return HostSpeed::default();
         };
         let windows = work::window_medians(&pieces, Self::WINDOW);
-        let slow = windows.iter().filter(|w| w.1 >= fast * 2).count();
-        slow as f64 * 100.0 / windows.len().max(1) as f64
+        let slow: Vec<(Instant, Instant)> = windows
+            .iter()
+            .filter(|w| w.1 >= fast * 2)
+            .map(|w| (self.started + w.0, self.started + w.0 + Self::WINDOW))
+            .collect();
+        HostSpeed {
+            slow_share: slow.len() as f64 * 100.0 / windows.len().max(1) as f64,
+            slow,
+        }
     }
+}
+
+/// What the probe saw of the host during a level.
+#[derive(Default)]
+struct HostSpeed {
+    /// The share (%) of the windows at half speed or less.
+    slow_share: f64,
+    /// Those windows, from start to end.
+    slow: Vec<(Instant, Instant)>,
 }
 
 /// The database writer's thread, per backend (names as the kernel keeps them: ≤ 15 bytes).
