@@ -549,15 +549,22 @@ fn write_trace(path: &str, start: std::time::SystemTime, lat: &[(Duration, Durat
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
-    let head = format!("# level start {unix:.6} s since the epoch\n");
-    let text: String = std::iter::once(head)
-        .chain(lines.iter().map(|(at, l)| {
-            format!(
-                "{:.3},{:.3}\n",
-                at.as_secs_f64() * 1e3,
-                l.as_secs_f64() * 1e3
-            )
-        }))
+    write_pairs(
+        path,
+        &format!("# level start {unix:.6} s since the epoch\n"),
+        &lines,
+    );
+}
+
+/// Writes `head`, then a line per pair: both in ms, comma-separated.
+fn write_pairs(path: &str, head: &str, pairs: &[(Duration, Duration)]) {
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    let text: String = std::iter::once(head.to_string())
+        .chain(
+            pairs
+                .iter()
+                .map(|(a, b)| format!("{:.3},{:.3}\n", ms(a), ms(b))),
+        )
         .collect();
     std::fs::write(path, text).unwrap();
 }
@@ -614,17 +621,7 @@ impl Probe {
         self.stop.store(true, Ordering::Relaxed);
         let pieces = self.thread.join().unwrap_or_default();
         if let Some(path) = trace {
-            let text: String = pieces
-                .iter()
-                .map(|(at, d)| {
-                    format!(
-                        "{:.3},{:.3}\n",
-                        at.as_secs_f64() * 1e3,
-                        d.as_secs_f64() * 1e3
-                    )
-                })
-                .collect();
-            let _ = std::fs::write(path, text);
+            write_pairs(&path, "", &pieces);
         }
         let mut all: Vec<Duration> = pieces.iter().map(|p| p.1).collect();
         all.sort();
