@@ -774,7 +774,7 @@ impl Service {
             return self
                 .store
                 .write(move |tx| {
-                    insert(tx, &s, None)?;
+                    insert(tx, &s)?;
                     created_events(tx, &s)?;
                     Ok(s.view)
                 })
@@ -885,35 +885,33 @@ impl Service {
             // Malformed input stores nothing: the user may send it again.
             let step = provider.challenge_continue(ctx, state.clone(), input).await;
             let judged = self.judge(step, &id, now, &credential_rows, &provider_id, &key)?;
-            let kept = stored.asking(prompt, sealed, *expires_at);
-            let (prompt, sealed, expires_at) = (prompt.clone(), sealed.clone(), *expires_at);
-            let s = stored.clone_for_write();
+            let asked = stored.asking(prompt, sealed, *expires_at);
             let settings = self.settings.clone();
             let key = Arc::clone(&self.key);
             let view = self
                 .store
                 .write(move |tx| {
-                    insert(tx, &s, Some((&prompt, sealed, expires_at)))?;
-                    created_events(tx, &s)?;
-                    apply(tx, kept, judged, true, &relied, &settings, &key, now)
+                    insert(tx, &asked)?;
+                    created_events(tx, &asked)?;
+                    apply(tx, asked, judged, true, &relied, &settings, &key, now)
                 })
                 .await?;
             return Ok((caller, view));
         }
-        let s = stored.clone_for_write();
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
-        // The request as `insert` stores it with its first prompt, for the answer.
+        // The usual case: the request is stored with its first prompt, and kept for the answer.
+        let s = match &outcome {
+            Outcome::Prompt {
+                prompt,
+                sealed,
+                expires_at,
+            } => stored.asking(prompt, sealed, *expires_at),
+            _ => stored,
+        };
         let awaiting = match (&outcome, plain_state) {
-            (
-                Outcome::Prompt {
-                    prompt,
-                    sealed,
-                    expires_at,
-                },
-                Some(state),
-            ) => Some(Awaiting {
-                stored: stored.asking(prompt, sealed, *expires_at),
+            (Outcome::Prompt { .. }, Some(state)) => Some(Awaiting {
+                stored: s.clone_for_write(),
                 user: user.clone(),
                 credentials: credential_rows.clone(),
                 vouch,
@@ -926,23 +924,13 @@ impl Service {
         let durable = !matches!(outcome, Outcome::Prompt { .. });
         let view = self
             .store
-            .write_with(durable, move |tx| match outcome {
-                // The usual case, in one row write: the request with its first prompt.
-                Outcome::Prompt {
-                    prompt,
-                    sealed,
-                    expires_at,
-                } => {
-                    let mut s = s;
-                    insert(tx, &s, Some((&prompt, sealed, expires_at)))?;
-                    created_events(tx, &s)?;
-                    s.view.prompt = Some(prompt);
-                    Ok(s.view)
-                }
-                outcome => {
-                    insert(tx, &s, None)?;
-                    created_events(tx, &s)?;
-                    apply(tx, s, outcome, false, &relied, &settings, &key, now)
+            .write_with(durable, move |tx| {
+                insert(tx, &s)?;
+                created_events(tx, &s)?;
+                match outcome {
+                    // In one row write: the request with its first prompt.
+                    Outcome::Prompt { .. } => Ok(s.view),
+                    outcome => apply(tx, s, outcome, false, &relied, &settings, &key, now),
                 }
             })
             .await?;
@@ -972,7 +960,6 @@ impl Service {
         // The account's too when only the token names it: the writer then trusts the read.
         let stamp = changes.map(Changes::stamp);
         let role_stamp = stamp.filter(|_| fresh_role.is_none());
-        let account_stamp = stamp;
         let known = self.cached_revision(role_name);
         let r = fresh_role.is_none().then(|| role_name.to_string());
         let (account, caller, spec, user, credentials, lockouts) = self
@@ -1019,11 +1006,11 @@ impl Service {
             user,
             credentials,
             lockouts,
-            stamp: account_stamp,
+            stamp,
             read_at: now_ms,
         });
         if let Some(k) = known_key
-            && account_stamp.is_some()
+            && stamp.is_some()
         {
             self.account_read(&k, Arc::clone(&rows));
         }
@@ -1729,22 +1716,9 @@ fn credential_rows(tx: &mut dyn Tx, account_key: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Inserts a new request; with `asking`, the first prompt (text, sealed provider state, when
-/// it expires) goes in the same row, as version 1 — what the prompt's update would make of it.
-fn insert(
-    tx: &mut dyn Tx,
-    s: &Stored,
-    asking: Option<(&serde_json::Value, Vec<u8>, i64)>,
-) -> Result<()> {
-    let (prompt, challenge, ask_expires_at, version) = match asking {
-        Some((p, sealed, at)) => (
-            Value::Text(p.to_string()),
-            Value::Blob(sealed),
-            Value::Int(at),
-            1,
-        ),
-        None => (Value::Null, Value::Null, Value::Null, 0),
-    };
+/// Inserts a new request as `s` has it: with its first prompt (text, sealed provider state,
+/// when it expires) when [`Stored::asking`] made it, in the same row.
+fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
     tx.execute(
         "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, challenge, ask_expires_at, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $12, $13, 0, $14, $15)",
         &[
@@ -1755,12 +1729,12 @@ fn insert(
             s.view.justification.clone().into(),
             Value::Int(s.view.ttl_s),
             s.view.provider.clone().into(),
-            prompt,
-            challenge,
-            ask_expires_at,
+            s.view.prompt.as_ref().map(|p| p.to_string()).into(),
+            s.challenge.clone().map(Value::Blob).unwrap_or(Value::Null),
+            s.ask_expires_at.map(Value::Int).unwrap_or(Value::Null),
             s.view.expires_at.map(Value::Int).unwrap_or(Value::Null),
             Value::Int(s.view.created_at),
-            Value::Int(version),
+            Value::Int(s.version),
             s.needs_approval.into(),
             s.view.starts_at.map(Value::Int).unwrap_or(Value::Null),
         ],
