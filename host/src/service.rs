@@ -836,10 +836,10 @@ impl Service {
             now: now.as_second().max(0) as u64,
         };
         // Refused before the provider starts anything (an SMS provider would send its code).
-        // (A typed answer only: the SDK's check refuses `answer_ahead` on other responders.)
+        // (A typed answer only: the SDK's check fails `answer_ahead` on other responders.)
         let ahead_ok = provider
             .info()
-            .is_some_and(|i| i.answer_ahead && i.responder == rolegate_sdk::PromptKind::Code);
+            .is_some_and(rolegate_sdk::ProviderInfo::takes_answer_ahead);
         if answer.is_some() && !ahead_ok {
             return Err(Error::Invalid {
                 what: "answer".into(),

@@ -759,7 +759,7 @@ impl<'a> Session<'a> {
         }
         // An answer known before the challenge is one the user types (an app's code): a
         // WebAuthn assertion, a card's signature or a call answers the challenge itself.
-        if info.answer_ahead && info.responder != crate::PromptKind::Code {
+        if info.answer_ahead && !info.takes_answer_ahead() {
             problems.push(format!(
                 "answer_ahead is for answers the user types (responder `code`), not responder `{}`, whose answer depends on the challenge",
                 wire(&info.responder)

@@ -149,6 +149,15 @@ pub struct ProviderInfo {
     pub sdk_version: String,
 }
 
+impl ProviderInfo {
+    /// Whether a host may take the first prompt's answer with the request: `answer_ahead`,
+    /// for an answer the user types (a WebAuthn assertion or a card's signature answers the
+    /// challenge itself, so it cannot come before it).
+    pub fn takes_answer_ahead(&self) -> bool {
+        self.answer_ahead && self.responder == PromptKind::Code
+    }
+}
+
 /// The kind of factor a provider checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
