@@ -260,12 +260,45 @@ impl Default for StoreConfig {
 }
 
 /// Where events go besides the database.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     /// A JSON-lines file that receives every event (for a SIEM), with its chain hash.
     #[serde(default)]
     pub jsonl: Option<PathBuf>,
+    /// The file of signed checkpoints of the chain's head (relative to the config's folder);
+    /// `rolegate.anchors` beside the key file when unset.
+    #[serde(default)]
+    pub anchor_file: Option<PathBuf>,
+    /// How often the chain's head is checked and, when it moved, anchored (milliseconds).
+    #[serde(default = "default_anchor_interval_ms")]
+    pub anchor_interval_ms: u64,
+}
+
+/// The anchor intervals the setting accepts, in milliseconds.
+pub const ANCHOR_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+
+fn default_anchor_interval_ms() -> u64 {
+    1_000
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            jsonl: None,
+            anchor_file: None,
+            anchor_interval_ms: default_anchor_interval_ms(),
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The anchor file: `anchor_file`, or `rolegate.anchors` beside `key_file`.
+    pub fn anchor_path(&self, key_file: &Path) -> PathBuf {
+        self.anchor_file
+            .clone()
+            .unwrap_or_else(|| key_file.with_file_name("rolegate.anchors"))
+    }
 }
 
 /// Limits every provider gets from the host.
@@ -513,6 +546,7 @@ impl Config {
         let optional = [
             &mut config.store.postgres_password_file,
             &mut config.events.jsonl,
+            &mut config.events.anchor_file,
             &mut config.server.tls_cert,
             &mut config.server.tls_key,
             &mut config.server.tls_client_ca,
@@ -619,6 +653,13 @@ impl Config {
             config.store.wal_mb,
             &WAL_MB_RANGE,
             " (MB)",
+        )?;
+        within(
+            path,
+            "[events] anchor_interval_ms",
+            config.events.anchor_interval_ms,
+            &ANCHOR_INTERVAL_MS_RANGE,
+            " (milliseconds)",
         )?;
         if let Some(conn) = &config.store.postgres {
             crate::store::postgres::parse_config(conn, None).map_err(|e| Error::Config {
@@ -776,6 +817,44 @@ mod tests {
         }
         let e = parse("[store]\nwal_mb = -1").unwrap_err();
         assert!(e.to_string().contains("wal_mb"), "{e}");
+    }
+
+    #[test]
+    fn the_anchor_file_and_interval_are_settings_within_bounds() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let c = parse("").unwrap();
+        assert_eq!(c.events.anchor_interval_ms, 1_000);
+        assert_eq!(
+            c.events.anchor_path(&c.store.key_file),
+            Path::new("rolegate.anchors")
+        );
+        let c = parse("[events]\nanchor_interval_ms = 250").unwrap();
+        assert_eq!(c.events.anchor_interval_ms, 250);
+        for bad in ["0", "99", "3600001"] {
+            let e = parse(&format!("[events]\nanchor_interval_ms = {bad}")).unwrap_err();
+            assert!(
+                e.to_string().contains(&format!(
+                    "[events] anchor_interval_ms = {bad} is outside 100..=3600000 (milliseconds)"
+                )),
+                "{e}"
+            );
+        }
+        // Beside the key file by default; a set file is relative to the config's folder.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rolegate.toml");
+        std::fs::write(&p, "[store]\nkey_file = \"/etc/rolegate/rolegate.key\"").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(
+            c.events.anchor_path(&c.store.key_file),
+            Path::new("/etc/rolegate/rolegate.anchors")
+        );
+        std::fs::write(&p, "[events]\nanchor_file = \"state/chain.anchors\"").unwrap();
+        let c = Config::load(&p).unwrap();
+        assert_eq!(
+            c.events.anchor_path(&c.store.key_file),
+            dir.path().join("state/chain.anchors")
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use sha2::{Digest as _, Sha256};
 
+use crate::anchor::{Anchors, Checkpoint};
 use crate::error::{Error, Result};
 use crate::store::{Row, Tx, Value};
 
@@ -57,6 +58,10 @@ pub const ROLE_REMOVED: i64 = 512;
 pub const TOKEN_ISSUED: i64 = 520;
 /// An admin revoked an API token.
 pub const TOKEN_REVOKED: i64 = 521;
+
+/// At start, the chain's end failed its anchor check (newest events deleted, an anchored
+/// event rewritten, or a checkpoint whose MAC fails).
+pub const ANCHOR_MISMATCH: i64 = 600;
 
 /// Appends an admin change: what `actor` did, to which user or role.
 pub fn admin_change(
@@ -194,20 +199,103 @@ fn chain_hash(prev: &str, e: &Event) -> String {
 const COLUMNS: &str =
     "seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash";
 
-fn from_row(r: &Row) -> Result<Event> {
+/// The names of [`COLUMNS`], for a malformed row's description.
+const NAMES: [&str; 12] = [
+    "seq",
+    "id",
+    "severity",
+    "source",
+    "at",
+    "account",
+    "role",
+    "request",
+    "provider",
+    "message",
+    "prev_hash",
+    "hash",
+];
+
+/// An event row whose columns do not hold what the chain wrote (edited outside rolegate:
+/// SQLite keeps whatever type a statement stores).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Malformed {
+    /// Its sequence number, when that column can be read.
+    seq: Option<i64>,
+    /// Which column, and what it holds.
+    what: String,
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.seq {
+            Some(seq) => write!(f, "row {seq} is malformed: {}", self.what),
+            None => write!(f, "a row is malformed: {}", self.what),
+        }
+    }
+}
+
+/// What a column holds, for a message (text shortened; bytes only counted).
+fn describe(v: Option<&Value>) -> String {
+    match v {
+        None => "nothing (the column is missing)".into(),
+        Some(Value::Null) => "NULL".into(),
+        Some(Value::Int(i)) => format!("the integer {i}"),
+        Some(Value::Text(t)) => {
+            let short: String = t.chars().take(40).collect();
+            let more = if short.len() < t.len() { "…" } else { "" };
+            format!("the text {short:?}{more}")
+        }
+        Some(Value::Blob(b)) => format!("{} bytes of binary data", b.len()),
+    }
+}
+
+fn read_event(r: &Row) -> std::result::Result<Event, Malformed> {
+    let seq = match r.0.first() {
+        Some(Value::Int(s)) => Some(*s),
+        _ => None,
+    };
+    let bad = |i: usize, want: &str| Malformed {
+        seq,
+        what: format!(
+            "`{}` holds {}, not {want}",
+            NAMES.get(i).copied().unwrap_or("?"),
+            describe(r.0.get(i))
+        ),
+    };
+    let int = |i: usize| match r.0.get(i) {
+        Some(Value::Int(v)) => Ok(*v),
+        _ => Err(bad(i, "an integer")),
+    };
+    let text = |i: usize| match r.0.get(i) {
+        Some(Value::Text(v)) => Ok(v.clone()),
+        _ => Err(bad(i, "text")),
+    };
+    let opt_text = |i: usize| match r.0.get(i) {
+        Some(Value::Null) => Ok(None),
+        Some(Value::Text(v)) => Ok(Some(v.clone())),
+        _ => Err(bad(i, "text or NULL")),
+    };
     Ok(Event {
-        seq: r.int(0)?,
-        id: r.int(1)?,
-        severity: r.text(2)?,
-        source: r.text(3)?,
-        at: r.int(4)?,
-        account: r.opt_text(5)?,
-        role: r.opt_text(6)?,
-        request: r.opt_text(7)?,
-        provider: r.opt_text(8)?,
-        message: r.text(9)?,
-        prev_hash: r.text(10)?,
-        hash: r.text(11)?,
+        seq: int(0)?,
+        id: int(1)?,
+        severity: text(2)?,
+        source: text(3)?,
+        at: int(4)?,
+        account: opt_text(5)?,
+        role: opt_text(6)?,
+        request: opt_text(7)?,
+        provider: opt_text(8)?,
+        message: text(9)?,
+        prev_hash: text(10)?,
+        hash: text(11)?,
+    })
+}
+
+/// An event from its row; a malformed row is an error naming its sequence number.
+fn from_row(r: &Row) -> Result<Event> {
+    read_event(r).map_err(|m| Error::Store {
+        what: "reading the event log".into(),
+        message: format!("{m}; `rolegate events verify` checks the whole log"),
     })
 }
 
@@ -304,7 +392,8 @@ pub struct Filter {
     pub limit: Option<i64>,
 }
 
-/// Lists events, newest first.
+/// Lists events, newest first. A malformed row (a column holding another type, written
+/// outside rolegate) fails the listing with an error naming the row's sequence number.
 pub fn list(tx: &mut dyn Tx, f: &Filter) -> Result<Vec<Event>> {
     let (sql, params) = list_query(f);
     tx.query(&sql, &params)?.iter().map(from_row).collect()
@@ -352,8 +441,39 @@ pub enum Verification {
     },
 }
 
+/// What [`verify_anchored`] found: the verdict, and how far the anchors reach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// The chain's verdict, its anchors included.
+    pub verification: Verification,
+    /// The newest valid checkpoint's sequence number; `None` when none was found.
+    pub anchored_seq: Option<i64>,
+    /// When that checkpoint was signed (Unix ms).
+    pub anchored_at_ms: Option<i64>,
+}
+
 /// Walks the whole chain: recomputes every hash, checks the links, the numbering and the head.
+/// A malformed row is reported as a break at its sequence number, not as an error.
 pub fn verify(tx: &mut dyn Tx) -> Result<Verification> {
+    Ok(verify_anchored(tx, &Anchors::default())?.verification)
+}
+
+/// Like [`verify`], and checks the chain against `anchors` (their MACs checked when read):
+/// every event a checkpoint names must carry the anchored hash, and the chain must reach the
+/// newest checkpoint — else the newest events were deleted, whatever the head row says. A
+/// checkpoint whose MAC fails is reported too, after the chain's own faults.
+pub fn verify_anchored(tx: &mut dyn Tx, anchors: &Anchors) -> Result<Report> {
+    let newest = anchors.newest();
+    let report = |verification| Report {
+        verification,
+        anchored_seq: newest.map(|c| c.seq),
+        anchored_at_ms: newest.map(|c| c.at_ms),
+    };
+    let broken = |seq, reason| report(Verification::Broken { seq, reason });
+    // The checkpoints the walk meets, by sequence number.
+    let mut pins: Vec<&Checkpoint> = anchors.valid().iter().filter(|c| c.seq > 0).collect();
+    pins.sort_by_key(|c| c.seq);
+    let mut pins = pins.into_iter().peekable();
     let mut expected_seq = 1;
     let mut prev = String::new();
     loop {
@@ -365,43 +485,93 @@ pub fn verify(tx: &mut dyn Tx) -> Result<Verification> {
             break;
         }
         for r in &rows {
-            let e = from_row(r)?;
+            let e = match read_event(r) {
+                Ok(e) => e,
+                Err(m) => {
+                    let seq = m.seq.unwrap_or(expected_seq);
+                    let m = Malformed {
+                        seq: Some(seq),
+                        ..m
+                    };
+                    return Ok(broken(seq, m.to_string()));
+                }
+            };
             if e.seq != expected_seq {
-                return Ok(Verification::Broken {
-                    seq: expected_seq,
-                    reason: format!("event {expected_seq} is missing (deleted?)"),
-                });
+                return Ok(broken(
+                    expected_seq,
+                    format!("event {expected_seq} is missing (deleted?)"),
+                ));
             }
             if e.prev_hash != prev {
-                return Ok(Verification::Broken {
-                    seq: e.seq,
-                    reason: "its link to the previous event does not match".into(),
-                });
+                return Ok(broken(
+                    e.seq,
+                    "its link to the previous event does not match".into(),
+                ));
             }
             if chain_hash(&prev, &e) != e.hash {
-                return Ok(Verification::Broken {
-                    seq: e.seq,
-                    reason: "its content does not match its hash (edited?)".into(),
-                });
+                return Ok(broken(
+                    e.seq,
+                    "its content does not match its hash (edited?)".into(),
+                ));
+            }
+            // The numbering has no gap from 1, so every checkpoint up to here is this event's.
+            while let Some(c) = pins.next_if(|c| c.seq <= e.seq) {
+                if c.hash != e.hash {
+                    return Ok(broken(
+                        e.seq,
+                        format!(
+                            "event {} is not the event anchored at {}: its hash differs (the chain was rewritten up to here)",
+                            e.seq,
+                            c.at()
+                        ),
+                    ));
+                }
             }
             prev = e.hash;
             expected_seq += 1;
         }
     }
+    let last = expected_seq - 1;
+    if let Some(c) = newest
+        && c.seq > last
+    {
+        return Ok(broken(
+            last + 1,
+            format!(
+                "the chain ends at event {last} but event {} was anchored at {} (the newest events were deleted)",
+                c.seq,
+                c.at()
+            ),
+        ));
+    }
     let head = tx.query("SELECT seq, hash FROM event_head WHERE one = 1", &[])?;
     if let Some(h) = head.first() {
-        let (seq, hash) = (h.int(0)?, h.text(1)?);
-        if seq != expected_seq - 1 || hash != prev {
-            return Ok(Verification::Broken {
-                seq: expected_seq,
-                reason: format!(
-                    "the chain ends at event {} but {seq} were written (the newest were deleted?)",
-                    expected_seq - 1
+        let (seq, hash) = match (h.int(0), h.text(1)) {
+            (Ok(seq), Ok(hash)) => (seq, hash),
+            _ => {
+                return Ok(broken(
+                    expected_seq,
+                    format!(
+                        "the head row is malformed: `seq` holds {}, `hash` holds {}",
+                        describe(h.0.first()),
+                        describe(h.0.get(1))
+                    ),
+                ));
+            }
+        };
+        if seq != last || hash != prev {
+            return Ok(broken(
+                expected_seq,
+                format!(
+                    "the chain ends at event {last} but {seq} were written (the newest were deleted?)"
                 ),
-            });
+            ));
         }
     }
-    Ok(Verification::Intact(expected_seq - 1))
+    if let Some(r) = anchors.refused().first() {
+        return Ok(broken(r.seq, r.to_string()));
+    }
+    Ok(report(Verification::Intact(last)))
 }
 
 /// An event as one JSON object (the API's and the JSON-lines sink's form).
@@ -691,6 +861,240 @@ mod tests {
             Verification::Broken { seq: 5, reason } => {
                 assert!(reason.contains("newest were deleted"), "{reason}")
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// An anchor file with a fresh key in `dir`.
+    fn anchor_file(dir: &std::path::Path) -> crate::anchor::AnchorFile {
+        let key = crate::secrets::SealingKey::load_or_create(&dir.join("rolegate.key")).unwrap();
+        crate::anchor::AnchorFile::new(
+            dir.join("rolegate.anchors"),
+            crate::anchor::AnchorKey::derive(&key).unwrap(),
+        )
+    }
+
+    /// Anchors the event `seq` as stored, signed at `at_ms`.
+    async fn anchor(db: &Sqlite, file: &crate::anchor::AnchorFile, seq: i64, at_ms: i64) {
+        let rows = db
+            .read(move |tx| tx.query("SELECT hash FROM events WHERE seq = $1", &[Value::Int(seq)]))
+            .await
+            .unwrap();
+        let c = file.sign(seq, &rows[0].text(0).unwrap(), at_ms).unwrap();
+        file.append(&c).unwrap();
+    }
+
+    async fn verify_with(db: &Sqlite, file: &crate::anchor::AnchorFile) -> Report {
+        let anchors = file.read().unwrap();
+        db.read(move |tx| verify_anchored(tx, &anchors))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cut_tail_with_its_head_rewritten_is_caught_by_the_anchor() {
+        let (dir, db) = db_with_events(10).await;
+        let file = anchor_file(dir.path());
+        anchor(&db, &file, 10, 1_764_150_000_000).await;
+        assert_eq!(
+            verify_with(&db, &file).await,
+            Report {
+                verification: Verification::Intact(10),
+                anchored_seq: Some(10),
+                anchored_at_ms: Some(1_764_150_000_000),
+            }
+        );
+        // The newest three deleted, and the head row set to the last kept event's hash.
+        db.write(|tx| {
+            tx.execute("DELETE FROM events WHERE seq > 7", &[])?;
+            tx.execute(
+                "UPDATE event_head SET seq = 7, hash = (SELECT hash FROM events WHERE seq = 7)",
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+        // The chain alone cannot tell.
+        assert_eq!(db.read(verify).await.unwrap(), Verification::Intact(7));
+        let r = verify_with(&db, &file).await;
+        assert_eq!(r.anchored_seq, Some(10));
+        assert_eq!(
+            r.verification,
+            Verification::Broken {
+                seq: 8,
+                reason: "the chain ends at event 7 but event 10 was anchored at 2025-11-26T09:40:00Z (the newest events were deleted)".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_intact_chain_verifies_with_its_anchors_and_a_rewrite_is_caught() {
+        let (dir, db) = db_with_events(10).await;
+        let file = anchor_file(dir.path());
+        // No file yet: intact, nothing anchored.
+        assert_eq!(
+            verify_with(&db, &file).await,
+            Report {
+                verification: Verification::Intact(10),
+                anchored_seq: None,
+                anchored_at_ms: None,
+            }
+        );
+        for (seq, at) in [(3, 1000), (6, 2000), (9, 3000)] {
+            anchor(&db, &file, seq, at).await;
+        }
+        let r = verify_with(&db, &file).await;
+        assert_eq!(r.verification, Verification::Intact(10));
+        assert_eq!((r.anchored_seq, r.anchored_at_ms), (Some(9), Some(3000)));
+        // Someone rewrites the chain from event 5 on, every hash recomputed and the head
+        // row too: the chain holds, the checkpoint of event 6 does not.
+        db.write(|tx| {
+            let rows = tx.query(
+                &format!("SELECT {COLUMNS} FROM events WHERE seq >= 5 ORDER BY seq"),
+                &[],
+            )?;
+            let mut prev = tx.query("SELECT hash FROM events WHERE seq = 4", &[])?[0].text(0)?;
+            for r in &rows {
+                let mut e = from_row(r)?;
+                e.message = format!("{} (rewritten)", e.message);
+                e.prev_hash = prev.clone();
+                e.hash = chain_hash(&prev, &e);
+                tx.execute(
+                    "UPDATE events SET message = $1, prev_hash = $2, hash = $3 WHERE seq = $4",
+                    &[
+                        e.message.clone().into(),
+                        e.prev_hash.clone().into(),
+                        e.hash.clone().into(),
+                        Value::Int(e.seq),
+                    ],
+                )?;
+                store_head(tx, e.seq, &e.hash)?;
+                prev = e.hash;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(db.read(verify).await.unwrap(), Verification::Intact(10));
+        match verify_with(&db, &file).await.verification {
+            Verification::Broken { seq: 6, reason } => assert_eq!(
+                reason,
+                "event 6 is not the event anchored at 1970-01-01T00:00:02Z: its hash differs (the chain was rewritten up to here)"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forged_checkpoint_is_reported() {
+        let (dir, db) = db_with_events(5).await;
+        let file = anchor_file(dir.path());
+        anchor(&db, &file, 5, 1000).await;
+        // A checkpoint of an event that never was, without the key: its MAC cannot match.
+        let mut forged = file.sign(5, "00", 2000).unwrap();
+        forged.seq = 40;
+        file.append(&forged).unwrap();
+        // Another key file's checkpoint is no better.
+        let other = tempfile::tempdir().unwrap();
+        anchor(&db, &anchor_file(other.path()), 5, 3000).await;
+        let text = std::fs::read_to_string(other.path().join("rolegate.anchors")).unwrap();
+        std::fs::write(
+            dir.path().join("rolegate.anchors"),
+            std::fs::read_to_string(dir.path().join("rolegate.anchors")).unwrap() + &text,
+        )
+        .unwrap();
+        let r = verify_with(&db, &file).await;
+        assert_eq!(r.anchored_seq, Some(5), "the valid checkpoint still counts");
+        match r.verification {
+            Verification::Broken { seq: 40, reason } => assert!(
+                reason.starts_with("line 2 of the anchor file (event 40, 1970-01-01T00:00:02Z) does not carry a valid MAC"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let anchors = file.read().unwrap();
+        assert_eq!(anchors.refused().len(), 2);
+        assert_eq!(anchors.refused()[1].line, 3);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_row_is_reported_by_its_seq_not_as_an_error() {
+        let (_d, db) = db_with_events(5).await;
+        // SQLite keeps what a statement stores, whatever the column's declared type.
+        db.write(|tx| tx.execute("UPDATE events SET at = 'x' WHERE seq = 3", &[]))
+            .await
+            .unwrap();
+        assert_eq!(
+            db.read(verify).await.unwrap(),
+            Verification::Broken {
+                seq: 3,
+                reason: "row 3 is malformed: `at` holds the text \"x\", not an integer".into()
+            }
+        );
+        let e = db
+            .read(|tx| list(tx, &Filter::default()))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("row 3 is malformed: `at` holds the text \"x\""),
+            "{e}"
+        );
+        let e = db
+            .read(|tx| after(tx, 0, 10))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("row 3 is malformed"), "{e}");
+
+        let (_d, db) = db_with_events(5).await;
+        db.write(|tx| tx.execute("UPDATE events SET message = x'00ff' WHERE seq = 4", &[]))
+            .await
+            .unwrap();
+        assert_eq!(
+            db.read(verify).await.unwrap(),
+            Verification::Broken {
+                seq: 4,
+                reason: "row 4 is malformed: `message` holds 2 bytes of binary data, not text"
+                    .into()
+            }
+        );
+
+        // A NULL where NOT NULL was declared: the table rebuilt without the constraint.
+        let (_d, db) = db_with_events(5).await;
+        db.write(|tx| {
+            // CREATE TABLE ... AS keeps the columns, not their constraints.
+            tx.execute("CREATE TABLE events_loose AS SELECT * FROM events", &[])?;
+            tx.execute("DROP TABLE events", &[])?;
+            tx.execute("ALTER TABLE events_loose RENAME TO events", &[])?;
+            tx.execute("UPDATE events SET message = NULL WHERE seq = 2", &[])
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            db.read(verify).await.unwrap(),
+            Verification::Broken {
+                seq: 2,
+                reason: "row 2 is malformed: `message` holds NULL, not text".into()
+            }
+        );
+        // A long text is shortened in the message.
+        db.write(|tx| {
+            tx.execute(
+                "UPDATE events SET message = 'm', severity = 7, id = $1 WHERE seq = 2",
+                &[Value::Text("y".repeat(100))],
+            )
+        })
+        .await
+        .unwrap();
+        match db.read(verify).await.unwrap() {
+            Verification::Broken { seq: 2, reason } => assert_eq!(
+                reason,
+                format!(
+                    "row 2 is malformed: `id` holds the text {:?}…, not an integer",
+                    "y".repeat(40)
+                )
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -5,6 +5,8 @@
 
 pub mod access;
 pub mod activation;
+/// Signed checkpoints of the event chain's head, kept outside the database.
+pub mod anchor;
 pub mod api;
 pub mod caches;
 pub mod check;

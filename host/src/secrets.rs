@@ -5,6 +5,7 @@ use std::path::Path;
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use hmac::{KeyInit as _, Mac as _};
 use sha2::{Digest as _, Sha256};
 
 use crate::config::check_private;
@@ -40,9 +41,33 @@ pub fn time_ordered_id(now_ms: i64) -> Result<String> {
     Ok(format!("{ms:012x}{}", hex::encode(b)))
 }
 
+/// HMAC-SHA256 of `parts`, one after the other, under `key`.
+pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> Result<[u8; 32]> {
+    Ok(hmac_of(key, parts)?.finalize().into_bytes().into())
+}
+
+/// Whether `mac` is the HMAC-SHA256 of `parts` under `key` (compared in constant time).
+pub fn hmac_sha256_matches(key: &[u8], parts: &[&[u8]], mac: &[u8]) -> bool {
+    hmac_of(key, parts).is_ok_and(|m| m.verify_slice(mac).is_ok())
+}
+
+fn hmac_of(key: &[u8], parts: &[&[u8]]) -> Result<hmac::Hmac<sha2_hmac::Sha256>> {
+    let mut m =
+        hmac::Hmac::<sha2_hmac::Sha256>::new_from_slice(key).map_err(|_| Error::Invalid {
+            what: "an HMAC key".into(),
+            message: "its length is not accepted".into(),
+        })?;
+    for p in parts {
+        m.update(p);
+    }
+    Ok(m)
+}
+
 /// The key that seals credentials, read from a file only its owner can read.
 pub struct SealingKey {
     cipher: XChaCha20Poly1305,
+    /// The key's bytes, for the keys derived from it ([`SealingKey::derive`]); never shown.
+    raw: [u8; 32],
 }
 
 impl std::fmt::Debug for SealingKey {
@@ -88,9 +113,19 @@ impl SealingKey {
                 path: path.to_path_buf(),
                 message: "the key file must hold 64 hex digits (a 256-bit key)".into(),
             })?;
+        let mut raw = [0u8; 32];
+        raw.copy_from_slice(&key);
         Ok(Self {
             cipher: XChaCha20Poly1305::new(Key::from_slice(&key)),
+            raw,
         })
+    }
+
+    /// A 256-bit key for another purpose, derived from this one: HMAC-SHA256(key, `label`).
+    /// Each purpose has a label of its own (`rolegate anchor v1`), so that no derived key is
+    /// another's, nor the sealing key itself; none of them reveals the sealing key.
+    pub fn derive(&self, label: &str) -> Result<[u8; 32]> {
+        hmac_sha256(&self.raw, &[label.as_bytes()])
     }
 
     /// Seals `plain`, bound to `context` (the row it belongs to): sealed data moved to another
@@ -230,6 +265,44 @@ mod tests {
         let e = SealingKey::load_or_create(&path).unwrap_err();
         assert!(e.to_string().contains("64 hex digits"), "{e}");
         assert!(!e.to_string().contains("not hex"), "{e}");
+    }
+
+    #[test]
+    fn derived_keys_are_hmac_of_the_key_and_differ_by_label() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rolegate.key");
+        std::fs::write(&path, format!("{}\n", "0b".repeat(32))).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = SealingKey::load_or_create(&path).unwrap();
+        let a = key.derive("rolegate anchor v1").unwrap();
+        assert_eq!(
+            a,
+            hmac_sha256(&[0x0b; 32], &[b"rolegate anchor v1"]).unwrap()
+        );
+        assert_ne!(a, key.derive("rolegate other v1").unwrap());
+        assert_ne!(a, [0x0b; 32]);
+        // RFC 4231, test case 2.
+        let mac = hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"]).unwrap();
+        assert_eq!(
+            hex::encode(mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert!(hmac_sha256_matches(
+            b"Jefe",
+            &[b"what do ya want for nothing?"],
+            &mac
+        ));
+        assert!(!hmac_sha256_matches(
+            b"Jefe",
+            &[b"what do ya want for nothing!"],
+            &mac
+        ));
+        assert!(!hmac_sha256_matches(
+            b"Jefe",
+            &[b"what do ya want for nothing?"],
+            &mac[..31]
+        ));
     }
 
     #[test]
