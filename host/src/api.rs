@@ -32,6 +32,8 @@ pub struct Api {
     directory: Option<Arc<crate::directory::DirectoryConfig>>,
     /// The hash of the token that may read `/metrics` (and nothing else), if one is set.
     metrics_token: Option<Arc<str>>,
+    /// The event chain's anchors, checked by `/v1/events/verify`.
+    anchors: Option<Arc<crate::anchor::AnchorFile>>,
 }
 
 /// How long a verified token is trusted without a new look-up when the store cannot tell of
@@ -102,7 +104,14 @@ impl Api {
             tokens: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
             directory: None,
             metrics_token: None,
+            anchors: None,
         }
+    }
+
+    /// Checks the event chain against this anchor file in `/v1/events/verify`.
+    pub fn with_anchors(mut self, anchors: Option<Arc<crate::anchor::AnchorFile>>) -> Self {
+        self.anchors = anchors;
+        self
     }
 
     /// Lets the holder of `token` read `/metrics` (admins always may).
@@ -963,15 +972,32 @@ async fn list_events(
     Ok(Json(Json_::Array(out)))
 }
 
+/// The chain's verdict, checked against the anchor file when there is one: `intact` and
+/// `events`, or `seq` and `reason`; and `anchored_seq` and `anchored_at`, the newest valid
+/// checkpoint (null when none).
 async fn verify_events(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Json<Json_>> {
     api.admin(&headers).await?;
-    let v = api.service.store().read_long(events::verify).await?;
-    Ok(Json(match v {
+    let anchors = api.anchors.clone();
+    let r = api
+        .service
+        .store()
+        .read_long(move |tx| {
+            let anchors = match anchors {
+                Some(file) => file.read()?,
+                None => Default::default(),
+            };
+            events::verify_anchored(tx, &anchors)
+        })
+        .await?;
+    let mut out = match r.verification {
         events::Verification::Intact(n) => json!({"intact": true, "events": n}),
         events::Verification::Broken { seq, reason } => {
             json!({"intact": false, "seq": seq, "reason": reason})
         }
-    }))
+    };
+    out["anchored_seq"] = json!(r.anchored_seq);
+    out["anchored_at"] = json!(r.anchored_at_ms.map(crate::anchor::time));
+    Ok(Json(out))
 }
 
 /// The metrics in Prometheus's text format, for the scrape token or an admin.

@@ -440,7 +440,10 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 // The CLI says why a certificate is not trusted in its own error.
                 .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,rustls_platform_verifier=off")
+                    // The anchors' copies (one a minute) are for the journal to keep.
+                    tracing_subscriber::EnvFilter::new(
+                        "warn,rolegate::anchor=info,rustls_platform_verifier=off",
+                    )
                 }),
         )
         // Colours for a terminal only, not for a journal or a log file.
@@ -831,10 +834,18 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
             ][..])),
             Remote::Events { action: Some(a), .. } if a == "verify" => {
                 let v = client.call("GET", "/v1/events/verify", None).await?;
+                // A daemon that predates anchors sends no `anchored_seq`.
+                let anchored = match (v["anchored_seq"].as_i64(), v["anchored_at"].as_str()) {
+                    (Some(seq), Some(at)) => format!("anchored up to event {seq}, signed {at}"),
+                    _ if v.get("anchored_seq").is_some() => "no anchor yet".to_string(),
+                    _ => String::new(),
+                };
                 if json { (v, None) } else if v["intact"] == true {
-                    (json!(format!("event log intact: {} events verified", v["events"])), None)
+                    let anchored = if anchored.is_empty() { anchored } else { format!("; {anchored}") };
+                    (json!(format!("event log intact: {} events verified{anchored}", v["events"])), None)
                 } else {
-                    bail!("event log TAMPERED at event {}: {}", v["seq"], v["reason"].as_str().unwrap_or(""));
+                    let anchored = if anchored.is_empty() { anchored } else { format!("; {anchored}") };
+                    bail!("event log TAMPERED at event {}: {}{anchored}", v["seq"], v["reason"].as_str().unwrap_or(""));
                 }
             }
             Remote::Events { action: Some(a), .. } => bail!("unknown events action `{a}`: use `rolegate events verify`"),
@@ -1132,6 +1143,55 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.store.key_file.display()))?;
         }
+        // The chain's anchors: checkpoints signed with a key derived from the key file's.
+        let anchor_file = Arc::new(rolegate::anchor::AnchorFile::new(
+            config.events.anchor_path(&config.store.key_file),
+            rolegate::anchor::AnchorKey::derive(&key)?,
+        ));
+        let anchors = {
+            let file = Arc::clone(&anchor_file);
+            tokio::task::spawn_blocking(move || file.prepare().and_then(|()| file.read())).await??
+        };
+        let anchor_path = anchor_file.path().display().to_string();
+        if !anchors.unreadable().is_empty() {
+            tracing::warn!(
+                file = %anchor_path,
+                lines = ?anchors.unreadable(),
+                "lines of the anchor file are no checkpoint (a write cut short by a crash, or not rolegate's); they are set aside"
+            );
+        }
+        // A tail cut (or a chain rewritten) while the daemon was down is said and recorded,
+        // not a refusal to start: an admin must be able to investigate.
+        let problems = {
+            let anchors = anchors.clone();
+            store
+                .read(move |tx| rolegate::anchor::check_end(tx, &anchors))
+                .await?
+        };
+        // The cut is said once here, not again when the anchorer first sees the lower head.
+        let found_cut = !problems.is_empty();
+        for problem in problems {
+            tracing::error!(
+                file = %anchor_path,
+                "the event log failed its anchor check: {problem}; `rolegate events verify` reports it"
+            );
+            let at = jiff::Timestamp::now().as_millisecond();
+            store
+                .write(move |tx| {
+                    let ev = rolegate::events::NewEvent::new(
+                        rolegate::events::ANCHOR_MISMATCH,
+                        rolegate::events::Severity::Error,
+                        "monitoring",
+                        format!("the event log failed its anchor check at start: {problem}"),
+                    );
+                    rolegate::events::append(tx, ev, at)
+                })
+                .await?;
+        }
+        let anchorer = Arc::new(tokio::sync::Mutex::new(rolegate::anchor::Anchorer::new(
+            Arc::clone(&anchor_file),
+            anchors.newest().filter(|_| !found_cut),
+        )));
         let (crash_tx, mut crash_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
         let providers = match Providers::load_observed(&config, Some(crash_tx)).await {
             Ok(p) => Arc::new(p),
@@ -1296,6 +1356,30 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                 }
             });
         }
+        // Anchors the head every interval in which it moved (see docs/events.md).
+        let anchoring = {
+            let anchorer = Arc::clone(&anchorer);
+            let store = Arc::clone(&store);
+            let every = Duration::from_millis(config.events.anchor_interval_ms);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut failing = false;
+                loop {
+                    tick.tick().await;
+                    let now = jiff::Timestamp::now().as_millisecond();
+                    match anchorer.lock().await.tick(&store, now).await {
+                        Ok(_) => failing = false,
+                        // Said once per failing spell, not every interval.
+                        Err(e) if !failing => {
+                            tracing::error!(error = %e, "cannot anchor the event chain; retrying");
+                            failing = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+        };
         let listener = tokio::net::TcpListener::bind(&config.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -1306,6 +1390,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         );
         on_hangup(tls.clone(), access_log.clone())?;
         let app = rolegate::api::Api::new(service)
+            .with_anchors(Some(Arc::clone(&anchor_file)))
             .with_directory(config.directory.clone())
             .with_metrics_token(metrics_token.as_deref())
             .router();
@@ -1330,6 +1415,17 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         rolegate::server::serve(listener, app, serving, stop).await;
         if let Some(log) = access_log {
             log.flush(Duration::from_secs(2));
+        }
+        // The last events anchored, and that checkpoint copied to the log, before the store
+        // closes.
+        anchoring.abort();
+        {
+            let mut anchorer = anchorer.lock().await;
+            let now = jiff::Timestamp::now().as_millisecond();
+            if let Err(e) = anchorer.tick(&store, now).await {
+                tracing::error!(error = %e, "cannot anchor the event chain at shutdown");
+            }
+            anchorer.mirror();
         }
         store.close();
         eprintln!("rolegate: stopped");

@@ -1,6 +1,7 @@
 //! End-to-end tests: the host loading real plugin libraries.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failed unwrap is a failed test
 
+mod anchor;
 mod api;
 mod check_cli;
 mod isolation;
