@@ -137,8 +137,18 @@ impl Api {
     fn cached_caller(&self, hash: &str, now: i64) -> Option<Caller> {
         let cache = self.tokens.lock().ok()?;
         let (caller, at, stamp) = cache.get(hash)?;
+        // The token unchanged, and its user too (disabled or removed: the token does nothing).
         let fresh = match (stamp, self.service.store().changes()) {
-            (Some(stamp), Some(c)) => c.still_fresh(Kind::Token, hash, *stamp, *at, now),
+            (Some(stamp), Some(c)) => {
+                c.still_fresh(Kind::Token, hash, *stamp, *at, now)
+                    && c.still_fresh(
+                        Kind::Account,
+                        &users::account_key(&caller.account),
+                        *stamp,
+                        *at,
+                        now,
+                    )
+            }
             _ => (0..TOKEN_CACHE_MS).contains(&(now - at)),
         };
         let live = caller.expires_at.is_none_or(|e| now < e);
@@ -152,6 +162,16 @@ impl Api {
             for hash in hashes {
                 cache.remove(hash);
             }
+        }
+    }
+
+    /// Drops the cached tokens of an account (disabled or removed through this daemon): they
+    /// are refused at once here; another host sharing PostgreSQL refuses them within its
+    /// cache's few seconds.
+    fn forget_account(&self, account: &str) {
+        let key = users::account_key(account);
+        if let Ok(mut cache) = self.tokens.lock() {
+            cache.retain(|_, (c, _, _)| users::account_key(&c.account) != key);
         }
     }
 
@@ -544,6 +564,9 @@ struct UserBody {
     /// Copy display name, phone and e-mail from the configured directory (once).
     #[serde(default)]
     from_directory: bool,
+    /// Accept an account that mixes scripts or looks like an existing one (recorded).
+    #[serde(default)]
+    allow_lookalike: bool,
 }
 
 async fn create_user(
@@ -552,7 +575,10 @@ async fn create_user(
     Json(b): Json<UserBody>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let c = api.admin(&headers).await?;
-    let cc = api.service.settings().default_country_code;
+    let rules = users::UserRules {
+        allow_lookalike: b.allow_lookalike,
+        ..api.service.settings().user_rules()
+    };
     let mut new = NewUser {
         account: b.account,
         display_name: b.display_name,
@@ -593,9 +619,23 @@ async fn create_user(
         .service
         .store()
         .write(move |tx| {
-            let u = users::create(tx, new, cc, now_ms())?;
+            // A look-alike is refused before this; allowed, it is said in the event.
+            let lookalike = if rules.allow_lookalike {
+                let found = users::lookalike_of(tx, &new.account)?;
+                let mixed = crate::identity::mixed_script_label(new.account.trim()).is_some();
+                match (found, mixed) {
+                    (Some(other), _) => {
+                        format!(", looking like `{other}`: allowed by `{}`", c.account)
+                    }
+                    (None, true) => format!(", mixing scripts: allowed by `{}`", c.account),
+                    (None, false) => String::new(),
+                }
+            } else {
+                String::new()
+            };
+            let u = users::create(tx, new, rules, now_ms())?;
             let what = format!(
-                "user created (source {})",
+                "user created (source {}{lookalike})",
                 u.source.as_deref().unwrap_or("api")
             );
             events::admin_change(
@@ -628,7 +668,7 @@ async fn get_user(
     Path(account): Path<String>,
 ) -> ApiResult<Json<Json_>> {
     let c = api.caller(&headers).await?;
-    if !c.admin && users::account_key(&c.account) != users::account_key(&account) {
+    if !c.admin && !users::same_account(&c.account, &account) {
         return Err(Error::NotFound {
             what: format!("user `{account}`"),
         }
@@ -675,7 +715,7 @@ async fn set_user(
     Json(p): Json<UserPatch>,
 ) -> ApiResult<Json<Json_>> {
     let c = api.admin(&headers).await?;
-    let cc = api.service.settings().default_country_code;
+    let rules = api.service.settings().user_rules();
     let mut fields = Vec::new();
     for (name, set) in [
         ("display_name", p.display_name.is_some()),
@@ -699,7 +739,7 @@ async fn set_user(
         .service
         .store()
         .write(move |tx| {
-            let u = users::update(tx, &account, changes, cc, &c.account, now_ms())?;
+            let u = users::update(tx, &account, changes, rules, &c.account, now_ms())?;
             let what = format!("user changed ({})", fields.join(", "));
             events::admin_change(
                 tx,
@@ -713,6 +753,9 @@ async fn set_user(
             Ok(u)
         })
         .await?;
+    if !u.enabled {
+        api.forget_account(&u.account);
+    }
     Ok(Json(user_json(&u)))
 }
 
@@ -750,6 +793,7 @@ async fn remove_user(
         .await?;
     if let Some(revoked) = removed {
         api.forget_tokens(&revoked);
+        api.forget_account(&account);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::NotFound {
@@ -787,7 +831,7 @@ async fn list_credentials(
     Path(account): Path<String>,
 ) -> ApiResult<Json<Json_>> {
     let c = api.caller(&headers).await?;
-    if !c.admin && !c.account.eq_ignore_ascii_case(account.trim()) {
+    if !c.admin && !users::same_account(&c.account, &account) {
         return Err(ApiError(
             StatusCode::FORBIDDEN,
             "forbidden",

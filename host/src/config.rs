@@ -21,6 +21,9 @@ pub struct Config {
     /// Limits the host enforces for every provider.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Lengths of free-text fields (justification, display names, reasons, labels).
+    #[serde(default)]
+    pub limits: crate::limits::TextLimits,
     /// Where events go besides the database.
     #[serde(default)]
     pub events: EventsConfig,
@@ -311,7 +314,7 @@ pub struct PolicyConfig {
     /// Wrong answers allowed in one challenge.
     #[serde(default = "default_wrong")]
     pub max_wrong_answers: i64,
-    /// Failed challenges per user and provider that lock the user out.
+    /// Wrong answers per user and provider (across their requests) that lock the user out.
     #[serde(default = "default_lockout")]
     pub lockout_threshold: i64,
     /// Lockout length, seconds.
@@ -591,6 +594,10 @@ impl Config {
                 message: "[policy] limits must be at least 1".into(),
             });
         }
+        config.limits.validate().map_err(|message| Error::Config {
+            path: path.to_path_buf(),
+            message,
+        })?;
         if !crate::phone::is_country_code(p.default_country_code) {
             return Err(Error::Config {
                 path: path.to_path_buf(),

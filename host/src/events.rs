@@ -348,6 +348,11 @@ pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<Event> {
             event.message.clone().into(),
             event.prev_hash.clone().into(),
             event.hash.clone().into(),
+            event
+                .account
+                .as_deref()
+                .map(crate::identity::account_key)
+                .into(),
         ],
     )?;
     crate::metrics::appended(event.id, event.provider.as_deref());
@@ -364,7 +369,9 @@ pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<Event> {
     Ok(event)
 }
 
-const INSERT_EVENT: &str = "INSERT INTO events (seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+/// The event's account key (outside the hash: it is derived from the account) lets a filter
+/// find a user's events under any spelling.
+const INSERT_EVENT: &str = "INSERT INTO events (seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash, account_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 /// Writes the chain's head row.
 pub fn store_head(tx: &mut dyn Tx, seq: i64, hash: &str) -> Result<()> {
@@ -411,7 +418,11 @@ fn list_query(f: &Filter) -> (String, Vec<Value>) {
         add("id =", Value::Int(id), &mut params);
     }
     if let Some(a) = &f.account {
-        add("account =", a.clone().into(), &mut params);
+        add(
+            "account_key =",
+            crate::identity::account_key(a).into(),
+            &mut params,
+        );
     }
     if let Some(r) = &f.role {
         add("role =", r.clone().into(), &mut params);

@@ -121,6 +121,10 @@ enum UserCommand {
         /// Copy display name, phone and e-mail from the configured directory (once).
         #[arg(long)]
         from_directory: bool,
+        /// Accept an account that mixes scripts or looks like an existing one (recorded in
+        /// event 500): only for a name you have checked letter by letter.
+        #[arg(long)]
+        allow_lookalike: bool,
     },
     /// Change a user (Set-PAMUser); a phone change raises event 825.
     Set {
@@ -705,12 +709,16 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
     let (value, columns): (serde_json::Value, Option<&[(&str, &str)]>) = rt.block_on(async {
         anyhow::Ok(match what {
             Remote::User(c) => match c {
-                UserCommand::New { account, display_name, phone, email, from_directory } => (
-                    client.call("POST", "/v1/users", Some(json!({"account": account,
+                UserCommand::New { account, display_name, phone, email, from_directory, allow_lookalike } => {
+                    let mut body = json!({"account": account,
                         "display_name": display_name.unwrap_or_default(), "phone": phone, "email": email,
-                        "from_directory": from_directory}))).await?,
-                    Some(USER_COLUMNS),
-                ),
+                        "from_directory": from_directory});
+                    // Sent only when set: a daemon that predates it refuses unknown fields.
+                    if allow_lookalike {
+                        body["allow_lookalike"] = json!(true);
+                    }
+                    (client.call("POST", "/v1/users", Some(body)).await?, Some(USER_COLUMNS))
+                }
                 UserCommand::Set { account, display_name, phone, email, enabled } => {
                     let mut body = serde_json::Map::new();
                     if let Some(d) = display_name { body.insert("display_name".into(), json!(d)); }
@@ -1276,6 +1284,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             lockout_duration: jiff::SignedDuration::from_secs(p.lockout_s),
             approval_timeout: jiff::SignedDuration::from_secs(p.approval_timeout_s),
             requests_per_minute: p.requests_per_minute,
+            limits: config.limits,
             ..Default::default()
         };
         let service = Arc::new(rolegate::service::Service::new(

@@ -9,6 +9,7 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::error::{Error, Result};
+use crate::identity::{account_key, same_account};
 
 /// Longest activation any role may grant; MIM's RoleMaximalDuration is a day by default, and
 /// a week is the ceiling here.
@@ -315,10 +316,6 @@ pub struct Admission {
     pub needs_approval: bool,
 }
 
-fn same_account(a: &str, b: &str) -> bool {
-    a.eq_ignore_ascii_case(b)
-}
-
 /// Whether a provider can serve a user now, as the host sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Usability {
@@ -380,16 +377,21 @@ impl Role {
         Ok(())
     }
 
-    /// Whether `account` is a candidate.
+    /// Whether `account` is a candidate (under any spelling of its key).
     pub fn is_candidate(&self, account: &str) -> bool {
-        // The exact spelling is a tree lookup; only another case scans the set.
-        self.candidates.contains(account)
-            || self.candidates.iter().any(|c| same_account(c, account))
+        // The exact spelling is a tree lookup; only another spelling scans the set.
+        self.candidates.contains(account) || {
+            let key = account_key(account);
+            self.candidates.iter().any(|c| account_key(c) == key)
+        }
     }
 
-    /// Whether `account` is an approver.
+    /// Whether `account` is an approver (under any spelling of its key).
     pub fn is_approver(&self, account: &str) -> bool {
-        self.approvers.contains(account) || self.approvers.iter().any(|c| same_account(c, account))
+        self.approvers.contains(account) || {
+            let key = account_key(account);
+            self.approvers.iter().any(|c| account_key(c) == key)
+        }
     }
 
     /// Decides whether `account` may request the role at `at`, and on what terms.

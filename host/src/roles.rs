@@ -7,6 +7,7 @@ use jiff::SignedDuration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::identity::{NameKind, account_key, check_name, quoted, skeleton};
 use crate::role::{AvailabilityWindow, Role};
 use crate::store::{Tx, Value};
 
@@ -98,12 +99,27 @@ fn decode(name: &str, policy: &str) -> Result<RoleSpec> {
 
 /// Stores a new role; the name must be free.
 pub fn create(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
+    check_name(NameKind::Role, &spec.name)?;
+    check_accounts(spec, None)?;
     spec.to_role()?;
     if get(tx, &spec.name)?.is_some() {
         return Err(Error::Conflict(format!(
             "role `{}` exists already",
             spec.name
         )));
+    }
+    // A role whose name reads like another's (another case, a look-alike letter) would be
+    // mistaken for it in every list and event.
+    let (key, skeleton) = (account_key(&spec.name), skeleton(&spec.name));
+    for r in tx.query("SELECT name FROM roles", &[])? {
+        let other = r.text(0)?;
+        if account_key(&other) == key || crate::identity::skeleton(&other) == skeleton {
+            return Err(Error::Conflict(format!(
+                "role {} looks like the existing role {}: choose a name that reads differently",
+                quoted(&spec.name),
+                quoted(&other)
+            )));
+        }
     }
     let policy = serde_json::to_string(spec).map_err(|e| Error::Store {
         what: "encoding a role".into(),
@@ -123,6 +139,8 @@ pub fn create(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
 
 /// Replaces a role's policy.
 pub fn replace(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
+    let old = get(tx, &spec.name)?;
+    check_accounts(spec, old.as_ref())?;
     spec.to_role()?;
     let policy = serde_json::to_string(spec).map_err(|e| Error::Store {
         what: "encoding a role".into(),
@@ -141,6 +159,33 @@ pub fn replace(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
         return Err(Error::NotFound {
             what: format!("role `{}`", spec.name),
         });
+    }
+    Ok(())
+}
+
+/// Refuses candidates and approvers whose names hide or reorder text (those already in
+/// `old`, stored before the rule, are kept).
+fn check_accounts(spec: &RoleSpec, old: Option<&RoleSpec>) -> Result<()> {
+    for (list, names) in [
+        ("candidates", &spec.candidates),
+        ("approvers", &spec.approvers),
+    ] {
+        let kept = old.map(|o| {
+            if list == "candidates" {
+                &o.candidates
+            } else {
+                &o.approvers
+            }
+        });
+        for name in names {
+            if kept.is_some_and(|k| k.contains(name)) {
+                continue;
+            }
+            check_name(NameKind::Account, name.trim()).map_err(|e| Error::Invalid {
+                what: format!("role `{}`: {list}", spec.name.trim()),
+                message: e.to_string(),
+            })?;
+        }
     }
     Ok(())
 }

@@ -35,7 +35,8 @@ pub struct Settings {
     pub default_country_code: u16,
     /// Wrong answers allowed in one challenge before it fails.
     pub max_wrong_answers: i64,
-    /// Failed challenges (per user and provider) that lock the user out.
+    /// Wrong answers (per user and provider, across all their requests) that lock the user
+    /// out of the provider: the last of them locks. Provider faults never count.
     pub lockout_threshold: i64,
     /// How long a lockout lasts.
     pub lockout_duration: SignedDuration,
@@ -45,6 +46,19 @@ pub struct Settings {
     pub max_prompt_lifetime: SignedDuration,
     /// Requests one account may create per minute (a burst of this many, refilled evenly).
     pub requests_per_minute: u32,
+    /// Lengths of free-text fields.
+    pub limits: crate::limits::TextLimits,
+}
+
+impl Settings {
+    /// What a new or changed user is checked against (country code, display name's limit).
+    pub fn user_rules(&self) -> users::UserRules {
+        users::UserRules {
+            default_country_code: self.default_country_code,
+            display_name_chars: self.limits.display_name_chars,
+            allow_lookalike: false,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -57,6 +71,7 @@ impl Default for Settings {
             approval_timeout: SignedDuration::from_hours(24),
             max_prompt_lifetime: SignedDuration::from_mins(10),
             requests_per_minute: 30,
+            limits: crate::limits::TextLimits::default(),
         }
     }
 }
@@ -197,6 +212,10 @@ enum Outcome {
     Approved(Option<CredentialUpdate>),
     /// The factor was not verified.
     Denied(DenyReason, String),
+    /// The provider failed (an error, a crash, a deadline, an outage, a refused
+    /// configuration): the factor was neither verified nor refused, and nothing counts
+    /// against the user. The text is for admins.
+    Fault(String),
 }
 
 /// A stored credential as admins and its user see it: never its data.
@@ -566,7 +585,7 @@ impl Service {
             {
                 Err(e)
             }
-            Err(e) => Ok(Outcome::Denied(DenyReason::Other, e.to_string())),
+            Err(e) => Ok(Outcome::Fault(e.to_string())),
         }
     }
 
@@ -675,6 +694,12 @@ impl Service {
             answer,
         } = new;
         let now = self.clock.now();
+        crate::limits::check(
+            "justification",
+            justification,
+            self.settings.limits.justification_chars,
+            "justification_chars",
+        )?;
         let starts_at = match starts_at {
             Some(t) if t <= now => None,
             Some(t) if t > now + MAX_START_DELAY => {
@@ -866,7 +891,7 @@ impl Service {
                 &self.key,
                 &key,
             )?,
-            Err(e) => Outcome::Denied(DenyReason::Other, e.to_string()),
+            Err(e) => Outcome::Fault(e.to_string()),
         };
         let relied = Relied::new(&credential_rows, &provider_id, vouch);
         if let (
@@ -1163,6 +1188,14 @@ impl Service {
         reason: Option<&str>,
     ) -> Result<RequestView> {
         let now = self.clock.now();
+        if let Some(r) = reason {
+            crate::limits::check(
+                "reason",
+                r,
+                self.settings.limits.reason_chars,
+                "reason_chars",
+            )?;
+        }
         let i = id.to_string();
         let stored = self
             .store
@@ -1186,6 +1219,13 @@ impl Service {
         let timeout = self.settings.approval_timeout;
         self.store
             .write(move |tx| {
+                // Whoever decides must be an enabled user when they decide (a token checked
+                // a moment ago, or an account disabled since, decides nothing).
+                if !users::get(tx, &approver)?.is_some_and(|u| u.enabled) {
+                    return Err(Error::Refused(Refusal::UserNotAllowed {
+                        account: approver.clone(),
+                    }));
+                }
                 let mut s = load(tx, &stored.view.id)?
                     .filter(|c| c.state == RequestState::PendingApproval)
                     .ok_or_else(|| {
@@ -1322,9 +1362,9 @@ impl Service {
                     let s = from_row(r)?;
                     let approves = roles.iter().any(|spec| {
                         spec.name == s.view.role
-                            && spec.approvers.iter().any(|x| account_key(x) == account_key(&a))
+                            && spec.approvers.iter().any(|x| users::same_account(x, &a))
                     });
-                    if approves && s.view.account != account_key(&a) {
+                    if approves && !users::same_account(&s.view.account, &a) {
                         out.push(s.view);
                     }
                 }
@@ -1792,7 +1832,7 @@ pub fn store_credential(
             account_key.into(),
             provider.into(),
             credential.id.clone().into(),
-            credential.label.clone().into(),
+            crate::limits::cut(&credential.label, crate::limits::PROVIDER_LABEL_CHARS).into(),
             Value::Blob(sealed),
             Value::Int(now_ms),
         ],
@@ -1936,6 +1976,72 @@ fn activate(tx: &mut dyn Tx, s: &mut Stored, now: Timestamp) -> Result<()> {
     Ok(())
 }
 
+/// Refuses the write of a verdict while the request's account is locked out of its
+/// provider (a lockout another request's wrong answers set while this one was judged).
+fn refuse_if_locked(
+    tx: &mut dyn Tx,
+    s: &Stored,
+    provider: &str,
+    relied: &Relied,
+    now: Timestamp,
+) -> Result<()> {
+    if trusted(tx, s, relied, now) {
+        return Ok(());
+    }
+    let rows = tx.query(
+        "SELECT locked_until FROM lockouts WHERE account_key = $1 AND provider = $2",
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    if let Some(Value::Int(until)) = rows.first().and_then(|r| r.0.first())
+        && *until > ms(now)
+    {
+        let until = Timestamp::from_millisecond(*until)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        return Err(Error::Refused(Refusal::LockedOut {
+            provider: provider.to_string(),
+            until,
+        }));
+    }
+    Ok(())
+}
+
+/// Ends the account's requests waiting for MFA with `provider` when a lockout starts (the one
+/// whose answer set it too, when it would have asked again): none of them may take an answer
+/// during it (event 101 each).
+fn fail_open_requests(tx: &mut dyn Tx, s: &Stored, provider: &str, now: Timestamp) -> Result<()> {
+    let open = tx.query(
+        &format!(
+            "SELECT {COLUMNS} FROM requests WHERE account_key = $1 AND state = 'pending_mfa' AND provider = $2"
+        ),
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    for row in &open {
+        let mut other = from_row(row)?;
+        other.view.reason = Some(format!(
+            "locked out of `{provider}` after too many wrong answers"
+        ));
+        transition(tx, &mut other, RequestState::Failed, now)?;
+        events::append(
+            tx,
+            event(
+                events::MFA_NOT_COMPLETED,
+                Severity::Error,
+                &other,
+                Some(provider),
+                format!(
+                    "MFA not completed: the account was locked out of `{provider}` (request `{}`)",
+                    s.view.id
+                ),
+            ),
+            ms(now),
+        )?;
+    }
+    Ok(())
+}
+
+/// Counts a wrong answer (or a reported fraud) against the account and provider; locks the
+/// account out of the provider at the threshold. True when it locked.
 fn record_failure(
     tx: &mut dyn Tx,
     s: &Stored,
@@ -1943,7 +2049,7 @@ fn record_failure(
     settings: &Settings,
     now: Timestamp,
     lock_now: bool,
-) -> Result<()> {
+) -> Result<bool> {
     let t = ms(now);
     tx.execute(
         "INSERT INTO lockouts (account_key, provider, failures, locked_until) VALUES ($1, $2, 0, NULL) ON CONFLICT (account_key, provider) DO NOTHING",
@@ -1967,7 +2073,7 @@ fn record_failure(
         let why = if lock_now {
             "fraud was reported"
         } else {
-            "too many failed attempts"
+            "too many wrong answers"
         };
         events::append(
             tx,
@@ -1983,8 +2089,10 @@ fn record_failure(
             ),
             t,
         )?;
+        fail_open_requests(tx, s, provider, now)?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Applies a provider's outcome to a pending-MFA request, inside the writer's transaction.
@@ -2002,6 +2110,12 @@ fn apply(
     now: Timestamp,
 ) -> Result<RequestView> {
     let provider = s.view.provider.clone().unwrap_or_default();
+    if matches!(outcome, Outcome::Approved(_) | Outcome::Denied(..)) {
+        // A verdict lands only while the account is not locked out of the provider, whatever
+        // it says: during a lockout a right answer and a wrong one get the same refusal.
+        // (A read the writer vouches for saw no lockout, and nothing changed since.)
+        refuse_if_locked(tx, &s, &provider, relied, now)?;
+    }
     match outcome {
         Outcome::Prompt {
             prompt,
@@ -2046,7 +2160,7 @@ fn apply(
                     s.view.account.clone().into(),
                     provider.clone().into(),
                     c.id.into(),
-                    c.label.into(),
+                    crate::limits::cut(&c.label, crate::limits::PROVIDER_LABEL_CHARS).into(),
                 ];
                 // Replay protection (a TOTP step, a sign count) holds only if two answers
                 // cannot both advance the same credential value: the update is conditional
@@ -2098,9 +2212,32 @@ fn apply(
             }
             Ok(s.view)
         }
+        Outcome::Fault(detail) => {
+            // Not the user's failure: recorded as the provider's, counted nowhere.
+            s.view.reason = Some(format!(
+                "the provider `{provider}` failed, so MFA could not be checked (nothing was counted against you): try again, or choose another factor"
+            ));
+            transition(tx, &mut s, RequestState::Failed, now)?;
+            events::append(
+                tx,
+                event(
+                    events::MFA_NOT_COMPLETED,
+                    Severity::Error,
+                    &s,
+                    Some(&provider),
+                    format!(
+                        "MFA not completed: the provider failed ({detail}); not counted as the user's failure"
+                    ),
+                ),
+                ms(now),
+            )?;
+            Ok(s.view)
+        }
         Outcome::Denied(reason, message) => {
-            // A replayed code is a wrong answer the user can correct (the app's next code),
-            // counted toward the cap and the lockout like one.
+            // Only a wrong answer counts toward the attempt cap and the lockout; a replayed
+            // code is one the user can correct (the app's next code). A reported fraud locks
+            // at once. Anything else (declined, unreachable, expired, not enrolled, another
+            // refusal) ends the challenge and counts nowhere.
             let retryable = matches!(reason, DenyReason::WrongAnswer | DenyReason::Replayed);
             if retryable && answered {
                 s.wrong_answers += 1;
@@ -2118,7 +2255,14 @@ fn apply(
                         ],
                     )?;
                     ensure_updated(n, &s.view.id)?;
-                    record_failure(tx, &s, &provider, settings, now, false)?;
+                    if record_failure(tx, &s, &provider, settings, now, false)? {
+                        // That wrong answer locked the account out: the request ended with it.
+                        return load(tx, &s.view.id)?.map(|s| s.view).ok_or_else(|| {
+                            Error::NotFound {
+                                what: format!("request `{}`", s.view.id),
+                            }
+                        });
+                    }
                     s.view.reason = Some(format!("{message}; {left} attempt(s) left"));
                     return Ok(s.view);
                 }
@@ -2130,14 +2274,16 @@ fn apply(
             };
             s.view.reason = Some(why.clone());
             transition(tx, &mut s, RequestState::Failed, now)?;
-            record_failure(
-                tx,
-                &s,
-                &provider,
-                settings,
-                now,
-                reason == DenyReason::Fraud,
-            )?;
+            if retryable || reason == DenyReason::Fraud {
+                record_failure(
+                    tx,
+                    &s,
+                    &provider,
+                    settings,
+                    now,
+                    reason == DenyReason::Fraud,
+                )?;
+            }
             events::append(
                 tx,
                 event(

@@ -35,7 +35,7 @@ pub fn issue(
         &[
             hash.into(),
             account.trim().into(),
-            crate::users::account_key(account).into(),
+            crate::identity::account_key(account).into(),
             admin.into(),
             label.into(),
             Value::Int(now_ms),
@@ -50,9 +50,14 @@ pub fn verify(tx: &mut dyn Tx, token: &str, now_ms: i64) -> Result<Option<Caller
 }
 
 /// [`verify`] for a token already hashed (a caller that keys its cache by the hash).
+///
+/// A token speaks only for a user who may act: one whose account is a disabled user, or a
+/// user's token (not an admin's) whose user does not exist, is refused
+/// ([`crate::role::Refusal::UserNotAllowed`]). An admin token whose account is no user (the
+/// first admin) stays valid.
 pub fn verify_hash(tx: &mut dyn Tx, hash: &str, now_ms: i64) -> Result<Option<Caller>> {
     let rows = tx.query(
-        "SELECT account, admin, expires_at FROM tokens WHERE hash = $1",
+        "SELECT t.account, t.admin, t.expires_at, u.enabled FROM tokens t LEFT JOIN users u ON u.account_key = t.account_key WHERE t.hash = $1",
         &[hash.into()],
     )?;
     let Some(r) = rows.first() else {
@@ -63,9 +68,20 @@ pub fn verify_hash(tx: &mut dyn Tx, hash: &str, now_ms: i64) -> Result<Option<Ca
         Some(Value::Int(exp)) => Some(*exp),
         _ => None,
     };
+    let admin = r.int(1)? != 0;
+    let may_act = match r.0.get(3) {
+        Some(Value::Int(enabled)) => *enabled != 0,
+        _ => admin,
+    };
+    if !may_act {
+        // The holder is told why (the token is theirs); nothing is done with it.
+        return Err(Error::Refused(crate::role::Refusal::UserNotAllowed {
+            account: r.text(0)?,
+        }));
+    }
     Ok(Some(Caller {
         account: r.text(0)?,
-        admin: r.int(1)? != 0,
+        admin,
         expires_at,
     }))
 }

@@ -54,20 +54,77 @@ pub struct UserChanges {
     pub enabled: Option<bool>,
 }
 
-/// The case-insensitive key accounts are compared by.
-pub fn account_key(account: &str) -> String {
-    account.trim().to_lowercase()
+/// The key accounts are compared by (see [`crate::identity`]): one rule everywhere.
+pub use crate::identity::{account_key, same_account};
+
+/// The longest display name, by default (`[limits] display_name_chars`).
+pub const DEFAULT_DISPLAY_NAME_CHARS: usize = 256;
+
+/// What a new or changed user is checked against: the phone's default country code, the
+/// display name's limit, and whether an admin allows a name that looks like another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserRules {
+    /// Country code for phone numbers written without one.
+    pub default_country_code: u16,
+    /// The longest display name, in characters.
+    pub display_name_chars: usize,
+    /// Accept an account that mixes scripts or looks like an existing one (an admin's
+    /// explicit choice, recorded in the user's creation event).
+    pub allow_lookalike: bool,
 }
 
-fn check_account(account: &str) -> Result<()> {
-    let a = account.trim();
-    if a.is_empty() || a.len() > 256 || a.chars().any(char::is_control) {
+impl From<u16> for UserRules {
+    /// The default rules with this country code.
+    fn from(default_country_code: u16) -> Self {
+        Self {
+            default_country_code,
+            display_name_chars: DEFAULT_DISPLAY_NAME_CHARS,
+            allow_lookalike: false,
+        }
+    }
+}
+
+/// Refuses a display name longer than the limit, or one holding characters that hide or
+/// reorder text.
+fn check_display_name(name: &str, max: usize) -> Result<()> {
+    let n = name.chars().count();
+    if n > max {
         return Err(Error::Invalid {
-            what: "account".into(),
-            message: "an account name is 1 to 256 printable characters".into(),
+            what: "display_name".into(),
+            message: format!(
+                "a display name has at most {max} characters (`[limits] display_name_chars`), not {n}"
+            ),
+        });
+    }
+    if name
+        .chars()
+        .any(|c| c.is_control() || crate::identity::hides(c))
+    {
+        return Err(Error::Invalid {
+            what: "display_name".into(),
+            message: format!(
+                "{} holds invisible or text-reordering characters",
+                crate::identity::quoted(name)
+            ),
         });
     }
     Ok(())
+}
+
+/// The existing account a new one would be confused with: the same skeleton under another
+/// key. (Scanned by skeleton, an indexed column.)
+pub fn lookalike_of(tx: &mut dyn Tx, account: &str) -> Result<Option<String>> {
+    let rows = tx.query(
+        "SELECT account, account_key FROM users WHERE skeleton = $1",
+        &[crate::identity::skeleton(account).into()],
+    )?;
+    let key = account_key(account);
+    for r in &rows {
+        if r.text(1)? != key {
+            return Ok(Some(r.text(0)?));
+        }
+    }
+    Ok(None)
 }
 
 fn check_email(email: &str) -> Result<()> {
@@ -127,16 +184,55 @@ fn from_row(r: &Row) -> Result<User> {
     })
 }
 
-/// Creates a user; an account that exists (in any case) is a conflict.
-pub fn create(tx: &mut dyn Tx, new: NewUser, default_cc: u16, now_ms: i64) -> Result<User> {
-    check_account(&new.account)?;
+/// Creates a user; an account that exists (under any spelling of the same key) is a
+/// conflict, and one that mixes scripts in a label or looks like an existing account is
+/// refused unless `rules` allow it.
+pub fn create(
+    tx: &mut dyn Tx,
+    new: NewUser,
+    rules: impl Into<UserRules>,
+    now_ms: i64,
+) -> Result<User> {
+    let rules = rules.into();
+    let account = new.account.trim().to_string();
+    crate::identity::check_name(crate::identity::NameKind::Account, &account)?;
     if let Some(e) = &new.email {
         check_email(e)?;
     }
-    let phone = normalise_phone(new.phone.as_deref(), default_cc)?;
-    let account = new.account.trim().to_string();
-    if get(tx, &account)?.is_some() {
-        return Err(Error::Conflict(format!("user `{account}` exists already")));
+    check_display_name(new.display_name.trim(), rules.display_name_chars)?;
+    let phone = normalise_phone(new.phone.as_deref(), rules.default_country_code)?;
+    if let Some(existing) = get(tx, &account)? {
+        return Err(Error::Conflict(format!(
+            "user {} exists already{}",
+            crate::identity::quoted(&existing.account),
+            if existing.account == account {
+                String::new()
+            } else {
+                format!(
+                    " ({} is another spelling of it)",
+                    crate::identity::quoted(&account)
+                )
+            }
+        )));
+    }
+    if !rules.allow_lookalike {
+        if let Some(label) = crate::identity::mixed_script_label(&account) {
+            return Err(Error::Invalid {
+                what: "account".into(),
+                message: format!(
+                    "{} mixes scripts in {} (a look-alike trick): check the spelling, or allow this one name with `--allow-lookalike`",
+                    crate::identity::quoted(&account),
+                    crate::identity::quoted(label)
+                ),
+            });
+        }
+        if let Some(other) = lookalike_of(tx, &account)? {
+            return Err(Error::Conflict(format!(
+                "{} looks like the existing user {}: check the spelling, or allow this one name with `--allow-lookalike`",
+                crate::identity::quoted(&account),
+                crate::identity::quoted(&other)
+            )));
+        }
     }
     let display_name = if new.display_name.trim().is_empty() {
         account.clone()
@@ -155,7 +251,7 @@ pub fn create(tx: &mut dyn Tx, new: NewUser, default_cc: u16, now_ms: i64) -> Re
     };
     tx.execute(
         &format!(
-            "INSERT INTO users ({COLUMNS}, account_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+            "INSERT INTO users ({COLUMNS}, account_key, skeleton) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
         ),
         &[
             user.account.clone().into(),
@@ -167,6 +263,7 @@ pub fn create(tx: &mut dyn Tx, new: NewUser, default_cc: u16, now_ms: i64) -> Re
             Value::Int(now_ms),
             Value::Int(now_ms),
             account_key(&account).into(),
+            crate::identity::skeleton(&account).into(),
         ],
     )?;
     Ok(user)
@@ -197,19 +294,21 @@ pub fn update(
     tx: &mut dyn Tx,
     account: &str,
     changes: UserChanges,
-    default_cc: u16,
+    rules: impl Into<UserRules>,
     actor: &str,
     now_ms: i64,
 ) -> Result<User> {
+    let rules = rules.into();
     let mut user = get(tx, account)?.ok_or_else(|| Error::NotFound {
         what: format!("user `{account}`"),
     })?;
     let old_phone = user.phone.clone();
     if let Some(d) = changes.display_name {
+        check_display_name(d.trim(), rules.display_name_chars)?;
         user.display_name = d.trim().to_string();
     }
     if let Some(p) = changes.phone {
-        user.phone = normalise_phone(p.as_deref(), default_cc)?;
+        user.phone = normalise_phone(p.as_deref(), rules.default_country_code)?;
     }
     if let Some(e) = changes.email {
         if let Some(e) = &e {

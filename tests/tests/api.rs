@@ -442,7 +442,20 @@ async fn provider_loads_and_crashes_are_in_the_event_log() {
     .await;
     assert_eq!(s, 201, "{r}");
     assert_eq!(r["state"], "failed", "{r}");
-    assert!(r["reason"].as_str().unwrap().contains("SIGSEGV"), "{r}");
+    // The user hears that the provider failed and that nothing counts against them; the
+    // admin reads the crash in event 101 (and 402 below).
+    let reason = r["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the provider `mis` failed") && reason.contains("try again"),
+        "{r}"
+    );
+    assert!(!reason.contains("SIGSEGV"), "{r}");
+    let (_, failed) = call(&d, Some(&admin), "GET", "/v1/events?id=101", None).await;
+    let failed = failed[0]["message"].as_str().unwrap();
+    assert!(
+        failed.contains("SIGSEGV") && failed.contains("not counted as the user's failure"),
+        "{failed}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, crashed) = call(&d, Some(&admin), "GET", "/v1/events?id=402", None).await;

@@ -6,6 +6,7 @@ mod api;
 mod check_cli;
 mod isolation;
 mod loader;
+mod separation;
 mod service;
 mod sms;
 mod store;

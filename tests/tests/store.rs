@@ -113,11 +113,22 @@ async fn a_conditional_transition_has_one_winner(backend) {
 }
 }
 
-/// Takes the tokens back to schema 5 (both backends): no account key beside the account —
+/// Takes users, events and tokens back to schema 5 (both backends): no skeletons, no
+/// events' account keys (schema 7), no account key beside a token's account (schema 6) —
 /// for a test that puts the database back to an older version, whose migrations then run again.
 fn undo_token_keys(tx: &mut dyn rolegate::store::Tx) -> rolegate::error::Result<()> {
+    undo_identity_rule(tx)?;
     tx.execute("DROP INDEX tokens_by_account", &[])?;
     tx.execute("ALTER TABLE tokens DROP COLUMN account_key", &[])?;
+    Ok(())
+}
+
+/// Takes users and events back to schema 6: no skeletons, no events' account keys.
+fn undo_identity_rule(tx: &mut dyn rolegate::store::Tx) -> rolegate::error::Result<()> {
+    tx.execute("DROP INDEX users_by_skeleton", &[])?;
+    tx.execute("ALTER TABLE users DROP COLUMN skeleton", &[])?;
+    tx.execute("DROP INDEX events_by_account", &[])?;
+    tx.execute("ALTER TABLE events DROP COLUMN account_key", &[])?;
     Ok(())
 }
 
@@ -603,5 +614,107 @@ async fn events_of_a_failed_write_leave_no_gap_in_the_chain(backend) {
     append(&db, 99).await;
     assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(52));
     db.close();
+}
+}
+
+both! {
+#[tokio::test]
+async fn accounts_stored_before_the_identity_rule_get_their_new_keys(backend) {
+    let at = Location::new(backend);
+    let db = at.open().await;
+    // Schema 6: keys were Unicode lower case, so `Straße` and `STRASSE` were two keys.
+    db.write(|tx| {
+        let mut e = NewEvent::new(events::USER_CREATED, Severity::Information, "admin", "created");
+        e.account = Some("CONTOSO\\Straße".into());
+        events::append(tx, e, 5)?;
+        undo_identity_rule(tx)?;
+        for (account, key) in [("CONTOSO\\Straße", "contoso\\straße"), ("CONTOSO\\Åsa", "contoso\\åsa")] {
+            tx.execute(
+                "INSERT INTO users (account, account_key, display_name, phone, email, source, enabled, created_at, updated_at) VALUES ($1, $2, $1, NULL, NULL, NULL, 1, 1, 2)",
+                &[account.into(), key.into()],
+            )?;
+        }
+        tx.execute(
+            "INSERT INTO credentials (account_key, provider, id, label, sealed, created_at, updated_at) VALUES ($1, 'totp', 'app', 'phone', $2, 1, 2)",
+            &["contoso\\straße".into(), vec![1u8].into()],
+        )?;
+        tx.execute(
+            "INSERT INTO lockouts (account_key, provider, failures, locked_until) VALUES ($1, 'totp', 2, NULL)",
+            &["contoso\\straße".into()],
+        )?;
+        tx.execute(
+            "INSERT INTO tokens (hash, account, account_key, admin, label, created_at, expires_at) VALUES ('h', 'CONTOSO\\STRASSE', 'contoso\\strasse', 0, 'laptop', 1, NULL)",
+            &[],
+        )?;
+        tx.execute("DELETE FROM schema_migrations WHERE version >= $1", &[Value::Int(7)])
+    })
+    .await
+    .unwrap();
+    db.close();
+    drop(db);
+    let db = at.open().await;
+    let (user, creds, locks, token, events, skeleton) = db
+        .read(|tx| {
+            let user = rolegate::users::get(tx, "contoso\\STRASSE")?;
+            let creds = tx.query("SELECT account_key FROM credentials", &[])?;
+            let locks = tx.query("SELECT account_key, failures FROM lockouts", &[])?;
+            let token = tx.query("SELECT account_key FROM tokens WHERE hash = 'h'", &[])?;
+            let events = events::list(
+                tx,
+                &events::Filter {
+                    account: Some("contoso\\STRASSE".into()),
+                    ..Default::default()
+                },
+            )?;
+            let skeleton = tx.query("SELECT skeleton FROM users WHERE account = $1", &["CONTOSO\\Åsa".into()])?;
+            Ok((user, creds, locks, token, events, skeleton))
+        })
+        .await
+        .unwrap();
+    assert_eq!(user.unwrap().account, "CONTOSO\\Straße", "found under another spelling");
+    assert_eq!(creds[0].text(0).unwrap(), "contoso\\strasse");
+    assert_eq!(locks[0].text(0).unwrap(), "contoso\\strasse");
+    assert_eq!(locks[0].int(1).unwrap(), 2);
+    assert_eq!(token[0].text(0).unwrap(), "contoso\\strasse");
+    assert_eq!(events.len(), 1, "the event is found by the user's key");
+    assert_eq!(skeleton[0].text(0).unwrap(), rolegate::identity::skeleton("CONTOSO\\Åsa"));
+    // The chain is intact: the key is beside the hashed fields, not among them.
+    assert!(matches!(db.read(events::verify).await.unwrap(), Verification::Intact(1)));
+    db.close();
+    drop(db);
+
+    // Two users the rule makes one stop the upgrade, named, with nothing changed.
+    let at = Location::new(backend);
+    let db = at.open().await;
+    db.write(|tx| {
+        undo_identity_rule(tx)?;
+        for (account, key) in [("jdoe", "jdoe"), ("ｊｄｏｅ", "ｊｄｏｅ")] {
+            tx.execute(
+                "INSERT INTO users (account, account_key, display_name, phone, email, source, enabled, created_at, updated_at) VALUES ($1, $2, $1, NULL, NULL, NULL, 1, 1, 2)",
+                &[account.into(), key.into()],
+            )?;
+        }
+        tx.execute("DELETE FROM schema_migrations WHERE version >= $1", &[Value::Int(7)])
+    })
+    .await
+    .unwrap();
+    db.close();
+    drop(db);
+    let open = || async {
+        match &at.postgres {
+            None => rolegate::store::sqlite::Sqlite::open(&at.path().join("rolegate.db"), 0).map(|_| ()),
+            Some(conn) => {
+                let config = parse_config(conn, None).unwrap();
+                tokio::task::spawn_blocking(move || Postgres::open(config, 0).map(|_| ()))
+                    .await
+                    .unwrap()
+            }
+        }
+    };
+    for _ in 0..2 {
+        let e = open().await.unwrap_err().to_string();
+        assert!(e.contains("`jdoe`") && e.contains("`ｊｄｏｅ`"), "{e}");
+        assert!(e.contains("nothing was changed"), "{e}");
+    }
 }
 }

@@ -222,7 +222,21 @@ ALTER TABLE tokens ADD COLUMN account_key TEXT;
 CREATE INDEX tokens_by_account ON tokens (account_key)
 "#,
     ),
+    (
+        7,
+        "one identity rule: account keys are NFKC case folds; users' confusable skeletons; events by account key",
+        r#"
+ALTER TABLE users ADD COLUMN skeleton TEXT;
+CREATE INDEX users_by_skeleton ON users (skeleton);
+ALTER TABLE events ADD COLUMN account_key TEXT;
+CREATE INDEX events_by_account ON events (account_key, seq)
+"#,
+    ),
 ];
+
+/// The version after whose statements every account key is computed again under the one
+/// identity rule, and the columns it adds are filled (in Rust: see [`rekey_accounts`]).
+const IDENTITY_RULE: i64 = 7;
 
 /// The version after whose statements the tokens get their account keys (computed in Rust:
 /// see [`crate::tokens::fill_account_keys`]).
@@ -271,6 +285,9 @@ pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
         if *version == TOKEN_KEYS {
             crate::tokens::fill_account_keys(tx)?;
         }
+        if *version == IDENTITY_RULE {
+            rekey_accounts(tx)?;
+        }
         tx.execute(
             "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",
             &[
@@ -282,4 +299,99 @@ pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
         ran += 1;
     }
     Ok(ran)
+}
+
+/// Schema 7's backfill: every account key becomes the account's NFKC case fold (it was its
+/// Unicode lower case), users get their skeletons and events their account keys. Two users
+/// whose names the new rule makes one account stop the migration (nothing changes), naming
+/// both, for an admin to remove or rename one first.
+fn rekey_accounts(tx: &mut dyn Tx) -> Result<()> {
+    use crate::identity::{account_key, skeleton};
+    use std::collections::HashMap;
+    // Users: their spelling gives the key; two spellings of one key cannot both stay.
+    let users = tx.query("SELECT account, account_key FROM users", &[])?;
+    let mut by_key: HashMap<String, String> = HashMap::new();
+    let mut moved: Vec<(String, String)> = Vec::new();
+    for r in &users {
+        let (account, old) = (r.text(0)?, r.text(1)?);
+        let key = account_key(&account);
+        if let Some(other) = by_key.insert(key.clone(), account.clone()) {
+            return Err(Error::Store {
+                what: "upgrading the database to schema 7 (one identity rule)".into(),
+                message: format!(
+                    "users `{other}` and `{account}` are one account under Unicode's NFKC case folding; remove or rename one with the previous rolegate, then start this one again (nothing was changed)"
+                ),
+            });
+        }
+        tx.execute(
+            "UPDATE users SET skeleton = $1 WHERE account_key = $2",
+            &[skeleton(&account).into(), old.clone().into()],
+        )?;
+        if key != old {
+            moved.push((old, key));
+        }
+    }
+    // In two steps, so that no key is ever held by two rows (a new key may be another
+    // row's old one).
+    for (i, (old, _)) in moved.iter().enumerate() {
+        tx.execute(
+            "UPDATE users SET account_key = $1 WHERE account_key = $2",
+            &[format!("\u{1}rekey{i}").into(), old.clone().into()],
+        )?;
+    }
+    for (i, (_, key)) in moved.iter().enumerate() {
+        tx.execute(
+            "UPDATE users SET account_key = $1 WHERE account_key = $2",
+            &[key.clone().into(), format!("\u{1}rekey{i}").into()],
+        )?;
+    }
+    // Rows that know an account only by its old key: the fold of a lower case is the fold.
+    for table in ["credentials", "lockouts", "requests"] {
+        let keys = tx.query(&format!("SELECT DISTINCT account_key FROM {table}"), &[])?;
+        let changed: Vec<(String, String)> = keys
+            .iter()
+            .filter_map(|r| r.text(0).ok())
+            .map(|old| (account_key(&old), old))
+            .filter(|(new, old)| new != old)
+            .collect();
+        for (i, (_, old)) in changed.iter().enumerate() {
+            tx.execute(
+                &format!("UPDATE {table} SET account_key = $1 WHERE account_key = $2"),
+                &[format!("\u{1}rekey{i}").into(), old.clone().into()],
+            )?;
+        }
+        for (i, (new, _)) in changed.iter().enumerate() {
+            tx.execute(
+                &format!("UPDATE {table} SET account_key = $1 WHERE account_key = $2"),
+                &[new.clone().into(), format!("\u{1}rekey{i}").into()],
+            )?;
+        }
+    }
+    // Tokens keep their account's spelling.
+    for r in tx.query("SELECT DISTINCT account FROM tokens", &[])? {
+        let account = r.text(0)?;
+        tx.execute(
+            "UPDATE tokens SET account_key = $1 WHERE account = $2",
+            &[account_key(&account).into(), account.into()],
+        )?;
+    }
+    // Events: by sequence number, a batch at a time (their primary key; a log may be long).
+    let mut after = 0i64;
+    loop {
+        let rows = tx.query(
+            "SELECT seq, account FROM events WHERE seq > $1 ORDER BY seq LIMIT 5000",
+            &[Value::Int(after)],
+        )?;
+        let Some(last) = rows.last() else { break };
+        after = last.int(0)?;
+        for r in &rows {
+            if let Ok(Some(account)) = r.opt_text(1) {
+                tx.execute(
+                    "UPDATE events SET account_key = $1 WHERE seq = $2",
+                    &[account_key(&account).into(), Value::Int(r.int(0)?)],
+                )?;
+            }
+        }
+    }
+    Ok(())
 }

@@ -5,7 +5,9 @@
 //! `hang` never returns; `noisy` prints to stdout, then asks; `enrol` needs an enrolment (the
 //! secret is `4321`) and answers challenges with that secret. `lenient` behaves but accepts unknown settings keys (it breaks the
 //! contract that `rolegate provider check` verifies); `panic-create` panics while creating;
-//! `slow` sleeps 30 ms, then asks. The setting `quick = true` makes it claim quick calls.
+//! `slow` sleeps 30 ms, then asks; `outage` fails `challenge_start` as a provider whose
+//! service is down (Unavailable); `outage-answer` asks, then fails every answer that way.
+//! The setting `quick = true` makes it claim quick calls.
 
 use rolegate_sdk::serde::Deserialize;
 use rolegate_sdk::{
@@ -39,7 +41,7 @@ impl Provider for Misbehave {
         };
         match mode.as_str() {
             "ok" | "panic" | "segfault" | "abort" | "hang" | "lenient" | "noisy" | "enrol"
-            | "slow" => Ok(Self { mode, quick }),
+            | "slow" | "outage" | "outage-answer" => Ok(Self { mode, quick }),
             "panic-create" => panic!("misbehave: panic while creating"),
             other => Err(ProviderError::config(format!(
                 "setting `mode`: unknown mode `{other}`"
@@ -127,6 +129,10 @@ impl Provider for Misbehave {
                 Err(ProviderError::internal("unreachable"))
             }
             "abort" => std::process::abort(),
+            // The provider's service is down (an outage, a rotated credential).
+            "outage" => Err(ProviderError::unavailable(
+                "the service answered HTTP 503 (outage)",
+            )),
             "noisy" => {
                 // Output on stdout must not corrupt a worker's pipe.
                 println!("misbehave: noise on stdout");
@@ -164,6 +170,12 @@ impl Provider for Misbehave {
         let Input::Code { code } = input else {
             return Err(ProviderError::bad_input("expected a code"));
         };
+        if self.mode == "outage-answer" {
+            // Down between the prompt and the answer, whatever was typed.
+            return Err(ProviderError::unavailable(
+                "the service answered HTTP 503 (outage)",
+            ));
+        }
         let verdict = if self.mode == "enrol" {
             match ctx.credentials.first() {
                 Some(c) if c.data.as_slice() == code.as_bytes() => Verdict::Approved {
