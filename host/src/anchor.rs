@@ -3,9 +3,10 @@
 //! The hash chain ([`crate::events`]) shows an edited or deleted row, but not a cut tail whose
 //! head row was rewritten to match: whoever can write the database can do that. So the daemon
 //! signs the head it sees — `{seq, hash, at_ms, mac}`, the MAC an HMAC-SHA256 under a key
-//! derived from the key file's ([`SealingKey::derive`], label [`KEY_LABEL`]) — and appends it
-//! to a file beside the key file, once per interval in which the head moved; it copies one
-//! checkpoint a minute to its log (target `rolegate::anchor`), for syslog or journald to keep.
+//! derived from the key file's ([`crate::secrets::SealingKey::derive`], label
+//! [`crate::anchor::KEY_LABEL`]) — and appends it to a file beside the key file, once per
+//! interval in which the head moved; it copies one checkpoint a minute to its log (target
+//! `rolegate::anchor`), for syslog or journald to keep.
 //! `events verify` then checks that every event a valid checkpoint names carries the anchored
 //! hash and that the chain reaches the newest one. A database writer without the key file
 //! cannot sign a checkpoint for a chain it rewrote.
