@@ -623,12 +623,17 @@ async fn create_user(
             let lookalike = if rules.allow_lookalike {
                 let found = users::lookalike_of(tx, &new.account)?;
                 let mixed = crate::identity::mixed_script_label(new.account.trim()).is_some();
-                match (found, mixed) {
-                    (Some(other), _) => {
-                        format!(", looking like `{other}`: allowed by `{}`", c.account)
-                    }
-                    (None, true) => format!(", mixing scripts: allowed by `{}`", c.account),
-                    (None, false) => String::new(),
+                let mut why = Vec::new();
+                if let Some(other) = found {
+                    why.push(format!("looking like `{other}`"));
+                }
+                if mixed {
+                    why.push("mixing scripts".to_string());
+                }
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}: allowed by `{}`", why.join(" and "), c.account)
                 }
             } else {
                 String::new()
@@ -1101,11 +1106,27 @@ async fn create_token(
     Json(b): Json<TokenBody>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let c = api.admin(&headers).await?;
+    crate::limits::check(
+        "label",
+        &b.label,
+        api.service.settings().limits.label_chars,
+        "label_chars",
+    )?;
+    crate::identity::check_name(crate::identity::NameKind::Account, b.account.trim())?;
     let (account, admin) = (b.account.clone(), b.admin);
     let token = api
         .service
         .store()
         .write(move |tx| {
+            // A user's token speaks for a user: one that does not exist would do nothing.
+            if !b.admin && users::get(tx, &b.account)?.is_none() {
+                return Err(Error::NotFound {
+                    what: format!(
+                        "user `{}` (create the user first: `rolegate user new`)",
+                        b.account.trim()
+                    ),
+                });
+            }
             let token = tokens::issue(tx, &b.account, b.admin, &b.label, now_ms())?;
             let (kind, label) = token_words(b.admin, &b.label);
             let what = format!("{kind} token issued{label}");

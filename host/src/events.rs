@@ -328,7 +328,13 @@ pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<Event> {
         role: e.role,
         request: e.request,
         provider: e.provider,
-        message: e.message,
+        // Bounded: the chain keeps what it holds for ever (fields that feed a message have
+        // their own limits; this catches whatever slips past them).
+        message: if e.message.len() > crate::limits::EVENT_MESSAGE_CHARS {
+            crate::limits::cut(&e.message, crate::limits::EVENT_MESSAGE_CHARS)
+        } else {
+            e.message
+        },
         prev_hash,
         hash: String::new(),
     };

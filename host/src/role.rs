@@ -9,7 +9,7 @@ use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::error::{Error, Result};
-use crate::identity::{account_key, same_account};
+use crate::identity::same_account;
 
 /// Longest activation any role may grant; MIM's RoleMaximalDuration is a day by default, and
 /// a week is the ceiling here.
@@ -380,18 +380,13 @@ impl Role {
     /// Whether `account` is a candidate (under any spelling of its key).
     pub fn is_candidate(&self, account: &str) -> bool {
         // The exact spelling is a tree lookup; only another spelling scans the set.
-        self.candidates.contains(account) || {
-            let key = account_key(account);
-            self.candidates.iter().any(|c| account_key(c) == key)
-        }
+        self.candidates.contains(account)
+            || self.candidates.iter().any(|c| same_account(c, account))
     }
 
     /// Whether `account` is an approver (under any spelling of its key).
     pub fn is_approver(&self, account: &str) -> bool {
-        self.approvers.contains(account) || {
-            let key = account_key(account);
-            self.approvers.iter().any(|c| account_key(c) == key)
-        }
+        self.approvers.contains(account) || self.approvers.iter().any(|c| same_account(c, account))
     }
 
     /// Decides whether `account` may request the role at `at`, and on what terms.

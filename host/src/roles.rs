@@ -7,7 +7,7 @@ use jiff::SignedDuration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::identity::{NameKind, account_key, check_name, quoted, skeleton};
+use crate::identity::{NameKind, check_name, quoted, same_account, skeleton};
 use crate::role::{AvailabilityWindow, Role};
 use crate::store::{Tx, Value};
 
@@ -110,10 +110,10 @@ pub fn create(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
     }
     // A role whose name reads like another's (another case, a look-alike letter) would be
     // mistaken for it in every list and event.
-    let (key, skeleton) = (account_key(&spec.name), skeleton(&spec.name));
+    let skeleton = skeleton(&spec.name);
     for r in tx.query("SELECT name FROM roles", &[])? {
         let other = r.text(0)?;
-        if account_key(&other) == key || crate::identity::skeleton(&other) == skeleton {
+        if same_account(&other, &spec.name) || crate::identity::skeleton(&other) == skeleton {
             return Err(Error::Conflict(format!(
                 "role {} looks like the existing role {}: choose a name that reads differently",
                 quoted(&spec.name),

@@ -402,7 +402,7 @@ impl Service {
     /// Takes the kept request `id` if `account` made it (another caller's attempt leaves it).
     fn recall(&self, id: &str, account: &str) -> Option<Awaiting> {
         let mut m = self.awaiting.lock().ok()?;
-        if m.get(id)?.stored.view.account != account_key(account) {
+        if !users::same_account(&m.get(id)?.stored.view.account, account) {
             return None;
         }
         m.remove(id)
@@ -1055,7 +1055,7 @@ impl Service {
             what: format!("request `{id}`"),
         };
         let stored = stored.ok_or_else(not_found)?;
-        if stored.view.account != account_key(account) {
+        if !users::same_account(&stored.view.account, account) {
             return Err(not_found());
         }
         let user = user.ok_or_else(not_found)?;
@@ -1301,7 +1301,7 @@ impl Service {
         self.store
             .write(move |tx| {
                 let mut s = load(tx, &id)?
-                    .filter(|s| is_admin || s.view.account == account_key(&actor))
+                    .filter(|s| is_admin || users::same_account(&s.view.account, &actor))
                     .ok_or_else(|| Error::NotFound {
                         what: format!("request `{id}`"),
                     })?;
@@ -1340,7 +1340,9 @@ impl Service {
         let i = id.to_string();
         let s = self.store.read(move |tx| load(tx, &i)).await?;
         match s {
-            Some(s) if account.is_none_or(|a| account_key(a) == s.view.account) => Ok(s.view),
+            Some(s) if account.is_none_or(|a| users::same_account(a, &s.view.account)) => {
+                Ok(s.view)
+            }
             _ => Err(Error::NotFound {
                 what: format!("request `{id}`"),
             }),

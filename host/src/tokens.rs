@@ -179,8 +179,8 @@ pub fn revoke(tx: &mut dyn Tx, id: &str) -> Result<Option<(String, TokenView)>> 
     Ok(Some(found))
 }
 
-/// Revokes every token of `account` (compared as accounts are: trimmed, case-insensitive);
-/// returns their hashes.
+/// Revokes every token of `account` (compared as accounts are: by their keys, see
+/// [`crate::identity`]); returns their hashes.
 pub fn revoke_account(tx: &mut dyn Tx, account: &str) -> Result<Vec<String>> {
     let key = crate::users::account_key(account);
     // A token without a key was issued by an instance older than schema 6 still running
@@ -192,7 +192,7 @@ pub fn revoke_account(tx: &mut dyn Tx, account: &str) -> Result<Vec<String>> {
     )? {
         let theirs = match r.opt_text(2)? {
             Some(k) => k == key,
-            None => crate::users::account_key(&r.text(1)?) == key,
+            None => crate::users::same_account(&r.text(1)?, account),
         };
         if theirs {
             revoked.push(r.text(0)?);

@@ -3306,3 +3306,146 @@ fn a_sunset_that_is_no_date_is_refused_at_start() {
     );
     assert!(!dir.path().join("rolegate.db").exists());
 }
+
+/// Issue 26's holes, through the CLI and HTTP as an attacker inside the organisation would:
+/// self-approval under another spelling, a disabled user's token, a user's history under any
+/// spelling, look-alike accounts.
+#[tokio::test]
+async fn separation_of_duties_holds_under_every_spelling_over_the_cli() {
+    let d = start();
+    let admin = d.admin.clone();
+    for account in ["CONTOSO\\Åsa", "CONTOSO\\boss"] {
+        let (ok, out) = cli(&d, &admin, &["user", "new", account], "");
+        assert!(ok, "{out}");
+    }
+    let role = json!({"name": "Ops", "candidates": ["contoso\\ÅSA"], "approvers": ["CONTOSO\\A\u{30a}sa", "CONTOSO\\boss"],
+                      "ttl_s": 3600, "max_ttl_s": 7200, "approval_enabled": true});
+    let (s, r) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
+    assert_eq!(s, 201, "{r}");
+    let asa = issue_token(&d, &admin, json!({"account": "contoso\\åsa"})).await;
+    let boss = issue_token(&d, &admin, json!({"account": "CONTOSO\\boss"})).await;
+    let (ok, out) = cli(
+        &d,
+        &asa,
+        &[
+            "--json",
+            "request",
+            "new",
+            "--role",
+            "Ops",
+            "--justification",
+            "x",
+        ],
+        "",
+    );
+    assert!(ok, "{out}");
+    let id = serde_json::from_str::<Value>(&out).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out) = cli(&d, &asa, &["approval", "approve", &id], "");
+    assert!(
+        !ok && out.contains("cannot approve their own request"),
+        "{out}"
+    );
+
+    // A disabled user's token does nothing: no approval, no request, no read.
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "PATCH",
+        "/v1/users/contoso%5CBOSS",
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    for (method, path, body) in [
+        ("POST", format!("/v1/approvals/{id}/approve"), None),
+        (
+            "POST",
+            "/v1/requests".to_string(),
+            Some(json!({"role": "Ops"})),
+        ),
+        ("GET", "/v1/requests".to_string(), None),
+        ("GET", "/v1/approvals".to_string(), None),
+        ("GET", "/v1/me".to_string(), None),
+    ] {
+        let (s, e) = call(&d, Some(&boss), method, &path, body).await;
+        assert_eq!(s, 403, "{method} {path}: {e}");
+        assert!(
+            e.to_string().contains("not an enabled rolegate user"),
+            "{e}"
+        );
+    }
+    let (_, r) = call(&d, Some(&admin), "GET", &format!("/v1/requests/{id}"), None).await;
+    assert_eq!(r["state"], "pending_approval");
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "PATCH",
+        "/v1/users/contoso%5Cboss",
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (ok, out) = cli(&d, &boss, &["approval", "approve", &id], "");
+    assert!(ok, "{out}");
+
+    // Her history is one history under any spelling: created (500), requested, approved, active.
+    let history = |user: &str| {
+        let (ok, out) = cli(&d, &admin, &["--json", "events", "--user", user], "");
+        assert!(ok, "{out}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let mut ids: Vec<i64> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["id"].as_i64().unwrap())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let ids = history("CONTOSO\\Åsa");
+    for want in [200, 201, 203, 500] {
+        assert!(ids.contains(&want), "{want} missing from {ids:?}");
+    }
+    assert_eq!(history("contoso\\ÅSA"), ids);
+    assert_eq!(history("CONTOSO\\A\u{30a}sa"), ids);
+
+    // Look-alikes are refused naming what they resemble, unless an admin allows one.
+    let (ok, out) = cli(&d, &admin, &["user", "new", "CONTOSO\\b\u{43e}ss"], "");
+    assert!(!ok && out.contains("mixes scripts"), "{out}");
+    let (ok, out) = cli(&d, &admin, &["user", "new", "CONTOSO\u{2216}boss"], "");
+    assert!(
+        !ok && out.contains("looks like the existing user `CONTOSO\\boss`"),
+        "{out}"
+    );
+    let (ok, out) = cli(&d, &admin, &["user", "new", "CONTOSO\\bo\u{200b}ss"], "");
+    assert!(!ok && out.contains("U+200B"), "{out}");
+    let (ok, out) = cli(
+        &d,
+        &admin,
+        &["user", "new", "CONTOSO\\b\u{43e}ss", "--allow-lookalike"],
+        "",
+    );
+    assert!(ok, "{out}");
+    let (_, created) = call(&d, Some(&admin), "GET", "/v1/events?id=500", None).await;
+    assert!(
+        created[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("looking like `CONTOSO\\boss` and mixing scripts: allowed by `admin`"),
+        "{created}"
+    );
+    // A user's token needs a user.
+    let (s, e) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/tokens",
+        Some(json!({"account": "CONTOSO\\nobody"})),
+    )
+    .await;
+    assert_eq!(s, 404, "{e}");
+    assert!(e.to_string().contains("create the user first"), "{e}");
+}
