@@ -70,6 +70,15 @@ impl From<Error> for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable")
             }
             Error::Provider { .. } => (StatusCode::BAD_GATEWAY, "provider_error"),
+            // Named to the caller: the rows that can be malformed are an admin's to read.
+            Error::Malformed { .. } => {
+                tracing::error!(error = %e, "a stored row is malformed");
+                return ApiError(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "malformed_data",
+                    e.to_string(),
+                );
+            }
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -166,6 +166,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A stored row holds what rolegate never writes there (edited outside it): named so
+    /// that an admin can find it.
+    #[error("{what}: {message}")]
+    Malformed {
+        /// What was being read.
+        what: String,
+        /// Which row and column, and what it holds.
+        message: String,
+    },
     /// The database failed.
     #[error("database: {what}: {message}")]
     Store {

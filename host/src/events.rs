@@ -293,7 +293,7 @@ fn read_event(r: &Row) -> std::result::Result<Event, Malformed> {
 
 /// An event from its row; a malformed row is an error naming its sequence number.
 fn from_row(r: &Row) -> Result<Event> {
-    read_event(r).map_err(|m| Error::Store {
+    read_event(r).map_err(|m| Error::Malformed {
         what: "reading the event log".into(),
         message: format!("{m}; `rolegate events verify` checks the whole log"),
     })
@@ -1032,6 +1032,21 @@ mod tests {
         let anchors = file.read().unwrap();
         assert_eq!(anchors.refused().len(), 2);
         assert_eq!(anchors.refused()[1].line, 3);
+    }
+
+    #[tokio::test]
+    async fn a_fraction_in_an_integer_column_is_no_integer() {
+        // Read as a truncated integer, `at + 0.5` would hash as the original and pass.
+        let (_d, db) = db_with_events(3).await;
+        db.write(|tx| tx.execute("UPDATE events SET at = at + 0.5 WHERE seq = 2", &[]))
+            .await
+            .unwrap();
+        match db.read(verify).await.unwrap() {
+            Verification::Broken { seq: 2, reason } => {
+                assert!(reason.contains("row 2 is malformed: `at`"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

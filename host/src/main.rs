@@ -848,6 +848,11 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
                     _ if v.get("anchored_seq").is_some() => "no anchor yet".to_string(),
                     _ => String::new(),
                 };
+                if json && v["intact"] != true {
+                    // Scripts read the report and the exit code: a broken log is a failure.
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    std::process::exit(2);
+                }
                 if json { (v, None) } else if v["intact"] == true {
                     let anchored = if anchored.is_empty() { anchored } else { format!("; {anchored}") };
                     (json!(format!("event log intact: {} events verified{anchored}", v["events"])), None)

@@ -298,8 +298,19 @@ async fn a_tail_cut_while_the_daemon_was_down_is_reported_with_the_anchored_seq(
         !ok && out.contains("event log TAMPERED at event 3: row 3 is malformed"),
         "{out}"
     );
+    // Listing the log fails on the row, and says which to the admin (not only the log).
     let (s, v) = call(&d, Some(&admin), "GET", "/v1/events", None).await;
     assert_eq!(s, 500, "{v}");
+    assert_eq!(v["error"]["code"], "malformed_data", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("row 3 is malformed: `at` holds the text"),
+        "{v}"
+    );
+    let (ok, out) = cli(&d, &admin, &["--json", "events", "verify"], "");
+    assert!(!ok && out.contains("\"intact\": false"), "{out}");
     let line = d.said("row 3 is malformed");
     assert!(
         line.contains("`rolegate events verify` checks the whole log"),

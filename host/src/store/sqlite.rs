@@ -202,7 +202,13 @@ impl Tx for SqliteTx<'_> {
                 row.push(match v {
                     ValueRef::Null => Value::Null,
                     ValueRef::Integer(i) => Value::Int(i),
-                    ValueRef::Real(f) => Value::Int(f as i64),
+                    // No column holds a real: a whole one reads as the integer it is, any
+                    // other as text, so that a typed read names the column instead of
+                    // reading a truncated number (`at = at + 0.5` must not pass for `at`).
+                    ValueRef::Real(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                        Value::Int(f as i64)
+                    }
+                    ValueRef::Real(f) => Value::Text(format!("{f}")),
                     ValueRef::Text(t) => Value::Text(match std::str::from_utf8(t) {
                         Ok(text) => text.to_owned(),
                         Err(_) => String::from_utf8_lossy(t).into_owned(),
