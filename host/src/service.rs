@@ -1254,6 +1254,16 @@ impl Service {
                     )));
                 }
                 if approve {
+                    // Nor is a role granted to a requester disabled or removed meanwhile.
+                    let requester = tx.query(
+                        "SELECT enabled FROM users WHERE account_key = $1",
+                        &[s.view.account.clone().into()],
+                    )?;
+                    if !matches!(requester.first().map(|r| r.int(0)), Some(Ok(e)) if e != 0) {
+                        return Err(Error::Refused(Refusal::UserNotAllowed {
+                            account: s.view.account.clone(),
+                        }));
+                    }
                     events::append(
                         tx,
                         event(

@@ -224,8 +224,46 @@ async fn a_disabled_approver_approves_nothing(backend) {
     let e = w.service.reject(&v.id, BOSS, Some("no")).await.unwrap_err();
     assert!(e.to_string().contains("not an enabled rolegate user"), "{e}");
     assert_eq!(w.service.get(&v.id, None).await.unwrap().state, "pending_approval");
-    // A removed approver neither.
+    // Nor is a disabled requester's request granted (it may still be rejected).
     disable(true).await;
+    w.service
+        .store()
+        .write(|tx| {
+            users::update(
+                tx,
+                ASA,
+                UserChanges {
+                    enabled: Some(false),
+                    ..Default::default()
+                },
+                1,
+                "admin",
+                1,
+            )
+        })
+        .await
+        .unwrap();
+    let e = w.service.approve(&v.id, BOSS).await.unwrap_err();
+    assert!(e.to_string().contains("`contoso\\åsa` is not an enabled rolegate user"), "{e}");
+    assert_eq!(w.service.get(&v.id, None).await.unwrap().state, "pending_approval");
+    w.service
+        .store()
+        .write(|tx| {
+            users::update(
+                tx,
+                ASA,
+                UserChanges {
+                    enabled: Some(true),
+                    ..Default::default()
+                },
+                1,
+                "admin",
+                1,
+            )
+        })
+        .await
+        .unwrap();
+    // A removed approver approves nothing either.
     w.service.store().write(|tx| users::remove(tx, BOSS)).await.unwrap();
     let e = w.service.approve(&v.id, BOSS).await.unwrap_err();
     assert!(e.to_string().contains("not an enabled rolegate user"), "{e}");
