@@ -667,6 +667,53 @@ async fn generated_spellings_count_as_one_account_in_the_store(backend) {
         assert_eq!(found.account, a, "case {case}");
     }
     assert!(made >= 20, "{made}");
+    // The first pairs made: requests and answers under either spelling count for one account
+    // (one lockout count, one history), and a self-approval under the other is refused.
+    let pairs: Vec<(String, String)> = {
+        let mut g = Gen(0x0bad_cafe_0000_0007);
+        (0..40).map(|_| spelling_pair(&mut g, &LETTERS[..6])).take(5).collect()
+    };
+    let candidates: std::collections::BTreeSet<String> = pairs.iter().map(|(a, _)| a.clone()).collect();
+    let role = RoleSpec {
+        name: "generated".into(),
+        candidates: candidates.clone(),
+        approvers: candidates,
+        ttl_s: 60,
+        max_ttl_s: 60,
+        availability: None,
+        justification_required: false,
+        approval_enabled: true,
+        mfa_enabled: true,
+        providers: vec!["hello".into()],
+    };
+    w.service.store().write(move |tx| roles::create(tx, &role, 0)).await.unwrap();
+    for (case, (a, b)) in pairs.iter().enumerate() {
+        let Some(user) = w.service.store().read({
+            let a = a.clone();
+            move |tx| users::get(tx, &a)
+        }).await.unwrap() else {
+            continue;
+        };
+        let v = w.service.request(b, "generated", "x", None, None).await.unwrap();
+        let r = w.service.answer(&v.id, a, wrong(&v)).await.unwrap();
+        assert_eq!(r.state, "pending_mfa", "case {case}");
+        let key = users::account_key(&user.account);
+        let counted = w
+            .service
+            .store()
+            .read(move |tx| tx.query("SELECT failures FROM lockouts WHERE account_key = $1 AND provider = 'hello'", &[key.into()]))
+            .await
+            .unwrap();
+        assert_eq!(counted[0].int(0).unwrap(), 1, "case {case}: one count under both spellings");
+        let r = w.service.answer(&v.id, b, right(&v)).await.unwrap();
+        assert_eq!(r.state, "pending_approval", "case {case}");
+        let e = w.service.approve(&v.id, a).await.unwrap_err();
+        assert!(e.to_string().contains("cannot approve their own request"), "case {case}: {e}");
+        let by_a: Vec<i64> = events_of(&w, a, None).await.iter().map(|e| e.seq).collect();
+        let by_b: Vec<i64> = events_of(&w, b, None).await.iter().map(|e| e.seq).collect();
+        assert_eq!(by_a, by_b, "case {case}: one history");
+        assert!(by_a.len() >= 2, "case {case}: {by_a:?}");
+    }
     // Confusables of an existing Latin account.
     w.service
         .store()
