@@ -1255,15 +1255,7 @@ impl Service {
                 }
                 if approve {
                     // Nor is a role granted to a requester disabled or removed meanwhile.
-                    let requester = tx.query(
-                        "SELECT enabled FROM users WHERE account_key = $1",
-                        &[s.view.account.clone().into()],
-                    )?;
-                    if !matches!(requester.first().map(|r| r.int(0)), Some(Ok(e)) if e != 0) {
-                        return Err(Error::Refused(Refusal::UserNotAllowed {
-                            account: s.view.account.clone(),
-                        }));
-                    }
+                    ensure_enabled(tx, &s.view.account)?;
                     events::append(
                         tx,
                         event(
@@ -1903,15 +1895,7 @@ fn still_allowed(
     if trusted {
         return Ok(());
     }
-    let user = tx.query(
-        "SELECT enabled FROM users WHERE account_key = $1",
-        &[s.view.account.clone().into()],
-    )?;
-    if !matches!(user.first().map(|r| r.int(0)), Some(Ok(e)) if e != 0) {
-        return Err(Error::Refused(Refusal::UserNotAllowed {
-            account: s.view.account.clone(),
-        }));
-    }
+    ensure_enabled(tx, &s.view.account)?;
     let rows = tx.query(
         "SELECT sealed FROM credentials WHERE account_key = $1 AND provider = $2",
         &[s.view.account.clone().into(), provider.into()],
@@ -1923,6 +1907,20 @@ fn still_allowed(
             "{CREDENTIALS_CHANGED}: `{}` in `{provider}` (request `{}`)",
             s.view.account, s.view.id
         )));
+    }
+    Ok(())
+}
+
+/// Refuses, inside a write, an account (by key) that is no enabled user.
+fn ensure_enabled(tx: &mut dyn Tx, key: &str) -> Result<()> {
+    let user = tx.query(
+        "SELECT enabled FROM users WHERE account_key = $1",
+        &[key.into()],
+    )?;
+    if !matches!(user.first().map(|r| r.int(0)), Some(Ok(e)) if e != 0) {
+        return Err(Error::Refused(Refusal::UserNotAllowed {
+            account: key.to_string(),
+        }));
     }
     Ok(())
 }

@@ -197,14 +197,14 @@ both! {
 async fn a_disabled_approver_approves_nothing(backend) {
     let w = world(backend).await;
     let v = w.service.request(ASA, "approval", "x", None, None).await.unwrap();
-    let disable = |enabled: bool| {
+    let set_enabled = |account: &'static str, enabled: bool| {
         let s = Arc::clone(&w.service);
         async move {
             s.store()
                 .write(move |tx| {
                     users::update(
                         tx,
-                        BOSS,
+                        account,
                         UserChanges {
                             enabled: Some(enabled),
                             ..Default::default()
@@ -218,51 +218,19 @@ async fn a_disabled_approver_approves_nothing(backend) {
                 .unwrap();
         }
     };
-    disable(false).await;
+    set_enabled(BOSS, false).await;
     let e = w.service.approve(&v.id, "contoso\\BOSS").await.unwrap_err();
     assert!(e.to_string().contains("not an enabled rolegate user"), "{e}");
     let e = w.service.reject(&v.id, BOSS, Some("no")).await.unwrap_err();
     assert!(e.to_string().contains("not an enabled rolegate user"), "{e}");
     assert_eq!(w.service.get(&v.id, None).await.unwrap().state, "pending_approval");
     // Nor is a disabled requester's request granted (it may still be rejected).
-    disable(true).await;
-    w.service
-        .store()
-        .write(|tx| {
-            users::update(
-                tx,
-                ASA,
-                UserChanges {
-                    enabled: Some(false),
-                    ..Default::default()
-                },
-                1,
-                "admin",
-                1,
-            )
-        })
-        .await
-        .unwrap();
+    set_enabled(BOSS, true).await;
+    set_enabled(ASA, false).await;
     let e = w.service.approve(&v.id, BOSS).await.unwrap_err();
     assert!(e.to_string().contains("`contoso\\åsa` is not an enabled rolegate user"), "{e}");
     assert_eq!(w.service.get(&v.id, None).await.unwrap().state, "pending_approval");
-    w.service
-        .store()
-        .write(|tx| {
-            users::update(
-                tx,
-                ASA,
-                UserChanges {
-                    enabled: Some(true),
-                    ..Default::default()
-                },
-                1,
-                "admin",
-                1,
-            )
-        })
-        .await
-        .unwrap();
+    set_enabled(ASA, true).await;
     // A removed approver approves nothing either.
     w.service.store().write(|tx| users::remove(tx, BOSS)).await.unwrap();
     let e = w.service.approve(&v.id, BOSS).await.unwrap_err();

@@ -113,6 +113,21 @@ async fn a_conditional_transition_has_one_winner(backend) {
 }
 }
 
+/// Opens the store at `at` and closes it again, for a test that expects the open to fail.
+async fn try_open(at: &Location) -> rolegate::error::Result<()> {
+    match &at.postgres {
+        None => {
+            rolegate::store::sqlite::Sqlite::open(&at.path().join("rolegate.db"), 0).map(|_| ())
+        }
+        Some(conn) => {
+            let config = parse_config(conn, None).unwrap();
+            tokio::task::spawn_blocking(move || Postgres::open(config, 0).map(|_| ()))
+                .await
+                .unwrap()
+        }
+    }
+}
+
 /// Takes users, events and tokens back to schema 5 (both backends): no skeletons, no
 /// events' account keys (schema 7), no account key beside a token's account (schema 6) —
 /// for a test that puts the database back to an older version, whose migrations then run again.
@@ -446,16 +461,7 @@ async fn values_round_trip_and_migrations_run_once(backend) {
     .unwrap();
     db.close();
     drop(db);
-    let e = match &at.postgres {
-        None => rolegate::store::sqlite::Sqlite::open(&at.path().join("rolegate.db"), 0).map(|_| ()),
-        Some(conn) => {
-            let config = parse_config(conn, None).unwrap();
-            tokio::task::spawn_blocking(move || Postgres::open(config, 0).map(|_| ()))
-                .await
-                .unwrap()
-        }
-    }
-    .unwrap_err();
+    let e = try_open(&at).await.unwrap_err();
     assert!(e.to_string().contains("schema is version 99"), "{e}");
 }
 }
@@ -700,19 +706,8 @@ async fn accounts_stored_before_the_identity_rule_get_their_new_keys(backend) {
     .unwrap();
     db.close();
     drop(db);
-    let open = || async {
-        match &at.postgres {
-            None => rolegate::store::sqlite::Sqlite::open(&at.path().join("rolegate.db"), 0).map(|_| ()),
-            Some(conn) => {
-                let config = parse_config(conn, None).unwrap();
-                tokio::task::spawn_blocking(move || Postgres::open(config, 0).map(|_| ()))
-                    .await
-                    .unwrap()
-            }
-        }
-    };
     for _ in 0..2 {
-        let e = open().await.unwrap_err().to_string();
+        let e = try_open(&at).await.unwrap_err().to_string();
         assert!(e.contains("`jdoe`") && e.contains("`ｊｄｏｅ`"), "{e}");
         assert!(e.contains("nothing was changed"), "{e}");
     }
