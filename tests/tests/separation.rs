@@ -700,3 +700,53 @@ async fn generated_spellings_count_as_one_account_in_the_store(backend) {
     }
 }
 }
+
+both! {
+#[tokio::test]
+async fn a_token_speaks_only_for_an_enabled_user(backend) {
+    use rolegate::tokens;
+    let w = world(backend).await;
+    let now = w.clock.now().as_millisecond();
+    let (user, admin, first) = w
+        .service
+        .store()
+        .write(move |tx| {
+            Ok((
+                tokens::issue(tx, "contoso\\ÅSA", false, "laptop", now)?,
+                tokens::issue(tx, BOSS, true, "admin", now)?,
+                tokens::issue(tx, "admin", true, "first admin", now)?,
+            ))
+        })
+        .await
+        .unwrap();
+    let verify = |token: String| {
+        let s = Arc::clone(&w.service);
+        async move {
+            s.store()
+                .read(move |tx| tokens::verify(tx, &token, now))
+                .await
+        }
+    };
+    let caller = verify(user.clone()).await.unwrap().unwrap();
+    assert!(users::same_account(&caller.account, ASA));
+    for (account, enabled) in [(ASA, false), (BOSS, false)] {
+        w.service
+            .store()
+            .write(move |tx| {
+                users::update(tx, account, UserChanges { enabled: Some(enabled), ..Default::default() }, 1, "admin", 1)
+            })
+            .await
+            .unwrap();
+    }
+    // A disabled user's token, an admin's too, is refused, saying why.
+    for token in [user.clone(), admin.clone()] {
+        let e = verify(token).await.unwrap_err();
+        assert!(e.to_string().contains("not an enabled rolegate user"), "{e}");
+    }
+    // The first admin is no user: its token stays valid.
+    assert!(verify(first).await.unwrap().unwrap().admin);
+    // A removed user's token does nothing either.
+    w.service.store().write(|tx| users::remove(tx, "CONTOSO\\åsa")).await.unwrap();
+    assert!(verify(user).await.is_err());
+}
+}
