@@ -354,11 +354,7 @@ pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<Event> {
             event.message.clone().into(),
             event.prev_hash.clone().into(),
             event.hash.clone().into(),
-            event
-                .account
-                .as_deref()
-                .map(crate::identity::account_key)
-                .into(),
+            account_key_if_other(event.account.as_deref()).into(),
         ],
     )?;
     crate::metrics::appended(event.id, event.provider.as_deref());
@@ -375,9 +371,17 @@ pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<Event> {
     Ok(event)
 }
 
-/// The event's account key (outside the hash: it is derived from the account) lets a filter
-/// find a user's events under any spelling.
+/// The event's account key where it differs from the account (outside the hash: it is
+/// derived from the account) lets a filter find a user's events under any spelling. The
+/// events of requests name the account by its key already, and store no second copy.
 const INSERT_EVENT: &str = "INSERT INTO events (seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash, account_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+
+/// The key of an event's account, when it is not the account as written.
+fn account_key_if_other(account: Option<&str>) -> Option<String> {
+    let account = account?;
+    let key = crate::identity::account_key(account);
+    (key != account).then_some(key)
+}
 
 /// Writes the chain's head row.
 pub fn store_head(tx: &mut dyn Tx, seq: i64, hash: &str) -> Result<()> {
@@ -416,28 +420,31 @@ pub fn list(tx: &mut dyn Tx, f: &Filter) -> Result<Vec<Event>> {
 fn list_query(f: &Filter) -> (String, Vec<Value>) {
     let mut sql = format!("SELECT {COLUMNS} FROM events WHERE 1 = 1");
     let mut params = Vec::new();
+    // Each clause names its parameter `?`, once or more.
     let mut add = |clause: &str, v: Value, params: &mut Vec<Value>| {
         params.push(v);
-        sql.push_str(&format!(" AND {clause} ${}", params.len()));
+        sql.push_str(" AND ");
+        sql.push_str(&clause.replace('?', &format!("${}", params.len())));
     };
     if let Some(id) = f.id {
-        add("id =", Value::Int(id), &mut params);
+        add("id = ?", Value::Int(id), &mut params);
     }
     if let Some(a) = &f.account {
+        // The key where it was stored, else the account is its own key.
         add(
-            "account_key =",
+            "(account_key = ? OR (account_key IS NULL AND account = ?))",
             crate::identity::account_key(a).into(),
             &mut params,
         );
     }
     if let Some(r) = &f.role {
-        add("role =", r.clone().into(), &mut params);
+        add("role = ?", r.clone().into(), &mut params);
     }
     if let Some(t) = f.since_ms {
-        add("at >=", Value::Int(t), &mut params);
+        add("at >= ?", Value::Int(t), &mut params);
     }
     if let Some(t) = f.until_ms {
-        add("at <", Value::Int(t), &mut params);
+        add("at < ?", Value::Int(t), &mut params);
     }
     let limit = f.limit.unwrap_or(1000).clamp(1, 100_000);
     sql.push_str(&format!(" ORDER BY seq DESC LIMIT {limit}"));

@@ -992,7 +992,8 @@ impl Service {
             .read(move |tx| {
                 let (account, caller) = match who {
                     Requester::Account(a) => (a, None),
-                    Requester::TokenHash(h) => match tokens::verify_hash(tx, &h, now_ms)? {
+                    // Its user is read below, and a disabled or missing one refused.
+                    Requester::TokenHash(h) => match tokens::holder_of_hash(tx, &h, now_ms)? {
                         Some(c) => (c.account.clone(), Some(c)),
                         None => return Err(Error::Unauthorized),
                     },

@@ -112,10 +112,10 @@ fn check_display_name(name: &str, max: usize) -> Result<()> {
 }
 
 /// The existing account a new one would be confused with: the same skeleton under another
-/// key. (Scanned by skeleton, an indexed column.)
+/// key. (Found by skeleton, an indexed column of its own table.)
 pub fn lookalike_of(tx: &mut dyn Tx, account: &str) -> Result<Option<String>> {
     let rows = tx.query(
-        "SELECT account, account_key FROM users WHERE skeleton = $1",
+        "SELECT u.account, u.account_key FROM account_skeletons s JOIN users u ON u.account_key = s.account_key WHERE s.skeleton = $1",
         &[crate::identity::skeleton(account).into()],
     )?;
     let key = account_key(account);
@@ -251,7 +251,7 @@ pub fn create(
     };
     tx.execute(
         &format!(
-            "INSERT INTO users ({COLUMNS}, account_key, skeleton) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "INSERT INTO users ({COLUMNS}, account_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ),
         &[
             user.account.clone().into(),
@@ -262,6 +262,12 @@ pub fn create(
             user.enabled.into(),
             Value::Int(now_ms),
             Value::Int(now_ms),
+            account_key(&account).into(),
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO account_skeletons (account_key, skeleton) VALUES ($1, $2)",
+        &[
             account_key(&account).into(),
             crate::identity::skeleton(&account).into(),
         ],
@@ -353,6 +359,10 @@ pub fn remove(tx: &mut dyn Tx, account: &str) -> Result<bool> {
     let key = account_key(account);
     tx.execute(
         "DELETE FROM credentials WHERE account_key = $1",
+        &[key.clone().into()],
+    )?;
+    tx.execute(
+        "DELETE FROM account_skeletons WHERE account_key = $1",
         &[key.clone().into()],
     )?;
     Ok(tx.execute("DELETE FROM users WHERE account_key = $1", &[key.into()])? > 0)

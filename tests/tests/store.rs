@@ -140,9 +140,7 @@ fn undo_token_keys(tx: &mut dyn rolegate::store::Tx) -> rolegate::error::Result<
 
 /// Takes users and events back to schema 6: no skeletons, no events' account keys.
 fn undo_identity_rule(tx: &mut dyn rolegate::store::Tx) -> rolegate::error::Result<()> {
-    tx.execute("DROP INDEX users_by_skeleton", &[])?;
-    tx.execute("ALTER TABLE users DROP COLUMN skeleton", &[])?;
-    tx.execute("DROP INDEX events_by_account", &[])?;
+    tx.execute("DROP TABLE account_skeletons", &[])?;
     tx.execute("ALTER TABLE events DROP COLUMN account_key", &[])?;
     Ok(())
 }
@@ -672,7 +670,7 @@ async fn accounts_stored_before_the_identity_rule_get_their_new_keys(backend) {
                     ..Default::default()
                 },
             )?;
-            let skeleton = tx.query("SELECT skeleton FROM users WHERE account = $1", &["CONTOSO\\Åsa".into()])?;
+            let skeleton = tx.query("SELECT skeleton FROM account_skeletons WHERE account_key = $1", &["contoso\\åsa".into()])?;
             Ok((user, creds, locks, token, events, skeleton))
         })
         .await

@@ -224,12 +224,14 @@ CREATE INDEX tokens_by_account ON tokens (account_key)
     ),
     (
         7,
-        "one identity rule: account keys are NFKC case folds; users' confusable skeletons; events by account key",
+        "one identity rule: account keys are NFKC case folds; users' confusable skeletons (a table of their own: the users' rows every request reads stay as narrow); events' account keys where they differ from the account",
         r#"
-ALTER TABLE users ADD COLUMN skeleton TEXT;
-CREATE INDEX users_by_skeleton ON users (skeleton);
-ALTER TABLE events ADD COLUMN account_key TEXT;
-CREATE INDEX events_by_account ON events (account_key, seq)
+CREATE TABLE account_skeletons (
+    account_key   TEXT NOT NULL PRIMARY KEY,
+    skeleton      TEXT NOT NULL
+);
+CREATE INDEX account_skeletons_by_skeleton ON account_skeletons (skeleton);
+ALTER TABLE events ADD COLUMN account_key TEXT
 "#,
     ),
 ];
@@ -302,7 +304,8 @@ pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
 }
 
 /// Schema 7's backfill: every account key becomes the account's NFKC case fold (it was its
-/// Unicode lower case), users get their skeletons and events their account keys. Two users
+/// Unicode lower case), users get their skeletons and events their account keys (where
+/// they differ from the account). Two users
 /// whose names the new rule makes one account stop the migration (nothing changes), naming
 /// both, for an admin to remove or rename one first.
 fn rekey_accounts(tx: &mut dyn Tx) -> Result<()> {
@@ -324,8 +327,8 @@ fn rekey_accounts(tx: &mut dyn Tx) -> Result<()> {
             });
         }
         tx.execute(
-            "UPDATE users SET skeleton = $1 WHERE account_key = $2",
-            &[skeleton(&account).into(), old.clone().into()],
+            "INSERT INTO account_skeletons (account_key, skeleton) VALUES ($1, $2)",
+            &[key.clone().into(), skeleton(&account).into()],
         )?;
         if key != old {
             moved.push((old, key));
@@ -385,7 +388,10 @@ fn rekey_accounts(tx: &mut dyn Tx) -> Result<()> {
         let Some(last) = rows.last() else { break };
         after = last.int(0)?;
         for r in &rows {
-            if let Ok(Some(account)) = r.opt_text(1) {
+            // Only where it differs (see `events::append`).
+            if let Ok(Some(account)) = r.opt_text(1)
+                && account_key(&account) != account
+            {
                 tx.execute(
                     "UPDATE events SET account_key = $1 WHERE seq = $2",
                     &[account_key(&account).into(), Value::Int(r.int(0)?)],
