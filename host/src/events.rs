@@ -379,6 +379,13 @@ const INSERT_EVENT: &str = "INSERT INTO events (seq, id, severity, source, at, a
 /// The key of an event's account, when it is not the account as written.
 fn account_key_if_other(account: Option<&str>) -> Option<String> {
     let account = account?;
+    // Lower-case ASCII with no white space around is its own key (a request's events).
+    if account.is_ascii()
+        && !account.bytes().any(|b| b.is_ascii_uppercase())
+        && account.trim().len() == account.len()
+    {
+        return None;
+    }
     let key = crate::identity::account_key(account);
     (key != account).then_some(key)
 }

@@ -1989,16 +1989,7 @@ fn activate(tx: &mut dyn Tx, s: &mut Stored, now: Timestamp) -> Result<()> {
 
 /// Refuses the write of a verdict while the request's account is locked out of its
 /// provider (a lockout another request's wrong answers set while this one was judged).
-fn refuse_if_locked(
-    tx: &mut dyn Tx,
-    s: &Stored,
-    provider: &str,
-    relied: &Relied,
-    now: Timestamp,
-) -> Result<()> {
-    if trusted(tx, s, relied, now) {
-        return Ok(());
-    }
+fn refuse_if_locked(tx: &mut dyn Tx, s: &Stored, provider: &str, now: Timestamp) -> Result<()> {
     let rows = tx.query(
         "SELECT locked_until FROM lockouts WHERE account_key = $1 AND provider = $2",
         &[s.view.account.clone().into(), provider.into()],
@@ -2121,11 +2112,13 @@ fn apply(
     now: Timestamp,
 ) -> Result<RequestView> {
     let provider = s.view.provider.clone().unwrap_or_default();
-    if matches!(outcome, Outcome::Approved(_) | Outcome::Denied(..)) {
+    // Asked before this write changes the account itself (a credential's update, a failure).
+    let trust = trusted(tx, &s, relied, now);
+    if matches!(outcome, Outcome::Approved(_) | Outcome::Denied(..)) && !trust {
         // A verdict lands only while the account is not locked out of the provider, whatever
         // it says: during a lockout a right answer and a wrong one get the same refusal.
         // (A read the writer vouches for saw no lockout, and nothing changed since.)
-        refuse_if_locked(tx, &s, &provider, relied, now)?;
+        refuse_if_locked(tx, &s, &provider, now)?;
     }
     match outcome {
         Outcome::Prompt {
@@ -2149,8 +2142,6 @@ fn apply(
             Ok(s.view)
         }
         Outcome::Approved(credential) => {
-            // Asked before this write changes the account itself (a credential's update).
-            let trust = trusted(tx, &s, relied, now);
             still_allowed(tx, &s, &provider, relied, trust)?;
             if let Some(CredentialUpdate {
                 credential: c,
