@@ -753,7 +753,16 @@ async fn set_user(
         .service
         .store()
         .write(move |tx| {
+            let before = users::get(tx, &account)?;
             let u = users::update(tx, &account, changes, rules, &c.account, now_ms())?;
+            // Disabled: what the user holds or waits for ends with the account's access.
+            if !u.enabled && before.is_some_and(|b| b.enabled) {
+                let why = format!("`{}` was disabled by `{}`", u.account, c.account);
+                let n = crate::service::end_access(tx, &u.account, &why, now_ms())?;
+                if n > 0 {
+                    fields.push(format!("{n} request(s) ended"));
+                }
+            }
             let what = format!("user changed ({})", fields.join(", "));
             events::admin_change(
                 tx,
@@ -784,15 +793,26 @@ async fn remove_user(
         .service
         .store()
         .write(move |tx| {
-            if !users::remove(tx, &a)? {
+            if users::get(tx, &a)?.is_none() {
                 return Ok(None);
             }
+            // What the user holds or waits for ends with the account.
+            let ended = crate::service::end_access(
+                tx,
+                &a,
+                &format!("`{}` was removed by `{}`", a.trim(), c.account),
+                now_ms(),
+            )?;
+            users::remove(tx, &a)?;
             // Its tokens speak for an account that is gone.
             let revoked = tokens::revoke_account(tx, &a)?;
-            let what = match revoked.len() {
+            let mut what = match revoked.len() {
                 0 => "user and credentials removed".to_string(),
                 n => format!("user and credentials removed, {n} token(s) revoked"),
             };
+            if ended > 0 {
+                what.push_str(&format!(", {ended} request(s) ended"));
+            }
             events::admin_change(
                 tx,
                 events::USER_REMOVED,

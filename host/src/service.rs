@@ -1912,6 +1912,43 @@ fn still_allowed(
     Ok(())
 }
 
+/// Ends, inside an admin's write, what an account holds or waits for when the account is
+/// disabled or removed: active and scheduled activations close, pending requests are
+/// cancelled (event 205 each, saying why). Returns how many ended.
+pub fn end_access(tx: &mut dyn Tx, account: &str, why: &str, now_ms: i64) -> Result<usize> {
+    let now = Timestamp::from_millisecond(now_ms).map_err(|e| Error::Invalid {
+        what: "time".into(),
+        message: e.to_string(),
+    })?;
+    let rows = tx.query(
+        &format!(
+            "SELECT {COLUMNS} FROM requests WHERE account_key = $1 AND state IN ('active', 'scheduled', 'pending_mfa', 'pending_approval')"
+        ),
+        &[account_key(account).into()],
+    )?;
+    for row in &rows {
+        let mut s = from_row(row)?;
+        let next = match s.state {
+            RequestState::Active | RequestState::Scheduled => RequestState::Closed,
+            _ => RequestState::Cancelled,
+        };
+        s.view.reason = Some(why.to_string());
+        transition(tx, &mut s, next, now)?;
+        events::append(
+            tx,
+            event(
+                events::REQUEST_CLOSED,
+                Severity::Warning,
+                &s,
+                None,
+                why.to_string(),
+            ),
+            now_ms,
+        )?;
+    }
+    Ok(rows.len())
+}
+
 /// Refuses, inside a write, an account (by key) that is no enabled user.
 fn ensure_enabled(tx: &mut dyn Tx, key: &str) -> Result<()> {
     let user = tx.query(

@@ -3437,6 +3437,27 @@ async fn separation_of_duties_holds_under_every_spelling_over_the_cli() {
             .contains("looking like `CONTOSO\\boss` and mixing scripts: allowed by `admin`"),
         "{created}"
     );
+    // Disabled, she holds nothing any more: her activation closes (205, saying why).
+    let (s, _) = call(
+        &d,
+        Some(&admin),
+        "PATCH",
+        "/v1/users/CONTOSO%5C%C3%85sa",
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, r) = call(&d, Some(&admin), "GET", &format!("/v1/requests/{id}"), None).await;
+    assert_eq!(r["state"], "closed", "{r}");
+    assert_eq!(r["reason"], "`CONTOSO\\Åsa` was disabled by `admin`", "{r}");
+    let (_, changed) = call(&d, Some(&admin), "GET", "/v1/events?id=501", None).await;
+    assert!(
+        changed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("enabled=false, 1 request(s) ended"),
+        "{changed}"
+    );
     // A user's token needs a user.
     let (s, e) = call(
         &d,

@@ -750,3 +750,34 @@ async fn a_token_speaks_only_for_an_enabled_user(backend) {
     assert!(verify(user).await.is_err());
 }
 }
+
+both! {
+#[tokio::test]
+async fn a_disabled_or_removed_account_holds_and_waits_for_nothing(backend) {
+    let w = world(backend).await;
+    let pending = w.service.request(ASA, "approval", "x", None, None).await.unwrap();
+    let v = w.service.request(ASA, "mfa", "x", None, None).await.unwrap();
+    let active = w.service.answer(&v.id, ASA, right(&v)).await.unwrap();
+    assert_eq!(active.state, "active");
+    let n = w
+        .service
+        .store()
+        .write(|tx| rolegate::service::end_access(tx, "contoso\\ÅSA", "`CONTOSO\\Åsa` was disabled by `admin`", 5))
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let closed = w.service.get(&active.id, None).await.unwrap();
+    assert_eq!((closed.state.as_str(), closed.reason.as_deref()), ("closed", Some("`CONTOSO\\Åsa` was disabled by `admin`")));
+    assert_eq!(w.service.get(&pending.id, None).await.unwrap().state, "cancelled");
+    let ended = events_of(&w, ASA, Some(events::REQUEST_CLOSED)).await;
+    assert_eq!(ended.len(), 2);
+    // Nothing left to end: a second call ends nothing.
+    let n = w
+        .service
+        .store()
+        .write(|tx| rolegate::service::end_access(tx, ASA, "again", 6))
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+}
