@@ -25,12 +25,15 @@ impl Default for TextLimits {
     fn default() -> Self {
         Self {
             justification_chars: 1024,
-            display_name_chars: crate::users::DEFAULT_DISPLAY_NAME_CHARS,
+            display_name_chars: DEFAULT_DISPLAY_NAME_CHARS,
             reason_chars: 512,
             label_chars: 128,
         }
     }
 }
+
+/// The longest display name, by default (`[limits] display_name_chars`).
+pub const DEFAULT_DISPLAY_NAME_CHARS: usize = 256;
 
 /// The values each limit may take.
 pub const RANGE: std::ops::RangeInclusive<usize> = 16..=65_536;

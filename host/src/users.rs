@@ -57,8 +57,7 @@ pub struct UserChanges {
 /// The key accounts are compared by (see [`crate::identity`]): one rule everywhere.
 pub use crate::identity::{account_key, same_account};
 
-/// The longest display name, by default (`[limits] display_name_chars`).
-pub const DEFAULT_DISPLAY_NAME_CHARS: usize = 256;
+pub use crate::limits::DEFAULT_DISPLAY_NAME_CHARS;
 
 /// What a new or changed user is checked against: the phone's default country code, the
 /// display name's limit, and whether an admin allows a name that looks like another.

@@ -618,7 +618,8 @@ async fn a_user_enrols_then_activates_with_the_enrolled_factor() {
     assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
 
     // While an answer is on its way, an admin disables the user, or removes the credential
-    // (a lost key): the right answer no longer activates, and the request stays pending.
+    // (a lost key): the right answer no longer activates (a disabled user's request is
+    // cancelled; a request whose credential went stays pending).
     let (dr, ur) = (&d, user.as_str());
     let new_request = || async move {
         let (s, r) = call(
@@ -658,11 +659,11 @@ async fn a_user_enrols_then_activates_with_the_enrolled_factor() {
         e.to_string().contains("not an enabled rolegate user"),
         "{e}"
     );
+    // Disabling the user cancelled the request (what they wait for ends with their access);
+    // the refused answer changed nothing of it.
     let (_, r) = call(&d, Some(&admin), "GET", &format!("/v1/requests/{id}"), None).await;
-    assert_eq!(
-        r["state"], "pending_mfa",
-        "nothing of the refused answer stays: {r}"
-    );
+    assert_eq!(r["state"], "cancelled", "{r}");
+    assert_eq!(r["reason"], "`jdoe` was disabled by `admin`", "{r}");
     let (s, _) = call(
         &d,
         Some(&admin),

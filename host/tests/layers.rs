@@ -1,0 +1,229 @@
+//! The host's layers: each module imports only modules of its own layer or below, with no
+//! cycle (docs/architecture.md, issue 27). The check reads `crate::` paths in the non-test
+//! code of `host/src` (a module is a top-level file or folder) and fails on any import that
+//! goes up a layer or closes a cycle, unless it is one of the known ones listed in `KNOWN`,
+//! which the rebuild of the host's inside removes one by one. A new upward import, or a
+//! known one that is gone but still listed, fails the test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed unwrap is a failed test
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// The layers, lowest first, and the modules in each.
+const LAYERS: &[(&str, &[&str])] = &[
+    (
+        "model (pure: no I/O)",
+        &[
+            "error",
+            "identity",
+            "limits",
+            "phone",
+            "clock",
+            "caches",
+            "activation",
+            "role",
+            "metrics",
+        ],
+    ),
+    ("storage", &["store", "secrets"]),
+    (
+        "records",
+        &[
+            "events",
+            "anchor",
+            "users",
+            "roles",
+            "tokens",
+            "import",
+            "directory",
+        ],
+    ),
+    ("plugins", &["plugins", "check"]),
+    ("the activation service", &["service"]),
+    ("surfaces", &["api", "web", "server", "tls", "access"]),
+    ("the binary's side", &["config", "client"]),
+];
+
+/// Imports that break the rule today, each to be removed (issue 27): from, to.
+const KNOWN: &[(&str, &str)] = &[
+    // `Refusal` lives in `role`, the error type in `error`: one of them moves.
+    ("error", "role"),
+    // Metrics read the store to render; the reading moves above the state.
+    ("metrics", "store"),
+    // Components import the config file's types; each should own its settings.
+    ("secrets", "config"),
+    ("store", "config"),
+    ("directory", "config"),
+    ("plugins", "config"),
+    ("server", "config"),
+    ("tls", "config"),
+    // The SQLite writer keeps the event chain's head; the migration fills tokens' keys.
+    ("store", "events"),
+    ("store", "tokens"),
+];
+
+fn layer_of(module: &str) -> Option<usize> {
+    LAYERS
+        .iter()
+        .position(|(_, modules)| modules.contains(&module))
+}
+
+/// The module a source file belongs to: its top-level file or folder under `src`.
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_string()
+}
+
+/// The modules a file's non-test code names by `crate::<module>`.
+fn imports(text: &str) -> BTreeSet<String> {
+    let code = match text.find("#[cfg(test)]") {
+        Some(i) => &text[..i],
+        None => text,
+    };
+    let mut out = BTreeSet::new();
+    for line in code.lines() {
+        let line = line.trim_start();
+        if line.starts_with("//") {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Every import between two modules of the host's library: from -> {to}.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in files {
+        let module = module_of(&src, &file);
+        // The binary's entry point is the top by definition (it imports `rolegate::`).
+        if module == "main" || module == "lib" {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap();
+        for to in imports(&text) {
+            if to != module {
+                graph.entry(module.clone()).or_default().insert(to);
+            }
+        }
+        graph.entry(module).or_default();
+    }
+    graph
+}
+
+#[test]
+fn every_module_has_a_layer() {
+    let unplaced: Vec<String> = graph()
+        .keys()
+        .filter(|m| layer_of(m).is_none())
+        .cloned()
+        .collect();
+    assert!(
+        unplaced.is_empty(),
+        "modules with no layer in tests/layers.rs: {unplaced:?}"
+    );
+}
+
+#[test]
+fn no_module_imports_a_layer_above_it_or_closes_a_cycle() {
+    let graph = graph();
+    let mut upward = BTreeSet::new();
+    for (from, tos) in &graph {
+        for to in tos {
+            let (Some(a), Some(b)) = (layer_of(from), layer_of(to)) else {
+                continue;
+            };
+            if b > a {
+                upward.insert((from.clone(), to.clone()));
+            }
+        }
+    }
+    let known: BTreeSet<(String, String)> = KNOWN
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    // Within a layer, imports must not go round: an edge on a cycle that does not pass
+    // through a known import is reported.
+    let mut rest = graph.clone();
+    for (from, to) in &known {
+        if let Some(tos) = rest.get_mut(from) {
+            tos.remove(to);
+        }
+    }
+    for (from, tos) in &rest {
+        for to in tos {
+            if layer_of(from) == layer_of(to) && reaches(&rest, to, from) {
+                upward.insert((from.clone(), to.clone()));
+            }
+        }
+    }
+    let new: Vec<_> = upward.difference(&known).collect();
+    assert!(
+        new.is_empty(),
+        "imports that go up a layer or close a cycle (from, to): {new:?} — move the code to \
+         the layer it belongs to, or pass what is needed down (see docs/architecture.md)"
+    );
+    let gone: Vec<_> = known
+        .iter()
+        .filter(|(from, to)| !graph.get(from).is_some_and(|tos| tos.contains(to)))
+        .collect();
+    assert!(
+        gone.is_empty(),
+        "known imports no longer made: remove them from KNOWN in tests/layers.rs: {gone:?}"
+    );
+}
+
+/// Whether `to` is reached from `from` through the graph.
+fn reaches(graph: &BTreeMap<String, BTreeSet<String>>, from: &str, to: &str) -> bool {
+    let mut seen = BTreeSet::new();
+    let mut stack = vec![from.to_string()];
+    while let Some(m) = stack.pop() {
+        if m == to {
+            return true;
+        }
+        if seen.insert(m.clone())
+            && let Some(next) = graph.get(&m)
+        {
+            stack.extend(next.iter().cloned());
+        }
+    }
+    false
+}
+
+#[test]
+fn the_check_reads_imports_as_written() {
+    let text = "use crate::error::{Error, Result};\nfn f() { crate::metrics::appended(1, None); }\n// crate::comment\n#[cfg(test)]\nmod tests { use crate::api; }";
+    let got: Vec<String> = imports(text).into_iter().collect();
+    assert_eq!(got, ["error", "metrics"]);
+}
