@@ -1088,7 +1088,7 @@ async fn metrics(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Respon
     let in_flight = api
         .service
         .store()
-        .read_long(crate::metrics::in_flight)
+        .read_long(crate::service::in_flight)
         .await?;
     let body = crate::metrics::METRICS.render(&in_flight);
     Ok((

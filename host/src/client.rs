@@ -110,7 +110,7 @@ fn client_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity> {
             message: "holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)".into(),
         });
     }
-    crate::config::check_private(key)?;
+    crate::private_files::check_private(key)?;
     let key_pem = std::fs::read(key).map_err(|source| Error::Io {
         what: format!("cannot read the client key {}", key.display()),
         source,

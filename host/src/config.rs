@@ -7,6 +7,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+pub use crate::server::{
+    DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+};
 
 /// The host's configuration, as read from `rolegate.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -85,18 +88,12 @@ fn default_listen() -> String {
     "127.0.0.1:8420".into()
 }
 
-/// The default of `[server] client_timeout_s`.
-pub const DEFAULT_CLIENT_TIMEOUT_S: u64 = 30;
-
 /// The values `[server] client_timeout_s` may take.
 pub const CLIENT_TIMEOUT_S_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
 
 fn default_client_timeout_s() -> u64 {
     DEFAULT_CLIENT_TIMEOUT_S
 }
-
-/// The default of `[server] max_connections`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 /// The values `[server] max_connections` may take.
 pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=1_000_000;
@@ -107,9 +104,6 @@ fn default_max_connections() -> usize {
 
 /// The fewest characters a metrics token may have.
 pub const MIN_METRICS_TOKEN: usize = 32;
-
-/// The default of `[server] max_connections_per_client`.
-pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 128;
 
 fn default_max_connections_per_client() -> usize {
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT
@@ -210,57 +204,7 @@ impl ServerConfig {
     }
 }
 
-/// Where state is kept.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoreConfig {
-    /// The SQLite database file (relative to the config's folder).
-    #[serde(default = "default_db")]
-    pub sqlite: PathBuf,
-    /// The key file that seals credentials; keep it outside the database's backups.
-    #[serde(default = "default_key")]
-    pub key_file: PathBuf,
-    /// A PostgreSQL connection string; when set, state lives there instead of `sqlite`.
-    #[serde(default)]
-    pub postgres: Option<String>,
-    /// A private file holding the PostgreSQL password, kept out of the connection string.
-    #[serde(default)]
-    pub postgres_password_file: Option<PathBuf>,
-    /// How long (MB) SQLite's WAL grows under sustained writes before it is started over:
-    /// each start-over holds writes for a few milliseconds, so fewer is a shorter tail.
-    #[serde(default = "default_wal_mb")]
-    pub wal_mb: u32,
-}
-
-/// The WAL's default length before a start-over, in MB.
-pub const DEFAULT_WAL_MB: u32 = 256;
-
-/// The WAL lengths the setting accepts, in MB.
-pub const WAL_MB_RANGE: std::ops::RangeInclusive<u32> = 4..=4096;
-
-fn default_wal_mb() -> u32 {
-    DEFAULT_WAL_MB
-}
-
-fn default_db() -> PathBuf {
-    PathBuf::from("rolegate.db")
-}
-
-fn default_key() -> PathBuf {
-    PathBuf::from("rolegate.key")
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        Self {
-            sqlite: default_db(),
-            key_file: default_key(),
-            postgres: None,
-            postgres_password_file: None,
-            wal_mb: DEFAULT_WAL_MB,
-        }
-    }
-}
+pub use crate::store::{DEFAULT_WAL_MB, StoreConfig, WAL_MB_RANGE};
 
 /// Where events go besides the database.
 #[derive(Debug, Clone, Deserialize)]
@@ -500,39 +444,8 @@ impl ProviderConfig {
     }
 }
 
-/// Refuses a file that its group or others can read, as OpenSSH does for private keys.
-pub fn check_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|source| Error::Io {
-        what: format!("cannot read {}", path.display()),
-        source,
-    })?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(Error::Permissions {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
-/// Reads a one-line secret (a password, a token) from a file that must be private
-/// ([`check_private`]), without its line ending.
-pub fn read_secret(path: &Path) -> Result<String> {
-    let text = read_private(path, "")?;
-    Ok(text.trim_end_matches(['\r', '\n']).to_string())
-}
-
-/// Reads a file that must be private ([`check_private`]); `what` names it in the error
-/// (`config `, or nothing).
-fn read_private(path: &Path, what: &str) -> Result<String> {
-    check_private(path)?;
-    std::fs::read_to_string(path).map_err(|source| Error::Io {
-        what: format!("cannot read {what}{}", path.display()),
-        source,
-    })
-}
+use crate::private_files::read_private;
+pub use crate::private_files::{check_private, read_secret};
 
 impl Config {
     /// Reads and checks a config file: private permissions, known keys, unique provider ids.

@@ -94,7 +94,7 @@ impl DirectoryConfig {
             });
         }
         if let Some(p) = &self.bind_password_file {
-            crate::config::check_private(p)?;
+            crate::private_files::check_private(p)?;
         }
         Ok(())
     }

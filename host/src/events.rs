@@ -390,14 +390,7 @@ fn account_key_if_other(account: Option<&str>) -> Option<String> {
     (key != account).then_some(key)
 }
 
-/// Writes the chain's head row.
-pub fn store_head(tx: &mut dyn Tx, seq: i64, hash: &str) -> Result<()> {
-    tx.execute(
-        "UPDATE event_head SET seq = $1, hash = $2 WHERE one = 1",
-        &[Value::Int(seq), hash.into()],
-    )?;
-    Ok(())
-}
+pub use crate::store::store_event_head as store_head;
 
 /// Which events to list.
 #[derive(Debug, Clone, Default)]

@@ -22,6 +22,8 @@ pub mod limits;
 pub mod metrics;
 pub mod phone;
 pub mod plugins;
+pub mod private_files;
+pub mod refusal;
 pub mod role;
 pub mod roles;
 pub mod secrets;

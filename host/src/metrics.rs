@@ -412,20 +412,6 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Counts the requests in each unfinished state (an indexed count per state).
-pub fn in_flight(tx: &mut dyn crate::store::Tx) -> crate::Result<InFlight> {
-    let mut out = Vec::new();
-    for state in crate::activation::RequestState::unfinished().map(|s| s.as_str()) {
-        let rows = tx.query(
-            "SELECT COUNT(*) FROM requests WHERE state = $1",
-            &[state.into()],
-        )?;
-        let n = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
-        out.push((state, n));
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,6 +28,15 @@ use crate::access::{self, AccessLog, ClientAddr};
 use crate::metrics::METRICS;
 use crate::tls::ServerTls;
 
+/// The default of `[server] client_timeout_s`.
+pub const DEFAULT_CLIENT_TIMEOUT_S: u64 = 30;
+
+/// The default of `[server] max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// The default of `[server] max_connections_per_client`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 128;
+
 /// What the server allows its clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -49,9 +58,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            client_timeout: Duration::from_secs(crate::config::DEFAULT_CLIENT_TIMEOUT_S),
-            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
-            max_connections_per_client: crate::config::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            client_timeout: Duration::from_secs(DEFAULT_CLIENT_TIMEOUT_S),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             drain: Duration::from_secs(10),
             body_budget: 64 << 20,
         }

@@ -1949,6 +1949,21 @@ pub fn end_access(tx: &mut dyn Tx, account: &str, why: &str, now_ms: i64) -> Res
     Ok(rows.len())
 }
 
+/// Counts the requests in each unfinished state (an indexed count per state), for the
+/// metrics page to render.
+pub fn in_flight(tx: &mut dyn Tx) -> Result<crate::metrics::InFlight> {
+    let mut out = Vec::new();
+    for state in RequestState::unfinished().map(|s| s.as_str()) {
+        let rows = tx.query(
+            "SELECT COUNT(*) FROM requests WHERE state = $1",
+            &[state.into()],
+        )?;
+        let n = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
+        out.push((state, n));
+    }
+    Ok(out)
+}
+
 /// Refuses, inside a write, an account (by key) that is no enabled user.
 fn ensure_enabled(tx: &mut dyn Tx, key: &str) -> Result<()> {
     let user = tx.query(

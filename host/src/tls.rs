@@ -279,7 +279,7 @@ fn read_pair(
             ),
         ));
     }
-    crate::config::check_private(key_path)?;
+    crate::private_files::check_private(key_path)?;
     let key_pem = std::fs::read(key_path).map_err(|source| Error::Io {
         what: format!("cannot read the TLS key {}", key_path.display()),
         source,

@@ -216,25 +216,6 @@ pub fn revoke_account(tx: &mut dyn Tx, account: &str) -> Result<Vec<String>> {
     Ok(revoked)
 }
 
-/// Gives every token without one its account's key (schema 6's migration). In Rust, as the
-/// key is the Unicode-lowercased account, which SQL's `lower` does not compute alike on both
-/// backends.
-pub(crate) fn fill_account_keys(tx: &mut dyn Tx) -> Result<()> {
-    for r in tx.query(
-        "SELECT hash, account FROM tokens WHERE account_key IS NULL",
-        &[],
-    )? {
-        tx.execute(
-            "UPDATE tokens SET account_key = $1 WHERE hash = $2",
-            &[
-                crate::users::account_key(&r.text(1)?).into(),
-                r.text(0)?.into(),
-            ],
-        )?;
-    }
-    Ok(())
-}
-
 /// How many tokens exist (a first start has none).
 pub fn count(tx: &mut dyn Tx) -> Result<i64> {
     tx.query("SELECT COUNT(*) FROM tokens", &[])?

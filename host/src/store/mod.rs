@@ -15,6 +15,7 @@ pub mod postgres;
 pub mod schema;
 pub mod sqlite;
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, mpsc};
 
@@ -178,7 +179,7 @@ pub enum Store {
 impl Store {
     /// Opens the configured backend: PostgreSQL when `postgres` is set, else the SQLite
     /// file. Blocking (connects and migrates): call it before serving.
-    pub fn open(config: &crate::config::StoreConfig, now_ms: i64) -> Result<Self> {
+    pub fn open(config: &StoreConfig, now_ms: i64) -> Result<Self> {
         let Some(conn) = &config.postgres else {
             return sqlite::Sqlite::open_sized(&config.sqlite, now_ms, config.wal_mb)
                 .map(Store::Sqlite);
@@ -186,7 +187,7 @@ impl Store {
         let password = config
             .postgres_password_file
             .as_deref()
-            .map(crate::config::read_secret)
+            .map(crate::private_files::read_secret)
             .transpose()?;
         let pg = postgres::parse_config(conn, password).map_err(|message| Error::Store {
             what: "reading [store] postgres".into(),
@@ -381,4 +382,66 @@ impl Tx for FailTx {
     fn backend(&self) -> &'static str {
         self.0
     }
+}
+
+/// Where state is kept.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite database file (relative to the config's folder).
+    #[serde(default = "default_db")]
+    pub sqlite: PathBuf,
+    /// The key file that seals credentials; keep it outside the database's backups.
+    #[serde(default = "default_key")]
+    pub key_file: PathBuf,
+    /// A PostgreSQL connection string; when set, state lives there instead of `sqlite`.
+    #[serde(default)]
+    pub postgres: Option<String>,
+    /// A private file holding the PostgreSQL password, kept out of the connection string.
+    #[serde(default)]
+    pub postgres_password_file: Option<PathBuf>,
+    /// How long (MB) SQLite's WAL grows under sustained writes before it is started over:
+    /// each start-over holds writes for a few milliseconds, so fewer is a shorter tail.
+    #[serde(default = "default_wal_mb")]
+    pub wal_mb: u32,
+}
+
+/// The WAL's default length before a start-over, in MB.
+pub const DEFAULT_WAL_MB: u32 = 256;
+
+/// The WAL lengths the setting accepts, in MB.
+pub const WAL_MB_RANGE: std::ops::RangeInclusive<u32> = 4..=4096;
+
+fn default_wal_mb() -> u32 {
+    DEFAULT_WAL_MB
+}
+
+fn default_db() -> PathBuf {
+    PathBuf::from("rolegate.db")
+}
+
+fn default_key() -> PathBuf {
+    PathBuf::from("rolegate.key")
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            sqlite: default_db(),
+            key_file: default_key(),
+            postgres: None,
+            postgres_password_file: None,
+            wal_mb: DEFAULT_WAL_MB,
+        }
+    }
+}
+
+/// Writes the event chain's head row (the newest sequence number and hash): the writer does
+/// it once per batch, the chain's own append when no writer keeps the head.
+pub fn store_event_head(tx: &mut dyn Tx, seq: i64, hash: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE event_head SET seq = $1, hash = $2 WHERE one = 1",
+        &[Value::Int(seq), hash.into()],
+    )?;
+    Ok(())
 }

@@ -241,7 +241,7 @@ ALTER TABLE events ADD COLUMN account_key TEXT
 const IDENTITY_RULE: i64 = 7;
 
 /// The version after whose statements the tokens get their account keys (computed in Rust:
-/// see [`crate::tokens::fill_account_keys`]).
+/// see [`fill_token_keys`]).
 const TOKEN_KEYS: i64 = 6;
 
 /// The newest schema version this binary knows.
@@ -285,7 +285,7 @@ pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
             tx.execute(&statement.replace("{blob}", blob), &[])?;
         }
         if *version == TOKEN_KEYS {
-            crate::tokens::fill_account_keys(tx)?;
+            fill_token_keys(tx)?;
         }
         if *version == IDENTITY_RULE {
             rekey_accounts(tx)?;
@@ -398,6 +398,24 @@ fn rekey_accounts(tx: &mut dyn Tx) -> Result<()> {
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Schema 6's backfill: every token without one gets its account's key. In Rust, as the key
+/// is not what SQL's `lower` computes alike on both backends.
+fn fill_token_keys(tx: &mut dyn Tx) -> Result<()> {
+    for r in tx.query(
+        "SELECT hash, account FROM tokens WHERE account_key IS NULL",
+        &[],
+    )? {
+        tx.execute(
+            "UPDATE tokens SET account_key = $1 WHERE hash = $2",
+            &[
+                crate::identity::account_key(&r.text(1)?).into(),
+                r.text(0)?.into(),
+            ],
+        )?;
     }
     Ok(())
 }

@@ -296,7 +296,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection> {
 impl Sqlite {
     /// Opens (creating when missing, with mode 0600) and migrates the database at `path`.
     pub fn open(path: &Path, now_ms: i64) -> Result<Self> {
-        Self::open_sized(path, now_ms, crate::config::DEFAULT_WAL_MB)
+        Self::open_sized(path, now_ms, super::DEFAULT_WAL_MB)
     }
 
     /// Opens the database with its WAL started over at `wal_mb` megabytes under load
@@ -318,7 +318,7 @@ impl Sqlite {
                     source,
                 })?;
         }
-        crate::config::check_private(path)?;
+        crate::private_files::check_private(path)?;
         let conn = open_connection(path, false)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -678,7 +678,7 @@ fn write_loop(
         }
         // The head is stored once per batch, inside it.
         let stored_head = match (&head.head, head.dirty && begun && !undo_all) {
-            (Some((seq, hash)), true) => crate::events::store_head(
+            (Some((seq, hash)), true) => super::store_event_head(
                 &mut SqliteTx {
                     conn: &conn,
                     head: None,
