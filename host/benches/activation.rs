@@ -184,7 +184,11 @@ fn main() {
             }],
             ..Default::default()
         };
-        let providers = Arc::new(Providers::load(&config).await.unwrap());
+        let providers = Arc::new(
+            Providers::load(&config.plugins, &config.providers)
+                .await
+                .unwrap(),
+        );
         let settings = Settings {
             lockout_threshold: 1_000_000,
             requests_per_minute: 1_000_000,

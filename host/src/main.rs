@@ -953,7 +953,7 @@ fn list(config: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let config = Config::load(config)?;
     let rt = runtime()?;
     let rows = rt.block_on(async {
-        let providers = Providers::load(&config).await?;
+        let providers = Providers::load(&config.plugins, &config.providers).await?;
         let mut rows = Vec::new();
         for p in providers.iter() {
             let health = match p.health().await {
@@ -1206,7 +1206,7 @@ fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             anchors.newest().filter(|_| !found_cut),
         )));
         let (crash_tx, mut crash_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
-        let providers = match Providers::load_observed(&config, Some(crash_tx)).await {
+        let providers = match Providers::load_observed(&config.plugins, &config.providers, Some(crash_tx)).await {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 let message = e.to_string();

@@ -1,9 +1,7 @@
 //! The host's layers: each module imports only modules of its own layer or below, with no
-//! cycle (docs/architecture.md, issue 27). The check reads `crate::` paths in the non-test
-//! code of `host/src` (a module is a top-level file or folder) and fails on any import that
-//! goes up a layer or closes a cycle, unless it is one of the known ones listed in `KNOWN`,
-//! which the rebuild of the host's inside removes one by one. A new upward import, or a
-//! known one that is gone but still listed, fails the test.
+//! cycle (docs/architecture.md). The check reads `crate::` paths in the non-test code of
+//! `host/src` (a module is a top-level file or folder) and fails on any import that goes up a
+//! layer or closes a cycle, naming it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed unwrap is a failed test
 
@@ -44,12 +42,6 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("the activation service", &["service"]),
     ("surfaces", &["api", "web", "server", "tls", "access"]),
     ("the binary's side", &["config", "client"]),
-];
-
-/// Imports that break the rule today, each to be removed (issue 27): from, to.
-const KNOWN: &[(&str, &str)] = &[
-    // The plugin loader takes the config file's types; plugins should own their settings.
-    ("plugins", "config"),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
@@ -158,38 +150,18 @@ fn no_module_imports_a_layer_above_it_or_closes_a_cycle() {
             }
         }
     }
-    let known: BTreeSet<(String, String)> = KNOWN
-        .iter()
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-        .collect();
-    // Within a layer, imports must not go round: an edge on a cycle that does not pass
-    // through a known import is reported.
-    let mut rest = graph.clone();
-    for (from, to) in &known {
-        if let Some(tos) = rest.get_mut(from) {
-            tos.remove(to);
-        }
-    }
-    for (from, tos) in &rest {
+    // Within a layer, imports must not go round: an edge on a cycle is reported.
+    for (from, tos) in &graph {
         for to in tos {
-            if layer_of(from) == layer_of(to) && reaches(&rest, to, from) {
+            if layer_of(from) == layer_of(to) && reaches(&graph, to, from) {
                 upward.insert((from.clone(), to.clone()));
             }
         }
     }
-    let new: Vec<_> = upward.difference(&known).collect();
     assert!(
-        new.is_empty(),
-        "imports that go up a layer or close a cycle (from, to): {new:?} — move the code to \
+        upward.is_empty(),
+        "imports that go up a layer or close a cycle (from, to): {upward:?} — move the code to \
          the layer it belongs to, or pass what is needed down (see docs/architecture.md)"
-    );
-    let gone: Vec<_> = known
-        .iter()
-        .filter(|(from, to)| !graph.get(from).is_some_and(|tos| tos.contains(to)))
-        .collect();
-    assert!(
-        gone.is_empty(),
-        "known imports no longer made: remove them from KNOWN in tests/layers.rs: {gone:?}"
     );
 }
 

@@ -145,7 +145,7 @@ pub async fn load_providers(
         providers,
         ..Default::default()
     };
-    rolegate::plugins::Providers::load(&config).await
+    rolegate::plugins::Providers::load(&config.plugins, &config.providers).await
 }
 
 pub mod browser;

@@ -227,7 +227,9 @@ async fn a_config_loads_every_provider_and_relative_paths_follow_the_config() {
         ),
     );
     let config = Config::load(&cfg).unwrap();
-    let providers = rolegate::plugins::Providers::load(&config).await.unwrap();
+    let providers = rolegate::plugins::Providers::load(&config.plugins, &config.providers)
+        .await
+        .unwrap();
     let ids: Vec<_> = providers.iter().map(|p| p.id().to_string()).collect();
     assert_eq!(ids, ["hello", "hello-iso"]);
     for p in providers.iter() {

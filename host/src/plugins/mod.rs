@@ -3,6 +3,7 @@
 pub mod frame;
 pub mod library;
 pub mod process;
+mod settings;
 pub mod worker;
 
 use std::collections::BTreeMap;
@@ -18,8 +19,8 @@ use rolegate_sdk::message::{
 use rolegate_sdk::{Bytes, ProviderError};
 use serde::de::DeserializeOwned;
 
-use crate::config::{Config, Isolation, PluginsConfig, ProviderConfig};
 use crate::error::{Error, Result};
+pub use settings::{Isolation, PluginsConfig, ProviderConfig};
 
 /// Hung in-process calls tolerated before a provider refuses new calls.
 const MAX_ABANDONED: usize = 16;
@@ -430,19 +431,20 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// Loads every provider of the config; the first refusal stops the load and names the file.
-    pub async fn load(config: &Config) -> Result<Self> {
-        Self::load_observed(config, None).await
+    /// Loads every configured provider; the first refusal stops the load and names the file.
+    pub async fn load(plugins: &PluginsConfig, providers: &[ProviderConfig]) -> Result<Self> {
+        Self::load_observed(plugins, providers, None).await
     }
 
     /// Like [`Providers::load`], reporting worker crashes to `observer`.
     pub async fn load_observed(
-        config: &Config,
+        plugins: &PluginsConfig,
+        providers: &[ProviderConfig],
         observer: Option<process::Observer>,
     ) -> Result<Self> {
         let mut by_id = BTreeMap::new();
-        for p in &config.providers {
-            let provider = load_observed(p, &config.plugins, observer.clone()).await?;
+        for p in providers {
+            let provider = load_observed(p, plugins, observer.clone()).await?;
             tracing::info!(
                 provider = %p.id,
                 library = %p.library.display(),
