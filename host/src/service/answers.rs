@@ -1,0 +1,544 @@
+//! Answers and polls: the provider judges the user's input, and one write applies its verdict
+//! — the lockout, the credential update, the attempt cap — or records the provider's fault.
+
+use super::*;
+
+impl Service {
+    async fn pending(&self, id: &str, account: &str) -> Result<(Stored, User, Vec<Row>)> {
+        let (i, a) = (id.to_string(), account.to_string());
+        let (stored, user, creds) = self
+            .store
+            .read(move |tx| {
+                let creds = credential_rows(tx, &account_key(&a))?;
+                Ok((load(tx, &i)?, users::get(tx, &a)?, creds))
+            })
+            .await?;
+        let not_found = || Error::NotFound {
+            what: format!("request `{id}`"),
+        };
+        let stored = stored.ok_or_else(not_found)?;
+        if !users::same_account(&stored.view.account, account) {
+            return Err(not_found());
+        }
+        let user = user.ok_or_else(not_found)?;
+        if stored.state != RequestState::PendingMfa {
+            return Err(Error::Conflict(format!(
+                "request `{id}` is {}, not waiting for MFA",
+                stored.state
+            )));
+        }
+        Ok((stored, user, creds))
+    }
+
+    /// Answers the request's current prompt (a code, a WebAuthn response, a signature).
+    pub async fn answer(&self, id: &str, account: &str, input: Input) -> Result<RequestView> {
+        self.continue_mfa(id, account, Some(input)).await
+    }
+
+    /// Asks the provider for the outcome of an out-of-band challenge (a phone call).
+    pub async fn poll(&self, id: &str, account: &str) -> Result<RequestView> {
+        self.continue_mfa(id, account, None).await
+    }
+
+    async fn continue_mfa(
+        &self,
+        id: &str,
+        account: &str,
+        input: Option<Input>,
+    ) -> Result<RequestView> {
+        let now = self.clock.now();
+        // Only a typed answer can be wrong and asked again; a poll's outcome ends the call.
+        let answered = input.is_some();
+        let (stored, user, credential_rows, kept_state, vouch) = match self.recall(id, account) {
+            Some(a) => (a.stored, a.user, a.credentials, Some(a.state), a.vouch),
+            None => {
+                let (stored, user, creds) = self.pending(id, account).await?;
+                (stored, user, creds, None, None)
+            }
+        };
+        let provider_id = stored.view.provider.clone().unwrap_or_default();
+        let expired = stored.ask_expires_at.is_some_and(|t| t <= ms(now));
+        let outcome = if expired {
+            Outcome::Denied(DenyReason::Expired, "the prompt expired".into())
+        } else {
+            let provider =
+                self.providers
+                    .get(&provider_id)
+                    .cloned()
+                    .ok_or_else(|| Error::NotFound {
+                        what: format!("provider `{provider_id}`"),
+                    })?;
+            let state = match kept_state {
+                Some(state) => state,
+                None => self
+                    .key
+                    .open(
+                        stored.challenge.as_deref().unwrap_or_default(),
+                        &format!("challenge/{id}"),
+                    )?
+                    .into(),
+            };
+            let ctx = ChallengeContext {
+                user: Self::user_context(&user),
+                role: stored.view.role.clone(),
+                request_id: id.to_string(),
+                credentials: self.unseal(&stored.view.account, &provider_id, &credential_rows)?,
+                origin: None,
+                now: now.as_second().max(0) as u64,
+            };
+            let step = match input {
+                Some(input) => provider.challenge_continue(ctx, state, input).await,
+                None => provider.challenge_poll(ctx, state).await,
+            };
+            // Malformed input changes nothing: the user may answer again.
+            self.judge(
+                step,
+                id,
+                now,
+                &credential_rows,
+                &provider_id,
+                &stored.view.account,
+            )?
+        };
+        let settings = self.settings.clone();
+        let key = Arc::clone(&self.key);
+        let relied = Relied::new(&credential_rows, &provider_id, vouch);
+        self.store
+            .write(move |tx| {
+                // The answer counts only if nothing happened to the request meanwhile: every
+                // update `apply` makes is conditional on the version read before the provider
+                // ran, and a miss undoes the whole write (credential, lockout, events).
+                let id = stored.view.id.clone();
+                apply(tx, stored, outcome, answered, &relied, &settings, &key, now).map_err(|e| {
+                    match e {
+                        Error::Conflict(m)
+                            if m.starts_with(CREDENTIAL_RACE)
+                                || m.starts_with(CREDENTIALS_CHANGED) =>
+                        {
+                            Error::Conflict(m)
+                        }
+                        Error::Conflict(_) => Error::Conflict(format!(
+                            "request `{id}` changed meanwhile: this prompt was already answered"
+                        )),
+                        e => e,
+                    }
+                })
+            })
+            .await
+    }
+
+    /// Lifts a user's lockout from a provider (event 301); true when there was one.
+    pub async fn unlock(&self, account: &str, provider: &str, actor: &str) -> Result<bool> {
+        let now = ms(self.clock.now());
+        let (a, p, actor) = (account.to_string(), provider.to_string(), actor.to_string());
+        self.store
+            .write(move |tx| {
+                let user = users::get(tx, &a)?.ok_or_else(|| Error::NotFound {
+                    what: format!("user `{a}`"),
+                })?;
+                let n = tx.execute(
+                    "DELETE FROM lockouts WHERE account_key = $1 AND provider = $2 AND locked_until IS NOT NULL",
+                    &[account_key(&a).into(), p.clone().into()],
+                )?;
+                tx.execute(
+                    "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2",
+                    &[account_key(&a).into(), p.clone().into()],
+                )?;
+                if n > 0 {
+                    let mut e = NewEvent::new(
+                        events::UNLOCKED,
+                        Severity::Information,
+                        "admin",
+                        format!("lockout from `{p}` lifted by `{actor}`"),
+                    );
+                    e.account = Some(user.account);
+                    e.provider = Some(p);
+                    events::append(tx, e, now)?;
+                }
+                Ok(n > 0)
+            })
+            .await
+    }
+}
+
+/// The start of the refusal of an approval whose credentials an admin changed meanwhile.
+const CREDENTIALS_CHANGED: &str =
+    "the credentials changed while the answer was checked (an admin removed or replaced one)";
+
+/// Why an answer was undone when another answer changed its credential first.
+const CREDENTIAL_RACE: &str =
+    "the credential changed meanwhile (another request used it): answer again with a new code";
+
+/// Prepares an approval's credential update for the write: the stored sealed value it was
+/// computed from, and the new value sealed here rather than on the writer's thread.
+pub(super) fn with_prior(
+    outcome: Outcome,
+    rows: &[Row],
+    provider: &str,
+    key: &SealingKey,
+    account_key: &str,
+) -> Result<Outcome> {
+    Ok(match outcome {
+        Outcome::Approved(Some(mut u)) => {
+            u.prior = rows
+                .iter()
+                .find(|r| {
+                    r.text(0).is_ok_and(|id| id == u.credential.id)
+                        && r.text(1).is_ok_and(|p| p == provider)
+                })
+                .and_then(|r| r.blob(3).ok());
+            u.sealed = Some(key.seal(
+                u.credential.data.as_slice(),
+                &Service::credential_context(account_key, provider, &u.credential.id),
+            )?);
+            Outcome::Approved(Some(u))
+        }
+        other => other,
+    })
+}
+
+/// Inside an approval's write: the user is still enabled, and the provider's credentials are
+/// still the ones it verified against (an admin may have disabled the user or removed a lost
+/// key while the answer was on its way); otherwise the approval is refused and undone.
+/// A read the writer vouches for (`trusted`: nothing changed the account since) stands for
+/// a new one.
+fn still_allowed(
+    tx: &mut dyn Tx,
+    s: &Stored,
+    provider: &str,
+    relied: &Relied,
+    trusted: bool,
+) -> Result<()> {
+    if trusted {
+        return Ok(());
+    }
+    ensure_enabled(tx, &s.view.account)?;
+    let rows = tx.query(
+        "SELECT sealed FROM credentials WHERE account_key = $1 AND provider = $2",
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    let mut current: Vec<Vec<u8>> = rows.iter().filter_map(|r| r.blob(0).ok()).collect();
+    current.sort();
+    if current != relied.seen {
+        return Err(Error::Conflict(format!(
+            "{CREDENTIALS_CHANGED}: `{}` in `{provider}` (request `{}`)",
+            s.view.account, s.view.id
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses the write of a verdict while the request's account is locked out of its
+/// provider (a lockout another request's wrong answers set while this one was judged).
+fn refuse_if_locked(tx: &mut dyn Tx, s: &Stored, provider: &str, now: Timestamp) -> Result<()> {
+    let rows = tx.query(
+        "SELECT locked_until FROM lockouts WHERE account_key = $1 AND provider = $2",
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    if let Some(Value::Int(until)) = rows.first().and_then(|r| r.0.first())
+        && *until > ms(now)
+    {
+        let until = Timestamp::from_millisecond(*until)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        return Err(Error::Refused(Refusal::LockedOut {
+            provider: provider.to_string(),
+            until,
+        }));
+    }
+    Ok(())
+}
+
+/// Ends the account's requests waiting for MFA with `provider` when a lockout starts (the one
+/// whose answer set it too, when it would have asked again): none of them may take an answer
+/// during it (event 101 each).
+fn fail_open_requests(tx: &mut dyn Tx, s: &Stored, provider: &str, now: Timestamp) -> Result<()> {
+    let open = tx.query(
+        &format!(
+            "SELECT {COLUMNS} FROM requests WHERE account_key = $1 AND state = 'pending_mfa' AND provider = $2"
+        ),
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    for row in &open {
+        let mut other = from_row(row)?;
+        other.view.reason = Some(format!(
+            "locked out of `{provider}` after too many wrong answers"
+        ));
+        transition(tx, &mut other, RequestState::Failed, now)?;
+        events::append(
+            tx,
+            event(
+                events::MFA_NOT_COMPLETED,
+                Severity::Error,
+                &other,
+                Some(provider),
+                format!(
+                    "MFA not completed: the account was locked out of `{provider}` (request `{}`)",
+                    s.view.id
+                ),
+            ),
+            ms(now),
+        )?;
+    }
+    Ok(())
+}
+
+/// Counts a wrong answer (or a reported fraud) against the account and provider; locks the
+/// account out of the provider at the threshold. True when it locked.
+fn record_failure(
+    tx: &mut dyn Tx,
+    s: &Stored,
+    provider: &str,
+    settings: &Settings,
+    now: Timestamp,
+    lock_now: bool,
+) -> Result<bool> {
+    let t = ms(now);
+    tx.execute(
+        "INSERT INTO lockouts (account_key, provider, failures, locked_until) VALUES ($1, $2, 0, NULL) ON CONFLICT (account_key, provider) DO NOTHING",
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    tx.execute(
+        "UPDATE lockouts SET failures = failures + 1 WHERE account_key = $1 AND provider = $2",
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    let rows = tx.query(
+        "SELECT failures FROM lockouts WHERE account_key = $1 AND provider = $2",
+        &[s.view.account.clone().into(), provider.into()],
+    )?;
+    let failures = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
+    if lock_now || failures >= settings.lockout_threshold {
+        let until = t + settings.lockout_duration.as_millis() as i64;
+        tx.execute(
+            "UPDATE lockouts SET locked_until = $1, failures = 0 WHERE account_key = $2 AND provider = $3",
+            &[Value::Int(until), s.view.account.clone().into(), provider.into()],
+        )?;
+        let why = if lock_now {
+            "fraud was reported"
+        } else {
+            "too many wrong answers"
+        };
+        events::append(
+            tx,
+            event(
+                events::LOCKED_OUT,
+                Severity::Warning,
+                s,
+                Some(provider),
+                format!(
+                    "locked out of `{provider}` for {} s: {why}",
+                    settings.lockout_duration.as_secs()
+                ),
+            ),
+            t,
+        )?;
+        fail_open_requests(tx, s, provider, now)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Applies a provider's outcome to a pending-MFA request, inside the writer's transaction.
+/// `answered`: the outcome judges a typed answer to an `Ask`, so a wrong one may be asked
+/// again; a wrong outcome of a poll (a PIN mistyped on the phone) has no prompt to re-ask.
+#[allow(clippy::too_many_arguments)] // one call per path; a struct would only rename them
+pub(super) fn apply(
+    tx: &mut dyn Tx,
+    mut s: Stored,
+    outcome: Outcome,
+    answered: bool,
+    relied: &Relied,
+    settings: &Settings,
+    key: &SealingKey,
+    now: Timestamp,
+) -> Result<RequestView> {
+    let provider = s.view.provider.clone().unwrap_or_default();
+    // Asked before this write changes the account itself (a credential's update, a failure).
+    let trust = trusted(tx, &s, relied, now);
+    if matches!(outcome, Outcome::Approved(_) | Outcome::Denied(..)) && !trust {
+        // A verdict lands only while the account is not locked out of the provider, whatever
+        // it says: during a lockout a right answer and a wrong one get the same refusal.
+        // (A read the writer vouches for saw no lockout, and nothing changed since.)
+        refuse_if_locked(tx, &s, &provider, now)?;
+    }
+    match outcome {
+        Outcome::Prompt {
+            prompt,
+            sealed,
+            expires_at,
+        } => {
+            let n = tx.execute(
+                "UPDATE requests SET prompt = $1, challenge = $2, ask_expires_at = $3, version = version + 1, updated_at = $4 WHERE id = $5 AND version = $6",
+                &[
+                    prompt.to_string().into(),
+                    Value::Blob(sealed),
+                    Value::Int(expires_at),
+                    Value::Int(ms(now)),
+                    s.view.id.clone().into(),
+                    Value::Int(s.version),
+                ],
+            )?;
+            ensure_updated(n, &s.view.id)?;
+            s.view.prompt = Some(prompt);
+            Ok(s.view)
+        }
+        Outcome::Approved(credential) => {
+            still_allowed(tx, &s, &provider, relied, trust)?;
+            if let Some(CredentialUpdate {
+                credential: c,
+                sealed,
+                prior,
+            }) = credential
+            {
+                let sealed = match sealed {
+                    Some(sealed) => sealed,
+                    None => key.seal(
+                        c.data.as_slice(),
+                        &Service::credential_context(&s.view.account, &provider, &c.id),
+                    )?,
+                };
+                let mut params = vec![
+                    Value::Blob(sealed),
+                    Value::Int(ms(now)),
+                    s.view.account.clone().into(),
+                    provider.clone().into(),
+                    c.id.into(),
+                    crate::limits::cut(&c.label, crate::limits::PROVIDER_LABEL_CHARS).into(),
+                ];
+                // Replay protection (a TOTP step, a sign count) holds only if two answers
+                // cannot both advance the same credential value: the update is conditional
+                // on the value the provider saw, and a miss undoes this whole answer.
+                let n = match prior {
+                    Some(prior) => {
+                        params.push(Value::Blob(prior));
+                        tx.execute(
+                            "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5 AND sealed = $7",
+                            &params,
+                        )?
+                    }
+                    None => tx.execute(
+                        "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
+                        &params,
+                    )?,
+                };
+                if n == 0 {
+                    return Err(Error::Conflict(format!(
+                        "{CREDENTIAL_RACE} (request `{}`)",
+                        s.view.id
+                    )));
+                }
+            }
+            // Failures are cleared; a read the writer vouches for that found none needs no
+            // statement (else only a row with failures is rewritten).
+            if !(trust && relied.vouch.is_some_and(|v| !v.failures)) {
+                tx.execute(
+                    "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2 AND failures <> 0",
+                    &[s.view.account.clone().into(), provider.clone().into()],
+                )?;
+            }
+            events::append(
+                tx,
+                event(
+                    events::MFA_COMPLETED,
+                    Severity::Information,
+                    &s,
+                    Some(&provider),
+                    "MFA completed".into(),
+                ),
+                ms(now),
+            )?;
+            if s.needs_approval {
+                s.view.reason = None;
+                transition(tx, &mut s, RequestState::PendingApproval, now)?;
+            } else {
+                activate(tx, &mut s, now)?;
+            }
+            Ok(s.view)
+        }
+        Outcome::Fault(detail) => {
+            // Not the user's failure: recorded as the provider's, counted nowhere.
+            s.view.reason = Some(format!(
+                "the provider `{provider}` failed, so MFA could not be checked (nothing was counted against you): try again, or choose another factor"
+            ));
+            transition(tx, &mut s, RequestState::Failed, now)?;
+            events::append(
+                tx,
+                event(
+                    events::MFA_NOT_COMPLETED,
+                    Severity::Error,
+                    &s,
+                    Some(&provider),
+                    format!(
+                        "MFA not completed: the provider failed ({detail}); not counted as the user's failure"
+                    ),
+                ),
+                ms(now),
+            )?;
+            Ok(s.view)
+        }
+        Outcome::Denied(reason, message) => {
+            // Only a wrong answer counts toward the attempt cap and the lockout; a replayed
+            // code is one the user can correct (the app's next code). A reported fraud locks
+            // at once. Anything else (declined, unreachable, expired, not enrolled, another
+            // refusal) ends the challenge and counts nowhere.
+            let retryable = matches!(reason, DenyReason::WrongAnswer | DenyReason::Replayed);
+            if retryable && answered {
+                s.wrong_answers += 1;
+                let left = settings.max_wrong_answers - s.wrong_answers;
+                if left > 0 {
+                    // Re-ask the same prompt: the provider's state is still valid.
+                    let n = tx.execute(
+                        "UPDATE requests SET wrong_answers = $1, version = version + 1, reason = $2, updated_at = $3 WHERE id = $4 AND version = $5",
+                        &[
+                            Value::Int(s.wrong_answers),
+                            format!("{message}; {left} attempt(s) left").into(),
+                            Value::Int(ms(now)),
+                            s.view.id.clone().into(),
+                            Value::Int(s.version),
+                        ],
+                    )?;
+                    ensure_updated(n, &s.view.id)?;
+                    if record_failure(tx, &s, &provider, settings, now, false)? {
+                        // That wrong answer locked the account out: the request ended with it.
+                        return load(tx, &s.view.id)?.map(|s| s.view).ok_or_else(|| {
+                            Error::NotFound {
+                                what: format!("request `{}`", s.view.id),
+                            }
+                        });
+                    }
+                    s.view.reason = Some(format!("{message}; {left} attempt(s) left"));
+                    return Ok(s.view);
+                }
+            }
+            let why = if retryable && answered {
+                format!("{message}; no attempts left")
+            } else {
+                message
+            };
+            s.view.reason = Some(why.clone());
+            transition(tx, &mut s, RequestState::Failed, now)?;
+            if retryable || reason == DenyReason::Fraud {
+                record_failure(
+                    tx,
+                    &s,
+                    &provider,
+                    settings,
+                    now,
+                    reason == DenyReason::Fraud,
+                )?;
+            }
+            events::append(
+                tx,
+                event(
+                    events::MFA_NOT_COMPLETED,
+                    Severity::Error,
+                    &s,
+                    Some(&provider),
+                    format!("MFA not completed: {why}"),
+                ),
+                ms(now),
+            )?;
+            Ok(s.view)
+        }
+    }
+}

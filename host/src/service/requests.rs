@@ -1,0 +1,490 @@
+//! Requests: creating one (the role's policy, the provider's first step, the code sent with
+//! the request), reading and closing them.
+
+use super::*;
+
+impl Service {
+    /// Creates a request: checks the role's policy, then starts MFA or activates at once.
+    pub async fn request(
+        &self,
+        account: &str,
+        role_name: &str,
+        justification: &str,
+        ttl: Option<SignedDuration>,
+        provider_choice: Option<&str>,
+    ) -> Result<RequestView> {
+        self.request_at(
+            account,
+            role_name,
+            justification,
+            ttl,
+            provider_choice,
+            None,
+        )
+        .await
+    }
+
+    /// Like [`Service::request`], with an optional delayed start (MIM's -RequestedTime):
+    /// MFA and approval happen now, the activation begins at `starts_at`.
+    pub async fn request_at(
+        &self,
+        account: &str,
+        role_name: &str,
+        justification: &str,
+        ttl: Option<SignedDuration>,
+        provider_choice: Option<&str>,
+        starts_at: Option<Timestamp>,
+    ) -> Result<RequestView> {
+        self.request_as(
+            Requester::Account(account.to_string()),
+            NewRequest {
+                role: role_name,
+                justification,
+                ttl,
+                provider: provider_choice,
+                starts_at,
+                answer: None,
+            },
+        )
+        .await
+        .map(|(_, v)| v)
+    }
+
+    /// Like [`Service::request_at`], for a requester known by account or by a bearer token
+    /// the API has not verified lately (the token is then verified in the request's own
+    /// read, and its caller returned for the API to remember), perhaps with the answer to
+    /// the first prompt (see [`NewRequest::answer`]).
+    pub async fn request_as(
+        &self,
+        who: Requester,
+        new: NewRequest<'_>,
+    ) -> Result<(Option<Caller>, RequestView)> {
+        let NewRequest {
+            role: role_name,
+            justification,
+            ttl,
+            provider: provider_choice,
+            starts_at,
+            answer,
+        } = new;
+        let now = self.clock.now();
+        crate::limits::check(
+            "justification",
+            justification,
+            self.settings.limits.justification_chars,
+            "justification_chars",
+        )?;
+        let starts_at = match starts_at {
+            Some(t) if t <= now => None,
+            Some(t) if t > now + MAX_START_DELAY => {
+                return Err(Error::Invalid {
+                    what: "request".into(),
+                    message: format!(
+                        "the start {t} is more than {} days away",
+                        MAX_START_DELAY.as_hours() / 24
+                    ),
+                });
+            }
+            other => other,
+        };
+        // The account's key, when the caller is known before any read.
+        let known_key = match &who {
+            Requester::Account(a) => Some(account_key(a)),
+            Requester::TokenHash(_) => None,
+        };
+        if let Some(k) = &known_key {
+            self.rate_limit(k, now)?;
+        }
+        let now_ms = ms(now);
+        let changes = self.store.changes().cloned();
+        // Rows the writer reports unchanged since they were read need no read (SQLite).
+        let cached = changes.as_deref().and_then(|c| {
+            let role = self.fresh_role(c, role_name, now_ms)?;
+            let rows = self.fresh_account(c, known_key.as_deref()?, now_ms)?;
+            Some((role, rows))
+        });
+        let (account, caller, role, rows) = match (cached, &who) {
+            (Some((role, rows)), Requester::Account(a)) => (a.clone(), None, role, rows),
+            _ => {
+                self.read_for_request(who, role_name, now_ms, changes.as_deref())
+                    .await?
+            }
+        };
+        let key = account_key(&account);
+        if caller.is_some() {
+            self.rate_limit(&key, now)?;
+        }
+        let credential_rows = rows.credentials.clone();
+        let lockouts = &rows.lockouts[..];
+        let enrolled: Vec<String> = credential_rows
+            .iter()
+            .map(|r| r.text(1))
+            .collect::<Result<_>>()?;
+        let user = match rows.user.clone() {
+            Some(u) if u.enabled => u,
+            _ => {
+                return Err(Error::Refused(Refusal::UserNotAllowed {
+                    account: account.clone(),
+                }));
+            }
+        };
+        // The availability window applies to when the activation starts.
+        let admission = role.admit(&user.account, justification, ttl, starts_at.unwrap_or(now))?;
+        let id = time_ordered_id(ms(now))?;
+        let mut stored = Stored {
+            view: RequestView {
+                id: id.clone(),
+                account: key.clone(),
+                role: role.name.clone(),
+                state: String::new(),
+                justification: justification.trim().to_string(),
+                ttl_s: admission.ttl.as_secs(),
+                provider: None,
+                prompt: None,
+                expires_at: None,
+                reason: None,
+                created_at: ms(now),
+                starts_at: starts_at.map(ms),
+            },
+            state: RequestState::initial(&admission, starts_at.is_some()),
+            challenge: None,
+            ask_expires_at: None,
+            version: 0,
+            wrong_answers: 0,
+            needs_approval: admission.needs_approval,
+            updated_at: ms(now),
+        };
+        if !admission.needs_mfa && answer.is_some() {
+            return Err(Error::Invalid {
+                what: "answer".into(),
+                message: format!(
+                    "role `{}` asks for no MFA: send the request without an answer",
+                    role.name
+                ),
+            });
+        }
+        if !admission.needs_mfa {
+            stored.view.state = stored.state.to_string();
+            if matches!(stored.state, RequestState::Active | RequestState::Scheduled) {
+                let from = starts_at.map_or(ms(now), ms);
+                stored.view.expires_at = Some(from + admission.ttl.as_millis() as i64);
+            }
+            let s = stored.clone_for_write();
+            return self
+                .store
+                .write(move |tx| {
+                    insert(tx, &s)?;
+                    created_events(tx, &s)?;
+                    Ok(s.view)
+                })
+                .await
+                .map(|v| (caller, v));
+        }
+        // MFA: pick the provider the user can use.
+        let usability = |p: &str| {
+            let Some(lp) = self.providers.get(p) else {
+                return Usability::Unavailable;
+            };
+            if let Some(at) = lp.retired_at(now) {
+                return Usability::Retired(at);
+            }
+            match lp.info() {
+                None => Usability::Unavailable,
+                Some(info) if info.needs_phone && user.phone.is_none() => Usability::NoPhone,
+                Some(info) if info.needs_enrolment && !enrolled.iter().any(|e| e == p) => {
+                    Usability::NotEnrolled
+                }
+                Some(_) => Usability::Usable,
+            }
+        };
+        let provider_id = role.choose_provider(provider_choice, usability)?;
+        let vouch = rows.stamp.map(|stamp| Vouch {
+            stamp,
+            read_at: rows.read_at,
+            failures: lockouts
+                .iter()
+                .any(|l| l.text(0).is_ok_and(|p| p == provider_id)),
+        });
+        for l in lockouts {
+            if l.text(0)? == provider_id
+                && let Some(Value::Int(until)) = l.0.get(1)
+                && *until > ms(now)
+            {
+                let until = Timestamp::from_millisecond(*until)
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                return Err(Error::Refused(Refusal::LockedOut {
+                    provider: provider_id,
+                    until,
+                }));
+            }
+        }
+        let provider =
+            self.providers
+                .get(&provider_id)
+                .cloned()
+                .ok_or_else(|| Error::NotFound {
+                    what: format!("provider `{provider_id}`"),
+                })?;
+        let ctx = ChallengeContext {
+            user: Self::user_context(&user),
+            role: role.name.clone(),
+            request_id: id.clone(),
+            credentials: self.unseal(&key, &provider_id, &credential_rows)?,
+            origin: None,
+            now: now.as_second().max(0) as u64,
+        };
+        // Refused before the provider starts anything (an SMS provider would send its code).
+        // (A typed answer only: the SDK's check fails `answer_ahead` on other responders.)
+        let ahead_ok = provider
+            .info()
+            .is_some_and(rolegate_sdk::ProviderInfo::takes_answer_ahead);
+        if answer.is_some() && !ahead_ok {
+            return Err(Error::Invalid {
+                what: "answer".into(),
+                message: format!(
+                    "provider `{provider_id}` sends or shows what its prompt's answer depends on, so it cannot be answered with the request: send the request without an answer, then answer its prompt"
+                ),
+            });
+        }
+        stored.view.provider = Some(provider_id.clone());
+        stored.view.state = RequestState::PendingMfa.to_string();
+        stored.state = RequestState::PendingMfa;
+        let ahead = answer.map(|input| (input, ctx.clone()));
+        let step = provider.challenge_start(ctx).await;
+        // The state as the answer needs it: kept beside its sealed copy, not opened again.
+        let plain_state = match &step {
+            Ok(Step::Ask { state, .. } | Step::Wait { state, .. }) => Some(state.clone()),
+            _ => None,
+        };
+        let outcome = match step {
+            Ok(step) => with_prior(
+                self.outcome(step, &id, now)?,
+                &credential_rows,
+                &provider_id,
+                &self.key,
+                &key,
+            )?,
+            Err(e) => Outcome::Fault(e.to_string()),
+        };
+        let relied = Relied::new(&credential_rows, &provider_id, vouch);
+        if let (
+            Some((input, ctx)),
+            Outcome::Prompt {
+                prompt,
+                sealed,
+                expires_at,
+            },
+            Some(state),
+        ) = (ahead, &outcome, &plain_state)
+        {
+            // The answer came with the request: the provider judges it now, and the request
+            // is stored with its outcome in one durable write, as create and answer would.
+            // (A first step that is no `Ask` — a verdict at once, a wait — leaves it unused.)
+            // Malformed input stores nothing: the user may send it again.
+            let step = provider.challenge_continue(ctx, state.clone(), input).await;
+            let judged = self.judge(step, &id, now, &credential_rows, &provider_id, &key)?;
+            let asked = stored.asking(prompt, sealed, *expires_at);
+            let settings = self.settings.clone();
+            let key = Arc::clone(&self.key);
+            let view = self
+                .store
+                .write(move |tx| {
+                    insert(tx, &asked)?;
+                    created_events(tx, &asked)?;
+                    apply(tx, asked, judged, true, &relied, &settings, &key, now)
+                })
+                .await?;
+            return Ok((caller, view));
+        }
+        let settings = self.settings.clone();
+        let key = Arc::clone(&self.key);
+        // The usual case: the request is stored with its first prompt, and kept for the answer.
+        let s = match &outcome {
+            Outcome::Prompt {
+                prompt,
+                sealed,
+                expires_at,
+            } => stored.asking(prompt, sealed, *expires_at),
+            _ => stored,
+        };
+        let awaiting = match (&outcome, plain_state) {
+            (Outcome::Prompt { .. }, Some(state)) => Some(Awaiting {
+                stored: s.clone_for_write(),
+                user: user.clone(),
+                credentials: credential_rows.clone(),
+                vouch,
+                state,
+            }),
+            _ => None,
+        };
+        // A request still waiting for its answer is cheap to lose in a power cut (the user
+        // asks again); anything that decides it is fsync'd before the caller hears of it.
+        let durable = !matches!(outcome, Outcome::Prompt { .. });
+        let view = self
+            .store
+            .write_with(durable, move |tx| {
+                insert(tx, &s)?;
+                created_events(tx, &s)?;
+                match outcome {
+                    // In one row write: the request with its first prompt.
+                    Outcome::Prompt { .. } => Ok(s.view),
+                    outcome => apply(tx, s, outcome, false, &relied, &settings, &key, now),
+                }
+            })
+            .await?;
+        if let Some(a) = awaiting {
+            self.remember(a, ms(now));
+        }
+        Ok((caller, view))
+    }
+
+    /// Reads what a create decides on, in one read (the token too, when it needs a look), and
+    /// keeps the role and the account's rows for the next creates (SQLite).
+    async fn read_for_request(
+        &self,
+        who: Requester,
+        role_name: &str,
+        now_ms: i64,
+        changes: Option<&Changes>,
+    ) -> Result<(String, Option<Caller>, Arc<Role>, Arc<AccountRows>)> {
+        let known_key = match &who {
+            Requester::Account(a) => Some(account_key(a)),
+            Requester::TokenHash(_) => None,
+        };
+        // A role the writer reports unchanged is not read again (a caller known only by a
+        // token not seen lately: the account's rows are read with the token).
+        let fresh_role = changes.and_then(|c| self.fresh_role(c, role_name, now_ms));
+        // Stamped before the read: a change committed meanwhile leaves what it read stale.
+        // The account's too when only the token names it: the writer then trusts the read.
+        let stamp = changes.map(Changes::stamp);
+        let role_stamp = stamp.filter(|_| fresh_role.is_none());
+        let known = self.cached_revision(role_name);
+        let r = fresh_role.is_none().then(|| role_name.to_string());
+        let (account, caller, spec, user, credentials, lockouts) = self
+            .store
+            .read(move |tx| {
+                let (account, caller) = match who {
+                    Requester::Account(a) => (a, None),
+                    // Its user is read below, and a disabled or missing one refused.
+                    Requester::TokenHash(h) => match tokens::holder_of_hash(tx, &h, now_ms)? {
+                        Some(c) => (c.account.clone(), Some(c)),
+                        None => return Err(Error::Unauthorized),
+                    },
+                };
+                let key = account_key(&account);
+                let spec = match r {
+                    Some(r) => Some(roles::get_if_changed(tx, &r, known)?),
+                    None => None,
+                };
+                let user = users::get(tx, &account)?;
+                let creds = credential_rows(tx, &key)?;
+                let lockouts = tx.query(
+                    "SELECT provider, locked_until FROM lockouts WHERE account_key = $1 AND (locked_until IS NOT NULL OR failures <> 0)",
+                    &[key.into()],
+                )?;
+                Ok((account, caller, spec, user, creds, lockouts))
+            })
+            .await?;
+        let role = match (fresh_role, spec) {
+            (Some(role), _) => role,
+            (None, spec) => {
+                let (revision, policy) = spec.flatten().ok_or_else(|| Error::NotFound {
+                    what: format!("role `{role_name}`"),
+                })?;
+                let trimmed = role_name.trim();
+                let role = self.role_from(trimmed, revision, policy).await?;
+                if let Some(stamp) = role_stamp
+                    && trimmed == role_name
+                {
+                    self.role_read(role_name, revision, stamp, now_ms);
+                }
+                role
+            }
+        };
+        let rows = Arc::new(AccountRows {
+            user,
+            credentials,
+            lockouts,
+            stamp,
+            read_at: now_ms,
+        });
+        if let Some(k) = known_key
+            && stamp.is_some()
+        {
+            self.account_read(&k, Arc::clone(&rows));
+        }
+        Ok((account, caller, role, rows))
+    }
+
+    /// Closes a request: an active one ends its activation; a pending one is cancelled.
+    pub async fn close(&self, id: &str, actor: &str, is_admin: bool) -> Result<RequestView> {
+        let now = self.clock.now();
+        let (id, actor) = (id.to_string(), actor.to_string());
+        self.store
+            .write(move |tx| {
+                let mut s = load(tx, &id)?
+                    .filter(|s| is_admin || users::same_account(&s.view.account, &actor))
+                    .ok_or_else(|| Error::NotFound {
+                        what: format!("request `{id}`"),
+                    })?;
+                let next = match s.state {
+                    RequestState::Active | RequestState::Scheduled => RequestState::Closed,
+                    RequestState::PendingMfa | RequestState::PendingApproval => {
+                        RequestState::Cancelled
+                    }
+                    other => {
+                        return Err(Error::Conflict(format!(
+                            "request `{id}` is {other} already"
+                        )));
+                    }
+                };
+                s.view.reason = Some(format!("closed by `{actor}`"));
+                transition(tx, &mut s, next, now)?;
+                let message = s.view.reason.clone().unwrap_or_default();
+                events::append(
+                    tx,
+                    event(
+                        events::REQUEST_CLOSED,
+                        Severity::Information,
+                        &s,
+                        None,
+                        message,
+                    ),
+                    ms(now),
+                )?;
+                Ok(s.view)
+            })
+            .await
+    }
+
+    /// A request, for its owner (or anyone when `account` is `None`).
+    pub async fn get(&self, id: &str, account: Option<&str>) -> Result<RequestView> {
+        let i = id.to_string();
+        let s = self.store.read(move |tx| load(tx, &i)).await?;
+        match s {
+            Some(s) if account.is_none_or(|a| users::same_account(a, &s.view.account)) => {
+                Ok(s.view)
+            }
+            _ => Err(Error::NotFound {
+                what: format!("request `{id}`"),
+            }),
+        }
+    }
+
+    /// The caller's own requests, newest first.
+    pub async fn requests_of(&self, account: &str, limit: i64) -> Result<Vec<RequestView>> {
+        let a = account_key(account);
+        self.store
+            .read(move |tx| {
+                tx.query(
+                    &format!("SELECT {COLUMNS} FROM requests WHERE account_key = $1 ORDER BY created_at DESC LIMIT $2"),
+                    &[a.into(), Value::Int(limit.clamp(1, 10_000))],
+                )?
+                .iter()
+                .map(|r| from_row(r).map(|s| s.view))
+                .collect()
+            })
+            .await
+    }
+}
