@@ -1,0 +1,58 @@
+//! The OpenAPI document of the API.
+
+use super::*;
+
+pub(super) async fn openapi() -> Json<Json_> {
+    Json(openapi_document())
+}
+
+/// The OpenAPI 3.1 document of the API.
+pub fn openapi_document() -> Json_ {
+    let op = |summary: &str, admin: bool| {
+        json!({"summary": summary, "security": [{"bearer": []}],
+               "x-rolegate-admin": admin,
+               "responses": {"200": {"description": "OK"}, "401": {"description": "no or bad token"},
+                             "403": {"description": "refused by policy, or not an admin"},
+                             "404": {"description": "not found"}, "409": {"description": "conflict"},
+                             "408": {"description": "the body did not arrive within [server] client_timeout_s"},
+                             "413": {"description": "the body is over 1 MiB"},
+                             "503": {"description": "a provider is unavailable, or too many large bodies are being received (Retry-After)"},
+                             "422": {"description": "invalid input"}}})
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "rolegate", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Privileged role activation gated by pluggable MFA. Errors are {\"error\": {\"code\", \"message\"}}."},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "paths": {
+            "/v1/me": {"get": op("The caller: {account, admin, expires_at}", false)},
+            "/v1/requests": {"post": op("Request a role (New-PAMRequest): {role, justification, ttl_s?, provider?, starts_at?}", false),
+                              "get": op("The caller's requests", false)},
+            "/v1/requests/{id}": {"get": op("A request (Get-PAMRequest)", false)},
+            "/v1/requests/{id}/answer": {"post": op("Answer the MFA prompt: {code} or {input}", false)},
+            "/v1/requests/{id}/poll": {"post": op("Poll an out-of-band MFA (a phone call)", false)},
+            "/v1/requests/{id}/close": {"post": op("Close a request (Close-PAMRequest)", false)},
+            "/v1/enrolments": {"post": op("Begin enrolling the caller in a provider: {provider}", false)},
+            "/v1/enrolments/continue": {"post": op("Continue an enrolment: {provider, state, code?|input?}", false)},
+            "/v1/approvals": {"get": op("Requests to approve (Get-PAMRequestToApprove)", false)},
+            "/v1/approvals/{id}/approve": {"post": op("Approve (Set-PAMRequestToApprove -Approve)", false)},
+            "/v1/approvals/{id}/reject": {"post": op("Reject: {reason?} (Set-PAMRequestToApprove -Reject)", false)},
+            "/v1/users": {"get": op("Users (Get-PAMUser)", true), "post": op("New user (New-PAMUser)", true)},
+            "/v1/users/{account}": {"get": op("A user", false), "patch": op("Change a user (Set-PAMUser); a phone change raises event 825", true),
+                                    "delete": op("Remove a user (Remove-PAMUser)", true)},
+            "/v1/users/{account}/unlock": {"post": op("Lift a lockout: {provider} (event 301)", true)},
+            "/v1/users/{account}/credentials": {"get": op("A user's credentials (id, provider, label, created_at; never their data): admins, or the user", false)},
+            "/v1/users/{account}/credentials/{provider}/{id}": {"delete": op("Remove a credential, e.g. a lost phone (event 311)", true)},
+            "/v1/roles": {"get": op("Roles (Get-PAMRole)", false), "post": op("New role (New-PAMRole)", true)},
+            "/v1/roles/{name}": {"get": op("A role", false), "put": op("Replace a role's policy (Set-PAMRole)", true),
+                                 "delete": op("Remove a role (Remove-PAMRole)", true)},
+            "/v1/events": {"get": op("Events, newest first: ?id&account&role&since_ms&until_ms&limit", true)},
+            "/v1/events/verify": {"get": op("Verify the event hash chain", true)},
+            "/v1/providers": {"get": op("Providers with their health", false)},
+            "/v1/tokens": {"post": op("Issue a token: {account, admin?, label?}; shown once", true),
+                           "get": op("List tokens: id, account, admin, label, created_at, expires_at (never a secret)", true)},
+            "/v1/tokens/{id}": {"delete": op("Revoke a token by its id; it stops working at once", true)},
+            "/metrics": {"get": op("Metrics in Prometheus's text format: admins, or the token of [server] metrics_token_file", true)},
+        }
+    })
+}
