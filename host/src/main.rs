@@ -8,6 +8,14 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 use rolegate::config::{Config, Isolation, PluginsConfig, check_private};
+
+mod cli;
+
+use cli::approval::ApprovalCommand;
+use cli::request::RequestCommand;
+use cli::role::RoleCommand;
+use cli::token::TokenCommand;
+use cli::user::UserCommand;
 use rolegate::plugins::{self, Plugin, Providers};
 
 /// mimalloc instead of glibc's allocator: the request path allocates on one thread and frees
@@ -58,209 +66,6 @@ struct Cli {
     json: bool,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(clap::Args, Default)]
-struct RoleArgs {
-    /// Candidate accounts, comma-separated (New-PAMRole -Candidates).
-    #[arg(long, value_delimiter = ',')]
-    candidates: Option<Vec<String>>,
-    /// Approver accounts, comma-separated (-Approvers).
-    #[arg(long, value_delimiter = ',')]
-    approvers: Option<Vec<String>>,
-    /// Default activation length, seconds (-TTL).
-    #[arg(long)]
-    ttl: Option<i64>,
-    /// Longest activation, seconds.
-    #[arg(long)]
-    max_ttl: Option<i64>,
-    /// 1 to require MFA through the role's providers, 0 for none (-MFAEnabled).
-    #[arg(long)]
-    mfa_enabled: Option<u8>,
-    /// 1 to require an approver's approval (-ApprovalEnabled).
-    #[arg(long)]
-    approval_enabled: Option<u8>,
-    /// 1 to require a justification.
-    #[arg(long)]
-    justification_required: Option<u8>,
-    /// Accepted MFA providers in order of preference, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    providers: Option<Vec<String>>,
-    /// Availability window days (`mon-fri`), comma-separated (-AvailabilityWindowEnabled).
-    #[arg(long, value_delimiter = ',')]
-    available_days: Option<Vec<String>>,
-    /// Window opening time, HH:MM (-AvailableFrom).
-    #[arg(long)]
-    available_from: Option<String>,
-    /// Window closing time, HH:MM (-AvailableTo).
-    #[arg(long)]
-    available_to: Option<String>,
-    /// Window time zone (IANA).
-    #[arg(long)]
-    time_zone: Option<String>,
-    /// Remove the availability window.
-    #[arg(long)]
-    no_window: bool,
-}
-
-#[derive(Subcommand)]
-enum UserCommand {
-    /// Add a user (New-PAMUser).
-    New {
-        /// Account (`CONTOSO\jdoe`).
-        account: String,
-        /// Display name.
-        #[arg(long)]
-        display_name: Option<String>,
-        /// Phone number; the default country code applies when it has none.
-        #[arg(long)]
-        phone: Option<String>,
-        /// E-mail address.
-        #[arg(long)]
-        email: Option<String>,
-        /// Copy display name, phone and e-mail from the configured directory (once).
-        #[arg(long)]
-        from_directory: bool,
-        /// Accept an account that mixes scripts or looks like an existing one (recorded in
-        /// event 500): only for a name you have checked letter by letter.
-        #[arg(long)]
-        allow_lookalike: bool,
-    },
-    /// Change a user (Set-PAMUser); a phone change raises event 825.
-    Set {
-        /// Account.
-        account: String,
-        /// Display name.
-        #[arg(long)]
-        display_name: Option<String>,
-        /// Phone number (empty to remove).
-        #[arg(long)]
-        phone: Option<String>,
-        /// E-mail (empty to remove).
-        #[arg(long)]
-        email: Option<String>,
-        /// Enable or disable the user.
-        #[arg(long)]
-        enabled: Option<bool>,
-    },
-    /// Show one user, or all (Get-PAMUser).
-    Get {
-        /// Account; all users when omitted.
-        account: Option<String>,
-    },
-    /// Remove a user (Remove-PAMUser).
-    Remove {
-        /// Account.
-        account: String,
-    },
-    /// List a user's credentials (never their secrets).
-    Credentials {
-        /// Account.
-        account: String,
-    },
-    /// Remove a user's credential, e.g. a lost phone (event 311); the user may enrol again.
-    RemoveCredential {
-        /// Account.
-        account: String,
-        /// The provider the credential belongs to.
-        #[arg(long)]
-        provider: String,
-        /// The credential's id (from `user credentials`).
-        #[arg(long)]
-        id: String,
-    },
-    /// Lift a user's lockout from a provider (event 301).
-    Unlock {
-        /// Account.
-        account: String,
-        /// The provider the user is locked out of.
-        #[arg(long)]
-        provider: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum RoleCommand {
-    /// Add a role (New-PAMRole).
-    New {
-        /// Role name.
-        name: String,
-        #[command(flatten)]
-        args: RoleArgs,
-    },
-    /// Change a role (Set-PAMRole).
-    Set {
-        /// Role name.
-        name: String,
-        #[command(flatten)]
-        args: RoleArgs,
-    },
-    /// Show one role, or all (Get-PAMRole).
-    Get {
-        /// Role name; all roles when omitted.
-        name: Option<String>,
-    },
-    /// Remove a role (Remove-PAMRole).
-    Remove {
-        /// Role name.
-        name: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum RequestCommand {
-    /// Request a role and complete its MFA here (New-PAMRequest).
-    New {
-        /// The role.
-        #[arg(long)]
-        role: String,
-        /// Why (-Justification).
-        #[arg(long, default_value = "")]
-        justification: String,
-        /// Activation length, seconds (-RequestedTTL).
-        #[arg(long)]
-        ttl: Option<i64>,
-        /// The MFA provider, when the role accepts several.
-        #[arg(long)]
-        provider: Option<String>,
-        /// Start later, at this RFC 3339 time (-RequestedTime).
-        #[arg(long)]
-        start: Option<String>,
-        /// The code your authenticator app shows, sent with the request (TOTP roles): one
-        /// round trip, no prompt. `-` reads it first, from the terminal without echo or a
-        /// line of standard input.
-        #[arg(long)]
-        code: Option<String>,
-    },
-    /// Show a request, or your requests (Get-PAMRequest).
-    Get {
-        /// Request id; your requests when omitted.
-        id: Option<String>,
-    },
-    /// Close a request (Close-PAMRequest).
-    Close {
-        /// Request id.
-        id: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum ApprovalCommand {
-    /// Requests waiting for you (Get-PAMRequestToApprove).
-    List,
-    /// Approve (Set-PAMRequestToApprove -Approve).
-    Approve {
-        /// Request id.
-        id: String,
-    },
-    /// Reject (Set-PAMRequestToApprove -Reject).
-    Reject {
-        /// Request id.
-        id: String,
-        /// Why.
-        #[arg(long)]
-        reason: Option<String>,
-    },
 }
 
 #[derive(Subcommand)]
@@ -378,29 +183,6 @@ enum ImportCommand {
         /// Show what would change; write nothing.
         #[arg(long)]
         dry_run: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Issue a token for an account; it is shown once.
-    New {
-        /// The account it speaks for.
-        #[arg(long)]
-        account: String,
-        /// Let it administer users, roles, tokens and events.
-        #[arg(long)]
-        admin: bool,
-        /// A note for admins.
-        #[arg(long, default_value = "")]
-        label: String,
-    },
-    /// List the tokens: id, account, admin, label, when issued (never a secret).
-    List,
-    /// Revoke a token by its id (from `token list`): it stops working at once.
-    Revoke {
-        /// The token's id.
-        id: String,
     },
 }
 
@@ -592,98 +374,6 @@ enum Remote {
     },
 }
 
-const USER_COLUMNS: &[(&str, &str)] = &[
-    ("ACCOUNT", "account"),
-    ("DISPLAY NAME", "display_name"),
-    ("PHONE", "phone"),
-    ("EMAIL", "email"),
-    ("ENABLED", "enabled"),
-];
-const CREDENTIAL_COLUMNS: &[(&str, &str)] = &[
-    ("PROVIDER", "provider"),
-    ("ID", "id"),
-    ("LABEL", "label"),
-    ("CREATED", "created_at"),
-];
-
-const ROLE_COLUMNS: &[(&str, &str)] = &[
-    ("NAME", "name"),
-    ("MFA", "mfa_enabled"),
-    ("PROVIDERS", "providers"),
-    ("APPROVAL", "approval_enabled"),
-    ("TTL", "ttl_s"),
-    ("MAX TTL", "max_ttl_s"),
-    ("CANDIDATES", "candidates"),
-];
-const REQUEST_COLUMNS: &[(&str, &str)] = &[
-    ("ID", "id"),
-    ("USER", "account"),
-    ("ROLE", "role"),
-    ("STATE", "state"),
-    ("PROVIDER", "provider"),
-    ("REASON", "reason"),
-];
-
-fn role_body(
-    name: &str,
-    base: Option<serde_json::Value>,
-    a: RoleArgs,
-) -> anyhow::Result<serde_json::Value> {
-    use serde_json::json;
-    let mut v = base.unwrap_or_else(|| {
-        json!({"name": name, "candidates": [], "approvers": [], "ttl_s": 3600, "max_ttl_s": 3600,
-               "justification_required": false, "approval_enabled": false, "mfa_enabled": false, "providers": []})
-    });
-    let flag = |x: u8, key: &str| -> anyhow::Result<bool> {
-        match x {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => bail!("--{key} takes 1 or 0"),
-        }
-    };
-    if let Some(c) = a.candidates {
-        v["candidates"] = json!(c);
-    }
-    if let Some(c) = a.approvers {
-        v["approvers"] = json!(c);
-    }
-    if let Some(t) = a.ttl {
-        v["ttl_s"] = json!(t);
-        if a.max_ttl.is_none() && v["max_ttl_s"].as_i64().unwrap_or(0) < t {
-            v["max_ttl_s"] = json!(t);
-        }
-    }
-    if let Some(t) = a.max_ttl {
-        v["max_ttl_s"] = json!(t);
-    }
-    if let Some(m) = a.mfa_enabled {
-        v["mfa_enabled"] = json!(flag(m, "mfa-enabled")?);
-    }
-    if let Some(m) = a.approval_enabled {
-        v["approval_enabled"] = json!(flag(m, "approval-enabled")?);
-    }
-    if let Some(m) = a.justification_required {
-        v["justification_required"] = json!(flag(m, "justification-required")?);
-    }
-    if let Some(p) = a.providers {
-        v["providers"] = json!(p);
-    }
-    if a.no_window {
-        v["availability"] = serde_json::Value::Null;
-    } else if a.available_days.is_some() || a.available_from.is_some() || a.available_to.is_some() {
-        let old = v["availability"].clone();
-        v["availability"] = json!({
-            "days": a.available_days.map(|d| json!(d)).unwrap_or_else(|| old["days"].clone()),
-            "from": a.available_from.map(|d| json!(d)).unwrap_or_else(|| old["from"].clone()),
-            "to": a.available_to.map(|d| json!(d)).unwrap_or_else(|| old["to"].clone()),
-            "time_zone": a.time_zone.map(|d| json!(d)).unwrap_or_else(|| {
-                if old["time_zone"].is_null() { json!("UTC") } else { old["time_zone"].clone() }
-            }),
-        });
-    }
-    Ok(v)
-}
-
 /// The daemon the CLI talks to, and how.
 struct Daemon {
     server: String,
@@ -694,8 +384,7 @@ struct Daemon {
 }
 
 fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode> {
-    use rolegate::client::{Client, request_summary, segment, table};
-    use serde_json::json;
+    use rolegate::client::{Client, table};
     let client = Client::with_identity(
         &daemon.server,
         daemon.token.clone(),
@@ -708,172 +397,35 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
     let rt = runtime()?;
     let (value, columns): (serde_json::Value, Option<&[(&str, &str)]>) = rt.block_on(async {
         anyhow::Ok(match what {
-            Remote::User(c) => match c {
-                UserCommand::New { account, display_name, phone, email, from_directory, allow_lookalike } => {
-                    let mut body = json!({"account": account,
-                        "display_name": display_name.unwrap_or_default(), "phone": phone, "email": email,
-                        "from_directory": from_directory});
-                    // Sent only when set: a daemon that predates it refuses unknown fields.
-                    if allow_lookalike {
-                        body["allow_lookalike"] = json!(true);
-                    }
-                    (client.call("POST", "/v1/users", Some(body)).await?, Some(USER_COLUMNS))
-                }
-                UserCommand::Set { account, display_name, phone, email, enabled } => {
-                    let mut body = serde_json::Map::new();
-                    if let Some(d) = display_name { body.insert("display_name".into(), json!(d)); }
-                    if let Some(p) = phone { body.insert("phone".into(), if p.is_empty() { json!(null) } else { json!(p) }); }
-                    if let Some(e) = email { body.insert("email".into(), if e.is_empty() { json!(null) } else { json!(e) }); }
-                    if let Some(e) = enabled { body.insert("enabled".into(), json!(e)); }
-                    (client.call("PATCH", &format!("/v1/users/{}", segment(&account)), Some(body.into())).await?, Some(USER_COLUMNS))
-                }
-                UserCommand::Get { account: Some(a) } => (client.call("GET", &format!("/v1/users/{}", segment(&a)), None).await?, Some(USER_COLUMNS)),
-                UserCommand::Get { account: None } => (client.call("GET", "/v1/users", None).await?, Some(USER_COLUMNS)),
-                UserCommand::Remove { account } => {
-                    client.call("DELETE", &format!("/v1/users/{}", segment(&account)), None).await?;
-                    (json!(format!("removed user `{account}`")), None)
-                }
-                UserCommand::Credentials { account } => {
-                    let path = format!("/v1/users/{}/credentials", segment(&account));
-                    (client.call("GET", &path, None).await?, Some(CREDENTIAL_COLUMNS))
-                }
-                UserCommand::RemoveCredential { account, provider, id } => {
-                    let path = format!(
-                        "/v1/users/{}/credentials/{}/{}",
-                        segment(&account),
-                        segment(&provider),
-                        segment(&id)
-                    );
-                    client.call("DELETE", &path, None).await?;
-                    (json!(format!("credential `{id}` of `{account}` in `{provider}` removed")), None)
-                }
-                UserCommand::Unlock { account, provider } => {
-                    let v = client.call("POST", &format!("/v1/users/{}/unlock", segment(&account)), Some(json!({"provider": provider}))).await?;
-                    let said = if v["unlocked"] == true { "lockout lifted" } else { "was not locked out" };
-                    (json!(format!("`{account}` on `{provider}`: {said}")), None)
-                }
-            },
-            Remote::Role(c) => match c {
-                RoleCommand::New { name, args } => {
-                    let body = role_body(&name, None, args)?;
-                    (client.call("POST", "/v1/roles", Some(body)).await?, Some(ROLE_COLUMNS))
-                }
-                RoleCommand::Set { name, args } => {
-                    let path = format!("/v1/roles/{}", segment(&name));
-                    let current = client.call("GET", &path, None).await?;
-                    let body = role_body(&name, Some(current), args)?;
-                    (client.call("PUT", &path, Some(body)).await?, Some(ROLE_COLUMNS))
-                }
-                RoleCommand::Get { name: Some(n) } => (client.call("GET", &format!("/v1/roles/{}", segment(&n)), None).await?, Some(ROLE_COLUMNS)),
-                RoleCommand::Get { name: None } => (client.call("GET", "/v1/roles", None).await?, Some(ROLE_COLUMNS)),
-                RoleCommand::Remove { name } => {
-                    client.call("DELETE", &format!("/v1/roles/{}", segment(&name)), None).await?;
-                    (json!(format!("removed role `{name}`")), None)
-                }
-            },
-            Remote::Request(c) => match c {
-                RequestCommand::New { role, justification, ttl, provider, start, code } => {
-                    let code = match code.as_deref() {
-                        Some("-") => Some(rolegate::client::read_code("Enter the code")?),
-                        other => other.map(String::from),
-                    }
-                    .map(|c| c.trim().to_string());
-                    let mut body = json!({"role": role, "justification": justification, "ttl_s": ttl,
-                        "provider": provider, "starts_at": start});
-                    // Only when given: a daemon older than the field refuses fields it does not know.
-                    if let Some(code) = code {
-                        body["code"] = json!(code);
-                    }
-                    let v = client.call("POST", "/v1/requests", Some(body)).await?;
-                    let v = rolegate::client::walk_request(&client, v).await?;
-                    // A request that ended without the role is a failure for scripts too.
-                    if matches!(v["state"].as_str(), Some("failed" | "rejected" | "cancelled")) {
-                        bail!("{}", request_summary(&v));
-                    }
-                    if json { (v, None) } else { (json!(request_summary(&v)), None) }
-                }
-                RequestCommand::Get { id: Some(id) } => (client.call("GET", &format!("/v1/requests/{}", segment(&id)), None).await?, Some(REQUEST_COLUMNS)),
-                RequestCommand::Get { id: None } => (client.call("GET", "/v1/requests", None).await?, Some(REQUEST_COLUMNS)),
-                RequestCommand::Close { id } => {
-                    let v = client.call("POST", &format!("/v1/requests/{}/close", segment(&id)), None).await?;
-                    if json { (v, None) } else { (json!(request_summary(&v)), None) }
-                }
-            },
-            Remote::Approval(c) => match c {
-                ApprovalCommand::List => (client.call("GET", "/v1/approvals", None).await?, Some(REQUEST_COLUMNS)),
-                ApprovalCommand::Approve { id } => {
-                    let v = client.call("POST", &format!("/v1/approvals/{}/approve", segment(&id)), None).await?;
-                    if json { (v, None) } else { (json!(request_summary(&v)), None) }
-                }
-                ApprovalCommand::Reject { id, reason } => {
-                    let v = client.call("POST", &format!("/v1/approvals/{}/reject", segment(&id)), Some(json!({"reason": reason}))).await?;
-                    if json { (v, None) } else { (json!(request_summary(&v)), None) }
-                }
-            },
-            Remote::Enrol(provider) => {
-                let v = client.call("POST", "/v1/enrolments", Some(json!({"provider": provider}))).await?;
-                let v = rolegate::client::walk_enrolment(&client, v).await?;
-                if json { (v, None) } else if v["done"] == true {
-                    (json!(format!("enrolled in `{provider}` (credential `{}`)", v["credential"].as_str().unwrap_or(""))), None)
-                } else {
-                    bail!("enrolment in `{provider}` did not complete: {}", v["message"].as_str().unwrap_or("no reason given"));
-                }
-            }
-            Remote::Token(TokenCommand::List) => (client.call("GET", "/v1/tokens", None).await?, Some(&[
-                ("ID", "id"), ("ACCOUNT", "account"), ("ADMIN", "admin"), ("LABEL", "label"), ("CREATED", "created_at"),
-            ][..])),
-            Remote::Token(TokenCommand::Revoke { id }) => {
-                let v = client.call("DELETE", &format!("/v1/tokens/{}", segment(&id)), None).await?;
-                if json { (v, None) } else { (json!(format!("token `{}` of `{}` revoked", v["id"].as_str().unwrap_or(""), v["account"].as_str().unwrap_or(""))), None) }
-            }
-            Remote::Token(TokenCommand::New { account, admin, label }) => {
-                let v = client.call("POST", "/v1/tokens", Some(json!({"account": account, "admin": admin, "label": label}))).await?;
-                if json { (v, None) } else { (json!(format!("token for `{account}` (shown once): {}", v["token"].as_str().unwrap_or(""))), None) }
-            }
-            Remote::Whoami => {
-                let v = client.call("GET", "/v1/me", None).await?;
-                if json { (v, None) } else {
-                    let kind = if v["admin"] == true { "an admin token" } else { "a user token" };
-                    (json!(format!("`{}` ({kind})", v["account"].as_str().unwrap_or(""))), None)
-                }
-            }
-            Remote::Providers => (client.call("GET", "/v1/providers", None).await?, Some(&[
-                ("ID", "id"), ("NAME", "info.name"), ("VERSION", "info.version"), ("ISOLATION", "isolation"), ("HEALTH", "health.status"), ("SUNSET", "sunset"),
-            ][..])),
-            Remote::Events { action: Some(a), .. } if a == "verify" => {
-                let v = client.call("GET", "/v1/events/verify", None).await?;
-                // A daemon that predates anchors sends no `anchored_seq`.
-                let anchored = match (v["anchored_seq"].as_i64(), v["anchored_at"].as_str()) {
-                    (Some(seq), Some(at)) => format!("anchored up to event {seq}, signed {at}"),
-                    _ if v.get("anchored_seq").is_some() => "no anchor yet".to_string(),
-                    _ => String::new(),
-                };
-                if json && v["intact"] != true {
-                    // Scripts read the report and the exit code: a broken log is a failure.
-                    println!("{}", serde_json::to_string_pretty(&v)?);
-                    std::process::exit(2);
-                }
-                if json { (v, None) } else if v["intact"] == true {
-                    let anchored = if anchored.is_empty() { anchored } else { format!("; {anchored}") };
-                    (json!(format!("event log intact: {} events verified{anchored}", v["events"])), None)
-                } else {
-                    let anchored = if anchored.is_empty() { anchored } else { format!("; {anchored}") };
-                    bail!("event log TAMPERED at event {}: {}{anchored}", v["seq"], v["reason"].as_str().unwrap_or(""));
-                }
-            }
-            Remote::Events { action: Some(a), .. } => bail!("unknown events action `{a}`: use `rolegate events verify`"),
-            Remote::Events { action: None, id, user, role, since, limit } => {
-                let mut q = vec![format!("limit={limit}")];
-                if let Some(i) = id { q.push(format!("id={i}")); }
-                if let Some(u) = user { q.push(format!("account={}", segment(&u))); }
-                if let Some(r) = role { q.push(format!("role={}", segment(&r))); }
-                if let Some(s) = since {
-                    let t: jiff::Timestamp = s.parse().with_context(|| format!("--since `{s}` is not an RFC 3339 time"))?;
-                    q.push(format!("since_ms={}", t.as_millisecond()));
-                }
-                (client.call("GET", &format!("/v1/events?{}", q.join("&")), None).await?, Some(&[
-                    ("SEQ", "seq"), ("ID", "id"), ("SEVERITY", "severity"), ("USER", "account"), ("ROLE", "role"), ("MESSAGE", "message"),
-                ][..]))
+            Remote::User(c) => cli::user::run(&client, c).await?,
+            Remote::Role(c) => cli::role::run(&client, c).await?,
+            Remote::Request(c) => cli::request::run(&client, json, c).await?,
+            Remote::Approval(c) => cli::approval::run(&client, json, c).await?,
+            Remote::Enrol(provider) => cli::enrol::run(&client, json, provider).await?,
+            Remote::Token(c) => cli::token::run(&client, json, c).await?,
+            Remote::Whoami => cli::token::whoami(&client, json).await?,
+            Remote::Providers => cli::providers::list(&client).await?,
+            Remote::Events {
+                action,
+                id,
+                user,
+                role,
+                since,
+                limit,
+            } => {
+                cli::events::run(
+                    &client,
+                    json,
+                    cli::events::Query {
+                        action,
+                        id,
+                        user,
+                        role,
+                        since,
+                        limit,
+                    },
+                )
+                .await?
             }
         })
     })?;

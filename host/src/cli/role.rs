@@ -1,0 +1,190 @@
+//! `rolegate role`: roles and their policy (the PAM role cmdlets).
+
+use anyhow::bail;
+use clap::Subcommand;
+use rolegate::client::{Client, segment};
+use serde_json::json;
+
+use super::Out;
+
+/// A role's policy as `role new` and `role set` take it.
+#[derive(clap::Args, Default)]
+pub(crate) struct RoleArgs {
+    /// Candidate accounts, comma-separated (New-PAMRole -Candidates).
+    #[arg(long, value_delimiter = ',')]
+    candidates: Option<Vec<String>>,
+    /// Approver accounts, comma-separated (-Approvers).
+    #[arg(long, value_delimiter = ',')]
+    approvers: Option<Vec<String>>,
+    /// Default activation length, seconds (-TTL).
+    #[arg(long)]
+    ttl: Option<i64>,
+    /// Longest activation, seconds.
+    #[arg(long)]
+    max_ttl: Option<i64>,
+    /// 1 to require MFA through the role's providers, 0 for none (-MFAEnabled).
+    #[arg(long)]
+    mfa_enabled: Option<u8>,
+    /// 1 to require an approver's approval (-ApprovalEnabled).
+    #[arg(long)]
+    approval_enabled: Option<u8>,
+    /// 1 to require a justification.
+    #[arg(long)]
+    justification_required: Option<u8>,
+    /// Accepted MFA providers in order of preference, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    providers: Option<Vec<String>>,
+    /// Availability window days (`mon-fri`), comma-separated (-AvailabilityWindowEnabled).
+    #[arg(long, value_delimiter = ',')]
+    available_days: Option<Vec<String>>,
+    /// Window opening time, HH:MM (-AvailableFrom).
+    #[arg(long)]
+    available_from: Option<String>,
+    /// Window closing time, HH:MM (-AvailableTo).
+    #[arg(long)]
+    available_to: Option<String>,
+    /// Window time zone (IANA).
+    #[arg(long)]
+    time_zone: Option<String>,
+    /// Remove the availability window.
+    #[arg(long)]
+    no_window: bool,
+}
+
+/// The `rolegate role` commands.
+#[derive(Subcommand)]
+pub(crate) enum RoleCommand {
+    /// Add a role (New-PAMRole).
+    New {
+        /// Role name.
+        name: String,
+        #[command(flatten)]
+        args: RoleArgs,
+    },
+    /// Change a role (Set-PAMRole).
+    Set {
+        /// Role name.
+        name: String,
+        #[command(flatten)]
+        args: RoleArgs,
+    },
+    /// Show one role, or all (Get-PAMRole).
+    Get {
+        /// Role name; all roles when omitted.
+        name: Option<String>,
+    },
+    /// Remove a role (Remove-PAMRole).
+    Remove {
+        /// Role name.
+        name: String,
+    },
+}
+
+/// The role table's columns.
+pub(crate) const ROLE_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "name"),
+    ("MFA", "mfa_enabled"),
+    ("PROVIDERS", "providers"),
+    ("APPROVAL", "approval_enabled"),
+    ("TTL", "ttl_s"),
+    ("MAX TTL", "max_ttl_s"),
+    ("CANDIDATES", "candidates"),
+];
+
+fn role_body(
+    name: &str,
+    base: Option<serde_json::Value>,
+    a: RoleArgs,
+) -> anyhow::Result<serde_json::Value> {
+    use serde_json::json;
+    let mut v = base.unwrap_or_else(|| {
+        json!({"name": name, "candidates": [], "approvers": [], "ttl_s": 3600, "max_ttl_s": 3600,
+               "justification_required": false, "approval_enabled": false, "mfa_enabled": false, "providers": []})
+    });
+    let flag = |x: u8, key: &str| -> anyhow::Result<bool> {
+        match x {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => bail!("--{key} takes 1 or 0"),
+        }
+    };
+    if let Some(c) = a.candidates {
+        v["candidates"] = json!(c);
+    }
+    if let Some(c) = a.approvers {
+        v["approvers"] = json!(c);
+    }
+    if let Some(t) = a.ttl {
+        v["ttl_s"] = json!(t);
+        if a.max_ttl.is_none() && v["max_ttl_s"].as_i64().unwrap_or(0) < t {
+            v["max_ttl_s"] = json!(t);
+        }
+    }
+    if let Some(t) = a.max_ttl {
+        v["max_ttl_s"] = json!(t);
+    }
+    if let Some(m) = a.mfa_enabled {
+        v["mfa_enabled"] = json!(flag(m, "mfa-enabled")?);
+    }
+    if let Some(m) = a.approval_enabled {
+        v["approval_enabled"] = json!(flag(m, "approval-enabled")?);
+    }
+    if let Some(m) = a.justification_required {
+        v["justification_required"] = json!(flag(m, "justification-required")?);
+    }
+    if let Some(p) = a.providers {
+        v["providers"] = json!(p);
+    }
+    if a.no_window {
+        v["availability"] = serde_json::Value::Null;
+    } else if a.available_days.is_some() || a.available_from.is_some() || a.available_to.is_some() {
+        let old = v["availability"].clone();
+        v["availability"] = json!({
+            "days": a.available_days.map(|d| json!(d)).unwrap_or_else(|| old["days"].clone()),
+            "from": a.available_from.map(|d| json!(d)).unwrap_or_else(|| old["from"].clone()),
+            "to": a.available_to.map(|d| json!(d)).unwrap_or_else(|| old["to"].clone()),
+            "time_zone": a.time_zone.map(|d| json!(d)).unwrap_or_else(|| {
+                if old["time_zone"].is_null() { json!("UTC") } else { old["time_zone"].clone() }
+            }),
+        });
+    }
+    Ok(v)
+}
+
+/// Runs a `role` command against the daemon.
+pub(crate) async fn run(client: &Client, cmd: RoleCommand) -> anyhow::Result<Out> {
+    Ok(match cmd {
+        RoleCommand::New { name, args } => {
+            let body = role_body(&name, None, args)?;
+            (
+                client.call("POST", "/v1/roles", Some(body)).await?,
+                Some(ROLE_COLUMNS),
+            )
+        }
+        RoleCommand::Set { name, args } => {
+            let path = format!("/v1/roles/{}", segment(&name));
+            let current = client.call("GET", &path, None).await?;
+            let body = role_body(&name, Some(current), args)?;
+            (
+                client.call("PUT", &path, Some(body)).await?,
+                Some(ROLE_COLUMNS),
+            )
+        }
+        RoleCommand::Get { name: Some(n) } => (
+            client
+                .call("GET", &format!("/v1/roles/{}", segment(&n)), None)
+                .await?,
+            Some(ROLE_COLUMNS),
+        ),
+        RoleCommand::Get { name: None } => (
+            client.call("GET", "/v1/roles", None).await?,
+            Some(ROLE_COLUMNS),
+        ),
+        RoleCommand::Remove { name } => {
+            client
+                .call("DELETE", &format!("/v1/roles/{}", segment(&name)), None)
+                .await?;
+            (json!(format!("removed role `{name}`")), None)
+        }
+    })
+}
