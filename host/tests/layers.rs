@@ -41,8 +41,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("plugins", &["plugins", "check"]),
     ("the activation service", &["service"]),
     ("surfaces", &["api", "web", "server", "tls", "access"]),
-    // `cli` belongs to the binary (`main.rs` declares it), on top of everything.
-    ("the binary's side", &["config", "client", "cli"]),
+    // `cli` and `daemon` belong to the binary (`main.rs` declares them), on top of everything.
+    ("the binary's side", &["config", "client", "cli", "daemon"]),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -3,6 +3,8 @@
 pub(crate) mod approval;
 pub(crate) mod enrol;
 pub(crate) mod events;
+pub(crate) mod import;
+pub(crate) mod provider_local;
 pub(crate) mod providers;
 pub(crate) mod request;
 pub(crate) mod role;
