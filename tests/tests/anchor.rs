@@ -7,8 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::store::append;
 use rolegate::anchor::{AnchorFile, AnchorKey, Anchorer, check_end};
-use rolegate::events::{self, NewEvent, Severity, Verification};
+use rolegate::events::{self, Verification};
 use rolegate::secrets::SealingKey;
 use rolegate::store::sqlite::Sqlite;
 use rolegate::store::{Store, Value};
@@ -17,24 +18,6 @@ use rolegate_e2e::daemon::{Daemon, call, cli, serve_config};
 use rolegate_e2e::stores::Location;
 use rolegate_e2e::write_private;
 use serde_json::{Value as Json, json};
-
-async fn append(store: &Store, i: i64) {
-    store
-        .write(move |tx| {
-            events::append(
-                tx,
-                NewEvent::new(
-                    events::MFA_COMPLETED,
-                    Severity::Information,
-                    "activation",
-                    format!("event {i}"),
-                ),
-                1000 + i,
-            )
-        })
-        .await
-        .unwrap();
-}
 
 async fn verify_with(db: &Store, file: &AnchorFile) -> events::Report {
     let anchors = file.read().unwrap();

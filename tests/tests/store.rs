@@ -19,7 +19,8 @@ fn role_row(i: i64) -> [Value; 5] {
     ]
 }
 
-async fn append(store: &Store, i: i64) {
+/// Appends test event `i` (MFA completed, at 1000 + i ms); shared with the anchor tests.
+pub(crate) async fn append(store: &Store, i: i64) {
     store
         .write(move |tx| {
             events::append(
