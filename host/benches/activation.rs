@@ -60,15 +60,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rolegate::clock::SystemClock;
 use rolegate::config::{Config, ProviderConfig};
+use rolegate::model::clock::SystemClock;
 use rolegate::plugins::Providers;
-use rolegate::roles::{self, RoleSpec};
-use rolegate::secrets::SealingKey;
+use rolegate::records::roles::{self, RoleSpec};
+use rolegate::records::{tokens, users};
 use rolegate::service::{Service, Settings};
 use rolegate::store::Store;
+use rolegate::store::secrets::SealingKey;
 use rolegate::store::sqlite::Sqlite;
-use rolegate::{tokens, users};
 
 /// The TOTP secret of bench user `i` (a 20-byte SHA1 key, as apps use).
 fn totp_secret(i: usize) -> rolegate_provider_totp::Secret {
@@ -257,21 +257,22 @@ fn main() {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = rolegate::api::Api::new(service)
+        let app = rolegate::http::api::Api::new(service)
             .router()
             .layer(axum::middleware::from_fn(timed));
         let tls = tls_files.as_ref().map(|(cert, key, _)| {
             Arc::new(
-                rolegate::tls::ServerTls::load(cert, key, None, jiff::Timestamp::now()).unwrap(),
+                rolegate::http::tls::ServerTls::load(cert, key, None, jiff::Timestamp::now())
+                    .unwrap(),
             )
         });
         // The daemon's own server (its limits, TCP_NODELAY, the body deadline), never stopped.
-        tokio::spawn(rolegate::server::serve(
+        tokio::spawn(rolegate::http::server::serve(
             listener,
             app,
-            rolegate::server::Serving {
+            rolegate::http::server::Serving {
                 // Every worker connects from 127.0.0.1: any concurrency asked for is served.
-                limits: rolegate::server::Limits {
+                limits: rolegate::http::server::Limits {
                     max_connections_per_client: rolegate::config::DEFAULT_MAX_CONNECTIONS,
                     ..Default::default()
                 },
@@ -280,7 +281,8 @@ fn main() {
                     .is_ok_and(|v| v == "1")
                     .then(|| {
                         println!("(access log: a line per request)");
-                        rolegate::access::AccessLog::open(&dir.path().join("access.jsonl")).unwrap()
+                        rolegate::http::access::AccessLog::open(&dir.path().join("access.jsonl"))
+                            .unwrap()
                     }),
             },
             std::future::pending(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// A client of one daemon, with one token.
 #[derive(Debug, Clone)]
@@ -110,7 +110,7 @@ fn client_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity> {
             message: "holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)".into(),
         });
     }
-    crate::private_files::check_private(key)?;
+    crate::store::private_files::check_private(key)?;
     let key_pem = std::fs::read(key).map_err(|source| Error::Io {
         what: format!("cannot read the client key {}", key.display()),
         source,

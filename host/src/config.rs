@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
-pub use crate::server::{
+pub use crate::http::server::{
     DEFAULT_CLIENT_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
 };
+use crate::model::error::{Error, Result};
 
 /// The host's configuration, as read from `rolegate.toml`.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -26,7 +26,7 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// Lengths of free-text fields (justification, display names, reasons, labels).
     #[serde(default)]
-    pub limits: crate::limits::TextLimits,
+    pub limits: crate::model::limits::TextLimits,
     /// Where events go besides the database.
     #[serde(default)]
     pub events: EventsConfig,
@@ -38,7 +38,7 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     /// The LDAP directory users can be copied from (`user new --from-directory`).
     #[serde(default)]
-    pub directory: Option<crate::directory::DirectoryConfig>,
+    pub directory: Option<crate::records::directory::DirectoryConfig>,
 }
 
 /// The HTTP server.
@@ -184,22 +184,22 @@ impl ServerConfig {
     }
 
     /// What API clients' certificates are checked against, when mutual TLS is asked for.
-    pub fn client_certs(&self) -> Option<crate::tls::ClientCerts> {
+    pub fn client_certs(&self) -> Option<crate::http::tls::ClientCerts> {
         self.tls_client_ca
             .clone()
-            .map(|ca| crate::tls::ClientCerts {
+            .map(|ca| crate::http::tls::ClientCerts {
                 ca,
                 crl: self.tls_client_crl.clone(),
             })
     }
 
     /// The limits the HTTP server puts on clients.
-    pub fn limits(&self) -> crate::server::Limits {
-        crate::server::Limits {
+    pub fn limits(&self) -> crate::http::server::Limits {
+        crate::http::server::Limits {
             client_timeout: Duration::from_secs(self.client_timeout_s),
             max_connections: self.max_connections,
             max_connections_per_client: self.max_connections_per_client,
-            ..crate::server::Limits::default()
+            ..crate::http::server::Limits::default()
         }
     }
 }
@@ -307,8 +307,8 @@ impl Default for PolicyConfig {
 
 pub use crate::plugins::{Isolation, PluginsConfig, ProviderConfig};
 
-use crate::private_files::read_private;
-pub use crate::private_files::{check_private, read_secret};
+use crate::store::private_files::read_private;
+pub use crate::store::private_files::{check_private, read_secret};
 
 impl Config {
     /// Reads and checks a config file: private permissions, known keys, unique provider ids.
@@ -374,7 +374,7 @@ impl Config {
             path: path.to_path_buf(),
             message,
         })?;
-        if !crate::phone::is_country_code(p.default_country_code) {
+        if !crate::model::phone::is_country_code(p.default_country_code) {
             return Err(Error::Config {
                 path: path.to_path_buf(),
                 message: format!(

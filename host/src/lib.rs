@@ -5,51 +5,28 @@
 //!
 //! # Layers
 //!
-//! Each module imports only modules of its own layer or below, with no cycle
-//! (`tests/layers.rs` fails on any other import; docs/architecture.md draws them):
+//! One folder a layer, lowest first; each imports only its own layer or those below it, with
+//! no cycle (`tests/layers.rs` fails on any other import; docs/architecture.md draws them):
 //!
-//! 1. **model**, pure: `error`, `refusal`, `identity`, `limits`, `phone`, `clock`, `caches`,
-//!    `activation` (the request's states), `role` (policy), `metrics` (counters, a leaf);
-//! 2. **storage**: `store` (SQLite, PostgreSQL, migrations with their backfills, the event
-//!    head), `secrets` (sealing), `private_files`;
-//! 3. **records**: `events` and their `anchor`, `users`, `roles`, `tokens`, `import`,
-//!    `directory`;
-//! 4. **plugins**: `plugins` (loader, workers, their settings), `check`;
-//! 5. **the activation service**: `service`;
-//! 6. **surfaces**: `api`, `web`, `server`, `tls`, `access`;
-//! 7. **the binary's side**: `config` (assembles every component's settings; nobody below
-//!    imports it), `client`; and the binary itself (`main.rs`, `cli/`, `daemon/`).
+//! 1. [`model`], pure: the request's states, role policy, the identity rule, text limits,
+//!    phone numbers, the clock, caches, refusals, errors, metrics counters (a leaf);
+//! 2. [`store`]: rows and transactions (SQLite, PostgreSQL, migrations), sealing of secrets,
+//!    private files;
+//! 3. [`records`]: what is kept in rows: events and their anchor, users, roles, tokens, the
+//!    MIM import, the directory;
+//! 4. [`plugins`]: the loader, worker processes and their supervision, the provider check;
+//! 5. [`service`]: the activation service (requests, answers, approvals, enrolment, expiry);
+//! 6. [`http`]: the surfaces: the API, the web page, the server, TLS, the access log;
+//! 7. the binary's side: [`config`] (assembles every component's settings; nobody below
+//!    imports it), [`client`]; and the binary itself (`main.rs`, `cli/`, `daemon/`).
 
-pub mod access;
-pub mod activation;
-/// Signed checkpoints of the event chain's head, kept outside the database.
-pub mod anchor;
-pub mod api;
-pub mod caches;
-pub mod check;
 pub mod client;
-pub mod clock;
 pub mod config;
-pub mod directory;
-pub mod error;
-pub mod events;
-pub mod identity;
-pub mod import;
-pub mod limits;
-pub mod metrics;
-pub mod phone;
+pub mod http;
+pub mod model;
 pub mod plugins;
-pub mod private_files;
-pub mod refusal;
-pub mod role;
-pub mod roles;
-pub mod secrets;
-pub mod server;
+pub mod records;
 pub mod service;
 pub mod store;
-pub mod tls;
-pub mod tokens;
-pub mod users;
-pub mod web;
 
-pub use error::{Error, Result};
+pub use model::error::{Error, Result};

@@ -1,46 +1,63 @@
 //! The host's layers: each module imports only modules of its own layer or below, with no
 //! cycle (docs/architecture.md). The check reads `crate::` paths in the non-test code of
-//! `host/src` (a module is a top-level file or folder) and fails on any import that goes up a
-//! layer or closes a cycle, naming it.
+//! `host/src` and fails on any import that goes up a layer or closes a cycle, naming it. A
+//! layer is a folder (`model/`, `store/`, `records/`, `plugins/`, `service/`, `http/`) or, for
+//! the binary's side, the files and folders at the root; a module is the longest path below
+//! listed here.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed unwrap is a failed test
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-/// The layers, lowest first, and the modules in each.
+/// The layers, lowest first, and the modules in each, by path below `crate::`.
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "model (pure: no I/O)",
         &[
-            "error",
-            "identity",
-            "limits",
-            "phone",
-            "clock",
-            "caches",
-            "activation",
-            "refusal",
-            "role",
-            "metrics",
+            "model",
+            "model::error",
+            "model::identity",
+            "model::limits",
+            "model::phone",
+            "model::clock",
+            "model::caches",
+            "model::activation",
+            "model::refusal",
+            "model::role",
+            "model::metrics",
         ],
     ),
-    ("storage", &["store", "secrets", "private_files"]),
+    (
+        "storage",
+        &["store", "store::secrets", "store::private_files"],
+    ),
     (
         "records",
         &[
-            "events",
-            "anchor",
-            "users",
-            "roles",
-            "tokens",
-            "import",
-            "directory",
+            "records",
+            "records::events",
+            "records::anchor",
+            "records::users",
+            "records::roles",
+            "records::tokens",
+            "records::import",
+            "records::directory",
         ],
     ),
-    ("plugins", &["plugins", "check"]),
+    ("plugins", &["plugins", "plugins::check"]),
     ("the activation service", &["service"]),
-    ("surfaces", &["api", "web", "server", "tls", "access"]),
+    (
+        "surfaces",
+        &[
+            "http",
+            "http::api",
+            "http::web",
+            "http::server",
+            "http::tls",
+            "http::access",
+        ],
+    ),
     // `cli` and `daemon` belong to the binary (`main.rs` declares them), on top of everything.
     ("the binary's side", &["config", "client", "cli", "daemon"]),
 ];
@@ -51,19 +68,37 @@ fn layer_of(module: &str) -> Option<usize> {
         .position(|(_, modules)| modules.contains(&module))
 }
 
-/// The module a source file belongs to: its top-level file or folder under `src`.
-fn module_of(src: &Path, file: &Path) -> String {
-    let rel = file.strip_prefix(src).unwrap();
-    let first = rel
-        .components()
-        .next()
-        .unwrap()
-        .as_os_str()
-        .to_string_lossy();
-    first.trim_end_matches(".rs").to_string()
+/// The listed module a path below `crate::` falls in: its longest listed prefix.
+fn module_for(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split("::").collect();
+    (1..=parts.len())
+        .rev()
+        .map(|n| parts[..n].join("::"))
+        .find(|p| layer_of(p).is_some())
 }
 
-/// The modules a file's non-test code names by `crate::<module>`.
+/// The module a source file belongs to, or its own path when no module is listed for it.
+fn module_of(src: &Path, file: &Path) -> String {
+    let rel = file.strip_prefix(src).unwrap();
+    let mut parts: Vec<String> = rel
+        .components()
+        .map(|c| {
+            c.as_os_str()
+                .to_string_lossy()
+                .trim_end_matches(".rs")
+                .to_string()
+        })
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    let path = parts.join("::");
+    module_for(&path).unwrap_or(path)
+}
+
+/// The paths below `crate::` a file's non-test code names (`crate::model::error::Error`
+/// names `model::error`; an item's own name is kept only when lowercase, and `module_for`
+/// drops it).
 fn imports(text: &str) -> BTreeSet<String> {
     let code = match text.find("#[cfg(test)]") {
         Some(i) => &text[..i],
@@ -78,12 +113,25 @@ fn imports(text: &str) -> BTreeSet<String> {
         let mut rest = line;
         while let Some(i) = rest.find("crate::") {
             rest = &rest[i + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
-                .collect();
-            if !name.is_empty() {
-                out.insert(name);
+            let mut segments = Vec::new();
+            let mut tail = rest;
+            loop {
+                let name: String = tail
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+                    .collect();
+                if name.is_empty() {
+                    break;
+                }
+                tail = &tail[name.len()..];
+                segments.push(name);
+                match tail.strip_prefix("::") {
+                    Some(t) => tail = t,
+                    None => break,
+                }
+            }
+            if !segments.is_empty() {
+                out.insert(segments.join("::"));
             }
         }
     }
@@ -114,7 +162,8 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
             continue;
         }
         let text = std::fs::read_to_string(&file).unwrap();
-        for to in imports(&text) {
+        for path in imports(&text) {
+            let to = module_for(&path).unwrap_or(path);
             if to != module {
                 graph.entry(module.clone()).or_default().insert(to);
             }
@@ -185,7 +234,20 @@ fn reaches(graph: &BTreeMap<String, BTreeSet<String>>, from: &str, to: &str) -> 
 
 #[test]
 fn the_check_reads_imports_as_written() {
-    let text = "use crate::error::{Error, Result};\nfn f() { crate::metrics::appended(1, None); }\n// crate::comment\n#[cfg(test)]\nmod tests { use crate::api; }";
+    let text = "use crate::model::error::{Error, Result};\nfn f() { crate::model::metrics::appended(1, None); }\n// crate::comment\n#[cfg(test)]\nmod tests { use crate::http::api; }";
     let got: Vec<String> = imports(text).into_iter().collect();
-    assert_eq!(got, ["error", "metrics"]);
+    assert_eq!(got, ["model::error", "model::metrics::appended"]);
+    let modules: Vec<Option<String>> = got.iter().map(|p| module_for(p)).collect();
+    assert_eq!(
+        modules,
+        [Some("model::error".into()), Some("model::metrics".into())]
+    );
+    assert_eq!(
+        module_for("store::store_event_head").as_deref(),
+        Some("store")
+    );
+    assert_eq!(
+        module_for("store::secrets").as_deref(),
+        Some("store::secrets")
+    );
 }

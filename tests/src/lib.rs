@@ -98,7 +98,7 @@ pub fn write_private(path: &Path, text: &str) {
 
 /// The ids of the events a request raised, oldest first.
 pub async fn request_event_ids(service: &rolegate::service::Service, request: &str) -> Vec<i64> {
-    use rolegate::events::{self, Filter};
+    use rolegate::records::events::{self, Filter};
     let r = request.to_string();
     let mut ids: Vec<i64> = service
         .store()

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::store::append;
-use rolegate::anchor::{AnchorFile, AnchorKey, Anchorer, check_end};
-use rolegate::events::{self, Verification};
-use rolegate::secrets::SealingKey;
+use rolegate::records::anchor::{AnchorFile, AnchorKey, Anchorer, check_end};
+use rolegate::records::events::{self, Verification};
+use rolegate::store::secrets::SealingKey;
 use rolegate::store::sqlite::Sqlite;
 use rolegate::store::{Store, Value};
 use rolegate_e2e::both;

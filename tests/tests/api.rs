@@ -520,10 +520,10 @@ async fn a_refused_provider_stops_the_start_and_is_logged() {
     let db = rolegate::store::sqlite::Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
     let refused = db
         .read(|tx| {
-            rolegate::events::list(
+            rolegate::records::events::list(
                 tx,
-                &rolegate::events::Filter {
-                    id: Some(rolegate::events::PROVIDER_REFUSED),
+                &rolegate::records::events::Filter {
+                    id: Some(rolegate::records::events::PROVIDER_REFUSED),
                     ..Default::default()
                 },
             )
@@ -950,7 +950,7 @@ async fn a_revoked_token_is_refused_at_once() {
     assert_eq!(status(&d, &third, "GET", "/v1/requests").await, 200);
     let now = jiff::Timestamp::now().as_millisecond();
     let expire = |token: &str, at: i64| {
-        let hash = rolegate::secrets::token_hash(token);
+        let hash = rolegate::store::secrets::token_hash(token);
         move |tx: &mut dyn rolegate::store::Tx| {
             tx.execute(
                 "UPDATE tokens SET expires_at = $1 WHERE hash = $2",
@@ -2915,8 +2915,10 @@ async fn the_access_log_records_each_request_and_reopens_on_sighup() {
         }
     };
     let got = lines(&log, 3);
-    let admin_id = &rolegate::secrets::token_hash(&admin)[..rolegate::tokens::ID_LEN];
-    let wrong_id = &rolegate::secrets::token_hash("rg_not-a-token")[..rolegate::tokens::ID_LEN];
+    let admin_id =
+        &rolegate::store::secrets::token_hash(&admin)[..rolegate::records::tokens::ID_LEN];
+    let wrong_id = &rolegate::store::secrets::token_hash("rg_not-a-token")
+        [..rolegate::records::tokens::ID_LEN];
     let seen: Vec<(&str, &str, u64, Option<&str>)> = got
         .iter()
         .map(|l| {

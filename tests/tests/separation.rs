@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use rolegate::Error;
-use rolegate::clock::{Clock as _, ManualClock};
-use rolegate::events::{self, Filter};
-use rolegate::roles::{self, RoleSpec};
-use rolegate::secrets::SealingKey;
+use rolegate::model::clock::{Clock as _, ManualClock};
+use rolegate::records::events::{self, Filter};
+use rolegate::records::roles::{self, RoleSpec};
+use rolegate::records::users::{self, NewUser, UserChanges, UserRules};
 use rolegate::service::{RequestView, Service, Settings};
-use rolegate::users::{self, NewUser, UserChanges, UserRules};
+use rolegate::store::secrets::SealingKey;
 use rolegate_e2e::both;
 use rolegate_e2e::stores::{Backend, Location};
 use rolegate_e2e::{hello_lib, misbehave_lib};
@@ -45,7 +45,7 @@ async fn world_with(backend: Backend, settings: Settings) -> World {
     let service = Service::new(
         store,
         Arc::new(providers),
-        Arc::clone(&clock) as Arc<dyn rolegate::clock::Clock>,
+        Arc::clone(&clock) as Arc<dyn rolegate::model::clock::Clock>,
         key,
         settings,
     );
@@ -171,7 +171,7 @@ async fn nobody_approves_their_own_request_under_any_spelling(backend) {
     for me in [ASA, "contoso\\åsa", "CONTOSO\\A\u{30a}SA", "  CONTOSO\\\u{212b}sa "] {
         let e = w.service.approve(&v.id, me).await.unwrap_err();
         assert!(
-            matches!(e, Error::Refused(rolegate::role::Refusal::SelfApproval { .. })),
+            matches!(e, Error::Refused(rolegate::model::role::Refusal::SelfApproval { .. })),
             "{me}: {e}"
         );
         let e = w.service.reject(&v.id, me, None).await.unwrap_err();
@@ -553,8 +553,8 @@ fn generated_spellings_of_one_account_are_one_account_and_confusables_share_a_sk
         );
         assert!(users::same_account(&a, &b));
         assert_eq!(
-            rolegate::identity::skeleton(&a),
-            rolegate::identity::skeleton(&b)
+            rolegate::model::identity::skeleton(&a),
+            rolegate::model::identity::skeleton(&b)
         );
         // A role listing one spelling admits and hears the other, and refuses it as its own
         // approver.
@@ -590,8 +590,8 @@ fn generated_spellings_of_one_account_are_one_account_and_confusables_share_a_sk
             "case {case}"
         );
         assert_eq!(
-            rolegate::identity::skeleton(&real),
-            rolegate::identity::skeleton(&fake),
+            rolegate::model::identity::skeleton(&real),
+            rolegate::model::identity::skeleton(&fake),
             "case {case}: {real:?} ~ {fake:?}"
         );
     }
@@ -704,7 +704,7 @@ async fn generated_spellings_count_as_one_account_in_the_store(backend) {
 both! {
 #[tokio::test]
 async fn a_token_speaks_only_for_an_enabled_user(backend) {
-    use rolegate::tokens;
+    use rolegate::records::tokens;
     let w = world(backend).await;
     let now = w.clock.now().as_millisecond();
     let (user, admin, first) = w

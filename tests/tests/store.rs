@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use rolegate::events::{self, NewEvent, Severity, Verification};
+use rolegate::records::events::{self, NewEvent, Severity, Verification};
 use rolegate::store::postgres::{Postgres, parse_config};
 use rolegate::store::{Store, Value};
 use rolegate_e2e::both;
@@ -115,7 +115,7 @@ async fn a_conditional_transition_has_one_winner(backend) {
 }
 
 /// Opens the store at `at` and closes it again, for a test that expects the open to fail.
-async fn try_open(at: &Location) -> rolegate::error::Result<()> {
+async fn try_open(at: &Location) -> rolegate::model::error::Result<()> {
     match &at.postgres {
         None => {
             rolegate::store::sqlite::Sqlite::open(&at.path().join("rolegate.db"), 0).map(|_| ())
@@ -132,7 +132,7 @@ async fn try_open(at: &Location) -> rolegate::error::Result<()> {
 /// Takes users, events and tokens back to schema 5 (both backends): no skeletons, no
 /// events' account keys (schema 7), no account key beside a token's account (schema 6) —
 /// for a test that puts the database back to an older version, whose migrations then run again.
-fn undo_token_keys(tx: &mut dyn rolegate::store::Tx) -> rolegate::error::Result<()> {
+fn undo_token_keys(tx: &mut dyn rolegate::store::Tx) -> rolegate::model::error::Result<()> {
     undo_identity_rule(tx)?;
     tx.execute("DROP INDEX tokens_by_account", &[])?;
     tx.execute("ALTER TABLE tokens DROP COLUMN account_key", &[])?;
@@ -140,7 +140,7 @@ fn undo_token_keys(tx: &mut dyn rolegate::store::Tx) -> rolegate::error::Result<
 }
 
 /// Takes users and events back to schema 6: no skeletons, no events' account keys.
-fn undo_identity_rule(tx: &mut dyn rolegate::store::Tx) -> rolegate::error::Result<()> {
+fn undo_identity_rule(tx: &mut dyn rolegate::store::Tx) -> rolegate::model::error::Result<()> {
     tx.execute("DROP TABLE account_skeletons", &[])?;
     tx.execute("ALTER TABLE events DROP COLUMN account_key", &[])?;
     Ok(())
@@ -176,14 +176,14 @@ async fn roles_stored_before_migration_3_survive_it(backend) {
     drop(db);
     let db = at.open().await;
     let role = db
-        .read(|tx| rolegate::roles::get(tx, "Domain Admins"))
+        .read(|tx| rolegate::records::roles::get(tx, "Domain Admins"))
         .await
         .unwrap()
         .expect("the role survived the migration");
     assert_eq!(role.ttl_s, 60);
     assert!(role.candidates.contains("CONTOSO\\jdoe"));
     let (revision, policy) = db
-        .read(|tx| rolegate::roles::get_if_changed(tx, "Domain Admins", 0))
+        .read(|tx| rolegate::records::roles::get_if_changed(tx, "Domain Admins", 0))
         .await
         .unwrap()
         .unwrap();
@@ -296,7 +296,7 @@ async fn a_failed_write_in_a_shared_batch_undoes_only_itself(backend) {
     assert_eq!(results[3], Ok(4));
     // The metrics count the committed writes' events only: not the failed one's, nor the
     // panicked one's.
-    assert_eq!(rolegate::metrics::METRICS.events(events::MFA_COMPLETED, Some(&label)), 2);
+    assert_eq!(rolegate::model::metrics::METRICS.events(events::MFA_COMPLETED, Some(&label)), 2);
     db.close();
     // What stays, after a restart: the good writes' rows and events, an intact chain.
     let db = at.open().await;
@@ -363,7 +363,7 @@ async fn rows_stored_before_migration_4_survive_it(backend) {
     drop(db);
     let db = at.open().await;
     let user = db
-        .read(|tx| rolegate::users::get(tx, "contoso\\JDOE"))
+        .read(|tx| rolegate::records::users::get(tx, "contoso\\JDOE"))
         .await
         .unwrap()
         .expect("the user survived the migration");
@@ -382,7 +382,7 @@ async fn rows_stored_before_migration_4_survive_it(backend) {
     assert_eq!(rows[2].text(0).unwrap(), "laptop");
     // Migration 6 gave the token its account's key: removing the user finds it by the key.
     let revoked = db
-        .write(|tx| rolegate::tokens::revoke_account(tx, " contoso\\JDOE "))
+        .write(|tx| rolegate::records::tokens::revoke_account(tx, " contoso\\JDOE "))
         .await
         .unwrap();
     assert_eq!(revoked, ["h"]);
@@ -566,7 +566,7 @@ async fn an_unreachable_server_is_a_clear_error() {
 both! {
 #[tokio::test]
 async fn the_key_check_accepts_the_same_key_and_refuses_another(backend) {
-    use rolegate::secrets::{SealingKey, check_key};
+    use rolegate::store::secrets::{SealingKey, check_key};
     let at = Location::new(backend);
     let db = at.open().await;
     let key = Arc::new(SealingKey::load_or_create(&at.path().join("a.key")).unwrap());
@@ -660,7 +660,7 @@ async fn accounts_stored_before_the_identity_rule_get_their_new_keys(backend) {
     let db = at.open().await;
     let (user, creds, locks, token, events, skeleton) = db
         .read(|tx| {
-            let user = rolegate::users::get(tx, "contoso\\STRASSE")?;
+            let user = rolegate::records::users::get(tx, "contoso\\STRASSE")?;
             let creds = tx.query("SELECT account_key FROM credentials", &[])?;
             let locks = tx.query("SELECT account_key, failures FROM lockouts", &[])?;
             let token = tx.query("SELECT account_key FROM tokens WHERE hash = 'h'", &[])?;
@@ -682,7 +682,7 @@ async fn accounts_stored_before_the_identity_rule_get_their_new_keys(backend) {
     assert_eq!(locks[0].int(1).unwrap(), 2);
     assert_eq!(token[0].text(0).unwrap(), "contoso\\strasse");
     assert_eq!(events.len(), 1, "the event is found by the user's key");
-    assert_eq!(skeleton[0].text(0).unwrap(), rolegate::identity::skeleton("CONTOSO\\Åsa"));
+    assert_eq!(skeleton[0].text(0).unwrap(), rolegate::model::identity::skeleton("CONTOSO\\Åsa"));
     // The chain is intact: the key is beside the hashed fields, not among them.
     assert!(matches!(db.read(events::verify).await.unwrap(), Verification::Intact(1)));
     db.close();

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use rolegate::clock::{Clock as _, ManualClock};
-use rolegate::roles::{self, RoleSpec};
-use rolegate::secrets::SealingKey;
+use rolegate::model::clock::{Clock as _, ManualClock};
+use rolegate::records::roles::{self, RoleSpec};
+use rolegate::records::users::{self, NewUser};
 use rolegate::service::{self, NewRequest, RequestView, Requester, Service, Settings};
-use rolegate::users::{self, NewUser};
+use rolegate::store::secrets::SealingKey;
 use rolegate_e2e::both;
 use rolegate_e2e::stores::{Backend, Location};
 use rolegate_e2e::totp_lib;

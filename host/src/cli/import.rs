@@ -54,11 +54,13 @@ pub(crate) fn import_mim(
     };
     // Every file is checked before anything is written.
     let user_rows = match users {
-        Some(p) => rolegate::import::read_users(&p.display().to_string(), &read(p)?)?,
+        Some(p) => rolegate::records::import::read_users(&p.display().to_string(), &read(p)?)?,
         None => Vec::new(),
     };
     let role_rows = match roles {
-        Some(p) => rolegate::import::read_roles(&p.display().to_string(), &read(p)?, provider_id)?,
+        Some(p) => {
+            rolegate::records::import::read_roles(&p.display().to_string(), &read(p)?, provider_id)?
+        }
         None => Vec::new(),
     };
     let rt = runtime()?;
@@ -107,9 +109,9 @@ pub(crate) fn import_mim(
         let cc = config.policy.default_country_code;
         let (u, r) = (user_rows, role_rows);
         let plan = if dry_run {
-            store.read(move |tx| rolegate::import::plan(tx, &u, &r, cc)).await?
+            store.read(move |tx| rolegate::records::import::plan(tx, &u, &r, cc)).await?
         } else {
-            store.write(move |tx| rolegate::import::apply(tx, &u, &r, cc, now)).await?
+            store.write(move |tx| rolegate::records::import::apply(tx, &u, &r, cc, now)).await?
         };
         store.close();
         let verb = if dry_run { "would be " } else { "" };

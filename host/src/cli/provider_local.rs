@@ -88,7 +88,7 @@ pub(crate) fn check(
         }
     };
     println!("  ok    {:<32} sha256 {}", "load", plugin.sha256);
-    let target = rolegate::check::HostTarget::new(plugin, rt.handle().clone());
+    let target = rolegate::plugins::check::HostTarget::new(plugin, rt.handle().clone());
     let options = rolegate_sdk::conformance::Options {
         settings,
         deadline: deadline + Duration::from_millis(500),

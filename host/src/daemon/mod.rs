@@ -22,7 +22,7 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
     }
     // The certificate and key are checked before anything opens: a wrong file names itself.
     let tls = match config.server.tls() {
-        Some((cert, key)) => Some(Arc::new(rolegate::tls::ServerTls::load(
+        Some((cert, key)) => Some(Arc::new(rolegate::http::tls::ServerTls::load(
             cert,
             key,
             config.server.client_certs(),
@@ -31,11 +31,11 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let metrics_token = config.server.metrics_token()?;
-    rolegate::metrics::METRICS.started(jiff::Timestamp::now().as_second());
+    rolegate::model::metrics::METRICS.started(jiff::Timestamp::now().as_second());
     let rt = runtime()?;
     // Opened before anything else too; its writer is a thread of its own.
     let access_log = match &config.server.access_log {
-        Some(path) => Some(rolegate::access::AccessLog::open(path)?),
+        Some(path) => Some(rolegate::http::access::AccessLog::open(path)?),
         None => None,
     };
     let served = rt.block_on(async move {
@@ -46,18 +46,18 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             tokio::task::spawn_blocking(move || rolegate::store::Store::open(&store_config, now))
                 .await??,
         );
-        let key = Arc::new(rolegate::secrets::SealingKey::load_or_create(&config.store.key_file)?);
+        let key = Arc::new(rolegate::store::secrets::SealingKey::load_or_create(&config.store.key_file)?);
         {
             let key = Arc::clone(&key);
             store
-                .write(move |tx| rolegate::secrets::check_key(tx, &key))
+                .write(move |tx| rolegate::store::secrets::check_key(tx, &key))
                 .await
                 .map_err(|e| anyhow::anyhow!("{}: {e}", config.store.key_file.display()))?;
         }
         // The chain's anchors: checkpoints signed with a key derived from the key file's.
-        let anchor_file = Arc::new(rolegate::anchor::AnchorFile::new(
+        let anchor_file = Arc::new(rolegate::records::anchor::AnchorFile::new(
             config.events.anchor_path(&config.store.key_file),
-            rolegate::anchor::AnchorKey::derive(&key)?,
+            rolegate::records::anchor::AnchorKey::derive(&key)?,
         ));
         let anchors = {
             let file = Arc::clone(&anchor_file);
@@ -76,7 +76,7 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         let problems = {
             let anchors = anchors.clone();
             store
-                .read(move |tx| rolegate::anchor::check_end(tx, &anchors))
+                .read(move |tx| rolegate::records::anchor::check_end(tx, &anchors))
                 .await?
         };
         // The cut is said once here, not again when the anchorer first sees the lower head.
@@ -89,17 +89,17 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             let at = jiff::Timestamp::now().as_millisecond();
             store
                 .write(move |tx| {
-                    let ev = rolegate::events::NewEvent::new(
-                        rolegate::events::ANCHOR_MISMATCH,
-                        rolegate::events::Severity::Error,
+                    let ev = rolegate::records::events::NewEvent::new(
+                        rolegate::records::events::ANCHOR_MISMATCH,
+                        rolegate::records::events::Severity::Error,
                         "monitoring",
                         format!("the event log failed its anchor check at start: {problem}"),
                     );
-                    rolegate::events::append(tx, ev, at)
+                    rolegate::records::events::append(tx, ev, at)
                 })
                 .await?;
         }
-        let anchorer = Arc::new(tokio::sync::Mutex::new(rolegate::anchor::Anchorer::new(
+        let anchorer = Arc::new(tokio::sync::Mutex::new(rolegate::records::anchor::Anchorer::new(
             Arc::clone(&anchor_file),
             anchors.newest().filter(|_| !found_cut),
         )));
@@ -110,13 +110,13 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                 let message = e.to_string();
                 let _ = store
                     .write(move |tx| {
-                        let ev = rolegate::events::NewEvent::new(
-                            rolegate::events::PROVIDER_REFUSED,
-                            rolegate::events::Severity::Error,
+                        let ev = rolegate::records::events::NewEvent::new(
+                            rolegate::records::events::PROVIDER_REFUSED,
+                            rolegate::records::events::Severity::Error,
                             "plugins",
                             message,
                         );
-                        rolegate::events::append(tx, ev, now)
+                        rolegate::records::events::append(tx, ev, now)
                     })
                     .await;
                 store.close();
@@ -134,14 +134,14 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             let id = p.id().to_string();
             store
                 .write(move |tx| {
-                    let mut ev = rolegate::events::NewEvent::new(
-                        rolegate::events::PROVIDER_LOADED,
-                        rolegate::events::Severity::Information,
+                    let mut ev = rolegate::records::events::NewEvent::new(
+                        rolegate::records::events::PROVIDER_LOADED,
+                        rolegate::records::events::Severity::Information,
                         "plugins",
                         message,
                     );
                     ev.provider = Some(id);
-                    rolegate::events::append(tx, ev, now)
+                    rolegate::records::events::append(tx, ev, now)
                 })
                 .await?;
         }
@@ -151,8 +151,8 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             .filter_map(|p| Some((p.id().to_string(), p.sunset()?)))
             .collect();
         if !sunsets.is_empty() {
-            let roles = store.read(rolegate::roles::list).await?;
-            for warning in rolegate::roles::sunset_warnings(&roles, &sunsets, jiff::Timestamp::now()) {
+            let roles = store.read(rolegate::records::roles::list).await?;
+            for warning in rolegate::records::roles::sunset_warnings(&roles, &sunsets, jiff::Timestamp::now()) {
                 tracing::warn!("{warning}");
             }
         }
@@ -163,14 +163,14 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                     let at = jiff::Timestamp::now().as_millisecond();
                     let written = store
                         .write(move |tx| {
-                            let mut ev = rolegate::events::NewEvent::new(
-                                rolegate::events::PROVIDER_CRASHED,
-                                rolegate::events::Severity::Error,
+                            let mut ev = rolegate::records::events::NewEvent::new(
+                                rolegate::records::events::PROVIDER_CRASHED,
+                                rolegate::records::events::Severity::Error,
                                 "plugins",
                                 format!("the worker process {status}"),
                             );
                             ev.provider = Some(id);
-                            rolegate::events::append(tx, ev, at)
+                            rolegate::records::events::append(tx, ev, at)
                         })
                         .await;
                     if let Err(e) = written {
@@ -193,7 +193,7 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         let service = Arc::new(rolegate::service::Service::new(
             Arc::clone(&store),
             providers,
-            Arc::new(rolegate::clock::SystemClock),
+            Arc::new(rolegate::model::clock::SystemClock),
             key,
             settings,
         ));
@@ -206,10 +206,10 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         // one PostgreSQL database, one issues the first token.
         let first = store
             .write(move |tx| {
-                if rolegate::tokens::count(tx)? > 0 {
+                if rolegate::records::tokens::count(tx)? > 0 {
                     return Ok(None);
                 }
-                rolegate::tokens::issue(tx, "admin", true, "first admin", now).map(Some)
+                rolegate::records::tokens::issue(tx, "admin", true, "first admin", now).map(Some)
             })
             .await?;
         if let Some(token) = first {
@@ -229,7 +229,7 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    if let Err(e) = rolegate::directory::monitor_once(&store, Arc::clone(&directory), cc, &mut reported).await {
+                    if let Err(e) = rolegate::records::directory::monitor_once(&store, Arc::clone(&directory), cc, &mut reported).await {
                         tracing::warn!(error = %e, "the directory monitor could not compare phone numbers");
                     }
                 }
@@ -246,7 +246,7 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             }
         });
         if let Some(path) = config.events.jsonl.clone() {
-            let mut sink = rolegate::events::JsonLinesSink::open(&path)?;
+            let mut sink = rolegate::records::events::JsonLinesSink::open(&path)?;
             let store = Arc::clone(&store);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -254,7 +254,7 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                     tick.tick().await;
                     let last = sink.last();
                     let batch = store
-                        .read_long(move |tx| rolegate::events::after(tx, last, 1000))
+                        .read_long(move |tx| rolegate::records::events::after(tx, last, 1000))
                         .await;
                     let result = batch.and_then(|b| {
                         let n = b.len();
@@ -301,7 +301,7 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             listener.local_addr()?
         );
         on_hangup(tls.clone(), access_log.clone())?;
-        let app = rolegate::api::Api::new(service)
+        let app = rolegate::http::api::Api::new(service)
             .with_anchors(Some(Arc::clone(&anchor_file)))
             .with_directory(config.directory.clone())
             .with_metrics_token(metrics_token.as_deref())
@@ -319,12 +319,12 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             };
             eprintln!("rolegate: stopping ({signal}): finishing the requests in progress");
         };
-        let serving = rolegate::server::Serving {
+        let serving = rolegate::http::server::Serving {
             limits,
             tls,
             access_log: access_log.clone(),
         };
-        rolegate::server::serve(listener, app, serving, stop).await;
+        rolegate::http::server::serve(listener, app, serving, stop).await;
         if let Some(log) = access_log {
             log.flush(Duration::from_secs(2));
         }
@@ -354,10 +354,10 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
 /// certificate HTTPS is served with, and warns twice a day while it nears its end. Without
 /// either, SIGHUP keeps its usual meaning.
 pub(crate) fn on_hangup(
-    tls: Option<std::sync::Arc<rolegate::tls::ServerTls>>,
-    access_log: Option<rolegate::access::AccessLog>,
+    tls: Option<std::sync::Arc<rolegate::http::tls::ServerTls>>,
+    access_log: Option<rolegate::http::access::AccessLog>,
 ) -> anyhow::Result<()> {
-    use rolegate::tls::EXPIRY_WARNING;
+    use rolegate::http::tls::EXPIRY_WARNING;
     if tls.is_none() && access_log.is_none() {
         return Ok(());
     }
@@ -374,7 +374,7 @@ pub(crate) fn on_hangup(
             "rolegate: clients must present a certificate from [server] tls_client_ca (mutual TLS)"
         );
     }
-    let near_end = move |s: &rolegate::tls::CertSummary| {
+    let near_end = move |s: &rolegate::http::tls::CertSummary| {
         let left = jiff::Timestamp::now().duration_until(s.not_after);
         if left < EXPIRY_WARNING {
             tracing::warn!(

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rolegate_sdk::abi::{ENTRY_SYMBOL, EntryFn, Table};
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// Largest plugin library accepted.
 const MAX_LIBRARY: u64 = 512 << 20;

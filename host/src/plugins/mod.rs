@@ -1,5 +1,6 @@
 //! Loading provider plugins and calling them, in-process or in a supervised worker process.
 
+pub mod check;
 pub mod frame;
 pub mod library;
 pub mod process;
@@ -19,7 +20,7 @@ use rolegate_sdk::message::{
 use rolegate_sdk::{Bytes, ProviderError};
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 pub use settings::{Isolation, PluginsConfig, ProviderConfig};
 
 /// Hung in-process calls tolerated before a provider refuses new calls.
@@ -202,7 +203,7 @@ impl Plugin {
             plugin: self.clone(),
             info: None,
             backend,
-            calls: crate::metrics::METRICS.provider(&self.id),
+            calls: crate::model::metrics::METRICS.provider(&self.id),
             sunset: None,
         };
         let info: ProviderInfo = provider.call(&Request::Info).await?;
@@ -234,7 +235,7 @@ pub struct LoadedProvider {
     info: Option<ProviderInfo>,
     backend: Backend,
     /// Its calls' durations and failures, for `/metrics`.
-    calls: Arc<crate::metrics::ProviderCalls>,
+    calls: Arc<crate::model::metrics::ProviderCalls>,
     /// When roles stop accepting it (`sunset` in its config), if ever.
     sunset: Option<jiff::Timestamp>,
 }

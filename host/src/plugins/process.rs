@@ -19,7 +19,7 @@ use tokio::sync::{Mutex, oneshot};
 use rolegate_sdk::message::Response;
 
 use super::frame::{self, CALL, CREATE, FATAL};
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 type Pending = StdMutex<HashMap<u64, oneshot::Sender<Outcome>>>;
 

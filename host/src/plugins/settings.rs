@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// Settings shared by all plugins.
 #[derive(Debug, Clone, Deserialize)]

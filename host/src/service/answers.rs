@@ -403,7 +403,8 @@ pub(super) fn apply(
                     s.view.account.clone().into(),
                     provider.clone().into(),
                     c.id.into(),
-                    crate::limits::cut(&c.label, crate::limits::PROVIDER_LABEL_CHARS).into(),
+                    crate::model::limits::cut(&c.label, crate::model::limits::PROVIDER_LABEL_CHARS)
+                        .into(),
                 ];
                 // Replay protection (a TOTP step, a sign count) holds only if two answers
                 // cannot both advance the same credential value: the update is conditional

@@ -27,7 +27,7 @@ impl Service {
     ) -> Result<RequestView> {
         let now = self.clock.now();
         if let Some(r) = reason {
-            crate::limits::check(
+            crate::model::limits::check(
                 "reason",
                 r,
                 self.settings.limits.reason_chars,

@@ -121,9 +121,11 @@ impl Service {
     pub(super) fn account_read(&self, key: &str, rows: Arc<AccountRows>) {
         if let Ok(mut cache) = self.accounts.lock() {
             let now = rows.read_at;
-            crate::caches::make_room(&mut cache, crate::caches::MAX_ENTRIES, |_, r| {
-                !changes::young(r.read_at, now)
-            });
+            crate::model::caches::make_room(
+                &mut cache,
+                crate::model::caches::MAX_ENTRIES,
+                |_, r| !changes::young(r.read_at, now),
+            );
             cache.insert(key.to_string(), rows);
         }
     }

@@ -266,7 +266,7 @@ pub fn store_credential(
             account_key.into(),
             provider.into(),
             credential.id.clone().into(),
-            crate::limits::cut(&credential.label, crate::limits::PROVIDER_LABEL_CHARS).into(),
+            crate::model::limits::cut(&credential.label, crate::model::limits::PROVIDER_LABEL_CHARS).into(),
             Value::Blob(sealed),
             Value::Int(now_ms),
         ],

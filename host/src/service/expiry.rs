@@ -89,7 +89,7 @@ pub fn end_access(tx: &mut dyn Tx, account: &str, why: &str, now_ms: i64) -> Res
 
 /// Counts the requests in each unfinished state (an indexed count per state), for the
 /// metrics page to render.
-pub fn in_flight(tx: &mut dyn Tx) -> Result<crate::metrics::InFlight> {
+pub fn in_flight(tx: &mut dyn Tx) -> Result<crate::model::metrics::InFlight> {
     let mut out = Vec::new();
     for state in RequestState::unfinished().map(|s| s.as_str()) {
         let rows = tx.query(

@@ -16,19 +16,19 @@ use rolegate_sdk::message::{ChallengeContext, Credential, EnrollContext, UserCon
 use rolegate_sdk::{Bytes, DenyReason, Input, Prompt, Step, Verdict};
 use serde::Serialize;
 
-use crate::activation::RequestState;
-use crate::clock::Clock;
-use crate::error::{Error, Result};
-use crate::events::{self, NewEvent, Severity};
+use crate::model::activation::RequestState;
+use crate::model::clock::Clock;
+use crate::model::error::{Error, Result};
+use crate::model::role::{Refusal, Role, Usability};
 use crate::plugins::Providers;
-use crate::role::{Refusal, Role, Usability};
-use crate::roles;
-use crate::secrets::{SealingKey, time_ordered_id};
+use crate::records::events::{self, NewEvent, Severity};
+use crate::records::roles;
+use crate::records::tokens::{self, Caller};
+use crate::records::users::{self, User, account_key};
 use crate::store::Store;
 use crate::store::changes::{self, Changes, Kind, Stamp};
+use crate::store::secrets::{SealingKey, time_ordered_id};
 use crate::store::{Row, Tx, Value};
-use crate::tokens::{self, Caller};
-use crate::users::{self, User, account_key};
 
 mod answers;
 mod approvals;
@@ -63,7 +63,7 @@ pub struct Settings {
     /// Requests one account may create per minute (a burst of this many, refilled evenly).
     pub requests_per_minute: u32,
     /// Lengths of free-text fields.
-    pub limits: crate::limits::TextLimits,
+    pub limits: crate::model::limits::TextLimits,
 }
 
 impl Settings {
@@ -87,7 +87,7 @@ impl Default for Settings {
             approval_timeout: SignedDuration::from_hours(24),
             max_prompt_lifetime: SignedDuration::from_mins(10),
             requests_per_minute: 30,
-            limits: crate::limits::TextLimits::default(),
+            limits: crate::model::limits::TextLimits::default(),
         }
     }
 }
@@ -264,7 +264,7 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     key: Arc<SealingKey>,
     settings: Settings,
-    buckets: crate::caches::Buckets,
+    buckets: crate::model::caches::Buckets,
     /// Parsed roles by name, with the policy text they were parsed from: a role is parsed
     /// again only when its stored policy changes.
     role_cache: std::sync::Mutex<std::collections::HashMap<String, CachedRole>>,
@@ -395,7 +395,7 @@ impl Service {
             clock,
             key,
             settings,
-            buckets: crate::caches::Buckets::default(),
+            buckets: crate::model::caches::Buckets::default(),
             role_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             accounts: std::sync::Mutex::new(std::collections::HashMap::new()),
             awaiting: std::sync::Mutex::new(std::collections::HashMap::new()),

@@ -68,7 +68,7 @@ impl Service {
             answer,
         } = new;
         let now = self.clock.now();
-        crate::limits::check(
+        crate::model::limits::check(
             "justification",
             justification,
             self.settings.limits.justification_chars,

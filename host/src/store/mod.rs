@@ -12,7 +12,9 @@
 
 pub mod changes;
 pub mod postgres;
+pub mod private_files;
 pub mod schema;
+pub mod secrets;
 pub mod sqlite;
 
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ use std::sync::{Mutex, mpsc};
 
 use tokio::sync::oneshot;
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// A value bound to, or read from, a statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,7 +189,7 @@ impl Store {
         let password = config
             .postgres_password_file
             .as_deref()
-            .map(crate::private_files::read_secret)
+            .map(crate::store::private_files::read_secret)
             .transpose()?;
         let pg = postgres::parse_config(conn, password).map_err(|message| Error::Store {
             what: "reading [store] postgres".into(),
@@ -310,10 +312,10 @@ impl Writer {
         let (reply, answer) = oneshot::channel::<Result<T>>();
         let queued = std::time::Instant::now();
         let job: Job = Box::new(move |tx| {
-            let (result, events) = crate::metrics::collect_events(|| op(tx));
+            let (result, events) = crate::model::metrics::collect_events(|| op(tx));
             let ok = result.is_ok();
             let completion: Completion = Box::new(move |commit_error| {
-                let metrics = &crate::metrics::METRICS;
+                let metrics = &crate::model::metrics::METRICS;
                 if commit_error.is_some() {
                     // Its batch did not commit (or could not begin), whatever the write did.
                     metrics

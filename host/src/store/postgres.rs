@@ -18,7 +18,7 @@ use ::postgres::{Client, NoTls, Statement};
 use bytes::BytesMut;
 
 use super::{FailTx, Queued, Row, Tx, Value, Writer};
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;

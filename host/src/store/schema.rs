@@ -5,7 +5,7 @@
 //! `{blob}` stands for the backend's byte type; a statement that begins with `{sqlite}` runs
 //! only on SQLite (its physical layout: rowid aliases, `WITHOUT ROWID` tables).
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 use crate::store::{Tx, Value};
 
 /// Every migration, in order. Never edit one that has shipped: add the next.
@@ -309,7 +309,7 @@ pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
 /// whose names the new rule makes one account stop the migration (nothing changes), naming
 /// both, for an admin to remove or rename one first.
 fn rekey_accounts(tx: &mut dyn Tx) -> Result<()> {
-    use crate::identity::{account_key, skeleton};
+    use crate::model::identity::{account_key, skeleton};
     use std::collections::HashMap;
     // Users: their spelling gives the key; two spellings of one key cannot both stay.
     let users = tx.query("SELECT account, account_key FROM users", &[])?;
@@ -412,7 +412,7 @@ fn fill_token_keys(tx: &mut dyn Tx) -> Result<()> {
         tx.execute(
             "UPDATE tokens SET account_key = $1 WHERE hash = $2",
             &[
-                crate::identity::account_key(&r.text(1)?).into(),
+                crate::model::identity::account_key(&r.text(1)?).into(),
                 r.text(0)?.into(),
             ],
         )?;

@@ -27,7 +27,7 @@ use rusqlite::{Connection, OpenFlags, types::ValueRef};
 
 use super::changes::{Changes, Kind, Stamp};
 use super::{Completion, EventHead, FailTx, Queued, Row, Tx, Value, Writer};
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 mod wal;
 mod writer;
@@ -252,7 +252,7 @@ impl Sqlite {
                     source,
                 })?;
         }
-        crate::private_files::check_private(path)?;
+        crate::store::private_files::check_private(path)?;
         let conn = open_connection(path, false)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;

@@ -23,7 +23,7 @@ use icu_properties::props::{DefaultIgnorableCodePoint, GeneralCategory};
 use icu_properties::{CodePointMapData, CodePointSetData};
 use unicode_security::MixedScript as _;
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// The key an account is known by: its NFKC case fold, trimmed of surrounding white space.
 ///

@@ -197,7 +197,7 @@ pub enum Error {
 
     /// The policy refuses the action.
     #[error("{0}")]
-    Refused(crate::refusal::Refusal),
+    Refused(crate::model::refusal::Refusal),
 
     /// An I/O error outside any provider.
     #[error("{what}: {source}")]

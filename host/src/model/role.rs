@@ -8,14 +8,14 @@ use jiff::civil::{Time, Weekday};
 use jiff::tz::TimeZone;
 use jiff::{SignedDuration, Timestamp};
 
-use crate::error::{Error, Result};
-use crate::identity::same_account;
+use crate::model::error::{Error, Result};
+use crate::model::identity::same_account;
 
 /// Longest activation any role may grant; MIM's RoleMaximalDuration is a day by default, and
 /// a week is the ceiling here.
 pub const TTL_CEILING: SignedDuration = SignedDuration::from_hours(24 * 7);
 
-pub use crate::refusal::{Refusal, Usability};
+pub use crate::model::refusal::{Refusal, Usability};
 
 /// When a role may be activated: on some weekdays, between two times of day, in a time zone.
 #[derive(Debug, Clone, PartialEq)]

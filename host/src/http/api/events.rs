@@ -2,7 +2,7 @@
 
 use super::*;
 
-use crate::events::{self, Filter};
+use crate::records::events::{self, Filter};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +71,6 @@ pub(super) async fn verify_events(
         }
     };
     out["anchored_seq"] = json!(r.anchored_seq);
-    out["anchored_at"] = json!(r.anchored_at_ms.map(crate::anchor::time));
+    out["anchored_at"] = json!(r.anchored_at_ms.map(crate::records::anchor::time));
     Ok(Json(out))
 }

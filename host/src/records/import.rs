@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::roles::{self, RoleSpec, WindowSpec};
+use crate::model::error::{Error, Result};
+use crate::records::roles::{self, RoleSpec, WindowSpec};
+use crate::records::users::{self, NewUser, UserChanges};
 use crate::store::Tx;
-use crate::users::{self, NewUser, UserChanges};
 
 /// One CSV record with the line it started on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -363,7 +363,7 @@ pub fn plan(
     for (line, u) in users {
         let phone = match &u.phone {
             Some(raw) => Some(
-                crate::phone::parse(raw, default_cc)
+                crate::model::phone::parse(raw, default_cc)
                     .map_err(|e| Error::Invalid {
                         what: format!("users line {line}"),
                         message: e.to_string(),
@@ -420,9 +420,9 @@ pub fn apply(
     for (line, u) in users {
         if p.users_created.contains(&u.account) {
             users::create(tx, u.clone(), default_cc, now_ms).map_err(|e| at(line, "users", e))?;
-            crate::events::admin_change(
+            crate::records::events::admin_change(
                 tx,
-                crate::events::USER_CREATED,
+                crate::records::events::USER_CREATED,
                 actor,
                 Some(&u.account),
                 None,
@@ -441,9 +441,9 @@ pub fn apply(
             };
             users::update(tx, &u.account, changes, default_cc, actor, now_ms)
                 .map_err(|e| at(line, "users", e))?;
-            crate::events::admin_change(
+            crate::records::events::admin_change(
                 tx,
-                crate::events::USER_CHANGED,
+                crate::records::events::USER_CHANGED,
                 actor,
                 Some(&u.account),
                 None,
@@ -455,9 +455,9 @@ pub fn apply(
     for (line, r) in roles {
         if p.roles_created.contains(&r.name) {
             roles::create(tx, r, now_ms).map_err(|e| at(line, "roles", e))?;
-            crate::events::admin_change(
+            crate::records::events::admin_change(
                 tx,
-                crate::events::ROLE_CREATED,
+                crate::records::events::ROLE_CREATED,
                 actor,
                 None,
                 Some(&r.name),
@@ -466,9 +466,9 @@ pub fn apply(
             )?;
         } else if p.roles_changed.contains(&r.name) {
             roles::replace(tx, r, now_ms).map_err(|e| at(line, "roles", e))?;
-            crate::events::admin_change(
+            crate::records::events::admin_change(
                 tx,
-                crate::events::ROLE_CHANGED,
+                crate::records::events::ROLE_CHANGED,
                 actor,
                 None,
                 Some(&r.name),

@@ -8,8 +8,8 @@ use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use hmac::{KeyInit as _, Mac as _};
 use sha2::{Digest as _, Sha256};
 
-use crate::error::{Error, Result};
-use crate::private_files::check_private;
+use crate::model::error::{Error, Result};
+use crate::store::private_files::check_private;
 
 /// Format byte of sealed data; a new scheme gets a new byte.
 const SEALED_V1: u8 = 1;

@@ -2,8 +2,8 @@
 
 use super::*;
 
-use crate::events;
-use crate::roles::{self, RoleSpec};
+use crate::records::events;
+use crate::records::roles::{self, RoleSpec};
 
 pub(super) async fn list_roles(
     State(api): State<Api>,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// `[directory]` in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -94,7 +94,7 @@ impl DirectoryConfig {
             });
         }
         if let Some(p) = &self.bind_password_file {
-            crate::private_files::check_private(p)?;
+            crate::store::private_files::check_private(p)?;
         }
         Ok(())
     }
@@ -194,7 +194,7 @@ pub async fn monitor_once(
     default_cc: u16,
     reported: &mut std::collections::HashMap<String, String>,
 ) -> Result<usize> {
-    let users = store.read_long(crate::users::list).await?;
+    let users = store.read_long(crate::records::users::list).await?;
     let accounts: Vec<String> = users.iter().map(|u| u.account.clone()).collect();
     let found = tokio::task::spawn_blocking(move || directory.lookup_many(&accounts))
         .await
@@ -204,11 +204,11 @@ pub async fn monitor_once(
         })??;
     let mut events = Vec::new();
     for (user, entry) in users.iter().zip(found) {
-        let key = crate::users::account_key(&user.account);
+        let key = crate::records::users::account_key(&user.account);
         let Some(raw) = entry.and_then(|e| e.phone) else {
             continue;
         };
-        let Ok(phone) = crate::phone::parse(&raw, default_cc).map(|p| p.to_string()) else {
+        let Ok(phone) = crate::model::phone::parse(&raw, default_cc).map(|p| p.to_string()) else {
             continue;
         };
         if user.phone.as_deref() == Some(phone.as_str()) {
@@ -219,14 +219,14 @@ pub async fn monitor_once(
             continue;
         }
         reported.insert(key, phone.clone());
-        let mut e = crate::events::NewEvent::new(
-            crate::events::PHONE_CHANGED,
-            crate::events::Severity::Warning,
+        let mut e = crate::records::events::NewEvent::new(
+            crate::records::events::PHONE_CHANGED,
+            crate::records::events::Severity::Warning,
             "monitoring",
             format!(
                 "the directory's telephone number is now {} (stored: {}); the stored number is kept until an admin changes it",
-                crate::users::masked(Some(&phone)),
-                crate::users::masked(user.phone.as_deref())
+                crate::records::users::masked(Some(&phone)),
+                crate::records::users::masked(user.phone.as_deref())
             ),
         );
         e.account = Some(user.account.clone());
@@ -238,7 +238,7 @@ pub async fn monitor_once(
         store
             .write(move |tx| {
                 for e in events {
-                    crate::events::append(tx, e, now)?;
+                    crate::records::events::append(tx, e, now)?;
                 }
                 Ok(())
             })

@@ -16,7 +16,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKey
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// A certificate this close to its end is reported at start, at each reload and twice a day.
 pub const EXPIRY_WARNING: jiff::SignedDuration = jiff::SignedDuration::from_hours(14 * 24);
@@ -279,7 +279,7 @@ fn read_pair(
             ),
         ));
     }
-    crate::private_files::check_private(key_path)?;
+    crate::store::private_files::check_private(key_path)?;
     let key_pem = std::fs::read(key_path).map_err(|source| Error::Io {
         what: format!("cannot read the TLS key {}", key_path.display()),
         source,

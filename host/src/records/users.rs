@@ -1,8 +1,8 @@
 //! Users: the candidates and approvers rolegate knows, with the phone number phone and SMS
 //! providers use. A changed phone number raises event 825, as in MIM.
 
-use crate::error::{Error, Result};
-use crate::events::{self, NewEvent, Severity};
+use crate::model::error::{Error, Result};
+use crate::records::events::{self, NewEvent, Severity};
 use crate::store::{Row, Tx, Value};
 
 /// A user as stored.
@@ -54,10 +54,10 @@ pub struct UserChanges {
     pub enabled: Option<bool>,
 }
 
-/// The key accounts are compared by (see [`crate::identity`]): one rule everywhere.
-pub use crate::identity::{account_key, same_account};
+/// The key accounts are compared by (see [`crate::model::identity`]): one rule everywhere.
+pub use crate::model::identity::{account_key, same_account};
 
-pub use crate::limits::DEFAULT_DISPLAY_NAME_CHARS;
+pub use crate::model::limits::DEFAULT_DISPLAY_NAME_CHARS;
 
 /// What a new or changed user is checked against: the phone's default country code, the
 /// display name's limit, and whether an admin allows a name that looks like another.
@@ -97,13 +97,13 @@ fn check_display_name(name: &str, max: usize) -> Result<()> {
     }
     if name
         .chars()
-        .any(|c| c.is_control() || crate::identity::hides(c))
+        .any(|c| c.is_control() || crate::model::identity::hides(c))
     {
         return Err(Error::Invalid {
             what: "display_name".into(),
             message: format!(
                 "{} holds invisible or text-reordering characters",
-                crate::identity::quoted(name)
+                crate::model::identity::quoted(name)
             ),
         });
     }
@@ -115,7 +115,7 @@ fn check_display_name(name: &str, max: usize) -> Result<()> {
 pub fn lookalike_of(tx: &mut dyn Tx, account: &str) -> Result<Option<String>> {
     let rows = tx.query(
         "SELECT u.account, u.account_key FROM account_skeletons s JOIN users u ON u.account_key = s.account_key WHERE s.skeleton = $1",
-        &[crate::identity::skeleton(account).into()],
+        &[crate::model::identity::skeleton(account).into()],
     )?;
     let key = account_key(account);
     for r in &rows {
@@ -144,7 +144,7 @@ fn check_email(email: &str) -> Result<()> {
 fn normalise_phone(phone: Option<&str>, default_cc: u16) -> Result<Option<String>> {
     match phone.map(str::trim) {
         None | Some("") => Ok(None),
-        Some(p) => Ok(Some(crate::phone::parse(p, default_cc)?.to_string())),
+        Some(p) => Ok(Some(crate::model::phone::parse(p, default_cc)?.to_string())),
     }
 }
 
@@ -194,7 +194,7 @@ pub fn create(
 ) -> Result<User> {
     let rules = rules.into();
     let account = new.account.trim().to_string();
-    crate::identity::check_name(crate::identity::NameKind::Account, &account)?;
+    crate::model::identity::check_name(crate::model::identity::NameKind::Account, &account)?;
     if let Some(e) = &new.email {
         check_email(e)?;
     }
@@ -203,33 +203,33 @@ pub fn create(
     if let Some(existing) = get(tx, &account)? {
         return Err(Error::Conflict(format!(
             "user {} exists already{}",
-            crate::identity::quoted(&existing.account),
+            crate::model::identity::quoted(&existing.account),
             if existing.account == account {
                 String::new()
             } else {
                 format!(
                     " ({} is another spelling of it)",
-                    crate::identity::quoted(&account)
+                    crate::model::identity::quoted(&account)
                 )
             }
         )));
     }
     if !rules.allow_lookalike {
-        if let Some(label) = crate::identity::mixed_script_label(&account) {
+        if let Some(label) = crate::model::identity::mixed_script_label(&account) {
             return Err(Error::Invalid {
                 what: "account".into(),
                 message: format!(
                     "{} mixes scripts in {} (a look-alike trick): check the spelling, or allow this one name with `--allow-lookalike`",
-                    crate::identity::quoted(&account),
-                    crate::identity::quoted(label)
+                    crate::model::identity::quoted(&account),
+                    crate::model::identity::quoted(label)
                 ),
             });
         }
         if let Some(other) = lookalike_of(tx, &account)? {
             return Err(Error::Conflict(format!(
                 "{} looks like the existing user {}: check the spelling, or allow this one name with `--allow-lookalike`",
-                crate::identity::quoted(&account),
-                crate::identity::quoted(&other)
+                crate::model::identity::quoted(&account),
+                crate::model::identity::quoted(&other)
             )));
         }
     }
@@ -268,7 +268,7 @@ pub fn create(
         "INSERT INTO account_skeletons (account_key, skeleton) VALUES ($1, $2)",
         &[
             account_key(&account).into(),
-            crate::identity::skeleton(&account).into(),
+            crate::model::identity::skeleton(&account).into(),
         ],
     )?;
     Ok(user)
@@ -370,7 +370,7 @@ pub fn remove(tx: &mut dyn Tx, account: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Filter, PHONE_CHANGED};
+    use crate::records::events::{Filter, PHONE_CHANGED};
     use crate::store::sqlite::Sqlite;
 
     fn db() -> (tempfile::TempDir, Sqlite) {

@@ -24,9 +24,9 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::access::{self, AccessLog, ClientAddr};
-use crate::metrics::METRICS;
-use crate::tls::ServerTls;
+use crate::http::access::{self, AccessLog, ClientAddr};
+use crate::http::tls::ServerTls;
+use crate::model::metrics::METRICS;
 
 /// The default of `[server] client_timeout_s`.
 pub const DEFAULT_CLIENT_TIMEOUT_S: u64 = 30;

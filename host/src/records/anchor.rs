@@ -1,10 +1,10 @@
 //! Anchors of the event chain: signed checkpoints of its head, kept outside the database.
 //!
-//! The hash chain ([`crate::events`]) shows an edited or deleted row, but not a cut tail whose
+//! The hash chain ([`crate::records::events`]) shows an edited or deleted row, but not a cut tail whose
 //! head row was rewritten to match: whoever can write the database can do that. So the daemon
 //! signs the head it sees — `{seq, hash, at_ms, mac}`, the MAC an HMAC-SHA256 under a key
-//! derived from the key file's ([`crate::secrets::SealingKey::derive`], label
-//! [`crate::anchor::KEY_LABEL`]) — and appends it to a file beside the key file, once per
+//! derived from the key file's ([`crate::store::secrets::SealingKey::derive`], label
+//! [`crate::records::anchor::KEY_LABEL`]) — and appends it to a file beside the key file, once per
 //! interval in which the head moved; it copies one checkpoint a minute to its log (target
 //! `rolegate::anchor`), for syslog or journald to keep.
 //! `events verify` then checks that every event a valid checkpoint names carries the anchored
@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::secrets::{SealingKey, hmac_sha256, hmac_sha256_matches};
+use crate::model::error::{Error, Result};
+use crate::store::secrets::{SealingKey, hmac_sha256, hmac_sha256_matches};
 use crate::store::{Store, Tx, Value};
 
 /// The label of the anchor key derived from the key file's key; also the first bytes of
@@ -510,11 +510,11 @@ mod tests {
     async fn append_event(store: &Store, i: i64) {
         store
             .write(move |tx| {
-                crate::events::append(
+                crate::records::events::append(
                     tx,
-                    crate::events::NewEvent::new(
-                        crate::events::MFA_COMPLETED,
-                        crate::events::Severity::Information,
+                    crate::records::events::NewEvent::new(
+                        crate::records::events::MFA_COMPLETED,
+                        crate::records::events::Severity::Information,
                         "activation",
                         format!("event {i}"),
                     ),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rolegate_sdk::ProviderError;
 use rolegate_sdk::conformance::{Endpoint, Target};
 
-use crate::error::Error;
+use crate::model::error::Error;
 use crate::plugins::{LoadedProvider, Plugin};
 
 /// A plugin library seen through the host's loader, as the conformance suite's target.

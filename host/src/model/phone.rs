@@ -3,7 +3,7 @@
 
 pub use rolegate_sdk::phone::{PhoneNumber, is_country_code};
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// Parses a number as people write it (see [`PhoneNumber::parse`]), with the host's error.
 pub fn parse(input: &str, default_country_code: u16) -> Result<PhoneNumber> {

@@ -4,7 +4,7 @@ use super::*;
 
 /// The metrics in Prometheus's text format, for the scrape token or an admin.
 pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Response> {
-    let hash = crate::secrets::token_hash(&Api::bearer(&headers)?);
+    let hash = crate::store::secrets::token_hash(&Api::bearer(&headers)?);
     // Comparing hashes: the time it takes tells nothing of the token.
     if api.metrics_token.as_deref() != Some(hash.as_str()) {
         api.admin(&headers).await?;
@@ -14,7 +14,7 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> ApiRe
         .store()
         .read_long(crate::service::in_flight)
         .await?;
-    let body = crate::metrics::METRICS.render(&in_flight);
+    let body = crate::model::metrics::METRICS.render(&in_flight);
     Ok((
         [(
             axum::http::header::CONTENT_TYPE,

@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// The limits on free-text fields, in characters (`[limits]` in the configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

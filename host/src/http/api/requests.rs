@@ -27,7 +27,7 @@ pub(super) async fn create_request(
     Json(body): Json<NewRequest>,
 ) -> ApiResult<(StatusCode, Json<RequestView>)> {
     // A token not seen lately is verified in the request's own read (one read, not two).
-    let hash = crate::secrets::token_hash(&Api::bearer(&headers)?);
+    let hash = crate::store::secrets::token_hash(&Api::bearer(&headers)?);
     let now = jiff::Timestamp::now().as_millisecond();
     let (who, stamp) = match api.cached_caller(&hash, now) {
         Some(c) => (Requester::Account(c.account), None),

@@ -5,8 +5,8 @@
 
 use sha2::{Digest as _, Sha256};
 
-use crate::anchor::{Anchors, Checkpoint};
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
+use crate::records::anchor::{Anchors, Checkpoint};
 use crate::store::{Row, Tx, Value};
 
 /// MIM 101 (Error): the user did not complete MFA during activation.
@@ -330,8 +330,8 @@ pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<Event> {
         provider: e.provider,
         // Bounded: the chain keeps what it holds for ever (fields that feed a message have
         // their own limits; this catches whatever slips past them).
-        message: if e.message.len() > crate::limits::EVENT_MESSAGE_CHARS {
-            crate::limits::cut(&e.message, crate::limits::EVENT_MESSAGE_CHARS)
+        message: if e.message.len() > crate::model::limits::EVENT_MESSAGE_CHARS {
+            crate::model::limits::cut(&e.message, crate::model::limits::EVENT_MESSAGE_CHARS)
         } else {
             e.message
         },
@@ -357,7 +357,7 @@ pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<Event> {
             account_key_if_other(event.account.as_deref()).into(),
         ],
     )?;
-    crate::metrics::appended(event.id, event.provider.as_deref());
+    crate::model::metrics::appended(event.id, event.provider.as_deref());
     match tx.event_head() {
         // The writer stores the head once, before its batch commits.
         Some(h) => {
@@ -386,7 +386,7 @@ fn account_key_if_other(account: Option<&str>) -> Option<String> {
     {
         return None;
     }
-    let key = crate::identity::account_key(account);
+    let key = crate::model::identity::account_key(account);
     (key != account).then_some(key)
 }
 
@@ -433,7 +433,7 @@ fn list_query(f: &Filter) -> (String, Vec<Value>) {
         // The key where it was stored, else the account is its own key.
         add(
             "(account_key = ? OR (account_key IS NULL AND account = ?))",
-            crate::identity::account_key(a).into(),
+            crate::model::identity::account_key(a).into(),
             &mut params,
         );
     }
@@ -890,16 +890,17 @@ mod tests {
     }
 
     /// An anchor file with a fresh key in `dir`.
-    fn anchor_file(dir: &std::path::Path) -> crate::anchor::AnchorFile {
-        let key = crate::secrets::SealingKey::load_or_create(&dir.join("rolegate.key")).unwrap();
-        crate::anchor::AnchorFile::new(
+    fn anchor_file(dir: &std::path::Path) -> crate::records::anchor::AnchorFile {
+        let key =
+            crate::store::secrets::SealingKey::load_or_create(&dir.join("rolegate.key")).unwrap();
+        crate::records::anchor::AnchorFile::new(
             dir.join("rolegate.anchors"),
-            crate::anchor::AnchorKey::derive(&key).unwrap(),
+            crate::records::anchor::AnchorKey::derive(&key).unwrap(),
         )
     }
 
     /// Anchors the event `seq` as stored, signed at `at_ms`.
-    async fn anchor(db: &Sqlite, file: &crate::anchor::AnchorFile, seq: i64, at_ms: i64) {
+    async fn anchor(db: &Sqlite, file: &crate::records::anchor::AnchorFile, seq: i64, at_ms: i64) {
         let rows = db
             .read(move |tx| tx.query("SELECT hash FROM events WHERE seq = $1", &[Value::Int(seq)]))
             .await
@@ -908,7 +909,7 @@ mod tests {
         file.append(&c).unwrap();
     }
 
-    async fn verify_with(db: &Sqlite, file: &crate::anchor::AnchorFile) -> Report {
+    async fn verify_with(db: &Sqlite, file: &crate::records::anchor::AnchorFile) -> Report {
         let anchors = file.read().unwrap();
         db.read(move |tx| verify_anchored(tx, &anchors))
             .await

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// Refuses a file that its group or others can read, as OpenSSH does for private keys.
 pub fn check_private(path: &Path) -> Result<()> {

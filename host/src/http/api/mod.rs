@@ -16,10 +16,10 @@ use jiff::SignedDuration;
 use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
-use crate::error::Error;
+use crate::model::error::Error;
+use crate::records::tokens::Caller;
 use crate::service::{RequestView, Requester, Service};
 use crate::store::changes::{self, Kind, Stamp};
-use crate::tokens::Caller;
 
 mod approvals;
 mod enrolments;
@@ -54,11 +54,11 @@ pub struct Api {
     /// daemon's writer makes it stale at once, even when it raced the read.
     tokens: Arc<std::sync::Mutex<std::collections::HashMap<String, CachedToken>>>,
     /// The directory users may be copied from.
-    directory: Option<Arc<crate::directory::DirectoryConfig>>,
+    directory: Option<Arc<crate::records::directory::DirectoryConfig>>,
     /// The hash of the token that may read `/metrics` (and nothing else), if one is set.
     metrics_token: Option<Arc<str>>,
     /// The event chain's anchors, checked by `/v1/events/verify`.
-    anchors: Option<Arc<crate::anchor::AnchorFile>>,
+    anchors: Option<Arc<crate::records::anchor::AnchorFile>>,
 }
 
 /// How long a verified token is trusted without a new look-up when the store cannot tell of
@@ -80,7 +80,7 @@ impl From<Error> for ApiError {
         let (status, code) = match &e {
             Error::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            Error::Refused(crate::role::Refusal::RateLimited { .. }) => {
+            Error::Refused(crate::model::role::Refusal::RateLimited { .. }) => {
                 (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
             }
             Error::Refused(_) => (StatusCode::FORBIDDEN, "refused"),
@@ -143,19 +143,25 @@ impl Api {
     }
 
     /// Checks the event chain against this anchor file in `/v1/events/verify`.
-    pub fn with_anchors(mut self, anchors: Option<Arc<crate::anchor::AnchorFile>>) -> Self {
+    pub fn with_anchors(
+        mut self,
+        anchors: Option<Arc<crate::records::anchor::AnchorFile>>,
+    ) -> Self {
         self.anchors = anchors;
         self
     }
 
     /// Lets the holder of `token` read `/metrics` (admins always may).
     pub fn with_metrics_token(mut self, token: Option<&str>) -> Self {
-        self.metrics_token = token.map(|t| crate::secrets::token_hash(t).into());
+        self.metrics_token = token.map(|t| crate::store::secrets::token_hash(t).into());
         self
     }
 
     /// Lets admins create users from this directory (`from_directory`).
-    pub fn with_directory(mut self, directory: Option<crate::directory::DirectoryConfig>) -> Self {
+    pub fn with_directory(
+        mut self,
+        directory: Option<crate::records::directory::DirectoryConfig>,
+    ) -> Self {
         self.directory = directory.map(Arc::new);
         self
     }
@@ -177,7 +183,7 @@ impl Api {
                 c.still_fresh(Kind::Token, hash, *stamp, *at, now)
                     && c.still_fresh(
                         Kind::Account,
-                        &crate::users::account_key(&caller.account),
+                        &crate::records::users::account_key(&caller.account),
                         *stamp,
                         *at,
                         now,
@@ -203,9 +209,9 @@ impl Api {
     /// are refused at once here; another host sharing PostgreSQL refuses them within its
     /// cache's few seconds.
     fn forget_account(&self, account: &str) {
-        let key = crate::users::account_key(account);
+        let key = crate::records::users::account_key(account);
         if let Ok(mut cache) = self.tokens.lock() {
-            cache.retain(|_, (c, _, _)| crate::users::account_key(&c.account) != key);
+            cache.retain(|_, (c, _, _)| crate::records::users::account_key(&c.account) != key);
         }
     }
 
@@ -219,19 +225,23 @@ impl Api {
         if let Ok(mut cache) = self.tokens.lock() {
             // Stale as `cached_caller` judges by age: a minute with the writer's stamp, a few
             // seconds without (PostgreSQL).
-            crate::caches::make_room(&mut cache, crate::caches::MAX_ENTRIES, |_, (c, at, s)| {
-                let young = match s {
-                    Some(_) => changes::young(*at, now),
-                    None => (0..TOKEN_CACHE_MS).contains(&(now - *at)),
-                };
-                !young || c.expires_at.is_some_and(|e| e <= now)
-            });
+            crate::model::caches::make_room(
+                &mut cache,
+                crate::model::caches::MAX_ENTRIES,
+                |_, (c, at, s)| {
+                    let young = match s {
+                        Some(_) => changes::young(*at, now),
+                        None => (0..TOKEN_CACHE_MS).contains(&(now - *at)),
+                    };
+                    !young || c.expires_at.is_some_and(|e| e <= now)
+                },
+            );
             cache.insert(hash, (caller.clone(), now, stamp));
         }
     }
 
     async fn caller(&self, headers: &HeaderMap) -> ApiResult<Caller> {
-        let hash = crate::secrets::token_hash(&Self::bearer(headers)?);
+        let hash = crate::store::secrets::token_hash(&Self::bearer(headers)?);
         let now = jiff::Timestamp::now().as_millisecond();
         if let Some(caller) = self.cached_caller(&hash, now) {
             return Ok(caller);
@@ -241,7 +251,7 @@ impl Api {
         let caller = self
             .service
             .store()
-            .read(move |tx| crate::tokens::verify_hash(tx, &h, now))
+            .read(move |tx| crate::records::tokens::verify_hash(tx, &h, now))
             .await?
             .ok_or_else(|| unauthorized("the token is not valid"))?;
         self.cache_caller(hash, &caller, now, stamp);
@@ -298,7 +308,7 @@ impl Api {
             .route("/v1/providers", get(list_providers))
             .route("/v1/tokens", post(create_token).get(list_tokens))
             .route("/v1/tokens/{id}", delete(revoke_token))
-            .merge(crate::web::routes())
+            .merge(crate::http::web::routes())
             .with_state(self)
             .layer(axum::middleware::map_response(no_store))
     }

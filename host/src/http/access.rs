@@ -17,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::error::{Error, Result};
+use crate::model::error::{Error, Result};
 
 /// The client's address, as the server accepted its connection.
 #[derive(Debug, Clone, Copy)]
@@ -210,8 +210,8 @@ pub async fn layer(State(log): State<AccessLog>, req: Request, next: Next) -> Re
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     // The token's public id (as `rolegate token list` shows it), never the token.
-    let token = crate::api::bearer_token(req.headers())
-        .map(|t| crate::tokens::id_of_hash(&crate::secrets::token_hash(t)));
+    let token = crate::http::api::bearer_token(req.headers())
+        .map(|t| crate::records::tokens::id_of_hash(&crate::store::secrets::token_hash(t)));
     let response = next.run(req).await;
     let line = Line {
         time: jiff::Timestamp::now(),

@@ -2,9 +2,9 @@
 
 use super::*;
 
-use crate::events;
-use crate::tokens;
-use crate::users;
+use crate::records::events;
+use crate::records::tokens;
+use crate::records::users;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -22,13 +22,16 @@ pub(super) async fn create_token(
     Json(b): Json<TokenBody>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let c = api.admin(&headers).await?;
-    crate::limits::check(
+    crate::model::limits::check(
         "label",
         &b.label,
         api.service.settings().limits.label_chars,
         "label_chars",
     )?;
-    crate::identity::check_name(crate::identity::NameKind::Account, b.account.trim())?;
+    crate::model::identity::check_name(
+        crate::model::identity::NameKind::Account,
+        b.account.trim(),
+    )?;
     let (account, admin) = (b.account.clone(), b.admin);
     let token = api
         .service

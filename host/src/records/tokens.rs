@@ -1,7 +1,7 @@
 //! API tokens: bearer secrets shown once, stored as hashes, each for one account.
 
-use crate::error::{Error, Result};
-use crate::secrets::{new_token, token_hash};
+use crate::model::error::{Error, Result};
+use crate::store::secrets::{new_token, token_hash};
 use crate::store::{Tx, Value};
 
 /// Who a token speaks for.
@@ -35,7 +35,7 @@ pub fn issue(
         &[
             hash.into(),
             account.trim().into(),
-            crate::identity::account_key(account).into(),
+            crate::model::identity::account_key(account).into(),
             admin.into(),
             label.into(),
             Value::Int(now_ms),
@@ -53,7 +53,7 @@ pub fn verify(tx: &mut dyn Tx, token: &str, now_ms: i64) -> Result<Option<Caller
 ///
 /// A token speaks only for a user who may act: one whose account is a disabled user, or a
 /// user's token (not an admin's) whose user does not exist, is refused
-/// ([`crate::role::Refusal::UserNotAllowed`]). An admin token whose account is no user (the
+/// ([`crate::model::role::Refusal::UserNotAllowed`]). An admin token whose account is no user (the
 /// first admin) stays valid.
 pub fn verify_hash(tx: &mut dyn Tx, hash: &str, now_ms: i64) -> Result<Option<Caller>> {
     lookup(tx, hash, now_ms, true)
@@ -87,9 +87,11 @@ fn lookup(tx: &mut dyn Tx, hash: &str, now_ms: i64, with_user: bool) -> Result<O
     };
     if !may_act {
         // The holder is told why (the token is theirs); nothing is done with it.
-        return Err(Error::Refused(crate::role::Refusal::UserNotAllowed {
-            account: r.text(0)?,
-        }));
+        return Err(Error::Refused(
+            crate::model::role::Refusal::UserNotAllowed {
+                account: r.text(0)?,
+            },
+        ));
     }
     Ok(Some(Caller {
         account: r.text(0)?,
@@ -192,9 +194,9 @@ pub fn revoke(tx: &mut dyn Tx, id: &str) -> Result<Option<(String, TokenView)>> 
 }
 
 /// Revokes every token of `account` (compared as accounts are: by their keys, see
-/// [`crate::identity`]); returns their hashes.
+/// [`crate::model::identity`]); returns their hashes.
 pub fn revoke_account(tx: &mut dyn Tx, account: &str) -> Result<Vec<String>> {
-    let key = crate::users::account_key(account);
+    let key = crate::records::users::account_key(account);
     // A token without a key was issued by an instance older than schema 6 still running
     // beside upgraded ones (PostgreSQL): it is compared by its account instead.
     let mut revoked = Vec::new();
@@ -204,7 +206,7 @@ pub fn revoke_account(tx: &mut dyn Tx, account: &str) -> Result<Vec<String>> {
     )? {
         let theirs = match r.opt_text(2)? {
             Some(k) => k == key,
-            None => crate::users::same_account(&r.text(1)?, account),
+            None => crate::records::users::same_account(&r.text(1)?, account),
         };
         if theirs {
             revoked.push(r.text(0)?);

@@ -3,9 +3,9 @@
 
 use super::*;
 
-use crate::events;
-use crate::tokens;
-use crate::users::{self, NewUser, UserChanges};
+use crate::records::events;
+use crate::records::tokens;
+use crate::records::users::{self, NewUser, UserChanges};
 
 pub(super) fn user_json(u: &users::User) -> Json_ {
     json!({
@@ -97,7 +97,8 @@ pub(super) async fn create_user(
             // A look-alike is refused before this; allowed, it is said in the event.
             let lookalike = if rules.allow_lookalike {
                 let found = users::lookalike_of(tx, &new.account)?;
-                let mixed = crate::identity::mixed_script_label(new.account.trim()).is_some();
+                let mixed =
+                    crate::model::identity::mixed_script_label(new.account.trim()).is_some();
                 let mut why = Vec::new();
                 if let Some(other) = found {
                     why.push(format!("looking like `{other}`"));

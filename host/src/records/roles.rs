@@ -6,9 +6,9 @@ use std::collections::BTreeSet;
 use jiff::SignedDuration;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
-use crate::identity::{NameKind, check_name, quoted, same_account, skeleton};
-use crate::role::{AvailabilityWindow, Role};
+use crate::model::error::{Error, Result};
+use crate::model::identity::{NameKind, check_name, quoted, same_account, skeleton};
+use crate::model::role::{AvailabilityWindow, Role};
 use crate::store::{Tx, Value};
 
 /// A role's policy as it is stored and exchanged (API, CLI, import).
@@ -113,7 +113,8 @@ pub fn create(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
     let skeleton = skeleton(&spec.name);
     for r in tx.query("SELECT name FROM roles", &[])? {
         let other = r.text(0)?;
-        if same_account(&other, &spec.name) || crate::identity::skeleton(&other) == skeleton {
+        if same_account(&other, &spec.name) || crate::model::identity::skeleton(&other) == skeleton
+        {
             return Err(Error::Conflict(format!(
                 "role {} looks like the existing role {}: choose a name that reads differently",
                 quoted(&spec.name),
