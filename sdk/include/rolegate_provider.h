@@ -82,6 +82,9 @@
  * {"step":"wait","state":"<base64>","poll_after_ms":N,"status":"..."}, or
  * {"step":"done","verdict":{"outcome":"approved","credential":null|{...}}} /
  * {"step":"done","verdict":{"outcome":"denied","reason":"wrong_answer","message":"..."}}.
+ * An "ask" or "wait" may add "reference":"..." (optional): what the provider sent or started
+ * out of band (a message SID, a call id), which the host records in the challenge's event;
+ * never a secret, at most 128 printable characters kept.
  *
  * Every answer of create and call is one JSON object, the response envelope:
  *

@@ -510,6 +510,7 @@ mod tests {
                 },
                 state: Bytes(state.to_vec()),
                 expires_in: 1,
+                reference: None,
             })
         }
     }

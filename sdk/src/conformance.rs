@@ -1528,6 +1528,7 @@ mod tests {
                 },
                 state: Bytes(state),
                 expires_in: 60,
+                reference: None,
             })
         }
 

@@ -328,6 +328,10 @@ pub enum Step {
         state: Bytes,
         /// Seconds the prompt stays valid.
         expires_in: u64,
+        /// What the provider sent or started out of band (a message SID, a call id), for the
+        /// admin: the host records it in the challenge's event. Never a secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
     },
     /// Something happens out of band (a phone is ringing); poll after `poll_after_ms`.
     Wait {
@@ -338,6 +342,10 @@ pub enum Step {
         /// What is happening, for the user's spinner ("calling +1 425 555 0100").
         #[serde(default)]
         status: String,
+        /// What the provider sent or started out of band (a call id), for the admin: the
+        /// host records it in the challenge's event. Never a secret.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
     },
     /// The challenge or enrolment is over.
     Done {
@@ -347,6 +355,17 @@ pub enum Step {
 }
 
 crate::tagged::tagged!(Step, "step");
+
+impl Step {
+    /// The provider's reference to what it sent or started (a message SID, a call id), when
+    /// it gave one: only `Ask` and `Wait` carry one.
+    pub fn reference(&self) -> Option<&str> {
+        match self {
+            Step::Ask { reference, .. } | Step::Wait { reference, .. } => reference.as_deref(),
+            Step::Done { .. } => None,
+        }
+    }
+}
 
 /// The outcome of a challenge or enrolment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -485,6 +504,7 @@ mod tests {
             },
             state: Bytes(vec![1]),
             expires_in: 60,
+            reference: None,
         };
         let s = serde_json::to_string(&Response::Ok(step)).unwrap();
         assert_eq!(
@@ -501,6 +521,34 @@ mod tests {
             serde_json::to_string(&denied).unwrap(),
             r#"{"step":"done","verdict":{"outcome":"denied","reason":"wrong_answer","message":"no"}}"#
         );
+    }
+
+    #[test]
+    fn a_reference_travels_when_given_and_is_optional_when_read() {
+        let step = Step::Ask {
+            prompt: Prompt::Code {
+                message: "m".into(),
+                length: None,
+            },
+            state: Bytes(vec![1]),
+            expires_in: 60,
+            reference: Some("SM0123".into()),
+        };
+        let s = serde_json::to_string(&step).unwrap();
+        assert!(s.ends_with(r#","reference":"SM0123"}"#), "{s}");
+        assert_eq!(step.reference(), Some("SM0123"));
+        assert_eq!(serde_json::from_str::<Step>(&s).unwrap(), step);
+        // From a provider built before the field: none.
+        let old: Step = serde_json::from_str(
+            r#"{"step":"wait","state":"AQ==","poll_after_ms":5,"status":"ringing"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.reference(), None);
+        let wait: Step = serde_json::from_str(
+            r#"{"step":"wait","state":"AQ==","poll_after_ms":5,"reference":"CA9"}"#,
+        )
+        .unwrap();
+        assert_eq!(wait.reference(), Some("CA9"));
     }
 
     #[test]

@@ -490,6 +490,7 @@ mod tests {
                 },
                 state: Bytes(vec![1]),
                 expires_in: 60,
+                reference: None,
             }
         );
         let v: Verdict =

@@ -104,6 +104,7 @@ impl Provider for Hello {
             },
             state: state.into(),
             expires_in: self.settings.expires_in,
+            reference: None,
         })
     }
 

@@ -197,6 +197,7 @@ impl Service {
                 prompt,
                 state,
                 expires_in,
+                ..
             } => {
                 let cap = self.settings.max_prompt_lifetime.as_millis() as i64;
                 let expiry = ms(now) + ((expires_in as i64).saturating_mul(1000)).min(cap);

@@ -494,6 +494,7 @@ impl Service {
                 prompt,
                 state,
                 expires_in,
+                ..
             } => {
                 let asked = ms(now).saturating_add((expires_in as i64).saturating_mul(1000));
                 Outcome::Prompt {
@@ -506,6 +507,7 @@ impl Service {
                 state,
                 poll_after_ms,
                 status,
+                ..
             } => Outcome::Prompt {
                 prompt: serde_json::json!({"kind": "wait", "status": status, "poll_after_ms": poll_after_ms}),
                 sealed: self.seal_state(&state, request)?,

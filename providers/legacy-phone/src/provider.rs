@@ -313,6 +313,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
             },
             state: to_state(&PinEnrolment { first: None })?,
             expires_in: PIN_ENROLMENT_EXPIRES_IN,
+            reference: None,
         })
     }
 
@@ -344,6 +345,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
                     },
                     state: to_state(&PinEnrolment { first: Some(first) })?,
                     expires_in: PIN_ENROLMENT_EXPIRES_IN,
+                    reference: None,
                 })
             }
             Some(first) => {
@@ -483,6 +485,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
                 ),
                 _ => format!("Calling {}: answer and press #", masked(&phone)),
             },
+            reference: None,
         })
     }
 
@@ -520,6 +523,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
                     .into(),
                 poll_after_ms: 1000,
                 status: "Ringing…".into(),
+                reference: None,
             });
         };
         let response = answer.map_err(ProviderError::unavailable)?;
@@ -789,6 +793,7 @@ impl LegacyPhone {
                 .map_err(|e| ProviderError::internal(format!("state: {e}")))?
                 .into(),
             expires_in: self.settings.call_timeout_s.max(300),
+            reference: None,
         })
     }
 

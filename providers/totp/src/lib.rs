@@ -421,6 +421,7 @@ impl Provider for TotpProvider {
             },
             state: encode_state(&state)?.into(),
             expires_in: self.settings.enrol_expires_in,
+            reference: None,
         })
     }
 
@@ -492,6 +493,7 @@ impl Provider for TotpProvider {
             },
             state: encode_state(&state)?.into(),
             expires_in: self.settings.expires_in,
+            reference: None,
         })
     }
 

@@ -83,6 +83,7 @@ impl Provider for Misbehave {
             },
             state: b"enrol".to_vec().into(),
             expires_in: 300,
+            reference: None,
         })
     }
 
@@ -153,6 +154,7 @@ impl Provider for Misbehave {
                 },
                 state: ctx.request_id.as_bytes().to_vec().into(),
                 expires_in: 60,
+                reference: None,
             }),
             _ => self.challenge_start_ok(ctx),
         }
@@ -212,6 +214,7 @@ impl Misbehave {
             },
             state: ctx.request_id.as_bytes().to_vec().into(),
             expires_in: 60,
+            reference: None,
         })
     }
 }
