@@ -388,6 +388,11 @@ impl Table {
         self.table.table_size
     }
 
+    /// The raw function table, for callers that test the functions' edge cases themselves.
+    pub fn functions(&self) -> &'static ProviderTableV1 {
+        self.table
+    }
+
     /// Creates an instance from settings given as a JSON object.
     pub fn create(&self, settings_json: &[u8]) -> Result<Instance, ProviderError> {
         let mut raw: *mut c_void = std::ptr::null_mut();
