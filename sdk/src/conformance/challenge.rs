@@ -987,7 +987,8 @@ impl Session<'_> {
         if !failures.is_empty() {
             return fail(CONCURRENT, failures.join("; "));
         }
-        let answered = first_shape.map_or(String::new(), |(_, d)| d);
+        // Every poll may have answered Wait: the verdict had not come yet.
+        let answered = first_shape.map_or_else(|| "Wait".to_string(), |(_, d)| d);
         let with = probe
             .garbage
             .as_deref()
