@@ -160,12 +160,20 @@ enum Command {
         #[arg(long)]
         sha256: String,
     },
+    /// Load a plugin into this process and run the conformance checks, reporting each call on
+    /// stdout (started by `provider check`, which survives a crash of this process).
+    #[command(hide = true)]
+    CheckWorker,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::PluginWorker { library, sha256 } = &cli.command {
         let code = plugins::worker::run(library, sha256);
+        return ExitCode::from(u8::try_from(code).unwrap_or(2));
+    }
+    if let Command::CheckWorker = &cli.command {
+        let code = plugins::check::child_main();
         return ExitCode::from(u8::try_from(code).unwrap_or(2));
     }
     tracing_subscriber::fmt()
@@ -259,7 +267,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config,
                 isolation,
                 deadline_ms,
-            } => check(&library, config.as_deref(), isolation, deadline_ms),
+                allow_skips,
+            } => check(
+                &library,
+                config.as_deref(),
+                isolation,
+                deadline_ms,
+                allow_skips,
+                cli.json,
+            ),
             ProviderCommand::List {
                 config: Some(config),
             } => list(&config, cli.json),
@@ -298,7 +314,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 serve(&path)
             }
         }
-        Command::PluginWorker { .. } => Ok(ExitCode::from(2)),
+        Command::PluginWorker { .. } | Command::CheckWorker => Ok(ExitCode::from(2)),
     }
 }
 

@@ -15,19 +15,25 @@ use crate::runtime;
 
 #[derive(Subcommand)]
 pub(crate) enum ProviderCommand {
-    /// Run the conformance checks against a plugin library; exits non-zero on any failure.
+    /// Run the conformance checks against a plugin library; exits non-zero on any failure or
+    /// skipped check (see --allow-skips). With --json, prints the report as JSON.
     Check {
         /// The plugin library (.so).
         library: PathBuf,
-        /// A TOML file with the provider's settings (the `[provider.settings]` table's keys).
+        /// A TOML file with the provider's settings (the `[provider.settings]` table's keys),
+        /// and the check's own in a `[rolegate_check]` table (`enrol_codes`).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Where to run the plugin.
+        /// Where to run the plugin (in-process runs it in a child process of the check, so a
+        /// crash fails a check rather than the check itself).
         #[arg(long, default_value = "in-process")]
         isolation: Isolation,
         /// Deadline of each call, in milliseconds.
         #[arg(long, default_value_t = 5000)]
         deadline_ms: u64,
+        /// Exit 0 when no check failed even if some were skipped (they are still listed).
+        #[arg(long)]
+        allow_skips: bool,
     },
     /// The daemon's providers with their health; with --config, load a config's providers here.
     List {
@@ -51,59 +57,190 @@ pub(crate) fn read_settings(path: &Path) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::to_value(table)?)
 }
 
+/// The `[rolegate_check]` table of a check's --config file: the check's own settings.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckConfig {
+    /// Answers for enrolment prompts the check cannot work out, in order.
+    #[serde(default)]
+    enrol_codes: Vec<String>,
+}
+
+/// The table of a check's --config file that holds the check's own settings, not the provider's.
+const CHECK_TABLE: &str = "rolegate_check";
+
+/// The provider's settings and the check's own, from a check's --config file.
+fn read_check_config(path: &Path) -> anyhow::Result<(serde_json::Value, CheckConfig)> {
+    let mut settings = read_settings(path)?;
+    let own = match settings.as_object_mut().and_then(|m| m.remove(CHECK_TABLE)) {
+        Some(v) => serde_json::from_value(v)
+            .with_context(|| format!("{}: the `[{CHECK_TABLE}]` table", path.display()))?,
+        None => CheckConfig::default(),
+    };
+    Ok((settings, own))
+}
+
 pub(crate) fn check(
     library: &Path,
     config: Option<&Path>,
     isolation: Isolation,
     deadline_ms: u64,
+    allow_skips: bool,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
+    use rolegate::plugins::check::{Checked, ChildRun, HostTarget, run_in_child, worker_loads};
+    use rolegate_sdk::conformance::{Check, LOAD, Outcome, Report};
+
     if deadline_ms == 0 {
         bail!("--deadline-ms must be above 0");
     }
-    let settings = match config {
-        Some(p) => read_settings(p)?,
-        None => serde_json::json!({}),
+    let (settings, own) = match config {
+        Some(p) => read_check_config(p)?,
+        None => (serde_json::json!({}), CheckConfig::default()),
     };
-    let rt = runtime()?;
-    let _guard = rt.enter();
     let deadline = Duration::from_millis(deadline_ms);
-    println!(
-        "rolegate provider check: {} ({isolation})",
-        library.display()
-    );
-    let plugins_config = PluginsConfig::default();
-    let plugin = match rt.block_on(Plugin::open(
-        "check",
-        library,
-        None,
-        isolation,
-        deadline,
-        &plugins_config,
-    )) {
-        Ok(p) => p,
-        Err(e) => {
-            println!("  FAIL  {:<32} {e}", "load");
-            println!("checks: 0 ok, 1 failed, 0 skipped");
-            return Ok(ExitCode::FAILURE);
+    let exe = std::env::current_exe().context("cannot locate the rolegate executable")?;
+    let checked = match isolation {
+        Isolation::InProcess => run_in_child(
+            &exe,
+            &ChildRun {
+                library: library.to_path_buf(),
+                settings,
+                deadline_ms,
+                enrol_codes: own.enrol_codes,
+                crashed: Vec::new(),
+            },
+        ),
+        Isolation::Process => {
+            let rt = runtime()?;
+            let _guard = rt.enter();
+            // Crashes are what the check looks for: never hold the provider down for them.
+            let plugins_config = PluginsConfig {
+                worker: Some(exe),
+                max_crashes: usize::MAX,
+                ..PluginsConfig::default()
+            };
+            let opened = rt.block_on(Plugin::open(
+                "check",
+                library,
+                None,
+                isolation,
+                deadline,
+                &plugins_config,
+            ));
+            let load = match &opened {
+                Ok(plugin) => rt.block_on(worker_loads(plugin, &settings)),
+                Err(e) => Err(e.to_string()),
+            };
+            let checked = match (opened, load) {
+                (Ok(plugin), Ok(())) => {
+                    let sha256 = plugin.sha256.clone();
+                    let target = HostTarget::new(plugin, plugins_config, rt.handle().clone());
+                    let options = rolegate_sdk::conformance::Options {
+                        settings,
+                        // The worker's own deadline comes first: its failure names the call.
+                        deadline: deadline + Duration::from_millis(500),
+                        enrol_codes: own.enrol_codes,
+                        ..Default::default()
+                    };
+                    let report = rolegate_sdk::conformance::run(&target, &options);
+                    drop(target);
+                    let mut checks = vec![Check::new(
+                        LOAD,
+                        Outcome::Pass,
+                        format!("sha256 {sha256} (loaded by a worker process)"),
+                    )];
+                    checks.extend(report.checks);
+                    Checked {
+                        sha256: Some(sha256),
+                        report: Report { checks },
+                    }
+                }
+                (Ok(plugin), Err(reason)) => Checked {
+                    sha256: Some(plugin.sha256),
+                    report: Report {
+                        checks: vec![Check::new(LOAD, Outcome::Fail, reason)],
+                    },
+                },
+                (Err(_), load) => Checked {
+                    sha256: None,
+                    report: Report {
+                        checks: vec![Check::new(LOAD, Outcome::Fail, reason_of(load))],
+                    },
+                },
+            };
+            rt.shutdown_timeout(Duration::from_secs(2));
+            checked
         }
     };
-    println!("  ok    {:<32} sha256 {}", "load", plugin.sha256);
-    let target = rolegate::plugins::check::HostTarget::new(plugin, rt.handle().clone());
-    let options = rolegate_sdk::conformance::Options {
-        settings,
-        deadline: deadline + Duration::from_millis(500),
-        ..Default::default()
-    };
-    let report = rolegate_sdk::conformance::run(&target, &options);
-    println!("{report}");
-    let ok = report.passed();
-    drop(target);
-    rt.shutdown_timeout(Duration::from_secs(2));
-    Ok(if ok {
+    let report = &checked.report;
+    let counts = report.counts();
+    let passed = counts.failed == 0 && (allow_skips || counts.skipped == 0);
+    if json {
+        let v = JsonReport {
+            library,
+            isolation: isolation.to_string(),
+            sha256: checked.sha256.as_deref(),
+            passed,
+            allow_skips,
+            counts,
+            checks: &report.checks,
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!(
+            "rolegate provider check: {} ({isolation})",
+            library.display()
+        );
+        println!("{report}");
+        let verdict = if counts.failed > 0 {
+            format!(
+                "verdict: does not conform ({} check{} failed)",
+                counts.failed,
+                if counts.failed == 1 { "" } else { "s" }
+            )
+        } else if counts.skipped > 0 && !allow_skips {
+            format!(
+                "verdict: incomplete ({} check{} skipped; --allow-skips accepts skips)",
+                counts.skipped,
+                if counts.skipped == 1 { "" } else { "s" }
+            )
+        } else if counts.skipped > 0 {
+            format!(
+                "verdict: conforms, with {} check{} skipped (--allow-skips)",
+                counts.skipped,
+                if counts.skipped == 1 { "" } else { "s" }
+            )
+        } else {
+            "verdict: conforms".to_string()
+        };
+        println!("{verdict}");
+    }
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `provider check --json`: the report, fields in this order (docs/writing-a-provider.md).
+#[derive(serde::Serialize)]
+struct JsonReport<'a> {
+    library: &'a Path,
+    isolation: String,
+    sha256: Option<&'a str>,
+    passed: bool,
+    allow_skips: bool,
+    counts: rolegate_sdk::conformance::Counts,
+    checks: &'a [rolegate_sdk::conformance::Check],
+}
+
+/// The loader's refusal, in the words the check shows.
+fn reason_of(reason: Result<(), String>) -> String {
+    match reason {
+        Err(r) => r,
+        Ok(()) => "the library could not be opened".to_string(),
+    }
 }
 
 pub(crate) fn list(config: &Path, json: bool) -> anyhow::Result<ExitCode> {

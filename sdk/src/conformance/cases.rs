@@ -32,10 +32,19 @@ enum Expect {
 impl Expect {
     fn text(self) -> String {
         match self {
-            Expect::Kind(k) => format!("a {k} error"),
-            Expect::Either(a, b) => format!("a {a} or {b} error"),
+            Expect::Kind(k) => format!("{} {k} error", article(k)),
+            Expect::Either(a, b) => format!("{} {a} or {b} error", article(a)),
             Expect::Survive => "a valid answer (no crash, hang, fault or approval)".to_string(),
         }
+    }
+}
+
+/// "an unsupported error", "a bad_input error".
+fn article(kind: ErrorKind) -> &'static str {
+    if kind.as_str().starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
     }
 }
 

@@ -113,15 +113,10 @@ impl Session<'_> {
         if !self.needs_enrolment() {
             return None;
         }
-        self.enrolled(|e| match (&e.credential, &e.missing) {
-            (Some(_), _) => None,
-            (None, Some(why)) => Some(format!(
-                "the provider needs enrolment, and the check's enrolment gave no credential ({why})"
-            )),
-            (None, None) => Some(
-                "the provider needs enrolment, and the check's enrolment gave no credential"
-                    .to_string(),
-            ),
+        self.enrolled(|e| {
+            e.credential.is_none().then(|| {
+                "the provider needs enrolment, and the check's enrolment gave no credential (see `enrolment`)".to_string()
+            })
         })
     }
 

@@ -116,10 +116,7 @@ impl Session<'_> {
         }
         match self.enrol(endpoint) {
             Ok(detail) => pass(ENROLMENT, detail),
-            Err(check) => {
-                self.enrolled(|e| e.missing = Some(check.detail.clone()));
-                check
-            }
+            Err(check) => check,
         }
     }
 

@@ -376,8 +376,6 @@ pub(super) struct Enrolled {
     pub(super) otp: Option<Otp>,
     /// The enrolment's first prompt and its state, for the wrong-input check.
     pub(super) first_ask: Option<(Prompt, Bytes)>,
-    /// Why there is no credential when the provider needs one.
-    pub(super) missing: Option<String>,
 }
 
 // --- the suite ---------------------------------------------------------------------------------
@@ -509,12 +507,27 @@ impl<'a> Session<'a> {
     pub(super) fn checked(&self, name: &str, f: impl FnOnce() -> Check) -> Check {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = name.to_string();
         self.observer.check_started(name);
-        let check = match self.crashed(name) {
-            Some(how) => fail(
+        // A call of this check crashed a pass before: the check fails on it, and the rest of
+        // its calls are not made (each might crash again, costing a pass each).
+        let prefix = format!("{name}: ");
+        let in_call = self
+            .options
+            .crashed
+            .iter()
+            .find_map(|c| c.label.strip_prefix(&prefix).map(|what| (what, &c.how)));
+        let check = match (self.crashed(name), in_call) {
+            (Some(how), _) => fail(
                 name,
                 format!("the check {} outside any call", crashed_text(&how)),
             ),
-            None => f(),
+            (None, Some((what, how))) => fail(
+                name,
+                format!(
+                    "{what}: {}; the check's other calls were not made",
+                    crashed_text(how)
+                ),
+            ),
+            (None, None) => f(),
         };
         self.observer.check_ended(&check);
         check
@@ -741,7 +754,8 @@ impl<'a> Session<'a> {
         // Concurrency first: cancelling first could change how the state is answered.
         checks.push(self.checked(CANCEL, || match &probe {
             Some(p) => self.check_cancel(&main, p),
-            None => skip(CANCEL, "no challenge to cancel"),
+            // The concurrency check did not get as far (a crash): a challenge of its own.
+            None => self.check_cancel(&main, &self.probe(&main)),
         }));
         checks.push(concurrent);
         self.dispose(main);
@@ -911,7 +925,10 @@ impl<'a> Session<'a> {
         if failures.is_empty() {
             pass(
                 WRONG_SETTINGS,
-                format!("{tried} settings of the wrong type refused, each naming its key"),
+                format!(
+                    "{tried} setting{} of the wrong type refused, each naming its key",
+                    if tried == 1 { "" } else { "s" }
+                ),
             )
         } else {
             fail(WRONG_SETTINGS, some_of(failures, 4))
@@ -1005,7 +1022,7 @@ impl<'a> Session<'a> {
             pass(
                 NO_SECRETS,
                 format!(
-                    "{} messages read; the check learnt no secret to look for (no enrolment or computed code)",
+                    "{} messages read; the check learnt no secret long enough to look for (a code of 6 characters or more, credential data of 8 bytes or more)",
                     messages.len()
                 ),
             )

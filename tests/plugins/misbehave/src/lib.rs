@@ -8,11 +8,17 @@
 //! `slow` sleeps 30 ms, then asks; `outage` fails `challenge_start` as a provider whose
 //! service is down (Unavailable); `outage-answer` asks, then fails every answer that way.
 //! The setting `quick = true` makes it claim quick calls.
+//!
+//! Modes that break the contract before the SDK decodes a request (what a plugin written from
+//! the header alone gets wrong), for `rolegate provider check`'s refusals: `segfault-no-op`
+//! segfaults on a JSON object without a string `op`; `segfault-garbage` segfaults on anything
+//! that is not JSON; `unknown-op-bad-input` answers an op it does not know with `bad_input`
+//! instead of `unsupported`; `hang-health` never answers `health`.
 
 use rolegate_sdk::serde::Deserialize;
 use rolegate_sdk::{
     ChallengeContext, Credential, DenyReason, EnrollContext, FactorKind, Input, Prompt, PromptKind,
-    Provider, ProviderError, ProviderInfo, Settings, Step, Verdict, export_provider,
+    Provider, ProviderError, ProviderInfo, Settings, Step, Verdict,
 };
 
 #[derive(Debug, Deserialize)]
@@ -40,8 +46,21 @@ impl Provider for Misbehave {
             }
         };
         match mode.as_str() {
-            "ok" | "panic" | "segfault" | "abort" | "hang" | "lenient" | "noisy" | "enrol"
-            | "slow" | "outage" | "outage-answer" => Ok(Self { mode, quick }),
+            "ok"
+            | "panic"
+            | "segfault"
+            | "abort"
+            | "hang"
+            | "lenient"
+            | "noisy"
+            | "enrol"
+            | "slow"
+            | "outage"
+            | "outage-answer"
+            | "segfault-no-op"
+            | "segfault-garbage"
+            | "unknown-op-bad-input"
+            | "hang-health" => Ok(Self { mode, quick }),
             "panic-create" => panic!("misbehave: panic while creating"),
             other => Err(ProviderError::config(format!(
                 "setting `mode`: unknown mode `{other}`"
@@ -63,6 +82,15 @@ impl Provider for Misbehave {
             answer_ahead: false,
             sdk_version: String::new(),
         }
+    }
+
+    fn health(&self) -> rolegate_sdk::Health {
+        if self.mode == "hang-health" {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
+        rolegate_sdk::Health::ok()
     }
 
     fn enroll_start(&self, ctx: &EnrollContext) -> Result<Step, ProviderError> {
@@ -93,8 +121,16 @@ impl Provider for Misbehave {
         state: &[u8],
         input: &Input,
     ) -> Result<Step, ProviderError> {
+        if self.mode != "enrol" {
+            return Err(ProviderError::unsupported(
+                "this provider needs no enrolment",
+            ));
+        }
         if state != b"enrol" {
             return Err(ProviderError::bad_input("state is not an enrolment"));
+        }
+        if !matches!(input, Input::Code { .. } | Input::Acknowledge) {
+            return Err(ProviderError::bad_input("type the secret"));
         }
         let verdict = match input {
             Input::Code { code } if code == "4321" => Verdict::Approved {
@@ -219,4 +255,75 @@ impl Misbehave {
     }
 }
 
-export_provider!(Misbehave);
+/// The modes that act on the raw request, before the SDK decodes it; None to let it.
+fn raw_flaw(mode: &str, request: &[u8]) -> Option<&'static [u8]> {
+    let value = rolegate_sdk::serde_json::from_slice::<rolegate_sdk::serde_json::Value>(request);
+    match (mode, &value) {
+        ("segfault-garbage", Err(_)) => segfault(),
+        ("segfault-no-op", Ok(v))
+            if v.is_object() && !v.get("op").is_some_and(|o| o.is_string()) =>
+        {
+            segfault()
+        }
+        ("unknown-op-bad-input", Ok(v)) => {
+            let op = v.get("op")?.as_str()?;
+            const KNOWN: [&str; 8] = [
+                "info",
+                "health",
+                "enroll_start",
+                "enroll_continue",
+                "challenge_start",
+                "challenge_continue",
+                "challenge_poll",
+                "cancel",
+            ];
+            // An object without `op`: the SDK answers it with bad_input, as it did here.
+            (!KNOWN.contains(&op)).then_some(b"{}".as_slice())
+        }
+        _ => None,
+    }
+}
+
+fn segfault() -> ! {
+    let p: *mut u8 = std::ptr::null_mut();
+    // SAFETY: not safe at all: this plugin exists to crash its process.
+    unsafe { p.write_volatile(1) };
+    std::process::abort()
+}
+
+/// `call`, with the raw modes' flaws in front of the SDK's own.
+///
+/// # Safety
+/// As [`rolegate_sdk::abi::call_impl`].
+unsafe extern "C" fn call(
+    instance: *mut std::ffi::c_void,
+    request: *const u8,
+    len: usize,
+) -> rolegate_sdk::abi::Buffer {
+    // SAFETY: the host passes an instance made by this table's create, or null.
+    if let Some(provider) = unsafe { instance.cast::<Misbehave>().as_ref() }
+        && !request.is_null()
+    {
+        // SAFETY: the host passes a buffer valid for `len` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(request, len) };
+        if let Some(instead) = raw_flaw(&provider.mode, bytes) {
+            // SAFETY: as for this function; `instead` is valid for its length.
+            return unsafe {
+                rolegate_sdk::abi::call_impl::<Misbehave>(instance, instead.as_ptr(), instead.len())
+            };
+        }
+    }
+    // SAFETY: as for this function.
+    unsafe { rolegate_sdk::abi::call_impl::<Misbehave>(instance, request, len) }
+}
+
+static TABLE: rolegate_sdk::abi::ProviderTableV1 = rolegate_sdk::abi::ProviderTableV1 {
+    call,
+    ..rolegate_sdk::abi::ProviderTableV1::for_provider::<Misbehave>()
+};
+
+/// The rolegate plugin entry point (ABI v1): the SDK's table, with `call` wrapped.
+#[unsafe(no_mangle)]
+pub extern "C" fn rolegate_provider_v1() -> *const rolegate_sdk::abi::ProviderTableV1 {
+    &TABLE
+}
