@@ -42,7 +42,7 @@ mod enrol;
 mod otp;
 mod session;
 #[cfg(test)]
-mod tests;
+mod check_tests;
 
 use std::fmt;
 use std::time::Duration;

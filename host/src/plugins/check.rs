@@ -416,7 +416,7 @@ pub fn run_in_child(exe: &Path, run: &ChildRun) -> Checked {
                 LOAD,
                 Outcome::Fail,
                 format!(
-                    "the process loading the library {} before it finished loading (its initialisers crashed it): in process isolation this takes the host down",
+                    "the library crashed the process loading it ({}) before it finished loading (its initialisers run then): in process isolation this takes the host down",
                     pass.how.as_deref().unwrap_or("ended")
                 ),
             ),

@@ -165,7 +165,7 @@ mod tests {
     const SEED: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
 
     #[test]
-    fn rfc_6238_vectors() {
+    fn codes_check_out_against_the_rfc_6238_vectors() {
         let uri = format!("otpauth://totp/x?secret={SEED}&digits=8");
         assert_eq!(code_for_uri(&uri, 59).as_deref(), Some("94287082"));
         assert_eq!(
@@ -183,7 +183,7 @@ mod tests {
     }
 
     #[test]
-    fn other_uris_give_nothing() {
+    fn other_uris_check_out_as_none() {
         assert_eq!(
             code_for_uri("otpauth://hotp/x?secret=AAAA&counter=1", 0),
             None
