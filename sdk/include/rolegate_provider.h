@@ -125,8 +125,10 @@
  *   Catch everything at the boundary (C++: catch (...); Go: recover(); .NET: catch-all) and
  *   answer an "internal" error instead. Never call exit() or install signal handlers.
  * - Validate every input. The host's conformance check (`rolegate provider check`) feeds
- *   random bytes, truncated JSON, wrong types and huge values: every length must be checked,
- *   no read past `len`, no assumption of NUL termination, no fixed-size buffer overflow.
+ *   random bytes, truncated JSON, requests without a string "op", every field of every
+ *   request with the wrong type, huge strings and arrays, deep nesting and bytes that are not
+ *   UTF-8: every length must be checked, no read past `len`, no assumption of NUL
+ *   termination, no fixed-size buffer overflow, no unbounded recursion.
  * - Do not write to stdout: in process isolation the host redirects it to stderr, but in
  *   in-process mode it is the host's stdout. Log to stderr sparingly, never secrets.
  * - Keep no per-challenge memory. A challenge's state is opaque bytes that you return in a
@@ -136,6 +138,31 @@
  * - Use `ctx.now` (Unix seconds, the host's clock) as the clock for expiry decisions, not the
  *   local time: the host's tests and replicas rely on it.
  * - Every function pointer in the table must be non-NULL.
+ *
+ * ---------------------------------------------------------------------------------------------
+ * THE CONFORMANCE CHECK (docs/abi.md section 8)
+ * ---------------------------------------------------------------------------------------------
+ *
+ *   rolegate provider check ./libmine.so [--isolation process] [--config mine.toml]
+ *                                        [--allow-skips] [--json]
+ *
+ * Every MUST above and in docs/abi.md is a check that can fail, among them: a request without
+ * a string "op" is bad_input; an unknown "op" is unsupported (bad_input fails); every field of
+ * the wrong type is bad_input; garbage, huge and deeply nested input and bytes that are not
+ * UTF-8 get an answer, in time, never a crash; create with a NULL `instance` is bad_input;
+ * destroy(NULL) and free_buffer({NULL,0}) are harmless; a request is read by its length;
+ * a challenge's state is refused for another request_id and survives a new instance; nothing
+ * is written to stdout. In-process, the check loads the library into a child process of its
+ * own: a crash fails the check of the call that crashed it, names the call and the signal,
+ * and the other checks still run.
+ *
+ * A provider that needs enrolment is enrolled by a scripted user before its challenges are
+ * checked: a "display" prompt with an otpauth://totp/ URI is answered with the app's code;
+ * other prompts take the codes listed as `enrol_codes = ["..."]` in a [rolegate_check] table
+ * of the --config file; a "display" prompt with nothing else is acknowledged. An enrolment's
+ * steps are "ask" and "done" only (there is no enroll poll), and it ends approved with the new
+ * credential. A check that cannot run is a skip, listed with its reason; skips fail the check
+ * unless --allow-skips. See examples/c-provider/pair_c.c for a provider that passes all of it.
  */
 
 #ifndef ROLEGATE_PROVIDER_H

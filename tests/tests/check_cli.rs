@@ -160,6 +160,46 @@ fn the_pairing_c_example_passes_the_strict_check() {
 }
 
 #[test]
+fn the_pairing_c_example_macs_its_state_with_siphash_as_the_paper_checks_it() {
+    // pair_c.c's functions are static: a harness includes the file itself.
+    let dir = tempfile::tempdir().unwrap();
+    let harness = dir.path().join("siphash_check.c");
+    std::fs::write(
+        &harness,
+        format!(
+            "#include \"{}\"\n\
+             int main(void) {{\n\
+                 uint8_t k[16], m[15];\n\
+                 for (int i = 0; i < 16; i++) k[i] = (uint8_t)i;\n\
+                 for (int i = 0; i < 15; i++) m[i] = (uint8_t)i;\n\
+                 printf(\"%016llx %016llx\\n\", (unsigned long long)siphash24(k, m, 15),\n\
+                        (unsigned long long)siphash24(k, m, 0));\n\
+                 return 0;\n\
+             }}\n",
+            workspace_root()
+                .join("examples/c-provider/pair_c.c")
+                .display()
+        ),
+    )
+    .unwrap();
+    let exe = dir.path().join("siphash_check");
+    let status = Command::new("cc")
+        .args(["-std=c11", "-O1", "-w", "-I"])
+        .arg(workspace_root().join("sdk/include"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(&harness)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Command::new(&exe).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "a129ca6149be45e5 726fdb47dd0e0e31\n"
+    );
+}
+
+#[test]
 fn a_plugin_written_from_the_header_alone_fails_what_issue_28_reported() {
     // It segfaults on a request without a string op, answers an unknown op with bad_input and
     // crashes on garbage: each fails its check, in both isolations, and the check survives.
