@@ -38,11 +38,11 @@
 
 mod cases;
 mod challenge;
+#[cfg(test)]
+mod check_tests;
 mod enrol;
 mod otp;
 mod session;
-#[cfg(test)]
-mod check_tests;
 
 use std::fmt;
 use std::time::Duration;
