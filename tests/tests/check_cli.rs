@@ -250,7 +250,7 @@ fn a_segfault_on_a_missing_op_fails_that_check_only() {
         );
         if iso == "in-process" {
             assert!(
-                out.contains("in process isolation this takes the host down"),
+                out.contains("with isolation = \"in-process\" this takes the host down"),
                 "{out}"
             );
         }

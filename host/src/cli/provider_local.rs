@@ -88,7 +88,7 @@ pub(crate) fn check(
     allow_skips: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    use rolegate::plugins::check::{Checked, ChildRun, HostTarget, run_in_child, worker_loads};
+    use rolegate::plugins::check::{Checked, ChildRun, HostTarget, run_in_child};
     use rolegate_sdk::conformance::{Check, LOAD, Outcome, Report};
 
     if deadline_ms == 0 {
@@ -100,17 +100,20 @@ pub(crate) fn check(
     };
     let deadline = Duration::from_millis(deadline_ms);
     let exe = std::env::current_exe().context("cannot locate the rolegate executable")?;
+    let run = ChildRun {
+        library: library.to_path_buf(),
+        settings,
+        deadline_ms,
+        enrol_codes: own.enrol_codes,
+        crashed: Vec::new(),
+        load_only: isolation == Isolation::Process,
+    };
+    // In process: the whole run, in a child. In process isolation: whether the library loads
+    // (in a child, so that a crash while loading is `load`), then the run against a worker.
+    let loaded = run_in_child(&exe, &run);
     let checked = match isolation {
-        Isolation::InProcess => run_in_child(
-            &exe,
-            &ChildRun {
-                library: library.to_path_buf(),
-                settings,
-                deadline_ms,
-                enrol_codes: own.enrol_codes,
-                crashed: Vec::new(),
-            },
-        ),
+        Isolation::InProcess => loaded,
+        Isolation::Process if !loaded.report.passed() => loaded,
         Isolation::Process => {
             let rt = runtime()?;
             let _guard = rt.enter();
@@ -128,19 +131,15 @@ pub(crate) fn check(
                 deadline,
                 &plugins_config,
             ));
-            let load = match &opened {
-                Ok(plugin) => rt.block_on(worker_loads(plugin, &settings)),
-                Err(e) => Err(e.to_string()),
-            };
-            let checked = match (opened, load) {
-                (Ok(plugin), Ok(())) => {
+            let checked = match opened {
+                Ok(plugin) => {
                     let sha256 = plugin.sha256.clone();
                     let target = HostTarget::new(plugin, plugins_config, rt.handle().clone());
                     let options = rolegate_sdk::conformance::Options {
-                        settings,
+                        settings: run.settings,
                         // The worker's own deadline comes first: its failure names the call.
                         deadline: deadline + Duration::from_millis(500),
-                        enrol_codes: own.enrol_codes,
+                        enrol_codes: run.enrol_codes,
                         ..Default::default()
                     };
                     let report = rolegate_sdk::conformance::run(&target, &options);
@@ -148,7 +147,9 @@ pub(crate) fn check(
                     let mut checks = vec![Check::new(
                         LOAD,
                         Outcome::Pass,
-                        format!("sha256 {sha256} (loaded by a worker process)"),
+                        format!(
+                            "sha256 {sha256} (and a worker process is started for each instance)"
+                        ),
                     )];
                     checks.extend(report.checks);
                     Checked {
@@ -156,16 +157,11 @@ pub(crate) fn check(
                         report: Report { checks },
                     }
                 }
-                (Ok(plugin), Err(reason)) => Checked {
-                    sha256: Some(plugin.sha256),
-                    report: Report {
-                        checks: vec![Check::new(LOAD, Outcome::Fail, reason)],
-                    },
-                },
-                (Err(_), load) => Checked {
+                // The library changed between the two reads.
+                Err(e) => Checked {
                     sha256: None,
                     report: Report {
-                        checks: vec![Check::new(LOAD, Outcome::Fail, reason_of(load))],
+                        checks: vec![Check::new(LOAD, Outcome::Fail, e.to_string())],
                     },
                 },
             };
@@ -233,14 +229,6 @@ struct JsonReport<'a> {
     allow_skips: bool,
     counts: rolegate_sdk::conformance::Counts,
     checks: &'a [rolegate_sdk::conformance::Check],
-}
-
-/// The loader's refusal, in the words the check shows.
-fn reason_of(reason: Result<(), String>) -> String {
-    match reason {
-        Err(r) => r,
-        Ok(()) => "the library could not be opened".to_string(),
-    }
 }
 
 pub(crate) fn list(config: &Path, json: bool) -> anyhow::Result<ExitCode> {

@@ -2,7 +2,9 @@
 //! loads it.
 //!
 //! - `isolation = "process"`: the suite calls a supervised worker process ([`HostTarget`]); a
-//!   crash costs the call it happened in, which fails its check.
+//!   crash costs the call it happened in, which fails its check. Whether the library loads at
+//!   all is asked of a child first ([`ChildRun::load_only`]): a refusal or a crash there is
+//!   `load`, so a worker that then fails in `create` fails `create`.
 //! - `isolation = "in-process"`: the library is loaded into a *child* of the checker
 //!   (`rolegate check-worker`, [`child_main`]), which runs the suite and streams what it does to
 //!   the checker ([`run_in_child`]). A crash ends the child, not the checker: the call in flight
@@ -166,21 +168,6 @@ impl Target for HostTarget {
     }
 }
 
-/// Whether a worker process can load the plugin: the loader's refusal, when it cannot.
-///
-/// In process isolation the host only inspects the file; the worker loads it. A refusal there
-/// (a missing dependency, a bad table) is a failure to load, not of the settings.
-pub async fn worker_loads(plugin: &Plugin, settings: &serde_json::Value) -> Result<(), String> {
-    match plugin.instantiate(settings).await {
-        Ok(provider) => {
-            provider.shutdown().await;
-            Ok(())
-        }
-        Err(Error::Load { reason, .. }) => Err(reason),
-        Err(_) => Ok(()),
-    }
-}
-
 // --- in process, in a child of the checker --------------------------------------------------
 
 /// What the checker asks its child to run.
@@ -196,6 +183,9 @@ pub struct ChildRun {
     pub enrol_codes: Vec<String>,
     /// Calls that crashed an earlier pass.
     pub crashed: Vec<Crashed>,
+    /// Only load the library (and say whether it loads): the checks run elsewhere.
+    #[serde(default)]
+    pub load_only: bool,
 }
 
 /// One line from the child to the checker.
@@ -286,7 +276,7 @@ fn quiet_stdout(capture: &mut File) -> Check {
             QUIET_STDOUT,
             Outcome::Fail,
             format!(
-                "the plugin wrote {size} bytes to stdout, which is the host's in process isolation (log to stderr): `{}`",
+                "the plugin wrote {size} bytes to stdout, which is the host's with isolation = \"in-process\" (log to stderr): `{}`",
                 String::from_utf8_lossy(&text).escape_debug()
             ),
         ),
@@ -334,6 +324,10 @@ pub fn child_main() -> i32 {
     events.send(&Event::Loaded {
         sha256: loaded.sha256.clone(),
     });
+    if run.load_only {
+        events.send(&Event::Report(Report::default()));
+        std::process::exit(0)
+    }
     let options = Options {
         settings: run.settings,
         deadline: Duration::from_millis(run.deadline_ms.max(1)),
@@ -416,7 +410,7 @@ pub fn run_in_child(exe: &Path, run: &ChildRun) -> Checked {
                 LOAD,
                 Outcome::Fail,
                 format!(
-                    "the library crashed the process loading it ({}) before it finished loading (its initialisers run then): in process isolation this takes the host down",
+                    "the library crashed the process loading it ({}) before it finished loading (its initialisers run then): with isolation = \"in-process\" this takes the host down",
                     pass.how.as_deref().unwrap_or("ended")
                 ),
             ),

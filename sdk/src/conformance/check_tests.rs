@@ -939,7 +939,7 @@ fn calls_are_labelled_alike_in_every_pass_and_a_crashed_one_is_not_repeated() {
     let d = detail(&report, MISSING_OP);
     assert_eq!(
         d,
-        "op null: crashed the process that made the call (killed by signal 11 (SIGSEGV)); in process isolation this takes the host down; the check's other calls were not made"
+        "op null: crashed the process that made the call (killed by signal 11 (SIGSEGV)); with isolation = \"in-process\" this takes the host down; the check's other calls were not made"
     );
     assert!(detail(&report, HEALTH).contains("outside any call"));
 }

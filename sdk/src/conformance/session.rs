@@ -125,7 +125,7 @@ impl Reply<Value> {
 
 fn crashed_text(how: &str) -> String {
     format!(
-        "crashed the process that made the call ({how}); in process isolation this takes the host down"
+        "crashed the process that made the call ({how}); with isolation = \"in-process\" this takes the host down"
     )
 }
 
@@ -710,10 +710,11 @@ impl<'a> Session<'a> {
                     main = Some(endpoint);
                     pass(CREATE, "settings accepted")
                 }
-                Made::Err(e) => fail(
+                Made::Err(e) if matches!(e.kind, ErrorKind::Config | ErrorKind::BadInput) => fail(
                     CREATE,
                     format!("the settings were refused: {}", error_text(&e)),
                 ),
+                Made::Err(e) => fail(CREATE, format!("create failed: {}", error_text(&e))),
                 other => fail(CREATE, other.describe()),
             }),
         );
