@@ -2,9 +2,11 @@
 //!
 //! `challenge_start` draws a code from the operating system's CSPRNG, sends it to the user's
 //! phone with Twilio (retrying 429, 5xx and transport failures within `timeout_ms`), and asks
-//! the user to type it. The challenge state carries no code: only a salted SHA-256 of it,
-//! bound to the activation request, with the expiry and the request id. `challenge_continue`
-//! hashes what the user typed the same way and compares in constant time.
+//! the user to type it; the message SID goes with the step as its `reference`, for the
+//! host's event. A message Twilio creates already `failed` or `undelivered` is an error. The
+//! challenge state carries no code: only a salted SHA-256 of it, bound to the activation
+//! request, with the expiry and the request id. `challenge_continue` hashes what the user
+//! typed the same way and compares in constant time.
 //!
 //! One use: the host takes one answer per `Ask` (a wrong answer is re-asked against the same
 //! state only up to its `max_wrong_answers`), and ends the request once the challenge is
@@ -164,8 +166,7 @@ impl Provider for SmsTwilio {
         let code = code::generate(self.settings.code_length)?;
         let state = self.state(ctx, &code)?;
         let body = render_body(&self.settings.body, &code, self.settings.code_lifetime_s);
-        // The message SID stays out of the prompt: the user needs none of it.
-        self.twilio.send(to, &body, &code)?;
+        let sent = self.twilio.send(to, &body, &code)?;
         Ok(Step::Ask {
             prompt: Prompt::Code {
                 message: format!("Type the code sent by SMS to {}", masked(to)),
@@ -173,6 +174,8 @@ impl Provider for SmsTwilio {
             },
             state,
             expires_in: self.settings.code_lifetime_s,
+            // The message SID is for the admin (the host records it), not in the prompt.
+            reference: sent.sid,
         })
     }
 

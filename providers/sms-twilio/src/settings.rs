@@ -36,7 +36,8 @@ pub struct SmsSettings {
     /// The name of an environment variable holding the auth token.
     #[serde(default)]
     pub auth_token_env: Option<String>,
-    /// The sending number in E.164 (`+14155552345`); or use `messaging_service_sid`.
+    /// The sender: a number in E.164 (`+14155552345`), a short code (`54321`) or an
+    /// alphanumeric sender ID (`Contoso IT`); or use `messaging_service_sid`.
     #[serde(default)]
     pub from: Option<String>,
     /// A Messaging Service SID (`MG` and 32 hex digits); or use `from`.
@@ -192,7 +193,7 @@ fn check_token(raw: &str, key: &str, source: &str) -> Result<String, ProviderErr
 /// Who the message is from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Sender {
-    /// A Twilio number (`From`).
+    /// A Twilio number, short code or alphanumeric sender ID (`From`).
     From(String),
     /// A Messaging Service (`MessagingServiceSid`).
     Service(String),
@@ -225,6 +226,57 @@ pub(crate) fn is_e164(s: &str) -> bool {
     (2..=15).contains(&digits.len())
         && digits.bytes().all(|b| b.is_ascii_digit())
         && !digits.starts_with('0')
+}
+
+/// Longest alphanumeric sender ID Twilio takes.
+const MAX_ALPHA_SENDER: usize = 11;
+
+/// Whether `s` is a short code: 5 or 6 digits.
+pub(crate) fn is_short_code(s: &str) -> bool {
+    (5..=6).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Why `s` is not an alphanumeric sender ID as Twilio defines one (1 to 11 characters among
+/// `A`–`Z`, `a`–`z`, `0`–`9`, space, `+`, `-`, `_` and `&`, at least one of them a letter),
+/// or `None` when it is one.
+pub(crate) fn alpha_sender_fault(s: &str) -> Option<String> {
+    let len = s.chars().count();
+    if len == 0 {
+        return Some("it is empty".into());
+    }
+    if len > MAX_ALPHA_SENDER {
+        return Some(format!(
+            "an alphanumeric sender ID has at most {MAX_ALPHA_SENDER} characters, and this has {len}"
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ' ' | '+' | '-' | '_' | '&')))
+    {
+        return Some(format!(
+            "`{}` is not allowed in an alphanumeric sender ID (letters A-Z and a-z, digits, spaces, `+`, `-`, `_` and `&`)",
+            c.escape_default()
+        ));
+    }
+    if !s.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return Some("an alphanumeric sender ID needs at least one letter".into());
+    }
+    None
+}
+
+/// Checks `from` as Twilio takes it: an E.164 number, a short code or an alphanumeric
+/// sender ID; the error names the setting and says which forms are accepted.
+fn check_from(from: &str) -> Result<(), ProviderError> {
+    if is_e164(from) || is_short_code(from) {
+        return Ok(());
+    }
+    let Some(why) = alpha_sender_fault(from) else {
+        return Ok(());
+    };
+    Err(ProviderError::config(format!(
+        "setting `from`: `{}` is not a sender Twilio takes ({why}): use a phone number in E.164 form (`+` and up to 15 digits, such as +14155552345), a short code (5 or 6 digits, such as 54321), an alphanumeric sender ID (1 to 11 letters, digits, spaces, `+`, `-`, `_` or `&`, at least one letter, such as `Contoso IT`), or set `messaging_service_sid` instead",
+        shown(from)
+    )))
 }
 
 /// At most 40 characters of a value, for messages about it.
@@ -368,17 +420,12 @@ impl Checked {
             }
             (None, None) => {
                 return Err(ProviderError::config(
-                    "settings: `from` (a Twilio number) or `messaging_service_sid` is required",
+                    "settings: `from` (a Twilio number, short code or alphanumeric sender ID) or `messaging_service_sid` is required",
                 ));
             }
             (Some(from), None) => {
                 let from = from.trim().to_string();
-                if !is_e164(&from) {
-                    return Err(ProviderError::config(format!(
-                        "setting `from`: `{}` is not a phone number in E.164 form (`+` and up to 15 digits, such as +14155552345)",
-                        shown(&from)
-                    )));
-                }
+                check_from(&from)?;
                 Sender::From(from)
             }
             (None, Some(sid)) => {

@@ -111,11 +111,26 @@ impl Responder {
     }
 }
 
+/// The SID of every message [`created`] answers.
+const MESSAGE_SID: &str = "SM0123456789abcdef0123456789abcdef";
+
 fn created() -> Answer {
     (
         201,
         vec![],
-        r#"{"sid":"SM0123456789abcdef0123456789abcdef","status":"queued"}"#.into(),
+        json!({"sid": MESSAGE_SID, "status": "queued", "error_code": null, "error_message": null})
+            .to_string(),
+    )
+}
+
+/// A 201 whose message Twilio already gave up on, as its API answers one.
+fn created_failed(status: &str, code: Option<u64>, message: Option<&str>) -> Answer {
+    (
+        201,
+        vec![],
+        json!({"sid": MESSAGE_SID, "status": status, "error_code": code,
+               "error_message": message, "to": "+14255550142", "num_segments": "1"})
+        .to_string(),
     )
 }
 
@@ -189,7 +204,10 @@ fn start(p: &SmsTwilio, r: &Responder, request_id: &str, now: u64) -> (String, B
             prompt: Prompt::Code { message, length },
             state,
             expires_in,
+            reference,
         } => {
+            // The SID Twilio answered goes with the step, for the host's event.
+            assert_eq!(reference.as_deref(), Some(MESSAGE_SID));
             assert_eq!(length, Some(p.settings.code_length));
             assert_eq!(expires_in, p.settings.code_lifetime_s);
             let sent = r.field(before, "Body").unwrap();
@@ -365,6 +383,49 @@ fn every_other_setting_is_checked_and_named() {
     }
     let p = create(settings_for("http://localhost:1/", &t, json!({}))).unwrap();
     assert_eq!(p.settings.base_url, "http://localhost:1");
+}
+
+#[test]
+fn from_takes_a_number_a_short_code_or_an_alphanumeric_sender_id() {
+    let t = token_file(0o600);
+    let r = Responder::accepting();
+    for ok in [
+        "+14155552345",
+        "54321",
+        "123456",
+        "Contoso",
+        "Contoso IT",
+        "A",
+        "ACME-2FA",
+        "R&D_Team+1",
+        "12345678 9a",
+    ] {
+        let p = create(settings_for(&r.url, &t, json!({"from": ok})))
+            .unwrap_or_else(|e| panic!("`{ok}` refused: {}", e.message));
+        let before = r.forms().len();
+        start(&p, &r, "r1", 0);
+        assert_eq!(r.field(before, "From").as_deref(), Some(ok), "sent as is");
+    }
+    for (bad, why) in [
+        ("1234", "at least one letter"),
+        ("1234567", "at least one letter"),
+        ("12345678901", "at least one letter"),
+        ("14155552345", "at least one letter"),
+        ("+0155", "at least one letter"),
+        ("ContosoITDept", "at most 11 characters, and this has 13"),
+        ("Contoso.IT", "`.` is not allowed"),
+        ("Contosö", "is not allowed"),
+        ("Contoso\tIT", "`\\t` is not allowed"),
+        ("   ", "it is empty"),
+    ] {
+        let m = config_error(settings_for(&r.url, &t, json!({"from": bad})));
+        assert!(m.starts_with("setting `from`: "), "{bad}: {m}");
+        assert!(m.contains(why), "{bad}: {m}");
+        assert!(
+            m.contains("E.164") && m.contains("short code") && m.contains("alphanumeric"),
+            "{bad}: {m}"
+        );
+    }
 }
 
 #[test]
@@ -599,6 +660,92 @@ fn an_extension_is_not_sent_to_twilio() {
 }
 
 // --- the client ------------------------------------------------------------------------------
+
+#[test]
+fn a_201_for_a_failed_or_undelivered_message_is_a_failure_not_a_prompt() {
+    let t = token_file(0o600);
+    for (answer, needles) in [
+        (
+            created_failed(
+                "failed",
+                Some(30003),
+                Some(&format!(
+                    "Unreachable destination handset +14255550142 {TOKEN}"
+                )),
+            ),
+            &[
+                "`failed`",
+                "Twilio error 30003: Unreachable destination handset …42 [redacted]",
+                "https://www.twilio.com/docs/errors/30003",
+            ][..],
+        ),
+        (
+            created_failed("undelivered", Some(30005), None),
+            &["`undelivered`", "Twilio error 30005"][..],
+        ),
+        // Queued, yet with an error code: Twilio says something already went wrong.
+        (
+            created_failed("queued", Some(30007), Some("Message filtered")),
+            &["`queued`", "Twilio error 30007: Message filtered"][..],
+        ),
+        // Failed without a code.
+        (created_failed("failed", None, None), &["`failed`"][..]),
+    ] {
+        let r = Responder::start(vec![answer]);
+        let p = create(settings_for(&r.url, &t, json!({}))).unwrap();
+        let e = p
+            .challenge_start(&ctx("r1", 0, Some("+14255550142")))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unavailable, "{}", e.message);
+        assert!(e.message.contains(MESSAGE_SID), "{}", e.message);
+        assert!(e.message.contains("will not arrive"), "{}", e.message);
+        for n in needles {
+            assert!(e.message.contains(n), "`{n}` missing: {}", e.message);
+        }
+        assert!(!e.message.contains(TOKEN), "{}", e.message);
+        assert!(!e.message.contains("+14255550142"), "{}", e.message);
+        let sent = r.field(0, "Body").unwrap();
+        assert!(!e.message.contains(&sent), "{}", e.message);
+        assert_eq!(r.forms().len(), 1, "a message Twilio made was sent again");
+    }
+}
+
+#[test]
+fn what_a_201_says_is_read_as_twilio_writes_it() {
+    use crate::twilio::read_created;
+    let to = "+14255550142";
+    let ok = |body: &str| read_created(body, &[TOKEN], to);
+    assert_eq!(
+        ok(&created().2).unwrap().as_deref(),
+        Some(MESSAGE_SID),
+        "queued, no error"
+    );
+    for status in ["accepted", "scheduled", "sending", "sent", "delivered"] {
+        let body = json!({"sid": MESSAGE_SID, "status": status, "error_code": null}).to_string();
+        assert_eq!(ok(&body).unwrap().as_deref(), Some(MESSAGE_SID), "{status}");
+    }
+    // A body Twilio would not send still means it took the message; a SID that is not one
+    // is not passed on.
+    assert_eq!(ok("not json").unwrap(), None);
+    assert_eq!(ok("{}").unwrap(), None);
+    assert_eq!(ok(r#"{"sid":"SM12 `; rm -rf"}"#).unwrap(), None);
+    assert_eq!(
+        ok(&format!(r#"{{"sid":"{}"}}"#, "S".repeat(65))).unwrap(),
+        None
+    );
+    // An error code as a string, and a status in capitals, are read too.
+    let e = ok(r#"{"sid":"SMx1","status":"FAILED","error_code":"30008"}"#).unwrap_err();
+    assert!(
+        e.message.contains("Twilio error 30008") && e.message.contains("message SMx1"),
+        "{}",
+        e.message
+    );
+    let e = ok(r#"{"status":"undelivered"}"#).unwrap_err();
+    assert!(
+        e.message
+            .contains("Twilio created the message with status `undelivered`")
+    );
+}
 
 #[test]
 fn a_429_is_retried_and_then_succeeds() {

@@ -3,7 +3,8 @@
 //! `POST {base_url}/2010-04-01/Accounts/{AccountSid}/Messages.json`, form-encoded `To`,
 //! `From` or `MessagingServiceSid`, and `Body`, with HTTP basic auth (account SID, auth
 //! token). Twilio answers 201 with the message resource, or an error object
-//! `{code, message, more_info, status}`.
+//! `{code, message, more_info, status}`. A 201 whose resource is already `failed` or
+//! `undelivered`, or carries an `error_code`, is a message that will not arrive: a failure.
 
 use std::error::Error as _;
 use std::fmt;
@@ -49,11 +50,99 @@ struct ErrorBody {
     more_info: Option<String>,
 }
 
+/// The fields of Twilio's Message resource that the provider reads (API v2010: `sid` is `SM`
+/// or `MM` and 32 hex digits; `error_code` an integer or null; `error_message` null unless
+/// the status is `failed` or `undelivered`).
 #[derive(Deserialize)]
 #[serde(crate = "rolegate_sdk::serde")]
 struct MessageBody {
     #[serde(default)]
     sid: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    error_code: Option<rolegate_sdk::serde_json::Value>,
+    #[serde(default)]
+    error_message: Option<String>,
+}
+
+/// Longest message SID kept (Twilio's are 34 characters).
+const MAX_SID_CHARS: usize = 64;
+
+/// A message SID fit to show: ASCII letters and digits only, at most [`MAX_SID_CHARS`].
+fn message_sid(sid: Option<String>) -> Option<String> {
+    sid.map(|s| s.trim().to_string()).filter(|s| {
+        !s.is_empty() && s.len() <= MAX_SID_CHARS && s.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// Twilio's `error_code` as text: a number, or a short string of digits; none for null.
+fn error_code(value: Option<&rolegate_sdk::serde_json::Value>) -> Option<String> {
+    use rolegate_sdk::serde_json::Value;
+    match value? {
+        Value::Null => None,
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(s) => Some(clean(s, 16)).filter(|s| !s.is_empty()),
+        other => Some(clean(&other.to_string(), 16)),
+    }
+}
+
+/// What a 2xx answer says of the message Twilio created: its SID (when the body had a valid
+/// one), or — when its `status` is already `failed` or `undelivered`, or it carries an
+/// `error_code` — an `unavailable` error naming the SID, the status, Twilio's code and
+/// message (cleaned of `secrets`, the recipient shown by its last two digits).
+pub(crate) fn read_created(
+    body: &str,
+    secrets: &[&str],
+    to: &str,
+) -> Result<Option<String>, ProviderError> {
+    let Ok(m) = rolegate_sdk::serde_json::from_str::<MessageBody>(body) else {
+        // A 2xx is Twilio's word that it took the message, even without a readable body.
+        return Ok(None);
+    };
+    let sid = message_sid(m.sid);
+    let status = m
+        .status
+        .map(|s| clean(&s, 32).to_ascii_lowercase())
+        .filter(|s| !s.is_empty());
+    let code = error_code(m.error_code.as_ref());
+    let failed = matches!(status.as_deref(), Some("failed" | "undelivered"));
+    if !failed && code.is_none() {
+        return Ok(sid);
+    }
+    let mut detail = String::new();
+    if let Some(code) = &code {
+        detail.push_str(&format!("Twilio error {code}"));
+    }
+    if let Some(text) = m
+        .error_message
+        .map(|t| scrub(&clean(&t, MAX_UPSTREAM_MESSAGE), secrets, to))
+        .filter(|t| !t.is_empty())
+    {
+        if !detail.is_empty() {
+            detail.push_str(": ");
+        }
+        detail.push_str(&text);
+    }
+    if let Some(code) = code
+        .as_deref()
+        .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
+    {
+        detail.push_str(&format!(" (see https://www.twilio.com/docs/errors/{code})"));
+    }
+    let message = match &sid {
+        Some(sid) => format!("message {sid}"),
+        None => "the message".to_string(),
+    };
+    let status = status.as_deref().unwrap_or("unknown");
+    let mut text = format!(
+        "the SMS to {} will not arrive: Twilio created {message} with status `{status}`",
+        masked(to)
+    );
+    if !detail.is_empty() {
+        text.push_str(&format!(" [{detail}]"));
+    }
+    Err(ProviderError::unavailable(text))
 }
 
 /// Keeps printable text only, at most `max` characters.
@@ -101,14 +190,21 @@ impl TwilioError {
             .into_iter()
             .flatten()
         {
-            for secret in secrets.iter().filter(|s| s.len() >= 4) {
-                *text = text.replace(secret, "[redacted]");
-            }
-            if to.len() >= 4 {
-                *text = text.replace(to, &masked(to));
-            }
+            *text = scrub(text, secrets, to);
         }
     }
+}
+
+/// `text` with every secret replaced and the recipient's number shown by its last two digits.
+fn scrub(text: &str, secrets: &[&str], to: &str) -> String {
+    let mut text = text.to_string();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        text = text.replace(secret, "[redacted]");
+    }
+    if to.len() >= 4 {
+        text = text.replace(to, &masked(to));
+    }
+    text
 }
 
 impl fmt::Display for TwilioError {
@@ -355,9 +451,9 @@ impl Twilio {
                     // A body cut short still leaves the status to act on.
                     let _ = response.take(MAX_RESPONSE_BYTES).read_to_string(&mut text);
                     if status.is_success() {
-                        let sid = rolegate_sdk::serde_json::from_str::<MessageBody>(&text)
-                            .ok()
-                            .and_then(|m| m.sid);
+                        // Not retried when failed: Twilio made the message; another attempt
+                        // would be a second SMS (with the same code), not this one mended.
+                        let sid = read_created(&text, &[&token, secret], to)?;
                         return Ok(Accepted { sid, attempts });
                     }
                     let mut err = TwilioError::parse(status.as_u16(), &text);
