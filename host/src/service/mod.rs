@@ -147,6 +147,8 @@ struct Stored {
     wrong_answers: i64,
     needs_approval: bool,
     updated_at: i64,
+    /// What the provider's first step sent (a message SID), for event 200; not a column.
+    reference: Option<String>,
 }
 
 const COLUMNS: &str = "id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, challenge, ask_expires_at, version, wrong_answers, needs_approval, updated_at, starts_at";
@@ -186,6 +188,7 @@ fn from_row(r: &Row) -> Result<Stored> {
         wrong_answers: r.int(14)?,
         needs_approval: r.int(15)? != 0,
         updated_at: r.int(16)?,
+        reference: None,
     })
 }
 
@@ -552,6 +555,7 @@ impl Stored {
             wrong_answers: self.wrong_answers,
             needs_approval: self.needs_approval,
             updated_at: self.updated_at,
+            reference: self.reference.clone(),
         }
     }
 
@@ -607,6 +611,12 @@ fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
 
 fn created_events(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
     let t = s.view.created_at;
+    // The provider's reference before the justification, which the user wrote.
+    let reference = s
+        .reference
+        .as_deref()
+        .map(|r| format!(", provider reference `{r}`"))
+        .unwrap_or_default();
     events::append(
         tx,
         event(
@@ -614,7 +624,10 @@ fn created_events(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
             Severity::Information,
             s,
             s.view.provider.as_deref(),
-            format!("requested for {} s: {}", s.view.ttl_s, s.view.justification),
+            format!(
+                "requested for {} s{reference}: {}",
+                s.view.ttl_s, s.view.justification
+            ),
         ),
         t,
     )?;
@@ -632,6 +645,22 @@ fn created_events(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Longest provider reference kept for an event.
+const MAX_REFERENCE_CHARS: usize = 128;
+
+/// The reference a provider's step gave (a message SID, a call id), fit for an event: its
+/// printable characters, at most [`MAX_REFERENCE_CHARS`]; none when nothing is left.
+pub(crate) fn provider_reference(step: &Result<Step>) -> Option<String> {
+    let raw = step.as_ref().ok()?.reference()?;
+    let kept: String = raw
+        .chars()
+        .filter(|c| !c.is_control() && *c != '`')
+        .take(MAX_REFERENCE_CHARS)
+        .collect();
+    let kept = kept.trim();
+    (!kept.is_empty()).then(|| kept.to_string())
 }
 
 /// Refuses, inside a write, an account (by key) that is no enabled user.

@@ -153,6 +153,7 @@ impl Service {
             wrong_answers: 0,
             needs_approval: admission.needs_approval,
             updated_at: ms(now),
+            reference: None,
         };
         if !admission.needs_mfa && answer.is_some() {
             return Err(Error::Invalid {
@@ -257,6 +258,7 @@ impl Service {
             Ok(Step::Ask { state, .. } | Step::Wait { state, .. }) => Some(state.clone()),
             _ => None,
         };
+        stored.reference = provider_reference(&step);
         let outcome = match step {
             Ok(step) => with_prior(
                 self.outcome(step, &id, now)?,
