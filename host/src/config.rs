@@ -508,9 +508,45 @@ impl Config {
                     message: format!("provider `{}`: `deadline_ms` must be above 0", p.id),
                 });
             }
+            timeout_within_deadline(path, p, &config.plugins)?;
         }
         Ok(config)
     }
+}
+
+/// Refuses a provider whose `timeout_ms` setting (sms-twilio's budget for one send, retries
+/// included) is longer than its call deadline: the host would abandon the call before the
+/// provider gives up with its own clear error, and the admin would read "did not answer
+/// within 5000 ms" instead of Twilio's reason.
+///
+/// Checked here rather than by the provider: the host owns the deadline, and telling it to
+/// the provider would take a settings key every provider refuses as unknown (they must,
+/// docs/abi.md section 4) or a new field in the ABI. The config is the one place that sees
+/// both numbers, so the rule holds for any provider that has a `timeout_ms`.
+fn timeout_within_deadline(path: &Path, p: &ProviderConfig, plugins: &PluginsConfig) -> Result<()> {
+    // Not an integer: the provider's own check names it.
+    let Some(timeout_ms) = p
+        .settings
+        .get("timeout_ms")
+        .and_then(toml::Value::as_integer)
+    else {
+        return Ok(());
+    };
+    let deadline_ms = p.deadline(plugins).as_millis();
+    if u128::try_from(timeout_ms).is_ok_and(|t| t > deadline_ms) {
+        let which = match p.deadline_ms {
+            Some(_) => "its `deadline_ms`",
+            None => "`[plugins] deadline_ms`",
+        };
+        return Err(Error::Config {
+            path: path.to_path_buf(),
+            message: format!(
+                "provider `{}`: setting `timeout_ms` = {timeout_ms} is longer than the provider's call deadline of {deadline_ms} ms ({which}): the host would abandon the call before the provider gives up; lower `timeout_ms` below {deadline_ms} or raise the deadline",
+                p.id
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A refusal naming `key` when `value` is outside `range` (`unit` follows the range).
@@ -562,6 +598,52 @@ mod tests {
             serde_json::json!({"digits": 6})
         );
         assert_eq!(c.providers[0].deadline(&c.plugins), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_provider_timeout_longer_than_its_deadline_is_refused_naming_both() {
+        let sms = |plugins: &str, own: &str, timeout: &str| {
+            parse(&format!(
+                "{plugins}\n[[provider]]\nid = \"sms\"\nlibrary = \"x.so\"\nunpinned = true\n{own}\n[provider.settings]\n{timeout}\n"
+            ))
+        };
+        let e = sms("", "", "timeout_ms = 6000").unwrap_err().to_string();
+        assert!(
+            e.contains("provider `sms`")
+                && e.contains("`timeout_ms` = 6000")
+                && e.contains("call deadline of 5000 ms")
+                && e.contains("`[plugins] deadline_ms`"),
+            "{e}"
+        );
+        let e = sms("", "deadline_ms = 2000", "timeout_ms = 2001")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`timeout_ms` = 2001")
+                && e.contains("2000 ms")
+                && e.contains("its `deadline_ms`"),
+            "{e}"
+        );
+        let e = sms("[plugins]\ndeadline_ms = 3000", "", "timeout_ms = 4000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("4000") && e.contains("3000 ms"), "{e}");
+        // Up to the deadline, or no timeout, or one that is no integer (the provider's own
+        // check names it): the config passes.
+        for (plugins, own, timeout) in [
+            ("", "", "timeout_ms = 5000"),
+            ("", "", "timeout_ms = 4000"),
+            ("", "deadline_ms = 9000", "timeout_ms = 8000"),
+            ("[plugins]\ndeadline_ms = 9000", "", "timeout_ms = 9000"),
+            ("", "", ""),
+            ("", "", "timeout_ms = \"long\""),
+            ("", "", "timeout_ms = -1"),
+        ] {
+            assert!(
+                sms(plugins, own, timeout).is_ok(),
+                "{plugins} {own} {timeout}"
+            );
+        }
     }
 
     #[test]
