@@ -280,6 +280,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config: Some(config),
             } => list(&config, cli.json),
             ProviderCommand::List { config: None } => remote(&daemon, cli.json, Remote::Providers),
+            ProviderCommand::Test { provider, to } => {
+                remote(&daemon, cli.json, Remote::ProviderTest { provider, to })
+            }
             ProviderCommand::Pin { library } => {
                 let hash = plugins::library::sha256_file(&library)
                     .with_context(|| format!("cannot read {}", library.display()))?;
@@ -327,6 +330,10 @@ enum Remote {
     Token(TokenCommand),
     Whoami,
     Providers,
+    ProviderTest {
+        provider: String,
+        to: String,
+    },
     Events {
         action: Option<String>,
         id: Option<i64>,
@@ -368,6 +375,9 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
             Remote::Token(c) => cli::token::run(&client, json, c).await?,
             Remote::Whoami => cli::token::whoami(&client, json).await?,
             Remote::Providers => cli::providers::list(&client).await?,
+            Remote::ProviderTest { provider, to } => {
+                cli::providers::test(&client, json, &provider, &to).await?
+            }
             Remote::Events {
                 action,
                 id,

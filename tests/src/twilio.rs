@@ -5,7 +5,13 @@
 //! token, a form-encoded body with `To`, `From` and/or `MessagingServiceSid`, and `Body`; a
 //! `201 Created` with the message resource on success, and Twilio's error object
 //! `{code, message, more_info, status}` otherwise. Every accepted message is recorded so a
-//! test can read the code it carried, and the next requests can be scripted to fail.
+//! test can read the code it carried, and the next requests can be scripted to fail — with an
+//! error status, or as Twilio also does, with a `201` whose message resource is already
+//! `failed` or `undelivered` and carries an `error_code` and `error_message`.
+//!
+//! `From` is checked as Twilio checks it: an E.164 number, a short code (5 or 6 digits) or an
+//! alphanumeric sender ID (1 to 11 of `A-Z a-z 0-9`, space, `+ - _ &`, at least one letter);
+//! anything else is refused with 21212.
 //!
 //! As in Twilio's API definition, `From` and `MessagingServiceSid` may both be sent (the
 //! service then sends from `From`); neither is refused with 21603. [`Sent`] keeps both, so a
@@ -48,6 +54,8 @@ pub struct Sent {
     pub body: String,
     /// When it was accepted, RFC 2822 as Twilio writes it.
     pub date_created: String,
+    /// The `status` the 201 answered: `queued`, or `failed` / `undelivered` when scripted.
+    pub status: String,
 }
 
 impl Sent {
@@ -84,6 +92,27 @@ pub enum Failure {
     /// A Twilio error code, answered with the HTTP status Twilio uses for it
     /// (21211, 21610, 21408: 400; 20003: 401).
     Twilio(u64),
+    /// A `201 Created` whose message resource already has this `status` (`failed`,
+    /// `undelivered`) and, when given, this `error_code` with Twilio's `error_message` for it
+    /// (30003, 30005, 30006, 30007, 30008). The message is recorded as created.
+    Created {
+        /// The message's `status`.
+        status: &'static str,
+        /// Its `error_code`, or null.
+        error_code: Option<u64>,
+    },
+}
+
+/// Twilio's `error_message` for a delivery error code, as its error dictionary names it.
+pub fn delivery_error(code: u64) -> &'static str {
+    match code {
+        30003 => "Unreachable destination handset",
+        30005 => "Unknown destination handset",
+        30006 => "Landline or unreachable carrier",
+        30007 => "Message filtered",
+        30008 => "Unknown error",
+        _ => "Message delivery failed",
+    }
 }
 
 /// Twilio's HTTP status and message for an error code (`{to}` stands for the `To` number).
@@ -163,6 +192,17 @@ fn is_e164(s: &str) -> bool {
     s.strip_prefix('+').is_some_and(|d| {
         (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()) && !d.starts_with('0')
     })
+}
+
+/// Whether Twilio takes `s` as `From`: an E.164 number, a short code, or an alphanumeric
+/// sender ID.
+fn is_sender(s: &str) -> bool {
+    let short_code = (5..=6).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit());
+    let alpha = (1..=11).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b" +-_&".contains(&b))
+        && s.bytes().any(|b| b.is_ascii_alphabetic());
+    is_e164(s) || short_code || alpha
 }
 
 fn percent_decode(s: &str) -> String {
@@ -265,6 +305,7 @@ fn create_message(
         return error_response(20404, &to, None);
     }
     let scripted = shared.lock().script.pop_front();
+    let mut created = ("queued", None);
     match scripted {
         Some(Failure::TooManyRequests { retry_after }) => {
             return error_response(20429, &to, retry_after);
@@ -278,6 +319,7 @@ fn create_message(
             return error_response(code, &to, None);
         }
         Some(Failure::Twilio(code)) => return error_response(code, &to, None),
+        Some(Failure::Created { status, error_code }) => created = (status, error_code),
         None => {}
     }
     if to.is_empty() {
@@ -296,7 +338,7 @@ fn create_message(
         return error_response(21603, &to, None);
     }
     // Twilio also accepts both: the Messaging Service then sends from `From`.
-    if from.as_deref().is_some_and(|f| !is_e164(f)) {
+    if from.as_deref().is_some_and(|f| !is_sender(f)) {
         return error_response(21212, &to, None);
     }
     let message_sid = format!("SM{}", random_hex(32));
@@ -311,8 +353,8 @@ fn create_message(
         "date_sent": Value::Null,
         "date_updated": date,
         "direction": "outbound-api",
-        "error_code": Value::Null,
-        "error_message": Value::Null,
+        "error_code": created.1,
+        "error_message": created.1.map(delivery_error),
         "from": from,
         "messaging_service_sid": service,
         "num_media": "0",
@@ -320,7 +362,7 @@ fn create_message(
         "price": Value::Null,
         "price_unit": "USD",
         "sid": message_sid,
-        "status": "queued",
+        "status": created.0,
         "subresource_uris": {
             "media": format!("/2010-04-01/Accounts/{sid}/Messages/{message_sid}/Media.json")
         },
@@ -334,6 +376,7 @@ fn create_message(
         messaging_service_sid: service,
         body: text,
         date_created: date,
+        status: created.0.to_string(),
     });
     (
         201,

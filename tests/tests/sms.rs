@@ -576,3 +576,316 @@ async fn the_daemon_activates_a_role_with_an_sms_code() {
     assert_eq!(s, 200, "{r}");
     assert_eq!(r["state"], "active", "{r}");
 }
+
+// --- issue 28: what Twilio really answers ---------------------------------------------------
+
+/// The event of one id for one request, by its message.
+async fn event_of(w: &World, id: i64, request: &str) -> String {
+    let request = request.to_string();
+    let list = w
+        .service
+        .store()
+        .read(move |tx| {
+            events::list(
+                tx,
+                &events::Filter {
+                    id: Some(id),
+                    ..Default::default()
+                },
+            )
+        })
+        .await
+        .unwrap();
+    list.into_iter()
+        .find(|e| e.request.as_deref() == Some(request.as_str()))
+        .unwrap_or_else(|| panic!("no event {id} for request {request}"))
+        .message
+}
+
+#[tokio::test]
+async fn a_201_for_a_failed_or_undelivered_sms_is_a_provider_failure_not_a_prompt() {
+    let w = world().await;
+    for (status, code, words) in [
+        ("failed", Some(30003), "Unreachable destination handset"),
+        ("undelivered", Some(30005), "Unknown destination handset"),
+        ("queued", Some(30007), "Message filtered"),
+        ("failed", None, "`failed`"),
+    ] {
+        w.double.fail_next(
+            1,
+            Failure::Created {
+                status,
+                error_code: code,
+            },
+        );
+        let before = w.double.requests().len();
+        let v = request(&w).await;
+        assert!(
+            v.prompt.is_none(),
+            "{status}: a prompt for a failed SMS: {v:?}"
+        );
+        let detail = failed_reason(&w, &v).await;
+        let sid = w.double.messages().last().unwrap().sid.clone();
+        assert_eq!(w.double.messages().last().unwrap().status, status);
+        for n in [
+            "unavailable",
+            "will not arrive",
+            &format!("`{status}`"),
+            sid.as_str(),
+            words,
+            "…42",
+        ] {
+            assert!(detail.contains(n), "{status}: `{n}` missing from: {detail}");
+        }
+        if let Some(code) = code {
+            assert!(detail.contains(&format!("Twilio error {code}")), "{detail}");
+        }
+        assert!(!detail.contains("+14255550142"), "{detail}");
+        let hits = w.double.requests();
+        assert_eq!(hits.len(), before + 1, "{status}: sent again");
+        assert_eq!(hits.last().unwrap().status, 201);
+    }
+    // Twilio taking the next one as usual: a prompt again.
+    let v = request(&w).await;
+    assert_eq!(v.state, "pending_mfa", "{v:?}");
+}
+
+#[tokio::test]
+async fn the_sms_message_sid_is_in_the_request_event_and_not_in_the_prompt() {
+    let w = world().await;
+    let v = request(&w).await;
+    assert_eq!(v.state, "pending_mfa", "{v:?}");
+    let sid = w.double.messages()[0].sid.clone();
+    assert!(sid.starts_with("SM") && sid.len() == 34, "{sid}");
+    let created = event_of(&w, events::REQUEST_CREATED, &v.id).await;
+    assert_eq!(
+        created,
+        format!("requested for 3600 s, provider reference `{sid}`: patch night")
+    );
+    assert!(!v.prompt.unwrap().to_string().contains(&sid));
+    assert!(!v.reason.unwrap_or_default().contains(&sid));
+}
+
+#[tokio::test]
+async fn alphanumeric_and_short_code_sms_senders_are_taken_and_bad_ones_refused_at_load() {
+    let at = tempfile::tempdir().unwrap();
+    let double = TwilioDouble::start();
+    let token_file = double.write_token(at.path());
+    for from in ["Contoso IT", "R&D_2FA", "54321", "123456", "+14155552345"] {
+        let mut settings = double.settings(&token_file);
+        settings.insert("from".into(), from.into());
+        let providers = load(settings).await.unwrap();
+        let ctx = rolegate_sdk::ChallengeContext {
+            user: rolegate_sdk::UserContext {
+                account: "jdoe".into(),
+                phone: Some("+14255550142".into()),
+                ..Default::default()
+            },
+            role: "r".into(),
+            request_id: "req-1".into(),
+            now: 1_000,
+            ..Default::default()
+        };
+        let step = providers
+            .get("sms")
+            .unwrap()
+            .challenge_start(ctx)
+            .await
+            .unwrap();
+        assert!(
+            matches!(step, rolegate_sdk::Step::Ask { .. }),
+            "{from}: {step:?}"
+        );
+        let sent = double.messages().pop().unwrap();
+        assert_eq!(sent.from.as_deref(), Some(from));
+        assert_eq!(step.reference(), Some(sent.sid.as_str()));
+    }
+    for (from, why) in [
+        ("Contoso.IT", "`.` is not allowed"),
+        ("ContosoITDept", "at most 11 characters"),
+        ("1234", "at least one letter"),
+        ("1234567", "at least one letter"),
+        ("", "it is empty"),
+    ] {
+        let before = double.requests().len();
+        let mut settings = double.settings(&token_file);
+        settings.insert("from".into(), from.into());
+        let text = load(settings).await.unwrap_err().to_string();
+        assert!(
+            text.contains("refused its settings")
+                && text.contains("setting `from`")
+                && text.contains(why),
+            "{from}: {text}"
+        );
+        assert_eq!(double.requests().len(), before, "sent at load");
+    }
+}
+
+fn sms_config(double: &TwilioDouble, token_file: &Path, extra: &str, settings: &str) -> String {
+    let provider = toml_provider(double, token_file);
+    // The provider's own keys go first in its table, the extra settings after its others.
+    let provider = provider.replacen("[[provider]]\n", &format!("[[provider]]\n{extra}"), 1);
+    format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{provider}{settings}")
+}
+
+#[test]
+fn an_sms_timeout_longer_than_the_call_deadline_is_refused_at_start_naming_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let double = TwilioDouble::start();
+    let token_file = double.write_token(dir.path());
+    let cfg = dir.path().join("rolegate.toml");
+    for (extra, timeout, numbers) in [
+        ("", 6000, ["6000", "5000 ms"]),
+        ("deadline_ms = 2000\n", 2500, ["2500", "2000 ms"]),
+    ] {
+        write_private(
+            &cfg,
+            &sms_config(
+                &double,
+                &token_file,
+                extra,
+                &format!("timeout_ms = {timeout}\n"),
+            ),
+        );
+        let said = rolegate_e2e::daemon::refused_to_serve(&cfg);
+        for n in numbers {
+            assert!(said.contains(n), "`{n}` missing: {said}");
+        }
+        assert!(
+            said.contains("provider `sms`") && said.contains("`timeout_ms`"),
+            "{said}"
+        );
+    }
+    assert!(double.requests().is_empty());
+    // At the deadline, it starts.
+    write_private(
+        &cfg,
+        &sms_config(&double, &token_file, "", "timeout_ms = 5000\n"),
+    );
+    let d = serve_config(dir, &cfg);
+    assert!(!d.url.is_empty());
+}
+
+#[tokio::test]
+async fn provider_test_sms_sends_exactly_one_message_and_needs_an_admin() {
+    use rolegate_e2e::daemon::cli;
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let double = TwilioDouble::start();
+    let token_file = double.write_token(dir.path());
+    let d = serve(dir, &toml_provider(&double, &token_file));
+    let admin = d.admin.clone();
+    let (s, _) = call(&d, &admin, "/v1/users", json!({"account": JDOE})).await;
+    assert_eq!(s, 201);
+    let (_, t) = call(&d, &admin, "/v1/tokens", json!({"account": JDOE})).await;
+    let user = t["token"].as_str().unwrap().to_string();
+
+    // A user's token is refused, and nothing is sent.
+    let (s, r) = call(
+        &d,
+        &user,
+        "/v1/providers/sms/test",
+        json!({"to": "+14255550142"}),
+    )
+    .await;
+    assert_eq!(s, 403, "{r}");
+    let (ok, out) = cli(
+        &d,
+        &user,
+        &["provider", "test", "sms", "--to", "+14255550142"],
+        "",
+    );
+    assert!(!ok, "{out}");
+    assert!(out.contains("admin"), "{out}");
+    let (s, _) = rolegate_e2e::daemon::call(
+        &d,
+        None,
+        "POST",
+        "/v1/providers/sms/test",
+        Some(json!({"to": "+14255550142"})),
+    )
+    .await;
+    assert_eq!(s, 401);
+    assert!(double.requests().is_empty(), "{:?}", double.requests());
+
+    // An admin's: one message, its SID printed and in event 410.
+    let (ok, out) = cli(
+        &d,
+        &admin,
+        &["provider", "test", "sms", "--to", "+1 425 555 0142"],
+        "",
+    );
+    assert!(ok, "{out}");
+    let sent = double.messages();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(double.requests().len(), 1);
+    assert_eq!(sent[0].to, "+14255550142");
+    assert!(
+        out.contains(&format!(
+            "provider `sms` sent a test message to +14255550142: reference {}",
+            sent[0].sid
+        )),
+        "{out}"
+    );
+    let (s, list) =
+        rolegate_e2e::daemon::call(&d, Some(&admin), "GET", "/v1/events?id=410", None).await;
+    assert_eq!(s, 200, "{list}");
+    let e = &list[0];
+    assert_eq!(e["provider"], "sms", "{e}");
+    assert_eq!(e["severity"], "information", "{e}");
+    let (_, me) = rolegate_e2e::daemon::call(&d, Some(&admin), "GET", "/v1/me", None).await;
+    let m = e["message"].as_str().unwrap();
+    assert_eq!(
+        m,
+        format!(
+            "test message sent to …0142, provider reference `{}`, by `{}`",
+            sent[0].sid,
+            me["account"].as_str().unwrap()
+        )
+    );
+
+    // Twilio making the message failed: the command fails with Twilio's code, and says so in
+    // event 410; still one request to Twilio.
+    double.fail_next(
+        1,
+        Failure::Created {
+            status: "failed",
+            error_code: Some(30003),
+        },
+    );
+    let (ok, out) = cli(
+        &d,
+        &admin,
+        &["provider", "test", "sms", "--to", "+14255550142"],
+        "",
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("Twilio error 30003") && out.contains("`failed`"),
+        "{out}"
+    );
+    assert!(!out.contains(double.auth_token()), "{out}");
+    assert_eq!(double.requests().len(), 2);
+    let (_, list) =
+        rolegate_e2e::daemon::call(&d, Some(&admin), "GET", "/v1/events?id=410", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    assert_eq!(list[0]["severity"], "warning", "{list}");
+    assert!(
+        list[0]["message"].as_str().unwrap().contains("30003"),
+        "{list}"
+    );
+
+    // A provider that texts nothing, an unknown one, a number that is none: refused, unsent.
+    for (path, body, status) in [
+        (
+            "/v1/providers/nope/test",
+            json!({"to": "+14255550142"}),
+            404,
+        ),
+        ("/v1/providers/sms/test", json!({"to": "not a number"}), 422),
+    ] {
+        let (s, r) = call(&d, &admin, path, body).await;
+        assert_eq!(s, status, "{path}: {r}");
+    }
+    assert_eq!(double.requests().len(), 2);
+}

@@ -1,5 +1,5 @@
 //! `rolegate provider check | list --config | pin`: the commands that load plugin libraries here
-//! rather than ask the daemon.
+//! rather than ask the daemon (`provider list` and `provider test` ask it: `providers.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -45,6 +45,15 @@ pub(crate) enum ProviderCommand {
     Pin {
         /// The plugin library.
         library: PathBuf,
+    },
+    /// Send one test message through the daemon's provider (admin): checks its account
+    /// (Twilio's, for sms-twilio) with a real text or call to `--to`; event 410.
+    Test {
+        /// The provider's id in the daemon's config (`sms`).
+        provider: String,
+        /// The phone number to send to.
+        #[arg(long)]
+        to: String,
     },
 }
 

@@ -41,6 +41,8 @@ pub const PROVIDER_LOADED: i64 = 400;
 pub const PROVIDER_REFUSED: i64 = 401;
 /// A provider's worker process crashed or was killed past its deadline.
 pub const PROVIDER_CRASHED: i64 = 402;
+/// An admin sent a test message through a provider (`rolegate provider test`), or tried to.
+pub const PROVIDER_TESTED: i64 = 410;
 
 /// An admin created a user.
 pub const USER_CREATED: i64 = 500;

@@ -2,8 +2,9 @@
 //! users, events, providers, tokens. Callers authenticate with bearer tokens.
 //!
 //! One file per resource: `requests`, `enrolments`, `approvals`, `users` (and credentials,
-//! lockouts), `roles`, `events`, `tokens`, `status` (metrics, providers), `openapi`. This file
-//! keeps the shared state, the token check and its cache, errors and the router.
+//! lockouts), `roles`, `events`, `tokens`, `status` (metrics, providers), `providers` (one
+//! provider's test message), `openapi`. This file keeps the shared state, the token check and
+//! its cache, errors and the router.
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ mod approvals;
 mod enrolments;
 mod events;
 mod openapi;
+mod providers;
 mod requests;
 mod roles;
 mod status;
@@ -36,6 +38,7 @@ use enrolments::{enrol_continue, enrol_start};
 use events::{list_events, verify_events};
 use openapi::openapi;
 pub use openapi::openapi_document;
+use providers::test_provider;
 use requests::{answer, close, create_request, get_request, my_requests, poll};
 use roles::{create_role, get_role, list_roles, remove_role, set_role};
 use status::{list_providers, metrics};
@@ -306,6 +309,7 @@ impl Api {
             .route("/v1/events", get(list_events))
             .route("/v1/events/verify", get(verify_events))
             .route("/v1/providers", get(list_providers))
+            .route("/v1/providers/{id}/test", post(test_provider))
             .route("/v1/tokens", post(create_token).get(list_tokens))
             .route("/v1/tokens/{id}", delete(revoke_token))
             .merge(crate::http::web::routes())

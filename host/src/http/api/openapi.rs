@@ -49,6 +49,7 @@ pub fn openapi_document() -> Json_ {
             "/v1/events": {"get": op("Events, newest first: ?id&account&role&since_ms&until_ms&limit", true)},
             "/v1/events/verify": {"get": op("Verify the event hash chain", true)},
             "/v1/providers": {"get": op("Providers with their health", false)},
+            "/v1/providers/{id}/test": {"post": op("Send one test message through a provider that texts or calls: {to}; answers {provider, to, sent, reference} (a message SID), or the provider's error (400/502/503); event 410 either way", true)},
             "/v1/tokens": {"post": op("Issue a token: {account, admin?, label?}; shown once", true),
                            "get": op("List tokens: id, account, admin, label, created_at, expires_at (never a secret)", true)},
             "/v1/tokens/{id}": {"delete": op("Revoke a token by its id; it stops working at once", true)},
