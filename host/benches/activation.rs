@@ -248,6 +248,7 @@ fn main() {
                         approval_enabled: false,
                         mfa_enabled: true,
                         providers: vec![provider.into()],
+                        when_factor_down: Default::default(),
                     },
                     0,
                 )?;

@@ -220,6 +220,10 @@ async function loadProviders() {
   fill("providers-body", await api("GET", "/v1/providers"), (row, p) => {
     cell(row, p.id); cell(row, p.info ? p.info.name : ""); cell(row, p.isolation);
     cell(row, p.health ? p.health.status : "");
+    // Why, when not ok: what the host saw of its calls, else the provider's own word.
+    const seen = p.health && p.health.seen;
+    cell(row, seen && seen.reason ? seen.reason + " (" + seen.failures_in_window + " failed calls)"
+      : (p.health && p.health.message) || "");
     cell(row, p.sunset ? (p.retired ? "retired since " : "retires ") + p.sunset : "");
   });
 }

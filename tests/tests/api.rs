@@ -446,7 +446,7 @@ async fn provider_loads_and_crashes_are_in_the_event_log() {
     // admin reads the crash in event 101 (and 402 below).
     let reason = r["reason"].as_str().unwrap();
     assert!(
-        reason.contains("the provider `mis` failed") && reason.contains("try again"),
+        reason.contains("the factor `mis` is unavailable") && reason.contains("try again later"),
         "{r}"
     );
     assert!(!reason.contains("SIGSEGV"), "{r}");
@@ -482,7 +482,7 @@ async fn provider_loads_and_crashes_are_in_the_event_log() {
     assert_eq!(
         sample(
             text,
-            "rolegate_provider_call_failures_total{provider=\"mis\",op=\"challenge_start\"}"
+            "rolegate_provider_call_failures_total{provider=\"mis\",op=\"challenge_start\",kind=\"crash\"}"
         ),
         1.0,
         "{text}"
@@ -531,6 +531,11 @@ async fn a_refused_provider_stops_the_start_and_is_logged() {
         .await
         .unwrap();
     assert_eq!(refused.len(), 1);
+    assert_eq!(
+        refused[0].provider.as_deref(),
+        Some("gone"),
+        "401 names the provider"
+    );
     assert!(
         refused[0].message.ends_with("libgone.so: file not found"),
         "{}",
@@ -1945,8 +1950,13 @@ async fn a_legacy_phone_call_activates_a_role_and_its_failures_are_events() {
         &["request", "new", "--role", "Domain Admins"],
         "",
     );
-    assert!(!okay && out.contains("got voicemail"), "{out}");
+    // The user hears what to do; the provider's words are the admin's, in event 101.
+    assert!(
+        !okay && out.contains("could not reach you") && !out.contains("voicemail"),
+        "{out}"
+    );
     let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=101", None).await;
+    assert!(ev.to_string().contains("got voicemail"), "{ev}");
     let failed: Vec<&str> = ev
         .as_array()
         .unwrap()

@@ -83,6 +83,7 @@ async fn world_with(backend: Backend, settings: Settings) -> World {
                         approval_enabled: approval,
                         mfa_enabled: provider.is_some(),
                         providers: provider.map(String::from).into_iter().collect(),
+                        when_factor_down: Default::default(),
                     },
                     0,
                 )?;
@@ -337,8 +338,8 @@ async fn provider_faults_never_count_against_the_user(backend) {
         let v = w.service.request(ASA, "down", "x", None, None).await.unwrap();
         assert_eq!(v.state, "failed");
         let reason = v.reason.unwrap();
-        assert!(reason.contains("the provider `down` failed"), "{reason}");
-        assert!(reason.contains("try again, or choose another factor"), "{reason}");
+        assert!(reason.contains("the factor `down` is unavailable"), "{reason}");
+        assert!(reason.contains("try again later, or choose another factor"), "{reason}");
         assert!(!reason.contains("503"), "the user hears no detail: {reason}");
         // An outage when the answer comes.
         let v = w.service.request(ASA, "flaky", "x", None, None).await.unwrap();
@@ -349,7 +350,7 @@ async fn provider_faults_never_count_against_the_user(backend) {
             .await
             .unwrap();
         assert_eq!(r.state, "failed");
-        assert!(r.reason.unwrap().contains("the provider `flaky` failed"));
+        assert!(r.reason.unwrap().contains("the factor `flaky` is unavailable"));
     }
     assert_eq!(failures(&w, "down").await, (0, None));
     assert_eq!(failures(&w, "flaky").await, (0, None));
@@ -472,6 +473,7 @@ async fn free_text_is_bounded_and_names_say_what_they_show(backend) {
             approval_enabled: false,
             mfa_enabled: false,
             providers: vec![],
+            when_factor_down: Default::default(),
         };
         let e = w
             .service
@@ -569,6 +571,7 @@ fn generated_spellings_of_one_account_are_one_account_and_confusables_share_a_sk
             approval_enabled: true,
             mfa_enabled: false,
             providers: vec![],
+            when_factor_down: Default::default(),
         }
         .to_role()
         .unwrap();
@@ -653,6 +656,7 @@ async fn generated_spellings_count_as_one_account_in_the_store(backend) {
         approval_enabled: true,
         mfa_enabled: true,
         providers: vec!["hello".into()],
+        when_factor_down: Default::default(),
     };
     w.service.store().write(move |tx| roles::create(tx, &role, 0)).await.unwrap();
     for (case, (a, b)) in pairs.iter().enumerate() {

@@ -113,6 +113,7 @@ fn spec(name: &str, mfa: bool, approval: bool) -> RoleSpec {
         approval_enabled: approval,
         mfa_enabled: mfa,
         providers: if mfa { vec!["hello".into()] } else { vec![] },
+        when_factor_down: Default::default(),
     }
 }
 

@@ -94,6 +94,7 @@ async fn world_with(extra: &[(&str, toml::Value)], token: Option<&str>) -> World
                     approval_enabled: false,
                     mfa_enabled: true,
                     providers: vec!["sms".into()],
+                    when_factor_down: Default::default(),
                 },
                 0,
             )
@@ -155,7 +156,7 @@ async fn failed_reason(w: &World, v: &RequestView) -> String {
         .expect("event 101 for the failed request");
     if detail.contains("the provider failed") {
         assert!(
-            reason.contains("the provider `sms` failed")
+            reason.contains("the factor `sms` is unavailable")
                 && reason.contains("nothing was counted against you"),
             "{reason}"
         );

@@ -74,6 +74,7 @@ async fn world(backend: Backend, isolation: &str) -> World {
                         approval_enabled: approval,
                         mfa_enabled: true,
                         providers: vec!["totp".into()],
+                        when_factor_down: Default::default(),
                     },
                     0,
                 )?;

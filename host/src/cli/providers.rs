@@ -17,6 +17,8 @@ pub(crate) async fn list(client: &Client) -> anyhow::Result<Out> {
                 ("VERSION", "info.version"),
                 ("ISOLATION", "isolation"),
                 ("HEALTH", "health.status"),
+                ("SEEN", "health.seen.status"),
+                ("WHY", "health.seen.reason"),
                 ("SUNSET", "sunset"),
             ][..],
         ),

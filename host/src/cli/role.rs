@@ -34,6 +34,10 @@ pub(crate) struct RoleArgs {
     /// Accepted MFA providers in order of preference, comma-separated.
     #[arg(long, value_delimiter = ',')]
     providers: Option<Vec<String>>,
+    /// When the chosen provider is unavailable: `fail-closed` (refuse; the default) or
+    /// `fallback` (the next provider the user can use, in the role's order).
+    #[arg(long, value_parser = ["fail-closed", "fallback"])]
+    when_factor_down: Option<String>,
     /// Availability window days (`mon-fri`), comma-separated (-AvailabilityWindowEnabled).
     #[arg(long, value_delimiter = ',')]
     available_days: Option<Vec<String>>,
@@ -97,6 +101,13 @@ fn role_body(
     a: RoleArgs,
 ) -> anyhow::Result<serde_json::Value> {
     use serde_json::json;
+    // What `GET` adds for an admin to read is not part of the policy.
+    let base = base.map(|mut b| {
+        if let Some(o) = b.as_object_mut() {
+            o.remove("warnings");
+        }
+        b
+    });
     let mut v = base.unwrap_or_else(|| {
         json!({"name": name, "candidates": [], "approvers": [], "ttl_s": 3600, "max_ttl_s": 3600,
                "justification_required": false, "approval_enabled": false, "mfa_enabled": false, "providers": []})
@@ -135,6 +146,9 @@ fn role_body(
     if let Some(p) = a.providers {
         v["providers"] = json!(p);
     }
+    if let Some(w) = a.when_factor_down {
+        v["when_factor_down"] = json!(w.replace('-', "_"));
+    }
     if a.no_window {
         v["availability"] = serde_json::Value::Null;
     } else if a.available_days.is_some() || a.available_from.is_some() || a.available_to.is_some() {
@@ -170,12 +184,16 @@ pub(crate) async fn run(client: &Client, cmd: RoleCommand) -> anyhow::Result<Out
                 Some(ROLE_COLUMNS),
             )
         }
-        RoleCommand::Get { name: Some(n) } => (
-            client
+        RoleCommand::Get { name: Some(n) } => {
+            let v = client
                 .call("GET", &format!("/v1/roles/{}", segment(&n)), None)
-                .await?,
-            Some(ROLE_COLUMNS),
-        ),
+                .await?;
+            // Warnings go to standard error, so the table (or JSON) stays clean to parse.
+            for w in v["warnings"].as_array().into_iter().flatten() {
+                eprintln!("warning: {}", w.as_str().unwrap_or_default());
+            }
+            (v, Some(ROLE_COLUMNS))
+        }
         RoleCommand::Get { name: None } => (
             client.call("GET", "/v1/roles", None).await?,
             Some(ROLE_COLUMNS),

@@ -103,19 +103,22 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             Arc::clone(&anchor_file),
             anchors.newest().filter(|_| !found_cut),
         )));
-        let (crash_tx, mut crash_rx) = tokio::sync::mpsc::unbounded_channel::<(String, String)>();
+        let (crash_tx, mut crash_rx) =
+            tokio::sync::mpsc::unbounded_channel::<rolegate::plugins::process::WorkerNews>();
         let providers = match Providers::load_observed(&config.plugins, &config.providers, Some(crash_tx)).await {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 let message = e.to_string();
+                let provider = e.provider_id().map(String::from);
                 let _ = store
                     .write(move |tx| {
-                        let ev = rolegate::records::events::NewEvent::new(
+                        let mut ev = rolegate::records::events::NewEvent::new(
                             rolegate::records::events::PROVIDER_REFUSED,
                             rolegate::records::events::Severity::Error,
                             "plugins",
                             message,
                         );
+                        ev.provider = provider;
                         rolegate::records::events::append(tx, ev, now)
                     })
                     .await;
@@ -159,15 +162,28 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                while let Some((id, status)) = crash_rx.recv().await {
+                while let Some(news) = crash_rx.recv().await {
+                    use rolegate::plugins::process::WorkerNews;
                     let at = jiff::Timestamp::now().as_millisecond();
+                    let (event, id, message) = match news {
+                        WorkerNews::Ended { id, status } => (
+                            rolegate::records::events::PROVIDER_CRASHED,
+                            id,
+                            format!("the worker process {status}"),
+                        ),
+                        WorkerNews::Refused { id, reason } => (
+                            rolegate::records::events::PROVIDER_REFUSED,
+                            id,
+                            format!("a new worker was refused while the daemon runs: {reason}"),
+                        ),
+                    };
                     let written = store
                         .write(move |tx| {
                             let mut ev = rolegate::records::events::NewEvent::new(
-                                rolegate::records::events::PROVIDER_CRASHED,
+                                event,
                                 rolegate::records::events::Severity::Error,
                                 "plugins",
-                                format!("the worker process {status}"),
+                                message,
                             );
                             ev.provider = Some(id);
                             rolegate::records::events::append(tx, ev, at)

@@ -211,6 +211,46 @@ pub enum Error {
 }
 
 impl Error {
+    /// The kind of a failed provider call, as `rolegate_provider_call_failures_total` names
+    /// it; `None` for errors that are no provider call's.
+    pub fn call_failure_kind(&self) -> Option<&'static str> {
+        match self {
+            Error::Deadline { .. } => Some("deadline"),
+            Error::WorkerCrashed { .. } => Some("crash"),
+            Error::CrashLoop { .. } => Some("crash_loop"),
+            Error::Protocol { .. } => Some("protocol"),
+            Error::Load { .. } => Some("load"),
+            Error::Settings { .. } => Some("config"),
+            Error::Provider { source, .. } => Some(source.kind.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Whether this error says the provider itself is failing (an outage, a crash, a hang, a
+    /// broken answer), as opposed to a request it refused as malformed or unsupported: only
+    /// these count toward the provider's health.
+    pub fn is_provider_fault(&self) -> bool {
+        !matches!(
+            self.call_failure_kind(),
+            None | Some("bad_input") | Some("unsupported")
+        )
+    }
+
+    /// The provider an error is about, when it is about one.
+    pub fn provider_id(&self) -> Option<&str> {
+        match self {
+            Error::Load { id, .. }
+            | Error::Settings { id, .. }
+            | Error::Provider { id, .. }
+            | Error::Deadline { id, .. }
+            | Error::WorkerCrashed { id, .. }
+            | Error::CrashLoop { id, .. }
+            | Error::Protocol { id, .. }
+            | Error::DuplicateProvider { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+
     /// The provider's own error, when the provider answered with one.
     pub fn provider_error(&self) -> Option<&ProviderError> {
         match self {

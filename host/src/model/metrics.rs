@@ -93,11 +93,16 @@ impl Default for Histogram {
     }
 }
 
-/// One provider's calls: how long they took, and how many failed to get an answer.
+/// One provider's calls: how long they took, how many failed and why, and its health as the
+/// host sees it.
 #[derive(Debug, Default)]
 pub struct ProviderCalls {
     /// Each operation's figures, by the SDK's operation name.
     by_op: Mutex<BTreeMap<&'static str, Arc<OpCalls>>>,
+    /// Failed calls, by (operation, kind).
+    failed: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// The health the host sees (0 ok, 1 degraded, 2 down), once it is tracked.
+    health: AtomicI64,
 }
 
 /// The calls of one operation of one provider.
@@ -105,21 +110,35 @@ pub struct ProviderCalls {
 struct OpCalls {
     /// How long they took.
     seconds: Histogram,
-    /// How many got no answer: past the deadline, a crashed worker, refused.
-    failed: AtomicU64,
 }
 
 impl ProviderCalls {
-    /// Records one call of `op` that took `took`; `answered` is false when it got no answer.
-    pub fn observe(&self, op: &'static str, took: Duration, answered: bool) {
+    /// Records one call of `op` that took `took`; `failure` names its kind when it failed
+    /// (`deadline`, `crash`, `unavailable`, … as in metrics.md).
+    pub fn observe(&self, op: &'static str, took: Duration, failure: Option<&'static str>) {
         let calls = match self.by_op.lock() {
             Ok(mut m) => Arc::clone(m.entry(op).or_default()),
             Err(_) => return,
         };
         calls.seconds.observe(took);
-        if !answered {
-            calls.failed.fetch_add(1, Ordering::Relaxed);
+        if let Some(kind) = failure
+            && let Ok(mut f) = self.failed.lock()
+        {
+            *f.entry((op, kind)).or_default() += 1;
         }
+    }
+
+    /// Publishes the provider's health as the host sees it (0 ok, 1 degraded, 2 down).
+    pub fn set_health(&self, level: u8) {
+        self.health.store(i64::from(level) + 1, Ordering::Relaxed);
+    }
+
+    /// Failed calls of `op` of this kind so far.
+    pub fn failures(&self, op: &'static str, kind: &'static str) -> u64 {
+        self.failed
+            .lock()
+            .map(|f| f.get(&(op, kind)).copied().unwrap_or(0))
+            .unwrap_or(0)
     }
 }
 
@@ -303,10 +322,19 @@ impl Metrics {
         );
         // (provider, operation, its figures), ordered by provider then operation.
         let mut calls: Vec<(String, &'static str, Arc<OpCalls>)> = Vec::new();
+        let mut failed: Vec<(String, &'static str, &'static str, u64)> = Vec::new();
+        let mut health: Vec<(String, i64)> = Vec::new();
         if let Ok(providers) = self.providers.lock() {
             for (id, p) in providers.iter() {
                 if let Ok(ops) = p.by_op.lock() {
                     calls.extend(ops.iter().map(|(op, c)| (escape(id), *op, Arc::clone(c))));
+                }
+                if let Ok(f) = p.failed.lock() {
+                    failed.extend(f.iter().map(|((op, kind), n)| (escape(id), *op, *kind, *n)));
+                }
+                let level = p.health.load(Ordering::Relaxed);
+                if level > 0 {
+                    health.push((escape(id), level - 1));
                 }
             }
         }
@@ -319,16 +347,25 @@ impl Metrics {
             &mut out,
             "rolegate_provider_call_failures_total",
             "counter",
-            "Provider calls that got no answer (past the deadline, a crashed worker, refused), by provider id and operation.",
+            "Provider calls that failed, by provider id, operation and kind (deadline, crash, crash_loop, protocol, load, unavailable, internal, panicked, config: the provider's failures; bad_input, unsupported: the request refused).",
         );
-        for (id, op, c) in &calls {
-            let n = c.failed.load(Ordering::Relaxed);
-            if n > 0 {
-                let _ = writeln!(
-                    &mut out,
-                    "rolegate_provider_call_failures_total{{provider=\"{id}\",op=\"{op}\"}} {n}"
-                );
-            }
+        for (id, op, kind, n) in &failed {
+            let _ = writeln!(
+                &mut out,
+                "rolegate_provider_call_failures_total{{provider=\"{id}\",op=\"{op}\",kind=\"{kind}\"}} {n}"
+            );
+        }
+        head(
+            &mut out,
+            "rolegate_provider_health",
+            "gauge",
+            "Each provider's health as the host sees it from its calls: 0 ok, 1 degraded, 2 down.",
+        );
+        for (id, level) in &health {
+            let _ = writeln!(
+                &mut out,
+                "rolegate_provider_health{{provider=\"{id}\"}} {level}"
+            );
         }
 
         head(
@@ -495,15 +532,21 @@ mod tests {
     fn provider_calls_count_failures_by_operation() {
         let m = Metrics::new();
         let calls = m.provider("sms");
-        calls.observe("challenge_start", Duration::from_millis(40), true);
-        calls.observe("challenge_start", Duration::from_secs(11), false);
+        calls.observe("challenge_start", Duration::from_millis(40), None);
+        calls.observe("challenge_start", Duration::from_secs(11), Some("deadline"));
+        calls.set_health(1);
         assert!(Arc::ptr_eq(&calls, &m.provider("sms")));
         let text = m.render(&Vec::new());
         assert!(text.contains("rolegate_provider_call_duration_seconds_count{provider=\"sms\",op=\"challenge_start\"} 2\n"), "{text}");
         assert!(
             text.contains(
-                "rolegate_provider_call_failures_total{provider=\"sms\",op=\"challenge_start\"} 1\n"
+                "rolegate_provider_call_failures_total{provider=\"sms\",op=\"challenge_start\",kind=\"deadline\"} 1\n"
             ),
+            "{text}"
+        );
+        assert_eq!(calls.failures("challenge_start", "deadline"), 1);
+        assert!(
+            text.contains("rolegate_provider_health{provider=\"sms\"} 1\n"),
             "{text}"
         );
     }

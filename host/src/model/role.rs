@@ -130,6 +130,18 @@ impl fmt::Display for AvailabilityWindow {
     }
 }
 
+/// What a role does when the factor chosen for a user is unavailable (the provider fails, or
+/// the host sees it down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FactorDown {
+    /// Refuse: "the factor is unavailable, try later" (the default: nothing weaker is offered).
+    #[default]
+    FailClosed,
+    /// Try the role's next provider the user can use, in the role's order (an event each).
+    Fallback,
+}
+
 /// What stands between a user and a role's activation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Role {
@@ -153,6 +165,8 @@ pub struct Role {
     pub mfa_enabled: bool,
     /// The providers accepted for MFA, in order of preference.
     pub providers: Vec<String>,
+    /// What happens when the chosen provider is unavailable.
+    pub when_factor_down: FactorDown,
 }
 
 /// Where a new request starts, and for how long it will grant the role.
@@ -343,6 +357,7 @@ mod tests {
             approval_enabled: true,
             mfa_enabled: true,
             providers: vec!["phone-legacy".into(), "totp".into()],
+            when_factor_down: FactorDown::FailClosed,
         }
     }
 

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod frame;
+pub mod health;
 pub mod library;
 pub mod process;
 mod settings;
@@ -21,6 +22,7 @@ use rolegate_sdk::{Bytes, ProviderError};
 use serde::de::DeserializeOwned;
 
 use crate::model::error::{Error, Result};
+use health::{HealthRule, Observed, Seen, Tracker};
 pub use settings::{Isolation, PluginsConfig, ProviderConfig};
 
 /// Hung in-process calls tolerated before a provider refuses new calls.
@@ -45,6 +47,8 @@ pub struct Plugin {
     pub isolation: Isolation,
     /// The deadline of each call.
     pub deadline: Duration,
+    /// How its health is judged from its calls.
+    pub health_rule: HealthRule,
     kind: Kind,
 }
 
@@ -113,6 +117,7 @@ impl Plugin {
             sha256,
             isolation,
             deadline,
+            health_rule: plugins.health_rule()?,
             kind,
         })
     }
@@ -204,6 +209,7 @@ impl Plugin {
             info: None,
             backend,
             calls: crate::model::metrics::METRICS.provider(&self.id),
+            health: Arc::new(Tracker::new(&self.id, self.health_rule)),
             sunset: None,
         };
         let info: ProviderInfo = provider.call(&Request::Info).await?;
@@ -236,6 +242,8 @@ pub struct LoadedProvider {
     backend: Backend,
     /// Its calls' durations and failures, for `/metrics`.
     calls: Arc<crate::model::metrics::ProviderCalls>,
+    /// Its health, as the host sees it from its calls.
+    health: Arc<Tracker>,
     /// When roles stop accepting it (`sunset` in its config), if ever.
     sunset: Option<jiff::Timestamp>,
 }
@@ -275,11 +283,25 @@ impl LoadedProvider {
         matches!(&self.backend, Backend::InProcess { inline, .. } if inline.load(Ordering::Relaxed))
     }
 
+    /// Its health as the host sees it from its calls (beside the provider's own `health`).
+    pub fn seen(&self) -> Seen {
+        self.health.status()
+    }
+
+    /// What the host has seen of its calls, with the detail an admin reads.
+    pub fn observed(&self) -> Observed {
+        self.health.observed()
+    }
+
     /// Sends raw request bytes, returning the raw response; never blocks the async runtime.
     pub async fn call_raw(&self, op: &'static str, request: Vec<u8>) -> Result<Vec<u8>> {
         let started = std::time::Instant::now();
         let answer = self.call_backend(op, request).await;
-        self.calls.observe(op, started.elapsed(), answer.is_ok());
+        self.calls.observe(
+            op,
+            started.elapsed(),
+            answer.as_ref().err().and_then(Error::call_failure_kind),
+        );
         answer
     }
 
@@ -347,15 +369,52 @@ impl LoadedProvider {
         }
     }
 
-    /// Sends a request and decodes the provider's answer.
+    /// Sends a request and decodes the provider's answer, counting its outcome toward the
+    /// provider's health. A provider the host sees `down` is not called (but for a trial call
+    /// every `down_retry_s`, and `health`, which is always asked).
     pub async fn call<T: DeserializeOwned>(&self, request: &Request) -> Result<T> {
         let op = request.op();
+        let probe = matches!(request, Request::Health);
+        if !probe && !self.health.admits() {
+            let o = self.health.observed();
+            return Err(Error::Provider {
+                id: self.plugin.id.clone(),
+                op,
+                source: ProviderError::unavailable(format!(
+                    "the host sees it down ({} failed calls in a row; newest: {}), so it is not called; a trial call goes through every {} s",
+                    o.failures_in_a_row,
+                    o.reason.as_deref().unwrap_or("unknown"),
+                    self.plugin.health_rule.retry_after.as_secs()
+                )),
+            });
+        }
+        let started = std::time::Instant::now();
+        let answer = self.call_decoded(op, request).await;
+        let failure = answer.as_ref().err().and_then(Error::call_failure_kind);
+        self.calls.observe(op, started.elapsed(), failure);
+        match (&answer, failure) {
+            (Err(e), Some(kind)) if e.is_provider_fault() => {
+                self.health.failed(kind, e.to_string())
+            }
+            // The provider's own health answer says nothing of its calls: only its faults
+            // (a crash, a hang) count.
+            _ if probe => {}
+            _ => self.health.succeeded(),
+        }
+        answer
+    }
+
+    async fn call_decoded<T: DeserializeOwned>(
+        &self,
+        op: &'static str,
+        request: &Request,
+    ) -> Result<T> {
         let bytes = serde_json::to_vec(request).map_err(|e| Error::Protocol {
             id: self.plugin.id.clone(),
             op,
             message: format!("the request cannot be encoded: {e}"),
         })?;
-        let answer = self.call_raw(op, bytes).await?;
+        let answer = self.call_backend(op, bytes).await?;
         let response: Response<T> =
             serde_json::from_slice(&answer).map_err(|e| Error::Protocol {
                 id: self.plugin.id.clone(),

@@ -52,8 +52,28 @@ pub struct Spec {
     pub observer: Option<Observer>,
 }
 
-/// Receives `(provider id, how its worker ended)` for each crash or kill.
-pub type Observer = tokio::sync::mpsc::UnboundedSender<(String, String)>;
+/// What the supervisor tells the daemon of a provider's workers, for its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerNews {
+    /// A worker ended without being asked to (a crash, or a kill past the deadline).
+    Ended {
+        /// The provider id.
+        id: String,
+        /// How it ended ("was killed by signal 11 (SIGSEGV)").
+        status: String,
+    },
+    /// A new worker refused to start after the first (the library changed under the
+    /// daemon, so its pin broke, or the provider refused its settings): told once per reason.
+    Refused {
+        /// The provider id.
+        id: String,
+        /// The loader's words.
+        reason: String,
+    },
+}
+
+/// Receives the news of a provider's workers.
+pub type Observer = tokio::sync::mpsc::UnboundedSender<WorkerNews>;
 
 struct Worker {
     kill: StdMutex<Option<oneshot::Sender<()>>>,
@@ -79,6 +99,10 @@ pub struct Supervisor {
     spec: Spec,
     current: Mutex<Option<Arc<Worker>>>,
     crashes: Arc<StdMutex<VecDeque<Instant>>>,
+    /// Whether a worker has started (later starts are restarts).
+    started: AtomicBool,
+    /// The last restart refusal reported, so that each is reported once.
+    refused: StdMutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -121,6 +145,8 @@ impl Supervisor {
             spec,
             current: Mutex::new(None),
             crashes: Arc::new(StdMutex::new(VecDeque::new())),
+            started: AtomicBool::new(false),
+            refused: StdMutex::new(None),
         };
         sup.worker().await?;
         Ok(sup)
@@ -172,9 +198,44 @@ impl Supervisor {
         }
         *current = None;
         self.check_crash_loop()?;
-        let w = Arc::new(self.spawn().await?);
+        let w = match self.spawn().await {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                if self.started.load(Ordering::SeqCst) {
+                    self.refused_on_restart(&e);
+                }
+                return Err(e);
+            }
+        };
+        self.started.store(true, Ordering::SeqCst);
+        if let Ok(mut r) = self.refused.lock() {
+            *r = None;
+        }
         *current = Some(Arc::clone(&w));
         Ok(w)
+    }
+
+    /// Logs and reports a restart the loader refused, once per reason (every call retries it).
+    fn refused_on_restart(&self, e: &Error) {
+        let reason = e.to_string();
+        let Ok(mut last) = self.refused.lock() else {
+            return;
+        };
+        if last.as_deref() == Some(reason.as_str()) {
+            return;
+        }
+        *last = Some(reason.clone());
+        tracing::error!(
+            provider = %self.spec.id,
+            library = %self.spec.library.display(),
+            "a new plugin worker was refused: {reason}"
+        );
+        if let Some(o) = &self.spec.observer {
+            let _ = o.send(WorkerNews::Refused {
+                id: self.spec.id.clone(),
+                reason,
+            });
+        }
     }
 
     async fn spawn(&self) -> Result<Worker> {
@@ -304,7 +365,10 @@ impl Supervisor {
                 }
                 tracing::warn!(provider = %id, %status, "plugin worker ended");
                 if let Some(o) = &observer {
-                    let _ = o.send((id.clone(), status.clone()));
+                    let _ = o.send(WorkerNews::Ended {
+                        id: id.clone(),
+                        status: status.clone(),
+                    });
                 }
             }
             let waiting: Vec<_> = pending

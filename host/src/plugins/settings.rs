@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::health::HealthRule;
 use crate::model::error::{Error, Result};
 
 /// Settings shared by all plugins.
@@ -25,6 +26,41 @@ pub struct PluginsConfig {
     /// The window, in seconds, in which crashes are counted.
     #[serde(default = "default_crash_window_s")]
     pub crash_window_s: u64,
+    /// The window, in seconds, in which a provider's failed calls are counted for its health.
+    #[serde(default = "default_health_window_s")]
+    pub health_window_s: u64,
+    /// Failed calls within `health_window_s` that make a provider `degraded`.
+    #[serde(default = "default_degraded_after")]
+    pub degraded_after: u32,
+    /// Failed calls in a row that make a provider `down` (refused at once, but for a trial).
+    #[serde(default = "default_down_after")]
+    pub down_after: u32,
+    /// Successful calls in a row that bring a `degraded` provider back to `ok`.
+    #[serde(default = "default_recover_after")]
+    pub recover_after: u32,
+    /// Seconds between the trial calls a `down` provider is given to come back.
+    #[serde(default = "default_down_retry_s")]
+    pub down_retry_s: u64,
+}
+
+fn default_health_window_s() -> u64 {
+    60
+}
+
+fn default_degraded_after() -> u32 {
+    3
+}
+
+fn default_down_after() -> u32 {
+    5
+}
+
+fn default_recover_after() -> u32 {
+    3
+}
+
+fn default_down_retry_s() -> u64 {
+    30
 }
 
 fn default_deadline_ms() -> u64 {
@@ -46,7 +82,49 @@ impl Default for PluginsConfig {
             deadline_ms: default_deadline_ms(),
             max_crashes: default_max_crashes(),
             crash_window_s: default_crash_window_s(),
+            health_window_s: default_health_window_s(),
+            degraded_after: default_degraded_after(),
+            down_after: default_down_after(),
+            recover_after: default_recover_after(),
+            down_retry_s: default_down_retry_s(),
         }
+    }
+}
+
+impl PluginsConfig {
+    /// How the host judges providers from their calls; a clear error names a setting that
+    /// cannot work.
+    pub fn health_rule(&self) -> Result<HealthRule> {
+        let bad = |message: String| Error::Invalid {
+            what: "[plugins]".into(),
+            message,
+        };
+        for (key, v) in [
+            ("health_window_s", self.health_window_s),
+            ("down_retry_s", self.down_retry_s),
+            ("degraded_after", u64::from(self.degraded_after)),
+            ("down_after", u64::from(self.down_after)),
+            ("recover_after", u64::from(self.recover_after)),
+        ] {
+            if v == 0 {
+                return Err(bad(format!("`{key}` must be at least 1, not 0")));
+            }
+        }
+        for (key, v) in [
+            ("health_window_s", self.health_window_s),
+            ("down_retry_s", self.down_retry_s),
+        ] {
+            if v > 86_400 {
+                return Err(bad(format!("`{key}` = {v} is over a day (86400 s)")));
+            }
+        }
+        Ok(HealthRule {
+            window: Duration::from_secs(self.health_window_s),
+            degraded_after: self.degraded_after,
+            down_after: self.down_after,
+            recover_after: self.recover_after,
+            retry_after: Duration::from_secs(self.down_retry_s),
+        })
     }
 }
 

@@ -27,6 +27,9 @@ pub const REQUEST_ACTIVATED: i64 = 203;
 pub const REQUEST_EXPIRED: i64 = 204;
 /// An activation or request was closed before its time.
 pub const REQUEST_CLOSED: i64 = 205;
+/// A new request's provider failed to start its challenge, and the role's rule
+/// (`when_factor_down = "fallback"`) tried the next provider the user can use.
+pub const MFA_FELL_BACK: i64 = 206;
 /// A user was locked out of a provider after repeated failures.
 pub const LOCKED_OUT: i64 = 300;
 /// An admin lifted a lockout.

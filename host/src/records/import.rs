@@ -73,8 +73,7 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Vec<Record>> {
             '\n' => {
                 fields.push(std::mem::take(&mut field));
                 let record = std::mem::take(&mut fields);
-                let blank = record.len() == 1 && record[0].trim().is_empty();
-                if !blank && !record[0].starts_with("#TYPE") {
+                if is_data(&record) {
                     out.push(Record {
                         line: start_line,
                         fields: record,
@@ -95,7 +94,8 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Vec<Record>> {
     }
     if !field.is_empty() || !fields.is_empty() {
         fields.push(field);
-        if !fields[0].starts_with("#TYPE") {
+        // The last line, without its line end, is blank or data by the same rule as any.
+        if is_data(&fields) {
             out.push(Record {
                 line: start_line,
                 fields,
@@ -103,6 +103,13 @@ pub fn parse_csv(name: &str, text: &str) -> Result<Vec<Record>> {
         }
     }
     Ok(out)
+}
+
+/// Whether a record is data: neither blank (one field of white space, as an empty line
+/// reads) nor `Export-Csv`'s `#TYPE` line.
+fn is_data(record: &[String]) -> bool {
+    let blank = record.len() == 1 && record[0].trim().is_empty();
+    !blank && !record.first().is_some_and(|f| f.starts_with("#TYPE"))
 }
 
 /// A CSV file's rows as maps from lower-cased header to value.
@@ -318,6 +325,7 @@ pub fn read_roles(name: &str, text: &str, mfa_provider: &str) -> Result<Vec<(usi
             } else {
                 Vec::new()
             },
+            when_factor_down: Default::default(),
         };
         if let Err(e) = spec.to_role() {
             problem(e.to_string());
@@ -495,6 +503,23 @@ mod tests {
         assert_eq!(users[0].1.phone.as_deref(), Some("+1 425 555 0100"));
         assert_eq!(users[1].1.phone, None);
         assert_eq!(users[1].0, 5);
+    }
+
+    #[test]
+    fn a_last_line_of_white_space_is_blank_like_any_other() {
+        // Found by fuzzing (fuzz/mim_import): a file whose last line, without a line end,
+        // held only white space (a lone CR, spaces) had it read as a record of one field,
+        // then refused as `1 fields where the header has 2`.
+        for end in ["\r", "  ", "\t", "\n\r"] {
+            let text = format!("SourceAccountName,DisplayName\njdoe,J\n{end}");
+            let records = parse_csv("u.csv", &text).unwrap();
+            assert_eq!(records.len(), 2, "{end:?}");
+            let users = read_users("u.csv", &text).unwrap();
+            assert_eq!(users.len(), 1, "{end:?}");
+        }
+        // A field of white space in quotes is still a record when it is not alone.
+        let records = parse_csv("u.csv", "a,b\n\" \",\"\"").unwrap();
+        assert_eq!(records[1].fields, vec![" ".to_string(), String::new()]);
     }
 
     #[test]

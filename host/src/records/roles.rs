@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::error::{Error, Result};
 use crate::model::identity::{NameKind, check_name, quoted, same_account, skeleton};
-use crate::model::role::{AvailabilityWindow, Role};
+use crate::model::role::{AvailabilityWindow, FactorDown, Role};
 use crate::store::{Tx, Value};
 
 /// A role's policy as it is stored and exchanged (API, CLI, import).
@@ -42,6 +42,10 @@ pub struct RoleSpec {
     /// Accepted providers, in order of preference.
     #[serde(default)]
     pub providers: Vec<String>,
+    /// When the chosen provider is unavailable: `fail_closed` (the default) or `fallback` to
+    /// the next provider the user can use.
+    #[serde(default)]
+    pub when_factor_down: FactorDown,
 }
 
 /// An availability window as stored.
@@ -84,6 +88,7 @@ impl RoleSpec {
             approval_enabled: self.approval_enabled,
             mfa_enabled: self.mfa_enabled,
             providers: self.providers.clone(),
+            when_factor_down: self.when_factor_down,
         };
         role.validate()?;
         Ok(role)

@@ -459,7 +459,7 @@ pub(super) fn apply(
         Outcome::Fault(detail) => {
             // Not the user's failure: recorded as the provider's, counted nowhere.
             s.view.reason = Some(format!(
-                "the provider `{provider}` failed, so MFA could not be checked (nothing was counted against you): try again, or choose another factor"
+                "the factor `{provider}` is unavailable now, so MFA could not be checked (nothing was counted against you): try again later, or choose another factor"
             ));
             transition(tx, &mut s, RequestState::Failed, now)?;
             events::append(
@@ -516,7 +516,17 @@ pub(super) fn apply(
             } else {
                 message
             };
-            s.view.reason = Some(why.clone());
+            // The user reads a sentence they can act on; the provider's words (a number to
+            // correct, an upstream's code) are the admin's, in event 101.
+            s.view.reason = Some(match reason {
+                // The user's own doing: the provider's words tell them what happened.
+                DenyReason::WrongAnswer
+                | DenyReason::Replayed
+                | DenyReason::Declined
+                | DenyReason::Expired
+                | DenyReason::Fraud => why.clone(),
+                other => user_sentence(other, &provider),
+            });
             transition(tx, &mut s, RequestState::Failed, now)?;
             if retryable || reason == DenyReason::Fraud {
                 record_failure(
@@ -535,11 +545,41 @@ pub(super) fn apply(
                     Severity::Error,
                     &s,
                     Some(&provider),
-                    format!("MFA not completed: {why}"),
+                    format!("MFA not completed ({}): {why}", deny_name(reason)),
                 ),
                 ms(now),
             )?;
             Ok(s.view)
         }
+    }
+}
+
+/// What a user is told when a provider denies for a reason that is not their own doing (its
+/// words — a number to correct, an upstream's code — are the admin's, in event 101).
+fn user_sentence(reason: DenyReason, provider: &str) -> String {
+    match reason {
+        DenyReason::Unreachable => format!(
+            "the factor `{provider}` could not reach you (no answer, or the number on record may be wrong: ask an admin to check it)"
+        ),
+        DenyReason::NotEnrolled => format!(
+            "you are not enrolled in `{provider}`: enrol first (`rolegate enrol {provider}`), or choose another factor"
+        ),
+        _ => format!(
+            "MFA with `{provider}` was not completed: try again, or ask an admin (the event log has the reason)"
+        ),
+    }
+}
+
+/// A deny reason's stable name, for the admin's event.
+fn deny_name(reason: DenyReason) -> &'static str {
+    match reason {
+        DenyReason::WrongAnswer => "wrong_answer",
+        DenyReason::Expired => "expired",
+        DenyReason::Declined => "declined",
+        DenyReason::Unreachable => "unreachable",
+        DenyReason::Fraud => "fraud",
+        DenyReason::NotEnrolled => "not_enrolled",
+        DenyReason::Replayed => "replayed",
+        _ => "other",
     }
 }

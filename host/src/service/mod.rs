@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::model::activation::RequestState;
 use crate::model::clock::Clock;
 use crate::model::error::{Error, Result};
-use crate::model::role::{Refusal, Role, Usability};
+use crate::model::role::{FactorDown, Refusal, Role, Usability};
 use crate::plugins::Providers;
 use crate::records::events::{self, NewEvent, Severity};
 use crate::records::roles;
@@ -36,6 +36,7 @@ mod caches;
 mod enrolment;
 mod expiry;
 mod requests;
+mod role_warnings;
 
 use answers::{apply, with_prior};
 pub use enrolment::store_credential;

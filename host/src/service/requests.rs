@@ -198,7 +198,97 @@ impl Service {
                 Some(_) => Usability::Usable,
             }
         };
-        let provider_id = role.choose_provider(provider_choice, usability)?;
+        let chosen = role.choose_provider(provider_choice, usability)?;
+        let locked_until = |p: &str| -> Result<Option<i64>> {
+            for l in lockouts {
+                if l.text(0)? == p
+                    && let Some(Value::Int(until)) = l.0.get(1)
+                    && *until > ms(now)
+                {
+                    return Ok(Some(*until));
+                }
+            }
+            Ok(None)
+        };
+        if let Some(until) = locked_until(&chosen)? {
+            let until = Timestamp::from_millisecond(until)
+                .map(|t| t.to_string())
+                .unwrap_or_default();
+            return Err(Error::Refused(Refusal::LockedOut {
+                provider: chosen,
+                until,
+            }));
+        }
+        // The providers to try, in order: the chosen one, then — when the role falls back —
+        // the role's others that the user can use and is not locked out of.
+        let mut order = vec![chosen.clone()];
+        if role.when_factor_down == FactorDown::Fallback {
+            for p in &role.providers {
+                if *p != chosen && usability(p) == Usability::Usable && locked_until(p)?.is_none() {
+                    order.push(p.clone());
+                }
+            }
+        }
+        let mut fallbacks: Vec<Fallback> = Vec::new();
+        let mut answer = answer;
+        let (provider_id, provider, kept, step) = loop {
+            let provider_id = order.remove(0);
+            let provider =
+                self.providers
+                    .get(&provider_id)
+                    .cloned()
+                    .ok_or_else(|| Error::NotFound {
+                        what: format!("provider `{provider_id}`"),
+                    })?;
+            let ctx = ChallengeContext {
+                user: Self::user_context(&user),
+                role: role.name.clone(),
+                request_id: id.clone(),
+                credentials: self.unseal(&key, &provider_id, &credential_rows)?,
+                origin: None,
+                now: now.as_second().max(0) as u64,
+            };
+            // Refused before the provider starts anything (an SMS provider would send its
+            // code). (A typed answer only: the SDK's check fails `answer_ahead` on others.)
+            let ahead_ok = provider
+                .info()
+                .is_some_and(rolegate_sdk::ProviderInfo::takes_answer_ahead);
+            if answer.is_some() && !ahead_ok {
+                if !fallbacks.is_empty() {
+                    // The answer was for the provider that is down: this one asks anew.
+                    answer = None;
+                } else {
+                    return Err(Error::Invalid {
+                        what: "answer".into(),
+                        message: format!(
+                            "provider `{provider_id}` sends or shows what its prompt's answer depends on, so it cannot be answered with the request: send the request without an answer, then answer its prompt"
+                        ),
+                    });
+                }
+            }
+            // The context again for judging an answer sent with the request, if any.
+            let kept = answer.as_ref().map(|_| ctx.clone());
+            let step = provider.challenge_start(ctx).await;
+            match step {
+                Err(e) if e.is_provider_fault() && !order.is_empty() => {
+                    let to = order[0].clone();
+                    tracing::warn!(
+                        provider = %provider_id,
+                        fallback = %to,
+                        role = %role.name,
+                        "the provider failed to start a challenge; falling back: {e}"
+                    );
+                    fallbacks.push(Fallback {
+                        from: provider_id,
+                        to,
+                        why: e.to_string(),
+                    });
+                    // An answer sent with the request was for the first provider only.
+                    answer = None;
+                }
+                step => break (provider_id, provider, kept, step),
+            }
+        };
         let vouch = rows.stamp.map(|stamp| Vouch {
             stamp,
             read_at: rows.read_at,
@@ -206,53 +296,10 @@ impl Service {
                 .iter()
                 .any(|l| l.text(0).is_ok_and(|p| p == provider_id)),
         });
-        for l in lockouts {
-            if l.text(0)? == provider_id
-                && let Some(Value::Int(until)) = l.0.get(1)
-                && *until > ms(now)
-            {
-                let until = Timestamp::from_millisecond(*until)
-                    .map(|t| t.to_string())
-                    .unwrap_or_default();
-                return Err(Error::Refused(Refusal::LockedOut {
-                    provider: provider_id,
-                    until,
-                }));
-            }
-        }
-        let provider =
-            self.providers
-                .get(&provider_id)
-                .cloned()
-                .ok_or_else(|| Error::NotFound {
-                    what: format!("provider `{provider_id}`"),
-                })?;
-        let ctx = ChallengeContext {
-            user: Self::user_context(&user),
-            role: role.name.clone(),
-            request_id: id.clone(),
-            credentials: self.unseal(&key, &provider_id, &credential_rows)?,
-            origin: None,
-            now: now.as_second().max(0) as u64,
-        };
-        // Refused before the provider starts anything (an SMS provider would send its code).
-        // (A typed answer only: the SDK's check fails `answer_ahead` on other responders.)
-        let ahead_ok = provider
-            .info()
-            .is_some_and(rolegate_sdk::ProviderInfo::takes_answer_ahead);
-        if answer.is_some() && !ahead_ok {
-            return Err(Error::Invalid {
-                what: "answer".into(),
-                message: format!(
-                    "provider `{provider_id}` sends or shows what its prompt's answer depends on, so it cannot be answered with the request: send the request without an answer, then answer its prompt"
-                ),
-            });
-        }
         stored.view.provider = Some(provider_id.clone());
         stored.view.state = RequestState::PendingMfa.to_string();
         stored.state = RequestState::PendingMfa;
-        let ahead = answer.map(|input| (input, ctx.clone()));
-        let step = provider.challenge_start(ctx).await;
+        let ahead = answer.zip(kept);
         // The state as the answer needs it: kept beside its sealed copy, not opened again.
         let plain_state = match &step {
             Ok(Step::Ask { state, .. } | Step::Wait { state, .. }) => Some(state.clone()),
@@ -294,6 +341,7 @@ impl Service {
                 .write(move |tx| {
                     insert(tx, &asked)?;
                     created_events(tx, &asked)?;
+                    fallback_events(tx, &asked, &fallbacks)?;
                     apply(tx, asked, judged, true, &relied, &settings, &key, now)
                 })
                 .await?;
@@ -328,6 +376,7 @@ impl Service {
             .write_with(durable, move |tx| {
                 insert(tx, &s)?;
                 created_events(tx, &s)?;
+                fallback_events(tx, &s, &fallbacks)?;
                 match outcome {
                     // In one row write: the request with its first prompt.
                     Outcome::Prompt { .. } => Ok(s.view),
@@ -489,4 +538,33 @@ impl Service {
             })
             .await
     }
+}
+
+/// A provider that failed to start a challenge, and the one tried next (the role falls back).
+struct Fallback {
+    from: String,
+    to: String,
+    /// The failure, for the admin.
+    why: String,
+}
+
+/// Records each fallback of a new request, in the request's own write.
+fn fallback_events(tx: &mut dyn Tx, s: &Stored, fallbacks: &[Fallback]) -> Result<()> {
+    for f in fallbacks {
+        events::append(
+            tx,
+            event(
+                events::MFA_FELL_BACK,
+                Severity::Warning,
+                s,
+                Some(&f.from),
+                format!(
+                    "MFA fell back from `{}` to `{}` (the role's rule when a factor is down): `{}` failed: {}",
+                    f.from, f.to, f.from, f.why
+                ),
+            ),
+            s.view.created_at,
+        )?;
+    }
+    Ok(())
 }

@@ -91,13 +91,38 @@ impl From<Error> for ApiError {
             Error::Invalid { .. } | Error::Phone { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid")
             }
-            Error::Provider { source, .. } if source.kind == ErrorKind::BadInput => {
-                (StatusCode::BAD_REQUEST, "bad_input")
+            // A provider's words are for the admin (its log, events, `provider list`); the
+            // caller — a user, usually — gets a sentence to act on.
+            // A malformed answer: the provider says what is wrong with what the user typed
+            // ("the code has 6 digits"), which the header asks it to say in the user's terms.
+            Error::Provider { id, source, .. } if source.kind == ErrorKind::BadInput => {
+                return ApiError(
+                    StatusCode::BAD_REQUEST,
+                    "bad_input",
+                    format!(
+                        "the factor `{id}` could not take that answer: {}",
+                        source.message
+                    ),
+                );
             }
-            Error::Deadline { .. } | Error::WorkerCrashed { .. } | Error::CrashLoop { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable")
+            Error::Deadline { id, .. }
+            | Error::WorkerCrashed { id, .. }
+            | Error::CrashLoop { id, .. }
+            | Error::Provider { id, .. } => {
+                tracing::warn!(provider = %id, error = %e, "a provider call failed");
+                let code = if matches!(e, Error::Provider { .. }) {
+                    (StatusCode::BAD_GATEWAY, "provider_error")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable")
+                };
+                return ApiError(
+                    code.0,
+                    code.1,
+                    format!(
+                        "the factor `{id}` is unavailable now: try again later, or choose another factor"
+                    ),
+                );
             }
-            Error::Provider { .. } => (StatusCode::BAD_GATEWAY, "provider_error"),
             // Named to the caller: the rows that can be malformed are an admin's to read.
             Error::Malformed { .. } => {
                 tracing::error!(error = %e, "a stored row is malformed");
