@@ -384,7 +384,8 @@ pub enum Verdict {
     Denied {
         /// Why, for the host's counters and events.
         reason: DenyReason,
-        /// What to tell the user and the admin (never a secret).
+        /// What happened, never a secret: the admin reads it always, the user only for a
+        /// reason of their own doing (wrong answer, replayed, declined, expired, fraud).
         message: String,
     },
 }
