@@ -890,3 +890,114 @@ async fn provider_test_sms_sends_exactly_one_message_and_needs_an_admin() {
     }
     assert_eq!(double.requests().len(), 2);
 }
+
+// --- issue 28: the rotated token, as a new user met it --------------------------------------
+
+/// The sum of the samples in Prometheus text whose line starts with `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_rotated_twilio_token_turns_the_provider_down_for_the_admin_and_it_recovers_when_fixed() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let double = TwilioDouble::start();
+    // The token in the file is an old one: Twilio answers 401 (20003) to every send.
+    let token_file = dir.path().join("twilio.token");
+    write_private(&token_file, "0123456789abcdef0123456789abcdef\n");
+    let provider = toml_provider(&double, &token_file);
+    let cfg = dir.path().join("rolegate.toml");
+    write_private(
+        &cfg,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[plugins]\ndegraded_after = 2\ndown_after = 3\nrecover_after = 2\ndown_retry_s = 1\n\n{provider}"
+        ),
+    );
+    let d = serve_config(dir, &cfg);
+    let admin = d.admin.clone();
+    call(
+        &d,
+        &admin,
+        "/v1/users",
+        json!({"account": JDOE, "phone": "+1 425 555 0142"}),
+    )
+    .await;
+    let role = json!({"name": "sms-admins", "candidates": [JDOE], "ttl_s": 3600, "max_ttl_s": 3600,
+                      "mfa_enabled": true, "providers": ["sms"]});
+    let (s, r) = call(&d, &admin, "/v1/roles", role).await;
+    assert_eq!(s, 201, "{r}");
+    let (_, t) = call(&d, &admin, "/v1/tokens", json!({"account": JDOE})).await;
+    let user = t["token"].as_str().unwrap().to_string();
+    let ask = || call(&d, &user, "/v1/requests", json!({"role": "sms-admins"}));
+    for _ in 0..3 {
+        let (s, r) = ask().await;
+        assert_eq!(s, 201, "{r}");
+        assert_eq!(r["state"], "failed", "{r}");
+        // The user reads what to do, not Twilio's account or code.
+        let reason = r["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("unavailable") && reason.contains("try again later"),
+            "{reason}"
+        );
+        assert!(
+            !reason.contains("20003") && !reason.contains(double.account_sid()),
+            "{reason}"
+        );
+    }
+    let line = d.said("provider down");
+    assert!(line.contains("sms") && line.contains("20003"), "{line}");
+    assert!(!line.contains(double.auth_token()), "{line}");
+    // The admin sees it in the provider list and the metrics.
+    let (_, list) =
+        rolegate_e2e::daemon::call(&d, Some(&admin), "GET", "/v1/providers", None).await;
+    let sms = &list[0];
+    assert_eq!(sms["health"]["status"], "down", "{list}");
+    assert!(
+        sms["health"]["seen"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("20003"),
+        "{list}"
+    );
+    let (_, m) = rolegate_e2e::daemon::call(&d, Some(&admin), "GET", "/metrics", None).await;
+    let text = m.as_str().unwrap();
+    assert_eq!(
+        sample(
+            text,
+            "rolegate_provider_call_failures_total{provider=\"sms\",op=\"challenge_start\",kind=\"config\"}"
+        ),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(text, "rolegate_provider_health{provider=\"sms\"}"),
+        2.0,
+        "{text}"
+    );
+    let sent_while_down = double.requests().len();
+
+    // The admin puts the new token in place; after the retry interval a trial call goes
+    // through, succeeds, and the provider comes back by itself.
+    write_private(&token_file, &format!("{}\n", double.auth_token()));
+    let (_, r) = ask().await;
+    assert_eq!(r["state"], "failed", "refused at once while down: {r}");
+    assert_eq!(
+        double.requests().len(),
+        sent_while_down,
+        "no call while down"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    for _ in 0..2 {
+        let (_, r) = ask().await;
+        assert_eq!(r["state"], "pending_mfa", "{r}");
+    }
+    let line = d.said("provider ok again");
+    assert!(line.contains("sms"), "{line}");
+    let (_, list) =
+        rolegate_e2e::daemon::call(&d, Some(&admin), "GET", "/v1/providers", None).await;
+    assert_eq!(list[0]["health"]["seen"]["status"], "ok", "{list}");
+}

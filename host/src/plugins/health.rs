@@ -207,12 +207,19 @@ impl Tracker {
                 self.rule.window.as_secs(),
                 g.in_a_row
             );
+        } else if status == Seen::Ok {
+            tracing::warn!(
+                provider = %self.id,
+                health = %status,
+                was = %was,
+                "provider ok again: its calls succeed"
+            );
         } else {
             tracing::warn!(
                 provider = %self.id,
                 health = %status,
                 was = %was,
-                "provider {status} again: its calls succeed"
+                "provider {status}, no longer {was}: its calls succeed again"
             );
         }
     }

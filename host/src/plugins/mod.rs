@@ -394,7 +394,10 @@ impl LoadedProvider {
         self.calls.observe(op, started.elapsed(), failure);
         match (&answer, failure) {
             (Err(e), Some(kind)) if e.is_provider_fault() => {
-                self.health.failed(kind, e.to_string())
+                // Every failed call is in the log (a down provider is not called, so an outage
+                // writes a few lines, not one per request); its health's changes at `warn`.
+                tracing::info!(provider = %self.plugin.id, op, kind, "provider call failed: {e}");
+                self.health.failed(kind, e.to_string());
             }
             // The provider's own health answer says nothing of its calls: only its faults
             // (a crash, a hang) count.
