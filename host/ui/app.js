@@ -339,6 +339,7 @@ function editRole(r) {
   $("role-approvers").value = r.approvers.join(", ");
   $("role-providers").value = r.providers.join(", ");
   $("role-mfa").checked = r.mfa_enabled;
+  $("role-factor-down").value = r.when_factor_down || "fail_closed";
   $("role-approval").checked = r.approval_enabled;
   $("role-justification").checked = r.justification_required;
   $("role-ttl").value = Math.round(r.ttl_s / 60);
@@ -365,6 +366,7 @@ function saveRole() {
     approvers: list($("role-approvers").value),
     providers: list($("role-providers").value),
     mfa_enabled: $("role-mfa").checked,
+    when_factor_down: $("role-factor-down").value,
     approval_enabled: $("role-approval").checked,
     justification_required: $("role-justification").checked,
     ttl_s: parseInt($("role-ttl").value, 10) * 60,

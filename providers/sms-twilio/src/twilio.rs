@@ -116,7 +116,7 @@ pub(crate) fn read_created(
     }
     if let Some(text) = m
         .error_message
-        .map(|t| scrub(&clean(&t, MAX_UPSTREAM_MESSAGE), secrets, to))
+        .map(|t| clean(&scrub(&t, secrets, to), MAX_UPSTREAM_MESSAGE))
         .filter(|t| !t.is_empty())
     {
         if !detail.is_empty() {
@@ -160,20 +160,23 @@ fn clean(text: &str, max: usize) -> String {
 
 impl TwilioError {
     /// Reads Twilio's error object from a response body; a body that is not one still gives
-    /// the HTTP status.
-    pub(crate) fn parse(http: u16, body: &str) -> Self {
+    /// the HTTP status. Every secret is removed wherever Twilio's text might have echoed it,
+    /// and the recipient's number shown only by its last two digits — before the text is
+    /// clipped, so that no clip leaves part of a secret where a whole one was.
+    pub(crate) fn parse(http: u16, body: &str, secrets: &[&str], to: &str) -> Self {
         let parsed: Option<ErrorBody> = rolegate_sdk::serde_json::from_str(body).ok();
+        let text = |m: String, max: usize| Some(clean(&scrub(&m, secrets, to), max));
         match parsed {
             Some(b) => Self {
                 http,
                 code: b.code,
                 message: b
                     .message
-                    .map(|m| clean(&m, MAX_UPSTREAM_MESSAGE))
+                    .and_then(|m| text(m, MAX_UPSTREAM_MESSAGE))
                     .filter(|m| !m.is_empty()),
                 more_info: b
                     .more_info
-                    .map(|m| clean(&m, 120))
+                    .and_then(|m| text(m, 120))
                     .filter(|m| !m.is_empty()),
             },
             None => Self {
@@ -182,20 +185,10 @@ impl TwilioError {
             },
         }
     }
-
-    /// Removes a secret wherever Twilio's text might have echoed it, and shows the
-    /// recipient's number only by its last two digits.
-    fn redact(&mut self, secrets: &[&str], to: &str) {
-        for text in [&mut self.message, &mut self.more_info]
-            .into_iter()
-            .flatten()
-        {
-            *text = scrub(text, secrets, to);
-        }
-    }
 }
 
-/// `text` with every secret replaced and the recipient's number shown by its last two digits.
+/// `text` with every secret replaced and the recipient's number shown by its last two digits
+/// (before any clipping: a secret cut in two would be neither replaced nor whole).
 fn scrub(text: &str, secrets: &[&str], to: &str) -> String {
     let mut text = text.to_string();
     for secret in secrets.iter().filter(|s| s.len() >= 4) {
@@ -315,8 +308,8 @@ pub(crate) fn retry_after(value: Option<&str>) -> Option<Duration> {
     value?.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// What a transport error was, without the request's contents.
-fn transport(e: &reqwest::Error) -> String {
+/// What a transport error was, without the request's contents or the token.
+fn transport(e: &reqwest::Error, token: &str) -> String {
     let what = if e.is_timeout() {
         "the request to Twilio timed out"
     } else if e.is_connect() {
@@ -332,7 +325,7 @@ fn transport(e: &reqwest::Error) -> String {
             break;
         }
         text.push_str(": ");
-        text.push_str(&clean(&s.to_string(), 160));
+        text.push_str(&clean(&scrub(&s.to_string(), &[token], ""), 160));
         source = s.source();
         depth += 1;
     }
@@ -456,18 +449,14 @@ impl Twilio {
                         let sid = read_created(&text, &[&token, secret], to)?;
                         return Ok(Accepted { sid, attempts });
                     }
-                    let mut err = TwilioError::parse(status.as_u16(), &text);
-                    err.redact(&[&token, secret], to);
+                    let err = TwilioError::parse(status.as_u16(), &text, &[&token, secret], to);
                     if status.as_u16() == 429 || status.is_server_error() {
                         (Retryable::Http(err), asked)
                     } else {
                         return Err(refused(&err, to, &self.account_sid, &self.token.describe()));
                     }
                 }
-                Err(e) => (
-                    Retryable::Transport(transport(&e).replace(&token, "[redacted]")),
-                    None,
-                ),
+                Err(e) => (Retryable::Transport(transport(&e, &token)), None),
             };
             last = Some(failure);
             if attempts >= self.max_attempts {
@@ -508,32 +497,63 @@ mod tests {
         let e = TwilioError::parse(
             400,
             r#"{"code":21211,"message":"The 'To' number +1555 is not valid.\n","more_info":"https://www.twilio.com/docs/errors/21211","status":400}"#,
+            &[],
+            "",
         );
         assert_eq!(e.code, Some(21211));
         assert_eq!(
             e.to_string(),
             "Twilio error 21211, HTTP 400: The 'To' number +1555 is not valid."
         );
-        let e = TwilioError::parse(502, "<html>bad gateway</html>");
+        let e = TwilioError::parse(502, "<html>bad gateway</html>", &[], "");
         assert_eq!(e.to_string(), "HTTP 502");
-        let mut e = TwilioError::parse(
+        let e = TwilioError::parse(
             400,
             r#"{"code":1,"message":"token s3cr3tt0k3n code 123456"}"#,
+            &["s3cr3tt0k3n", "123456"],
+            "+14255550142",
         );
-        e.redact(&["s3cr3tt0k3n", "123456"], "+14255550142");
         assert_eq!(
             e.message.as_deref(),
             Some("token [redacted] code [redacted]")
         );
-        let mut e = TwilioError::parse(
+        let e = TwilioError::parse(
             400,
             r#"{"code":21211,"message":"The 'To' number +14255550142 is not valid."}"#,
+            &[],
+            "+14255550142",
         );
-        e.redact(&[], "+14255550142");
         assert_eq!(
             e.message.as_deref(),
             Some("The 'To' number …42 is not valid.")
         );
+    }
+
+    #[test]
+    fn a_secret_the_clip_would_cut_is_redacted_whole() {
+        // Found by fuzzing (fuzz/twilio_response): the text was clipped (300 characters of
+        // the message, 120 of the link) before the secrets were replaced, so a token or code
+        // that the clip cut in two was left as its first characters ("s3cr3tt0k…").
+        let token = "s3cr3tt0k3n5ecr3tt0k3n5ecr3tt0k3";
+        let to = "+14255550142";
+        for (secret, at) in [(token, 290), (token, 299), ("48213307", 295), (to, 293)] {
+            let text = format!("{} {secret} and more", "a".repeat(at));
+            let body = rolegate_sdk::serde_json::json!({
+                "code": 1, "message": text, "more_info": format!("{}{secret}", "b".repeat(at - 180)),
+            })
+            .to_string();
+            let e = TwilioError::parse(400, &body, &[token, "48213307"], to);
+            let shown = format!("{e} {:?}", e.more_info);
+            assert!(!shown.contains(&secret[..8]), "{secret} at {at}: {shown}");
+            assert!(shown.contains('…'), "clipped: {shown}");
+            let created = rolegate_sdk::serde_json::json!({
+                "sid": "SM0123456789abcdef0123456789abcdef", "status": "failed",
+                "error_code": 30008, "error_message": text,
+            })
+            .to_string();
+            let e = read_created(&created, &[token, "48213307"], to).unwrap_err();
+            assert!(!e.message.contains(&secret[..8]), "{}", e.message);
+        }
     }
 
     fn err(code: u64, http: u16) -> TwilioError {
