@@ -234,17 +234,25 @@ impl Transport {
             Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
             Err(err) => return Err(format!("reading the answer: {err}")),
         }
-        let text = String::from_utf8_lossy(&raw);
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or("the answer has no HTTP header")?;
-        let status: u16 = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or("the answer has no HTTP status")?;
-        Ok((status, body.to_string()))
+        read_answer(&raw).map_err(str::to_string)
     }
+}
+
+/// Splits PhoneFactor's raw HTTP answer into its status and body (lossy UTF-8).
+///
+/// Not part of the crate's interface: public for the fuzz target of `fuzz/` only.
+#[doc(hidden)]
+pub fn read_answer(raw: &[u8]) -> Result<(u16, String), &'static str> {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("the answer has no HTTP header")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("the answer has no HTTP status")?;
+    Ok((status, body.to_string()))
 }
 
 #[cfg(test)]

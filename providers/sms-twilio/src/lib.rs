@@ -26,6 +26,8 @@ use rolegate_sdk::{
 };
 
 pub use settings::SmsSettings;
+#[doc(hidden)]
+pub use twilio::fuzz_answer;
 
 use crate::settings::{Checked, is_e164, render_body};
 use crate::twilio::{Twilio, masked};

@@ -488,6 +488,38 @@ impl Twilio {
     }
 }
 
+/// What `Twilio::send` makes of one answer from Twilio (HTTP `status`, the `Retry-After`
+/// header, the body): the message SID of a success; or the text of the error a refusal
+/// becomes, or of the failure a retry would follow, with the wait Twilio asked for. The same
+/// functions, in the same order.
+///
+/// Not part of the crate's interface: public for the fuzz target of `fuzz/` only.
+#[doc(hidden)]
+pub fn fuzz_answer(
+    status: u16,
+    retry_after_header: Option<&str>,
+    body: &str,
+    to: &str,
+    token: &str,
+    secret: &str,
+) -> Result<Option<String>, (String, Option<Duration>)> {
+    let asked = retry_after(retry_after_header);
+    if (200..300).contains(&status) {
+        return read_created(body, &[token, secret], to).map_err(|e| (e.message, None));
+    }
+    let err = TwilioError::parse(status, body, &[token, secret], to);
+    if status == 429 || (500..600).contains(&status) {
+        return Err((Retryable::Http(err).to_string(), asked));
+    }
+    let e = refused(
+        &err,
+        to,
+        "AC00000000000000000000000000000000",
+        "the file /t",
+    );
+    Err((e.message, None))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,6 +25,8 @@ use crate::store::changes::{self, Kind, Stamp};
 mod approvals;
 mod enrolments;
 mod events;
+#[doc(hidden)]
+pub mod fuzz;
 mod openapi;
 mod providers;
 mod requests;
