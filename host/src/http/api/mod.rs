@@ -374,3 +374,73 @@ pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rolegate_sdk::ProviderError;
+
+    /// What a provider fault says to the caller: the factor and what to do, none of the
+    /// provider's internals (a signal, a path, an upstream's account or code).
+    #[test]
+    fn provider_faults_reach_the_caller_as_a_sentence_they_can_act_on() {
+        let faults = [
+            Error::WorkerCrashed {
+                id: "sms".into(),
+                op: "challenge_start",
+                status: "was killed by signal 11 (SIGSEGV)".into(),
+            },
+            Error::Deadline {
+                id: "sms".into(),
+                op: "challenge_start",
+                ms: 5000,
+                action: "its worker is killed",
+            },
+            Error::CrashLoop {
+                id: "sms".into(),
+                crashes: 5,
+                window_s: 60,
+                wait_s: 42,
+            },
+            Error::Provider {
+                id: "sms".into(),
+                op: "enroll_start",
+                source: ProviderError::unavailable(
+                    "Twilio answered 401 (20003) for account AC0123 with /etc/rolegate/twilio.token",
+                ),
+            },
+            Error::Provider {
+                id: "sms".into(),
+                op: "enroll_start",
+                source: ProviderError::config("setting `from`: +15550100 is not a Twilio number"),
+            },
+        ];
+        for e in faults {
+            let ApiError(status, code, message) = ApiError::from(e);
+            assert!(
+                status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::BAD_GATEWAY,
+                "{status}"
+            );
+            assert!(code.starts_with("provider_"), "{code}");
+            assert_eq!(
+                message,
+                "the factor `sms` is unavailable now: try again later, or choose another factor"
+            );
+        }
+    }
+
+    /// A malformed answer is the user's to correct: the provider's words about it reach them.
+    #[test]
+    fn a_malformed_answer_names_what_is_wrong_with_it() {
+        let ApiError(status, code, message) = ApiError::from(Error::Provider {
+            id: "totp".into(),
+            op: "challenge_continue",
+            source: ProviderError::bad_input("the code has 6 digits"),
+        });
+        assert_eq!((status, code), (StatusCode::BAD_REQUEST, "bad_input"));
+        assert_eq!(
+            message,
+            "the factor `totp` could not take that answer: the code has 6 digits"
+        );
+    }
+}
