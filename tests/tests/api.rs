@@ -2214,6 +2214,77 @@ async fn an_imported_mim_deployment_activates_through_the_phone_call() {
     );
 }
 
+/// Issue 29: the import reads what MIM's cmdlets export — Windows PowerShell 5.1's
+/// `Get-PAMUser | Out-File` (UTF-16 LE with a BOM, CRLF, the `#TYPE` line, MIM's `Source...`
+/// columns) and `Get-PAMRole | Export-Csv -UseCulture` in a `;` culture (UTF-8 with a BOM, TTL
+/// as a TimeSpan); a role whose candidates were exported as a type name is refused by line.
+#[tokio::test]
+async fn the_import_reads_powershell_5_1_and_7_exports() {
+    use rolegate_e2e::phonefactor::{Double, deployment, pki, scripted};
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path());
+    let double = Double::start(dir.path(), scripted);
+    let s = deployment(dir.path(), double.port);
+    let settings = s["mfa_settings"].as_str().unwrap().to_string();
+    let cfg = dir.path().join("rolegate.toml");
+    write_private(
+        &cfg,
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[provider]]\nid = \"phone-legacy\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\nmfa_settings = \"{settings}\"\nca_file = \"{}\"\nendpoints = [\"{}\"]\n",
+            rolegate_e2e::legacy_phone_lib().display(),
+            s["ca_file"].as_str().unwrap(),
+            s["endpoints"][0].as_str().unwrap(),
+        ),
+    );
+    let users = dir.path().join("users.csv");
+    let text = "#TYPE Microsoft.IdentityManagement.PamCmdlets.PAMUser\r\n\"SourceDisplayName\",\"SourceDomain\",\"SourceAccountName\",\"SourcePhoneNumber\",\"SourceEmailAddress\"\r\n\"Jen\",\"CONTOSO\",\"jen\",\"+1 213 555 1212\",\"jen@contoso.test\"\r\n\"Jérôme\",\"CONTOSO\",\"jerome\",\"+33 1 23 45 67 89\",\"\"\r\n";
+    let mut utf16 = vec![0xFF, 0xFE];
+    for u in text.encode_utf16() {
+        utf16.extend(u.to_le_bytes());
+    }
+    std::fs::write(&users, utf16).unwrap();
+    let roles = dir.path().join("roles.csv");
+    let write_roles = |body: &str| {
+        let mut bytes = vec![0xEF, 0xBB, 0xBF];
+        bytes.extend(format!("\"DisplayName\";\"Candidates\";\"Approvers\";\"TTL\";\"MFAEnabled\";\"ApprovalEnabled\";\"AvailabilityWindowEnabled\"\r\n{body}").as_bytes());
+        std::fs::write(&roles, bytes).unwrap();
+    };
+    write_roles(
+        "\"Domain Admins\";\"CONTOSO\\jen;CONTOSO\\jerome\";\"\";\"01:00:00\";\"True\";\"False\";\"False\"\r\n\"Helpdesk\";\"CONTOSO\\jerome\";\"\";\"1.00:00:00\";\"False\";\"False\";\"False\"\r\n",
+    );
+    let run = || {
+        rolegate(&[
+            "import",
+            "mim",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--settings",
+            &settings,
+            "--users",
+            users.to_str().unwrap(),
+            "--roles",
+            roles.to_str().unwrap(),
+            "--dry-run",
+        ])
+    };
+    let (ok, out) = run();
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("users: 2 would be created: CONTOSO\\jen, CONTOSO\\jerome")
+            && out.contains("roles: 2 would be created: Domain Admins, Helpdesk"),
+        "{out}"
+    );
+    write_roles(
+        "\"Domain Admins\";\"System.Object[]\";\"\";\"01:00:00\";\"True\";\"False\";\"False\"\r\n\"Helpdesk\";\"CONTOSO\\jerome\";\"\";\"later\";\"False\";\"False\";\"False\"\r\n",
+    );
+    let (ok, out) = run();
+    assert!(
+        !ok && out.contains("line 2: candidates holds `System.Object[]`")
+            && out.contains("line 3: TTL must be"),
+        "{out}"
+    );
+}
+
 /// `user new --from-directory` copies display name, phone and e-mail from a real OpenLDAP
 /// directory once (New-PAMUser from the CORP domain); an account not in it is refused.
 #[tokio::test]

@@ -49,8 +49,13 @@ pub(crate) fn import_mim(
     let config = Config::load(config_path)?;
     let settings = std::fs::canonicalize(settings)
         .with_context(|| format!("cannot find {}", settings.display()))?;
-    let read = |p: &Path| {
-        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
+    // Export-Csv and Out-File write UTF-8 (with or without a BOM) or UTF-16 with a BOM.
+    let read = |p: &Path| -> anyhow::Result<String> {
+        let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+        Ok(rolegate::records::import::decode(
+            &p.display().to_string(),
+            &bytes,
+        )?)
     };
     // Every file is checked before anything is written.
     let user_rows = match users {

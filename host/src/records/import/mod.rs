@@ -15,102 +15,9 @@ use crate::records::roles::{self, RoleSpec, WindowSpec};
 use crate::records::users::{self, NewUser, UserChanges};
 use crate::store::Tx;
 
-/// One CSV record with the line it started on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    /// 1-based line number in the file.
-    pub line: usize,
-    /// The fields.
-    pub fields: Vec<String>,
-}
+mod csv;
 
-/// Parses CSV as PowerShell's `Export-Csv` writes it: a `#TYPE` line is skipped, fields may be
-/// quoted (`""` inside quotes is a quote), line ends are LF or CRLF, a BOM is ignored.
-pub fn parse_csv(name: &str, text: &str) -> Result<Vec<Record>> {
-    let text = text.trim_start_matches('\u{feff}');
-    let mut out = Vec::new();
-    let mut fields: Vec<String> = Vec::new();
-    let mut field = String::new();
-    let (mut line, mut start_line) = (1usize, 1usize);
-    let mut in_quotes = false;
-    let mut at_field_start = true;
-    let mut chars = text.chars().peekable();
-    let bad = |line: usize, m: &str| Error::Invalid {
-        what: format!("{name} line {line}"),
-        message: m.to_string(),
-    };
-    while let Some(c) = chars.next() {
-        if in_quotes {
-            match c {
-                '"' if chars.peek() == Some(&'"') => {
-                    chars.next();
-                    field.push('"');
-                }
-                '"' => {
-                    in_quotes = false;
-                    if !matches!(chars.peek(), None | Some(',' | '\r' | '\n')) {
-                        return Err(bad(line, "text after a closing quote"));
-                    }
-                }
-                '\n' => {
-                    line += 1;
-                    field.push('\n');
-                }
-                c => field.push(c),
-            }
-            continue;
-        }
-        match c {
-            '"' if at_field_start => {
-                in_quotes = true;
-                at_field_start = false;
-            }
-            ',' => {
-                fields.push(std::mem::take(&mut field));
-                at_field_start = true;
-            }
-            '\r' if chars.peek() == Some(&'\n') => {}
-            '\n' => {
-                fields.push(std::mem::take(&mut field));
-                let record = std::mem::take(&mut fields);
-                if is_data(&record) {
-                    out.push(Record {
-                        line: start_line,
-                        fields: record,
-                    });
-                }
-                line += 1;
-                start_line = line;
-                at_field_start = true;
-            }
-            c => {
-                field.push(c);
-                at_field_start = false;
-            }
-        }
-    }
-    if in_quotes {
-        return Err(bad(start_line, "a quoted field is not closed"));
-    }
-    if !field.is_empty() || !fields.is_empty() {
-        fields.push(field);
-        // The last line, without its line end, is blank or data by the same rule as any.
-        if is_data(&fields) {
-            out.push(Record {
-                line: start_line,
-                fields,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// Whether a record is data: neither blank (one field of white space, as an empty line
-/// reads) nor `Export-Csv`'s `#TYPE` line.
-fn is_data(record: &[String]) -> bool {
-    let blank = record.len() == 1 && record[0].trim().is_empty();
-    !blank && !record.first().is_some_and(|f| f.starts_with("#TYPE"))
-}
+pub use csv::{Record, decode, delimiter, parse_csv, parse_with};
 
 /// A CSV file's rows as maps from lower-cased header to value.
 fn rows(name: &str, text: &str) -> Result<Vec<(usize, BTreeMap<String, String>)>> {
@@ -199,18 +106,42 @@ fn time_of_day(v: &str) -> Option<String> {
     (h < 24 && m < 60).then(|| format!("{h:02}:{m:02}"))
 }
 
-/// Reads a `Get-PAMUser` export: `SourceAccountName` (or `AccountName`), `SourceDomain` (or
-/// `Domain`), `DisplayName`, `PhoneNumber` (or `Phone`, `TelephoneNumber`), `Email` (or `Mail`).
+/// The columns of a `Get-PAMUser` export read for each field, first found first (lower case:
+/// headers are matched in any case). docs/migration-from-mim.md lists them.
+pub mod user_columns {
+    /// The source (CORP) account's name.
+    pub const ACCOUNT: &[&str] = &["sourceaccountname", "account"];
+    /// The source account's domain.
+    pub const DOMAIN: &[&str] = &["sourcedomain", "domain"];
+    /// The PAM (PRIV) account's name: the stored account when no source account is given.
+    pub const PAM_ACCOUNT: &[&str] = &["accountname", "privaccountname"];
+    /// The display name.
+    pub const DISPLAY_NAME: &[&str] = &["displayname", "sourcedisplayname", "privdisplayname"];
+    /// The phone number.
+    pub const PHONE: &[&str] = &[
+        "sourcephonenumber",
+        "phonenumber",
+        "phone",
+        "telephonenumber",
+        "mobilephone",
+    ];
+    /// The e-mail address.
+    pub const EMAIL: &[&str] = &["sourceemailaddress", "emailaddress", "email", "mail"];
+}
+
+/// Reads a `Get-PAMUser` export (columns: [`user_columns`]): the account is
+/// `SourceDomain\SourceAccountName`, or the PAM `AccountName` when the source is absent.
 pub fn read_users(name: &str, text: &str) -> Result<Vec<(usize, NewUser)>> {
+    use user_columns as c;
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut seen = BTreeMap::new();
     for (line, row) in rows(name, text)? {
-        let Some(account) = pick(&row, &["sourceaccountname", "accountname", "account"]) else {
-            errors.push(format!("line {line}: no SourceAccountName"));
+        let Some(account) = pick(&row, c::ACCOUNT).or_else(|| pick(&row, c::PAM_ACCOUNT)) else {
+            errors.push(format!("line {line}: no SourceAccountName or AccountName"));
             continue;
         };
-        let account = match pick(&row, &["sourcedomain", "domain"]) {
+        let account = match pick(&row, c::DOMAIN) {
             Some(d) if !account.contains('\\') => format!("{d}\\{account}"),
             _ => account.to_string(),
         };
@@ -222,13 +153,9 @@ pub fn read_users(name: &str, text: &str) -> Result<Vec<(usize, NewUser)>> {
             line,
             NewUser {
                 account,
-                display_name: pick(&row, &["displayname"]).unwrap_or_default().to_string(),
-                phone: pick(
-                    &row,
-                    &["phonenumber", "phone", "telephonenumber", "mobilephone"],
-                )
-                .map(str::to_string),
-                email: pick(&row, &["email", "mail"]).map(str::to_string),
+                display_name: pick(&row, c::DISPLAY_NAME).unwrap_or_default().to_string(),
+                phone: pick(&row, c::PHONE).map(str::to_string),
+                email: pick(&row, c::EMAIL).map(str::to_string),
                 source: None,
             },
         ));
@@ -243,8 +170,53 @@ pub fn read_users(name: &str, text: &str) -> Result<Vec<(usize, NewUser)>> {
     }
 }
 
+/// Whether a field holds what `Export-Csv` writes for a collection it cannot flatten: the
+/// collection's type name (`System.Object[]`, `...PAMUser[]`, a `Collections.Generic` list).
+fn is_type_name(v: &str) -> bool {
+    !v.contains('\\')
+        && !v.contains(';')
+        && (v.ends_with("[]") || v.starts_with("System.Collections."))
+}
+
+/// Seconds from a TTL as `Export-Csv` writes it: a number of seconds, or a .NET TimeSpan
+/// (`[-][d.]hh:mm[:ss[.fffffff]]`; a fraction of a second is dropped).
+pub fn ttl_seconds(v: &str) -> Option<i64> {
+    let v = v.trim();
+    if !v.contains(':') {
+        return v.parse().ok();
+    }
+    let (days, clock) = match v.split_once(':') {
+        Some((head, _)) if head.contains('.') => {
+            let (d, rest) = v.split_once('.')?;
+            (d.parse::<i64>().ok()?, rest)
+        }
+        _ => (0, v),
+    };
+    let mut parts = clock.split(':');
+    let num = |p: Option<&str>, max: i64| {
+        p.and_then(|p| p.parse::<i64>().ok())
+            .filter(|n| (0..max).contains(n))
+    };
+    let h = num(parts.next(), 24)?;
+    let m = num(parts.next(), 60)?;
+    let s = match parts.next() {
+        None => 0,
+        Some(sec) => {
+            let (whole, frac) = sec.split_once('.').unwrap_or((sec, "0"));
+            if frac.is_empty() || !frac.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            num(Some(whole), 60)?
+        }
+    };
+    if parts.next().is_some() || days < 0 {
+        return None;
+    }
+    days.checked_mul(86_400)?.checked_add(h * 3600 + m * 60 + s)
+}
+
 /// Reads a `Get-PAMRole` export: `DisplayName` (or `Name`), `Candidates` and `Approvers`
-/// (accounts separated by `;`), `TTL` (seconds), `MFAEnabled`, `ApprovalEnabled`,
+/// (accounts separated by `;`), `TTL` (seconds or a TimeSpan), `MFAEnabled`, `ApprovalEnabled`,
 /// `AvailabilityWindowEnabled`, `AvailableFrom`, `AvailableTo`, and an optional `TimeZone`
 /// (IANA; `UTC` when absent). Roles with MFA get `mfa_provider`.
 pub fn read_roles(name: &str, text: &str, mfa_provider: &str) -> Result<Vec<(usize, RoleSpec)>> {
@@ -261,14 +233,31 @@ pub fn read_roles(name: &str, text: &str, mfa_provider: &str) -> Result<Vec<(usi
             problem(format!("role `{role}` is also on line {first}"));
             continue;
         }
-        let ttl: i64 = match pick(&row, &["ttl"]).map(str::parse) {
-            Some(Ok(t)) if t > 0 => t,
+        let ttl: i64 = match pick(&row, &["ttl"]).map(ttl_seconds) {
+            Some(Some(t)) if t > 0 => t,
             None => 3600,
             _ => {
-                problem("TTL must be a positive number of seconds".into());
+                problem(
+                    "TTL must be a positive number of seconds or a TimeSpan (`01:00:00`, \
+                     `1.00:00:00`)"
+                        .into(),
+                );
                 continue;
             }
         };
+        let mut typed = false;
+        for column in ["candidates", "approvers"] {
+            if let Some(v) = pick(&row, &[column]).filter(|v| is_type_name(v)) {
+                problem(format!(
+                    "{column} holds `{v}`, a type name, not the users: export the role with \
+                     the `Select` in docs/migration-from-mim.md"
+                ));
+                typed = true;
+            }
+        }
+        if typed {
+            continue;
+        }
         let flags = (
             flag(pick(&row, &["mfaenabled"])),
             flag(pick(&row, &["approvalenabled"])),
@@ -574,5 +563,92 @@ mod tests {
         );
         let (_, hd) = &roles[1];
         assert!(!hd.mfa_enabled && hd.providers.is_empty() && hd.availability.is_none());
+    }
+}
+
+#[cfg(test)]
+mod export_tests {
+    use super::*;
+
+    /// `Get-PAMUser | Export-Csv users.csv` in Windows PowerShell 5.1: the `#TYPE` line (the
+    /// type name is plausible, not verified against a MIM server), every field quoted, CRLF,
+    /// MIM's own column names in MIM's case.
+    const PS51_USERS: &str = "#TYPE Microsoft.IdentityManagement.PamCmdlets.PAMUser\r\n\
+        \"SourceDisplayName\",\"SourceDomain\",\"SourceAccountName\",\"SourcePhoneNumber\",\"SourceEmailAddress\",\"AccountName\",\"DisplayName\"\r\n\
+        \"Jen\",\"CONTOSO\",\"jen\",\"+1 213 555 1212\",\"jen@contoso.test\",\"PRIV.jen\",\"PRIV Jen\"\r\n";
+
+    #[test]
+    fn mim_s_own_column_names_are_read_in_any_case() {
+        let users = read_users("u.csv", PS51_USERS).unwrap();
+        let (line, u) = &users[0];
+        assert_eq!(*line, 3);
+        assert_eq!(u.account, "CONTOSO\\jen");
+        assert_eq!(u.phone.as_deref(), Some("+1 213 555 1212"));
+        assert_eq!(u.email.as_deref(), Some("jen@contoso.test"));
+        assert_eq!(u.display_name, "PRIV Jen");
+        let lower = PS51_USERS.replace("SourcePhoneNumber", "SOURCEPHONENUMBER");
+        let users = read_users("u.csv", &lower).unwrap();
+        assert_eq!(users[0].1.phone.as_deref(), Some("+1 213 555 1212"));
+        // Without a source account, the PAM account is the account.
+        let users = read_users(
+            "u.csv",
+            "AccountName,SourcePhoneNumber\nPRIV.jen,12135551212\n",
+        )
+        .unwrap();
+        assert_eq!(users[0].1.account, "PRIV.jen");
+    }
+
+    #[test]
+    fn a_utf16_semicolon_export_reads_as_the_utf8_comma_one() {
+        let roles = "\"DisplayName\",\"Candidates\",\"Approvers\",\"TTL\",\"MFAEnabled\",\"ApprovalEnabled\",\"AvailabilityWindowEnabled\",\"AvailableFrom\",\"AvailableTo\"\r\n\
+            \"Domain Admins\",\"CONTOSO\\jen;CONTOSO\\bob\",\"\",\"01:00:00\",\"True\",\"False\",\"True\",\"01.01.0001 08:00:00\",\"01.01.0001 18:00:00\"\r\n\
+            \"Helpdesk\",\"CONTOSO\\bob\",\"\",\"1.00:00:00\",\"False\",\"False\",\"False\",\"\",\"\"\r\n";
+        let semicolons = roles.replace("\",\"", "\";\"");
+        let mut utf16 = vec![0xFF, 0xFE];
+        for u in semicolons.encode_utf16() {
+            utf16.extend(u.to_le_bytes());
+        }
+        let text = decode("r.csv", &utf16).unwrap();
+        let a = read_roles("r.csv", roles, "phone-legacy").unwrap();
+        let b = read_roles("r.csv", &text, "phone-legacy").unwrap();
+        assert_eq!(a, b);
+        assert_eq!((a[0].1.ttl_s, a[1].1.ttl_s), (3600, 86_400));
+        assert_eq!(a[0].1.candidates.len(), 2);
+        let w = a[0].1.availability.as_ref().unwrap();
+        assert_eq!((w.from.as_str(), w.to.as_str()), ("08:00", "18:00"));
+    }
+
+    #[test]
+    fn ttl_is_seconds_or_a_timespan() {
+        for (v, want) in [
+            ("600", Some(600)),
+            ("01:00:00", Some(3600)),
+            ("00:30", Some(1800)),
+            ("1.02:00:00", Some(93_600)),
+            ("00:10:00.5000000", Some(600)),
+            ("25:00:00", None),
+            ("01:60:00", None),
+            ("1:2:3:4", None),
+            ("-1.00:00:00", None),
+            ("00:10:00.", None),
+            ("soon", None),
+        ] {
+            assert_eq!(ttl_seconds(v), want, "{v}");
+        }
+    }
+
+    #[test]
+    fn a_collection_exported_as_its_type_name_is_refused_by_line() {
+        let text = "DisplayName,Candidates,Approvers,TTL\n\
+            Ops,System.Object[],,600\n\
+            Web,CONTOSO\\jen,Microsoft.IdentityManagement.PamCmdlets.PAMUser[],600\n";
+        let e = read_roles("r.csv", text, "phone-legacy")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2: candidates holds `System.Object[]`")
+                && e.contains("line 3: approvers holds"),
+            "{e}"
+        );
     }
 }
