@@ -292,23 +292,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
         Command::Serve { config } => serve(&config),
         Command::Import {
-            command:
-                ImportCommand::Mim {
-                    config,
-                    settings,
-                    users,
-                    roles,
-                    provider_id,
-                    dry_run,
-                },
-        } => import_mim(
-            &config,
-            &settings,
-            users.as_deref(),
-            roles.as_deref(),
-            &provider_id,
-            dry_run,
-        ),
+            command: ImportCommand::Mim(args),
+        } => import_mim(&args),
         Command::Quickstart { dir, no_serve } => {
             let path = quickstart(&dir)?;
             if no_serve {

@@ -2252,8 +2252,8 @@ async fn the_import_reads_powershell_5_1_and_7_exports() {
     write_roles(
         "\"Domain Admins\";\"CONTOSO\\jen;CONTOSO\\jerome\";\"\";\"01:00:00\";\"True\";\"False\";\"False\"\r\n\"Helpdesk\";\"CONTOSO\\jerome\";\"\";\"1.00:00:00\";\"False\";\"False\";\"False\"\r\n",
     );
-    let run = || {
-        rolegate(&[
+    let run = |extra: &[&str]| {
+        let mut a = vec![
             "import",
             "mim",
             "--config",
@@ -2264,24 +2264,74 @@ async fn the_import_reads_powershell_5_1_and_7_exports() {
             users.to_str().unwrap(),
             "--roles",
             roles.to_str().unwrap(),
-            "--dry-run",
-        ])
+        ];
+        a.extend(extra);
+        rolegate(&a)
     };
-    let (ok, out) = run();
+    let (ok, out) = run(&["--dry-run"]);
     assert!(ok, "{out}");
     assert!(
         out.contains("users: 2 would be created: CONTOSO\\jen, CONTOSO\\jerome")
             && out.contains("roles: 2 would be created: Domain Admins, Helpdesk"),
         "{out}"
     );
+    assert!(out.contains("warnings: none"), "{out}");
+
+    // A candidate matching no user: a warning table in the dry run and the real run;
+    // --strict refuses (non-zero exit, nothing written).
+    write_roles(
+        "\"Domain Admins\";\"CONTOSO\\jen;CONTOSO\\ghost\";\"\";\"3600\";\"True\";\"False\";\"False\"\r\n",
+    );
+    let roles_name = roles.display().to_string();
+    let (ok, out) = run(&["--dry-run"]);
+    assert!(
+        ok && out.contains("warnings: 1")
+            && out.contains(&format!(
+                "{roles_name}:2  role `Domain Admins`: candidate `CONTOSO\\ghost` matches no user"
+            )),
+        "{out}"
+    );
+    for extra in [&["--strict"][..], &["--strict", "--dry-run"]] {
+        let (ok, out) = run(extra);
+        assert!(
+            !ok && out.contains("1 warning(s), nothing imported")
+                && out.contains(&format!(
+                    "{roles_name} line 2: role `Domain Admins`: candidate `CONTOSO\\ghost`"
+                )),
+            "{extra:?}: {out}"
+        );
+    }
+    let (ok, out) = run(&[]);
+    assert!(
+        ok && out.contains("users: 2 created") && out.contains("warnings: 1"),
+        "--strict wrote nothing; without it the import goes on: {out}"
+    );
+
+    // Bad rows in both files are all reported before anything is written.
+    let good_users = std::fs::read(&users).unwrap();
+    std::fs::write(
+        &users,
+        "SourceDomain,SourceAccountName\nCONTOSO,amy\nCONTOSO,AMY\n",
+    )
+    .unwrap();
     write_roles(
         "\"Domain Admins\";\"System.Object[]\";\"\";\"01:00:00\";\"True\";\"False\";\"False\"\r\n\"Helpdesk\";\"CONTOSO\\jerome\";\"\";\"later\";\"False\";\"False\";\"False\"\r\n",
     );
-    let (ok, out) = run();
+    let (ok, out) = run(&["--dry-run"]);
     assert!(
         !ok && out.contains("line 2: candidates holds `System.Object[]`")
-            && out.contains("line 3: TTL must be"),
+            && out.contains("line 3: TTL must be")
+            && out.contains("line 3: `CONTOSO\\AMY` is also on line 2"),
         "{out}"
+    );
+    std::fs::write(&users, good_users).unwrap();
+    write_roles(
+        "\"Domain Admins\";\"CONTOSO\\jen;CONTOSO\\ghost\";\"\";\"3600\";\"True\";\"False\";\"False\"\r\n",
+    );
+    let (ok, out) = run(&["--dry-run"]);
+    assert!(
+        ok && out.contains("users: 2 unchanged") && out.contains("roles: 1 unchanged"),
+        "nothing more was written: {out}"
     );
 }
 

@@ -15,36 +15,64 @@ use crate::runtime;
 pub(crate) enum ImportCommand {
     /// MIM PAM: the legacy phone provider from MfaSettings.xml, users and roles from CSV
     /// exports of Get-PAMUser and Get-PAMRole (docs/migration-from-mim.md lists the columns).
-    Mim {
-        /// The host's config file (its store is written; its providers are checked).
-        #[arg(long, env = "ROLEGATE_CONFIG", default_value = "rolegate.toml")]
-        config: PathBuf,
-        /// The deployment's MfaSettings.xml.
-        #[arg(long)]
-        settings: PathBuf,
-        /// `Get-PAMUser | Export-Csv` output.
-        #[arg(long)]
-        users: Option<PathBuf>,
-        /// `Get-PAMRole | Export-Csv` output.
-        #[arg(long)]
-        roles: Option<PathBuf>,
-        /// The provider id MFA roles get.
-        #[arg(long, default_value = "phone-legacy")]
-        provider_id: String,
-        /// Show what would change; write nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Mim(MimArgs),
 }
 
-pub(crate) fn import_mim(
-    config_path: &Path,
-    settings: &Path,
-    users: Option<&Path>,
-    roles: Option<&Path>,
-    provider_id: &str,
+/// `rolegate import mim`'s options.
+#[derive(clap::Args)]
+pub(crate) struct MimArgs {
+    /// The host's config file (its store is written; its providers are checked).
+    #[arg(long, env = "ROLEGATE_CONFIG", default_value = "rolegate.toml")]
+    config: PathBuf,
+    /// The deployment's MfaSettings.xml.
+    #[arg(long)]
+    settings: PathBuf,
+    /// `Get-PAMUser | Export-Csv` output.
+    #[arg(long)]
+    users: Option<PathBuf>,
+    /// `Get-PAMRole | Export-Csv` output.
+    #[arg(long)]
+    roles: Option<PathBuf>,
+    /// The provider id MFA roles get.
+    #[arg(long, default_value = "phone-legacy")]
+    provider_id: String,
+    /// Show what would change; write nothing.
+    #[arg(long)]
     dry_run: bool,
-) -> anyhow::Result<ExitCode> {
+    /// Refuse the import (non-zero exit, nothing written) when there is any warning.
+    #[arg(long)]
+    strict: bool,
+}
+
+/// Prints the warnings as a table: file, line, what.
+fn print_warnings(warnings: &[rolegate::records::import::Warning]) {
+    if warnings.is_empty() {
+        println!("warnings: none");
+        return;
+    }
+    println!("warnings: {}", warnings.len());
+    let width = warnings
+        .iter()
+        .map(|w| w.file.chars().count() + w.line.to_string().len() + 1)
+        .max()
+        .unwrap_or(0);
+    for w in warnings {
+        let at = format!("{}:{}", w.file, w.line);
+        println!("  {at:<width$}  {}", w.message);
+    }
+}
+
+pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
+    let MimArgs {
+        config: config_path,
+        settings,
+        users,
+        roles,
+        provider_id,
+        dry_run,
+        strict,
+    } = args;
+    let (dry_run, strict, provider_id) = (*dry_run, *strict, provider_id.as_str());
     use rolegate::config::ProviderConfig;
     let config = Config::load(config_path)?;
     let settings = std::fs::canonicalize(settings)
@@ -57,16 +85,21 @@ pub(crate) fn import_mim(
             &bytes,
         )?)
     };
-    // Every file is checked before anything is written.
-    let user_rows = match users {
-        Some(p) => rolegate::records::import::read_users(&p.display().to_string(), &read(p)?)?,
-        None => Vec::new(),
-    };
-    let role_rows = match roles {
-        Some(p) => {
-            rolegate::records::import::read_roles(&p.display().to_string(), &read(p)?, provider_id)?
-        }
-        None => Vec::new(),
+    // Every file is checked before anything is written, and the bad rows of both reported.
+    use rolegate::records::import::{Files, read_role_file, read_user_file};
+    let user_file = users
+        .as_deref()
+        .map(|p| read(p).and_then(|t| Ok(read_user_file(&p.display().to_string(), &t)?)));
+    let role_file = roles.as_deref().map(|p| {
+        read(p).and_then(|t| Ok(read_role_file(&p.display().to_string(), &t, provider_id)?))
+    });
+    let files = match (user_file.transpose(), role_file.transpose()) {
+        (Ok(u), Ok(r)) => Files {
+            users: u.unwrap_or_default(),
+            roles: r.unwrap_or_default(),
+        },
+        (Err(e), Ok(_)) | (Ok(_), Err(e)) => return Err(e),
+        (Err(a), Err(b)) => anyhow::bail!("{a:#}\n{b:#}"),
     };
     let rt = runtime()?;
     rt.block_on(async {
@@ -112,13 +145,17 @@ pub(crate) fn import_mim(
         let store_config = config.store.clone();
         let store = tokio::task::spawn_blocking(move || rolegate::store::Store::open(&store_config, now)).await??;
         let cc = config.policy.default_country_code;
-        let (u, r) = (user_rows, role_rows);
         let plan = if dry_run {
-            store.read(move |tx| rolegate::records::import::plan(tx, &u, &r, cc)).await?
+            store.read(move |tx| rolegate::records::import::plan(tx, &files, cc)).await
         } else {
-            store.write(move |tx| rolegate::records::import::apply(tx, &u, &r, cc, now)).await?
+            store.write(move |tx| rolegate::records::import::apply(tx, &files, cc, strict, now)).await
         };
         store.close();
+        let plan = plan?;
+        if dry_run && strict && !plan.warnings.is_empty() {
+            print_warnings(&plan.warnings);
+            return Err(rolegate::records::import::strict_refusal(&plan.warnings).into());
+        }
         let verb = if dry_run { "would be " } else { "" };
         match (&block, dry_run) {
             (Some(b), true) => println!("provider `{provider_id}` would be added to {}:{b}", config_path.display()),
@@ -141,6 +178,7 @@ pub(crate) fn import_mim(
         println!("roles: {} {verb}created{}", plan.roles_created.len(), names(&plan.roles_created));
         println!("roles: {} {verb}changed{}", plan.roles_changed.len(), names(&plan.roles_changed));
         println!("roles: {} unchanged", plan.roles_unchanged);
+        print_warnings(&plan.warnings);
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -16,11 +16,19 @@ use crate::records::users::{self, NewUser, UserChanges};
 use crate::store::Tx;
 
 mod csv;
+mod resolve;
 
 pub use csv::{Record, decode, delimiter, parse_csv, parse_with};
+pub use resolve::{Files, Warning};
 
-/// A CSV file's rows as maps from lower-cased header to value.
-fn rows(name: &str, text: &str) -> Result<Vec<(usize, BTreeMap<String, String>)>> {
+/// A row: its line and its fields by lower-cased header.
+type Row = (usize, BTreeMap<String, String>);
+
+/// A header line: its number and its lower-cased names.
+type Header = (usize, Vec<String>);
+
+/// A CSV file's header line and rows.
+fn rows(name: &str, text: &str) -> Result<(Header, Vec<Row>)> {
     let mut records = parse_csv(name, text)?.into_iter();
     let Some(header) = records.next() else {
         return Err(Error::Invalid {
@@ -33,7 +41,7 @@ fn rows(name: &str, text: &str) -> Result<Vec<(usize, BTreeMap<String, String>)>
         .iter()
         .map(|h| h.trim().to_ascii_lowercase())
         .collect();
-    records
+    let rows = records
         .map(|r| {
             if r.fields.len() != names.len() {
                 return Err(Error::Invalid {
@@ -53,6 +61,21 @@ fn rows(name: &str, text: &str) -> Result<Vec<(usize, BTreeMap<String, String>)>
                     .zip(r.fields.into_iter().map(|f| f.trim().to_string()))
                     .collect(),
             ))
+        })
+        .collect::<Result<Vec<Row>>>()?;
+    Ok(((header.line, names), rows))
+}
+
+/// A warning for each header not in `known` (lower case).
+fn unknown_columns(name: &str, header: &Header, known: &[&[&str]]) -> Vec<Warning> {
+    header
+        .1
+        .iter()
+        .filter(|h| !known.iter().any(|k| k.contains(&h.as_str())))
+        .map(|h| Warning {
+            file: name.to_string(),
+            line: header.0,
+            message: format!("column `{h}` is not understood and is not imported"),
         })
         .collect()
 }
@@ -127,16 +150,82 @@ pub mod user_columns {
     ];
     /// The e-mail address.
     pub const EMAIL: &[&str] = &["sourceemailaddress", "emailaddress", "email", "mail"];
+    /// Read for nothing, and not worth a warning.
+    pub const IGNORED: &[&str] = &["objectid", "sourcesid", "privsid", "privdomain"];
 }
+
+/// A `Get-PAMUser` export as read.
+#[derive(Debug, Clone, Default)]
+pub struct UserFile {
+    /// The file's name as given.
+    pub name: String,
+    /// The users with their lines.
+    pub users: Vec<(usize, NewUser)>,
+    /// Other names of a user (its PAM account), by [`users::account_key`], to its account.
+    pub aliases: BTreeMap<String, String>,
+    /// What the file holds that is not imported.
+    pub warnings: Vec<Warning>,
+}
+
+/// A `Get-PAMRole` export as read.
+#[derive(Debug, Clone, Default)]
+pub struct RoleFile {
+    /// The file's name as given.
+    pub name: String,
+    /// The roles with their lines, candidates and approvers as written.
+    pub roles: Vec<(usize, RoleSpec)>,
+    /// What the file holds that is not imported.
+    pub warnings: Vec<Warning>,
+}
+
+/// The columns of a `Get-PAMRole` export that are read or knowingly left (lower case).
+const ROLE_COLUMNS: &[&str] = &[
+    "displayname",
+    "name",
+    "candidates",
+    "approvers",
+    "ttl",
+    "mfaenabled",
+    "approvalenabled",
+    "availabilitywindowenabled",
+    "availablefrom",
+    "availableto",
+    "timezone",
+    "description",
+    "privileges",
+    "disableautoapprovalifowner",
+    "objectid",
+];
 
 /// Reads a `Get-PAMUser` export (columns: [`user_columns`]): the account is
 /// `SourceDomain\SourceAccountName`, or the PAM `AccountName` when the source is absent.
 pub fn read_users(name: &str, text: &str) -> Result<Vec<(usize, NewUser)>> {
+    read_user_file(name, text).map(|f| f.users)
+}
+
+/// Reads a `Get-PAMUser` export with the other name each user has (its PAM `AccountName`
+/// beside `DOMAIN\\SourceAccountName`) and a warning for each column not understood.
+pub fn read_user_file(name: &str, text: &str) -> Result<UserFile> {
     use user_columns as c;
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut seen = BTreeMap::new();
-    for (line, row) in rows(name, text)? {
+    let mut aliases: BTreeMap<String, String> = BTreeMap::new();
+    let (header, rows) = rows(name, text)?;
+    let warnings = unknown_columns(
+        name,
+        &header,
+        &[
+            c::ACCOUNT,
+            c::DOMAIN,
+            c::PAM_ACCOUNT,
+            c::DISPLAY_NAME,
+            c::PHONE,
+            c::EMAIL,
+            c::IGNORED,
+        ],
+    );
+    for (line, row) in rows {
         let Some(account) = pick(&row, c::ACCOUNT).or_else(|| pick(&row, c::PAM_ACCOUNT)) else {
             errors.push(format!("line {line}: no SourceAccountName or AccountName"));
             continue;
@@ -147,6 +236,16 @@ pub fn read_users(name: &str, text: &str) -> Result<Vec<(usize, NewUser)>> {
         };
         if let Some(first) = seen.insert(users::account_key(&account), line) {
             errors.push(format!("line {line}: `{account}` is also on line {first}"));
+            continue;
+        }
+        let pam = pick(&row, c::PAM_ACCOUNT).filter(|p| !users::same_account(p, &account));
+        if let Some(other) =
+            pam.and_then(|p| aliases.insert(users::account_key(p), account.clone()))
+        {
+            errors.push(format!(
+                "line {line}: AccountName `{}` is also `{other}`'s",
+                pam.unwrap_or_default()
+            ));
             continue;
         }
         out.push((
@@ -160,8 +259,22 @@ pub fn read_users(name: &str, text: &str) -> Result<Vec<(usize, NewUser)>> {
             },
         ));
     }
+    for (line, u) in &out {
+        // A PAM name that is some user's own account would name two users.
+        if let Some(other) = aliases.get(&users::account_key(&u.account)) {
+            errors.push(format!(
+                "line {line}: `{}` is this user's account and `{other}`'s AccountName",
+                u.account
+            ));
+        }
+    }
     if errors.is_empty() {
-        Ok(out)
+        Ok(UserFile {
+            name: name.to_string(),
+            users: out,
+            aliases,
+            warnings,
+        })
     } else {
         Err(Error::Invalid {
             what: name.to_string(),
@@ -220,10 +333,18 @@ pub fn ttl_seconds(v: &str) -> Option<i64> {
 /// `AvailabilityWindowEnabled`, `AvailableFrom`, `AvailableTo`, and an optional `TimeZone`
 /// (IANA; `UTC` when absent). Roles with MFA get `mfa_provider`.
 pub fn read_roles(name: &str, text: &str, mfa_provider: &str) -> Result<Vec<(usize, RoleSpec)>> {
+    read_role_file(name, text, mfa_provider).map(|f| f.roles)
+}
+
+/// Reads a `Get-PAMRole` export (see [`read_roles`]) with a warning for each column not
+/// understood.
+pub fn read_role_file(name: &str, text: &str, mfa_provider: &str) -> Result<RoleFile> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut seen = BTreeMap::new();
-    for (line, row) in rows(name, text)? {
+    let (header, rows) = rows(name, text)?;
+    let warnings = unknown_columns(name, &header, &[ROLE_COLUMNS]);
+    for (line, row) in rows {
         let mut problem = |m: String| errors.push(format!("line {line}: {m}"));
         let Some(role) = pick(&row, &["displayname", "name"]) else {
             problem("no DisplayName".into());
@@ -323,7 +444,11 @@ pub fn read_roles(name: &str, text: &str, mfa_provider: &str) -> Result<Vec<(usi
         out.push((line, spec));
     }
     if errors.is_empty() {
-        Ok(out)
+        Ok(RoleFile {
+            name: name.to_string(),
+            roles: out,
+            warnings,
+        })
     } else {
         Err(Error::Invalid {
             what: name.to_string(),
@@ -347,26 +472,28 @@ pub struct Plan {
     pub roles_changed: Vec<String>,
     /// Roles already as the file has them.
     pub roles_unchanged: usize,
+    /// What is imported otherwise than written, or not at all.
+    pub warnings: Vec<Warning>,
 }
 
 /// Compares the files with the store (reads only).
-pub fn plan(
-    tx: &mut dyn Tx,
-    users: &[(usize, NewUser)],
-    roles: &[(usize, RoleSpec)],
-    default_cc: u16,
-) -> Result<Plan> {
-    let mut p = Plan::default();
-    for (line, u) in users {
+pub fn plan(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result<Plan> {
+    Ok(prepared_plan(tx, files, default_cc)?.0)
+}
+
+/// A plan with the users and roles as they would be written.
+type PlannedWrites = (Plan, Vec<(usize, NewUser)>, Vec<(usize, RoleSpec)>);
+
+/// The plan with the users and roles as they would be written.
+fn prepared_plan(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result<PlannedWrites> {
+    let (warnings, users, roles) = resolve::prepare(tx, files, default_cc)?;
+    let mut p = Plan {
+        warnings,
+        ..Plan::default()
+    };
+    for (_, u) in &users {
         let phone = match &u.phone {
-            Some(raw) => Some(
-                crate::model::phone::parse(raw, default_cc)
-                    .map_err(|e| Error::Invalid {
-                        what: format!("users line {line}"),
-                        message: e.to_string(),
-                    })?
-                    .to_string(),
-            ),
+            Some(raw) => Some(crate::model::phone::parse(raw, default_cc)?.to_string()),
             None => None,
         };
         match users::get(tx, &u.account)? {
@@ -390,31 +517,35 @@ pub fn plan(
             }
         }
     }
-    for (_, r) in roles {
+    for (_, r) in &roles {
         match roles::get(tx, &r.name)? {
             None => p.roles_created.push(r.name.clone()),
             Some(existing) if existing == *r => p.roles_unchanged += 1,
             Some(_) => p.roles_changed.push(r.name.clone()),
         }
     }
-    Ok(p)
+    Ok((p, users, roles))
 }
 
-/// Applies the files in the caller's transaction (all or nothing), raising the admin events.
+/// Applies the files in the caller's transaction (all or nothing), raising the admin events;
+/// with `strict`, any warning refuses the import before anything is written.
 pub fn apply(
     tx: &mut dyn Tx,
-    users: &[(usize, NewUser)],
-    roles: &[(usize, RoleSpec)],
+    files: &Files,
     default_cc: u16,
+    strict: bool,
     now_ms: i64,
 ) -> Result<Plan> {
-    let p = plan(tx, users, roles, default_cc)?;
+    let (p, users, roles) = prepared_plan(tx, files, default_cc)?;
+    if strict && !p.warnings.is_empty() {
+        return Err(strict_refusal(&p.warnings));
+    }
     let actor = "rolegate import mim";
     let at = |line: &usize, what: &str, e: Error| Error::Invalid {
         what: format!("{what} line {line}"),
         message: e.to_string(),
     };
-    for (line, u) in users {
+    for (line, u) in &users {
         if p.users_created.contains(&u.account) {
             users::create(tx, u.clone(), default_cc, now_ms).map_err(|e| at(line, "users", e))?;
             crate::records::events::admin_change(
@@ -449,7 +580,7 @@ pub fn apply(
             )?;
         }
     }
-    for (line, r) in roles {
+    for (line, r) in &roles {
         if p.roles_created.contains(&r.name) {
             roles::create(tx, r, now_ms).map_err(|e| at(line, "roles", e))?;
             crate::records::events::admin_change(
@@ -475,6 +606,22 @@ pub fn apply(
         }
     }
     Ok(p)
+}
+
+/// The refusal `--strict` gives: every warning, by file and line.
+pub fn strict_refusal(warnings: &[Warning]) -> Error {
+    Error::Invalid {
+        what: "--strict".into(),
+        message: format!(
+            "{} warning(s), nothing imported: {}",
+            warnings.len(),
+            warnings
+                .iter()
+                .map(|w| format!("{} line {}: {}", w.file, w.line, w.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    }
 }
 
 #[cfg(test)]
