@@ -2333,6 +2333,58 @@ async fn the_import_reads_powershell_5_1_and_7_exports() {
         ok && out.contains("users: 2 unchanged") && out.contains("roles: 1 unchanged"),
         "nothing more was written: {out}"
     );
+
+    // A UK deployment: DefaultCountryCode from the MfaSettings.xml given, the trunk 0 dropped,
+    // digits that may already carry +44 named; the windows' zone is the flag.
+    let uk = dir.path().join("MfaSettings-uk.xml");
+    let xml = std::fs::read_to_string(&settings).unwrap();
+    assert!(
+        xml.contains("<DefaultCountryCode>1</DefaultCountryCode>"),
+        "{xml}"
+    );
+    write_private(
+        &uk,
+        &xml.replace("<DefaultCountryCode>1<", "<DefaultCountryCode>44<"),
+    );
+    std::fs::write(&users, "SourceDomain,SourceAccountName,SourcePhoneNumber\r\nUK,ann,020 7946 0011\r\nUK,ian,447700900123\r\n").unwrap();
+    write_roles(
+        "\"Night\";\"UK\\ann\";\"\";\"3600\";\"False\";\"False\";\"True\";\"08:00\";\"18:00\"\r\n",
+    );
+    let roles_text = std::fs::read_to_string(&roles).unwrap().replace(
+        "\"AvailabilityWindowEnabled\"",
+        "\"AvailabilityWindowEnabled\";\"AvailableFrom\";\"AvailableTo\"",
+    );
+    std::fs::write(&roles, roles_text).unwrap();
+    let uk_args = |extra: &[&str]| {
+        let mut a = vec![
+            "import",
+            "mim",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--settings",
+            uk.to_str().unwrap(),
+            "--users",
+            users.to_str().unwrap(),
+            "--roles",
+            roles.to_str().unwrap(),
+            "--dry-run",
+        ];
+        a.extend(extra);
+        rolegate(&a)
+    };
+    let (ok, out) = uk_args(&["--time-zone", "Europe/London"]);
+    assert!(
+        ok && out.contains("phone numbers without a country code: +44 (DefaultCountryCode in")
+            && out.contains("availability windows without a TimeZone column: Europe/London")
+            && out.contains("users: 2 would be created: UK\\ann, UK\\ian")
+            && out.contains("`447700900123` may already carry country code 44: imported as written, +44447700900123; if it is +447700900123"),
+        "{out}"
+    );
+    let (ok, out) = uk_args(&["--time-zone", "Mars/Olympus"]);
+    assert!(
+        !ok && out.contains("--time-zone `Mars/Olympus` is not an IANA time zone"),
+        "{out}"
+    );
 }
 
 /// `user new --from-directory` copies display name, phone and e-mail from a real OpenLDAP

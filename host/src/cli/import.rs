@@ -42,6 +42,9 @@ pub(crate) struct MimArgs {
     /// Refuse the import (non-zero exit, nothing written) when there is any warning.
     #[arg(long)]
     strict: bool,
+    /// The IANA time zone of MIM's availability windows (default: this machine's zone).
+    #[arg(long)]
+    time_zone: Option<String>,
 }
 
 /// Prints the warnings as a table: file, line, what.
@@ -71,6 +74,7 @@ pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
         provider_id,
         dry_run,
         strict,
+        time_zone,
     } = args;
     let (dry_run, strict, provider_id) = (*dry_run, *strict, provider_id.as_str());
     use rolegate::config::ProviderConfig;
@@ -85,13 +89,35 @@ pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
             &bytes,
         )?)
     };
+    // The windows' zone: the flag, else this machine's (never UTC by default).
+    let zone = match time_zone {
+        Some(z) => Some(
+            jiff::tz::TimeZone::get(z)
+                .map(|_| z.clone())
+                .with_context(|| format!("--time-zone `{z}` is not an IANA time zone"))?,
+        ),
+        None => jiff::tz::TimeZone::system().iana_name().map(str::to_string),
+    };
+    // DefaultCountryCode from the MfaSettings.xml given, as MIM applied it.
+    let settings_cc = {
+        let bytes = std::fs::read(&settings)
+            .with_context(|| format!("cannot read {}", settings.display()))?;
+        rolegate::records::import::settings_country_code(&settings.display().to_string(), &bytes)?
+    };
     // Every file is checked before anything is written, and the bad rows of both reported.
     use rolegate::records::import::{Files, read_role_file, read_user_file};
     let user_file = users
         .as_deref()
         .map(|p| read(p).and_then(|t| Ok(read_user_file(&p.display().to_string(), &t)?)));
     let role_file = roles.as_deref().map(|p| {
-        read(p).and_then(|t| Ok(read_role_file(&p.display().to_string(), &t, provider_id)?))
+        read(p).and_then(|t| {
+            Ok(read_role_file(
+                &p.display().to_string(),
+                &t,
+                provider_id,
+                zone.as_deref(),
+            )?)
+        })
     });
     let files = match (user_file.transpose(), role_file.transpose()) {
         (Ok(u), Ok(r)) => Files {
@@ -144,7 +170,7 @@ pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
         let now = jiff::Timestamp::now().as_millisecond();
         let store_config = config.store.clone();
         let store = tokio::task::spawn_blocking(move || rolegate::store::Store::open(&store_config, now)).await??;
-        let cc = config.policy.default_country_code;
+        let cc = settings_cc.unwrap_or(config.policy.default_country_code);
         let plan = if dry_run {
             store.read(move |tx| rolegate::records::import::plan(tx, &files, cc)).await
         } else {
@@ -169,6 +195,14 @@ pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
                 println!("provider `{provider_id}` added to {} (restart the daemon to load it)", config_path.display());
             }
             (None, _) => println!("provider `{provider_id}`: configured already, and it loads"),
+        }
+        match settings_cc {
+            Some(cc) => println!("phone numbers without a country code: +{cc} (DefaultCountryCode in {})", settings.display()),
+            None => println!("phone numbers without a country code: +{cc} ([policy] default_country_code)"),
+        }
+        match &zone {
+            Some(z) => println!("availability windows without a TimeZone column: {z}"),
+            None => println!("availability windows without a TimeZone column: none given (--time-zone), and this machine's zone is unknown"),
         }
         let names = |v: &[String]| if v.is_empty() { String::new() } else { format!(": {}", v.join(", ")) };
         let changed: Vec<String> = plan.users_changed.iter().map(|(a, f)| format!("{a} ({})", f.join(", "))).collect();

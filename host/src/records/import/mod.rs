@@ -17,9 +17,11 @@ use crate::store::Tx;
 
 mod csv;
 mod resolve;
+mod settings;
 
 pub use csv::{Record, decode, delimiter, parse_csv, parse_with};
 pub use resolve::{Files, Warning};
+pub use settings::{country_code as settings_country_code, other_reading};
 
 /// A row: its line and its fields by lower-cased header.
 type Row = (usize, BTreeMap<String, String>);
@@ -331,14 +333,21 @@ pub fn ttl_seconds(v: &str) -> Option<i64> {
 /// Reads a `Get-PAMRole` export: `DisplayName` (or `Name`), `Candidates` and `Approvers`
 /// (accounts separated by `;`), `TTL` (seconds or a TimeSpan), `MFAEnabled`, `ApprovalEnabled`,
 /// `AvailabilityWindowEnabled`, `AvailableFrom`, `AvailableTo`, and an optional `TimeZone`
-/// (IANA; `UTC` when absent). Roles with MFA get `mfa_provider`.
+/// (IANA; here `UTC` when absent — the CLI passes a zone to [`read_role_file`] instead).
+/// Roles with MFA get `mfa_provider`.
 pub fn read_roles(name: &str, text: &str, mfa_provider: &str) -> Result<Vec<(usize, RoleSpec)>> {
-    read_role_file(name, text, mfa_provider).map(|f| f.roles)
+    read_role_file(name, text, mfa_provider, Some("UTC")).map(|f| f.roles)
 }
 
 /// Reads a `Get-PAMRole` export (see [`read_roles`]) with a warning for each column not
-/// understood.
-pub fn read_role_file(name: &str, text: &str, mfa_provider: &str) -> Result<RoleFile> {
+/// understood; an availability window without a `TimeZone` column is in `time_zone`, and
+/// refused when there is none.
+pub fn read_role_file(
+    name: &str,
+    text: &str,
+    mfa_provider: &str,
+    time_zone: Option<&str>,
+) -> Result<RoleFile> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut seen = BTreeMap::new();
@@ -402,12 +411,20 @@ pub fn read_role_file(name: &str, text: &str, mfa_provider: &str) -> Result<Role
         let availability = if window {
             let from = pick(&row, &["availablefrom"]).and_then(time_of_day);
             let to = pick(&row, &["availableto"]).and_then(time_of_day);
-            match (from, to) {
-                (Some(from), Some(to)) => Some(WindowSpec {
+            match (from, to, pick(&row, &["timezone"]).or(time_zone)) {
+                (Some(_), Some(_), None) => {
+                    problem(
+                        "the availability window has no time zone: give `--time-zone` (the \
+                         machine's zone could not be told)"
+                            .into(),
+                    );
+                    continue;
+                }
+                (Some(from), Some(to), Some(zone)) => Some(WindowSpec {
                     days: vec!["mon-sun".into()],
                     from,
                     to,
-                    time_zone: pick(&row, &["timezone"]).unwrap_or("UTC").to_string(),
+                    time_zone: zone.to_string(),
                 }),
                 _ => {
                     problem(

@@ -62,6 +62,23 @@ pub(super) fn prepare(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result
             ));
             u.phone = None;
         }
+        if let Some(other) = u.phone.as_deref().and_then(|raw| {
+            let read = crate::model::phone::parse(raw, default_cc).ok()?;
+            super::settings::other_reading(raw, default_cc).map(|o| (read, o))
+        }) {
+            warnings.push(warn(
+                &files.users.name,
+                *line,
+                format!(
+                    "`{}`: `{}` may already carry country code {default_cc}: imported as \
+                     written, {}; if it is {}, write it with a `+`",
+                    u.account,
+                    u.phone.as_deref().unwrap_or_default(),
+                    other.0,
+                    other.1
+                ),
+            ));
+        }
         let stored_phone = match u.phone {
             Some(_) => false,
             None => users::get(tx, &u.account)?.is_some_and(|s| s.phone.is_some()),
@@ -127,7 +144,7 @@ pub(super) fn prepare(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result
 
 #[cfg(test)]
 mod tests {
-    use super::super::{apply, plan, read_role_file, read_user_file};
+    use super::super::{RoleFile, apply, plan, read_role_file, read_user_file};
     use super::*;
     use crate::records::roles;
     use crate::store::sqlite::Sqlite;
@@ -143,7 +160,7 @@ mod tests {
     fn files() -> Files {
         Files {
             users: read_user_file("users.csv", USERS).unwrap(),
-            roles: read_role_file("roles.csv", ROLES, "phone-legacy").unwrap(),
+            roles: read_role_file("roles.csv", ROLES, "phone-legacy", Some("UTC")).unwrap(),
         }
     }
 
@@ -225,5 +242,61 @@ mod tests {
             e.contains("line 3: `C\\bob` is this user's account and `C\\jen`'s"),
             "{e}"
         );
+    }
+
+    #[tokio::test]
+    async fn numbers_take_the_given_country_code_and_ambiguous_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        let files = Files {
+            users: read_user_file(
+                "u.csv",
+                "SourceDomain,SourceAccountName,SourcePhoneNumber\nC,jen,020 7946 0011\nC,bob,447700900123\n",
+            )
+            .unwrap(),
+            roles: RoleFile::default(),
+        };
+        let p = db.write(move |tx| {
+            apply(tx, &files, 44, false, 5)?;
+            users::list(tx)
+        });
+        let stored = p.await.unwrap();
+        let phone = |a: &str| {
+            stored
+                .iter()
+                .find(|u| u.account == a)
+                .and_then(|u| u.phone.clone())
+        };
+        assert_eq!(phone("C\\jen").as_deref(), Some("+442079460011"));
+        assert_eq!(phone("C\\bob").as_deref(), Some("+44447700900123"));
+        let files = Files {
+            users: read_user_file(
+                "u.csv",
+                "SourceDomain,SourceAccountName,SourcePhoneNumber\nC,bob,447700900123\n",
+            )
+            .unwrap(),
+            roles: RoleFile::default(),
+        };
+        let p = db.read(move |tx| plan(tx, &files, 44)).await.unwrap();
+        assert_eq!(p.warnings.len(), 1, "{p:?}");
+        assert!(
+            p.warnings[0].message.contains("`447700900123` may already carry country code 44: imported as written, +44447700900123; if it is +447700900123"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn a_window_without_a_zone_is_refused_not_taken_as_utc() {
+        let text = "DisplayName,Candidates,TTL,AvailabilityWindowEnabled,AvailableFrom,AvailableTo\nOps,C\\jen,600,True,08:00,18:00\n";
+        let e = read_role_file("r.csv", text, "p", None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 2: the availability window has no time zone"),
+            "{e}"
+        );
+        let f = read_role_file("r.csv", text, "p", Some("Europe/London")).unwrap();
+        let w = f.roles[0].1.availability.clone().unwrap();
+        assert_eq!(w.time_zone, "Europe/London");
     }
 }
