@@ -2334,6 +2334,34 @@ async fn the_import_reads_powershell_5_1_and_7_exports() {
         "nothing more was written: {out}"
     );
 
+    // A re-run creates nothing twice and changes an existing role only with --update, naming
+    // the fields (the dry run too); only the fields the file carries are compared.
+    write_roles(
+        "\"Domain Admins\";\"CONTOSO\\jen;CONTOSO\\ghost\";\"\";\"02:00:00\";\"True\";\"False\";\"False\"\r\n",
+    );
+    for extra in [&["--dry-run"][..], &[]] {
+        let (ok, out) = run(extra);
+        assert!(
+            ok && out.contains("roles: 1 differ, left as they are (--update changes them): Domain Admins (ttl_s, max_ttl_s)"),
+            "{extra:?}: {out}"
+        );
+    }
+    let (ok, out) = run(&["--update", "--dry-run"]);
+    assert!(
+        ok && out.contains("roles: 1 would be changed: Domain Admins (ttl_s, max_ttl_s)"),
+        "{out}"
+    );
+    let (ok, out) = run(&["--update"]);
+    assert!(
+        ok && out.contains("roles: 1 changed: Domain Admins (ttl_s, max_ttl_s)"),
+        "{out}"
+    );
+    let (ok, out) = run(&["--dry-run"]);
+    assert!(
+        ok && out.contains("roles: 1 unchanged") && out.contains("users: 2 unchanged"),
+        "{out}"
+    );
+
     // A UK deployment: DefaultCountryCode from the MfaSettings.xml given, the trunk 0 dropped,
     // digits that may already carry +44 named; the windows' zone is the flag.
     let uk = dir.path().join("MfaSettings-uk.xml");

@@ -42,6 +42,10 @@ pub(crate) struct MimArgs {
     /// Refuse the import (non-zero exit, nothing written) when there is any warning.
     #[arg(long)]
     strict: bool,
+    /// Change existing users and roles where the files differ (only the fields they carry);
+    /// without it, differences are reported and left as they are.
+    #[arg(long)]
+    update: bool,
     /// The IANA time zone of MIM's availability windows (default: this machine's zone).
     #[arg(long)]
     time_zone: Option<String>,
@@ -74,8 +78,10 @@ pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
         provider_id,
         dry_run,
         strict,
+        update,
         time_zone,
     } = args;
+    let update = *update;
     let (dry_run, strict, provider_id) = (*dry_run, *strict, provider_id.as_str());
     use rolegate::config::ProviderConfig;
     let config = Config::load(config_path)?;
@@ -172,9 +178,9 @@ pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
         let store = tokio::task::spawn_blocking(move || rolegate::store::Store::open(&store_config, now)).await??;
         let cc = settings_cc.unwrap_or(config.policy.default_country_code);
         let plan = if dry_run {
-            store.read(move |tx| rolegate::records::import::plan(tx, &files, cc)).await
+            store.read(move |tx| rolegate::records::import::plan(tx, &files, cc, update)).await
         } else {
-            store.write(move |tx| rolegate::records::import::apply(tx, &files, cc, strict, now)).await
+            store.write(move |tx| rolegate::records::import::apply(tx, &files, cc, (strict, update), now)).await
         };
         store.close();
         let plan = plan?;
@@ -205,12 +211,14 @@ pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
             None => println!("availability windows without a TimeZone column: none given (--time-zone), and this machine's zone is unknown"),
         }
         let names = |v: &[String]| if v.is_empty() { String::new() } else { format!(": {}", v.join(", ")) };
-        let changed: Vec<String> = plan.users_changed.iter().map(|(a, f)| format!("{a} ({})", f.join(", "))).collect();
+        let fields = |v: &[(String, Vec<String>)]| -> Vec<String> { v.iter().map(|(a, f)| format!("{a} ({})", f.join(", "))).collect() };
+        let (users_changed, roles_changed) = (fields(&plan.users_changed), fields(&plan.roles_changed));
+        let differ = if update { format!("{verb}changed") } else { "differ, left as they are (--update changes them)".to_string() };
         println!("users: {} {verb}created{}", plan.users_created.len(), names(&plan.users_created));
-        println!("users: {} {verb}changed{}", changed.len(), names(&changed));
+        println!("users: {} {differ}{}", users_changed.len(), names(&users_changed));
         println!("users: {} unchanged", plan.users_unchanged);
         println!("roles: {} {verb}created{}", plan.roles_created.len(), names(&plan.roles_created));
-        println!("roles: {} {verb}changed{}", plan.roles_changed.len(), names(&plan.roles_changed));
+        println!("roles: {} {differ}{}", roles_changed.len(), names(&roles_changed));
         println!("roles: {} unchanged", plan.roles_unchanged);
         print_warnings(&plan.warnings);
         Ok::<_, anyhow::Error>(())

@@ -16,6 +16,7 @@ use crate::records::users::{self, NewUser, UserChanges};
 use crate::store::Tx;
 
 mod csv;
+mod diff;
 mod resolve;
 mod settings;
 
@@ -176,6 +177,8 @@ pub struct RoleFile {
     pub name: String,
     /// The roles with their lines, candidates and approvers as written.
     pub roles: Vec<(usize, RoleSpec)>,
+    /// The file's columns (lower case): a re-run compares only the fields they carry.
+    pub columns: BTreeSet<String>,
     /// What the file holds that is not imported.
     pub warnings: Vec<Warning>,
 }
@@ -464,6 +467,7 @@ pub fn read_role_file(
         Ok(RoleFile {
             name: name.to_string(),
             roles: out,
+            columns: header.1.iter().cloned().collect(),
             warnings,
         })
     } else {
@@ -479,23 +483,27 @@ pub fn read_role_file(
 pub struct Plan {
     /// Users to create.
     pub users_created: Vec<String>,
-    /// Users whose fields differ, with the names of those fields.
+    /// Users whose fields differ, with the names of those fields (changed with `--update`).
     pub users_changed: Vec<(String, Vec<String>)>,
     /// Users already as the file has them.
     pub users_unchanged: usize,
     /// Roles to create.
     pub roles_created: Vec<String>,
-    /// Roles whose policy differs.
-    pub roles_changed: Vec<String>,
+    /// Roles whose fields the files carry differ, with their names (changed with `--update`).
+    pub roles_changed: Vec<(String, Vec<String>)>,
     /// Roles already as the file has them.
     pub roles_unchanged: usize,
     /// What is imported otherwise than written, or not at all.
     pub warnings: Vec<Warning>,
+    /// Whether the differences were (or would be) written: `--update`.
+    pub update: bool,
 }
 
 /// Compares the files with the store (reads only).
-pub fn plan(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result<Plan> {
-    Ok(prepared_plan(tx, files, default_cc)?.0)
+pub fn plan(tx: &mut dyn Tx, files: &Files, default_cc: u16, update: bool) -> Result<Plan> {
+    let mut p = prepared_plan(tx, files, default_cc)?.0;
+    p.update = update;
+    Ok(p)
 }
 
 /// A plan with the users and roles as they would be written.
@@ -534,26 +542,39 @@ fn prepared_plan(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result<Plan
             }
         }
     }
-    for (_, r) in &roles {
+    let mut written = Vec::with_capacity(roles.len());
+    for (line, r) in roles {
         match roles::get(tx, &r.name)? {
-            None => p.roles_created.push(r.name.clone()),
-            Some(existing) if existing == *r => p.roles_unchanged += 1,
-            Some(_) => p.roles_changed.push(r.name.clone()),
+            None => {
+                p.roles_created.push(r.name.clone());
+                written.push((line, r));
+            }
+            Some(existing) => {
+                let (merged, changed) = diff::merge_role(&existing, &r, &files.roles.columns);
+                if changed.is_empty() {
+                    p.roles_unchanged += 1;
+                } else {
+                    p.roles_changed.push((r.name.clone(), changed));
+                }
+                written.push((line, merged));
+            }
         }
     }
-    Ok((p, users, roles))
+    Ok((p, users, written))
 }
 
 /// Applies the files in the caller's transaction (all or nothing), raising the admin events;
-/// with `strict`, any warning refuses the import before anything is written.
+/// with `strict`, any warning refuses the import before anything is written; without
+/// `update`, users and roles that exist are left as they are (their differences reported).
 pub fn apply(
     tx: &mut dyn Tx,
     files: &Files,
     default_cc: u16,
-    strict: bool,
+    (strict, update): (bool, bool),
     now_ms: i64,
 ) -> Result<Plan> {
-    let (p, users, roles) = prepared_plan(tx, files, default_cc)?;
+    let (mut p, users, roles) = prepared_plan(tx, files, default_cc)?;
+    p.update = update;
     if strict && !p.warnings.is_empty() {
         return Err(strict_refusal(&p.warnings));
     }
@@ -574,7 +595,11 @@ pub fn apply(
                 "user imported",
                 now_ms,
             )?;
-        } else if let Some((_, fields)) = p.users_changed.iter().find(|(a, _)| *a == u.account) {
+        } else if let Some((_, fields)) = p
+            .users_changed
+            .iter()
+            .find(|(a, _)| update && *a == u.account)
+        {
             let changes = UserChanges {
                 display_name: fields
                     .iter()
@@ -609,7 +634,9 @@ pub fn apply(
                 "role imported",
                 now_ms,
             )?;
-        } else if p.roles_changed.contains(&r.name) {
+        } else if let Some((_, fields)) =
+            p.roles_changed.iter().find(|(n, _)| update && *n == r.name)
+        {
             roles::replace(tx, r, now_ms).map_err(|e| at(line, "roles", e))?;
             crate::records::events::admin_change(
                 tx,
@@ -617,7 +644,7 @@ pub fn apply(
                 actor,
                 None,
                 Some(&r.name),
-                "role re-imported",
+                &format!("role re-imported ({})", fields.join(", ")),
                 now_ms,
             )?;
         }

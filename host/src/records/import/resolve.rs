@@ -168,7 +168,7 @@ mod tests {
     async fn candidates_resolve_by_either_name_and_the_rest_is_warned_by_file_and_line() {
         let dir = tempfile::tempdir().unwrap();
         let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
-        let p = db.read(|tx| plan(tx, &files(), 1)).await.unwrap();
+        let p = db.read(|tx| plan(tx, &files(), 1, false)).await.unwrap();
         let said: Vec<String> = p
             .warnings
             .iter()
@@ -188,7 +188,7 @@ mod tests {
         assert_eq!(said.len(), 4, "{said:#?}");
         // --strict: refused in the transaction, nothing written.
         let e = db
-            .write(|tx| apply(tx, &files(), 1, true, 5))
+            .write(|tx| apply(tx, &files(), 1, (true, false), 5))
             .await
             .unwrap_err()
             .to_string();
@@ -198,7 +198,7 @@ mod tests {
         );
         assert!(db.read(|tx| users::list(tx)).await.unwrap().is_empty());
         // Without it: one account per user, the PAM names mapped to it.
-        db.write(|tx| apply(tx, &files(), 1, false, 5))
+        db.write(|tx| apply(tx, &files(), 1, (false, false), 5))
             .await
             .unwrap();
         let role = db
@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(stored.len(), 3);
         assert!(stored.iter().all(|u| u.account.starts_with("CONTOSO\\")));
         // A re-run finds what it stored: the bad phone is still reported, nothing else new.
-        let p = db.read(|tx| plan(tx, &files(), 1)).await.unwrap();
+        let p = db.read(|tx| plan(tx, &files(), 1, false)).await.unwrap();
         assert_eq!((p.users_unchanged, p.roles_unchanged), (3, 1), "{p:?}");
     }
 
@@ -257,7 +257,7 @@ mod tests {
             roles: RoleFile::default(),
         };
         let p = db.write(move |tx| {
-            apply(tx, &files, 44, false, 5)?;
+            apply(tx, &files, 44, (false, false), 5)?;
             users::list(tx)
         });
         let stored = p.await.unwrap();
@@ -277,7 +277,10 @@ mod tests {
             .unwrap(),
             roles: RoleFile::default(),
         };
-        let p = db.read(move |tx| plan(tx, &files, 44)).await.unwrap();
+        let p = db
+            .read(move |tx| plan(tx, &files, 44, false))
+            .await
+            .unwrap();
         assert_eq!(p.warnings.len(), 1, "{p:?}");
         assert!(
             p.warnings[0].message.contains("`447700900123` may already carry country code 44: imported as written, +44447700900123; if it is +447700900123"),
