@@ -293,7 +293,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(&config),
         Command::Import {
             command: ImportCommand::Mim(args),
-        } => import_mim(&args),
+        } => import_mim(&args, cli.json),
         Command::Quickstart { dir, no_serve } => {
             let path = quickstart(&dir)?;
             if no_serve {

@@ -2362,6 +2362,42 @@ async fn the_import_reads_powershell_5_1_and_7_exports() {
         "{out}"
     );
 
+    // --json: the plan and what was done as one JSON object, nothing else on stdout.
+    let out = Command::new(rolegate_bin())
+        .args([
+            "import",
+            "mim",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--settings",
+            &settings,
+            "--users",
+            users.to_str().unwrap(),
+            "--roles",
+            roles.to_str().unwrap(),
+            "--dry-run",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["dry_run"], json!(true), "{v}");
+    assert_eq!(v["provider"]["action"], json!("configured"), "{v}");
+    assert_eq!(v["plan"]["roles_unchanged"], json!(1), "{v}");
+    assert_eq!(v["plan"]["users_unchanged"], json!(2), "{v}");
+    assert_eq!(
+        v["country_code"],
+        json!({"value": 1, "from": "settings"}),
+        "{v}"
+    );
+    assert_eq!(v["plan"]["warnings"][0]["line"], json!(2), "{v}");
+
     // A UK deployment: DefaultCountryCode from the MfaSettings.xml given, the trunk 0 dropped,
     // digits that may already carry +44 named; the windows' zone is the flag.
     let uk = dir.path().join("MfaSettings-uk.xml");
@@ -2406,6 +2442,24 @@ async fn the_import_reads_powershell_5_1_and_7_exports() {
             && out.contains("availability windows without a TimeZone column: Europe/London")
             && out.contains("users: 2 would be created: UK\\ann, UK\\ian")
             && out.contains("`447700900123` may already carry country code 44: imported as written, +44447700900123; if it is +447700900123"),
+        "{out}"
+    );
+    assert!(
+        out.contains("MfaSettings-uk.xml: read and checked; provider `phone-legacy` keeps reading"),
+        "{out}"
+    );
+    // --settings is read and checked by the provider even when one is configured.
+    write_private(
+        &uk,
+        &xml.replace(
+            "</MfaSettings>",
+            "<CustomPhoneProvider>Contoso.Phone.dll</CustomPhoneProvider></MfaSettings>",
+        ),
+    );
+    let (ok, out) = uk_args(&["--time-zone", "Europe/London"]);
+    assert!(
+        !ok && out.contains("does not load with provider `phone-legacy`")
+            && out.contains("CustomPhoneProvider"),
         "{out}"
     );
     let (ok, out) = uk_args(&["--time-zone", "Mars/Olympus"]);

@@ -69,7 +69,8 @@ fn print_warnings(warnings: &[rolegate::records::import::Warning]) {
     }
 }
 
-pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
+/// Runs `rolegate import mim`; with `json`, prints one JSON object (the plan and what was done).
+pub(crate) fn import_mim(args: &MimArgs, json: bool) -> anyhow::Result<ExitCode> {
     let MimArgs {
         config: config_path,
         settings,
@@ -173,6 +174,19 @@ pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("the legacy phone provider `{provider_id}` does not load"))?;
         loaded.shutdown().await;
+        // A configured provider reads its own file: the one given is still read and checked by
+        // the provider (a copy of its block pointed at it), then only its DefaultCountryCode is used.
+        let configured_file = provider.settings.get("mfa_settings").and_then(|v| v.as_str()).map(PathBuf::from);
+        let reads_other = block.is_none()
+            && configured_file.as_deref().and_then(|f| std::fs::canonicalize(f).ok()).as_deref() != Some(settings.as_path());
+        if reads_other {
+            let mut check = provider.clone();
+            check.settings.insert("mfa_settings".into(), toml::Value::String(settings.display().to_string()));
+            let loaded = plugins::load_one(&check, &config.plugins).await.with_context(|| {
+                format!("{} does not load with provider `{provider_id}`'s other settings", settings.display())
+            })?;
+            loaded.shutdown().await;
+        }
         let now = jiff::Timestamp::now().as_millisecond();
         let store_config = config.store.clone();
         let store = tokio::task::spawn_blocking(move || rolegate::store::Store::open(&store_config, now)).await??;
@@ -185,19 +199,43 @@ pub(crate) fn import_mim(args: &MimArgs) -> anyhow::Result<ExitCode> {
         store.close();
         let plan = plan?;
         if dry_run && strict && !plan.warnings.is_empty() {
-            print_warnings(&plan.warnings);
+            if !json {
+                print_warnings(&plan.warnings);
+            }
             return Err(rolegate::records::import::strict_refusal(&plan.warnings).into());
         }
+        let provider_action = match (&block, dry_run) {
+            (Some(_), true) => "would_be_added",
+            (Some(_), false) => "added",
+            (None, _) => "configured",
+        };
         let verb = if dry_run { "would be " } else { "" };
+        if let (Some(b), false) = (&block, dry_run) {
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(config_path)
+                .with_context(|| format!("cannot write {}", config_path.display()))?;
+            f.write_all(b.as_bytes())?;
+        }
+        if json {
+            let report = serde_json::json!({
+                "dry_run": dry_run,
+                "provider": {"id": provider_id, "action": provider_action, "config": config_path.display().to_string(), "block": block},
+                "settings": {"file": settings.display().to_string(), "read_by_configured_provider": !reads_other},
+                "country_code": {"value": cc, "from": if settings_cc.is_some() { "settings" } else { "policy" }},
+                "time_zone": zone,
+                "plan": plan,
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            return Ok(());
+        }
+        if reads_other {
+            println!("{}: read and checked; provider `{provider_id}` keeps reading {}", settings.display(), configured_file.as_deref().map(|f| f.display().to_string()).unwrap_or_default());
+        }
         match (&block, dry_run) {
             (Some(b), true) => println!("provider `{provider_id}` would be added to {}:{b}", config_path.display()),
-            (Some(b), false) => {
-                use std::io::Write as _;
-                let mut f = std::fs::OpenOptions::new()
-                    .append(true)
-                    .open(config_path)
-                    .with_context(|| format!("cannot write {}", config_path.display()))?;
-                f.write_all(b.as_bytes())?;
+            (Some(_), false) => {
                 println!("provider `{provider_id}` added to {} (restart the daemon to load it)", config_path.display());
             }
             (None, _) => println!("provider `{provider_id}`: configured already, and it loads"),
