@@ -103,7 +103,9 @@ pub(crate) fn import_mim(args: &MimArgs, json: bool) -> anyhow::Result<ExitCode>
                 .map(|_| z.clone())
                 .with_context(|| format!("--time-zone `{z}` is not an IANA time zone"))?,
         ),
-        None => jiff::tz::TimeZone::system().iana_name().map(str::to_string),
+        None => jiff::tz::TimeZone::try_system()
+            .ok()
+            .and_then(|z| z.iana_name().map(str::to_string)),
     };
     // DefaultCountryCode from the MfaSettings.xml given, as MIM applied it.
     let settings_cc = {
