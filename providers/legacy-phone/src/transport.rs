@@ -46,16 +46,31 @@ impl Endpoint {
         if authority.is_empty() || authority.contains('@') {
             return Err(bad("needs a host and no user name"));
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| bad("the port is not a number"))?,
-            ),
-            _ => (authority, 443),
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .map_err(|_| bad("the port is not a number"))
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || path.contains(char::is_whitespace) {
+        // An IPv6 address is in brackets (`[::1]`, `[::1]:8443`): its colons are not a port's.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(bracketed) => match bracketed.split_once(']') {
+                Some((h, "")) => (h, 443),
+                Some((h, after)) => match after.strip_prefix(':') {
+                    Some(p) => (h, port(p)?),
+                    None => return Err(bad("has text after its `]` that is no port")),
+                },
+                None => return Err(bad("opens a `[` it does not close")),
+            },
+            None => match authority.rsplit_once(':') {
+                Some((h, _)) if h.contains(':') => {
+                    return Err(bad(
+                        "an IPv6 address goes in brackets: `https://[::1]:443/…`",
+                    ));
+                }
+                Some((h, p)) => (h, port(p)?),
+                None => (authority, 443),
+            },
+        };
+        if host.is_empty() || host.contains(['[', ']']) || path.contains(char::is_whitespace) {
             return Err(bad("is not a usable URL"));
         }
         Ok(Self {
@@ -274,6 +289,42 @@ mod tests {
         let (certs, key) = load_p12(&bytes, password, p12)?;
         let ca = std::fs::read(dir.join("ca.pem")).unwrap();
         Transport::new(certs, key, endpoints, Some(&ca), Duration::from_secs(5))
+    }
+
+    #[test]
+    fn endpoints_take_ipv6_addresses_with_or_without_a_port() {
+        // Found by fuzzing (fuzz/pfp_response): `https://\u{fffd}]:t88x` was taken whole for
+        // a host on port 443 (a `]` before the last colon made the colon no port's), which,
+        // written back as a URL, did not parse; and `https://[::1]/pfd` was refused ("the port
+        // is not a number": the address's last colon was taken for the port's).
+        let e = |host: &str, port: u16, path: &str| Endpoint {
+            host: host.into(),
+            port,
+            path: path.into(),
+        };
+        for (url, want) in [
+            ("https://[::1]/pfd/pfd.pl", e("::1", 443, "/pfd/pfd.pl")),
+            ("https://[::1]", e("::1", 443, "/")),
+            ("https://[2001:db8::7]:8443/x", e("2001:db8::7", 8443, "/x")),
+            (
+                "https://pfd.phonefactor.net:443/",
+                e("pfd.phonefactor.net", 443, "/"),
+            ),
+        ] {
+            assert_eq!(Endpoint::parse(url).unwrap(), want, "{url}");
+        }
+        for bad in [
+            "https://\u{fffd}]:t88x",
+            "https://x]:443/y",
+            "https://[::1/x",
+            "https://[::1]x/y",
+            "https://[::1]:/y",
+            "https://::1/x",
+            "https://[]/x",
+            "https://[a]b]/x",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
