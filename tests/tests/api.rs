@@ -2212,6 +2212,54 @@ async fn an_imported_mim_deployment_activates_through_the_phone_call() {
         2,
         "role imports are admin events: {ev}"
     );
+
+    // Issue 29: an admin's changes since the import stay. A re-run leaves the role as it is;
+    // --update changes only the field the file changed, not the justification rule nor the
+    // longer maximum the admin set (nor the providers).
+    let mut body = r.clone();
+    body.as_object_mut().unwrap().remove("warnings");
+    body["justification_required"] = json!(true);
+    body["max_ttl_s"] = json!(7200);
+    let (status, put) = call(
+        &d,
+        Some(&admin),
+        "PUT",
+        "/v1/roles/Domain%20Admins",
+        Some(body),
+    )
+    .await;
+    assert_eq!(status, 200, "{put}");
+    let (ok, out) = run(&[]);
+    assert!(ok && out.contains("roles: 2 unchanged"), "{out}");
+    std::fs::write(&roles, good_roles.replacen("\"3600\"", "\"5400\"", 1)).unwrap();
+    let (ok, out) = run(&[]);
+    assert!(
+        ok && out.contains(
+            "roles: 1 differ, left as they are (--update changes them): Domain Admins (ttl_s)"
+        ),
+        "{out}"
+    );
+    let (ok, out) = run(&["--update"]);
+    assert!(
+        ok && out.contains("roles: 1 changed: Domain Admins (ttl_s)"),
+        "{out}"
+    );
+    let (_, r) = call(&d, Some(&admin), "GET", "/v1/roles/Domain%20Admins", None).await;
+    assert_eq!(
+        (
+            &r["ttl_s"],
+            &r["max_ttl_s"],
+            &r["justification_required"],
+            &r["providers"]
+        ),
+        (
+            &json!(5400),
+            &json!(7200),
+            &json!(true),
+            &json!(["phone-legacy"])
+        ),
+        "{r}"
+    );
 }
 
 /// Issue 29: the import reads what MIM's cmdlets export — Windows PowerShell 5.1's
