@@ -113,13 +113,19 @@ put("pfp_response", "http", b"\x01" + b"HTTP/1.0 200 OK\r\nContent-Type: text/xm
 for i, url in enumerate(["https://pfd.phonefactor.net/pfd/pfd.pl", "https://127.0.0.1:8443/pfd/pfd.pl", "https://[::1]:9443/x"]):
     put("pfp_response", "endpoint%d" % i, b"\x02" + url.encode())
 
-# --- mim_import (host/src/records/import.rs tests) ----------------------------------------------
-put("mim_import", "users.csv", "\ufeff#TYPE Microsoft.ResourceManagement.Automation.ObjectModel.PAMUser\r\n\"SourceAccountName\",\"SourceDomain\",\"DisplayName\",\"PhoneNumber\"\r\n\"jdoe\",\"CONTOSO\",\"Doe, \"\"Jane\"\"\",\"+1 425 555 0100\"\r\n\r\n\"bob\",\"CONTOSO\",\"Bob\",\"\"\r\n")
-put("mim_import", "roles.csv", "DisplayName,Candidates,Approvers,TTL,MFAEnabled,ApprovalEnabled,AvailabilityWindowEnabled,AvailableFrom,AvailableTo,TimeZone\n"
-    "Domain Admins,CONTOSO\\jdoe;CONTOSO\\bob,CONTOSO\\boss,7200,True,True,True,1/1/0001 8:00:00 AM,18:30:00,Europe/London\n"
-    "Helpdesk,CONTOSO\\amy,,1800,False,False,False,,,\n")
-put("mim_import", "bad_roles.csv", "DisplayName,Candidates,Approvers,TTL,MFAEnabled,ApprovalEnabled,AvailabilityWindowEnabled,AvailableFrom,AvailableTo\n"
-    "Ops,a;b,,3600,True,False,False,,\nBad TTL,a,,-5,False,False,False,,\nWindow,a,,600,False,False,True,09:00,\nFlag,a,,600,Maybe,False,False,,\n")
+# --- mim_import: 0 then a users file, or another byte then a roles file (the import's tests) --
+USERS = ("\ufeff#TYPE Microsoft.ResourceManagement.Automation.ObjectModel.PAMUser\r\n\"SourceAccountName\",\"SourceDomain\",\"DisplayName\",\"PhoneNumber\"\r\n"
+         "\"jdoe\",\"CONTOSO\",\"Doe, \"\"Jane\"\"\",\"+1 425 555 0100\"\r\n\r\n\"bob\",\"CONTOSO\",\"Bob\",\"\"\r\n")
+put("mim_import", "users.csv", b"\x00" + USERS.encode())
+put("mim_import", "users_utf16.csv", b"\x00\xff\xfe" + USERS.lstrip("\ufeff").encode("utf-16-le"))
+put("mim_import", "users_semicolon.csv", b"\x00" + "AccountName;SourceAccountName;SourceDomain;SourcePhoneNumber;SourceEmailAddress\njdoe;jdoe;CONTOSO;020 7946 0011;jdoe@contoso.com\n".encode())
+ROLES = ("DisplayName,Candidates,Approvers,TTL,MFAEnabled,ApprovalEnabled,AvailabilityWindowEnabled,AvailableFrom,AvailableTo,TimeZone\n"
+         "Domain Admins,CONTOSO\\jdoe;CONTOSO\\bob,CONTOSO\\boss,7200,True,True,True,1/1/0001 8:00:00 AM,18:30:00,Europe/London\n"
+         "Helpdesk,CONTOSO\\amy,,01:30:00,False,False,False,,,\n")
+put("mim_import", "roles.csv", b"\x01" + ROLES.encode())
+put("mim_import", "roles_tab.csv", b"\x01" + ROLES.replace(",", "\t").encode())
+put("mim_import", "bad_roles.csv", b"\x01" + ("DisplayName,Candidates,Approvers,TTL,MFAEnabled,ApprovalEnabled,AvailabilityWindowEnabled,AvailableFrom,AvailableTo\n"
+    "Ops,a;b,,3600,True,False,False,,\nBad TTL,a,,-5,False,False,False,,\nWindow,a,,600,False,False,True,09:00,\nFlag,a,,1.02:03:04,Maybe,False,False,,\n").encode())
 
 # --- api_body: a route byte (host/src/http/api/fuzz.rs ROUTES), then the body or query -------
 bodies = [
@@ -144,6 +150,13 @@ put("api_body", "requests_query", bytes([12]) + b"limit=20")
 
 # --- config: docs/config.md's example, and the provider sections of the docs ------------------
 put("config", "docs_config.toml", section("docs/config.md", 9, 61))
+# The same example a section a file: small inputs, whose every byte is a setting.
+with open(os.path.join(ROOT, "docs/config.md"), encoding="utf-8") as f:
+    example = f.read().split("\n")[8:61]
+starts = [i for i, line in enumerate(example) if line.startswith("[")] + [len(example)]
+for a, b in zip(starts, starts[1:]):
+    name = example[a].split("]")[0].strip("[]").replace(".", "_")
+    put("config", "section_%s.toml" % name, "\n".join(example[a:b]) + "\n")
 put("config", "legacy_phone.toml", section("docs/providers/legacy-phone.md", 21, 36))
 put("config", "sunset.toml", section("docs/migration-from-mim.md", 82, 86).replace("sha256 = \"…\"", "sha256 = \"00\""))
 
