@@ -288,6 +288,10 @@ fn default_lockout() -> i64 {
 fn default_lockout_s() -> i64 {
     900
 }
+/// The values `[policy] lockout_s` and `approval_timeout_s` may take, in seconds: up to 366
+/// days. (The service adds them, in milliseconds, to the time: an unbounded value overflowed.)
+pub const POLICY_SECONDS_RANGE: std::ops::RangeInclusive<i64> = 1..=31_622_400;
+
 fn default_approval_s() -> i64 {
     86_400
 }
@@ -360,15 +364,17 @@ impl Config {
             message: e.to_string().trim_end().to_string(),
         })?;
         let p = &config.policy;
-        if p.max_wrong_answers < 1
-            || p.lockout_threshold < 1
-            || p.lockout_s < 1
-            || p.approval_timeout_s < 1
-        {
+        if p.max_wrong_answers < 1 || p.lockout_threshold < 1 {
             return Err(Error::Config {
                 path: path.to_path_buf(),
                 message: "[policy] limits must be at least 1".into(),
             });
+        }
+        for (key, seconds) in [
+            ("[policy] lockout_s", p.lockout_s),
+            ("[policy] approval_timeout_s", p.approval_timeout_s),
+        ] {
+            within(path, key, seconds, &POLICY_SECONDS_RANGE, " (seconds)")?;
         }
         config.limits.validate().map_err(|message| Error::Config {
             path: path.to_path_buf(),
@@ -682,6 +688,37 @@ mod tests {
         }
         let e = parse("[store]\nwal_mb = -1").unwrap_err();
         assert!(e.to_string().contains("wal_mb"), "{e}");
+    }
+
+    #[test]
+    fn the_policy_s_durations_are_bounded() {
+        // Flagged by the config fuzz target's check (fuzz/config) on `lockout_s =
+        // 9223372036854775`, which was accepted: the service adds a lockout, in milliseconds,
+        // to the time — an overflow (a panic in a debug build; in a release build a lockout
+        // that ended before it began).
+        for key in ["lockout_s", "approval_timeout_s"] {
+            parse(&format!("[policy]\n{key} = 31622400")).unwrap();
+            for bad in [
+                "0",
+                "-1",
+                "31622401",
+                "9223372036854775",
+                "9223372036854775807",
+            ] {
+                let e = parse(&format!("[policy]\n{key} = {bad}")).unwrap_err();
+                assert!(
+                    e.to_string().contains(&format!(
+                        "[policy] {key} = {bad} is outside 1..=31622400 (seconds)"
+                    )),
+                    "{e}"
+                );
+            }
+        }
+        let e = parse("[policy]\nmax_wrong_answers = 0").unwrap_err();
+        assert!(
+            e.to_string().contains("[policy] limits must be at least 1"),
+            "{e}"
+        );
     }
 
     #[test]
