@@ -185,6 +185,13 @@ fn leaves(path: &Path, text: &str) -> Result<BTreeMap<String, (String, String)>,
     if !root_seen {
         return Err(xml_error(&"the file has no root element"));
     }
+    // The parser does not ask that every element be closed at the end: a file cut short
+    // (a copy that stopped) would lose what followed the cut, its country code included.
+    if let Some(open) = stack.last() {
+        return Err(xml_error(&format_args!(
+            "the file ends inside <{open}>: it was cut short"
+        )));
+    }
     Ok(out)
 }
 
@@ -531,5 +538,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn a_file_cut_short_is_refused() {
+        // Found by fuzzing (fuzz/mfa_settings, against the import's reading of the country
+        // code): a file that ended inside an element was read, and what the cut took was
+        // missing — `<DefaultCountryCode>44` at the end gave country code 1.
+        let cut = SDK_FILE.find("</DefaultCountryCode>").unwrap();
+        let e = parse(Path::new("MfaSettings.xml"), &SDK_FILE.as_bytes()[..cut])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("not valid XML") && e.contains("ends inside <DefaultCountryCode>"),
+            "{e}"
+        );
+        let cut = SDK_FILE.find("</MfaSettings>").unwrap();
+        let e = parse(Path::new("MfaSettings.xml"), &SDK_FILE.as_bytes()[..cut])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ends inside <MfaSettings>"), "{e}");
+        // The fuzzer's input, shortened.
+        let found = b"<ettings1>\r\n  <LICENSE_KEY>1</LICENSE_KEY><GROUP_KEY>2</GROUP_KEY>\
+            <CERT_PASSWORD>3</CERT_PASSWORD><CertFilePath>c.p12</CertFilePath>\r\n  \
+            <DefaultCountryCode>88<e/DfaultCountryCode>";
+        assert!(parse(Path::new("MfaSettings.xml"), found).is_err());
     }
 }
