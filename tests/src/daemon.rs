@@ -235,3 +235,11 @@ pub fn cli_at(url: &str, token: &str, args: &[&str], stdin: &str) -> (bool, Stri
         ),
     )
 }
+
+/// The sum of the samples in Prometheus text whose line starts with `series`.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(series))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,5 +1,6 @@
 //! The daemon over HTTP: `rolegate serve` started as a process, driven with real requests.
 
+use rolegate_e2e::daemon::sample;
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -3306,14 +3307,6 @@ async fn a_stop_signalled_to_the_whole_group_records_no_worker_crash() {
     let d = serve_config(dir, &cfg);
     let (_, events) = call(&d, Some(&admin), "GET", "/v1/events?id=402", None).await;
     assert_eq!(events.as_array().map(Vec::len), Some(0), "{events}");
-}
-
-/// The sum of the samples in Prometheus text whose line starts with `series`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test]

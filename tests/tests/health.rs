@@ -2,6 +2,7 @@
 //! role's rule for a factor that is down, user-sized messages, and a library swapped under a
 //! running daemon.
 
+use rolegate_e2e::daemon::sample;
 use std::time::{Duration, Instant};
 
 use rolegate_e2e::daemon::{Daemon, call, cli, serve_config};
@@ -55,13 +56,6 @@ async fn jdoe(d: &Daemon, providers: &[&str], rule: &str) -> String {
     t["token"].as_str().unwrap().to_string()
 }
 
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn metrics(d: &Daemon) -> String {
     let admin = d.admin.clone();
     let (s, m) = call(d, Some(&admin), "GET", "/metrics", None).await;
@@ -78,6 +72,18 @@ async fn provider(d: &Daemon, token: &str, id: &str) -> Value {
         .find(|p| p["id"] == id)
         .cloned()
         .unwrap()
+}
+
+/// Requests role `r` as `user`: the status and the request's view.
+async fn ask(d: &Daemon, user: &str) -> (u16, Value) {
+    call(
+        d,
+        Some(user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "r"})),
+    )
+    .await
 }
 
 async fn events(d: &Daemon, id: i64) -> Vec<Value> {
@@ -113,14 +119,7 @@ async fn an_outage_turns_a_provider_degraded_then_down_counted_logged_once_and_r
         "ok"
     );
     for n in 1..=3 {
-        let (s, r) = call(
-            &d,
-            Some(&user),
-            "POST",
-            "/v1/requests",
-            Some(json!({"role": "r"})),
-        )
-        .await;
+        let (s, r) = ask(&d, &user).await;
         assert_eq!(s, 201, "{r}");
         assert_eq!(r["state"], "failed", "request {n}: {r}");
         let reason = r["reason"].as_str().unwrap();
@@ -167,14 +166,7 @@ async fn an_outage_turns_a_provider_degraded_then_down_counted_logged_once_and_r
         "{text}"
     );
     // Down: the next request is refused without calling the provider (one trial an hour).
-    let (s, r) = call(
-        &d,
-        Some(&user),
-        "POST",
-        "/v1/requests",
-        Some(json!({"role": "r"})),
-    )
-    .await;
+    let (s, r) = ask(&d, &user).await;
     assert_eq!(s, 201, "{r}");
     assert_eq!(r["state"], "failed", "{r}");
     user_sized(r["reason"].as_str().unwrap());
@@ -212,14 +204,7 @@ async fn a_role_that_falls_back_uses_the_next_factor_with_an_event_and_one_that_
  {
     let d = start("outage", "");
     let user = jdoe(&d, &["out", "hello"], "fallback").await;
-    let (s, r) = call(
-        &d,
-        Some(&user),
-        "POST",
-        "/v1/requests",
-        Some(json!({"role": "r"})),
-    )
-    .await;
+    let (s, r) = ask(&d, &user).await;
     assert_eq!(s, 201, "{r}");
     assert_eq!(r["state"], "pending_mfa", "{r}");
     assert_eq!(r["provider"], "hello", "{r}");
@@ -261,14 +246,7 @@ async fn a_role_that_falls_back_uses_the_next_factor_with_an_event_and_one_that_
     )
     .await;
     assert_eq!(s, 200, "{e}");
-    let (_, r) = call(
-        &d,
-        Some(&user),
-        "POST",
-        "/v1/requests",
-        Some(json!({"role": "r"})),
-    )
-    .await;
+    let (_, r) = ask(&d, &user).await;
     assert_eq!(r["state"], "failed", "{r}");
     assert_eq!(r["provider"], "out", "{r}");
     assert_eq!(events(&d, 206).await.len(), 1, "no new fallback");
@@ -341,28 +319,14 @@ async fn a_library_swapped_under_a_running_daemon_raises_401_naming_the_provider
     let d = serve_config(dir, &cfg);
     let user = jdoe(&d, &["pinned"], "fail_closed").await;
     // The first request crashes the worker (402); then the library changes on disk.
-    let (_, r) = call(
-        &d,
-        Some(&user),
-        "POST",
-        "/v1/requests",
-        Some(json!({"role": "r"})),
-    )
-    .await;
+    let (_, r) = ask(&d, &user).await;
     assert_eq!(r["state"], "failed", "{r}");
     user_sized(r["reason"].as_str().unwrap());
     let swapped = d.dir.path().join("libpinned.so.new");
     std::fs::copy(hello_lib(), &swapped).unwrap();
     std::fs::rename(&swapped, d.dir.path().join("libpinned.so")).unwrap();
     // The next request needs a new worker, which refuses the file.
-    let (_, r) = call(
-        &d,
-        Some(&user),
-        "POST",
-        "/v1/requests",
-        Some(json!({"role": "r"})),
-    )
-    .await;
+    let (_, r) = ask(&d, &user).await;
     assert_eq!(r["state"], "failed", "{r}");
     user_sized(r["reason"].as_str().unwrap());
     let line = d.said("a new plugin worker was refused");
@@ -385,14 +349,7 @@ async fn a_library_swapped_under_a_running_daemon_raises_401_naming_the_provider
         "{refused:?}"
     );
     // Asked again, the same refusal is not told again.
-    call(
-        &d,
-        Some(&user),
-        "POST",
-        "/v1/requests",
-        Some(json!({"role": "r"})),
-    )
-    .await;
+    ask(&d, &user).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(events(&d, 401).await.len(), 1);
 }

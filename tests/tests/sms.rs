@@ -1,6 +1,7 @@
 //! The sms-twilio provider end to end: the real library loaded by the host, sending through a
 //! Twilio double over real HTTP, the code read back from the recorded SMS.
 
+use rolegate_e2e::daemon::sample;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -892,14 +893,6 @@ async fn provider_test_sms_sends_exactly_one_message_and_needs_an_admin() {
 }
 
 // --- issue 28: the rotated token, as a new user met it --------------------------------------
-
-/// The sum of the samples in Prometheus text whose line starts with `series`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(series))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
 
 #[tokio::test]
 async fn a_rotated_twilio_token_turns_the_provider_down_for_the_admin_and_it_recovers_when_fixed() {
