@@ -249,6 +249,7 @@ fn main() {
                         mfa_enabled: true,
                         providers: vec![provider.into()],
                         when_factor_down: Default::default(),
+                        shadow: Vec::new(),
                     },
                     0,
                 )?;

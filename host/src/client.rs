@@ -389,7 +389,80 @@ pub async fn walk_request(client: &Client, mut v: Value) -> Result<Value> {
             }
         }
     }
-    Ok(v)
+    walk_shadow(client, v).await
+}
+
+/// Walks a role's shadow factor once the real one is done: asks for it, says it does not
+/// decide the request, and lets the user skip it (an empty line, or no input). Whatever
+/// happens to it, the request as it stands is returned.
+async fn walk_shadow(client: &Client, mut v: Value) -> Result<Value> {
+    let mut told = false;
+    let mut polls = 0u32;
+    loop {
+        let shadow = v["shadow"].clone();
+        if shadow.is_null() {
+            return Ok(v);
+        }
+        if let Some(reason) = shadow["reason"].as_str() {
+            eprintln!("{reason}");
+        }
+        if shadow["outcome"] != "asked" {
+            return Ok(v);
+        }
+        let provider = shadow["provider"].as_str().unwrap_or("a new factor");
+        if !told {
+            eprintln!(
+                "Role `{}` is trying the factor `{provider}` before relying on it. Your request does not depend on it; an empty answer skips it.",
+                v["role"].as_str().unwrap_or("-")
+            );
+            told = true;
+        }
+        let id = v["id"].as_str().unwrap_or_default().to_string();
+        let prompt = &shadow["prompt"];
+        let next = match prompt["kind"].as_str() {
+            Some("code") => {
+                let message = prompt["message"].as_str().unwrap_or("Enter the code");
+                let code = match read_code(message) {
+                    Ok(c) if !c.trim().is_empty() => c,
+                    // Skipped: the request stands; the trial ends unanswered.
+                    _ => return Ok(v),
+                };
+                client
+                    .call(
+                        "POST",
+                        &format!("/v1/requests/{id}/answer"),
+                        Some(json!({"code": code.trim()})),
+                    )
+                    .await
+            }
+            Some("wait") | Some("phone") if polls < 120 => {
+                polls += 1;
+                let after = prompt["poll_after_ms"]
+                    .as_u64()
+                    .unwrap_or(1000)
+                    .clamp(200, 10_000);
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                client
+                    .call("POST", &format!("/v1/requests/{id}/poll"), None)
+                    .await
+            }
+            _ => return Ok(v),
+        };
+        match next {
+            Ok(n) => {
+                let ended = n["shadow"].is_null();
+                v = n;
+                if ended {
+                    return Ok(v);
+                }
+            }
+            // The trial never fails the request: its error is shown, the request stands.
+            Err(e) => {
+                eprintln!("the trial factor: {e}");
+                return Ok(v);
+            }
+        }
+    }
 }
 
 /// Walks an enrolment: shows the material a `display` prompt carries, reads the code that

@@ -353,7 +353,7 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
     let (value, columns): (serde_json::Value, Option<&[(&str, &str)]>) = rt.block_on(async {
         anyhow::Ok(match what {
             Remote::User(c) => cli::user::run(&client, c).await?,
-            Remote::Role(c) => cli::role::run(&client, c).await?,
+            Remote::Role(c) => cli::role::run(&client, json, c).await?,
             Remote::Request(c) => cli::request::run(&client, json, c).await?,
             Remote::Approval(c) => cli::approval::run(&client, json, c).await?,
             Remote::Enrol(provider) => cli::enrol::run(&client, json, provider).await?,

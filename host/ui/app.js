@@ -106,17 +106,26 @@ function settle(v) {
   const mfa = $("mfa");
   $("code-form").hidden = true;
   $("mfa-wait").hidden = true;
+  $("shadow-skip").hidden = true;
+  // A shadow factor: asked once the real one is done, never deciding the request.
+  const shadow = v.shadow && v.shadow.outcome === "asked" ? v.shadow : null;
   if (v.state !== "pending_mfa") {
-    mfa.hidden = true;
     let text = "Request " + v.id + " is " + v.state.replace("_", " ");
     if (v.state === "active" && v.expires_at) text += " until " + when(v.expires_at);
     if (v.reason) text += " (" + v.reason + ")";
+    if (v.shadow && v.shadow.reason) text += ". " + v.shadow.reason;
     $("request-result").textContent = text + ".";
-    return;
+    if (!shadow) {
+      mfa.hidden = true;
+      return;
+    }
   }
   mfa.hidden = false;
-  const p = v.prompt || {};
-  $("mfa-message").textContent = (v.reason ? v.reason + " — " : "") + (p.message || p.status || "");
+  const p = (shadow ? shadow.prompt : v.prompt) || {};
+  const why = shadow ? shadow.reason : v.reason;
+  const trial = shadow ? "This role is trying `" + shadow.provider + "`; your request does not depend on it. " : "";
+  if (shadow) $("shadow-skip").hidden = false;
+  $("mfa-message").textContent = trial + (why ? why + " — " : "") + (p.message || p.status || "");
   if (p.kind === "code") {
     $("code-form").hidden = false;
     $("code").value = "";
@@ -213,7 +222,27 @@ function removeButton(td, what, remove) {
 }
 
 async function loadAdmin() {
-  await Promise.all([loadUsers(), loadRoles(), loadTokens(), loadProviders()]);
+  await Promise.all([loadUsers(), loadRoles(), loadTokens(), loadProviders(), loadReadiness()]);
+}
+
+async function loadReadiness() {
+  const all = await api("GET", "/v1/readiness");
+  const rows = [];
+  for (const r of all) for (const p of r.providers) rows.push([r, p]);
+  fill("readiness-body", rows, (row, [r, p]) => {
+    cell(row, r.role); cell(row, p.provider); cell(row, p.shadow ? "shadow" : "");
+    cell(row, p.status); cell(row, p.ready + " of " + p.candidates);
+    cell(row, p.shadow ? p.shadow_completed_by + " of " + p.candidates : "");
+  });
+  const ul = $("readiness-summary");
+  ul.textContent = "";
+  for (const r of all) {
+    for (const s of r.summary) {
+      const li = document.createElement("li");
+      li.textContent = r.role + ": " + s;
+      ul.appendChild(li);
+    }
+  }
 }
 
 async function loadProviders() {
@@ -320,13 +349,21 @@ function windowText(w) { return w ? w.days.join(", ") + " " + w.from + "–" + w
 async function loadRoles() {
   fill("roles-body", await api("GET", "/v1/roles"), (row, r) => {
     cell(row, r.name);
-    cell(row, r.mfa_enabled ? r.providers.join(", ") : "off");
+    cell(row, r.mfa_enabled ? r.providers.join(", ") + (r.shadow && r.shadow.length ? " (shadow: " + r.shadow.join(", ") + ")" : "") : "off");
     cell(row, r.approval_enabled ? "on" : "off");
     cell(row, r.candidates.join(", "));
     cell(row, Math.round(r.ttl_s / 60) + " (max " + Math.round(r.max_ttl_s / 60) + ")");
     cell(row, windowText(r.availability));
     const td = cell(row, "");
     button(td, "Edit", () => editRole(r));
+    const back = button(td, "Roll back providers", () => {
+      if (!back.dataset.armed) {
+        back.dataset.armed = "1";
+        back.textContent = "Back to the previous providers? Click again";
+        return;
+      }
+      api("POST", path("/v1/roles", r.name) + "/rollback").then(() => Promise.all([loadRoles(), loadReadiness()]), showError);
+    });
     removeButton(td, r.name, () => api("DELETE", path("/v1/roles", r.name)).then(loadRoles, showError));
   });
 }
@@ -338,6 +375,7 @@ function editRole(r) {
   $("role-candidates").value = r.candidates.join(", ");
   $("role-approvers").value = r.approvers.join(", ");
   $("role-providers").value = r.providers.join(", ");
+  $("role-shadow").value = (r.shadow || []).join(", ");
   $("role-mfa").checked = r.mfa_enabled;
   $("role-factor-down").value = r.when_factor_down || "fail_closed";
   $("role-approval").checked = r.approval_enabled;
@@ -365,6 +403,7 @@ function saveRole() {
     candidates: list($("role-candidates").value),
     approvers: list($("role-approvers").value),
     providers: list($("role-providers").value),
+    shadow: list($("role-shadow").value),
     mfa_enabled: $("role-mfa").checked,
     when_factor_down: $("role-factor-down").value,
     approval_enabled: $("role-approval").checked,
@@ -377,7 +416,7 @@ function saveRole() {
   return done.then(() => {
     editing = null;
     editMode("role", null, "Save role");
-    return loadRoles();
+    return Promise.all([loadRoles(), loadReadiness()]);
   });
 }
 
@@ -468,6 +507,11 @@ document.addEventListener("DOMContentLoaded", () => {
     if (code) body.code = code;
     return api("POST", "/v1/requests", body).then(settle);
   });
+  $("shadow-skip").onclick = () => {
+    // Skipped: the trial ends unanswered (recorded when it expires); the request stands.
+    current = null;
+    $("mfa").hidden = true;
+  };
   $("code-form").onsubmit = (ev) => {
     ev.preventDefault();
     const code = $("code").value.trim();

@@ -7,6 +7,7 @@ mod check_cli;
 mod health;
 mod isolation;
 mod loader;
+mod migration;
 mod separation;
 mod service;
 mod sms;

@@ -84,6 +84,7 @@ async fn world_with(backend: Backend, settings: Settings) -> World {
                         mfa_enabled: provider.is_some(),
                         providers: provider.map(String::from).into_iter().collect(),
                         when_factor_down: Default::default(),
+                        shadow: Vec::new(),
                     },
                     0,
                 )?;
@@ -474,6 +475,7 @@ async fn free_text_is_bounded_and_names_say_what_they_show(backend) {
             mfa_enabled: false,
             providers: vec![],
             when_factor_down: Default::default(),
+            shadow: Vec::new(),
         };
         let e = w
             .service
@@ -572,6 +574,7 @@ fn generated_spellings_of_one_account_are_one_account_and_confusables_share_a_sk
             mfa_enabled: false,
             providers: vec![],
             when_factor_down: Default::default(),
+            shadow: Vec::new(),
         }
         .to_role()
         .unwrap();
@@ -657,6 +660,7 @@ async fn generated_spellings_count_as_one_account_in_the_store(backend) {
         mfa_enabled: true,
         providers: vec!["hello".into()],
         when_factor_down: Default::default(),
+        shadow: Vec::new(),
     };
     w.service.store().write(move |tx| roles::create(tx, &role, 0)).await.unwrap();
     for (case, (a, b)) in pairs.iter().enumerate() {

@@ -114,6 +114,7 @@ fn spec(name: &str, mfa: bool, approval: bool) -> RoleSpec {
         mfa_enabled: mfa,
         providers: if mfa { vec!["hello".into()] } else { vec![] },
         when_factor_down: Default::default(),
+        shadow: Vec::new(),
     }
 }
 
@@ -709,7 +710,7 @@ async fn a_changed_role_policy_applies_to_the_next_request(backend) {
     changed.candidates = ["CONTOSO\\boss".to_string()].into();
     w.service
         .store()
-        .write(move |tx| roles::replace(tx, &changed, 1))
+        .write(move |tx| roles::replace(tx, &changed, "admin", 1))
         .await
         .unwrap();
     let e = w
@@ -848,7 +849,7 @@ async fn a_change_reaches_the_next_request_though_the_last_one_read_it(backend) 
     let mut changed = spec("auto", false, false);
     changed.candidates = ["CONTOSO\\boss".to_string()].into();
     store
-        .write(move |tx| roles::replace(tx, &changed, 1))
+        .write(move |tx| roles::replace(tx, &changed, "admin", 1))
         .await
         .unwrap();
     let e = request("auto").await.unwrap_err();

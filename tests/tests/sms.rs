@@ -96,6 +96,7 @@ async fn world_with(extra: &[(&str, toml::Value)], token: Option<&str>) -> World
                     mfa_enabled: true,
                     providers: vec!["sms".into()],
                     when_factor_down: Default::default(),
+                    shadow: Vec::new(),
                 },
                 0,
             )

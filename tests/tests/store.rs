@@ -139,8 +139,11 @@ fn undo_token_keys(tx: &mut dyn rolegate::store::Tx) -> rolegate::model::error::
     Ok(())
 }
 
-/// Takes users and events back to schema 6: no skeletons, no events' account keys.
+/// Takes users and events back to schema 6: no skeletons, no events' account keys (and no
+/// shadow challenges or role history, schema 8's).
 fn undo_identity_rule(tx: &mut dyn rolegate::store::Tx) -> rolegate::model::error::Result<()> {
+    tx.execute("DROP TABLE shadow_challenges", &[])?;
+    tx.execute("DROP TABLE role_history", &[])?;
     tx.execute("DROP TABLE account_skeletons", &[])?;
     tx.execute("ALTER TABLE events DROP COLUMN account_key", &[])?;
     Ok(())

@@ -75,6 +75,7 @@ async fn world(backend: Backend, isolation: &str) -> World {
                         mfa_enabled: true,
                         providers: vec!["totp".into()],
                         when_factor_down: Default::default(),
+                        shadow: Vec::new(),
                     },
                     0,
                 )?;

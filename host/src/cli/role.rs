@@ -34,6 +34,13 @@ pub(crate) struct RoleArgs {
     /// Accepted MFA providers in order of preference, comma-separated.
     #[arg(long, value_delimiter = ',')]
     providers: Option<Vec<String>>,
+    /// Providers to try in shadow, comma-separated: after the real factor succeeds the user is
+    /// asked for the first they can use; recorded (events 207, 208), never deciding.
+    #[arg(long, value_delimiter = ',')]
+    shadow: Option<Vec<String>>,
+    /// Remove the shadow providers.
+    #[arg(long, conflicts_with = "shadow")]
+    no_shadow: bool,
     /// When the chosen provider is unavailable: `fail-closed` (refuse; the default) or
     /// `fallback` (the next provider the user can use, in the role's order).
     #[arg(long, value_parser = ["fail-closed", "fallback"])]
@@ -82,13 +89,80 @@ pub(crate) enum RoleCommand {
         /// Role name.
         name: String,
     },
+    /// Put a role's providers and shadows back as they were before their latest change
+    /// (event 513); a second rollback undoes the first.
+    Rollback {
+        /// Role name.
+        name: String,
+    },
+    /// Which candidates could satisfy each role's MFA today with each of its providers and
+    /// shadows (enrolled, phone on record, not locked out), shadow successes, and which
+    /// provider the role could drop.
+    Readiness {
+        /// Role name; every role when omitted.
+        name: Option<String>,
+    },
+    /// A role's provider changes, newest first: when, who, the lists before and after.
+    History {
+        /// Role name.
+        name: String,
+    },
 }
+
+/// Readiness as people read it: a role a block, its providers as a table, then what it means.
+fn readiness_text(v: &serde_json::Value) -> String {
+    const PROVIDER_COLUMNS: &[(&str, &str)] = &[
+        ("PROVIDER", "provider"),
+        ("SHADOW", "shadow"),
+        ("STATUS", "status"),
+        ("READY", "ready"),
+        ("CANDIDATES", "candidates"),
+        ("SHADOW DONE BY", "shadow_completed_by"),
+        ("SHADOW OK", "shadow_completed"),
+        ("SHADOW FAILED", "shadow_not_completed"),
+    ];
+    let mut out = String::new();
+    for r in v.as_array().into_iter().flatten() {
+        out.push_str(&format!("role `{}`\n", r["role"].as_str().unwrap_or("-")));
+        if r["providers"].as_array().is_some_and(|p| !p.is_empty()) {
+            for line in rolegate::client::table(&r["providers"], PROVIDER_COLUMNS).lines() {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
+        for s in r["summary"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  - {}\n", s.as_str().unwrap_or_default()));
+        }
+        out.push('\n');
+    }
+    out.trim_end().to_string()
+}
+
+/// The rollback's columns.
+const ROLLBACK_COLUMNS: &[(&str, &str)] = &[
+    ("ROLE", "role"),
+    ("PROVIDERS", "providers"),
+    ("SHADOW", "shadow"),
+    ("PROVIDERS BEFORE", "providers_before"),
+    ("SHADOW BEFORE", "shadow_before"),
+];
+
+/// The history table's columns.
+const HISTORY_COLUMNS: &[(&str, &str)] = &[
+    ("AT", "at"),
+    ("ACTOR", "actor"),
+    ("PROVIDERS BEFORE", "providers_before"),
+    ("SHADOW BEFORE", "shadow_before"),
+    ("PROVIDERS AFTER", "providers_after"),
+    ("SHADOW AFTER", "shadow_after"),
+    ("ROLLBACK", "rollback"),
+];
 
 /// The role table's columns.
 pub(crate) const ROLE_COLUMNS: &[(&str, &str)] = &[
     ("NAME", "name"),
     ("MFA", "mfa_enabled"),
     ("PROVIDERS", "providers"),
+    ("SHADOW", "shadow"),
     ("APPROVAL", "approval_enabled"),
     ("TTL", "ttl_s"),
     ("MAX TTL", "max_ttl_s"),
@@ -146,6 +220,12 @@ fn role_body(
     if let Some(p) = a.providers {
         v["providers"] = json!(p);
     }
+    if a.no_shadow {
+        v["shadow"] = json!([]);
+    } else if let Some(p) = a.shadow {
+        let p: Vec<String> = p.into_iter().filter(|p| !p.trim().is_empty()).collect();
+        v["shadow"] = json!(p);
+    }
     if let Some(w) = a.when_factor_down {
         v["when_factor_down"] = json!(w.replace('-', "_"));
     }
@@ -166,8 +246,24 @@ fn role_body(
 }
 
 /// Runs a `role` command against the daemon.
-pub(crate) async fn run(client: &Client, cmd: RoleCommand) -> anyhow::Result<Out> {
+pub(crate) async fn run(client: &Client, json: bool, cmd: RoleCommand) -> anyhow::Result<Out> {
     Ok(match cmd {
+        RoleCommand::Readiness { name } => {
+            let v = match &name {
+                Some(n) => {
+                    let one = client
+                        .call("GET", &format!("/v1/roles/{}/readiness", segment(n)), None)
+                        .await?;
+                    json!([one])
+                }
+                None => client.call("GET", "/v1/readiness", None).await?,
+            };
+            if json {
+                (v, None)
+            } else {
+                (json!(readiness_text(&v)), None)
+            }
+        }
         RoleCommand::New { name, args } => {
             let body = role_body(&name, None, args)?;
             (
@@ -203,6 +299,36 @@ pub(crate) async fn run(client: &Client, cmd: RoleCommand) -> anyhow::Result<Out
                 .call("DELETE", &format!("/v1/roles/{}", segment(&name)), None)
                 .await?;
             (json!(format!("removed role `{name}`")), None)
+        }
+        RoleCommand::Rollback { name } => {
+            let v = client
+                .call(
+                    "POST",
+                    &format!("/v1/roles/{}/rollback", segment(&name)),
+                    None,
+                )
+                .await?;
+            (v, Some(ROLLBACK_COLUMNS))
+        }
+        RoleCommand::History { name } => {
+            let v = client
+                .call(
+                    "GET",
+                    &format!("/v1/roles/{}/history", segment(&name)),
+                    None,
+                )
+                .await?;
+            let mut changes = v["changes"].clone();
+            // Times as people read them (the JSON keeps Unix ms).
+            for c in changes.as_array_mut().into_iter().flatten() {
+                if let Some(t) = c["at"]
+                    .as_i64()
+                    .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+                {
+                    c["at"] = json!(t.to_string());
+                }
+            }
+            (changes, Some(HISTORY_COLUMNS))
         }
     })
 }

@@ -167,6 +167,9 @@ pub struct Role {
     pub providers: Vec<String>,
     /// What happens when the chosen provider is unavailable.
     pub when_factor_down: FactorDown,
+    /// Providers tried in shadow: after the real factor succeeds, the user is asked for the
+    /// first of these they can use; the outcome is recorded, never decides the request.
+    pub shadow: Vec<String>,
 }
 
 /// Where a new request starts, and for how long it will grant the role.
@@ -221,6 +224,22 @@ impl Role {
         for p in &self.providers {
             if !seen.insert(p) {
                 return Err(bad(format!("provider `{p}` is listed twice")));
+            }
+        }
+        if !self.shadow.is_empty() && !self.mfa_enabled {
+            return Err(bad(
+                "a shadow provider is tried after the role's MFA succeeds, and MFA is not enabled: enable it or remove `shadow`".into(),
+            ));
+        }
+        let mut shadows = BTreeSet::new();
+        for p in &self.shadow {
+            if seen.contains(p) {
+                return Err(bad(format!(
+                    "provider `{p}` is both one of the role's providers and a shadow: a shadow is a factor the role does not accept yet"
+                )));
+            }
+            if !shadows.insert(p) {
+                return Err(bad(format!("shadow provider `{p}` is listed twice")));
             }
         }
         Ok(())
@@ -358,6 +377,7 @@ mod tests {
             mfa_enabled: true,
             providers: vec!["phone-legacy".into(), "totp".into()],
             when_factor_down: FactorDown::FailClosed,
+            shadow: Vec::new(),
         }
     }
 
@@ -485,6 +505,27 @@ mod tests {
                 .to_string()
                 .contains("listed twice")
         );
+    }
+
+    #[test]
+    fn a_shadow_is_a_factor_the_role_does_not_accept_yet() {
+        let mut r = role();
+        r.providers = vec!["phone-legacy".into()];
+        r.shadow = vec!["totp".into()];
+        r.validate().unwrap();
+        r.shadow = vec!["phone-legacy".into()];
+        let e = r.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("both one of the role's providers and a shadow"),
+            "{e}"
+        );
+        r.shadow = vec!["totp".into(), "totp".into()];
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("shadow provider `totp` is listed twice"), "{e}");
+        r.shadow = vec!["totp".into()];
+        r.mfa_enabled = false;
+        let e = r.validate().unwrap_err().to_string();
+        assert!(e.contains("MFA is not enabled"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,12 @@ pub const REQUEST_CLOSED: i64 = 205;
 /// A new request's provider failed to start its challenge, and the role's rule
 /// (`when_factor_down = "fallback"`) tried the next provider the user can use.
 pub const MFA_FELL_BACK: i64 = 206;
+/// A shadow factor (a provider the role tries without relying on it) was completed after the
+/// real factor; it decided nothing.
+pub const SHADOW_COMPLETED: i64 = 207;
+/// A shadow factor was not completed (wrong answers, not answered in time, the provider
+/// failed, or the user could not use it); it decided nothing.
+pub const SHADOW_NOT_COMPLETED: i64 = 208;
 /// A user was locked out of a provider after repeated failures.
 pub const LOCKED_OUT: i64 = 300;
 /// An admin lifted a lockout.
@@ -59,6 +65,8 @@ pub const ROLE_CREATED: i64 = 510;
 pub const ROLE_CHANGED: i64 = 511;
 /// An admin removed a role.
 pub const ROLE_REMOVED: i64 = 512;
+/// An admin rolled a role's providers back to their previous list (`rolegate role rollback`).
+pub const ROLE_ROLLED_BACK: i64 = 513;
 /// An admin issued an API token.
 pub const TOKEN_ISSUED: i64 = 520;
 /// An admin revoked an API token.

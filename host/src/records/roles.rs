@@ -46,6 +46,10 @@ pub struct RoleSpec {
     /// the next provider the user can use.
     #[serde(default)]
     pub when_factor_down: FactorDown,
+    /// Providers tried in shadow after the real factor succeeds: their outcome is recorded
+    /// (events 104, 105) and counted by readiness, never decides the request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadow: Vec<String>,
 }
 
 /// An availability window as stored.
@@ -89,6 +93,7 @@ impl RoleSpec {
             mfa_enabled: self.mfa_enabled,
             providers: self.providers.clone(),
             when_factor_down: self.when_factor_down,
+            shadow: self.shadow.clone(),
         };
         role.validate()?;
         Ok(role)
@@ -143,8 +148,19 @@ pub fn create(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
     Ok(())
 }
 
-/// Replaces a role's policy.
-pub fn replace(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
+/// Replaces a role's policy; a change of its providers or shadows is kept in its history
+/// (for [`rollback`]), naming `actor`.
+pub fn replace(tx: &mut dyn Tx, spec: &RoleSpec, actor: &str, now_ms: i64) -> Result<()> {
+    replace_as(tx, spec, actor, now_ms, false)
+}
+
+fn replace_as(
+    tx: &mut dyn Tx,
+    spec: &RoleSpec,
+    actor: &str,
+    now_ms: i64,
+    rollback: bool,
+) -> Result<()> {
     let old = get(tx, &spec.name)?;
     check_accounts(spec, old.as_ref())?;
     spec.to_role()?;
@@ -166,7 +182,133 @@ pub fn replace(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
             what: format!("role `{}`", spec.name),
         });
     }
+    if let Some(old) = old
+        && (old.providers != spec.providers || old.shadow != spec.shadow)
+    {
+        record_change(tx, &old, spec, actor, now_ms, rollback)?;
+    }
     Ok(())
+}
+
+/// One change of a role's providers or shadows, as its history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderChange {
+    /// When, Unix ms.
+    pub at: i64,
+    /// Who made it.
+    pub actor: String,
+    /// The providers before it.
+    pub providers_before: Vec<String>,
+    /// The shadow providers before it.
+    pub shadow_before: Vec<String>,
+    /// The providers after it.
+    pub providers_after: Vec<String>,
+    /// The shadow providers after it.
+    pub shadow_after: Vec<String>,
+    /// Whether it was a rollback.
+    pub rollback: bool,
+}
+
+/// How many changes a role's history keeps (the oldest go first).
+pub const HISTORY_KEPT: i64 = 100;
+
+fn list_json(l: &[String]) -> Result<String> {
+    serde_json::to_string(l).map_err(|e| Error::Store {
+        what: "encoding a provider list".into(),
+        message: e.to_string(),
+    })
+}
+
+fn record_change(
+    tx: &mut dyn Tx,
+    old: &RoleSpec,
+    new: &RoleSpec,
+    actor: &str,
+    now_ms: i64,
+    rollback: bool,
+) -> Result<()> {
+    let name = new.name.trim();
+    let rows = tx.query(
+        "SELECT COALESCE(MAX(seq), 0) FROM role_history WHERE role = $1",
+        &[name.into()],
+    )?;
+    let seq = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0) + 1;
+    tx.execute(
+        "INSERT INTO role_history (role, at, seq, actor, providers_before, shadow_before, providers_after, shadow_after, rollback) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        &[
+            name.into(),
+            Value::Int(now_ms),
+            Value::Int(seq),
+            actor.into(),
+            list_json(&old.providers)?.into(),
+            list_json(&old.shadow)?.into(),
+            list_json(&new.providers)?.into(),
+            list_json(&new.shadow)?.into(),
+            Value::Int(i64::from(rollback)),
+        ],
+    )?;
+    tx.execute(
+        "DELETE FROM role_history WHERE role = $1 AND seq <= $2",
+        &[name.into(), Value::Int(seq - HISTORY_KEPT)],
+    )?;
+    Ok(())
+}
+
+/// A role's provider changes, newest first (at most [`HISTORY_KEPT`]).
+pub fn history(tx: &mut dyn Tx, name: &str) -> Result<Vec<ProviderChange>> {
+    let list = |r: &crate::store::Row, i: usize| -> Result<Vec<String>> {
+        serde_json::from_str(&r.text(i)?).map_err(|e| Error::Store {
+            what: format!("reading the history of role `{name}`"),
+            message: e.to_string(),
+        })
+    };
+    tx.query(
+        "SELECT at, actor, providers_before, shadow_before, providers_after, shadow_after, rollback FROM role_history WHERE role = $1 ORDER BY seq DESC",
+        &[name.trim().into()],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(ProviderChange {
+            at: r.int(0)?,
+            actor: r.text(1)?,
+            providers_before: list(r, 2)?,
+            shadow_before: list(r, 3)?,
+            providers_after: list(r, 4)?,
+            shadow_after: list(r, 5)?,
+            rollback: r.int(6)? != 0,
+        })
+    })
+    .collect()
+}
+
+/// Puts a role's providers and shadows back as they were before their latest change (a
+/// rollback is a change too: a second one undoes the first). Returns the role before and
+/// after; refused, changing nothing, when there is no change to undo or the earlier lists no
+/// longer fit the role's policy.
+pub fn rollback(
+    tx: &mut dyn Tx,
+    name: &str,
+    actor: &str,
+    now_ms: i64,
+) -> Result<(RoleSpec, RoleSpec)> {
+    let current = get(tx, name)?.ok_or_else(|| Error::NotFound {
+        what: format!("role `{}`", name.trim()),
+    })?;
+    let Some(last) = history(tx, name)?.into_iter().next() else {
+        return Err(Error::Conflict(format!(
+            "role `{}` has no earlier provider list to go back to: its providers have not changed since it was created (or since rolegate kept a history)",
+            current.name
+        )));
+    };
+    let mut earlier = current.clone();
+    earlier.providers = last.providers_before;
+    earlier.shadow = last.shadow_before;
+    earlier.to_role().map_err(|e| Error::Invalid {
+        what: format!("rollback of role `{}`", current.name),
+        message: format!("the earlier provider list does not fit the role now: {e}"),
+    })?;
+    replace_as(tx, &earlier, actor, now_ms, true)?;
+    Ok((current, earlier))
 }
 
 /// Refuses candidates and approvers whose names hide or reorder text (those already in
@@ -297,6 +439,11 @@ pub fn sunset_warnings(
 
 /// Removes a role; true when there was one.
 pub fn remove(tx: &mut dyn Tx, name: &str) -> Result<bool> {
+    // A later role of the same name starts without this one's history.
+    tx.execute(
+        "DELETE FROM role_history WHERE role = $1",
+        &[name.trim().into()],
+    )?;
     Ok(tx.execute("DELETE FROM roles WHERE name = $1", &[name.trim().into()])? > 0)
 }
 
@@ -379,7 +526,10 @@ mod tests {
 
         let mut bad = spec();
         bad.providers.clear();
-        let e = db.write(move |tx| replace(tx, &bad, 3)).await.unwrap_err();
+        let e = db
+            .write(move |tx| replace(tx, &bad, "admin", 3))
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("no provider"), "{e}");
         let stored = db
             .read(|tx| get(tx, "Domain Admins"))
@@ -421,7 +571,9 @@ mod tests {
 
         let mut changed = spec();
         changed.ttl_s = 60;
-        db.write(move |tx| replace(tx, &changed, 2)).await.unwrap();
+        db.write(move |tx| replace(tx, &changed, "admin", 2))
+            .await
+            .unwrap();
         let (rev2, policy) = db
             .read(move |tx| get_if_changed(tx, "Domain Admins", rev))
             .await
@@ -432,6 +584,93 @@ mod tests {
         assert_eq!(
             db.read(|tx| get_if_changed(tx, "nope", 0)).await.unwrap(),
             None
+        );
+    }
+
+    #[tokio::test]
+    async fn provider_changes_are_kept_and_roll_back_one_step_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        let mut s = spec();
+        s.providers = vec!["phone-legacy".into()];
+        let s1 = s.clone();
+        db.write(move |tx| create(tx, &s1, 1)).await.unwrap();
+        let e = db
+            .write(|tx| rollback(tx, "Domain Admins", "admin", 2))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no earlier provider list"), "{e}");
+
+        // A change of something else is not a provider change.
+        let mut ttl = s.clone();
+        ttl.ttl_s = 600;
+        db.write(move |tx| replace(tx, &ttl, "admin", 3))
+            .await
+            .unwrap();
+        assert!(
+            db.read(|tx| history(tx, "Domain Admins"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let mut shadowed = s.clone();
+        shadowed.ttl_s = 600;
+        shadowed.shadow = vec!["totp".into()];
+        db.write(move |tx| replace(tx, &shadowed, "CONTOSO\\boss", 4))
+            .await
+            .unwrap();
+        let mut moved = s.clone();
+        moved.ttl_s = 600;
+        moved.providers = vec!["totp".into()];
+        db.write(move |tx| replace(tx, &moved, "CONTOSO\\boss", 5))
+            .await
+            .unwrap();
+
+        let (before, after) = db
+            .write(|tx| rollback(tx, "Domain Admins", "CONTOSO\\root", 6))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(before.providers, ["totp"]);
+        assert_eq!(after.providers, ["phone-legacy"]);
+        assert_eq!(after.shadow, ["totp"]);
+        assert_eq!(after.ttl_s, 600, "only the provider lists go back");
+        let h = db.read(|tx| history(tx, "Domain Admins")).await.unwrap();
+        assert_eq!(h.len(), 3);
+        assert!(h[0].rollback && h[0].actor == "CONTOSO\\root" && h[0].at == 6);
+        assert!(!h[1].rollback && h[1].providers_after == ["totp"]);
+
+        // A second rollback undoes the first.
+        let (_, again) = db
+            .write(|tx| rollback(tx, "Domain Admins", "admin", 7))
+            .await
+            .unwrap();
+        assert_eq!(again.providers, ["totp"]);
+
+        // An earlier list that no longer fits the policy is refused, and nothing changes.
+        let mut off = again.clone();
+        off.mfa_enabled = false;
+        db.write(move |tx| replace(tx, &off, "admin", 8))
+            .await
+            .unwrap();
+        let e = db
+            .write(|tx| rollback(tx, "Domain Admins", "admin", 9))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("does not fit the role now"), "{e}");
+        let now = db
+            .read(|tx| get(tx, "Domain Admins"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(now.providers == ["totp"] && !now.mfa_enabled);
+
+        assert!(db.write(|tx| remove(tx, "Domain Admins")).await.unwrap());
+        assert!(
+            db.read(|tx| history(tx, "Domain Admins"))
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 }

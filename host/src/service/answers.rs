@@ -51,10 +51,17 @@ impl Service {
         let answered = input.is_some();
         let (stored, user, credential_rows, kept_state, vouch) = match self.recall(id, account) {
             Some(a) => (a.stored, a.user, a.credentials, Some(a.state), a.vouch),
-            None => {
-                let (stored, user, creds) = self.pending(id, account).await?;
-                (stored, user, creds, None, None)
-            }
+            None => match self.pending(id, account).await {
+                Ok((stored, user, creds)) => (stored, user, creds, None, None),
+                // Past its MFA: the answer may be for the role's shadow factor.
+                Err(Error::Conflict(m)) => {
+                    return match self.continue_shadow(id, account, input).await? {
+                        Some(view) => Ok(view),
+                        None => Err(Error::Conflict(m)),
+                    };
+                }
+                Err(e) => return Err(e),
+            },
         };
         let provider_id = stored.view.provider.clone().unwrap_or_default();
         let expired = stored.ask_expires_at.is_some_and(|t| t <= ms(now));
@@ -103,7 +110,8 @@ impl Service {
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
         let relied = Relied::new(&credential_rows, &provider_id, vouch);
-        self.store
+        let view = self
+            .store
             .write(move |tx| {
                 // The answer counts only if nothing happened to the request meanwhile: every
                 // update `apply` makes is conditional on the version read before the provider
@@ -124,7 +132,8 @@ impl Service {
                     }
                 })
             })
-            .await
+            .await?;
+        Ok(self.after_mfa(view, &user, &credential_rows, None).await)
     }
 
     /// Lifts a user's lockout from a provider (event 301); true when there was one.
@@ -571,7 +580,7 @@ fn user_sentence(reason: DenyReason, provider: &str) -> String {
 }
 
 /// A deny reason's stable name, for the admin's event.
-fn deny_name(reason: DenyReason) -> &'static str {
+pub(super) fn deny_name(reason: DenyReason) -> &'static str {
     match reason {
         DenyReason::WrongAnswer => "wrong_answer",
         DenyReason::Expired => "expired",

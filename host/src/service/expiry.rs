@@ -44,6 +44,7 @@ impl Service {
                     )?;
                     n += 1;
                 }
+                n += Self::expire_shadows(tx, t)?;
                 Ok(n)
             })
             .await

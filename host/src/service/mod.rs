@@ -35,12 +35,16 @@ mod approvals;
 mod caches;
 mod enrolment;
 mod expiry;
+mod readiness;
 mod requests;
 mod role_warnings;
+mod shadow;
 
 use answers::{apply, with_prior};
 pub use enrolment::store_credential;
 pub use expiry::{end_access, in_flight};
+pub use readiness::{CandidateReadiness, ProviderReadiness, Readiness};
+pub use shadow::ShadowView;
 
 /// Furthest a delayed start may lie ahead.
 const MAX_START_DELAY: SignedDuration = SignedDuration::from_hours(24 * 30);
@@ -120,6 +124,10 @@ pub struct RequestView {
     pub created_at: i64,
     /// When the activation starts, for a delayed start (Unix ms).
     pub starts_at: Option<i64>,
+    /// The role's shadow factor, in the answer that completed the real factor and in the
+    /// answers to the shadow's own prompt; it never decides the request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<shadow::ShadowView>,
 }
 
 /// An enrolment step as the API and CLI show it.
@@ -181,6 +189,7 @@ fn from_row(r: &Row) -> Result<Stored> {
             reason: r.opt_text(9)?,
             created_at: r.int(10)?,
             starts_at: opt_int(17),
+            shadow: None,
         },
         state,
         challenge,

@@ -145,6 +145,7 @@ impl Service {
                 reason: None,
                 created_at: ms(now),
                 starts_at: starts_at.map(ms),
+                shadow: None,
             },
             state: RequestState::initial(&admission, starts_at.is_some()),
             challenge: None,
@@ -345,6 +346,9 @@ impl Service {
                     apply(tx, asked, judged, true, &relied, &settings, &key, now)
                 })
                 .await?;
+            let view = self
+                .after_mfa(view, &user, &credential_rows, Some(&role.shadow))
+                .await;
             return Ok((caller, view));
         }
         let settings = self.settings.clone();
@@ -386,7 +390,11 @@ impl Service {
             .await?;
         if let Some(a) = awaiting {
             self.remember(a, ms(now));
+            return Ok((caller, view));
         }
+        let view = self
+            .after_mfa(view, &user, &credential_rows, Some(&role.shadow))
+            .await;
         Ok((caller, view))
     }
 

@@ -234,6 +234,36 @@ CREATE INDEX account_skeletons_by_skeleton ON account_skeletons (skeleton);
 ALTER TABLE events ADD COLUMN account_key TEXT
 "#,
     ),
+    (
+        8,
+        "migration role by role: shadow challenges beside the requests, and each role's provider lists before each change (for rollback)",
+        r#"
+CREATE TABLE shadow_challenges (
+    request_id    TEXT NOT NULL PRIMARY KEY,
+    account_key   TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    provider      TEXT NOT NULL,
+    prompt        TEXT NOT NULL,
+    challenge     {blob} NOT NULL,
+    expires_at    BIGINT NOT NULL,
+    wrong_answers BIGINT NOT NULL,
+    created_at    BIGINT NOT NULL
+);
+CREATE INDEX shadow_challenges_by_expiry ON shadow_challenges (expires_at);
+CREATE TABLE role_history (
+    role          TEXT NOT NULL,
+    at            BIGINT NOT NULL,
+    seq           BIGINT NOT NULL,
+    actor         TEXT NOT NULL,
+    providers_before TEXT NOT NULL,
+    shadow_before TEXT NOT NULL,
+    providers_after TEXT NOT NULL,
+    shadow_after  TEXT NOT NULL,
+    rollback      BIGINT NOT NULL,
+    PRIMARY KEY (role, seq)
+)
+"#,
+    ),
 ];
 
 /// The version after whose statements every account key is computed again under the one

@@ -42,7 +42,10 @@ use openapi::openapi;
 pub use openapi::openapi_document;
 use providers::test_provider;
 use requests::{answer, close, create_request, get_request, my_requests, poll};
-use roles::{create_role, get_role, list_roles, remove_role, set_role};
+use roles::{
+    create_role, get_role, list_roles, readiness, remove_role, role_history, role_readiness,
+    rollback_role, set_role,
+};
 use status::{list_providers, metrics};
 use tokens::{create_token, list_tokens, revoke_token};
 use users::{
@@ -333,6 +336,10 @@ impl Api {
                 "/v1/roles/{name}",
                 get(get_role).put(set_role).delete(remove_role),
             )
+            .route("/v1/roles/{name}/history", get(role_history))
+            .route("/v1/roles/{name}/readiness", get(role_readiness))
+            .route("/v1/readiness", get(readiness))
+            .route("/v1/roles/{name}/rollback", post(rollback_role))
             .route("/v1/events", get(list_events))
             .route("/v1/events/verify", get(verify_events))
             .route("/v1/providers", get(list_providers))

@@ -83,7 +83,7 @@ pub(super) async fn set_role(
         .store()
         .write(move |tx| {
             let old = roles::get(tx, &s.name)?;
-            roles::replace(tx, &s, now_ms())?;
+            roles::replace(tx, &s, &c.account, now_ms())?;
             let what = format!("role changed ({})", changed_settings(old.as_ref(), &s));
             events::admin_change(
                 tx,
@@ -132,6 +132,95 @@ pub(super) async fn remove_role(
             what: format!("role `{name}`"),
         }
         .into())
+    }
+}
+
+pub(super) async fn readiness(
+    State(api): State<Api>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Json_>> {
+    api.admin(&headers).await?;
+    Ok(Json(json!(api.service.readiness(None).await?)))
+}
+
+pub(super) async fn role_readiness(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    api.admin(&headers).await?;
+    let mut r = api.service.readiness(Some(&name)).await?;
+    Ok(Json(json!(r.pop())))
+}
+
+pub(super) async fn role_history(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    api.admin(&headers).await?;
+    let n = name.clone();
+    let h = api
+        .service
+        .store()
+        .read(move |tx| {
+            if roles::get(tx, &n)?.is_none() {
+                return Err(Error::NotFound {
+                    what: format!("role `{n}`"),
+                });
+            }
+            roles::history(tx, &n)
+        })
+        .await?;
+    Ok(Json(json!({"role": name, "changes": h})))
+}
+
+pub(super) async fn rollback_role(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Json_>> {
+    let c = api.admin(&headers).await?;
+    let (before, after) = api
+        .service
+        .store()
+        .write(move |tx| {
+            let now = now_ms();
+            let (before, after) = roles::rollback(tx, &name, &c.account, now)?;
+            let what = format!(
+                "providers of role `{}` rolled back from {} to {}",
+                after.name,
+                provider_lists(&before),
+                provider_lists(&after)
+            );
+            events::admin_change(
+                tx,
+                events::ROLE_ROLLED_BACK,
+                &c.account,
+                None,
+                Some(&after.name),
+                &what,
+                now,
+            )?;
+            Ok((before, after))
+        })
+        .await?;
+    Ok(Json(json!({
+        "role": after.name,
+        "providers_before": before.providers,
+        "shadow_before": before.shadow,
+        "providers": after.providers,
+        "shadow": after.shadow,
+    })))
+}
+
+/// A role's providers and shadows as an event names them: `[phone-legacy, totp] (shadow: [sms])`.
+fn provider_lists(r: &RoleSpec) -> String {
+    let list = |l: &[String]| format!("[{}]", l.join(", "));
+    if r.shadow.is_empty() {
+        list(&r.providers)
+    } else {
+        format!("{} (shadow: {})", list(&r.providers), list(&r.shadow))
     }
 }
 

@@ -68,6 +68,7 @@ mod tests {
             mfa_enabled: true,
             providers: vec!["phone-legacy".into()],
             when_factor_down: Default::default(),
+            shadow: Vec::new(),
         }
     }
 

@@ -456,6 +456,7 @@ pub fn read_role_file(
                 Vec::new()
             },
             when_factor_down: Default::default(),
+            shadow: Vec::new(),
         };
         if let Err(e) = spec.to_role() {
             problem(e.to_string());
@@ -637,7 +638,7 @@ pub fn apply(
         } else if let Some((_, fields)) =
             p.roles_changed.iter().find(|(n, _)| update && *n == r.name)
         {
-            roles::replace(tx, r, now_ms).map_err(|e| at(line, "roles", e))?;
+            roles::replace(tx, r, actor, now_ms).map_err(|e| at(line, "roles", e))?;
             crate::records::events::admin_change(
                 tx,
                 crate::records::events::ROLE_CHANGED,
