@@ -4,6 +4,7 @@
 mod anchor;
 mod api;
 mod check_cli;
+mod guide;
 mod health;
 mod isolation;
 mod loader;
