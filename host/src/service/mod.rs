@@ -6,7 +6,9 @@
 //!
 //! Rooms by job, each an `impl Service` block of its own: `requests` (create, get, close),
 //! `answers` (answers, polls, the verdict's write, lockout), `approvals`, `enrolment` (and
-//! credentials), `expiry` (and the end of a disabled user's access), `caches`. This file keeps
+//! credentials), `expiry` (and the end of a disabled user's access), `caches`, `shadow` (a
+//! role's shadow factor, asked after the real one), `readiness` and `role_warnings` (what a
+//! role's providers mean for its candidates today). This file keeps
 //! the types they share, the service's construction and the helpers of every write.
 
 use std::sync::Arc;
