@@ -359,7 +359,7 @@ async function loadRoles() {
     const back = button(td, "Roll back providers", () => {
       if (!back.dataset.armed) {
         back.dataset.armed = "1";
-        back.textContent = "Back to the previous providers? Click again";
+        back.textContent = "Roll back to the previous providers? Click again";
         return;
       }
       api("POST", path("/v1/roles", r.name) + "/rollback").then(() => Promise.all([loadRoles(), loadReadiness()]), showError);

@@ -1831,6 +1831,72 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
         "{ev}"
     );
 
+    // Issue 29: a shadow provider from the form; readiness lists it; the rollback button
+    // (two clicks) puts the previous lists back (event 513).
+    b.eval(&click_in_row("roles-body", "Ops")).await;
+    b.wait_for(
+        "return document.getElementById('role-name').readOnly",
+        "the role in the form",
+    )
+    .await;
+    b.type_into("#role-shadow", "sec").await;
+    b.click("#role-save").await;
+    b.wait_for(
+        &row_has("roles-body", "hello (shadow: sec)"),
+        "the shadow in the role list",
+    )
+    .await;
+    b.wait_for(
+        &format!(
+            "return {} && {}",
+            rows_with("readiness-body", "Ops"),
+            rows_with("readiness-body", "shadow")
+        ),
+        "the role's readiness",
+    )
+    .await;
+    // jdoe was disabled above: nobody could use either provider today, and the page says so.
+    assert_eq!(
+        b.text("#readiness-summary").await,
+        "Ops: the role has no enabled candidate"
+    );
+    assert!(
+        b.text("#readiness-body")
+            .await
+            .contains("Ops sec shadow ok 0 of 0 0 of 0"),
+        "{}",
+        b.text("#readiness-body").await
+    );
+    let roll_back = |body: &str, text: &str| click_labelled(body, text, "Roll back");
+    b.eval(&roll_back("roles-body", "Ops")).await;
+    b.wait_for(
+        &row_has("roles-body", "Click again"),
+        "the rollback's question",
+    )
+    .await;
+    let (_, role) = call(&d, Some(&admin), "GET", "/v1/roles/Ops", None).await;
+    assert_eq!(
+        role["shadow"],
+        json!(["sec"]),
+        "one click changes nothing: {role}"
+    );
+    b.eval(&roll_back("roles-body", "Ops")).await;
+    b.wait_for(
+        &row_gone("roles-body", "(shadow: sec)"),
+        "the rolled-back role",
+    )
+    .await;
+    let (_, role) = call(&d, Some(&admin), "GET", "/v1/roles/Ops", None).await;
+    assert!(role.get("shadow").is_none(), "{role}");
+    let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=513", None).await;
+    assert!(
+        ev[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rolled back from [hello] (shadow: [sec]) to [hello] by `admin`"),
+        "{ev}"
+    );
+
     // Removing takes a second click: the first only asks.
     let remove_in_row = |body: &str, text: &str| click_labelled(body, text, "Remove");
     b.eval(&remove_in_row("roles-body", "Ops")).await;
