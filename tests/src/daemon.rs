@@ -209,8 +209,7 @@ pub fn cli(d: &Daemon, token: &str, args: &[&str], stdin: &str) -> (bool, String
 
 /// Like [`cli`], against the daemon at `url` (another name or address of it).
 pub fn cli_at(url: &str, token: &str, args: &[&str], stdin: &str) -> (bool, String) {
-    use std::io::Write as _;
-    let mut child = Command::new(rolegate_bin())
+    let child = Command::new(rolegate_bin())
         .args(["--server", url])
         .args(args)
         .env("ROLEGATE_TOKEN", token)
@@ -219,6 +218,13 @@ pub fn cli_at(url: &str, token: &str, args: &[&str], stdin: &str) -> (bool, Stri
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    finish(child, stdin)
+}
+
+/// Feeds `stdin` to a CLI started with piped streams and waits: success and the combined
+/// output.
+pub fn finish(mut child: Child, stdin: &str) -> (bool, String) {
+    use std::io::Write as _;
     child
         .stdin
         .take()
@@ -242,4 +248,49 @@ pub fn sample(text: &str, series: &str) -> f64 {
         .filter(|l| l.starts_with(series))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// What `rolegate enrol totp` showed and was answered.
+pub struct TotpEnrolment {
+    /// The key's otpauth URI, as the terminal showed it.
+    pub uri: String,
+    /// The code typed to confirm it (now spent).
+    pub code: String,
+    /// What the terminal showed before the code was asked (the QR code, the key).
+    pub screen: String,
+}
+
+/// Drives a started `rolegate enrol totp` (piped streams): reads the key it shows, types the
+/// app's code for it (`code_of` the otpauth URI: the TOTP crate is not linked here, where
+/// plugin crates' tests would get its entry symbol twice), and checks that it enrolled.
+pub fn enrol_totp(mut child: Child, code_of: impl Fn(&str) -> String) -> TotpEnrolment {
+    use std::io::Write as _;
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let mut shown = Vec::new();
+    let uri = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("no otpauth URI shown:\n{}", shown.join("\n")))
+            .unwrap();
+        shown.push(line.clone());
+        if line.starts_with("otpauth://") {
+            break line;
+        }
+    };
+    let screen = shown.join("\n");
+    let code = code_of(&uri);
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{code}").unwrap();
+    drop(stdin);
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        rest.join("\n")
+    );
+    assert!(out.status.success(), "{screen}\n{all}");
+    assert!(all.contains("enrolled in `totp`"), "{all}");
+    TotpEnrolment { uri, code, screen }
 }

@@ -1,7 +1,6 @@
 //! The daemon over HTTP: `rolegate serve` started as a process, driven with real requests.
 
 use rolegate_e2e::daemon::sample;
-use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -1089,7 +1088,6 @@ fn unix_now() -> u64 {
 #[tokio::test]
 async fn a_user_enrols_in_totp_and_activates_with_its_codes() {
     use rolegate_provider_totp::code_for_uri;
-    use std::io::Write as _;
     let d = start_with(&format!(
         "\n[[provider]]\nid = \"totp\"\nlibrary = \"{}\"\nunpinned = true\n[provider.settings]\nissuer = \"Contoso PAM\"\nskew = 2\n",
         rolegate_e2e::totp_lib().display()
@@ -1097,7 +1095,7 @@ async fn a_user_enrols_in_totp_and_activates_with_its_codes() {
     let user = jdoe_with_role(&d, "totp").await;
 
     // Enrol through the CLI, acting as the user: read the key it shows, type the code.
-    let mut child = Command::new(rolegate_bin())
+    let child = Command::new(rolegate_bin())
         .args(["--server", &d.url, "enrol", "totp"])
         .env("ROLEGATE_TOKEN", &user)
         .stdin(Stdio::piped())
@@ -1105,35 +1103,10 @@ async fn a_user_enrols_in_totp_and_activates_with_its_codes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let mut shown = Vec::new();
-    let uri = loop {
-        let line = lines
-            .next()
-            .unwrap_or_else(|| panic!("no otpauth URI shown:\n{}", shown.join("\n")))
-            .unwrap();
-        shown.push(line.clone());
-        if line.starts_with("otpauth://") {
-            break line;
-        }
-    };
-    let screen = shown.join("\n");
+    let rolegate_e2e::daemon::TotpEnrolment { uri, code, screen } =
+        rolegate_e2e::daemon::enrol_totp(child, |uri| code_for_uri(uri, unix_now()).unwrap());
     assert!(screen.contains('█') && screen.contains("Key: "), "{screen}");
     assert!(uri.contains("issuer=Contoso%20PAM"), "{uri}");
-    let code = code_for_uri(&uri, unix_now()).unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{code}").unwrap();
-    drop(stdin);
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    let out = child.wait_with_output().unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        rest.join("\n")
-    );
-    assert!(out.status.success(), "{screen}\n{all}");
-    assert!(all.contains("enrolled in `totp`"), "{all}");
 
     // The enrolment's own code is spent: a request answered with it is refused.
     let request = || async {

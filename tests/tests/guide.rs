@@ -4,11 +4,10 @@
 //! PowerShell writes them, the phone call (the PhoneFactor double), TOTP in shadow,
 //! readiness, the switch, the rollback, and a re-run of the import that loses nothing.
 
-use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use rolegate_e2e::daemon::{Daemon, call, serve_config};
+use rolegate_e2e::daemon::{Daemon, call, enrol_totp, finish, serve_config};
 use rolegate_e2e::phonefactor::{Double, deployment, pki, scripted};
 use rolegate_e2e::{rolegate_bin, workspace_root, write_private};
 use rolegate_provider_totp::code_for_uri;
@@ -89,22 +88,7 @@ impl Guide {
     /// The guide's command `cmd`, as `token`'s holder, in the deployment's directory, with
     /// `stdin`: success and the combined output.
     fn run(&self, token: &str, cmd: &str, stdin: &str) -> (bool, String) {
-        let mut child = self.spawn(token, cmd);
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        finish(self.spawn(token, cmd), stdin)
     }
 
     fn spawn(&self, token: &str, cmd: &str) -> std::process::Child {
@@ -130,32 +114,10 @@ impl Guide {
     /// `rolegate enrol totp` as the guide has it, typing the code of the key it shows;
     /// returns the key's otpauth URI.
     fn enrol_totp(&self, token: &str) -> String {
-        let mut child = self.spawn(token, "rolegate enrol totp");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut shown = Vec::new();
-        let uri = loop {
-            let line = lines
-                .next()
-                .unwrap_or_else(|| panic!("no otpauth URI shown:\n{}", shown.join("\n")))
-                .unwrap();
-            shown.push(line.clone());
-            if line.starts_with("otpauth://") {
-                break line;
-            }
-        };
-        let code = code_for_uri(&uri, unix_now()).unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "{code}").unwrap();
-        drop(stdin);
-        let rest: Vec<String> = lines.map_while(Result::ok).collect();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            shown.join("\n"),
-            rest.join("\n")
-        );
-        uri
+        enrol_totp(self.spawn(token, "rolegate enrol totp"), |uri| {
+            code_for_uri(uri, unix_now()).unwrap()
+        })
+        .uri
     }
 }
 

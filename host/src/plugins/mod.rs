@@ -473,6 +473,19 @@ impl LoadedProvider {
         self.call(&Request::ChallengePoll { ctx, state }).await
     }
 
+    /// A challenge's next step: the user's input judged, or (with none) the provider polled.
+    pub async fn challenge_next(
+        &self,
+        ctx: ChallengeContext,
+        state: Bytes,
+        input: Option<Input>,
+    ) -> Result<Step> {
+        match input {
+            Some(input) => self.challenge_continue(ctx, state, input).await,
+            None => self.challenge_poll(ctx, state).await,
+        }
+    }
+
     /// Abandons a challenge.
     pub async fn cancel(&self, ctx: ChallengeContext, state: Bytes) -> Result<()> {
         let _: Option<serde_json::Value> = self.call(&Request::Cancel { ctx, state }).await?;

@@ -68,13 +68,7 @@ impl Service {
         let outcome = if expired {
             Outcome::Denied(DenyReason::Expired, "the prompt expired".into())
         } else {
-            let provider =
-                self.providers
-                    .get(&provider_id)
-                    .cloned()
-                    .ok_or_else(|| Error::NotFound {
-                        what: format!("provider `{provider_id}`"),
-                    })?;
+            let provider = self.provider(&provider_id)?;
             let state = match kept_state {
                 Some(state) => state,
                 None => self
@@ -85,18 +79,16 @@ impl Service {
                     )?
                     .into(),
             };
-            let ctx = ChallengeContext {
-                user: Self::user_context(&user),
-                role: stored.view.role.clone(),
-                request_id: id.to_string(),
-                credentials: self.unseal(&stored.view.account, &provider_id, &credential_rows)?,
-                origin: None,
-                now: now.as_second().max(0) as u64,
-            };
-            let step = match input {
-                Some(input) => provider.challenge_continue(ctx, state, input).await,
-                None => provider.challenge_poll(ctx, state).await,
-            };
+            let ctx = self.challenge_context(
+                &user,
+                &stored.view.role,
+                id,
+                &stored.view.account,
+                &provider_id,
+                &credential_rows,
+                now,
+            )?;
+            let step = provider.challenge_next(ctx, state, input).await;
             // Malformed input changes nothing: the user may answer again.
             self.judge(
                 step,

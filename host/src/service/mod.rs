@@ -464,6 +464,39 @@ impl Service {
         Ok(out)
     }
 
+    /// The loaded provider `id`, or an error naming it.
+    fn provider(&self, id: &str) -> Result<Arc<crate::plugins::LoadedProvider>> {
+        self.providers
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                what: format!("provider `{id}`"),
+            })
+    }
+
+    /// What a provider is told of a challenge: the user, the role, the request, the user's
+    /// credentials of that provider (unsealed from `rows`), the time.
+    #[allow(clippy::too_many_arguments)] // each is a different thing the context names
+    fn challenge_context(
+        &self,
+        user: &User,
+        role: &str,
+        request: &str,
+        account_key: &str,
+        provider: &str,
+        rows: &[Row],
+        now: Timestamp,
+    ) -> Result<ChallengeContext> {
+        Ok(ChallengeContext {
+            user: Self::user_context(user),
+            role: role.to_string(),
+            request_id: request.to_string(),
+            credentials: self.unseal(account_key, provider, rows)?,
+            origin: None,
+            now: now.as_second().max(0) as u64,
+        })
+    }
+
     fn user_context(user: &User) -> UserContext {
         UserContext {
             account: user.account.clone(),

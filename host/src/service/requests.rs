@@ -234,21 +234,16 @@ impl Service {
         let mut answer = answer;
         let (provider_id, provider, kept, step) = loop {
             let provider_id = order.remove(0);
-            let provider =
-                self.providers
-                    .get(&provider_id)
-                    .cloned()
-                    .ok_or_else(|| Error::NotFound {
-                        what: format!("provider `{provider_id}`"),
-                    })?;
-            let ctx = ChallengeContext {
-                user: Self::user_context(&user),
-                role: role.name.clone(),
-                request_id: id.clone(),
-                credentials: self.unseal(&key, &provider_id, &credential_rows)?,
-                origin: None,
-                now: now.as_second().max(0) as u64,
-            };
+            let provider = self.provider(&provider_id)?;
+            let ctx = self.challenge_context(
+                &user,
+                &role.name,
+                &id,
+                &key,
+                &provider_id,
+                &credential_rows,
+                now,
+            )?;
             // Refused before the provider starts anything (an SMS provider would send its
             // code). (A typed answer only: the SDK's check fails `answer_ahead` on others.)
             let ahead_ok = provider

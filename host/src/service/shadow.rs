@@ -222,21 +222,16 @@ impl Service {
                 )),
             });
         };
-        let provider =
-            self.providers
-                .get(&provider_id)
-                .cloned()
-                .ok_or_else(|| Error::NotFound {
-                    what: format!("provider `{provider_id}`"),
-                })?;
-        let ctx = ChallengeContext {
-            user: Self::user_context(user),
-            role: view.role.clone(),
-            request_id: view.id.clone(),
-            credentials: self.unseal(&key, &provider_id, credential_rows)?,
-            origin: None,
-            now: now.as_second().max(0) as u64,
-        };
+        let provider = self.provider(&provider_id)?;
+        let ctx = self.challenge_context(
+            user,
+            &view.role,
+            &view.id,
+            &key,
+            &provider_id,
+            credential_rows,
+            now,
+        )?;
         let step = provider.challenge_start(ctx).await;
         let outcome = self.judge(
             step,
@@ -321,18 +316,16 @@ impl Service {
                 .key
                 .open(&row.challenge, &format!("challenge/{}", shadow_context(id)))?
                 .into();
-            let ctx = ChallengeContext {
-                user: Self::user_context(&user),
-                role: row.role.clone(),
-                request_id: id.to_string(),
-                credentials: self.unseal(&row.account_key, &row.provider, &creds)?,
-                origin: None,
-                now: now.as_second().max(0) as u64,
-            };
-            let step = match input {
-                Some(input) => provider.challenge_continue(ctx, state, input).await,
-                None => provider.challenge_poll(ctx, state).await,
-            };
+            let ctx = self.challenge_context(
+                &user,
+                &row.role,
+                id,
+                &row.account_key,
+                &row.provider,
+                &creds,
+                now,
+            )?;
+            let step = provider.challenge_next(ctx, state, input).await;
             // Malformed input changes nothing: the user may answer again.
             self.judge(
                 step,
