@@ -6,20 +6,14 @@ use crate::model::error::{Error, Result};
 
 /// `DefaultCountryCode` from an MfaSettings.xml's bytes (UTF-8 or UTF-16 with a BOM), `None`
 /// when the element is absent or empty; refused when it is not an assigned country code.
+/// Read as XML, as the legacy provider reads the file: the text of the element (entities and
+/// CDATA resolved), never what a comment, a declaration or another element's text holds.
 pub fn country_code(name: &str, bytes: &[u8]) -> Result<Option<u16>> {
     let text = super::csv::decode(name, bytes)?;
-    let lower = text.to_ascii_lowercase();
-    let open = "<defaultcountrycode>";
-    let Some(start) = lower.find(open).map(|i| i + open.len()) else {
+    let Some(value) = leaf_text(name, &text, "defaultcountrycode")? else {
         return Ok(None);
     };
-    let Some(len) = lower[start..].find("</defaultcountrycode>") else {
-        return Err(Error::Invalid {
-            what: name.to_string(),
-            message: "<DefaultCountryCode> is not closed".into(),
-        });
-    };
-    let value = text[start..start + len].trim().trim_start_matches('+');
+    let value = value.trim().trim_start_matches('+');
     if value.is_empty() {
         return Ok(None);
     }
@@ -29,6 +23,67 @@ pub fn country_code(name: &str, bytes: &[u8]) -> Result<Option<u16>> {
             what: name.to_string(),
             message: format!("<DefaultCountryCode> `{value}` is not an assigned country code"),
         }),
+    }
+}
+
+/// The text of the first element named `wanted` (lower case; any case in the file) that
+/// holds no element, below the root; `None` when there is none.
+fn leaf_text(name: &str, text: &str, wanted: &str) -> Result<Option<String>> {
+    use quick_xml::events::Event;
+    let bad = |m: String| Error::Invalid {
+        what: name.to_string(),
+        message: format!("not readable as XML: {m}"),
+    };
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut depth = 0usize;
+    // The text of the open element, while it is the wanted one and has no child yet.
+    let mut inside: Option<String> = None;
+    loop {
+        match reader.read_event().map_err(|e| bad(e.to_string()))? {
+            Event::Start(e) => {
+                depth += 1;
+                let is_wanted = depth > 1 && e.name().as_ref().to_ascii_lowercase() == wanted;
+                // A child ends the wanted element's claim to be a leaf.
+                inside = is_wanted.then(String::new);
+            }
+            Event::Empty(e) => {
+                if depth > 0 && e.name().as_ref().to_ascii_lowercase() == wanted {
+                    return Ok(Some(String::new()));
+                }
+                inside = None;
+            }
+            Event::Text(t) => {
+                if let Some(s) = &mut inside {
+                    s.push_str(&t.xml10_content());
+                }
+            }
+            Event::CData(t) => {
+                if let Some(s) = &mut inside {
+                    s.push_str(&t.into_inner());
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let Some(s) = &mut inside {
+                    match r.resolve_char_ref().map_err(|e| bad(e.to_string()))? {
+                        Some(c) => s.push(c),
+                        None => {
+                            let entity = r.into_inner();
+                            let resolved = quick_xml::escape::resolve_predefined_entity(&entity)
+                                .ok_or_else(|| bad(format!("unknown entity `&{entity};`")))?;
+                            s.push_str(resolved);
+                        }
+                    }
+                }
+            }
+            Event::End(_) => {
+                depth = depth.saturating_sub(1);
+                if let Some(s) = inside.take() {
+                    return Ok(Some(s));
+                }
+            }
+            Event::Eof => return Ok(None),
+            _ => {}
+        }
     }
 }
 
@@ -78,6 +133,25 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("`999` is not an assigned country code"), "{e}");
+    }
+
+    #[test]
+    fn only_the_element_counts_never_a_declaration_or_comment_that_looks_like_it() {
+        // Found by fuzzing (fuzz/mfa_settings): a declaration left unclosed up to a later
+        // `?>` held `<DefaultCountryCode>22</…>`, which a text search took; the provider
+        // (an XML reader) took the element's 44.
+        let xml = "<?xml version=\"1.0\" encoding=x <DefaultCountryCode>22</DefaultCountryCode> \"utf-8\"?>\r\n<MfaSettings>\r\n<!-- <DefaultCountryCode>33</DefaultCountryCode> -->\r\n<DefaultCountryCode>&#52;4</DefaultCountryCode>\r\n</MfaSettings>\r\n";
+        assert_eq!(country_code("m.xml", xml.as_bytes()).unwrap(), Some(44));
+        let cdata =
+            "<MfaSettings><DefaultCountryCode><![CDATA[ 49 ]]></DefaultCountryCode></MfaSettings>";
+        assert_eq!(country_code("m.xml", cdata.as_bytes()).unwrap(), Some(49));
+        // An element of that name that holds others is no setting.
+        let nested = "<MfaSettings><DefaultCountryCode><x>7</x></DefaultCountryCode></MfaSettings>";
+        assert_eq!(country_code("m.xml", nested.as_bytes()).unwrap(), None);
+        assert_eq!(
+            country_code("m.xml", b"<MfaSettings><defaultcountrycode/></MfaSettings>").unwrap(),
+            None
+        );
     }
 
     #[test]
