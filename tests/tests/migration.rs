@@ -290,6 +290,16 @@ both! {
         assert!(boss.providers["totp"].starts_with("locked out until 2026-11-26T10:01:00"), "{boss:?}");
         assert_eq!(r.providers[1].ready, 1);
 
+        // A shadow this daemon has not loaded is never asked: `role get` warns of it.
+        let mut role = ops().to_role().unwrap();
+        role.shadow = vec!["totp".into(), "gone".into()];
+        let warnings = w.service.role_warnings(&role).await.unwrap();
+        assert_eq!(
+            warnings,
+            ["shadow provider `gone` is not loaded on this daemon: it is never asked"],
+            "{warnings:?}"
+        );
+
         let e = w.service.readiness(Some("nope")).await.unwrap_err();
         assert!(matches!(e, Error::NotFound { .. }), "{e}");
     }

@@ -93,6 +93,17 @@ impl Service {
                     .join(", ")
             ));
         }
+        for p in &role.shadow {
+            match self.providers.get(p) {
+                None => warnings.push(format!(
+                    "shadow provider `{p}` is not loaded on this daemon: it is never asked"
+                )),
+                Some(lp) if lp.retired_at(now).is_some() => warnings.push(format!(
+                    "shadow provider `{p}` is retired: it is never asked"
+                )),
+                Some(_) => {}
+            }
+        }
         if role.when_factor_down == FactorDown::Fallback && role.providers.len() < 2 {
             warnings.push(
                 "`when_factor_down = fallback` has nothing to fall back to: the role lists one provider"
