@@ -186,6 +186,9 @@ both! {
         let s = r.shadow.unwrap();
         assert_eq!(s.outcome, "asked");
         assert!(s.reason.unwrap().ends_with("2 attempt(s) left"));
+        // Reading the request shows the open trial (to its user, and to an admin).
+        let got = w.service.get(&v.id, Some(JDOE)).await.unwrap();
+        assert_eq!(got.shadow.as_ref().map(|s| s.outcome), Some("asked"), "{got:?}");
         // Another account cannot answer it.
         let e = w.service.answer(&v.id, BOSS, code(&w.totp())).await.unwrap_err();
         assert!(matches!(e, Error::NotFound { .. }), "{e}");
@@ -194,6 +197,7 @@ both! {
         assert_eq!(r.state, "active");
         assert_eq!(r.shadow.as_ref().unwrap().outcome, "completed");
         assert_eq!(w.event_ids(&v.id).await, [200, 103, 203, 207]);
+        assert!(w.service.get(&v.id, None).await.unwrap().shadow.is_none());
         // Nothing is left to answer.
         let e = w.service.answer(&v.id, JDOE, code(&w.totp())).await.unwrap_err();
         assert!(e.to_string().contains("is active, not waiting for MFA"), "{e}");

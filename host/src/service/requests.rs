@@ -515,7 +515,20 @@ impl Service {
     /// A request, for its owner (or anyone when `account` is `None`).
     pub async fn get(&self, id: &str, account: Option<&str>) -> Result<RequestView> {
         let i = id.to_string();
-        let s = self.store.read(move |tx| load(tx, &i)).await?;
+        let now = ms(self.clock.now());
+        let s = self
+            .store
+            .read(move |tx| {
+                let Some(mut s) = load(tx, &i)? else {
+                    return Ok(None);
+                };
+                // Past its MFA, a request may still have its shadow factor's prompt open.
+                if s.state != RequestState::PendingMfa && s.view.provider.is_some() {
+                    s.view.shadow = shadow::open_shadow(tx, &i, now)?;
+                }
+                Ok(Some(s))
+            })
+            .await?;
         match s {
             Some(s) if account.is_none_or(|a| users::same_account(a, &s.view.account)) => {
                 Ok(s.view)

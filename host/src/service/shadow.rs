@@ -381,6 +381,24 @@ impl Service {
     }
 }
 
+/// The shadow prompt still open for a request, as its view shows it.
+pub(super) fn open_shadow(tx: &mut dyn Tx, id: &str, now_ms: i64) -> Result<Option<ShadowView>> {
+    let rows = tx.query(
+        "SELECT provider, prompt FROM shadow_challenges WHERE request_id = $1 AND expires_at > $2",
+        &[id.into(), Value::Int(now_ms)],
+    )?;
+    rows.first()
+        .map(|r| {
+            Ok(ShadowView {
+                provider: r.text(0)?,
+                outcome: "asked",
+                prompt: serde_json::from_str(&r.text(1)?).ok(),
+                reason: None,
+            })
+        })
+        .transpose()
+}
+
 /// Writes what a shadow step means: a prompt is kept (inserted when `new`, else updated), a
 /// verdict ends the challenge with its event. Returns what the user is told.
 #[allow(clippy::too_many_arguments)] // one call per path, as `apply`'s
