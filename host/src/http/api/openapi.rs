@@ -28,7 +28,7 @@ pub fn openapi_document() -> Json_ {
             "/v1/me": {"get": op("The caller: {account, admin, expires_at}", false)},
             "/v1/requests": {"post": op("Request a role (New-PAMRequest): {role, justification, ttl_s?, provider?, starts_at?}", false),
                               "get": op("The caller's requests", false)},
-            "/v1/requests/{id}": {"get": op("A request (Get-PAMRequest)", false)},
+            "/v1/requests/{id}": {"get": op("A request (Get-PAMRequest); with `shadow` while its role's shadow factor's prompt is open", false)},
             "/v1/requests/{id}/answer": {"post": op("Answer the MFA prompt: {code} or {input}; once MFA is done, the role's shadow factor's prompt (the view's `shadow`: {provider, outcome: asked|completed|not_completed|not_asked, prompt?, reason?}; it never decides the request)", false)},
             "/v1/requests/{id}/poll": {"post": op("Poll an out-of-band MFA (a phone call), or the shadow factor's", false)},
             "/v1/requests/{id}/close": {"post": op("Close a request (Close-PAMRequest)", false)},
