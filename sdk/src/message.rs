@@ -267,6 +267,15 @@ pub struct ChallengeContext {
     pub role: String,
     /// The activation request's id.
     pub request_id: String,
+    /// The activation's length the request asks for, seconds (0 from a host that does not
+    /// say): with `role` and `justification`, what a provider may bind its challenge to, so
+    /// that the user's answer is evidence of what they approved.
+    #[serde(default)]
+    pub ttl_s: u64,
+    /// The request's justification, as the user wrote it (empty when none, or from a host
+    /// that does not say).
+    #[serde(default)]
+    pub justification: String,
     /// The user's stored credentials for this provider.
     #[serde(default)]
     pub credentials: Vec<Credential>,

@@ -431,6 +431,8 @@ mod tests {
             },
             role: "admins".into(),
             request_id: "r1".into(),
+            ttl_s: 0,
+            justification: String::new(),
             credentials: vec![Credential {
                 id: "c".into(),
                 label: "key".into(),

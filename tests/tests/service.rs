@@ -905,3 +905,56 @@ async fn a_change_reaches_the_next_request_though_the_last_one_read_it(backend) 
     );
 }
 }
+
+both! {
+#[tokio::test]
+async fn a_provider_is_told_the_request_it_challenges(backend) {
+    // Issue 30: what a provider may bind its challenge to — the role, the activation's
+    // length and the justification — reaches it (the misbehave plugin says what it heard).
+    let mut context =
+        rolegate_e2e::provider_config("ctx", rolegate_e2e::misbehave_lib(), "in-process");
+    context.settings.insert("mode".into(), "context".into());
+    let providers = rolegate_e2e::load_providers(vec![context]).await.unwrap();
+    let at = Location::new(backend);
+    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
+    let service = open_service(&at, Arc::new(providers), clock, Settings::default()).await;
+    service
+        .store()
+        .write(|tx| {
+            users::create(
+                tx,
+                NewUser {
+                    account: "CONTOSO\\jdoe".into(),
+                    display_name: "Jane".into(),
+                    ..Default::default()
+                },
+                1,
+                0,
+            )?;
+            let mut role = spec("patch", true, false);
+            role.providers = vec!["ctx".into()];
+            roles::create(tx, &role, 0)
+        })
+        .await
+        .unwrap();
+    let v = service
+        .request(
+            "CONTOSO\\jdoe",
+            "patch",
+            "  night window  ",
+            Some(SignedDuration::from_mins(30)),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        v.prompt.as_ref().unwrap()["message"],
+        "Type 1234 (role patch, 1800 s, because night window)"
+    );
+    let done = service
+        .answer(&v.id, "CONTOSO\\jdoe", code("1234".into()))
+        .await
+        .unwrap();
+    assert_eq!(done.state, "active");
+}
+}

@@ -79,15 +79,8 @@ impl Service {
                     )?
                     .into(),
             };
-            let ctx = self.challenge_context(
-                &user,
-                &stored.view.role,
-                id,
-                &stored.view.account,
-                &provider_id,
-                &credential_rows,
-                now,
-            )?;
+            let ctx =
+                self.challenge_context(&user, &stored.view, &provider_id, &credential_rows, now)?;
             let step = provider.challenge_next(ctx, state, input).await;
             // Malformed input changes nothing: the user may answer again.
             self.judge(

@@ -474,24 +474,24 @@ impl Service {
             })
     }
 
-    /// What a provider is told of a challenge: the user, the role, the request, the user's
-    /// credentials of that provider (unsealed from `rows`), the time.
-    #[allow(clippy::too_many_arguments)] // each is a different thing the context names
+    /// What a provider is told of a challenge: the user, the request (its id, role, length
+    /// and justification: what a provider may bind its challenge to), the user's credentials
+    /// of that provider (unsealed from `rows`), the time.
     fn challenge_context(
         &self,
         user: &User,
-        role: &str,
-        request: &str,
-        account_key: &str,
+        request: &RequestView,
         provider: &str,
         rows: &[Row],
         now: Timestamp,
     ) -> Result<ChallengeContext> {
         Ok(ChallengeContext {
             user: Self::user_context(user),
-            role: role.to_string(),
-            request_id: request.to_string(),
-            credentials: self.unseal(account_key, provider, rows)?,
+            role: request.role.clone(),
+            request_id: request.id.clone(),
+            ttl_s: u64::try_from(request.ttl_s).unwrap_or(0),
+            justification: request.justification.clone(),
+            credentials: self.unseal(&request.account, provider, rows)?,
             origin: None,
             now: now.as_second().max(0) as u64,
         })

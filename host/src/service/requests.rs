@@ -235,15 +235,8 @@ impl Service {
         let (provider_id, provider, kept, step) = loop {
             let provider_id = order.remove(0);
             let provider = self.provider(&provider_id)?;
-            let ctx = self.challenge_context(
-                &user,
-                &role.name,
-                &id,
-                &key,
-                &provider_id,
-                &credential_rows,
-                now,
-            )?;
+            let ctx =
+                self.challenge_context(&user, &stored.view, &provider_id, &credential_rows, now)?;
             // Refused before the provider starts anything (an SMS provider would send its
             // code). (A typed answer only: the SDK's check fails `answer_ahead` on others.)
             let ahead_ok = provider

@@ -223,15 +223,7 @@ impl Service {
             });
         };
         let provider = self.provider(&provider_id)?;
-        let ctx = self.challenge_context(
-            user,
-            &view.role,
-            &view.id,
-            &key,
-            &provider_id,
-            credential_rows,
-            now,
-        )?;
+        let ctx = self.challenge_context(user, view, &provider_id, credential_rows, now)?;
         let step = provider.challenge_start(ctx).await;
         let outcome = self.judge(
             step,
@@ -286,10 +278,13 @@ impl Service {
                 };
                 let user = users::get(tx, &a)?;
                 let creds = credential_rows(tx, &row.account_key)?;
-                Ok(Some((row, user, creds)))
+                let Some(request) = load(tx, &i)? else {
+                    return Ok(None);
+                };
+                Ok(Some((row, user, creds, request.view)))
             })
             .await?;
-        let Some((row, user, creds)) = found else {
+        let Some((row, user, creds, request)) = found else {
             return Ok(None);
         };
         // Another account's shadow is as unknown as its request.
@@ -316,15 +311,7 @@ impl Service {
                 .key
                 .open(&row.challenge, &format!("challenge/{}", shadow_context(id)))?
                 .into();
-            let ctx = self.challenge_context(
-                &user,
-                &row.role,
-                id,
-                &row.account_key,
-                &row.provider,
-                &creds,
-                now,
-            )?;
+            let ctx = self.challenge_context(&user, &request, &row.provider, &creds, now)?;
             let step = provider.challenge_next(ctx, state, input).await;
             // Malformed input changes nothing: the user may answer again.
             self.judge(

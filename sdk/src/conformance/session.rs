@@ -445,6 +445,8 @@ impl<'a> Session<'a> {
             user: user(),
             role: "rolegate-check-role".into(),
             request_id: request_id.into(),
+            ttl_s: 3600,
+            justification: "rolegate provider check".into(),
             credentials: self.credentials(),
             origin: Some(ORIGIN.into()),
             now,

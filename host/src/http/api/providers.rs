@@ -82,6 +82,8 @@ pub(super) async fn test_provider(
             "test-{}",
             crate::store::secrets::time_ordered_id(now.as_millisecond())?
         ),
+        ttl_s: 0,
+        justification: String::new(),
         credentials: Vec::new(),
         origin: None,
         now: now.as_second().max(0) as u64,

@@ -60,6 +60,7 @@ impl Provider for Misbehave {
             | "segfault-no-op"
             | "segfault-garbage"
             | "unknown-op-bad-input"
+            | "context"
             | "hang-health" => Ok(Self { mode, quick }),
             "panic-create" => panic!("misbehave: panic while creating"),
             other => Err(ProviderError::config(format!(
@@ -183,6 +184,19 @@ impl Provider for Misbehave {
             "hang" => loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             },
+            // Says what the host told it of the request (a test reads it back).
+            "context" => Ok(Step::Ask {
+                prompt: Prompt::Code {
+                    message: format!(
+                        "Type 1234 (role {}, {} s, because {})",
+                        ctx.role, ctx.ttl_s, ctx.justification
+                    ),
+                    length: Some(4),
+                },
+                state: ctx.request_id.as_bytes().to_vec().into(),
+                expires_in: 60,
+                reference: None,
+            }),
             "enrol" => Ok(Step::Ask {
                 prompt: Prompt::Code {
                     message: "Type your secret".into(),
