@@ -248,6 +248,19 @@ fn bad_assertions_are_denied_by_name_and_malformed_ones_are_bad_input() {
         Err(e) => assert!(e.to_string().contains("assertion"), "{e}"),
     }
 
+    // Made for another relying party id (the authenticator signs what the options say).
+    let (mut options, state) = start(&p, "req-1", std::slice::from_ref(&cred));
+    options["publicKey"]["rpId"] = json!("contoso.test");
+    let other_rp = sign(&mut auth, &options, ORIGIN);
+    let (_, why) = denied(
+        p.challenge_continue(&ctx, &state, &Input::Json { value: other_rp })
+            .unwrap(),
+    );
+    assert!(
+        why.contains("relying party") || why.contains("refused"),
+        "{why}"
+    );
+
     // A credential this user does not own.
     let mut other = SoftPasskey::new(true);
     let foreign = enrol(&p, &mut other, "someone else's");
@@ -281,6 +294,54 @@ fn bad_assertions_are_denied_by_name_and_malformed_ones_are_bad_input() {
             .unwrap(),
     );
     assert_eq!(reason, DenyReason::Expired);
+}
+
+#[test]
+fn a_registration_with_malformed_cbor_is_denied_and_stores_nothing() {
+    let p = provider(json!({})).unwrap();
+    let mut auth = SoftPasskey::new(true);
+    let (options, state) = ask(p.enroll_start(&enrol_ctx(vec![])).unwrap());
+    let ccr: CreationChallengeResponse = serde_json::from_value(options).unwrap();
+    let reg = auth
+        .do_registration(Url::parse(ORIGIN).unwrap(), ccr)
+        .unwrap();
+    let mut reg = serde_json::to_value(reg).unwrap();
+    reg["response"]["attestationObject"] = json!(URL_SAFE_NO_PAD.encode([0xa5, 0xff, 0x00, 0x13]));
+    let step = p
+        .enroll_continue(
+            &enrol_ctx(vec![]),
+            &state,
+            &Input::Json {
+                value: json!({"credential": reg, "label": "x"}),
+            },
+        )
+        .unwrap();
+    let (_, why) = denied(step);
+    assert!(why.contains("refused"), "{why}");
+    // Not a registration response at all: bad input, the user may try again.
+    let e = p
+        .enroll_continue(
+            &enrol_ctx(vec![]),
+            &state,
+            &Input::Json {
+                value: json!({"credential": {"id": 1}}),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(e.kind, rolegate_sdk::ErrorKind::BadInput, "{e}");
+    // A label that is too long, or holds control characters.
+    for label in ["x".repeat(65), "a\u{7}b".to_string()] {
+        let e = p
+            .enroll_continue(
+                &enrol_ctx(vec![]),
+                &state,
+                &Input::Json {
+                    value: json!({"credential": {}, "label": label}),
+                },
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("label"), "{e}");
+    }
 }
 
 #[test]
