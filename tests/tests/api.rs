@@ -2340,19 +2340,20 @@ async fn the_import_reads_powershell_5_1_and_7_exports() {
     write_roles(
         "\"Domain Admins\";\"CONTOSO\\jen;CONTOSO\\jerome\";\"\";\"01:00:00\";\"True\";\"False\";\"False\"\r\n\"Helpdesk\";\"CONTOSO\\jerome\";\"\";\"1.00:00:00\";\"False\";\"False\";\"False\"\r\n",
     );
+    let import: Vec<&str> = vec![
+        "import",
+        "mim",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--settings",
+        &settings,
+        "--users",
+        users.to_str().unwrap(),
+        "--roles",
+        roles.to_str().unwrap(),
+    ];
     let run = |extra: &[&str]| {
-        let mut a = vec![
-            "import",
-            "mim",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--settings",
-            &settings,
-            "--users",
-            users.to_str().unwrap(),
-            "--roles",
-            roles.to_str().unwrap(),
-        ];
+        let mut a = import.clone();
         a.extend(extra);
         rolegate(&a)
     };
@@ -2452,20 +2453,8 @@ async fn the_import_reads_powershell_5_1_and_7_exports() {
 
     // --json: the plan and what was done as one JSON object, nothing else on stdout.
     let out = Command::new(rolegate_bin())
-        .args([
-            "import",
-            "mim",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--settings",
-            &settings,
-            "--users",
-            users.to_str().unwrap(),
-            "--roles",
-            roles.to_str().unwrap(),
-            "--dry-run",
-            "--json",
-        ])
+        .args(&import)
+        .args(["--dry-run", "--json"])
         .output()
         .unwrap();
     assert!(

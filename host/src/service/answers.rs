@@ -332,6 +332,55 @@ fn record_failure(
     Ok(false)
 }
 
+/// Stores a verified answer's credential update (a TOTP step, a sign count) for the account
+/// and provider; false when the stored value is no longer the one the provider saw.
+pub(super) fn write_credential_update(
+    tx: &mut dyn Tx,
+    account_key: &str,
+    provider: &str,
+    update: CredentialUpdate,
+    key: &SealingKey,
+    now: Timestamp,
+) -> Result<bool> {
+    let CredentialUpdate {
+        credential: c,
+        sealed,
+        prior,
+    } = update;
+    let sealed = match sealed {
+        Some(sealed) => sealed,
+        None => key.seal(
+            c.data.as_slice(),
+            &Service::credential_context(account_key, provider, &c.id),
+        )?,
+    };
+    let mut params = vec![
+        Value::Blob(sealed),
+        Value::Int(ms(now)),
+        account_key.into(),
+        provider.into(),
+        c.id.into(),
+        crate::model::limits::cut(&c.label, crate::model::limits::PROVIDER_LABEL_CHARS).into(),
+    ];
+    // Replay protection (a TOTP step, a sign count) holds only if two answers cannot both
+    // advance the same credential value: the update is conditional on the value the provider
+    // saw, and a miss undoes the caller's whole write.
+    let n = match prior {
+        Some(prior) => {
+            params.push(Value::Blob(prior));
+            tx.execute(
+                "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5 AND sealed = $7",
+                &params,
+            )?
+        }
+        None => tx.execute(
+            "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
+            &params,
+        )?,
+    };
+    Ok(n > 0)
+}
+
 /// Applies a provider's outcome to a pending-MFA request, inside the writer's transaction.
 /// `answered`: the outcome judges a typed answer to an `Ask`, so a wrong one may be asked
 /// again; a wrong outcome of a poll (a PIN mistyped on the phone) has no prompt to re-ask.
@@ -378,50 +427,13 @@ pub(super) fn apply(
         }
         Outcome::Approved(credential) => {
             still_allowed(tx, &s, &provider, relied, trust)?;
-            if let Some(CredentialUpdate {
-                credential: c,
-                sealed,
-                prior,
-            }) = credential
+            if let Some(update) = credential
+                && !write_credential_update(tx, &s.view.account, &provider, update, key, now)?
             {
-                let sealed = match sealed {
-                    Some(sealed) => sealed,
-                    None => key.seal(
-                        c.data.as_slice(),
-                        &Service::credential_context(&s.view.account, &provider, &c.id),
-                    )?,
-                };
-                let mut params = vec![
-                    Value::Blob(sealed),
-                    Value::Int(ms(now)),
-                    s.view.account.clone().into(),
-                    provider.clone().into(),
-                    c.id.into(),
-                    crate::model::limits::cut(&c.label, crate::model::limits::PROVIDER_LABEL_CHARS)
-                        .into(),
-                ];
-                // Replay protection (a TOTP step, a sign count) holds only if two answers
-                // cannot both advance the same credential value: the update is conditional
-                // on the value the provider saw, and a miss undoes this whole answer.
-                let n = match prior {
-                    Some(prior) => {
-                        params.push(Value::Blob(prior));
-                        tx.execute(
-                            "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5 AND sealed = $7",
-                            &params,
-                        )?
-                    }
-                    None => tx.execute(
-                        "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
-                        &params,
-                    )?,
-                };
-                if n == 0 {
-                    return Err(Error::Conflict(format!(
-                        "{CREDENTIAL_RACE} (request `{}`)",
-                        s.view.id
-                    )));
-                }
+                return Err(Error::Conflict(format!(
+                    "{CREDENTIAL_RACE} (request `{}`)",
+                    s.view.id
+                )));
             }
             // Failures are cleared; a read the writer vouches for that found none needs no
             // statement (else only a row with failures is rewritten).

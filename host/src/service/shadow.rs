@@ -474,36 +474,20 @@ fn settle(
             Ok(view("asked", Some(prompt), None))
         }
         Outcome::Approved(update) => {
-            if let Some(CredentialUpdate {
-                credential: c,
-                sealed,
-                prior,
-            }) = update
+            // As a real answer's: only over the value the provider saw (replay).
+            if let Some(update) = update
+                && !answers::write_credential_update(
+                    tx,
+                    &row.account_key,
+                    &row.provider,
+                    update,
+                    key,
+                    now,
+                )?
             {
-                let sealed = match sealed {
-                    Some(s) => s,
-                    None => key.seal(
-                        c.data.as_slice(),
-                        &Service::credential_context(&row.account_key, &row.provider, &c.id),
-                    )?,
-                };
-                // As a real answer's: only over the value the provider saw (replay).
-                let n = tx.execute(
-                    "UPDATE credentials SET sealed = $1, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5 AND sealed = $6",
-                    &[
-                        Value::Blob(sealed),
-                        Value::Int(t),
-                        row.account_key.clone().into(),
-                        row.provider.clone().into(),
-                        c.id.into(),
-                        prior.map(Value::Blob).unwrap_or(Value::Null),
-                    ],
-                )?;
-                if n == 0 {
-                    return Err(Error::Conflict(format!(
-                        "the credential changed meanwhile (another request used it): answer the trial factor of request `{id}` again with a new code"
-                    )));
-                }
+                return Err(Error::Conflict(format!(
+                    "the credential changed meanwhile (another request used it): answer the trial factor of request `{id}` again with a new code"
+                )));
             }
             end(
                 tx,

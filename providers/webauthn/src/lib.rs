@@ -214,6 +214,33 @@ impl WebauthnProvider {
         }
     }
 
+    /// A ceremony's prompt, its state kept (sealed) by the host until the answer.
+    fn ask(&self, options: Value, state: &impl Serialize) -> Result<Step, ProviderError> {
+        Ok(Step::Ask {
+            prompt: Prompt::Webauthn { options },
+            state: serde_json::to_vec(state)
+                .map_err(|e| ProviderError::internal(format!("ceremony state: {e}")))?
+                .into(),
+            expires_in: self.settings.expires_in,
+            reference: None,
+        })
+    }
+
+    /// An approval that stores (or updates) the credential.
+    fn approve(id: String, label: String, stored: &Stored) -> Result<Step, ProviderError> {
+        Ok(Step::Done {
+            verdict: Verdict::Approved {
+                credential: Some(Credential {
+                    id,
+                    label,
+                    data: serde_json::to_vec(stored)
+                        .map_err(|e| ProviderError::internal(format!("credential: {e}")))?
+                        .into(),
+                }),
+            },
+        })
+    }
+
     /// The user handle: stable per account, revealing nothing of it.
     fn user_handle(account: &str) -> Uuid {
         let digest = Sha256::digest(format!("rolegate-webauthn-user\0{account}").as_bytes());
@@ -480,14 +507,7 @@ impl Provider for WebauthnProvider {
             expires_at: ctx.now + self.settings.expires_in,
             registration,
         };
-        Ok(Step::Ask {
-            prompt: Prompt::Webauthn { options },
-            state: serde_json::to_vec(&state)
-                .map_err(|e| ProviderError::internal(format!("enrolment state: {e}")))?
-                .into(),
-            expires_in: self.settings.expires_in,
-            reference: None,
-        })
+        self.ask(options, &state)
     }
 
     fn enroll_continue(
@@ -588,17 +608,7 @@ impl Provider for WebauthnProvider {
             aaguid: aaguid.map(|a| a.to_string()),
             key,
         };
-        Ok(Step::Done {
-            verdict: Verdict::Approved {
-                credential: Some(Credential {
-                    id,
-                    label: label.to_string(),
-                    data: serde_json::to_vec(&stored)
-                        .map_err(|e| ProviderError::internal(format!("credential: {e}")))?
-                        .into(),
-                }),
-            },
-        })
+        Self::approve(id, label.to_string(), &stored)
     }
 
     fn challenge_start(&self, ctx: &ChallengeContext) -> Result<Step, ProviderError> {
@@ -678,14 +688,7 @@ impl Provider for WebauthnProvider {
             nonce,
             authentication,
         };
-        Ok(Step::Ask {
-            prompt: Prompt::Webauthn { options },
-            state: serde_json::to_vec(&state)
-                .map_err(|e| ProviderError::internal(format!("challenge state: {e}")))?
-                .into(),
-            expires_in: self.settings.expires_in,
-            reference: None,
-        })
+        self.ask(options, &state)
     }
 
     fn challenge_continue(
@@ -760,17 +763,7 @@ impl Provider for WebauthnProvider {
                 ),
             ));
         }
-        Ok(Step::Done {
-            verdict: Verdict::Approved {
-                credential: Some(Credential {
-                    id: credential.id,
-                    label: credential.label,
-                    data: serde_json::to_vec(&s)
-                        .map_err(|e| ProviderError::internal(format!("credential: {e}")))?
-                        .into(),
-                }),
-            },
-        })
+        Self::approve(credential.id, credential.label, &s)
     }
 }
 
