@@ -325,6 +325,7 @@ async function loadCredentials(account) {
   const base = path("/v1/users", account) + "/credentials";
   fill("credentials-body", await api("GET", base), (row, c) => {
     cell(row, c.provider); cell(row, c.id); cell(row, c.label); cell(row, when(c.created_at));
+    cell(row, flagText(c));
     removeButton(cell(row, ""), c.provider + " credential", () =>
       api("DELETE", path(path(base, c.provider), c.id))
         .then(() => loadCredentials(account), showError));
@@ -340,7 +341,13 @@ async function loadMyCredentials() {
     .catch((e) => { if (e.status === 404) return []; throw e; });
   fill("my-credentials-body", mine, (row, c) => {
     cell(row, c.provider); cell(row, c.label); cell(row, when(c.created_at));
+    cell(row, flagText(c));
   });
+}
+
+// A credential set aside for an admin (a suspected copy) says so, and why.
+function flagText(c) {
+  return c.flag ? "SET ASIDE " + when(c.flagged_at) + ": " + c.flag : "in use";
 }
 
 // A role's availability window as a line (`mon-fri 08:00–18:00 Europe/London`).

@@ -82,6 +82,9 @@
  * {"step":"wait","state":"<base64>","poll_after_ms":N,"status":"..."}, or
  * {"step":"done","verdict":{"outcome":"approved","credential":null|{...}}} /
  * {"step":"done","verdict":{"outcome":"denied","reason":"wrong_answer","message":"..."}}.
+ * An approval may add "detail":"..." (what was verified, for the admin's event 103); a
+ * denial may add "credential_id":"..." (the credential the answer used; with the reason
+ * "cloned" the host marks it for the admin). Both optional, never a secret.
  * An "ask" or "wait" may add "reference":"..." (optional): what the provider sent or started
  * out of band (a message SID, a call id), which the host records in the challenge's event;
  * never a secret, at most 128 printable characters kept.

@@ -497,6 +497,7 @@ mod tests {
                 quick: false,
                 answer_ahead: false,
                 sdk_version: String::new(),
+                several_credentials: false,
             }
         }
         fn challenge_start(&self, _ctx: &ChallengeContext) -> Result<Step, ProviderError> {

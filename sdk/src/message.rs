@@ -144,6 +144,12 @@ pub struct ProviderInfo {
     /// shows what the answer depends on (a code by SMS, a call, a WebAuthn challenge).
     #[serde(default)]
     pub answer_ahead: bool,
+    /// Whether a user may hold several credentials of this provider (a laptop's Windows
+    /// Hello and a spare security key). The host then lets a user who holds one enrol
+    /// another, and the provider must first prove one the user holds (a user's API token
+    /// alone must never add a factor); otherwise an admin removes the old one first.
+    #[serde(default)]
+    pub several_credentials: bool,
     /// The SDK version the provider was built with (filled by the Rust SDK).
     #[serde(default)]
     pub sdk_version: String,
@@ -388,6 +394,10 @@ pub enum Verdict {
         /// atomically with the verdict.
         #[serde(default)]
         credential: Option<Credential>,
+        /// What was verified, for the admin: the host writes it into the completion's event
+        /// (a WebAuthn credential's id, label, AAGUID and counter). Never a secret.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        detail: String,
     },
     /// The factor was not verified.
     Denied {
@@ -396,7 +406,30 @@ pub enum Verdict {
         /// What happened, never a secret: the admin reads it always, the user only for a
         /// reason of their own doing (wrong answer, replayed, declined, expired, fraud).
         message: String,
+        /// The id of the user's credential the answer was made with, when known: the host
+        /// names it in the event and, for [`DenyReason::Cloned`], marks it for the admin.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential_id: Option<String>,
     },
+}
+
+impl Verdict {
+    /// An approval, with the credential to store or update (if any) and nothing to add.
+    pub fn approved(credential: Option<Credential>) -> Self {
+        Verdict::Approved {
+            credential,
+            detail: String::new(),
+        }
+    }
+
+    /// A denial for `reason`, its message for the admin (and the user, when theirs).
+    pub fn denied(reason: DenyReason, message: impl Into<String>) -> Self {
+        Verdict::Denied {
+            reason,
+            message: message.into(),
+            credential_id: None,
+        }
+    }
 }
 
 crate::tagged::tagged!(Verdict, "outcome");
@@ -420,6 +453,11 @@ pub enum DenyReason {
     NotEnrolled,
     /// The code or response was already used.
     Replayed,
+    /// The credential answered as only a copy of it could (a WebAuthn signature counter that
+    /// did not advance past the stored one): the host marks the credential (named in
+    /// `credential_id`) so that an admin sees it, and stops offering it. A host that predates
+    /// this reason reads it as `other`.
+    Cloned,
     /// Anything else; reasons unknown to this SDK decode as `Other`.
     #[serde(other)]
     Other,
@@ -522,10 +560,7 @@ mod tests {
             r#"{"ok":{"step":"ask","prompt":{"kind":"code","message":"m","length":6},"state":"AQ==","expires_in":60}}"#
         );
         let denied = Step::Done {
-            verdict: Verdict::Denied {
-                reason: DenyReason::WrongAnswer,
-                message: "no".into(),
-            },
+            verdict: Verdict::denied(DenyReason::WrongAnswer, "no"),
         };
         assert_eq!(
             serde_json::to_string(&denied).unwrap(),
@@ -566,13 +601,7 @@ mod tests {
         let v: Verdict =
             serde_json::from_str(r#"{"outcome":"denied","reason":"solar_flare","message":"m"}"#)
                 .unwrap();
-        assert_eq!(
-            v,
-            Verdict::Denied {
-                reason: DenyReason::Other,
-                message: "m".into()
-            }
-        );
+        assert_eq!(v, Verdict::denied(DenyReason::Other, "m"));
         let f: FactorKind = serde_json::from_str("\"iris\"").unwrap();
         assert_eq!(f, FactorKind::Other);
     }

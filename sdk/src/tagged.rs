@@ -497,7 +497,7 @@ mod tests {
         );
         let v: Verdict =
             serde_json::from_str(r#"{"credential":null,"outcome":"approved"}"#).unwrap();
-        assert_eq!(v, Verdict::Approved { credential: None });
+        assert_eq!(v, Verdict::approved(None));
         let i: Input = serde_json::from_str(r#"{"x":1,"kind":"acknowledge"}"#).unwrap();
         assert_eq!(i, Input::Acknowledge);
     }
@@ -519,10 +519,7 @@ mod tests {
         ] {
             assert_eq!(
                 serde_json::from_str::<Verdict>(json).unwrap(),
-                Verdict::Denied {
-                    reason: DenyReason::Fraud,
-                    message: "m".into()
-                }
+                Verdict::denied(DenyReason::Fraud, "m")
             );
         }
     }

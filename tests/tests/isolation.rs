@@ -94,7 +94,7 @@ async fn still_serves(p: &LoadedProvider) {
     assert_eq!(
         step,
         Step::Done {
-            verdict: Verdict::Approved { credential: None }
+            verdict: Verdict::approved(None)
         }
     );
 }

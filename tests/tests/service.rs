@@ -958,3 +958,113 @@ async fn a_provider_is_told_the_request_it_challenges(backend) {
     assert_eq!(done.state, "active");
 }
 }
+
+both! {
+#[tokio::test]
+async fn a_credential_answering_as_a_copy_is_set_aside_for_the_admin(backend) {
+    // Issue 30: a provider that sees a copied credential (a WebAuthn counter that went
+    // backwards) denies with `cloned` and names it; the host marks it (event 312), stops
+    // offering it, and refuses a new enrolment until an admin removes it. An approval's
+    // detail reaches event 103, cleaned of control characters and backquotes.
+    let mut sec = rolegate_e2e::provider_config("sec", rolegate_e2e::misbehave_lib(), "in-process");
+    sec.settings.insert("mode".into(), "enrol".into());
+    let providers = rolegate_e2e::load_providers(vec![sec]).await.unwrap();
+    let at = Location::new(backend);
+    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
+    let service = open_service(&at, Arc::new(providers), clock, Settings::default()).await;
+    service
+        .store()
+        .write(|tx| {
+            users::create(
+                tx,
+                NewUser {
+                    account: "CONTOSO\\jdoe".into(),
+                    display_name: "Jane".into(),
+                    ..Default::default()
+                },
+                1,
+                0,
+            )?;
+            let mut role = spec("patch", true, false);
+            role.providers = vec!["sec".into()];
+            roles::create(tx, &role, 0)
+        })
+        .await
+        .unwrap();
+    let jdoe = "CONTOSO\\jdoe";
+    let enrol = || async {
+        let v = service.enroll_start(jdoe, "sec").await?;
+        service
+            .enroll_continue(jdoe, "sec", v.state.as_deref().unwrap_or(""), code("4321".into()))
+            .await
+    };
+    assert!(enrol().await.unwrap().done);
+    let listed = |kind: i64| {
+        let s = &service;
+        async move {
+            s.store()
+                .read(move |tx| {
+                    events::list(
+                        tx,
+                        &Filter {
+                            id: Some(kind),
+                            ..Default::default()
+                        },
+                    )
+                })
+                .await
+                .unwrap()
+        }
+    };
+
+    let v = service.request(jdoe, "patch", "fix", None, None).await.unwrap();
+    let done = service.answer(&v.id, jdoe, code("4321".into())).await.unwrap();
+    assert_eq!(done.state, "active");
+    let completed = listed(events::MFA_COMPLETED).await;
+    assert_eq!(completed[0].message, "MFA completed: credential c1 matched");
+
+    service.close(&done.id, jdoe, false).await.unwrap();
+    let v = service.request(jdoe, "patch", "fix", None, None).await.unwrap();
+    let failed = service.answer(&v.id, jdoe, code("clone".into())).await.unwrap();
+    assert_eq!(failed.state, "failed");
+    let reason = failed.reason.unwrap();
+    assert!(reason.contains("set aside for an administrator"), "{reason}");
+    assert!(!reason.contains("counter"), "the admin's words stay the admin's: {reason}");
+    let flagged = listed(events::CREDENTIAL_FLAGGED).await;
+    assert_eq!(flagged.len(), 1);
+    assert!(
+        flagged[0].message.contains("credential `c1` in `sec` set aside")
+            && flagged[0].message.contains("the counter went backwards"),
+        "{}",
+        flagged[0].message
+    );
+    let not_completed = listed(events::MFA_NOT_COMPLETED).await;
+    assert!(
+        not_completed[0].message.contains("(cloned)")
+            && not_completed[0].message.contains("(credential `c1`)"),
+        "{}",
+        not_completed[0].message
+    );
+    let creds = service.credentials(jdoe).await.unwrap();
+    assert_eq!(creds[0].flag.as_deref(), Some("the counter went backwards"));
+    assert!(creds[0].flagged_at.is_some());
+
+    // No longer offered: the provider sees no credential; no new enrolment beside it.
+    let v = service.request(jdoe, "patch", "fix", None, None).await.unwrap();
+    assert_eq!(v.state, "failed", "{v:?}");
+    assert!(v.reason.unwrap().contains("not enrolled"));
+    let e = enrol().await.unwrap_err().to_string();
+    assert!(e.contains("set aside for an admin to review"), "{e}");
+
+    // The admin removes it; the user enrols again and activates.
+    service
+        .remove_credential(jdoe, "sec", "c1", "admin")
+        .await
+        .unwrap();
+    assert!(enrol().await.unwrap().done);
+    let v = service.request(jdoe, "patch", "fix", None, None).await.unwrap();
+    let done = service.answer(&v.id, jdoe, code("4321".into())).await.unwrap();
+    assert_eq!(done.state, "active");
+    assert!(service.credentials(jdoe).await.unwrap()[0].flag.is_none());
+}
+}

@@ -85,6 +85,7 @@ impl Provider for Hello {
             quick: true,
             answer_ahead: false,
             sdk_version: String::new(),
+            several_credentials: false,
         }
     }
 
@@ -133,20 +134,14 @@ impl Provider for Hello {
         }
         if ctx.now >= state.expires_at {
             return Ok(Step::Done {
-                verdict: Verdict::Denied {
-                    reason: DenyReason::Expired,
-                    message: "the challenge expired".into(),
-                },
+                verdict: Verdict::denied(DenyReason::Expired, "the challenge expired"),
             });
         }
         let expected = Hello::answer(&state.challenge);
         let verdict = if rolegate_sdk::constant_time_eq(code.as_bytes(), expected.as_bytes()) {
-            Verdict::Approved { credential: None }
+            Verdict::approved(None)
         } else {
-            Verdict::Denied {
-                reason: DenyReason::WrongAnswer,
-                message: "wrong code".into(),
-            }
+            Verdict::denied(DenyReason::WrongAnswer, "wrong code")
         };
         Ok(Step::Done { verdict })
     }
@@ -210,7 +205,7 @@ mod tests {
         assert_eq!(
             ok,
             Step::Done {
-                verdict: Verdict::Approved { credential: None }
+                verdict: Verdict::approved(None)
             }
         );
         let wrong: String = right

@@ -98,6 +98,7 @@ pub(crate) const CREDENTIAL_COLUMNS: &[(&str, &str)] = &[
     ("ID", "id"),
     ("LABEL", "label"),
     ("CREATED", "created_at"),
+    ("FLAG", "flag"),
 ];
 
 /// Runs a `user` command against the daemon.

@@ -44,6 +44,9 @@ pub const UNLOCKED: i64 = 301;
 pub const ENROLLED: i64 = 310;
 /// An admin removed a user's credential (a lost phone or key).
 pub const CREDENTIAL_REMOVED: i64 = 311;
+/// A credential answered as only a copy could (a signature counter that went backwards): the
+/// host set it aside for an admin.
+pub const CREDENTIAL_FLAGGED: i64 = 312;
 /// A provider plugin was loaded (library, hash, isolation).
 pub const PROVIDER_LOADED: i64 = 400;
 /// A provider plugin was refused at load time; the host did not start.

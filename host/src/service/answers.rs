@@ -66,7 +66,7 @@ impl Service {
         let provider_id = stored.view.provider.clone().unwrap_or_default();
         let expired = stored.ask_expires_at.is_some_and(|t| t <= ms(now));
         let outcome = if expired {
-            Outcome::Denied(DenyReason::Expired, "the prompt expired".into())
+            Outcome::Denied(DenyReason::Expired, "the prompt expired".into(), None)
         } else {
             let provider = self.provider(&provider_id)?;
             let state = match kept_state {
@@ -173,7 +173,7 @@ pub(super) fn with_prior(
     account_key: &str,
 ) -> Result<Outcome> {
     Ok(match outcome {
-        Outcome::Approved(Some(mut u)) => {
+        Outcome::Approved(Some(mut u), detail) => {
             u.prior = rows
                 .iter()
                 .find(|r| {
@@ -185,7 +185,7 @@ pub(super) fn with_prior(
                 u.credential.data.as_slice(),
                 &Service::credential_context(account_key, provider, &u.credential.id),
             )?);
-            Outcome::Approved(Some(u))
+            Outcome::Approved(Some(u), detail)
         }
         other => other,
     })
@@ -208,7 +208,7 @@ fn still_allowed(
     }
     ensure_enabled(tx, &s.view.account)?;
     let rows = tx.query(
-        "SELECT sealed FROM credentials WHERE account_key = $1 AND provider = $2",
+        "SELECT sealed FROM credentials WHERE account_key = $1 AND provider = $2 AND flag IS NULL",
         &[s.view.account.clone().into(), provider.into()],
     )?;
     let mut current: Vec<Vec<u8>> = rows.iter().filter_map(|r| r.blob(0).ok()).collect();
@@ -381,6 +381,46 @@ pub(super) fn write_credential_update(
     Ok(n > 0)
 }
 
+/// Sets a user's credential aside for an admin (a suspected copy: its signature counter went
+/// backwards), raising event 312 the first time: it is no longer offered to its provider,
+/// and blocks new enrolments in it until an admin removes it.
+pub(super) fn flag_credential(
+    tx: &mut dyn Tx,
+    account_key: &str,
+    provider: &str,
+    id: &str,
+    why: &str,
+    t: i64,
+) -> Result<()> {
+    let n = tx.execute(
+        "UPDATE credentials SET flag = $1, flagged_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5 AND flag IS NULL",
+        &[
+            crate::model::limits::cut(why, 512).into(),
+            Value::Int(t),
+            account_key.into(),
+            provider.into(),
+            id.into(),
+        ],
+    )?;
+    if n > 0 {
+        let account = users::get(tx, account_key)?
+            .map(|u| u.account)
+            .unwrap_or_else(|| account_key.to_string());
+        let mut e = NewEvent::new(
+            events::CREDENTIAL_FLAGGED,
+            Severity::Error,
+            "activation",
+            format!(
+                "credential `{id}` in `{provider}` set aside as a suspected copy: {why}; it is no longer offered: remove it (`rolegate user remove-credential`) and have the user enrol again"
+            ),
+        );
+        e.account = Some(account);
+        e.provider = Some(provider.to_string());
+        events::append(tx, e, t)?;
+    }
+    Ok(())
+}
+
 /// Applies a provider's outcome to a pending-MFA request, inside the writer's transaction.
 /// `answered`: the outcome judges a typed answer to an `Ask`, so a wrong one may be asked
 /// again; a wrong outcome of a poll (a PIN mistyped on the phone) has no prompt to re-ask.
@@ -398,7 +438,7 @@ pub(super) fn apply(
     let provider = s.view.provider.clone().unwrap_or_default();
     // Asked before this write changes the account itself (a credential's update, a failure).
     let trust = trusted(tx, &s, relied, now);
-    if matches!(outcome, Outcome::Approved(_) | Outcome::Denied(..)) && !trust {
+    if matches!(outcome, Outcome::Approved(..) | Outcome::Denied(..)) && !trust {
         // A verdict lands only while the account is not locked out of the provider, whatever
         // it says: during a lockout a right answer and a wrong one get the same refusal.
         // (A read the writer vouches for saw no lockout, and nothing changed since.)
@@ -425,7 +465,7 @@ pub(super) fn apply(
             s.view.prompt = Some(prompt);
             Ok(s.view)
         }
-        Outcome::Approved(credential) => {
+        Outcome::Approved(credential, detail) => {
             still_allowed(tx, &s, &provider, relied, trust)?;
             if let Some(update) = credential
                 && !write_credential_update(tx, &s.view.account, &provider, update, key, now)?
@@ -450,7 +490,11 @@ pub(super) fn apply(
                     Severity::Information,
                     &s,
                     Some(&provider),
-                    "MFA completed".into(),
+                    if detail.is_empty() {
+                        "MFA completed".into()
+                    } else {
+                        format!("MFA completed: {detail}")
+                    },
                 ),
                 ms(now),
             )?;
@@ -483,7 +527,12 @@ pub(super) fn apply(
             )?;
             Ok(s.view)
         }
-        Outcome::Denied(reason, message) => {
+        Outcome::Denied(reason, message, used) => {
+            if reason == DenyReason::Cloned
+                && let Some(id) = &used
+            {
+                flag_credential(tx, &s.view.account, &provider, id, &message, ms(now))?;
+            }
             // Only a wrong answer counts toward the attempt cap and the lockout; a replayed
             // code is one the user can correct (the app's next code). A reported fraud locks
             // at once. Anything else (declined, unreachable, expired, not enrolled, another
@@ -551,7 +600,13 @@ pub(super) fn apply(
                     Severity::Error,
                     &s,
                     Some(&provider),
-                    format!("MFA not completed ({}): {why}", deny_name(reason)),
+                    format!(
+                        "MFA not completed ({}): {why}{}",
+                        deny_name(reason),
+                        used.as_deref()
+                            .map(|c| format!(" (credential `{c}`)"))
+                            .unwrap_or_default()
+                    ),
                 ),
                 ms(now),
             )?;
@@ -570,6 +625,9 @@ fn user_sentence(reason: DenyReason, provider: &str) -> String {
         DenyReason::NotEnrolled => format!(
             "you are not enrolled in `{provider}`: enrol first (`rolegate enrol {provider}`), or choose another factor"
         ),
+        DenyReason::Cloned => format!(
+            "the credential you used with `{provider}` was refused and set aside for an administrator to review: use another one, or ask an admin"
+        ),
         _ => format!(
             "MFA with `{provider}` was not completed: try again, or ask an admin (the event log has the reason)"
         ),
@@ -586,6 +644,7 @@ pub(super) fn deny_name(reason: DenyReason) -> &'static str {
         DenyReason::Fraud => "fraud",
         DenyReason::NotEnrolled => "not_enrolled",
         DenyReason::Replayed => "replayed",
+        DenyReason::Cloned => "cloned",
         _ => "other",
     }
 }

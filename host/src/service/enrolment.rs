@@ -92,15 +92,27 @@ impl Service {
             });
         }
         // A user's API token is one factor: it must not be enough to add a second factor
-        // beside the one they hold (or to swap it). An admin removes the old credential first.
-        if let Some(existing) = rows
+        // beside the one they hold (or to swap it). An admin removes the old credential first,
+        // unless the provider keeps several and proves a held one before adding another. A
+        // credential set aside as a suspected copy blocks both: whoever holds the copy must not
+        // enrol their own, and an admin looks first.
+        let several = provider.info().is_some_and(|i| i.several_credentials);
+        let held = rows
             .iter()
-            .find(|r| r.text(1).is_ok_and(|p| p == provider_id))
-        {
-            return Err(Error::Conflict(format!(
-                "`{account}` is enrolled in `{provider_id}` already (credential `{}`); an admin removes that credential before a new enrolment",
-                existing.text(0)?
-            )));
+            .filter(|r| r.text(1).is_ok_and(|p| p == provider_id));
+        for existing in held {
+            if !usable(existing) {
+                return Err(Error::Conflict(format!(
+                    "`{account}`'s credential `{}` in `{provider_id}` was set aside for an admin to review (a suspected copy); an admin removes it before a new enrolment",
+                    existing.text(0)?
+                )));
+            }
+            if !several {
+                return Err(Error::Conflict(format!(
+                    "`{account}` is enrolled in `{provider_id}` already (credential `{}`); an admin removes that credential before a new enrolment",
+                    existing.text(0)?
+                )));
+            }
         }
         Ok((user, provider, rows))
     }
@@ -128,6 +140,8 @@ impl Service {
                     provider: r.text(1)?,
                     label: r.text(2)?,
                     created_at: r.int(4)?,
+                    flag: r.opt_text(5)?,
+                    flagged_at: r.opt_text(5)?.and(r.int(6).ok()),
                 })
             })
             .collect()
@@ -213,6 +227,7 @@ impl Service {
                 verdict:
                     Verdict::Approved {
                         credential: Some(c),
+                        ..
                     },
             } => {
                 let (p, account) = (provider_id.to_string(), user.account.clone());

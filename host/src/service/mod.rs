@@ -239,10 +239,12 @@ enum Outcome {
         sealed: Vec<u8>,
         expires_at: i64,
     },
-    /// The factor was verified, perhaps with a credential update.
-    Approved(Option<CredentialUpdate>),
-    /// The factor was not verified.
-    Denied(DenyReason, String),
+    /// The factor was verified, perhaps with a credential update, and what was verified (for
+    /// the admin's event; may be empty).
+    Approved(Option<CredentialUpdate>, String),
+    /// The factor was not verified: why, the provider's words, and the credential the answer
+    /// was made with, when the provider named it.
+    Denied(DenyReason, String, Option<String>),
     /// The provider failed (an error, a crash, a deadline, an outage, a refused
     /// configuration): the factor was neither verified nor refused, and nothing counts
     /// against the user. The text is for admins.
@@ -260,6 +262,13 @@ pub struct CredentialView {
     pub label: String,
     /// When it was stored (ms since the epoch).
     pub created_at: i64,
+    /// Why the host set it aside for an admin (a signature counter that went backwards),
+    /// when it did: it is no longer offered; remove it and have the user enrol again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flag: Option<String>,
+    /// When the flag was set (ms since the epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flagged_at: Option<i64>,
 }
 
 /// A provider's credential update on its way to the store.
@@ -337,7 +346,7 @@ impl Relied {
     fn new(rows: &[Row], provider: &str, vouch: Option<Vouch>) -> Self {
         let mut seen: Vec<Vec<u8>> = rows
             .iter()
-            .filter(|r| r.text(1).is_ok_and(|p| p == provider))
+            .filter(|r| r.text(1).is_ok_and(|p| p == provider) && usable(r))
             .filter_map(|r| r.blob(3).ok())
             .collect();
         seen.sort();
@@ -447,7 +456,7 @@ impl Service {
     fn unseal(&self, account_key: &str, provider: &str, rows: &[Row]) -> Result<Vec<Credential>> {
         let mut out = Vec::new();
         for r in rows {
-            if r.text(1)? != provider {
+            if r.text(1)? != provider || !usable(r) {
                 continue;
             }
             let id = r.text(0)?;
@@ -562,18 +571,37 @@ impl Service {
                 expires_at: cap,
             },
             Step::Done {
-                verdict: Verdict::Approved { credential },
-            } => Outcome::Approved(credential.map(|credential| CredentialUpdate {
-                credential,
-                sealed: None,
-                prior: None,
-            })),
+                verdict:
+                    Verdict::Approved {
+                        credential, detail, ..
+                    },
+            } => Outcome::Approved(
+                credential.map(|credential| CredentialUpdate {
+                    credential,
+                    sealed: None,
+                    prior: None,
+                }),
+                provider_text(&detail, MAX_DETAIL_CHARS),
+            ),
             Step::Done {
-                verdict: Verdict::Denied { reason, message },
-            } => Outcome::Denied(reason, message),
+                verdict:
+                    Verdict::Denied {
+                        reason,
+                        message,
+                        credential_id,
+                        ..
+                    },
+            } => Outcome::Denied(
+                reason,
+                message,
+                credential_id
+                    .map(|c| provider_text(&c, MAX_REFERENCE_CHARS))
+                    .filter(|c| !c.is_empty()),
+            ),
             _ => Outcome::Denied(
                 DenyReason::Other,
                 "the provider sent an unknown step".into(),
+                None,
             ),
         })
     }
@@ -616,16 +644,23 @@ impl Stored {
     }
 }
 
-/// A user's credential rows (id, provider, label, sealed, created_at), oldest first.
+/// A user's credential rows (id, provider, label, sealed, created_at, flag, flagged_at),
+/// oldest first. A row with a flag (see [`usable`]) is listed, never offered to a provider.
 fn credential_rows(tx: &mut dyn Tx, account_key: &str) -> Result<Vec<Row>> {
     // Sorted here rather than by ORDER BY: with that clause, SQLite (STAT4 build) re-plans
     // the statement on every run, which cost a tenth of the whole request path.
     let mut rows = tx.query(
-        "SELECT id, provider, label, sealed, created_at FROM credentials WHERE account_key = $1",
+        "SELECT id, provider, label, sealed, created_at, flag, flagged_at FROM credentials WHERE account_key = $1",
         &[account_key.into()],
     )?;
     rows.sort_by_key(|r| r.int(4).unwrap_or(0));
     Ok(rows)
+}
+
+/// Whether a credential row of [`credential_rows`] may be offered to its provider: not
+/// marked for an admin (a suspected clone).
+fn usable(row: &Row) -> bool {
+    matches!(row.opt_text(5), Ok(None))
 }
 
 /// Inserts a new request as `s` has it: with its first prompt (text, sealed provider state,
@@ -699,13 +734,22 @@ const MAX_REFERENCE_CHARS: usize = 128;
 /// printable characters, at most [`MAX_REFERENCE_CHARS`]; none when nothing is left.
 pub(crate) fn provider_reference(step: &Result<Step>) -> Option<String> {
     let raw = step.as_ref().ok()?.reference()?;
+    let kept = provider_text(raw, MAX_REFERENCE_CHARS);
+    (!kept.is_empty()).then_some(kept)
+}
+
+/// Longest verdict detail kept for an event.
+const MAX_DETAIL_CHARS: usize = 512;
+
+/// A provider's words for an admin's event (a reference, a verdict's detail): its printable
+/// characters but the backquote that quotes names in events, at most `max`, trimmed.
+fn provider_text(raw: &str, max: usize) -> String {
     let kept: String = raw
         .chars()
         .filter(|c| !c.is_control() && *c != '`')
-        .take(MAX_REFERENCE_CHARS)
+        .take(max)
         .collect();
-    let kept = kept.trim();
-    (!kept.is_empty()).then(|| kept.to_string())
+    kept.trim().to_string()
 }
 
 /// Refuses, inside a write, an account (by key) that is no enabled user.

@@ -92,7 +92,7 @@ impl Service {
                             let key = account_key(&u.account);
                             let enrolled = tx
                                 .query(
-                                    "SELECT DISTINCT provider FROM credentials WHERE account_key = $1",
+                                    "SELECT DISTINCT provider FROM credentials WHERE account_key = $1 AND flag IS NULL",
                                     &[key.clone().into()],
                                 )?
                                 .iter()

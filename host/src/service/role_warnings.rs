@@ -24,7 +24,7 @@ impl Service {
                     };
                     let enrolled = tx
                         .query(
-                            "SELECT DISTINCT provider FROM credentials WHERE account_key = $1",
+                            "SELECT DISTINCT provider FROM credentials WHERE account_key = $1 AND flag IS NULL",
                             &[account_key(&u.account).into()],
                         )?
                         .iter()

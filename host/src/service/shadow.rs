@@ -298,7 +298,7 @@ impl Service {
         };
         let answered = input.is_some();
         let outcome = if row.expires_at <= ms(now) {
-            Outcome::Denied(DenyReason::Expired, "the prompt expired".into())
+            Outcome::Denied(DenyReason::Expired, "the prompt expired".into(), None)
         } else {
             let provider =
                 self.providers
@@ -473,7 +473,7 @@ fn settle(
             }
             Ok(view("asked", Some(prompt), None))
         }
-        Outcome::Approved(update) => {
+        Outcome::Approved(update, _) => {
             // As a real answer's: only over the value the provider saw (replay).
             if let Some(update) = update
                 && !answers::write_credential_update(
@@ -501,7 +501,12 @@ fn settle(
                 Some("the new factor worked; thank you (it did not decide this request)".into()),
             ))
         }
-        Outcome::Denied(reason, message) => {
+        Outcome::Denied(reason, message, used) => {
+            if reason == DenyReason::Cloned
+                && let Some(c) = &used
+            {
+                answers::flag_credential(tx, &row.account_key, &row.provider, c, &message, t)?;
+            }
             let retryable = matches!(reason, DenyReason::WrongAnswer | DenyReason::Replayed);
             if retryable && answered && !new {
                 row.wrong_answers += 1;

@@ -264,6 +264,14 @@ CREATE TABLE role_history (
 )
 "#,
     ),
+    (
+        9,
+        "credentials an admin must look at: a mark (why) and when it was set; a marked credential is no longer offered to its provider",
+        r#"
+ALTER TABLE credentials ADD COLUMN flag TEXT;
+ALTER TABLE credentials ADD COLUMN flagged_at BIGINT
+"#,
+    ),
 ];
 
 /// The version after whose statements every account key is computed again under the one

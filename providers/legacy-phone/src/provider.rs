@@ -134,10 +134,7 @@ fn config(e: impl std::fmt::Display) -> ProviderError {
 
 fn denied(reason: DenyReason, message: impl Into<String>) -> Step {
     Step::Done {
-        verdict: Verdict::Denied {
-            reason,
-            message: message.into(),
-        },
+        verdict: Verdict::denied(reason, message.into()),
     }
 }
 
@@ -277,6 +274,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
             quick: false,
             answer_ahead: false,
             sdk_version: String::new(),
+            several_credentials: false,
         }
     }
 
@@ -364,13 +362,11 @@ impl rolegate_sdk::Provider for LegacyPhone {
                 })
                 .map_err(|e| ProviderError::internal(format!("credential: {e}")))?;
                 Ok(Step::Done {
-                    verdict: Verdict::Approved {
-                        credential: Some(rolegate_sdk::Credential {
-                            id: "pin".into(),
-                            label: "Phone call PIN".into(),
-                            data: data.into(),
-                        }),
-                    },
+                    verdict: Verdict::approved(Some(rolegate_sdk::Credential {
+                        id: "pin".into(),
+                        label: "Phone call PIN".into(),
+                        data: data.into(),
+                    })),
                 })
             }
         }
@@ -559,7 +555,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
         }
         Ok(match call_status::verdict(code, response.authenticated) {
             (Outcome::Approved, _) => Step::Done {
-                verdict: Verdict::Approved { credential: None },
+                verdict: Verdict::approved(None),
             },
             (Outcome::Denied(reason), message) => denied(reason, message),
             (Outcome::Pending, message) => denied(DenyReason::Other, message),
@@ -596,7 +592,7 @@ impl rolegate_sdk::Provider for LegacyPhone {
         let typed = code_hash(&state.salt.0, &ctx.request_id, code);
         Ok(if rolegate_sdk::constant_time_eq(&typed, &state.hash.0) {
             Step::Done {
-                verdict: Verdict::Approved { credential: None },
+                verdict: Verdict::approved(None),
             }
         } else {
             denied(DenyReason::WrongAnswer, "wrong code")
@@ -878,7 +874,9 @@ mod tests {
     fn reason_and_message(step: &Step) -> (Option<DenyReason>, String) {
         match step {
             Step::Done {
-                verdict: Verdict::Denied { reason, message },
+                verdict: Verdict::Denied {
+                    reason, message, ..
+                },
             } => (Some(*reason), message.clone()),
             Step::Done {
                 verdict: Verdict::Approved { .. },
@@ -1163,6 +1161,7 @@ mod tests {
                 verdict:
                     Verdict::Approved {
                         credential: Some(c),
+                        ..
                     },
             } => c,
             other => panic!("{other:?}"),

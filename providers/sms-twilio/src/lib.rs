@@ -65,10 +65,7 @@ fn recipient(phone: &str) -> &str {
 
 fn denied(reason: DenyReason, message: impl Into<String>) -> Step {
     Step::Done {
-        verdict: Verdict::Denied {
-            reason,
-            message: message.into(),
-        },
+        verdict: Verdict::denied(reason, message.into()),
     }
 }
 
@@ -126,6 +123,7 @@ impl Provider for SmsTwilio {
             quick: false,
             answer_ahead: false,
             sdk_version: String::new(),
+            several_credentials: false,
         }
     }
 
@@ -213,12 +211,9 @@ impl Provider for SmsTwilio {
         }
         let typed = code::digest(state.salt.as_slice(), &ctx.request_id, code);
         let verdict = if code::same(&typed, state.hash.as_slice()) {
-            Verdict::Approved { credential: None }
+            Verdict::approved(None)
         } else {
-            Verdict::Denied {
-                reason: DenyReason::WrongAnswer,
-                message: "wrong code".into(),
-            }
+            Verdict::denied(DenyReason::WrongAnswer, "wrong code")
         };
         Ok(Step::Done { verdict })
     }

@@ -478,7 +478,7 @@ fn the_right_code_is_approved_and_the_state_holds_no_code() {
     assert_eq!(
         ok,
         Step::Done {
-            verdict: Verdict::Approved { credential: None }
+            verdict: Verdict::approved(None)
         }
     );
     // Another instance (after a restart) continues the same state.
@@ -626,6 +626,7 @@ fn a_user_without_a_phone_is_refused_and_nothing_is_sent() {
                     Verdict::Denied {
                         reason: DenyReason::NotEnrolled,
                         message,
+                        ..
                     },
             } => assert!(message.contains("no phone number"), "{message}"),
             other => panic!("{other:?}"),

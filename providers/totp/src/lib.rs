@@ -222,10 +222,7 @@ fn encode_state<T: Serialize>(state: &T) -> Result<Vec<u8>, ProviderError> {
 
 fn denied(reason: DenyReason, message: &str) -> Step {
     Step::Done {
-        verdict: Verdict::Denied {
-            reason,
-            message: message.into(),
-        },
+        verdict: Verdict::denied(reason, message),
     }
 }
 
@@ -384,6 +381,7 @@ impl Provider for TotpProvider {
             quick: true,
             answer_ahead: true,
             sdk_version: String::new(),
+            several_credentials: false,
         }
     }
 
@@ -458,6 +456,7 @@ impl Provider for TotpProvider {
                             label: format!("Authenticator app ({})", secret.algorithm),
                             data: secret.encode()?.into(),
                         }),
+                        detail: String::new(),
                     },
                 })
             }
@@ -532,13 +531,11 @@ impl Provider for TotpProvider {
                     let mut secret = secret;
                     secret.last_step = Some(step);
                     return Ok(Step::Done {
-                        verdict: Verdict::Approved {
-                            credential: Some(Credential {
-                                id,
-                                label,
-                                data: secret.encode()?.into(),
-                            }),
-                        },
+                        verdict: Verdict::approved(Some(Credential {
+                            id,
+                            label,
+                            data: secret.encode()?.into(),
+                        })),
                     });
                 }
                 Check::Replayed => replayed = true,

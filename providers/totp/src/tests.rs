@@ -64,9 +64,11 @@ fn reason(step: &Step) -> Option<DenyReason> {
 fn approved(step: Step) -> Secret {
     match step {
         Step::Done {
-            verdict: Verdict::Approved {
-                credential: Some(c),
-            },
+            verdict:
+                Verdict::Approved {
+                    credential: Some(c),
+                    ..
+                },
         } => Secret::decode(c.data.as_slice()).unwrap(),
         other => panic!("not approved with a credential: {other:?}"),
     }

@@ -131,13 +131,24 @@ enum Key {
     SecurityKey(SecurityKey),
 }
 
-/// An enrolment's state, sealed by the host between the two calls.
+/// An enrolment's state, sealed by the host between the calls.
 #[derive(Serialize, Deserialize)]
 #[serde(crate = "rolegate_sdk::serde")]
 struct Enrolment {
     account: String,
     expires_at: u64,
-    registration: Registration,
+    stage: Stage,
+}
+
+/// Where an enrolment stands.
+#[derive(Serialize, Deserialize)]
+#[serde(crate = "rolegate_sdk::serde", rename_all = "snake_case")]
+enum Stage {
+    /// A user who holds a credential proves it before another is registered: a user's API
+    /// token alone must never add a factor.
+    Prove(Authentication),
+    /// The new credential's registration.
+    Register(Registration),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -207,10 +218,7 @@ fn check_origin(rp_id: &str, origin: &str) -> Result<Url, ProviderError> {
 impl WebauthnProvider {
     fn deny(reason: DenyReason, message: impl Into<String>) -> Step {
         Step::Done {
-            verdict: Verdict::Denied {
-                reason,
-                message: message.into(),
-            },
+            verdict: Verdict::denied(reason, message.into()),
         }
     }
 
@@ -226,8 +234,25 @@ impl WebauthnProvider {
         })
     }
 
-    /// An approval that stores (or updates) the credential.
-    fn approve(id: String, label: String, stored: &Stored) -> Result<Step, ProviderError> {
+    /// A denial naming the credential the answer was made with (the host marks it for
+    /// `Cloned`).
+    fn deny_with(reason: DenyReason, message: impl Into<String>, credential: &str) -> Step {
+        Step::Done {
+            verdict: Verdict::Denied {
+                reason,
+                message: message.into(),
+                credential_id: Some(credential.to_string()),
+            },
+        }
+    }
+
+    /// An approval that stores (or updates) the credential, and says what was verified.
+    fn approve(
+        id: String,
+        label: String,
+        stored: &Stored,
+        detail: String,
+    ) -> Result<Step, ProviderError> {
         Ok(Step::Done {
             verdict: Verdict::Approved {
                 credential: Some(Credential {
@@ -237,6 +262,7 @@ impl WebauthnProvider {
                         .map_err(|e| ProviderError::internal(format!("credential: {e}")))?
                         .into(),
                 }),
+                detail,
             },
         })
     }
@@ -331,7 +357,7 @@ fn refusal(e: &WebauthnError) -> (DenyReason, String) {
             "the authenticator did not confirm the user's presence".into(),
         ),
         E::CredentialPossibleCompromise => (
-            DenyReason::Other,
+            DenyReason::Cloned,
             "the authenticator's signature counter went backwards: it may have been cloned".into(),
         ),
         other => (
@@ -436,11 +462,369 @@ impl Provider for WebauthnProvider {
             quick: true,
             answer_ahead: false,
             sdk_version: String::new(),
+            several_credentials: true,
         }
     }
 
     fn enroll_start(&self, ctx: &EnrollContext) -> Result<Step, ProviderError> {
         let stored = Self::stored(&ctx.credentials)?;
+        let expires_at = ctx.now + self.settings.expires_in;
+        if !stored.is_empty() {
+            // Another credential beside the ones the user holds: one of them first.
+            let (mut options, authentication) = self.start_authentication(&stored)?;
+            options["ceremony"] = json!("get");
+            options["purpose"] = json!("prove");
+            let state = Enrolment {
+                account: ctx.user.account.clone(),
+                expires_at,
+                stage: Stage::Prove(authentication),
+            };
+            return self.ask(options, &state);
+        }
+        self.start_registration(ctx, &stored, expires_at)
+    }
+
+    fn enroll_continue(
+        &self,
+        ctx: &EnrollContext,
+        state: &[u8],
+        input: &Input,
+    ) -> Result<Step, ProviderError> {
+        let state: Enrolment = serde_json::from_slice(state)
+            .map_err(|_| ProviderError::bad_input("the enrolment state is not WebAuthn's"))?;
+        if state.account != ctx.user.account {
+            return Err(ProviderError::bad_input(
+                "the enrolment state belongs to another user",
+            ));
+        }
+        if ctx.now >= state.expires_at {
+            return Ok(Self::deny(
+                DenyReason::Expired,
+                "the enrolment expired; start it again",
+            ));
+        }
+        let Input::Json { value } = input else {
+            return Err(ProviderError::bad_input(
+                "expected the authenticator's answer as JSON",
+            ));
+        };
+        let registration = match &state.stage {
+            Stage::Prove(authentication) => {
+                let stored = Self::stored(&ctx.credentials)?;
+                return match self.finish_authentication(value, authentication, stored)? {
+                    Ok(_) => self.start_registration(
+                        ctx,
+                        &Self::stored(&ctx.credentials)?,
+                        state.expires_at,
+                    ),
+                    Err(denied) => Ok(denied),
+                };
+            }
+            Stage::Register(registration) => registration,
+        };
+        let label = value
+            .get("label")
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .unwrap_or("WebAuthn credential");
+        if label.chars().count() > 64 || label.chars().any(char::is_control) {
+            return Err(ProviderError::bad_input(
+                "the label must be at most 64 characters, without control characters",
+            ));
+        }
+        let credential: RegisterPublicKeyCredential =
+            serde_json::from_value(value.get("credential").cloned().unwrap_or(Value::Null))
+                .map_err(|e| {
+                    ProviderError::bad_input(format!(
+                        "`credential` is not a WebAuthn registration response: {e}"
+                    ))
+                })?;
+        let (key, aaguid) = match registration {
+            Registration::Passkey(reg) => {
+                match self.webauthn.finish_passkey_registration(&credential, reg) {
+                    Ok(k) => (Key::Passkey(k), None),
+                    Err(e) => {
+                        let (reason, why) = refusal(&e);
+                        return Ok(Self::deny(reason, why));
+                    }
+                }
+            }
+            Registration::SecurityKey(reg) => {
+                match self
+                    .webauthn
+                    .finish_securitykey_registration(&credential, reg)
+                {
+                    Ok(k) => {
+                        let aaguid = match &k.attestation().metadata {
+                            AttestationMetadata::Packed { aaguid }
+                            | AttestationMetadata::Tpm { aaguid, .. } => Some(*aaguid),
+                            _ => None,
+                        };
+                        (Key::SecurityKey(k), aaguid)
+                    }
+                    Err(e) => {
+                        let (reason, why) = refusal(&e);
+                        return Ok(Self::deny(reason, why));
+                    }
+                }
+            }
+        };
+        if let Some(allowed) = &self.aaguids {
+            match aaguid {
+                Some(a) if allowed.contains(&a) => {}
+                Some(a) => {
+                    return Ok(Self::deny(
+                        DenyReason::Other,
+                        format!("this authenticator (AAGUID {a}) is not one this provider accepts"),
+                    ));
+                }
+                None => {
+                    return Ok(Self::deny(
+                        DenyReason::Other,
+                        "the authenticator did not say what it is (no attested AAGUID), and this provider accepts only listed authenticators",
+                    ));
+                }
+            }
+        }
+        let id = match &key {
+            Key::Passkey(k) => URL_SAFE_NO_PAD.encode(AsRef::<[u8]>::as_ref(k.cred_id())),
+            Key::SecurityKey(k) => URL_SAFE_NO_PAD.encode(AsRef::<[u8]>::as_ref(k.cred_id())),
+        };
+        let stored = Stored {
+            profile: self.settings.profile,
+            aaguid: aaguid.map(|a| a.to_string()),
+            key,
+        };
+        Self::approve(id, label.to_string(), &stored, String::new())
+    }
+
+    fn challenge_start(&self, ctx: &ChallengeContext) -> Result<Step, ProviderError> {
+        let stored = Self::stored(&ctx.credentials)?;
+        if stored.is_empty() {
+            return Ok(Self::deny(
+                DenyReason::NotEnrolled,
+                "no WebAuthn credential is registered for this user",
+            ));
+        }
+        let (mut options, authentication) = self.start_authentication(&stored)?;
+        let nonce = options
+            .pointer("/publicKey/challenge")
+            .and_then(Value::as_str)
+            .map(String::from)
+            .ok_or_else(|| ProviderError::internal("the options have no challenge"))?;
+        let bound = bound_challenge(&nonce, ctx);
+        let mut auth_state = serde_json::to_value(&authentication)
+            .map_err(|e| ProviderError::internal(format!("authentication state: {e}")))?;
+        let inner = match &mut auth_state {
+            Value::Object(m) => m.values_mut().next(),
+            _ => None,
+        }
+        .ok_or_else(|| ProviderError::internal("the authentication state is empty"))?;
+        rebind_state(inner, &nonce, &bound)?;
+        let authentication: Authentication = serde_json::from_value(auth_state)
+            .map_err(|e| ProviderError::internal(format!("authentication state: {e}")))?;
+        if let Some(pk) = options.get_mut("publicKey").and_then(Value::as_object_mut) {
+            pk.insert("challenge".into(), json!(bound));
+        }
+        options["ceremony"] = json!("get");
+        // What the user approves, for the page to show beside the button.
+        options["request"] = json!({
+            "id": ctx.request_id,
+            "role": ctx.role,
+            "ttl_s": ctx.ttl_s,
+            "justification": ctx.justification,
+        });
+        let state = Challenge {
+            account: ctx.user.account.clone(),
+            request_id: ctx.request_id.clone(),
+            expires_at: ctx.now + self.settings.expires_in,
+            nonce,
+            authentication,
+        };
+        self.ask(options, &state)
+    }
+
+    fn challenge_continue(
+        &self,
+        ctx: &ChallengeContext,
+        state: &[u8],
+        input: &Input,
+    ) -> Result<Step, ProviderError> {
+        let state: Challenge = serde_json::from_slice(state)
+            .map_err(|_| ProviderError::bad_input("the challenge state is not WebAuthn's"))?;
+        if state.account != ctx.user.account || state.request_id != ctx.request_id {
+            return Err(ProviderError::bad_input(
+                "the challenge state belongs to another request",
+            ));
+        }
+        if ctx.now >= state.expires_at {
+            return Ok(Self::deny(DenyReason::Expired, "the prompt expired"));
+        }
+        let Input::Json { value } = input else {
+            return Err(ProviderError::bad_input(
+                "expected the authenticator's assertion as JSON",
+            ));
+        };
+        let stored = Self::stored(&ctx.credentials)?;
+        match self.finish_authentication(value, &state.authentication, stored)? {
+            Ok(proved) => {
+                let detail = format!(
+                    "credential {} ({}), AAGUID {}, user {}, counter {}",
+                    proved.credential.id,
+                    proved.credential.label,
+                    proved.stored.aaguid.as_deref().unwrap_or("not attested"),
+                    if proved.user_verified {
+                        "verified"
+                    } else {
+                        "present (not verified)"
+                    },
+                    proved.counter
+                );
+                Self::approve(
+                    proved.credential.id,
+                    proved.credential.label,
+                    &proved.stored,
+                    detail,
+                )
+            }
+            Err(denied) => Ok(denied),
+        }
+    }
+}
+
+/// An assertion that verified: the credential it was made with, updated (its counter).
+struct Proved {
+    credential: Credential,
+    stored: Stored,
+    user_verified: bool,
+    counter: u32,
+}
+
+impl WebauthnProvider {
+    /// Options and state for an assertion by one of the user's credentials.
+    fn start_authentication(
+        &self,
+        stored: &[(Credential, Stored)],
+    ) -> Result<(Value, Authentication), ProviderError> {
+        let fail = |e: WebauthnError| ProviderError::internal(format!("authentication: {e:?}"));
+        let (options, authentication) = match self.settings.profile {
+            Profile::Passkey => {
+                let keys: Vec<Passkey> = stored
+                    .iter()
+                    .filter_map(|(_, s)| match &s.key {
+                        Key::Passkey(k) => Some(k.clone()),
+                        Key::SecurityKey(_) => None,
+                    })
+                    .collect();
+                let (rcr, st) = self
+                    .webauthn
+                    .start_passkey_authentication(&keys)
+                    .map_err(fail)?;
+                (rcr, Authentication::Passkey(st))
+            }
+            Profile::SecurityKey | Profile::WindowsHello => {
+                let keys: Vec<SecurityKey> = stored
+                    .iter()
+                    .filter_map(|(_, s)| match &s.key {
+                        Key::SecurityKey(k) => Some(k.clone()),
+                        Key::Passkey(_) => None,
+                    })
+                    .collect();
+                let (rcr, st) = self
+                    .webauthn
+                    .start_securitykey_authentication(&keys)
+                    .map_err(fail)?;
+                (rcr, Authentication::SecurityKey(st))
+            }
+        };
+        let mut options = serde_json::to_value(&options)
+            .map_err(|e| ProviderError::internal(format!("authentication options: {e}")))?;
+        if self.uv_required
+            && let Some(pk) = options.get_mut("publicKey").and_then(Value::as_object_mut)
+        {
+            pk.insert("userVerification".into(), json!("required"));
+        }
+        Ok((options, authentication))
+    }
+
+    /// Verifies an assertion against the state and the user's credentials as the host holds
+    /// them now: the credential it proved, or the denial to answer.
+    fn finish_authentication(
+        &self,
+        value: &Value,
+        authentication: &Authentication,
+        stored: Vec<(Credential, Stored)>,
+    ) -> Result<Result<Proved, Step>, ProviderError> {
+        let assertion: PublicKeyCredential =
+            serde_json::from_value(value.clone()).map_err(|e| {
+                ProviderError::bad_input(format!("the answer is not a WebAuthn assertion: {e}"))
+            })?;
+        let used = URL_SAFE_NO_PAD.encode(AsRef::<[u8]>::as_ref(&assertion.raw_id));
+        let Some((credential, mut s)) = stored.into_iter().find(|(c, _)| c.id == used) else {
+            return Ok(Err(Self::deny(
+                DenyReason::WrongAnswer,
+                "the assertion was made with a credential this user has not registered here",
+            )));
+        };
+        let result = match authentication {
+            Authentication::Passkey(st) => {
+                self.webauthn.finish_passkey_authentication(&assertion, st)
+            }
+            Authentication::SecurityKey(st) => self
+                .webauthn
+                .finish_securitykey_authentication(&assertion, st),
+        };
+        let result = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let (reason, why) = refusal(&e);
+                return Ok(Err(Self::deny_with(reason, why, &credential.id)));
+            }
+        };
+        if self.uv_required && !result.user_verified() {
+            return Ok(Err(Self::deny_with(
+                DenyReason::Other,
+                "the authenticator did not verify the user (a PIN or biometric is required)",
+                &credential.id,
+            )));
+        }
+        // The counter advances through the host's credential update. The state holds the
+        // credentials as they were at the challenge's start, so webauthn-rs compares the
+        // counter with that copy: the stored credential the host hands back now is the one
+        // to compare with. An authenticator that counts (a counter above 0) must have moved
+        // it past the stored value; one that does not count always says 0. A fresh challenge
+        // was signed (the state's), so a counter at or below the stored one is no replay of
+        // an old assertion: another authenticator holds the same key — a copy.
+        let advanced = match &mut s.key {
+            Key::Passkey(k) => k.update_credential(&result),
+            Key::SecurityKey(k) => k.update_credential(&result),
+        };
+        if result.counter() > 0 && advanced != Some(true) {
+            return Ok(Err(Self::deny_with(
+                DenyReason::Cloned,
+                format!(
+                    "the authenticator's signature counter did not advance past the stored one (it said {}): another authenticator holds a copy of this credential",
+                    result.counter()
+                ),
+                &credential.id,
+            )));
+        }
+        Ok(Ok(Proved {
+            credential,
+            stored: s,
+            user_verified: result.user_verified(),
+            counter: result.counter(),
+        }))
+    }
+
+    /// The registration ceremony's prompt, excluding the credentials the user holds.
+    fn start_registration(
+        &self,
+        ctx: &EnrollContext,
+        stored: &[(Credential, Stored)],
+        expires_at: u64,
+    ) -> Result<Step, ProviderError> {
         let exclude: Vec<_> = stored
             .iter()
             .map(|(_, s)| match &s.key {
@@ -502,268 +886,13 @@ impl Provider for WebauthnProvider {
                 }
             }
         }
+        options["ceremony"] = json!("create");
         let state = Enrolment {
             account: ctx.user.account.clone(),
-            expires_at: ctx.now + self.settings.expires_in,
-            registration,
+            expires_at,
+            stage: Stage::Register(registration),
         };
         self.ask(options, &state)
-    }
-
-    fn enroll_continue(
-        &self,
-        ctx: &EnrollContext,
-        state: &[u8],
-        input: &Input,
-    ) -> Result<Step, ProviderError> {
-        let state: Enrolment = serde_json::from_slice(state)
-            .map_err(|_| ProviderError::bad_input("the enrolment state is not WebAuthn's"))?;
-        if state.account != ctx.user.account {
-            return Err(ProviderError::bad_input(
-                "the enrolment state belongs to another user",
-            ));
-        }
-        if ctx.now >= state.expires_at {
-            return Ok(Self::deny(
-                DenyReason::Expired,
-                "the enrolment expired; start it again",
-            ));
-        }
-        let Input::Json { value } = input else {
-            return Err(ProviderError::bad_input(
-                "expected the authenticator's answer as JSON: {credential, label}",
-            ));
-        };
-        let label = value
-            .get("label")
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .unwrap_or("WebAuthn credential");
-        if label.chars().count() > 64 || label.chars().any(char::is_control) {
-            return Err(ProviderError::bad_input(
-                "the label must be at most 64 characters, without control characters",
-            ));
-        }
-        let credential: RegisterPublicKeyCredential =
-            serde_json::from_value(value.get("credential").cloned().unwrap_or(Value::Null))
-                .map_err(|e| {
-                    ProviderError::bad_input(format!(
-                        "`credential` is not a WebAuthn registration response: {e}"
-                    ))
-                })?;
-        let (key, aaguid) = match &state.registration {
-            Registration::Passkey(reg) => {
-                match self.webauthn.finish_passkey_registration(&credential, reg) {
-                    Ok(k) => (Key::Passkey(k), None),
-                    Err(e) => {
-                        let (reason, why) = refusal(&e);
-                        return Ok(Self::deny(reason, why));
-                    }
-                }
-            }
-            Registration::SecurityKey(reg) => {
-                match self
-                    .webauthn
-                    .finish_securitykey_registration(&credential, reg)
-                {
-                    Ok(k) => {
-                        let aaguid = match &k.attestation().metadata {
-                            AttestationMetadata::Packed { aaguid }
-                            | AttestationMetadata::Tpm { aaguid, .. } => Some(*aaguid),
-                            _ => None,
-                        };
-                        (Key::SecurityKey(k), aaguid)
-                    }
-                    Err(e) => {
-                        let (reason, why) = refusal(&e);
-                        return Ok(Self::deny(reason, why));
-                    }
-                }
-            }
-        };
-        if let Some(allowed) = &self.aaguids {
-            match aaguid {
-                Some(a) if allowed.contains(&a) => {}
-                Some(a) => {
-                    return Ok(Self::deny(
-                        DenyReason::Other,
-                        format!("this authenticator (AAGUID {a}) is not one this provider accepts"),
-                    ));
-                }
-                None => {
-                    return Ok(Self::deny(
-                        DenyReason::Other,
-                        "the authenticator did not say what it is (no attested AAGUID), and this provider accepts only listed authenticators",
-                    ));
-                }
-            }
-        }
-        let id = match &key {
-            Key::Passkey(k) => URL_SAFE_NO_PAD.encode(AsRef::<[u8]>::as_ref(k.cred_id())),
-            Key::SecurityKey(k) => URL_SAFE_NO_PAD.encode(AsRef::<[u8]>::as_ref(k.cred_id())),
-        };
-        let stored = Stored {
-            profile: self.settings.profile,
-            aaguid: aaguid.map(|a| a.to_string()),
-            key,
-        };
-        Self::approve(id, label.to_string(), &stored)
-    }
-
-    fn challenge_start(&self, ctx: &ChallengeContext) -> Result<Step, ProviderError> {
-        let stored = Self::stored(&ctx.credentials)?;
-        if stored.is_empty() {
-            return Ok(Self::deny(
-                DenyReason::NotEnrolled,
-                "no WebAuthn credential is registered for this user",
-            ));
-        }
-        let fail = |e: WebauthnError| ProviderError::internal(format!("authentication: {e:?}"));
-        let (options, authentication) = match self.settings.profile {
-            Profile::Passkey => {
-                let keys: Vec<Passkey> = stored
-                    .iter()
-                    .filter_map(|(_, s)| match &s.key {
-                        Key::Passkey(k) => Some(k.clone()),
-                        Key::SecurityKey(_) => None,
-                    })
-                    .collect();
-                let (rcr, st) = self
-                    .webauthn
-                    .start_passkey_authentication(&keys)
-                    .map_err(fail)?;
-                (rcr, Authentication::Passkey(st))
-            }
-            Profile::SecurityKey | Profile::WindowsHello => {
-                let keys: Vec<SecurityKey> = stored
-                    .iter()
-                    .filter_map(|(_, s)| match &s.key {
-                        Key::SecurityKey(k) => Some(k.clone()),
-                        Key::Passkey(_) => None,
-                    })
-                    .collect();
-                let (rcr, st) = self
-                    .webauthn
-                    .start_securitykey_authentication(&keys)
-                    .map_err(fail)?;
-                (rcr, Authentication::SecurityKey(st))
-            }
-        };
-        let mut options = serde_json::to_value(&options)
-            .map_err(|e| ProviderError::internal(format!("authentication options: {e}")))?;
-        let nonce = options
-            .pointer("/publicKey/challenge")
-            .and_then(Value::as_str)
-            .map(String::from)
-            .ok_or_else(|| ProviderError::internal("the options have no challenge"))?;
-        let bound = bound_challenge(&nonce, ctx);
-        let mut auth_state = serde_json::to_value(&authentication)
-            .map_err(|e| ProviderError::internal(format!("authentication state: {e}")))?;
-        let inner = match &mut auth_state {
-            Value::Object(m) => m.values_mut().next(),
-            _ => None,
-        }
-        .ok_or_else(|| ProviderError::internal("the authentication state is empty"))?;
-        rebind_state(inner, &nonce, &bound)?;
-        let authentication: Authentication = serde_json::from_value(auth_state)
-            .map_err(|e| ProviderError::internal(format!("authentication state: {e}")))?;
-        if let Some(pk) = options.get_mut("publicKey").and_then(Value::as_object_mut) {
-            pk.insert("challenge".into(), json!(bound));
-            if self.uv_required {
-                pk.insert("userVerification".into(), json!("required"));
-            }
-        }
-        // What the user approves, for the page to show beside the button.
-        options["request"] = json!({
-            "id": ctx.request_id,
-            "role": ctx.role,
-            "ttl_s": ctx.ttl_s,
-            "justification": ctx.justification,
-        });
-        let state = Challenge {
-            account: ctx.user.account.clone(),
-            request_id: ctx.request_id.clone(),
-            expires_at: ctx.now + self.settings.expires_in,
-            nonce,
-            authentication,
-        };
-        self.ask(options, &state)
-    }
-
-    fn challenge_continue(
-        &self,
-        ctx: &ChallengeContext,
-        state: &[u8],
-        input: &Input,
-    ) -> Result<Step, ProviderError> {
-        let state: Challenge = serde_json::from_slice(state)
-            .map_err(|_| ProviderError::bad_input("the challenge state is not WebAuthn's"))?;
-        if state.account != ctx.user.account || state.request_id != ctx.request_id {
-            return Err(ProviderError::bad_input(
-                "the challenge state belongs to another request",
-            ));
-        }
-        if ctx.now >= state.expires_at {
-            return Ok(Self::deny(DenyReason::Expired, "the prompt expired"));
-        }
-        let Input::Json { value } = input else {
-            return Err(ProviderError::bad_input(
-                "expected the authenticator's assertion as JSON",
-            ));
-        };
-        let assertion: PublicKeyCredential =
-            serde_json::from_value(value.clone()).map_err(|e| {
-                ProviderError::bad_input(format!("the answer is not a WebAuthn assertion: {e}"))
-            })?;
-        let stored = Self::stored(&ctx.credentials)?;
-        let used = URL_SAFE_NO_PAD.encode(AsRef::<[u8]>::as_ref(&assertion.raw_id));
-        let Some((credential, mut s)) = stored.into_iter().find(|(c, _)| c.id == used) else {
-            return Ok(Self::deny(
-                DenyReason::WrongAnswer,
-                "the assertion was made with a credential this user has not registered here",
-            ));
-        };
-        let result = match &state.authentication {
-            Authentication::Passkey(st) => {
-                self.webauthn.finish_passkey_authentication(&assertion, st)
-            }
-            Authentication::SecurityKey(st) => self
-                .webauthn
-                .finish_securitykey_authentication(&assertion, st),
-        };
-        let result = match result {
-            Ok(r) => r,
-            Err(e) => {
-                let (reason, why) = refusal(&e);
-                return Ok(Self::deny(reason, why));
-            }
-        };
-        if self.uv_required && !result.user_verified() {
-            return Ok(Self::deny(
-                DenyReason::Other,
-                "the authenticator did not verify the user (a PIN or biometric is required)",
-            ));
-        }
-        // The counter advances through the host's credential update. The state holds the
-        // credentials as they were at the challenge's start, so webauthn-rs compares the
-        // counter with that copy: the stored credential the host hands back now is the one
-        // to compare with. An authenticator that counts (a counter above 0) must have moved
-        // it past the stored value; one that does not count always says 0.
-        let advanced = match &mut s.key {
-            Key::Passkey(k) => k.update_credential(&result),
-            Key::SecurityKey(k) => k.update_credential(&result),
-        };
-        if result.counter() > 0 && advanced != Some(true) {
-            return Ok(Self::deny(
-                DenyReason::Other,
-                format!(
-                    "the authenticator's signature counter did not advance ({}): the assertion was replayed, or the authenticator was cloned",
-                    result.counter()
-                ),
-            ));
-        }
-        Self::approve(credential.id, credential.label, &s)
     }
 }
 

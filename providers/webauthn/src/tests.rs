@@ -66,9 +66,11 @@ fn ask(step: Step) -> (Value, Vec<u8>) {
 fn approved(step: Step) -> Credential {
     match step {
         Step::Done {
-            verdict: Verdict::Approved {
-                credential: Some(c),
-            },
+            verdict:
+                Verdict::Approved {
+                    credential: Some(c),
+                    ..
+                },
         } => c,
         other => panic!("expected an approval with a credential, got {other:?}"),
     }
@@ -77,7 +79,9 @@ fn approved(step: Step) -> Credential {
 fn denied(step: Step) -> (DenyReason, String) {
     match step {
         Step::Done {
-            verdict: Verdict::Denied { reason, message },
+            verdict: Verdict::Denied {
+                reason, message, ..
+            },
         } => (reason, message),
         other => panic!("expected a denial, got {other:?}"),
     }
@@ -205,12 +209,123 @@ fn an_assertion_answers_only_the_request_it_was_made_for_and_only_once() {
         )
         .unwrap(),
     );
+    // (The host never asks twice for one prompt: a counter at or below the stored one on a
+    // fresh challenge means another authenticator holds the key — a copy, named for the host
+    // to set the credential aside.)
     let ctx_again = challenge_ctx("req-a", vec![updated]);
-    let (_, why) = denied(
-        p.challenge_continue(&ctx_again, &state_a, &Input::Json { value: assertion })
-            .unwrap(),
+    let step = p
+        .challenge_continue(&ctx_again, &state_a, &Input::Json { value: assertion })
+        .unwrap();
+    let Step::Done {
+        verdict:
+            Verdict::Denied {
+                reason,
+                message,
+                credential_id,
+            },
+    } = step
+    else {
+        panic!("expected a denial, got {step:?}");
+    };
+    assert_eq!(reason, DenyReason::Cloned);
+    assert!(message.contains("counter did not advance"), "{message}");
+    assert_eq!(credential_id.as_deref(), Some(cred.id.as_str()));
+}
+
+#[test]
+fn an_approval_says_what_was_verified_for_the_admin() {
+    let p = provider(json!({})).unwrap();
+    let mut auth = SoftPasskey::new(true);
+    let cred = enrol(&p, &mut auth, "work laptop");
+    let (options, state) = start(&p, "req-1", std::slice::from_ref(&cred));
+    let assertion = sign(&mut auth, &options, ORIGIN);
+    let step = p
+        .challenge_continue(
+            &challenge_ctx("req-1", vec![cred.clone()]),
+            &state,
+            &Input::Json { value: assertion },
+        )
+        .unwrap();
+    let Step::Done {
+        verdict: Verdict::Approved { detail, .. },
+    } = step
+    else {
+        panic!("expected an approval, got {step:?}");
+    };
+    assert!(
+        detail.starts_with(&format!("credential {} (work laptop), AAGUID ", cred.id))
+            && detail.contains("user verified, counter "),
+        "{detail}"
     );
-    assert!(why.contains("counter did not advance"), "{why}");
+}
+
+#[test]
+fn a_second_credential_needs_a_held_one_proved_first() {
+    let p = provider(json!({})).unwrap();
+    assert!(p.info().several_credentials);
+    let mut laptop = SoftPasskey::new(true);
+    let first = enrol(&p, &mut laptop, "laptop");
+    let held = vec![first.clone()];
+    // The user holds one: the enrolment asks for an assertion by it, not a registration.
+    let (options, state) = ask(p.enroll_start(&enrol_ctx(held.clone())).unwrap());
+    assert_eq!(options["ceremony"], "get");
+    assert_eq!(options["purpose"], "prove");
+    // A registration answered at once (skipping the proof) is no assertion: bad input.
+    let e = p
+        .enroll_continue(
+            &enrol_ctx(held.clone()),
+            &state,
+            &Input::Json {
+                value: json!({"credential": {}, "label": "spare"}),
+            },
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("not a WebAuthn assertion"), "{e}");
+    // An assertion by a credential the user does not hold proves nothing.
+    let (reason, _) = denied(
+        p.enroll_continue(
+            &enrol_ctx(held.clone()),
+            &state,
+            &Input::Json {
+                value: json!({"id": "AAAA", "rawId": "AAAA", "type": "public-key",
+                    "response": {"clientDataJSON": "e30", "authenticatorData": "AAAA",
+                        "signature": "AAAA", "userHandle": null}}),
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(reason, DenyReason::WrongAnswer);
+    // The laptop proves itself: then the registration, excluding the laptop's credential.
+    let proof = sign(&mut laptop, &options, ORIGIN);
+    let (options, state) = ask(p
+        .enroll_continue(
+            &enrol_ctx(held.clone()),
+            &state,
+            &Input::Json { value: proof },
+        )
+        .unwrap());
+    assert_eq!(options["ceremony"], "create");
+    assert_eq!(
+        options["publicKey"]["excludeCredentials"][0]["id"],
+        json!(first.id)
+    );
+    let mut second = SoftPasskey::new(true);
+    let ccr: CreationChallengeResponse = serde_json::from_value(options).unwrap();
+    let reg = second
+        .do_registration(Url::parse(ORIGIN).unwrap(), ccr)
+        .unwrap();
+    let added = approved(
+        p.enroll_continue(
+            &enrol_ctx(held),
+            &state,
+            &Input::Json {
+                value: json!({"credential": reg, "label": "spare key"}),
+            },
+        )
+        .unwrap(),
+    );
+    assert_eq!(added.label, "spare key");
+    assert_ne!(added.id, first.id);
 }
 
 #[test]

@@ -423,7 +423,9 @@ impl Session<'_> {
                 },
             ),
             Reply::Ok(Step::Done {
-                verdict: Verdict::Denied { reason, message },
+                verdict: Verdict::Denied {
+                    reason, message, ..
+                },
             }) if driven.computed => fail(
                 CHALLENGE,
                 format!(

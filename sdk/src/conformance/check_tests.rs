@@ -61,10 +61,7 @@ fn done(verdict: Verdict) -> Step {
 }
 
 fn denied(reason: DenyReason, message: &str) -> Step {
-    done(Verdict::Denied {
-        reason,
-        message: message.into(),
-    })
+    done(Verdict::denied(reason, message))
 }
 
 fn info(id: &str, needs_enrolment: bool) -> ProviderInfo {
@@ -80,6 +77,7 @@ fn info(id: &str, needs_enrolment: bool) -> ProviderInfo {
         quick: false,
         answer_ahead: false,
         sdk_version: String::new(),
+        several_credentials: false,
     }
 }
 
@@ -194,7 +192,7 @@ impl<const FLAW: u8> Provider for Demo<FLAW> {
             return Err(ProviderError::bad_input("six digits, please"));
         }
         Ok(if code == expected {
-            done(Verdict::Approved { credential: None })
+            done(Verdict::approved(None))
         } else {
             denied(DenyReason::WrongAnswer, "wrong code")
         })
@@ -262,13 +260,11 @@ impl<const FLAW: u8> Provider for Secret<FLAW> {
             });
         }
         Ok(if code == SECRET {
-            done(Verdict::Approved {
-                credential: (FLAW != 1).then(|| Credential {
-                    id: "secret-1".into(),
-                    label: "secret".into(),
-                    data: Bytes(SECRET.as_bytes().to_vec()),
-                }),
-            })
+            done(Verdict::approved((FLAW != 1).then(|| Credential {
+                id: "secret-1".into(),
+                label: "secret".into(),
+                data: Bytes(SECRET.as_bytes().to_vec()),
+            })))
         } else {
             denied(DenyReason::WrongAnswer, "not the secret")
         })
@@ -305,7 +301,7 @@ impl<const FLAW: u8> Provider for Secret<FLAW> {
             .iter()
             .any(|c| c.data.as_slice() == code.as_bytes());
         Ok(if right {
-            done(Verdict::Approved { credential: None })
+            done(Verdict::approved(None))
         } else {
             denied(DenyReason::WrongAnswer, "wrong secret")
         })
@@ -371,13 +367,11 @@ impl<const FLAW: u8> Provider for Totp<FLAW> {
         };
         let expected = code_for_uri(TOTP_URI, Self::now(ctx.now)).unwrap_or_default();
         Ok(if *code == expected {
-            done(Verdict::Approved {
-                credential: Some(Credential {
-                    id: "totp-1".into(),
-                    label: "app".into(),
-                    data: Bytes(TOTP_URI.as_bytes().to_vec()),
-                }),
-            })
+            done(Verdict::approved(Some(Credential {
+                id: "totp-1".into(),
+                label: "app".into(),
+                data: Bytes(TOTP_URI.as_bytes().to_vec()),
+            })))
         } else {
             denied(DenyReason::WrongAnswer, "wrong code")
         })
@@ -424,7 +418,7 @@ impl<const FLAW: u8> Provider for Totp<FLAW> {
         }
         let expected = code_for_uri(TOTP_URI, now).unwrap_or_default();
         Ok(if *code == expected {
-            done(Verdict::Approved { credential: None })
+            done(Verdict::approved(None))
         } else if FLAW == 2 {
             denied(
                 DenyReason::WrongAnswer,

@@ -220,6 +220,7 @@ impl Session<'_> {
                     verdict:
                         Verdict::Approved {
                             credential: Some(credential),
+                            ..
                         },
                 }) => {
                     self.learn_credential(&credential);
@@ -237,7 +238,10 @@ impl Session<'_> {
                     ));
                 }
                 Reply::Ok(Step::Done {
-                    verdict: Verdict::Approved { credential: None },
+                    verdict:
+                        Verdict::Approved {
+                            credential: None, ..
+                        },
                 }) => {
                     return Err(fail(
                         ENROLMENT,
@@ -245,7 +249,10 @@ impl Session<'_> {
                     ));
                 }
                 Reply::Ok(Step::Done {
-                    verdict: Verdict::Denied { reason, message },
+                    verdict:
+                        Verdict::Denied {
+                            reason, message, ..
+                        },
                 }) => {
                     let seen = format!("denied ({}: {})", wire(&reason), clip(&message));
                     return Err(if responder.guessed() {

@@ -460,9 +460,11 @@ impl<'a> Session<'a> {
     /// Keeps a credential update from an approved challenge, as the host does.
     pub(super) fn update_credential(&self, step: &Step) {
         if let Step::Done {
-            verdict: Verdict::Approved {
-                credential: Some(update),
-            },
+            verdict:
+                Verdict::Approved {
+                    credential: Some(update),
+                    ..
+                },
         } = step
         {
             self.learn_credential(update);

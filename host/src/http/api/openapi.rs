@@ -41,7 +41,7 @@ pub fn openapi_document() -> Json_ {
             "/v1/users/{account}": {"get": op("A user", false), "patch": op("Change a user (Set-PAMUser); a phone change raises event 825", true),
                                     "delete": op("Remove a user (Remove-PAMUser)", true)},
             "/v1/users/{account}/unlock": {"post": op("Lift a lockout: {provider} (event 301)", true)},
-            "/v1/users/{account}/credentials": {"get": op("A user's credentials (id, provider, label, created_at; never their data): admins, or the user", false)},
+            "/v1/users/{account}/credentials": {"get": op("A user's credentials (id, provider, label, created_at, and flag and flagged_at when set aside as a suspected copy; never their data): admins, or the user", false)},
             "/v1/users/{account}/credentials/{provider}/{id}": {"delete": op("Remove a credential, e.g. a lost phone (event 311)", true)},
             "/v1/roles": {"get": op("Roles (Get-PAMRole)", false), "post": op("New role (New-PAMRole)", true)},
             "/v1/roles/{name}": {"get": op("A role (its policy, when_factor_down: fail_closed|fallback, shadow: providers tried after the real factor without deciding); for an admin also `warnings`: what stands in its candidates' way today", false), "put": op("Replace a role's policy (Set-PAMRole)", true),

@@ -82,6 +82,7 @@ impl Provider for Misbehave {
             quick: self.quick,
             answer_ahead: false,
             sdk_version: String::new(),
+            several_credentials: false,
         }
     }
 
@@ -134,17 +135,12 @@ impl Provider for Misbehave {
             return Err(ProviderError::bad_input("type the secret"));
         }
         let verdict = match input {
-            Input::Code { code } if code == "4321" => Verdict::Approved {
-                credential: Some(Credential {
-                    id: "c1".into(),
-                    label: "secret".into(),
-                    data: b"4321".to_vec().into(),
-                }),
-            },
-            _ => Verdict::Denied {
-                reason: DenyReason::WrongAnswer,
-                message: "that is not the secret".into(),
-            },
+            Input::Code { code } if code == "4321" => Verdict::approved(Some(Credential {
+                id: "c1".into(),
+                label: "secret".into(),
+                data: b"4321".to_vec().into(),
+            })),
+            _ => Verdict::denied(DenyReason::WrongAnswer, "that is not the secret"),
         };
         Ok(Step::Done { verdict })
     }
@@ -152,10 +148,7 @@ impl Provider for Misbehave {
     fn challenge_start(&self, ctx: &ChallengeContext) -> Result<Step, ProviderError> {
         if self.mode == "enrol" && ctx.credentials.is_empty() {
             return Ok(Step::Done {
-                verdict: Verdict::Denied {
-                    reason: DenyReason::NotEnrolled,
-                    message: "not enrolled".into(),
-                },
+                verdict: Verdict::denied(DenyReason::NotEnrolled, "not enrolled"),
             });
         }
         match self.mode.as_str() {
@@ -237,19 +230,22 @@ impl Provider for Misbehave {
                         label: format!("{} (used)", c.label),
                         data: c.data.clone(),
                     }),
+                    // What was verified, for event 103 (the host drops the control
+                    // character and the backquote).
+                    detail: format!("credential `{}`\n matched", c.id),
                 },
-                _ => Verdict::Denied {
-                    reason: DenyReason::WrongAnswer,
-                    message: "wrong secret".into(),
+                // As a WebAuthn provider says of a counter that went backwards.
+                Some(c) if code == "clone" => Verdict::Denied {
+                    reason: DenyReason::Cloned,
+                    message: "the counter went backwards".into(),
+                    credential_id: Some(c.id.clone()),
                 },
+                _ => Verdict::denied(DenyReason::WrongAnswer, "wrong secret"),
             }
         } else if code == "1234" {
-            Verdict::Approved { credential: None }
+            Verdict::approved(None)
         } else {
-            Verdict::Denied {
-                reason: DenyReason::WrongAnswer,
-                message: "wrong code".into(),
-            }
+            Verdict::denied(DenyReason::WrongAnswer, "wrong code")
         };
         Ok(Step::Done { verdict })
     }
