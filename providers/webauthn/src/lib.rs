@@ -36,10 +36,10 @@ use rolegate_sdk::{
 };
 use sha2::{Digest as _, Sha256};
 use webauthn_rs::prelude::{
-    AttestationMetadata, AuthenticatorAttachment, Passkey, PasskeyAuthentication,
-    PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential, SecurityKey,
-    SecurityKeyAuthentication, SecurityKeyRegistration, Url, Uuid, Webauthn, WebauthnBuilder,
-    WebauthnError,
+    AttestationCaList, AttestationCaListBuilder, AttestationMetadata, AuthenticatorAttachment,
+    Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential,
+    RegisterPublicKeyCredential, SecurityKey, SecurityKeyAuthentication, SecurityKeyRegistration,
+    Url, Uuid, Webauthn, WebauthnBuilder, WebauthnError,
 };
 
 /// The Windows Hello authenticators' AAGUIDs: hardware, VBS hardware, software.
@@ -96,6 +96,11 @@ pub struct WebauthnSettings {
     /// Seconds a user has to complete a ceremony (30 to 600).
     #[serde(default = "default_expires_in")]
     pub expires_in: u64,
+    /// PEM files of the attestation CAs the authenticators' certificates must chain to (the
+    /// vendors' roots), each trusted for the AAGUIDs in `aaguids`: the AAGUID check is then
+    /// proven rather than self-asserted. `windows-hello` and `security-key` only.
+    #[serde(default)]
+    pub attestation_roots: Option<Vec<String>>,
 }
 
 fn default_rp_name() -> String {
@@ -111,6 +116,8 @@ pub struct WebauthnProvider {
     webauthn: Webauthn,
     aaguids: Option<Vec<Uuid>>,
     uv_required: bool,
+    /// The attestation CAs, when configured: a registration's certificate chain must reach one.
+    roots: Option<AttestationCaList>,
 }
 
 /// A stored credential, as the host keeps it (sealed).
@@ -120,6 +127,10 @@ struct Stored {
     profile: Profile,
     /// The authenticator's AAGUID, when it said.
     aaguid: Option<String>,
+    /// Whether the AAGUID was proven by an attestation chain to a configured root (otherwise
+    /// it is what the authenticator claimed).
+    #[serde(default)]
+    attested: bool,
     /// webauthn-rs's credential (public key, counter).
     key: Key,
 }
@@ -300,6 +311,37 @@ impl WebauthnProvider {
     }
 }
 
+/// The attestation CAs from PEM files, each trusted for every allowed AAGUID; refused naming
+/// the file that cannot be read or holds no certificate.
+fn attestation_roots(
+    files: &[String],
+    aaguids: &[Uuid],
+) -> Result<AttestationCaList, ProviderError> {
+    if files.is_empty() {
+        return Err(config(
+            "setting `attestation_roots` lists no file: leave it out, or name the vendors' CA files",
+        ));
+    }
+    let mut builder = AttestationCaListBuilder::new();
+    for file in files {
+        let pem = std::fs::read(file).map_err(|e| {
+            config(format!(
+                "setting `attestation_roots`: `{file}` cannot be read ({e})"
+            ))
+        })?;
+        for aaguid in aaguids {
+            builder
+                .insert_device_pem(&pem, *aaguid, format!("root {file}"), Default::default())
+                .map_err(|e| {
+                    config(format!(
+                        "setting `attestation_roots`: `{file}` is not a PEM certificate ({e:?})"
+                    ))
+                })?;
+        }
+    }
+    Ok(builder.build())
+}
+
 /// The challenge the authenticator signs for a request: the random one, bound to the request.
 fn bound_challenge(nonce: &str, ctx: &ChallengeContext) -> String {
     let mut h = Sha256::new();
@@ -360,9 +402,22 @@ fn refusal(e: &WebauthnError) -> (DenyReason, String) {
             DenyReason::Cloned,
             "the authenticator's signature counter went backwards: it may have been cloned".into(),
         ),
+        E::AttestationChainNotTrusted(_)
+        | E::AttestationTrustFailure
+        | E::AttestationNotVerifiable
+        | E::AttestationUntrustedAaguid
+        | E::AttestationCertificateTrustStoreEmpty
+        | E::AttestationFormatMissingAaguid
+        | E::AttestationCertificateAAGUIDMismatch => (
+            DenyReason::Other,
+            format!(
+                "the authenticator's attestation does not chain to a configured root for its AAGUID (setting `attestation_roots`): {other:?}",
+                other = e
+            ),
+        ),
         other => (
             DenyReason::Other,
-            format!("the assertion was refused ({other:?})"),
+            format!("webauthn-rs refused the answer ({other:?})"),
         ),
     }
 }
@@ -427,6 +482,22 @@ impl Provider for WebauthnProvider {
             ),
             (None, _) => None,
         };
+        let roots = match &settings.attestation_roots {
+            None => None,
+            Some(_) if settings.profile == Profile::Passkey => {
+                return Err(config(
+                    "setting `attestation_roots`: the `passkey` profile accepts any authenticator; use `windows-hello` or `security-key` to require an attested one",
+                ));
+            }
+            Some(files) => {
+                let Some(allowed) = aaguids.as_ref().filter(|a| !a.is_empty()) else {
+                    return Err(config(
+                        "setting `attestation_roots` needs `aaguids`: the AAGUIDs the roots vouch for",
+                    ));
+                };
+                Some(attestation_roots(files, allowed)?)
+            }
+        };
         let mut builder = WebauthnBuilder::new(rp_id, &origins[0])
             .map_err(|e| config(format!("the relying party: {e:?}")))?
             .rp_name(settings.rp_name.trim());
@@ -441,6 +512,7 @@ impl Provider for WebauthnProvider {
             webauthn,
             aaguids,
             uv_required,
+            roots,
         })
     }
 
@@ -594,6 +666,7 @@ impl Provider for WebauthnProvider {
         let stored = Stored {
             profile: self.settings.profile,
             aaguid: aaguid.map(|a| a.to_string()),
+            attested: self.roots.is_some() && aaguid.is_some(),
             key,
         };
         Self::approve(id, label.to_string(), &stored, String::new())
@@ -670,10 +743,15 @@ impl Provider for WebauthnProvider {
         match self.finish_authentication(value, &state.authentication, stored)? {
             Ok(proved) => {
                 let detail = format!(
-                    "credential {} ({}), AAGUID {}, user {}, counter {}",
+                    "credential {} ({}), AAGUID {} ({}), user {}, counter {}",
                     proved.credential.id,
                     proved.credential.label,
-                    proved.stored.aaguid.as_deref().unwrap_or("not attested"),
+                    proved.stored.aaguid.as_deref().unwrap_or("none"),
+                    if proved.stored.attested {
+                        "attested by a configured root"
+                    } else {
+                        "self-asserted"
+                    },
                     if proved.user_verified {
                         "verified"
                     } else {
@@ -857,7 +935,7 @@ impl WebauthnProvider {
                         name,
                         display,
                         exclude,
-                        None,
+                        self.roots.clone(),
                         self.attachment(),
                     )
                     .map_err(fail)?;

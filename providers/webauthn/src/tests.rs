@@ -2,8 +2,9 @@
 //! registration, request-bound authentication, and the refusals.
 
 use rolegate_sdk::UserContext;
-use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+use webauthn_authenticator_rs::WebauthnAuthenticator;
 use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+use webauthn_authenticator_rs::softtoken::{AAGUID as SOFT_AAGUID, SoftToken};
 use webauthn_rs::prelude::{CreationChallengeResponse, RequestChallengeResponse};
 
 use super::*;
@@ -561,4 +562,95 @@ fn bad_settings_are_refused_naming_the_setting() {
     provider(json!({"rp_id": "localhost", "origins": ["http://localhost:8420"]})).unwrap();
     provider(json!({"origins": ["https://login.pam.contoso.test"]})).unwrap();
     provider(json!({"profile": "security-key", "user_verification": "discouraged"})).unwrap();
+}
+
+/// A soft token (packed attestation under its own CA) and that CA as a PEM file.
+fn soft_token_with_ca(dir: &std::path::Path) -> (SoftToken, String) {
+    use x509_cert::der::EncodePem as _;
+    let (token, ca) = SoftToken::new(true).unwrap();
+    let pem = ca.to_pem(x509_cert::der::pem::LineEnding::LF).unwrap();
+    let file = dir.join("soft-ca.pem");
+    std::fs::write(&file, pem).unwrap();
+    (token, file.display().to_string())
+}
+
+fn security_key(extra: Value) -> Result<WebauthnProvider, ProviderError> {
+    let mut base = json!({"profile": "security-key", "user_verification": "discouraged"});
+    if let (Some(b), Value::Object(more)) = (base.as_object_mut(), extra) {
+        b.extend(more);
+    }
+    provider(base)
+}
+
+/// Registers the token with the provider: the verdict.
+fn register(p: &WebauthnProvider, token: &mut dyn WebauthnAuthenticator) -> Step {
+    let (options, state) = ask(p.enroll_start(&enrol_ctx(vec![])).unwrap());
+    let ccr: CreationChallengeResponse = serde_json::from_value(options).unwrap();
+    let reg = token
+        .do_registration(Url::parse(ORIGIN).unwrap(), ccr)
+        .unwrap();
+    p.enroll_continue(
+        &enrol_ctx(vec![]),
+        &state,
+        &Input::Json {
+            value: json!({"credential": reg, "label": "key"}),
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn attestation_from_a_configured_root_is_accepted_and_from_another_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut token, ca) = soft_token_with_ca(dir.path());
+    let aaguid = SOFT_AAGUID.to_string();
+    // The token's CA configured for its AAGUID: registered, and the AAGUID proven.
+    let p = security_key(json!({"aaguids": [aaguid], "attestation_roots": [ca]})).unwrap();
+    let cred = approved(register(&p, &mut token));
+    let stored: Stored = serde_json::from_slice(cred.data.as_slice()).unwrap();
+    assert!(stored.attested);
+    assert_eq!(stored.aaguid.as_deref(), Some(aaguid.as_str()));
+    // Another token (its own CA, the same AAGUID claimed): its chain reaches no root.
+    let other_dir = tempfile::tempdir().unwrap();
+    let (mut forged, _) = soft_token_with_ca(other_dir.path());
+    let (reason, why) = denied(register(&p, &mut forged));
+    assert_eq!(reason, DenyReason::Other);
+    assert!(why.contains("does not chain to a configured root"), "{why}");
+    // Without roots the same claim is taken as said (self-asserted), and stored as such.
+    let p = security_key(json!({"aaguids": [aaguid]})).unwrap();
+    let cred = approved(register(&p, &mut forged));
+    let stored: Stored = serde_json::from_slice(cred.data.as_slice()).unwrap();
+    assert!(!stored.attested);
+}
+
+#[test]
+fn attestation_roots_are_refused_by_name_where_they_cannot_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, ca) = soft_token_with_ca(dir.path());
+    let e = provider(json!({"attestation_roots": [ca]}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("`passkey` profile accepts any authenticator"),
+        "{e}"
+    );
+    let e = security_key(json!({"attestation_roots": [ca]}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("needs `aaguids`"), "{e}");
+    let e = security_key(json!({"aaguids": [WINDOWS_HELLO_AAGUIDS[0]], "attestation_roots": ["/nonexistent/ca.pem"]}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("`/nonexistent/ca.pem` cannot be read"), "{e}");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let e =
+        security_key(json!({"aaguids": [WINDOWS_HELLO_AAGUIDS[0]], "attestation_roots": [junk]}))
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(e.contains("is not a PEM certificate"), "{e}");
 }
