@@ -124,6 +124,22 @@ fn client_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity> {
 }
 
 impl Client {
+    /// What a terminal says of a prompt it cannot answer: for a WebAuthn ceremony (which needs
+    /// a browser), the link to the daemon's page where it runs.
+    fn to_the_page(&self, kind: Option<&str>, fragment: &str) -> String {
+        match kind {
+            Some("webauthn") => format!(
+                "a WebAuthn ceremony (Windows Hello, a security key) runs in a browser, not in a terminal: open {}/{fragment}, sign in with your token, and follow the page",
+                self.base.trim_end_matches('/')
+            ),
+            other => format!(
+                "this terminal cannot answer a `{}` prompt; use the web page ({})",
+                other.unwrap_or("unknown"),
+                self.base.trim_end_matches('/')
+            ),
+        }
+    }
+
     /// A client of the daemon at `base` (`http://127.0.0.1:8420`, `https://pam.example.org:8420`),
     /// trusting the certificates in `ca_file` (PEM) beside the system's. A token is never
     /// sent over plain HTTP to another machine.
@@ -381,10 +397,7 @@ pub async fn walk_request(client: &Client, mut v: Value) -> Result<Value> {
             other => {
                 return Err(Error::Invalid {
                     what: "prompt".into(),
-                    message: format!(
-                        "this terminal cannot answer a `{}` prompt; use the web page",
-                        other.unwrap_or("unknown")
-                    ),
+                    message: client.to_the_page(other, &format!("#request/{id}")),
                 });
             }
         }
@@ -491,10 +504,7 @@ pub async fn walk_enrolment(client: &Client, mut v: Value) -> Result<Value> {
             other => {
                 return Err(Error::Invalid {
                     what: "prompt".into(),
-                    message: format!(
-                        "this terminal cannot answer a `{}` prompt; use the web page",
-                        other.unwrap_or("unknown")
-                    ),
+                    message: client.to_the_page(other, &format!("#enrol/{provider}")),
                 });
             }
         };

@@ -85,7 +85,26 @@ async function signIn() {
   $("signin").hidden = true;
   $("app").hidden = false;
   $("signout").hidden = false;
-  tab("activate");
+  loadRequestProviders().catch(showError);
+  followLink().catch(showError);
+}
+
+// A link the CLI printed for a ceremony a terminal cannot run: `#enrol/<provider>` starts that
+// enrolment's page, `#request/<id>` shows the request's prompt.
+async function followLink() {
+  const [what, arg] = decodeURIComponent(location.hash.slice(1)).split("/", 2);
+  if (what === "enrol" && arg) {
+    tab("enrol");
+    await loadEnrolProviders();
+    $("enrol-provider").value = arg;
+    $("enrol-result").textContent = "";
+    enrolStep(await api("POST", "/v1/enrolments", { provider: arg }));
+  } else if (what === "request" && arg) {
+    tab("activate");
+    settle(await api("GET", "/v1/requests/" + encodeURIComponent(arg)));
+  } else {
+    tab("activate");
+  }
 }
 
 function signOut() {
@@ -107,6 +126,7 @@ function settle(v) {
   $("code-form").hidden = true;
   $("mfa-wait").hidden = true;
   $("shadow-skip").hidden = true;
+  $("webauthn").hidden = true;
   // A shadow factor: asked once the real one is done, never deciding the request.
   const shadow = v.shadow && v.shadow.outcome === "asked" ? v.shadow : null;
   if (v.state !== "pending_mfa") {
@@ -140,7 +160,16 @@ function settle(v) {
       }
     }, after);
   } else if (p.kind === "webauthn") {
-    webauthn(v.id, p.options).catch(showError);
+    // The facts the signature commits to, beside the button that signs them.
+    const r = (p.options && p.options.request) || {};
+    $("webauthn-facts").textContent = "role " + (r.role || v.role) + " for " +
+      Math.round((r.ttl_s || v.ttl_s || 0) / 60) + " min" +
+      (r.justification ? ", because: " + r.justification : "") + " (request " + (r.id || v.id) + ")";
+    $("webauthn").hidden = false;
+    $("webauthn-go").onclick = () => {
+      showError(null);
+      webauthn(v.id, p.options).catch(showError);
+    };
   } else {
     $("mfa-message").textContent = "This page cannot answer a `" + p.kind + "` prompt; use the rolegate CLI.";
   }
@@ -157,19 +186,43 @@ function unb64u(s) {
   return Uint8Array.from(bin, (c) => c.charCodeAt(0));
 }
 
-async function webauthn(id, options) {
+// A WebAuthn assertion (navigator.credentials.get) as JSON webauthn-rs reads.
+async function assertion(options) {
   const o = structuredClone(options.publicKey || options);
   o.challenge = unb64u(o.challenge);
   for (const c of o.allowCredentials || []) c.id = unb64u(c.id);
   const cred = await navigator.credentials.get({ publicKey: o });
   const r = cred.response;
-  const json = {
+  return {
     id: cred.id, rawId: b64u(cred.rawId), type: cred.type,
     response: {
       clientDataJSON: b64u(r.clientDataJSON), authenticatorData: b64u(r.authenticatorData),
       signature: b64u(r.signature), userHandle: r.userHandle ? b64u(r.userHandle) : null,
     },
+    extensions: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
   };
+}
+
+// A WebAuthn registration (navigator.credentials.create) as JSON webauthn-rs reads.
+async function registration(options) {
+  const o = structuredClone(options.publicKey || options);
+  o.challenge = unb64u(o.challenge);
+  o.user.id = unb64u(o.user.id);
+  for (const c of o.excludeCredentials || []) c.id = unb64u(c.id);
+  const cred = await navigator.credentials.create({ publicKey: o });
+  const r = cred.response;
+  return {
+    id: cred.id, rawId: b64u(cred.rawId), type: cred.type,
+    response: {
+      attestationObject: b64u(r.attestationObject), clientDataJSON: b64u(r.clientDataJSON),
+      transports: r.getTransports ? r.getTransports() : undefined,
+    },
+    extensions: cred.getClientExtensionResults ? cred.getClientExtensionResults() : {},
+  };
+}
+
+async function webauthn(id, options) {
+  const json = await assertion(options);
   settle(await api("POST", "/v1/requests/" + encodeURIComponent(id) + "/answer",
     { input: { kind: "json", value: json } }));
 }
@@ -438,21 +491,36 @@ async function loadTokens() {
 // --- enrolment: pick a provider, show its material (QR code), confirm with a code ----------
 let enrolment = null;
 
+// The factors a user may choose for a request (the role's policy decides which it accepts).
+async function loadRequestProviders() {
+  const options = [$("request-provider").options[0]];
+  for (const p of await api("GET", "/v1/providers")) {
+    const o = document.createElement("option");
+    o.value = p.id;
+    o.textContent = (p.info ? p.info.name + " " : "") + "(" + p.id + ")";
+    options.push(o);
+  }
+  $("request-provider").replaceChildren(...options);
+}
+
 async function loadEnrolProviders() {
-  const select = $("enrol-provider");
-  select.replaceChildren();
+  // Replaced in one go after the read: two loads at once leave one list, not both.
+  const options = [];
   for (const p of await api("GET", "/v1/providers")) {
     if (!p.info || !p.info.needs_enrolment) continue;
     const o = document.createElement("option");
     o.value = p.id;
     o.textContent = p.info.name + " (" + p.id + ")";
-    select.appendChild(o);
+    options.push(o);
   }
+  $("enrol-provider").replaceChildren(...options);
 }
 
 function enrolStep(v) {
   enrolment = v;
   $("enrol-step").hidden = true;
+  $("enrol-webauthn").hidden = true;
+  $("enrol-code-form").hidden = false;
   if (v.done || !v.state) {
     $("enrol-result").textContent = v.done
       ? "Enrolled (credential " + v.credential + ")."
@@ -464,6 +532,7 @@ function enrolStep(v) {
   const p = v.prompt || {};
   $("enrol-step").hidden = false;
   $("enrol-message").textContent = p.message || "";
+  if (p.kind === "webauthn") return enrolWebauthn(v, p.options || {});
   const qr = $("enrol-qr");
   // The PNG arrives as base64; only base64 characters reach the data: URL.
   if (typeof p.png === "string" && /^[A-Za-z0-9+/=]+$/.test(p.png)) {
@@ -480,6 +549,31 @@ function enrolStep(v) {
   input.autocomplete = p.kind === "code" ? "new-password" : "one-time-code";
   input.value = "";
   input.focus();
+}
+
+// A WebAuthn enrolment: a user who holds a credential proves it first (`get`), then the new
+// one is registered (`create`) under the name the user gives it.
+function enrolWebauthn(v, options) {
+  const prove = options.ceremony === "get";
+  $("enrol-qr").hidden = true;
+  $("enrol-key").textContent = "";
+  $("enrol-code-form").hidden = true;
+  $("enrol-webauthn").hidden = false;
+  $("enrol-label-field").hidden = prove;
+  $("enrol-message").textContent = prove
+    ? "First confirm with a credential you already hold here; then register the new one."
+    : "Name the new credential, then follow your browser (Windows Hello, or touch your security key).";
+  $("enrol-webauthn-go").textContent = prove ? "Confirm with a credential you hold" : "Register";
+  $("enrol-webauthn-go").onclick = () => {
+    showError(null);
+    const answer = prove
+      ? assertion(options)
+      : registration(options).then((credential) => ({ credential, label: $("enrol-label").value.trim() }));
+    answer
+      .then((value) => api("POST", "/v1/enrolments/continue",
+        { provider: v.provider, state: v.state, input: { kind: "json", value } }))
+      .then(enrolStep, showError);
+  };
 }
 
 // --- wiring -------------------------------------------------------------------------------
@@ -506,6 +600,8 @@ document.addEventListener("DOMContentLoaded", () => {
   onSubmit("request-form", () => {
     $("request-result").textContent = "";
     const body = { role: $("role").value.trim(), justification: $("justification").value };
+    const factor = $("request-provider").value;
+    if (factor) body.provider = factor;
     const minutes = parseInt($("minutes").value, 10);
     if (minutes > 0) body.ttl_s = minutes * 60;
     // An authenticator app's code sent with the request: judged at once, no prompt.

@@ -145,6 +145,17 @@ impl Browser {
         .await
     }
 
+    /// Runs an asynchronous script in the page: it ends by calling its last argument with
+    /// its value (`arguments[arguments.length - 1](v)`), which this returns.
+    pub async fn eval_async(&self, script: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/async",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
     async fn element(&self, css: &str) -> String {
         let v = self
             .cmd(
@@ -187,6 +198,66 @@ impl Browser {
             .as_str()
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// Adds a virtual authenticator (the WebDriver WebAuthn extension, Chrome's DevTools
+    /// WebAuthn domain underneath): `transport` `internal` with user verification presents
+    /// itself as Windows Hello does (a platform authenticator); `usb` as a security key.
+    /// Returns its id.
+    pub async fn add_authenticator(&self, transport: &str, user_verification: bool) -> String {
+        let v = self
+            .cmd(
+                "POST",
+                "/webauthn/authenticator",
+                Some(json!({
+                    "protocol": "ctap2",
+                    "transport": transport,
+                    "hasResidentKey": true,
+                    "hasUserVerification": user_verification,
+                    "isUserConsenting": true,
+                    "isUserVerified": user_verification,
+                })),
+            )
+            .await;
+        v.as_str()
+            .unwrap_or_else(|| panic!("no authenticator id: {v}"))
+            .to_string()
+    }
+
+    /// Removes a virtual authenticator.
+    pub async fn remove_authenticator(&self, id: &str) {
+        self.http
+            .delete(format!(
+                "{}/session/{}/webauthn/authenticator/{id}",
+                self.base, self.session
+            ))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("removing authenticator {id}: {e}"));
+    }
+
+    /// The credentials a virtual authenticator holds (with their private keys and sign
+    /// counts, as the WebDriver extension gives them).
+    pub async fn authenticator_credentials(&self, id: &str) -> Vec<Value> {
+        let v = self
+            .cmd(
+                "GET",
+                &format!("/webauthn/authenticator/{id}/credentials"),
+                None,
+            )
+            .await;
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// Puts a credential (as [`Browser::authenticator_credentials`] gives it) into a virtual
+    /// authenticator: a copy of another's key, to play a cloned authenticator.
+    pub async fn add_credential(&self, id: &str, credential: Value) {
+        self.cmd(
+            "POST",
+            &format!("/webauthn/authenticator/{id}/credential"),
+            Some(credential),
+        )
+        .await;
     }
 
     /// Waits (bounded) until `script` returns true; panics with `what` and the page's error

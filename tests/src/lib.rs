@@ -53,6 +53,11 @@ pub fn sms_twilio_lib() -> PathBuf {
     built("librolegate_provider_sms_twilio.so")
 }
 
+/// The WebAuthn provider library.
+pub fn webauthn_lib() -> PathBuf {
+    built("librolegate_provider_webauthn.so")
+}
+
 /// The misbehaving test provider library.
 pub fn misbehave_lib() -> PathBuf {
     built("librolegate_test_misbehave.so")

@@ -14,3 +14,4 @@ mod service;
 mod sms;
 mod store;
 mod totp;
+mod webauthn;

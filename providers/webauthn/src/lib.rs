@@ -818,10 +818,16 @@ impl WebauthnProvider {
         };
         let mut options = serde_json::to_value(&options)
             .map_err(|e| ProviderError::internal(format!("authentication options: {e}")))?;
-        if self.uv_required
-            && let Some(pk) = options.get_mut("publicKey").and_then(Value::as_object_mut)
-        {
-            pk.insert("userVerification".into(), json!("required"));
+        if let Some(pk) = options.get_mut("publicKey").and_then(Value::as_object_mut) {
+            pk.insert(
+                "userVerification".into(),
+                json!(if self.uv_required {
+                    "required"
+                } else {
+                    "discouraged"
+                }),
+            );
+            pk.insert("timeout".into(), json!(self.settings.expires_in * 1000));
         }
         Ok((options, authentication))
     }
@@ -949,13 +955,36 @@ impl WebauthnProvider {
             if self.aaguids.is_some() {
                 pk.insert("attestation".into(), json!("direct"));
             }
+            pk.insert("timeout".into(), json!(self.settings.expires_in * 1000));
+            match self.settings.profile {
+                Profile::WindowsHello => {
+                    pk.insert("hints".into(), json!(["client-device"]));
+                }
+                Profile::SecurityKey => {
+                    pk.insert("hints".into(), json!(["security-key"]));
+                }
+                Profile::Passkey => {}
+            }
+            if !self.uv_required
+                && let Some(ext) = pk.get_mut("extensions").and_then(Value::as_object_mut)
+            {
+                // A key that cannot verify its user must still be able to use the credential:
+                // no protection policy that would demand verification.
+                ext.remove("credentialProtectionPolicy");
+                ext.remove("enforceCredentialProtectionPolicy");
+            }
             if let Some(sel) = pk
                 .get_mut("authenticatorSelection")
                 .and_then(Value::as_object_mut)
             {
-                if self.uv_required {
-                    sel.insert("userVerification".into(), json!("required"));
-                }
+                sel.insert(
+                    "userVerification".into(),
+                    json!(if self.uv_required {
+                        "required"
+                    } else {
+                        "discouraged"
+                    }),
+                );
                 if self.settings.profile == Profile::Passkey {
                     // Asked for, not required: an authenticator that cannot keep a
                     // discoverable credential still registers (challenges name the user's
