@@ -435,4 +435,16 @@ async fn windows_hello_refuses_an_authenticator_that_is_not_windows_hello() {
     )
     .await;
     assert_eq!(creds, json!([]), "nothing stored");
+    // An oversized answer is refused at the door (413), before any provider reads it.
+    let huge = json!({"provider": "windows-hello", "state": "00",
+        "input": {"kind": "json", "value": {"credential": "A".repeat(2 << 20)}}});
+    let (s, _) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/enrolments/continue",
+        Some(huge),
+    )
+    .await;
+    assert_eq!(s, 413);
 }

@@ -188,6 +188,28 @@ enum Authentication {
     SecurityKey(SecurityKeyAuthentication),
 }
 
+/// The largest answer taken, in bytes of JSON: a registration with a certificate chain is a
+/// few KiB; anything far larger is refused before it is parsed further.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// The user's JSON answer, refused as bad input when it is not JSON or is oversized.
+fn json_answer<'a>(input: &'a Input, what: &str) -> Result<&'a Value, ProviderError> {
+    let Input::Json { value } = input else {
+        return Err(ProviderError::bad_input(format!(
+            "expected the authenticator's {what} as JSON"
+        )));
+    };
+    let size = serde_json::to_vec(value)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_ANSWER_BYTES {
+        return Err(ProviderError::bad_input(format!(
+            "the answer is {size} bytes: larger than any authenticator's {what} ({MAX_ANSWER_BYTES} at most)"
+        )));
+    }
+    Ok(value)
+}
+
 fn config(m: impl Into<String>) -> ProviderError {
     ProviderError::config(m)
 }
@@ -575,11 +597,7 @@ impl Provider for WebauthnProvider {
                 "the enrolment expired; start it again",
             ));
         }
-        let Input::Json { value } = input else {
-            return Err(ProviderError::bad_input(
-                "expected the authenticator's answer as JSON",
-            ));
-        };
+        let value = json_answer(input, "answer")?;
         let registration = match &state.stage {
             Stage::Prove(authentication) => {
                 let stored = Self::stored(&ctx.credentials)?;
@@ -734,11 +752,7 @@ impl Provider for WebauthnProvider {
         if ctx.now >= state.expires_at {
             return Ok(Self::deny(DenyReason::Expired, "the prompt expired"));
         }
-        let Input::Json { value } = input else {
-            return Err(ProviderError::bad_input(
-                "expected the authenticator's assertion as JSON",
-            ));
-        };
+        let value = json_answer(input, "assertion")?;
         let stored = Self::stored(&ctx.credentials)?;
         match self.finish_authentication(value, &state.authentication, stored)? {
             Ok(proved) => {

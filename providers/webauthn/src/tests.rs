@@ -654,3 +654,35 @@ fn attestation_roots_are_refused_by_name_where_they_cannot_apply() {
             .to_string();
     assert!(e.contains("is not a PEM certificate"), "{e}");
 }
+
+#[test]
+fn an_oversized_answer_is_bad_input_and_changes_nothing() {
+    let p = provider(json!({})).unwrap();
+    let mut auth = SoftPasskey::new(true);
+    let cred = enrol(&p, &mut auth, "laptop");
+    let (options, state) = start(&p, "req-1", std::slice::from_ref(&cred));
+    let mut assertion = sign(&mut auth, &options, ORIGIN);
+    assertion["response"]["clientDataJSON"] = json!("A".repeat(100_000));
+    let e = p
+        .challenge_continue(
+            &challenge_ctx("req-1", vec![cred.clone()]),
+            &state,
+            &Input::Json { value: assertion },
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("larger than any authenticator's assertion"),
+        "{e}"
+    );
+    // The right answer still lands (the state is untouched).
+    let assertion = sign(&mut auth, &options, ORIGIN);
+    approved(
+        p.challenge_continue(
+            &challenge_ctx("req-1", vec![cred]),
+            &state,
+            &Input::Json { value: assertion },
+        )
+        .unwrap(),
+    );
+}
