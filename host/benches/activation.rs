@@ -24,6 +24,14 @@
 //! generator's timer has millisecond steps: an activation may start up to 1 ms after its
 //! schedule, and that counts against it too.)
 //!
+//! `ROLEGATE_BENCH_PROVIDER=webauthn` gates the role with the WebAuthn provider (the
+//! `passkey` profile, RP `localhost`): 256 users (`ROLEGATE_BENCH_USERS`) each enrol a software
+//! authenticator (webauthn-authenticator-rs's SoftPasskey, P-256) through the service before
+//! the load; each activation is the request, the authenticator's assertion over the bound
+//! challenge signed in the load generator, and the answer. Each worker owns its users (no
+//! two answers race on one credential's counter). A line under the table gives the load
+//! generator's own CPU per activation (the signing included), to subtract from the process's.
+//!
 //! `ROLEGATE_BENCH_CODE_AHEAD=1` (with TOTP) sends each code with its request (`code` in
 //! `POST /v1/requests`, as `rolegate request new --code` does): one round trip per
 //! activation instead of two.
@@ -117,10 +125,20 @@ fn target_dir() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// The origin the bench's soft authenticators sign for (the provider's `origins`).
+const WEBAUTHN_ORIGIN: &str = "https://localhost";
+
 fn main() {
-    let totp = std::env::var("ROLEGATE_BENCH_PROVIDER").is_ok_and(|p| p == "totp");
+    let chosen = std::env::var("ROLEGATE_BENCH_PROVIDER").unwrap_or_default();
+    let totp = chosen == "totp";
+    let webauthn = chosen == "webauthn";
     let (provider, lib) = if totp {
         ("totp", target_dir().join("librolegate_provider_totp.so"))
+    } else if webauthn {
+        (
+            "webauthn",
+            target_dir().join("librolegate_provider_webauthn.so"),
+        )
     } else {
         ("hello", target_dir().join("librolegate_example_hello.so"))
     };
@@ -146,7 +164,7 @@ fn main() {
     let tls_files = std::env::var("ROLEGATE_BENCH_TLS")
         .is_ok_and(|v| v == "1")
         .then(|| test_certificate(dir.path()));
-    let (url, user_tokens) = server_rt.block_on(async {
+    let (url, user_tokens, authenticators) = server_rt.block_on(async {
         // ROLEGATE_BENCH_POSTGRES names an empty PostgreSQL database to run on instead.
         let store = Arc::new(match std::env::var("ROLEGATE_BENCH_POSTGRES") {
             Ok(conn) if !conn.is_empty() => {
@@ -180,7 +198,14 @@ fn main() {
                 unpinned: true,
                 isolation: Default::default(),
                 deadline_ms: None,
-                settings: Default::default(),
+                settings: if webauthn {
+                    serde_json::from_value(serde_json::json!({
+                        "profile": "passkey", "rp_id": "localhost", "origins": [WEBAUTHN_ORIGIN]
+                    }))
+                    .unwrap()
+                } else {
+                    Default::default()
+                },
             }],
             ..Default::default()
         };
@@ -257,6 +282,33 @@ fn main() {
             })
             .await
             .unwrap();
+        // WebAuthn: each user enrols a software authenticator through the service.
+        let mut authenticators = Vec::new();
+        if webauthn {
+            use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+            let origin = webauthn_authenticator_rs::prelude::Url::parse(WEBAUTHN_ORIGIN).unwrap();
+            for a in &accounts {
+                let mut soft = webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true);
+                let v = service.enroll_start(a, provider).await.unwrap();
+                let options = v.prompt.unwrap()["options"].clone();
+                let reg = soft
+                    .do_registration(origin.clone(), serde_json::from_value(options).unwrap())
+                    .unwrap();
+                let done = service
+                    .enroll_continue(
+                        a,
+                        provider,
+                        v.state.as_deref().unwrap(),
+                        rolegate_sdk::Input::Json {
+                            value: serde_json::json!({"credential": reg, "label": "bench"}),
+                        },
+                    )
+                    .await
+                    .unwrap();
+                assert!(done.done, "{:?}", done.message);
+                authenticators.push(std::sync::Mutex::new(soft));
+            }
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = rolegate::http::api::Api::new(service)
@@ -289,8 +341,9 @@ fn main() {
             },
             std::future::pending(),
         ));
-        (url, tokens)
+        (url, tokens, authenticators)
     });
+    let authenticators = Arc::new(authenticators);
 
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name("loadgen")
@@ -366,12 +419,14 @@ fn main() {
         let probe = Probe::start(probe_work);
         let cpu_before = process_cpu_seconds();
         let writer_before = thread_cpu_seconds(WRITER_THREAD);
+        let loadgen_before = thread_cpu_seconds(LOADGEN_THREAD);
         let level_start = std::time::SystemTime::now();
         let start = Instant::now();
         let (count, lat) = client_rt.block_on(async {
             let mut tasks = Vec::new();
             for w in 0..c {
                 let (addr, tokens, used) = (addr.clone(), Arc::clone(&tokens), Arc::clone(&used));
+                let authenticators = Arc::clone(&authenticators);
                 let tls_client = tls_client.clone();
                 tasks.push(tokio::spawn(async move {
                     // One kept-alive connection per worker, as a load generator (wrk, oha)
@@ -468,6 +523,30 @@ fn main() {
                                 br#"{"role":"admins","justification":"bench"}"#,
                             )
                             .await;
+                        if webauthn {
+                            // The user's authenticator signs the request's bound challenge.
+                            use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+                            let options = r.prompt.options.expect("WebAuthn options");
+                            let assertion = authenticators[user]
+                                .lock()
+                                .unwrap()
+                                .do_authentication(
+                                    webauthn_authenticator_rs::prelude::Url::parse(WEBAUTHN_ORIGIN)
+                                        .unwrap(),
+                                    serde_json::from_value(options).unwrap(),
+                                )
+                                .unwrap();
+                            let body = serde_json::to_vec(&serde_json::json!({
+                                "input": {"kind": "json", "value": assertion}
+                            }))
+                            .unwrap();
+                            let done: Done = conn
+                                .post(&format!("/v1/requests/{}/answer", r.id), token, &body)
+                                .await;
+                            assert_eq!(done.state, "active", "{}", done.reason.unwrap_or_default());
+                            lat.push((t - start, t.elapsed()));
+                            continue;
+                        }
                         let code: String = match totp_code {
                             Some(code) => code,
                             None => {
@@ -525,6 +604,8 @@ fn main() {
         let cpu = (process_cpu_seconds() - cpu_before) / count.max(1) as f64 * 1e6;
         let writer =
             (thread_cpu_seconds(WRITER_THREAD) - writer_before) / count.max(1) as f64 * 1e6;
+        let loadgen =
+            (thread_cpu_seconds(LOADGEN_THREAD) - loadgen_before) / count.max(1) as f64 * 1e6;
         println!(
             "| {c:>3} | {count:>12} | {:>14.0} | {:>8.2} | {:>8.2} | {s50:>15.2} | {s99:>15.2} | {cpu:>12.0} | {writer:>13.0} |",
             count as f64 / duration.as_secs_f64(),
@@ -532,6 +613,10 @@ fn main() {
             p(0.99)
         );
         let over_10ms = lat.iter().filter(|l| l.as_millis() >= 10).count();
+        tails.push(format!(
+            "load generator at c={c}: {loadgen:.0} CPU µs/act of the {cpu:.0} (the process's less this: {:.0} µs/act of the server's)",
+            cpu - loadgen
+        ));
         tails.push(format!(
             "tail at c={c}: p95 {:.2} ms, p98 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}; {:.2}% of activations took 10 ms or more; host: {:.1}% of 50-ms windows at half speed or less, {overlapped:.1}% of activations ran in them; the others: p99 {quiet_p99:.2} ms, {quiet_over:.2}% took 10 ms or more",
             p(0.95),
@@ -661,6 +746,9 @@ struct HostSpeed {
 /// The database writer's thread, per backend (names as the kernel keeps them: ≤ 15 bytes).
 const WRITER_THREAD: [&str; 2] = ["sqlite-writer", "pg-writer"];
 
+/// The load generator's threads.
+const LOADGEN_THREAD: [&str; 2] = ["loadgen", "loadgen"];
+
 /// This process's CPU time so far (user + system), from /proc/self/stat.
 fn process_cpu_seconds() -> f64 {
     stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").unwrap_or_default())
@@ -699,7 +787,11 @@ fn stat_cpu_seconds(stat: &str) -> f64 {
 
 #[derive(serde::Deserialize)]
 struct Prompt {
+    #[serde(default)]
     message: String,
+    /// A WebAuthn prompt's options.
+    #[serde(default)]
+    options: Option<serde_json::Value>,
 }
 
 #[derive(serde::Deserialize)]
