@@ -624,4 +624,10 @@ fn quickstart_writes_a_private_config_and_loads_both_isolation_modes() {
     assert!(totp.contains(" ok "), "{text}");
     let config = std::fs::read_to_string(qs.join("rolegate.toml")).unwrap();
     assert!(config.contains("# id = \"sms\""), "{config}");
+    // WebAuthn (passkeys) for the local page is loaded as well.
+    let passkey = text
+        .lines()
+        .find(|l| l.starts_with("passkey"))
+        .unwrap_or_default();
+    assert!(passkey.contains(" ok "), "{text}");
 }

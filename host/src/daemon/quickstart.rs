@@ -57,6 +57,20 @@ pub(crate) fn quickstart(dir: &Path) -> anyhow::Result<PathBuf> {
             "[[provider]]\nid = \"{id}\"\nlibrary = {library}\nsha256 = \"{hash}\"\nisolation = \"{isolation}\"\n"
         )?;
     }
+    // WebAuthn on this machine's own page (http://localhost:8420 is a secure origin to a
+    // browser): passkeys and security keys, for a first try (docs/providers/webauthn.md for
+    // Windows Hello on a real name, over TLS).
+    let webauthn = bin_dir.join("librolegate_provider_webauthn.so");
+    if let Ok(hash) = plugins::library::sha256_file(&webauthn) {
+        writeln!(
+            text,
+            "# WebAuthn (passkeys, security keys) for the page at http://localhost:8420 only; on a\n\
+             # real name use https and profile \"windows-hello\" (docs/providers/webauthn.md).\n\
+             [[provider]]\nid = \"passkey\"\nlibrary = {}\nsha256 = \"{hash}\"\nisolation = \"in-process\"\n\
+             [provider.settings]\nprofile = \"passkey\"\nrp_id = \"localhost\"\norigins = [\"http://localhost:8420\"]\n",
+            toml::Value::String(webauthn.display().to_string()),
+        )?;
+    }
     // SMS needs a Twilio account: shown, not loaded (see docs/providers/sms-twilio.md).
     let sms = bin_dir.join("librolegate_provider_sms_twilio.so");
     if let Ok(hash) = plugins::library::sha256_file(&sms) {
