@@ -139,9 +139,50 @@ fn undo_token_keys(tx: &mut dyn rolegate::store::Tx) -> rolegate::model::error::
     Ok(())
 }
 
+/// Takes the credentials back to schema 8: no flag for an admin (schema 9's).
+fn undo_credential_flags(tx: &mut dyn rolegate::store::Tx) -> rolegate::model::error::Result<()> {
+    tx.execute("ALTER TABLE credentials DROP COLUMN flagged_at", &[])?;
+    tx.execute("ALTER TABLE credentials DROP COLUMN flag", &[])?;
+    Ok(())
+}
+
+both! {
+#[tokio::test]
+async fn credentials_stored_before_schema_9_stay_usable_and_unflagged(backend) {
+    let at = Location::new(backend);
+    let db = at.open().await;
+    db.write(|tx| {
+        undo_credential_flags(tx)?;
+        tx.execute(
+            "INSERT INTO credentials (account_key, provider, id, label, sealed, created_at, updated_at) VALUES ('contoso\\jdoe', 'windows-hello', 'c1', 'laptop', $1, 1, 2)",
+            &[vec![1u8].into()],
+        )?;
+        tx.execute("DELETE FROM schema_migrations WHERE version >= $1", &[Value::Int(9)])
+    })
+    .await
+    .unwrap();
+    db.close();
+    drop(db);
+    let db = at.open().await;
+    let rows = db
+        .read(|tx| {
+            tx.query(
+                "SELECT id, label FROM credentials WHERE account_key = 'contoso\\jdoe' AND flag IS NULL AND flagged_at IS NULL",
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].text(1).unwrap(), "laptop");
+    db.close();
+}
+}
+
 /// Takes users and events back to schema 6: no skeletons, no events' account keys (and no
 /// shadow challenges or role history, schema 8's).
 fn undo_identity_rule(tx: &mut dyn rolegate::store::Tx) -> rolegate::model::error::Result<()> {
+    undo_credential_flags(tx)?;
     tx.execute("DROP TABLE shadow_challenges", &[])?;
     tx.execute("DROP TABLE role_history", &[])?;
     tx.execute("DROP TABLE account_skeletons", &[])?;
