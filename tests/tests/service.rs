@@ -906,21 +906,18 @@ async fn a_change_reaches_the_next_request_though_the_last_one_read_it(backend) 
 }
 }
 
-both! {
-#[tokio::test]
-async fn a_provider_is_told_the_request_it_challenges(backend) {
-    // Issue 30: what a provider may bind its challenge to — the role, the activation's
-    // length and the justification — reaches it (the misbehave plugin says what it heard).
-    let mut context =
-        rolegate_e2e::provider_config("ctx", rolegate_e2e::misbehave_lib(), "in-process");
-    context.settings.insert("mode".into(), "context".into());
-    let providers = rolegate_e2e::load_providers(vec![context]).await.unwrap();
-    let at = Location::new(backend);
+/// A service whose role "patch" (for CONTOSO\\jdoe, who exists) asks the misbehave plugin,
+/// loaded in-process as `id` in `mode`.
+async fn misbehave_role(at: &Location, id: &str, mode: &str) -> Service {
+    let mut cfg = rolegate_e2e::provider_config(id, rolegate_e2e::misbehave_lib(), "in-process");
+    cfg.settings.insert("mode".into(), mode.into());
+    let providers = rolegate_e2e::load_providers(vec![cfg]).await.unwrap();
     let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let service = open_service(&at, Arc::new(providers), clock, Settings::default()).await;
+    let service = open_service(at, Arc::new(providers), clock, Settings::default()).await;
+    let id = id.to_string();
     service
         .store()
-        .write(|tx| {
+        .write(move |tx| {
             users::create(
                 tx,
                 NewUser {
@@ -932,11 +929,21 @@ async fn a_provider_is_told_the_request_it_challenges(backend) {
                 0,
             )?;
             let mut role = spec("patch", true, false);
-            role.providers = vec!["ctx".into()];
+            role.providers = vec![id];
             roles::create(tx, &role, 0)
         })
         .await
         .unwrap();
+    service
+}
+
+both! {
+#[tokio::test]
+async fn a_provider_is_told_the_request_it_challenges(backend) {
+    // Issue 30: what a provider may bind its challenge to — the role, the activation's
+    // length and the justification — reaches it (the misbehave plugin says what it heard).
+    let at = Location::new(backend);
+    let service = misbehave_role(&at, "ctx", "context").await;
     let v = service
         .request(
             "CONTOSO\\jdoe",
@@ -966,31 +973,8 @@ async fn a_credential_answering_as_a_copy_is_set_aside_for_the_admin(backend) {
     // backwards) denies with `cloned` and names it; the host marks it (event 312), stops
     // offering it, and refuses a new enrolment until an admin removes it. An approval's
     // detail reaches event 103, cleaned of control characters and backquotes.
-    let mut sec = rolegate_e2e::provider_config("sec", rolegate_e2e::misbehave_lib(), "in-process");
-    sec.settings.insert("mode".into(), "enrol".into());
-    let providers = rolegate_e2e::load_providers(vec![sec]).await.unwrap();
     let at = Location::new(backend);
-    let clock = Arc::new(ManualClock::new(T0.parse().unwrap()));
-    let service = open_service(&at, Arc::new(providers), clock, Settings::default()).await;
-    service
-        .store()
-        .write(|tx| {
-            users::create(
-                tx,
-                NewUser {
-                    account: "CONTOSO\\jdoe".into(),
-                    display_name: "Jane".into(),
-                    ..Default::default()
-                },
-                1,
-                0,
-            )?;
-            let mut role = spec("patch", true, false);
-            role.providers = vec!["sec".into()];
-            roles::create(tx, &role, 0)
-        })
-        .await
-        .unwrap();
+    let service = misbehave_role(&at, "sec", "enrol").await;
     let jdoe = "CONTOSO\\jdoe";
     let enrol = || async {
         let v = service.enroll_start(jdoe, "sec").await?;
