@@ -404,6 +404,11 @@ fn refusal(e: &WebauthnError) -> (DenyReason, String) {
             DenyReason::WrongAnswer,
             "the assertion was made for another challenge (another request, or replayed)".into(),
         ),
+        E::AuthenticationFailure => (
+            DenyReason::WrongAnswer,
+            "the signature does not verify: the assertion was altered, or made by another key"
+                .into(),
+        ),
         E::InvalidRPOrigin => (
             DenyReason::Other,
             "the assertion came from an origin this provider does not allow".into(),

@@ -364,6 +364,29 @@ fn bad_assertions_are_denied_by_name_and_malformed_ones_are_bad_input() {
         Err(e) => assert!(e.to_string().contains("assertion"), "{e}"),
     }
 
+    // Altered authenticator data: the counter raised after signing (the signature covers
+    // it), and the user-verified flag cleared.
+    for (byte, flip, said) in [
+        (36usize, 0x10u8, "signature does not verify"),
+        (32, 0x04, "did not verify the user"),
+    ] {
+        let (options, state) = start(&p, "req-1", std::slice::from_ref(&cred));
+        let mut altered = sign(&mut auth, &options, ORIGIN);
+        let ad = altered["response"]["authenticatorData"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut raw = URL_SAFE_NO_PAD.decode(ad).unwrap();
+        raw[byte] ^= flip;
+        altered["response"]["authenticatorData"] = json!(URL_SAFE_NO_PAD.encode(raw));
+        let step = p
+            .challenge_continue(&ctx, &state, &Input::Json { value: altered })
+            .unwrap();
+        let (reason, why) = denied(step);
+        assert_ne!(reason, DenyReason::Cloned, "{why}");
+        assert!(why.contains(said), "{why}");
+    }
+
     // Made for another relying party id (the authenticator signs what the options say).
     let (mut options, state) = start(&p, "req-1", std::slice::from_ref(&cred));
     options["publicKey"]["rpId"] = json!("contoso.test");
