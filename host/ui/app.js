@@ -656,5 +656,7 @@ document.addEventListener("DOMContentLoaded", () => {
       ? "intact: " + v.events + " events"
       : "BROKEN at event " + v.seq + ": " + v.reason;
   }, showError);
+  // A link followed while signed in (the CLI's, pasted into this tab).
+  window.addEventListener("hashchange", () => { if (me) followLink().catch(showError); });
   if (token) signIn().catch(showError);
 });

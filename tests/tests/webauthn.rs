@@ -265,6 +265,44 @@ async fn windows_hello_enrols_and_activates_in_a_real_browser() {
     );
     assert_eq!(completed[0]["provider"], "windows-hello");
     assert!(!events(&d, 203).await.is_empty());
+    // Requested in a terminal: the CLI gives the link to the request's prompt on the page,
+    // where the ceremony completes it.
+    let (okay, out) = cli(
+        &d,
+        &user,
+        &[
+            "request",
+            "new",
+            "--role",
+            "Domain Admins",
+            "--provider",
+            "windows-hello",
+        ],
+        "",
+    );
+    assert!(!okay && out.contains("runs in a browser"), "{out}");
+    let fragment = out
+        .split(&format!("{}/", d.url))
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_default()
+        .to_string();
+    assert!(fragment.starts_with("#request/"), "{out}");
+    b.eval("document.getElementById('request-result').textContent = ''; return true")
+        .await;
+    b.goto(&format!("{page}{fragment}")).await;
+    b.wait_for(
+        "return !document.getElementById('webauthn').hidden",
+        "the request's prompt the link opens",
+    )
+    .await;
+    b.click("#webauthn-go").await;
+    b.wait_for(
+        "return document.getElementById('request-result').textContent.includes(' is active until ')",
+        "the activation from the link",
+    )
+    .await;
+
     // The key as the authenticator holds it (its private key and count), for the clone below.
     let laptop_key = b.authenticator_credentials(&hello).await.remove(0);
     assert!(
