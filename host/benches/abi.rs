@@ -241,4 +241,169 @@ fn main() {
         samples.push(t.elapsed());
     }
     row("plugin load, process (spawn worker+create+info)", samples);
+
+    smartcard_verification(&dir);
+}
+
+/// Runs the `openssl` command in `dir` (the bench's keys, certificates and signatures).
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let ok = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(ok, "openssl {args:?} failed");
+}
+
+/// The smartcard provider's `challenge_continue` in-process (a raw ABI call), whose cost is the
+/// verification of the card's signature: P-256 and RSA-2048 cards, their keys, certificates
+/// and signatures made by the openssl command. The same state and signature are verified
+/// again and again (the provider keeps nothing: each call verifies in full).
+fn smartcard_verification(dir: &std::path::Path) {
+    use base64::Engine as _;
+    let lib = dir.join("librolegate_provider_smartcard.so");
+    if !lib.exists() {
+        eprintln!("{} is missing: skipping the smartcard rows", lib.display());
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let d = tmp.path();
+    let table = library::open("smartcard", &lib, None).expect("load").table;
+    let instance = table.create(b"{}").expect("create");
+    let call = |req: &Request| -> Step {
+        let out = instance.call_raw(&serde_json::to_vec(req).expect("encode"));
+        let r: Response<Step> = serde_json::from_slice(&out).expect("decode");
+        r.into_result().expect("step")
+    };
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    for (name, keygen) in [
+        (
+            "P-256",
+            vec![
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                "card.key",
+            ],
+        ),
+        ("RSA-2048", vec!["genrsa", "-out", "card.key", "2048"]),
+    ] {
+        openssl(d, &keygen);
+        std::fs::write(
+            d.join("card.cnf"),
+            "[req]\ndistinguished_name = dn\n[dn]\n[v3]\nkeyUsage=critical,digitalSignature\n",
+        )
+        .expect("cnf");
+        openssl(
+            d,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "card.key",
+                "-subj",
+                "/CN=bench card",
+                "-days",
+                "30",
+                "-extensions",
+                "v3",
+                "-config",
+                "card.cnf",
+                "-outform",
+                "DER",
+                "-out",
+                "card.der",
+            ],
+        );
+        let cert = std::fs::read(d.join("card.der")).expect("cert");
+        let sign = |bytes: &[u8]| -> Vec<u8> {
+            std::fs::write(d.join("msg"), bytes).expect("msg");
+            openssl(
+                d,
+                &["dgst", "-sha256", "-sign", "card.key", "-out", "sig", "msg"],
+            );
+            std::fs::read(d.join("sig")).expect("sig")
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|t| t.as_secs())
+            .unwrap_or(0);
+        let user = UserContext {
+            account: "jdoe".into(),
+            ..Default::default()
+        };
+        let ectx = rolegate_sdk::message::EnrollContext {
+            user: user.clone(),
+            credentials: vec![],
+            origin: None,
+            now,
+        };
+        let Step::Ask {
+            prompt: rolegate_sdk::Prompt::Smartcard { challenge, .. },
+            state,
+            ..
+        } = call(&Request::EnrollStart { ctx: ectx.clone() })
+        else {
+            panic!("no smartcard prompt")
+        };
+        let answer = |challenge: &[u8]| Input::Json {
+            value: serde_json::json!({"certificate": b64(&cert), "signature": b64(&sign(challenge))}),
+        };
+        let Step::Done {
+            verdict:
+                rolegate_sdk::Verdict::Approved {
+                    credential: Some(credential),
+                    ..
+                },
+        } = call(&Request::EnrollContinue {
+            ctx: ectx,
+            state,
+            input: answer(challenge.as_slice()),
+        })
+        else {
+            panic!("{name}: not enrolled")
+        };
+        let ctx = ChallengeContext {
+            user,
+            role: "admins".into(),
+            request_id: "r1".into(),
+            credentials: vec![credential],
+            now,
+            ..Default::default()
+        };
+        let Step::Ask {
+            prompt: rolegate_sdk::Prompt::Smartcard { challenge, .. },
+            state,
+            ..
+        } = call(&Request::ChallengeStart { ctx: ctx.clone() })
+        else {
+            panic!("no smartcard prompt")
+        };
+        let request = serde_json::to_vec(&Request::ChallengeContinue {
+            ctx,
+            state,
+            input: answer(challenge.as_slice()),
+        })
+        .expect("encode");
+        let mut samples = Vec::new();
+        let t0 = Instant::now();
+        while samples.len() < 2_000 && t0.elapsed() < Duration::from_secs(10) {
+            let t = Instant::now();
+            let out = instance.call_raw(&request);
+            samples.push(t.elapsed());
+            assert!(
+                String::from_utf8_lossy(&out).contains("approved"),
+                "{name}: {}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        row(
+            &format!("smartcard {name}: verify (challenge_continue, raw)"),
+            samples,
+        );
+    }
 }

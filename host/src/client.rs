@@ -16,6 +16,8 @@ pub struct Client {
     http: reqwest::Client,
     /// Whether it presents a client certificate (for what a refused connection means).
     presents_certificate: bool,
+    /// How the smartcard responder finds the card (reader, wait).
+    card: crate::smartcard::Options,
 }
 
 fn transport(url: &str, presents_certificate: bool, e: reqwest::Error) -> Error {
@@ -124,6 +126,48 @@ fn client_identity(cert: &Path, key: &Path) -> Result<reqwest::Identity> {
 }
 
 impl Client {
+    /// The same client, its smartcard responder using `reader` (None: the only one) and
+    /// waiting up to `wait` for a card.
+    pub fn with_card(mut self, reader: Option<String>, wait: Duration) -> Self {
+        self.card = crate::smartcard::Options { reader, wait };
+        self
+    }
+
+    /// Has the card sign a smartcard prompt's challenge (PC/SC on a blocking thread; the PIN
+    /// read without echo, never shown or logged): the answer the provider takes.
+    async fn card_answer(&self, prompt: &Value) -> Result<Value> {
+        use base64::Engine as _;
+        use base64::engine::general_purpose::STANDARD;
+        let challenge = prompt["challenge"]
+            .as_str()
+            .and_then(|c| STANDARD.decode(c).ok())
+            .ok_or_else(|| Error::Invalid {
+                what: "prompt".into(),
+                message: "the smartcard prompt has no challenge to sign".into(),
+            })?;
+        if let Some(message) = prompt["message"].as_str() {
+            eprintln!("{message}");
+        }
+        let options = self.card.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            crate::smartcard::sign(
+                &challenge,
+                &options,
+                &mut |question| read_code(question).map(|pin| pin.trim().to_string()),
+                &mut |progress| eprintln!("{progress}"),
+            )
+        })
+        .await
+        .map_err(|e| Error::Invalid {
+            what: "smartcard".into(),
+            message: format!("the card's thread failed: {e}"),
+        })??;
+        Ok(json!({
+            "certificate": STANDARD.encode(&answer.certificate),
+            "signature": STANDARD.encode(&answer.signature),
+        }))
+    }
+
     /// What a terminal says of a prompt it cannot answer: for a WebAuthn ceremony (which needs
     /// a browser), the link to the daemon's page where it runs.
     fn to_the_page(&self, kind: Option<&str>, fragment: &str) -> String {
@@ -210,6 +254,10 @@ impl Client {
             token,
             http,
             presents_certificate,
+            card: crate::smartcard::Options {
+                reader: None,
+                wait: Duration::from_secs(30),
+            },
         })
     }
 
@@ -394,6 +442,16 @@ pub async fn walk_request(client: &Client, mut v: Value) -> Result<Value> {
                     let _ = writeln!(err);
                 }
             }
+            Some("smartcard") => {
+                let value = client.card_answer(&prompt).await?;
+                v = client
+                    .call(
+                        "POST",
+                        &format!("/v1/requests/{id}/answer"),
+                        Some(json!({"input": {"kind": "json", "value": value}})),
+                    )
+                    .await?;
+            }
             other => {
                 return Err(Error::Invalid {
                     what: "prompt".into(),
@@ -501,6 +559,18 @@ pub async fn walk_enrolment(client: &Client, mut v: Value) -> Result<Value> {
                 .as_str()
                 .unwrap_or("Enter the code")
                 .to_string(),
+            Some("smartcard") => {
+                let value = client.card_answer(&prompt).await?;
+                v = client
+                    .call(
+                        "POST",
+                        "/v1/enrolments/continue",
+                        Some(json!({"provider": provider, "state": state,
+                            "input": {"kind": "json", "value": value}})),
+                    )
+                    .await?;
+                continue;
+            }
             other => {
                 return Err(Error::Invalid {
                     what: "prompt".into(),

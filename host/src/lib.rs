@@ -18,7 +18,8 @@
 //! 5. [`service`]: the activation service (requests, answers, approvals, enrolment, expiry);
 //! 6. [`http`]: the surfaces: the API, the web page, the server, TLS, the access log;
 //! 7. the binary's side: [`config`] (assembles every component's settings; nobody below
-//!    imports it), [`client`]; and the binary itself (`main.rs`, `cli/`, `daemon/`).
+//!    imports it), [`client`] and its smartcard responder [`smartcard`] (PC/SC); and the
+//!    binary itself (`main.rs`, `cli/`, `daemon/`).
 
 pub mod client;
 pub mod config;
@@ -27,6 +28,7 @@ pub mod model;
 pub mod plugins;
 pub mod records;
 pub mod service;
+pub mod smartcard;
 pub mod store;
 
 pub use model::error::{Error, Result};

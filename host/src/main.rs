@@ -63,6 +63,13 @@ struct Cli {
         requires = "client_cert"
     )]
     client_key: Option<PathBuf>,
+    /// The smartcard reader to use when several are attached (`rolegate` lists them when it
+    /// must choose).
+    #[arg(long, global = true, env = "ROLEGATE_READER")]
+    reader: Option<String>,
+    /// Seconds to wait for a smartcard to be inserted.
+    #[arg(long, global = true, default_value_t = 30)]
+    card_wait: u64,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -235,6 +242,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         token: cli.token.clone(),
         ca_file: cli.ca_file.clone(),
         identity: cli.client_cert.clone().zip(cli.client_key.clone()),
+        reader: cli.reader.clone(),
+        card_wait: std::time::Duration::from_secs(cli.card_wait.clamp(1, 600)),
     };
     let json = cli.json;
     let go = |r: Remote| remote(&daemon, json, r);
@@ -336,6 +345,10 @@ struct Daemon {
     ca_file: Option<PathBuf>,
     /// The client certificate and key, for mutual TLS.
     identity: Option<(PathBuf, PathBuf)>,
+    /// The smartcard reader, when several.
+    reader: Option<String>,
+    /// How long to wait for a smartcard.
+    card_wait: std::time::Duration,
 }
 
 fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode> {
@@ -348,7 +361,8 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
             .identity
             .as_ref()
             .map(|(c, k)| (c.as_path(), k.as_path())),
-    )?;
+    )?
+    .with_card(daemon.reader.clone(), daemon.card_wait);
     let rt = runtime()?;
     let (value, columns): (serde_json::Value, Option<&[(&str, &str)]>) = rt.block_on(async {
         anyhow::Ok(match what {

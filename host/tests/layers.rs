@@ -59,7 +59,11 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     // `cli` and `daemon` belong to the binary (`main.rs` declares them), on top of everything.
-    ("the binary's side", &["config", "client", "cli", "daemon"]),
+    // `smartcard` is the CLI's card responder (PC/SC), beside the client that uses it.
+    (
+        "the binary's side",
+        &["config", "client", "smartcard", "cli", "daemon"],
+    ),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

@@ -170,6 +170,16 @@ function settle(v) {
       showError(null);
       webauthn(v.id, p.options).catch(showError);
     };
+  } else if (p.kind === "smartcard") {
+    // A browser cannot reach the card reader: the exact command that answers this prompt.
+    $("mfa-message").textContent = (p.message || "") +
+      " — a browser cannot reach your card reader: on the computer with the reader, run: rolegate request answer " + v.id;
+    // The page follows the request while the terminal answers it.
+    setTimeout(() => {
+      if (current && current.id === v.id) {
+        api("GET", "/v1/requests/" + encodeURIComponent(v.id)).then(settle, showError);
+      }
+    }, 2000);
   } else {
     $("mfa-message").textContent = "This page cannot answer a `" + p.kind + "` prompt; use the rolegate CLI.";
   }

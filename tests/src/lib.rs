@@ -58,6 +58,11 @@ pub fn webauthn_lib() -> PathBuf {
     built("librolegate_provider_webauthn.so")
 }
 
+/// The smartcard (PIV) provider library.
+pub fn smartcard_lib() -> PathBuf {
+    built("librolegate_provider_smartcard.so")
+}
+
 /// The misbehaving test provider library.
 pub fn misbehave_lib() -> PathBuf {
     built("librolegate_test_misbehave.so")
@@ -156,6 +161,7 @@ pub async fn load_providers(
 pub mod browser;
 pub mod daemon;
 pub mod ldap;
+pub mod pcsc;
 pub mod pg;
 pub mod phonefactor;
 pub mod stores;

@@ -11,6 +11,8 @@ mod loader;
 mod migration;
 mod separation;
 mod service;
+mod smartcard;
+mod smartcard_card;
 mod sms;
 mod store;
 mod totp;

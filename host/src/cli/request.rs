@@ -33,6 +33,12 @@ pub(crate) enum RequestCommand {
         #[arg(long)]
         code: Option<String>,
     },
+    /// Answer a request's MFA prompt here (a smartcard's, or a code), e.g. one the web page
+    /// sent to the terminal because a browser cannot reach the card reader.
+    Answer {
+        /// Request id.
+        id: String,
+    },
     /// Show a request, or your requests (Get-PAMRequest).
     Get {
         /// Request id; your requests when omitted.
@@ -80,6 +86,23 @@ pub(crate) async fn run(client: &Client, json: bool, cmd: RequestCommand) -> any
             let v = client.call("POST", "/v1/requests", Some(body)).await?;
             let v = rolegate::client::walk_request(client, v).await?;
             // A request that ended without the role is a failure for scripts too.
+            if matches!(
+                v["state"].as_str(),
+                Some("failed" | "rejected" | "cancelled")
+            ) {
+                bail!("{}", request_summary(&v));
+            }
+            if json {
+                (v, None)
+            } else {
+                (json!(request_summary(&v)), None)
+            }
+        }
+        RequestCommand::Answer { id } => {
+            let v = client
+                .call("GET", &format!("/v1/requests/{}", segment(&id)), None)
+                .await?;
+            let v = rolegate::client::walk_request(client, v).await?;
             if matches!(
                 v["state"].as_str(),
                 Some("failed" | "rejected" | "cancelled")

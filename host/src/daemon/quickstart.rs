@@ -23,6 +23,12 @@ pub(crate) const FIRST_PARTY: &[(&str, &str, Isolation)] = &[
         Isolation::Process,
     ),
     ("totp", "librolegate_provider_totp.so", Isolation::InProcess),
+    // PIV smartcards: the CLI signs with the card through this machine's pcscd.
+    (
+        "smartcard",
+        "librolegate_provider_smartcard.so",
+        Isolation::InProcess,
+    ),
 ];
 
 pub(crate) fn quickstart(dir: &Path) -> anyhow::Result<PathBuf> {
