@@ -541,6 +541,11 @@ fn a_card_removed_mid_signature_is_named() {
         "{e}\npcscd: {}",
         pcscd.log()
     );
+    // The card process closed its socket as it exited: it may still be exiting (bounded).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !card.exited() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert!(card.exited());
 }
 

@@ -238,12 +238,33 @@ fn sw(data: &[u8], sw1: u8, sw2: u8) -> Vec<u8> {
     v
 }
 
+/// Asks the kernel to acknowledge what arrives on `stream` at once (TCP_QUICKACK).
+fn quick_ack(stream: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, a pointer to an int of the size given.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 impl Card {
     fn run(&mut self) -> Result<(), String> {
         let mut stream = TcpStream::connect(&self.config.addr)
             .map_err(|e| format!("connect {}: {e}", self.config.addr))?;
         let _ = stream.set_nodelay(true);
         loop {
+            // vpcd writes a message's length and its payload in two sends without
+            // TCP_NODELAY: acknowledged at once, its second send is not held by Nagle's
+            // algorithm for a delayed ACK (~40 ms a message). Linux clears the flag as it
+            // goes, so it is set again before each read.
+            quick_ack(&stream);
             let mut len = [0u8; 2];
             if let Err(e) = stream.read_exact(&mut len) {
                 // vpcd closed the connection: pcscd stopped.
