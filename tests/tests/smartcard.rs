@@ -1,6 +1,7 @@
 //! Smartcards end to end (issue 31): the daemon with the smartcard provider, the CLI as the
 //! card's responder through a real pcscd with vpcd's virtual reader, and a virtual PIV card.
 
+use rolegate_e2e::browser::Browser;
 use rolegate_e2e::daemon::{Daemon, call, cli, serve_config};
 use rolegate_e2e::pcsc::{Card, CardSpec, KeyType, Pcscd, READERS, TestCa, Usage};
 use serde_json::json;
@@ -173,4 +174,56 @@ async fn a_piv_card_enrols_and_activates_a_role_through_pcscd() {
     let (okay, out) = request(&d, &token, "000000\n123456\n");
     assert!(!okay && out.to_lowercase().contains("blocked"), "{out}");
     blocked.remove();
+
+    // The web page cannot reach the reader: its smartcard prompt gives the command that
+    // answers it, and it follows the request while the terminal answers.
+    let _card = Card::insert(&pcscd, CardSpec::new(&jdoe, "123456"));
+    let b = Browser::start().await;
+    b.goto(&format!("{}/", d.url)).await;
+    b.type_into("#token", &token).await;
+    b.click("#signin-form button").await;
+    b.wait_for(
+        "return !document.getElementById('app').hidden",
+        "the signed-in page",
+    )
+    .await;
+    b.type_into("#role", "Domain Admins").await;
+    b.type_into("#justification", "from the page").await;
+    b.click("#request-form button").await;
+    b.wait_for(
+        "return document.getElementById('mfa-message').textContent.includes('rolegate request answer ')",
+        "the smartcard prompt's command",
+    )
+    .await;
+    let said = b.text("#mfa-message").await;
+    assert!(
+        said.contains("from the page"),
+        "the facts to approve: {said}"
+    );
+    let id = said
+        .split("rolegate request answer ")
+        .nth(1)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let (okay, out) = cli(
+        &d,
+        &token,
+        &[
+            "request",
+            "answer",
+            &id,
+            "--reader",
+            READERS[0],
+            "--card-wait",
+            "5",
+        ],
+        "123456\n",
+    );
+    assert!(okay && out.contains("is active until"), "{out}");
+    b.wait_for(
+        "return document.getElementById('request-result').textContent.includes(' is active until ')",
+        "the page following the request to its activation",
+    )
+    .await;
 }
