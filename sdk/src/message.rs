@@ -292,6 +292,30 @@ pub struct ChallengeContext {
     pub now: u64,
 }
 
+impl ChallengeContext {
+    /// A challenge bound to this request: `SHA-256(domain ‖ nonce ‖ request id ‖ role ‖ ttl_s
+    /// ‖ justification)`, each after `domain` prefixed with its length (8 bytes, big-endian).
+    /// What a device signs over it commits to what the user approves, and cannot answer
+    /// another request; `domain` names the provider's use (`"rolegate-smartcard-v1"`), and
+    /// `nonce` is fresh for each challenge ([`crate::random::fill`]).
+    pub fn bind(&self, domain: &str, nonce: &[u8]) -> [u8; 32] {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        h.update(domain.as_bytes());
+        for field in [
+            nonce,
+            self.request_id.as_bytes(),
+            self.role.as_bytes(),
+            self.ttl_s.to_string().as_bytes(),
+            self.justification.as_bytes(),
+        ] {
+            h.update((field.len() as u64).to_be_bytes());
+            h.update(field);
+        }
+        h.finalize().into()
+    }
+}
+
 /// An opaque credential a provider issued at enrolment; the host stores it encrypted.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Credential {
@@ -540,6 +564,40 @@ mod tests {
                 assert!(ctx.credentials.is_empty());
             }
             other => panic!("decoded as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bound_challenge_commits_to_every_fact_of_the_request() {
+        let ctx = ChallengeContext {
+            request_id: "r1".into(),
+            role: "Domain Admins".into(),
+            ttl_s: 3600,
+            justification: "patch night".into(),
+            ..Default::default()
+        };
+        let base = ctx.bind("d", b"nonce");
+        assert_eq!(base, ctx.bind("d", b"nonce"), "deterministic");
+        let mut changed = Vec::new();
+        changed.push(ctx.bind("e", b"nonce"));
+        changed.push(ctx.bind("d", b"nonc3"));
+        for edit in 0..4 {
+            let mut c = ctx.clone();
+            match edit {
+                0 => c.request_id = "r2".into(),
+                1 => c.role = "Domain Admin".into(),
+                2 => c.ttl_s = 3601,
+                _ => c.justification = "patch night!".into(),
+            }
+            changed.push(c.bind("d", b"nonce"));
+        }
+        // Fields are length-prefixed: moving bytes between them changes the challenge too.
+        let mut shifted = ctx.clone();
+        shifted.role = "Domain AdminsX".into();
+        shifted.justification = "atch night".into();
+        changed.push(shifted.bind("d", b"nonce"));
+        for c in changed {
+            assert_ne!(c, base);
         }
     }
 

@@ -260,6 +260,19 @@ impl Browser {
         .await;
     }
 
+    /// Opens the page at `url` and signs in with `token`, waiting (bounded) for the
+    /// signed-in page.
+    pub async fn sign_in(&self, url: &str, token: &str) {
+        self.goto(url).await;
+        self.type_into("#token", token).await;
+        self.click("#signin-form button").await;
+        self.wait_for(
+            "return !document.getElementById('app').hidden",
+            "the signed-in page",
+        )
+        .await;
+    }
+
     /// Waits (bounded) until `script` returns true; panics with `what` and the page's error
     /// line otherwise.
     pub async fn wait_for(&self, script: &str, what: &str) {

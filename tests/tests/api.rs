@@ -1411,14 +1411,7 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
     ));
     let user = jdoe_with_role(&d, "totp").await;
     let b = Browser::start().await;
-    b.goto(&format!("{}/", d.url)).await;
-    b.type_into("#token", &user).await;
-    b.click("#signin-form button").await;
-    b.wait_for(
-        "return !document.getElementById('app').hidden",
-        "the signed-in page",
-    )
-    .await;
+    b.sign_in(&format!("{}/", d.url), &user).await;
 
     // Enrol: the provider list, the QR code image, the key, the confirming code.
     b.click("button[data-tab=enrol]").await;

@@ -179,14 +179,7 @@ async fn a_piv_card_enrols_and_activates_a_role_through_pcscd() {
     // answers it, and it follows the request while the terminal answers.
     let _card = Card::insert(&pcscd, CardSpec::new(&jdoe, "123456"));
     let b = Browser::start().await;
-    b.goto(&format!("{}/", d.url)).await;
-    b.type_into("#token", &token).await;
-    b.click("#signin-form button").await;
-    b.wait_for(
-        "return !document.getElementById('app').hidden",
-        "the signed-in page",
-    )
-    .await;
+    b.sign_in(&format!("{}/", d.url), &token).await;
     b.type_into("#role", "Domain Admins").await;
     b.type_into("#justification", "from the page").await;
     b.click("#request-form button").await;

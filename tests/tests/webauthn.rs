@@ -117,18 +117,6 @@ async fn setup(d: &Daemon) -> String {
     t["token"].as_str().unwrap().to_string()
 }
 
-/// Signs the page in with `token`.
-async fn sign_in(b: &Browser, url: &str, token: &str) {
-    b.goto(url).await;
-    b.type_into("#token", token).await;
-    b.click("#signin-form button").await;
-    b.wait_for(
-        "return !document.getElementById('app').hidden",
-        "the signed-in page",
-    )
-    .await;
-}
-
 /// Enrols in `provider` from the page's Enrol tab, naming the credential `label`; the text
 /// the page shows when it is over (the result, or the error line).
 async fn enrol(b: &Browser, provider: &str, label: &str) -> String {
@@ -242,7 +230,7 @@ async fn windows_hello_enrols_and_activates_in_a_real_browser() {
     let b = Browser::start().await;
     b.goto(&page).await;
     let hello = b.add_authenticator("internal", true).await;
-    sign_in(&b, &page, &user).await;
+    b.sign_in(&page, &user).await;
     let said = enrol(&b, "windows-hello", "work laptop").await;
     assert!(said.starts_with("Enrolled"), "{said}");
     b.wait_for(
@@ -442,7 +430,7 @@ async fn windows_hello_refuses_an_authenticator_that_is_not_windows_hello() {
     b.goto(&format!("http://localhost:{port}/")).await;
     b.add_authenticator("internal", true).await;
     let link = format!("http://localhost:{port}/#enrol/windows-hello");
-    sign_in(&b, &link, &user).await;
+    b.sign_in(&link, &user).await;
     b.wait_for(
         "return !document.getElementById('enrol-webauthn').hidden",
         "the enrolment the link starts",

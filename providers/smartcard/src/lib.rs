@@ -252,19 +252,7 @@ fn issued_by(issuer: &Key, alg: &str, tbs: &[u8], signature: &[u8]) -> bool {
 
 /// The bytes a card signs for a request: the nonce bound to the request.
 fn bound_challenge(nonce: &[u8], ctx: &ChallengeContext) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(b"rolegate-smartcard-v1");
-    for field in [
-        nonce,
-        ctx.request_id.as_bytes(),
-        ctx.role.as_bytes(),
-        ctx.ttl_s.to_string().as_bytes(),
-        ctx.justification.as_bytes(),
-    ] {
-        h.update((field.len() as u64).to_be_bytes());
-        h.update(field);
-    }
-    h.finalize().to_vec()
+    ctx.bind("rolegate-smartcard-v1", nonce).to_vec()
 }
 
 /// Reads the responder's answer: `{certificate, signature}` as base64, or (activation only)

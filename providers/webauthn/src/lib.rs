@@ -366,19 +366,7 @@ fn attestation_roots(
 
 /// The challenge the authenticator signs for a request: the random one, bound to the request.
 fn bound_challenge(nonce: &str, ctx: &ChallengeContext) -> String {
-    let mut h = Sha256::new();
-    h.update(b"rolegate-webauthn-v1");
-    for field in [
-        nonce.as_bytes(),
-        ctx.request_id.as_bytes(),
-        ctx.role.as_bytes(),
-        ctx.ttl_s.to_string().as_bytes(),
-        ctx.justification.as_bytes(),
-    ] {
-        h.update((field.len() as u64).to_be_bytes());
-        h.update(field);
-    }
-    URL_SAFE_NO_PAD.encode(h.finalize())
+    URL_SAFE_NO_PAD.encode(ctx.bind("rolegate-webauthn-v1", nonce.as_bytes()))
 }
 
 /// Replaces the challenge in webauthn-rs's serialised authentication state; refused when the
