@@ -299,6 +299,7 @@ impl Client {
             .map(String::from)
             .unwrap_or_else(|| value.as_str().unwrap_or("").to_string());
         Err(match status.as_u16() {
+            401 if self.token.as_deref().is_none_or(|t| t.trim().is_empty()) => Error::NoToken,
             401 => Error::TokenRefused { message },
             404 => Error::NotFound {
                 what: message.trim_end_matches(" not found").to_string(),

@@ -401,12 +401,24 @@ fn remote(daemon: &Daemon, json: bool, what: Remote) -> anyhow::Result<ExitCode>
             }
         })
     })?;
-    match (json, columns, &value) {
-        (false, _, serde_json::Value::String(s)) => println!("{s}"),
-        (false, Some(cols), v) => print!("{}", table(v, cols)),
-        _ => println!("{}", serde_json::to_string_pretty(&value)?),
-    }
+    let text = match (json, columns, &value) {
+        (false, _, serde_json::Value::String(s)) => format!("{s}\n"),
+        (false, Some(cols), v) => table(v, cols),
+        _ => format!("{}\n", serde_json::to_string_pretty(&value)?),
+    };
+    emit(&text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the command's output; a reader that went away (`rolegate events | head`) ends it
+/// quietly, as other Unix tools do.
+fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 #[cfg(test)]

@@ -3800,3 +3800,68 @@ async fn separation_of_duties_holds_under_every_spelling_over_the_cli() {
     assert_eq!(s, 404, "{e}");
     assert!(e.to_string().contains("create the user first"), "{e}");
 }
+
+/// Issue 32's CLI consistency, first part: yes/no options take the usual spellings, a missing
+/// token is said plainly, and a reader that goes away ends the output quietly.
+#[tokio::test]
+async fn the_cli_takes_yes_no_says_when_no_token_and_ends_quietly_on_a_closed_pipe() {
+    let d = start();
+    let admin = d.admin.clone();
+    for (i, value) in ["true", "yes", "1", "FALSE", "no", "0"].iter().enumerate() {
+        let (okay, out) = cli(
+            &d,
+            &admin,
+            &[
+                "role",
+                "new",
+                &format!("r{i}"),
+                "--mfa-enabled",
+                value,
+                "--providers",
+                "hello",
+            ],
+            "",
+        );
+        assert!(okay, "{value}: {out}");
+        let (_, role) = call(&d, Some(&admin), "GET", &format!("/v1/roles/r{i}"), None).await;
+        assert_eq!(role["mfa_enabled"], json!(i < 3), "{value}: {role}");
+    }
+    let (okay, out) = cli(
+        &d,
+        &admin,
+        &["role", "new", "x", "--mfa-enabled", "maybe"],
+        "",
+    );
+    assert!(!okay && out.contains("`maybe` is not yes or no"), "{out}");
+
+    // No token at all: one plain sentence saying how to give one.
+    let out = Command::new(rolegate_e2e::rolegate_bin())
+        .args(["--server", &d.url, "role", "get"])
+        .env_remove("ROLEGATE_TOKEN")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        said.contains("no API token: set ROLEGATE_TOKEN or --token"),
+        "{said}"
+    );
+
+    // `rolegate events --json | <a reader that has gone>`: no panic, no error line, success.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            // The reader closes its end at once and lives on: the CLI's write meets no reader.
+            "'{}' --server '{}' events --json --limit 1000 | sh -c 'exec 0<&-; sleep 1'",
+            rolegate_e2e::rolegate_bin().display(),
+            d.url
+        ))
+        .env("ROLEGATE_TOKEN", &admin)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !said.contains("panicked") && !said.to_lowercase().contains("broken pipe"),
+        "{said}"
+    );
+}

@@ -1,6 +1,5 @@
 //! `rolegate role`: roles and their policy (the PAM role cmdlets).
 
-use anyhow::bail;
 use clap::Subcommand;
 use rolegate::client::{Client, segment};
 use serde_json::json;
@@ -22,15 +21,15 @@ pub(crate) struct RoleArgs {
     /// Longest activation, seconds.
     #[arg(long)]
     max_ttl: Option<i64>,
-    /// 1 to require MFA through the role's providers, 0 for none (-MFAEnabled).
-    #[arg(long)]
-    mfa_enabled: Option<u8>,
-    /// 1 to require an approver's approval (-ApprovalEnabled).
-    #[arg(long)]
-    approval_enabled: Option<u8>,
-    /// 1 to require a justification.
-    #[arg(long)]
-    justification_required: Option<u8>,
+    /// Require MFA through the role's providers (-MFAEnabled): yes or no (1/0, true/false).
+    #[arg(long, value_parser = yes_no)]
+    mfa_enabled: Option<bool>,
+    /// Require an approver's approval (-ApprovalEnabled): yes or no (1/0, true/false).
+    #[arg(long, value_parser = yes_no)]
+    approval_enabled: Option<bool>,
+    /// Require a justification: yes or no (1/0, true/false).
+    #[arg(long, value_parser = yes_no)]
+    justification_required: Option<bool>,
     /// Accepted MFA providers in order of preference, comma-separated.
     #[arg(long, value_delimiter = ',')]
     providers: Option<Vec<String>>,
@@ -169,6 +168,17 @@ pub(crate) const ROLE_COLUMNS: &[(&str, &str)] = &[
     ("CANDIDATES", "candidates"),
 ];
 
+/// A yes/no option's value: `1/0`, `true/false`, `yes/no`, `on/off`, in any case.
+fn yes_no(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!(
+            "`{other}` is not yes or no (1/0, true/false, yes/no)"
+        )),
+    }
+}
+
 fn role_body(
     name: &str,
     base: Option<serde_json::Value>,
@@ -186,13 +196,6 @@ fn role_body(
         json!({"name": name, "candidates": [], "approvers": [], "ttl_s": 3600, "max_ttl_s": 3600,
                "justification_required": false, "approval_enabled": false, "mfa_enabled": false, "providers": []})
     });
-    let flag = |x: u8, key: &str| -> anyhow::Result<bool> {
-        match x {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => bail!("--{key} takes 1 or 0"),
-        }
-    };
     if let Some(c) = a.candidates {
         v["candidates"] = json!(c);
     }
@@ -209,13 +212,13 @@ fn role_body(
         v["max_ttl_s"] = json!(t);
     }
     if let Some(m) = a.mfa_enabled {
-        v["mfa_enabled"] = json!(flag(m, "mfa-enabled")?);
+        v["mfa_enabled"] = json!(m);
     }
     if let Some(m) = a.approval_enabled {
-        v["approval_enabled"] = json!(flag(m, "approval-enabled")?);
+        v["approval_enabled"] = json!(m);
     }
     if let Some(m) = a.justification_required {
-        v["justification_required"] = json!(flag(m, "justification-required")?);
+        v["justification_required"] = json!(m);
     }
     if let Some(p) = a.providers {
         v["providers"] = json!(p);

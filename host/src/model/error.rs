@@ -12,6 +12,10 @@ pub enum Error {
     #[error("the token is not valid")]
     Unauthorized,
 
+    /// The CLI had no token to send to a daemon that asks for one.
+    #[error("no API token: set ROLEGATE_TOKEN or --token")]
+    NoToken,
+
     /// The daemon refused the CLI's token: its message, and how to give another.
     #[error(
         "the daemon refused the token ({message}); set --token or ROLEGATE_TOKEN to a valid one"
