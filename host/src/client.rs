@@ -305,9 +305,13 @@ impl Client {
                 what: message.trim_end_matches(" not found").to_string(),
             },
             409 => Error::Conflict(message),
-            _ => Error::Invalid {
-                what: format!("server ({status})"),
-                message,
+            _ => Error::Daemon {
+                status: status.as_u16(),
+                message: if message.trim().is_empty() {
+                    format!("the daemon answered {status}")
+                } else {
+                    message
+                },
             },
         })
     }
@@ -415,7 +419,10 @@ pub async fn walk_request(client: &Client, mut v: Value) -> Result<Value> {
                 {
                     Ok(next) => v = next,
                     // A malformed code changes nothing on the server: ask again.
-                    Err(Error::Invalid { message, .. }) => {
+                    Err(Error::Daemon {
+                        status: 400 | 422,
+                        message,
+                    }) => {
                         eprintln!("{message}");
                         continue;
                     }
@@ -593,7 +600,10 @@ pub async fn walk_enrolment(client: &Client, mut v: Value) -> Result<Value> {
                 refused = 0;
             }
             // A refused entry (a PIN too easy to guess) changes nothing: ask again, a few times.
-            Err(Error::Invalid { message, .. }) if refused < 4 => {
+            Err(Error::Daemon {
+                status: 400 | 422,
+                message,
+            }) if refused < 4 => {
                 refused += 1;
                 eprintln!("{message}");
             }

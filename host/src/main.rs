@@ -73,6 +73,9 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// Say more when something fails (the daemon's HTTP status).
+    #[arg(long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -198,10 +201,17 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
+    let verbose = cli.verbose;
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("rolegate: {}", error_chain(&e));
+            let status = match e.downcast_ref::<rolegate::Error>() {
+                Some(rolegate::Error::Daemon { status, .. }) if verbose => {
+                    format!(" (HTTP {status})")
+                }
+                _ => String::new(),
+            };
+            eprintln!("rolegate: {}{status}", error_chain(&e));
             ExitCode::from(2)
         }
     }

@@ -3833,6 +3833,25 @@ async fn the_cli_takes_yes_no_says_when_no_token_and_ends_quietly_on_a_closed_pi
         "",
     );
     assert!(!okay && out.contains("`maybe` is not yes or no"), "{out}");
+    // The daemon's refusal is one plain sentence; its HTTP status only with --verbose.
+    let (okay, out) = cli(
+        &d,
+        &admin,
+        &["role", "new", "x", "--mfa-enabled", "yes"],
+        "",
+    );
+    assert!(!okay, "{out}");
+    assert_eq!(
+        out.trim(),
+        "rolegate: role `x`: MFA is enabled but no provider is listed: add one with `--providers`"
+    );
+    let (_, out) = cli(
+        &d,
+        &admin,
+        &["--verbose", "role", "new", "x", "--mfa-enabled", "yes"],
+        "",
+    );
+    assert!(out.trim().ends_with("(HTTP 422)"), "{out}");
 
     // No token at all: one plain sentence saying how to give one.
     let out = Command::new(rolegate_e2e::rolegate_bin())

@@ -12,6 +12,15 @@ pub enum Error {
     #[error("the token is not valid")]
     Unauthorized,
 
+    /// The daemon refused a call: its own sentence (the HTTP status is kept for `--verbose`).
+    #[error("{message}")]
+    Daemon {
+        /// The HTTP status it answered.
+        status: u16,
+        /// Its message.
+        message: String,
+    },
+
     /// The CLI had no token to send to a daemon that asks for one.
     #[error("no API token: set ROLEGATE_TOKEN or --token")]
     NoToken,
