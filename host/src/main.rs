@@ -159,6 +159,9 @@ enum Command {
         /// Write and check the config, but do not start the daemon.
         #[arg(long)]
         no_serve: bool,
+        /// The address and port to serve on.
+        #[arg(long, default_value = "127.0.0.1:8420")]
+        listen: String,
     },
     /// Serve one plugin over stdin/stdout for an isolated provider (started by the host).
     #[command(hide = true)]
@@ -313,8 +316,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Import {
             command: ImportCommand::Mim(args),
         } => import_mim(&args, cli.json),
-        Command::Quickstart { dir, no_serve } => {
-            let path = quickstart(&dir)?;
+        Command::Quickstart {
+            dir,
+            no_serve,
+            listen,
+        } => {
+            let path = quickstart(&dir, &listen)?;
             if no_serve {
                 Ok(ExitCode::SUCCESS)
             } else {

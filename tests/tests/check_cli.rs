@@ -633,3 +633,57 @@ fn quickstart_writes_a_private_config_and_loads_both_isolation_modes() {
         .unwrap_or_default();
     assert!(passkey.contains(" ok "), "{text}");
 }
+
+#[test]
+fn quickstart_serves_where_told_and_a_busy_port_fails_before_the_store_and_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let qs = dir.path().join("qs");
+    let out = Command::new(rolegate_bin())
+        .args([
+            "quickstart",
+            "--no-serve",
+            "--listen",
+            "127.0.0.1:18420",
+            "--dir",
+        ])
+        .arg(&qs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = std::fs::read_to_string(qs.join("rolegate.toml")).unwrap();
+    assert!(config.contains("listen = \"127.0.0.1:18420\""), "{config}");
+    assert!(config.contains("http://localhost:18420"), "{config}");
+
+    // The port is taken: the daemon says so before it creates the store, so no first admin
+    // token is printed (and lost) by a daemon that then fails.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let qs = dir.path().join("busy");
+    let out = Command::new(rolegate_bin())
+        .args([
+            "quickstart",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--dir",
+        ])
+        .arg(&qs)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{said}"
+    );
+    assert!(!said.contains("rg_"), "no token printed: {said}");
+    assert!(!qs.join("rolegate.db").exists(), "no store created");
+    drop(busy);
+}

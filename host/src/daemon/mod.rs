@@ -31,6 +31,11 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let metrics_token = config.server.metrics_token()?;
+    // The port before the store: a busy port must fail before a new store is created and its
+    // first admin token printed (a token printed by a daemon that then fails is lost).
+    let std_listener = std::net::TcpListener::bind(&config.server.listen)
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    std_listener.set_nonblocking(true)?;
     rolegate::model::metrics::METRICS.started(jiff::Timestamp::now().as_second());
     let rt = runtime()?;
     // Opened before anything else too; its writer is a thread of its own.
@@ -308,8 +313,7 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
                 }
             })
         };
-        let listener = tokio::net::TcpListener::bind(&config.server.listen)
-            .await
+        let listener = tokio::net::TcpListener::from_std(std_listener)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         eprintln!(
