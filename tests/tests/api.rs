@@ -2761,6 +2761,8 @@ async fn sigterm_stops_the_daemon_cleanly_and_a_restart_finds_everything() {
         Some("rolegate: stopped"),
         "{said:?}"
     );
+    // A clean stop logs no error (the expiry sweep once failed on the closed store).
+    assert!(!said.iter().any(|l| l.contains("ERROR")), "{said:?}");
     // A clean stop checkpoints and truncates the WAL: the database file alone holds the state.
     let wal = dir.path().join("rolegate.db-wal");
     assert!(

@@ -257,7 +257,7 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             });
         }
         let expirer = Arc::clone(&service);
-        tokio::spawn(async move {
+        let expiring = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
@@ -349,7 +349,9 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
             log.flush(Duration::from_secs(2));
         }
         // The last events anchored, and that checkpoint copied to the log, before the store
-        // closes.
+        // closes; the expiry sweep stopped first (after the close it could only fail, and a
+        // clean shutdown logs no error).
+        expiring.abort();
         anchoring.abort();
         {
             let mut anchorer = anchorer.lock().await;
