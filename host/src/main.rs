@@ -37,20 +37,33 @@ struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "ROLEGATE_URL",
         default_value = "http://127.0.0.1:8420"
     )]
     server: String,
     /// Your API token (prefer the environment variable: command lines are visible to others).
-    #[arg(long, global = true, env = "ROLEGATE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "ROLEGATE_TOKEN",
+        hide_env_values = true
+    )]
     token: Option<String>,
     /// A CA certificate bundle (PEM) to trust for the daemon's HTTPS, beside the system's.
-    #[arg(long, global = true, env = "ROLEGATE_CA_FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "ROLEGATE_CA_FILE"
+    )]
     ca_file: Option<PathBuf>,
     /// A client certificate (PEM) to present to a daemon that asks for one (mutual TLS).
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "ROLEGATE_CLIENT_CERT",
         requires = "client_key"
     )]
@@ -59,22 +72,33 @@ struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         env = "ROLEGATE_CLIENT_KEY",
         requires = "client_cert"
     )]
     client_key: Option<PathBuf>,
     /// The smartcard reader to use when several are attached (`rolegate` lists them when it
     /// must choose).
-    #[arg(long, global = true, env = "ROLEGATE_READER")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "ROLEGATE_READER"
+    )]
     reader: Option<String>,
     /// Seconds to wait for a smartcard to be inserted.
-    #[arg(long, global = true, default_value_t = 30)]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        default_value_t = 30
+    )]
     card_wait: u64,
     /// Print JSON instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// Say more when something fails (the daemon's HTTP status).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     verbose: bool,
     #[command(subcommand)]
     command: Command,

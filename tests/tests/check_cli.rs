@@ -687,3 +687,16 @@ fn quickstart_serves_where_told_and_a_busy_port_fails_before_the_store_and_its_t
     assert!(!qs.join("rolegate.db").exists(), "no store created");
     drop(busy);
 }
+
+#[test]
+fn a_commands_help_lists_its_own_options_apart_from_the_global_ones() {
+    let out = Command::new(rolegate_bin())
+        .args(["role", "new", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    let global = help.find("Global options:").expect("a global section");
+    let own = help.find("--mfa-enabled").expect("the command's option");
+    let token = help.find("--token").expect("the token option");
+    assert!(own < global && global < token, "{help}");
+}
