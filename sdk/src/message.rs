@@ -328,6 +328,29 @@ pub struct Credential {
     pub data: Bytes,
 }
 
+impl Credential {
+    /// Each credential with its data decoded as the provider's JSON type `T`; one that does
+    /// not decode is bad input naming it ("credential `x` is not a `kind` credential").
+    pub fn decode_all<T: serde::de::DeserializeOwned>(
+        credentials: &[Credential],
+        kind: &str,
+    ) -> Result<Vec<(Credential, T)>, ProviderError> {
+        credentials
+            .iter()
+            .map(|c| {
+                serde_json::from_slice::<T>(c.data.as_slice())
+                    .map(|t| (c.clone(), t))
+                    .map_err(|_| {
+                        ProviderError::bad_input(format!(
+                            "credential `{}` is not a {kind} credential",
+                            c.id
+                        ))
+                    })
+            })
+            .collect()
+    }
+}
+
 /// The user's answer to an `Ask`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(remote = "Self", rename_all = "snake_case")]

@@ -53,6 +53,14 @@ pub fn sms_twilio_lib() -> PathBuf {
     built("librolegate_provider_sms_twilio.so")
 }
 
+/// A port on 127.0.0.1 that nothing listens on now (for a server a test starts on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
 /// The WebAuthn provider library.
 pub fn webauthn_lib() -> PathBuf {
     built("librolegate_provider_webauthn.so")

@@ -54,13 +54,6 @@ fn ids_of(user: &str) -> Option<(u32, u32)> {
     })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
-}
-
 /// Connects on a thread of its own (the sync client must not run on an async runtime).
 fn with_client<T: Send + 'static>(
     conn: &str,
@@ -192,10 +185,10 @@ pub fn server() -> &'static str {
         let dir = std::env::temp_dir().join(format!(
             "rolegate-test-pg-{}-{}",
             std::process::id(),
-            free_port()
+            crate::free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        let port = free_port();
+        let port = crate::free_port();
         let mut child = start_cluster(&dir, port);
         let conn = format!("host=127.0.0.1 port={port} user=rolegate dbname=postgres");
         wait_ready(&conn, &mut child);

@@ -74,13 +74,6 @@ call_timeout_s = 10
     (serve_config(dir, &cfg), double, pki_dir)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 /// Creates jdoe (the scripted PhoneFactor user who answers) and the roles: "Domain Admins"
 /// accepts Windows Hello or the phone call, "Key only" a security key, "Phone only" the call.
 /// Returns jdoe's token.
@@ -214,7 +207,7 @@ async fn events(d: &Daemon, id: u32) -> Vec<Value> {
 /// cloned authenticator set aside.
 #[tokio::test]
 async fn windows_hello_enrols_and_activates_in_a_real_browser() {
-    let port = free_port();
+    let port = rolegate_e2e::free_port();
     let (d, _double, _pki) = daemon(port, &format!("aaguids = [\"{VIRTUAL_AAGUID}\"]"));
     let user = setup(&d).await;
     let page = format!("http://localhost:{port}/");
@@ -423,7 +416,7 @@ async fn windows_hello_enrols_and_activates_in_a_real_browser() {
 /// The page is reached by the link the CLI prints.
 #[tokio::test]
 async fn windows_hello_refuses_an_authenticator_that_is_not_windows_hello() {
-    let port = free_port();
+    let port = rolegate_e2e::free_port();
     let (d, _double, _pki) = daemon(port, "");
     let user = setup(&d).await;
     let b = Browser::start().await;

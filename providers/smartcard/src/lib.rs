@@ -445,19 +445,7 @@ impl SmartcardProvider {
     }
 
     fn stored(credentials: &[Credential]) -> Result<Vec<(Credential, Stored)>, ProviderError> {
-        credentials
-            .iter()
-            .map(|c| {
-                serde_json::from_slice::<Stored>(c.data.as_slice())
-                    .map(|s| (c.clone(), s))
-                    .map_err(|_| {
-                        ProviderError::bad_input(format!(
-                            "credential `{}` is not a smartcard credential",
-                            c.id
-                        ))
-                    })
-            })
-            .collect()
+        Credential::decode_all(credentials, "smartcard")
     }
 
     /// Opens a state this provider wrote, for `account` (and `request_id`), not expired.

@@ -309,19 +309,7 @@ impl WebauthnProvider {
     }
 
     fn stored(credentials: &[Credential]) -> Result<Vec<(Credential, Stored)>, ProviderError> {
-        credentials
-            .iter()
-            .map(|c| {
-                serde_json::from_slice::<Stored>(c.data.as_slice())
-                    .map(|s| (c.clone(), s))
-                    .map_err(|_| {
-                        ProviderError::bad_input(format!(
-                            "credential `{}` is not a WebAuthn credential",
-                            c.id
-                        ))
-                    })
-            })
-            .collect()
+        Credential::decode_all(credentials, "WebAuthn")
     }
 
     fn attachment(&self) -> Option<AuthenticatorAttachment> {
