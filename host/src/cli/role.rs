@@ -170,13 +170,8 @@ pub(crate) const ROLE_COLUMNS: &[(&str, &str)] = &[
 
 /// A yes/no option's value: `1/0`, `true/false`, `yes/no`, `on/off`, in any case.
 fn yes_no(v: &str) -> Result<bool, String> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        other => Err(format!(
-            "`{other}` is not yes or no (1/0, true/false, yes/no)"
-        )),
-    }
+    rolegate::model::yes_no(v)
+        .ok_or_else(|| format!("`{}` is not yes or no (1/0, true/false, yes/no)", v.trim()))
 }
 
 fn role_body(

@@ -538,6 +538,11 @@ impl Providers {
         self.by_id.get(id)
     }
 
+    /// The providers' ids, in order: what a role may name.
+    pub fn ids(&self) -> impl Iterator<Item = &str> + Clone {
+        self.by_id.keys().map(String::as_str)
+    }
+
     /// All providers, ordered by id.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<LoadedProvider>> {
         self.by_id.values()

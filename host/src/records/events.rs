@@ -421,6 +421,10 @@ pub struct Filter {
     pub since_ms: Option<i64>,
     /// Only before this time (Unix ms).
     pub until_ms: Option<i64>,
+    /// Only this provider's.
+    pub provider: Option<String>,
+    /// Only those before this sequence number (the next page, newest first).
+    pub before_seq: Option<i64>,
     /// At most this many, newest first.
     pub limit: Option<i64>,
 }
@@ -461,6 +465,12 @@ fn list_query(f: &Filter) -> (String, Vec<Value>) {
     }
     if let Some(t) = f.until_ms {
         add("at < ?", Value::Int(t), &mut params);
+    }
+    if let Some(p) = &f.provider {
+        add("provider = ?", p.clone().into(), &mut params);
+    }
+    if let Some(s) = f.before_seq {
+        add("seq < ?", Value::Int(s), &mut params);
     }
     let limit = f.limit.unwrap_or(1000).clamp(1, 100_000);
     sql.push_str(&format!(" ORDER BY seq DESC LIMIT {limit}"));

@@ -111,6 +111,7 @@ fn decode(name: &str, policy: &str) -> Result<RoleSpec> {
 pub fn create(tx: &mut dyn Tx, spec: &RoleSpec, now_ms: i64) -> Result<()> {
     check_name(NameKind::Role, &spec.name)?;
     check_accounts(spec, None)?;
+    check_people(tx, spec, None)?;
     spec.to_role()?;
     if get(tx, &spec.name)?.is_some() {
         return Err(Error::Conflict(format!(
@@ -163,6 +164,7 @@ fn replace_as(
 ) -> Result<()> {
     let old = get(tx, &spec.name)?;
     check_accounts(spec, old.as_ref())?;
+    check_people(tx, spec, old.as_ref())?;
     spec.to_role()?;
     let policy = serde_json::to_string(spec).map_err(|e| Error::Store {
         what: "encoding a role".into(),
@@ -338,6 +340,74 @@ fn check_accounts(spec: &RoleSpec, old: Option<&RoleSpec>) -> Result<()> {
     Ok(())
 }
 
+/// Refuses candidates and approvers who are not users, naming each (a misspelt account would
+/// otherwise sit in the role unnoticed, and a user created later under that name would gain
+/// it). Names the role had already stay: removing a user does not lock its roles' edits.
+fn check_people(tx: &mut dyn Tx, spec: &RoleSpec, old: Option<&RoleSpec>) -> Result<()> {
+    let mut unknown = Vec::new();
+    for (what, names, kept) in [
+        ("candidate", &spec.candidates, old.map(|o| &o.candidates)),
+        ("approver", &spec.approvers, old.map(|o| &o.approvers)),
+    ] {
+        for name in names {
+            if kept.is_some_and(|k| k.contains(name)) {
+                continue;
+            }
+            if crate::records::users::get(tx, name)?.is_none() {
+                unknown.push(format!("{what} {}", quoted(name)));
+            }
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Invalid {
+        what: format!("role `{}`", spec.name.trim()),
+        message: format!(
+            "no such user: {} (create the user first, or copy it from the directory)",
+            unknown.join(", ")
+        ),
+    })
+}
+
+/// Refuses providers and shadows that are not configured, naming each and the configured ones
+/// (a misspelt `totpp` would leave the role's MFA with a factor nobody can use). Ones the role
+/// had already stay (a provider taken out of the config does not lock the role's edits).
+pub fn check_providers<'a>(
+    spec: &RoleSpec,
+    old: Option<&RoleSpec>,
+    configured: impl Iterator<Item = &'a str> + Clone,
+) -> Result<()> {
+    let mut unknown = Vec::new();
+    for (what, names, kept) in [
+        ("provider", &spec.providers, old.map(|o| &o.providers)),
+        ("shadow provider", &spec.shadow, old.map(|o| &o.shadow)),
+    ] {
+        for name in names {
+            if kept.is_some_and(|k| k.contains(name)) || configured.clone().any(|c| c == name) {
+                continue;
+            }
+            unknown.push(format!("{what} `{name}`"));
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let known: Vec<String> = configured.map(|c| format!("`{c}`")).collect();
+    Err(Error::Invalid {
+        what: format!("role `{}`", spec.name.trim()),
+        message: format!(
+            "unknown {}: no such provider is configured (configured: {})",
+            unknown.join(", "),
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ),
+    })
+}
+
 /// The role with this name.
 pub fn get(tx: &mut dyn Tx, name: &str) -> Result<Option<RoleSpec>> {
     let rows = tx.query(
@@ -452,6 +522,31 @@ mod tests {
     use super::*;
     use crate::store::sqlite::Sqlite;
 
+    /// A store holding the users `spec()` names.
+    async fn with_people(dir: &tempfile::TempDir) -> Sqlite {
+        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        db.write(|tx| {
+            for account in ["CONTOSO\\jdoe", "CONTOSO\\boss"] {
+                crate::records::users::create(
+                    tx,
+                    crate::records::users::NewUser {
+                        account: account.into(),
+                        display_name: account.into(),
+                        phone: None,
+                        email: None,
+                        source: None,
+                    },
+                    1u16,
+                    1,
+                )?;
+            }
+            Ok(())
+        })
+        .await
+        .unwrap();
+        db
+    }
+
     fn spec() -> RoleSpec {
         serde_json::from_value(serde_json::json!({
             "name": "Domain Admins",
@@ -505,9 +600,71 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn roles_round_trip_and_bad_policies_are_refused() {
+    async fn candidates_approvers_and_providers_that_do_not_exist_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        let e = db
+            .write(|tx| create(tx, &spec(), 1))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no such user: candidate `CONTOSO\\jdoe`, approver `CONTOSO\\boss`"),
+            "{e}"
+        );
+        assert!(db.read(list).await.unwrap().is_empty(), "nothing stored");
+        let db = with_people(&dir).await;
+        db.write(|tx| create(tx, &spec(), 1)).await.unwrap();
+        // A user removed later stays in the role, and the role can still be edited; a new
+        // name must be a user.
+        db.write(|tx| crate::records::users::remove(tx, "contoso\\BOSS").map(drop))
+            .await
+            .unwrap();
+        let mut edited = spec();
+        edited.ttl_s = 60;
+        let e2 = edited.clone();
+        db.write(move |tx| replace(tx, &e2, "admin", 2))
+            .await
+            .unwrap();
+        edited.candidates.insert("CONTOSO\\jdoe2".into());
+        let e = db
+            .write(move |tx| replace(tx, &edited, "admin", 3))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no such user: candidate `CONTOSO\\jdoe2`"),
+            "{e}"
+        );
+
+        // Providers: a misspelt one is named, with the configured ones.
+        let mut typo = spec();
+        typo.providers = vec!["totpp".into(), "totp".into()];
+        typo.mfa_enabled = true;
+        let e = check_providers(&typo, None, ["phone-legacy", "totp"].into_iter())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "role `Domain Admins`: unknown provider `totpp`: no such provider is configured (configured: `phone-legacy`, `totp`)"
+        );
+        typo.shadow = vec!["smartcard".into()];
+        let e = check_providers(&typo, None, std::iter::empty())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("provider `totpp`, provider `totp`, shadow provider `smartcard`")
+                && e.ends_with("(configured: none)"),
+            "{e}"
+        );
+        // One the role had already stays (taken out of the config since).
+        assert!(check_providers(&typo, Some(&typo.clone()), std::iter::empty()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn roles_round_trip_and_bad_policies_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = with_people(&dir).await;
         let s = spec();
         let s2 = s.clone();
         db.write(move |tx| create(tx, &s2, 1)).await.unwrap();
@@ -550,7 +707,7 @@ mod tests {
     #[tokio::test]
     async fn a_changed_role_gets_a_new_revision_and_an_unchanged_one_sends_no_policy() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        let db = with_people(&dir).await;
         db.write(|tx| create(tx, &spec(), 1)).await.unwrap();
         let (rev, policy) = db
             .read(|tx| get_if_changed(tx, "Domain Admins", 0))
@@ -590,7 +747,7 @@ mod tests {
     #[tokio::test]
     async fn provider_changes_are_kept_and_roll_back_one_step_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Sqlite::open(&dir.path().join("rolegate.db"), 0).unwrap();
+        let db = with_people(&dir).await;
         let mut s = spec();
         s.providers = vec!["phone-legacy".into()];
         let s1 = s.clone();

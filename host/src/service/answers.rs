@@ -89,7 +89,7 @@ impl Service {
                 now,
                 &credential_rows,
                 &provider_id,
-                &stored.view.account,
+                &stored.account_key,
             )?
         };
         let settings = self.settings.clone();
@@ -206,10 +206,10 @@ fn still_allowed(
     if trusted {
         return Ok(());
     }
-    ensure_enabled(tx, &s.view.account)?;
+    ensure_enabled(tx, &s.account_key)?;
     let rows = tx.query(
         "SELECT sealed FROM credentials WHERE account_key = $1 AND provider = $2 AND flag IS NULL",
-        &[s.view.account.clone().into(), provider.into()],
+        &[s.account_key.clone().into(), provider.into()],
     )?;
     let mut current: Vec<Vec<u8>> = rows.iter().filter_map(|r| r.blob(0).ok()).collect();
     current.sort();
@@ -227,7 +227,7 @@ fn still_allowed(
 fn refuse_if_locked(tx: &mut dyn Tx, s: &Stored, provider: &str, now: Timestamp) -> Result<()> {
     let rows = tx.query(
         "SELECT locked_until FROM lockouts WHERE account_key = $1 AND provider = $2",
-        &[s.view.account.clone().into(), provider.into()],
+        &[s.account_key.clone().into(), provider.into()],
     )?;
     if let Some(Value::Int(until)) = rows.first().and_then(|r| r.0.first())
         && *until > ms(now)
@@ -251,7 +251,7 @@ fn fail_open_requests(tx: &mut dyn Tx, s: &Stored, provider: &str, now: Timestam
         &format!(
             "SELECT {COLUMNS} FROM requests WHERE account_key = $1 AND state = 'pending_mfa' AND provider = $2"
         ),
-        &[s.view.account.clone().into(), provider.into()],
+        &[s.account_key.clone().into(), provider.into()],
     )?;
     for row in &open {
         let mut other = from_row(row)?;
@@ -290,22 +290,22 @@ fn record_failure(
     let t = ms(now);
     tx.execute(
         "INSERT INTO lockouts (account_key, provider, failures, locked_until) VALUES ($1, $2, 0, NULL) ON CONFLICT (account_key, provider) DO NOTHING",
-        &[s.view.account.clone().into(), provider.into()],
+        &[s.account_key.clone().into(), provider.into()],
     )?;
     tx.execute(
         "UPDATE lockouts SET failures = failures + 1 WHERE account_key = $1 AND provider = $2",
-        &[s.view.account.clone().into(), provider.into()],
+        &[s.account_key.clone().into(), provider.into()],
     )?;
     let rows = tx.query(
         "SELECT failures FROM lockouts WHERE account_key = $1 AND provider = $2",
-        &[s.view.account.clone().into(), provider.into()],
+        &[s.account_key.clone().into(), provider.into()],
     )?;
     let failures = rows.first().map(|r| r.int(0)).transpose()?.unwrap_or(0);
     if lock_now || failures >= settings.lockout_threshold {
         let until = t + settings.lockout_duration.as_millis() as i64;
         tx.execute(
             "UPDATE lockouts SET locked_until = $1, failures = 0 WHERE account_key = $2 AND provider = $3",
-            &[Value::Int(until), s.view.account.clone().into(), provider.into()],
+            &[Value::Int(until), s.account_key.clone().into(), provider.into()],
         )?;
         let why = if lock_now {
             "fraud was reported"
@@ -468,7 +468,7 @@ pub(super) fn apply(
         Outcome::Approved(credential, detail) => {
             still_allowed(tx, &s, &provider, relied, trust)?;
             if let Some(update) = credential
-                && !write_credential_update(tx, &s.view.account, &provider, update, key, now)?
+                && !write_credential_update(tx, &s.account_key, &provider, update, key, now)?
             {
                 return Err(Error::Conflict(format!(
                     "{CREDENTIAL_RACE} (request `{}`)",
@@ -480,7 +480,7 @@ pub(super) fn apply(
             if !(trust && relied.vouch.is_some_and(|v| !v.failures)) {
                 tx.execute(
                     "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2 AND failures <> 0",
-                    &[s.view.account.clone().into(), provider.clone().into()],
+                    &[s.account_key.clone().into(), provider.clone().into()],
                 )?;
             }
             events::append(
@@ -531,7 +531,7 @@ pub(super) fn apply(
             if reason == DenyReason::Cloned
                 && let Some(id) = &used
             {
-                flag_credential(tx, &s.view.account, &provider, id, &message, ms(now))?;
+                flag_credential(tx, &s.account_key, &provider, id, &message, ms(now))?;
             }
             // Only a wrong answer counts toward the attempt cap and the lockout; a replayed
             // code is one the user can correct (the app's next code). A reported fraud locks

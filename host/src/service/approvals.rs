@@ -93,7 +93,7 @@ impl Service {
                 }
                 if approve {
                     // Nor is a role granted to a requester disabled or removed meanwhile.
-                    ensure_enabled(tx, &s.view.account)?;
+                    ensure_enabled(tx, &s.account_key)?;
                     events::append(
                         tx,
                         event(

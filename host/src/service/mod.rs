@@ -46,6 +46,7 @@ use answers::{apply, with_prior};
 pub use enrolment::store_credential;
 pub use expiry::{end_access, in_flight};
 pub use readiness::{CandidateReadiness, ProviderReadiness, Readiness};
+pub use requests::RequestFilter;
 pub use shadow::ShadowView;
 
 /// Furthest a delayed start may lie ahead.
@@ -151,6 +152,8 @@ pub struct EnrolmentView {
 
 struct Stored {
     view: RequestView,
+    /// The requester's account key (the view shows the account as its user spells it).
+    account_key: String,
     state: RequestState,
     challenge: Option<Vec<u8>>,
     ask_expires_at: Option<i64>,
@@ -162,7 +165,7 @@ struct Stored {
     reference: Option<String>,
 }
 
-const COLUMNS: &str = "id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, challenge, ask_expires_at, version, wrong_answers, needs_approval, updated_at, starts_at";
+const COLUMNS: &str = "id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, challenge, ask_expires_at, version, wrong_answers, needs_approval, updated_at, starts_at, account";
 
 fn from_row(r: &Row) -> Result<Stored> {
     let state: RequestState = r.text(3)?.parse()?;
@@ -177,10 +180,12 @@ fn from_row(r: &Row) -> Result<Stored> {
         Some(Value::Int(v)) => Some(*v),
         _ => None,
     };
+    let account_key = r.text(1)?;
     Ok(Stored {
         view: RequestView {
             id: r.text(0)?,
-            account: r.text(1)?,
+            // Rows written before schema 10 whose user is gone know only the key.
+            account: r.opt_text(18)?.unwrap_or_else(|| account_key.clone()),
             role: r.text(2)?,
             state: state.to_string(),
             justification: r.text(4)?,
@@ -201,6 +206,7 @@ fn from_row(r: &Row) -> Result<Stored> {
         needs_approval: r.int(15)? != 0,
         updated_at: r.int(16)?,
         reference: None,
+        account_key,
     })
 }
 
@@ -500,7 +506,7 @@ impl Service {
             request_id: request.id.clone(),
             ttl_s: u64::try_from(request.ttl_s).unwrap_or(0),
             justification: request.justification.clone(),
-            credentials: self.unseal(&request.account, provider, rows)?,
+            credentials: self.unseal(&account_key(&request.account), provider, rows)?,
             origin: None,
             now: now.as_second().max(0) as u64,
         })
@@ -621,6 +627,7 @@ impl Stored {
     fn clone_for_write(&self) -> Stored {
         Stored {
             view: self.view.clone(),
+            account_key: self.account_key.clone(),
             state: self.state,
             challenge: self.challenge.clone(),
             ask_expires_at: self.ask_expires_at,
@@ -664,13 +671,20 @@ fn usable(row: &Row) -> bool {
 }
 
 /// Inserts a new request as `s` has it: with its first prompt (text, sealed provider state,
-/// when it expires) when [`Stored::asking`] made it, in the same row.
+/// when it expires) when [`Stored::asking`] made it, in the same row. Refused while the
+/// user has a live request for the role (checked in the write: two hosts, or two requests
+/// racing, cannot both pass).
 fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
+    if let Some(first) =
+        requests::live_request(tx, &s.account_key, &s.view.role, s.view.created_at)?
+    {
+        return Err(requests::already_live(&first));
+    }
     tx.execute(
-        "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, challenge, ask_expires_at, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $12, $13, 0, $14, $15)",
+        "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, challenge, ask_expires_at, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at, account) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $12, $13, 0, $14, $15, $16)",
         &[
             s.view.id.clone().into(),
-            s.view.account.clone().into(),
+            s.account_key.clone().into(),
             s.view.role.clone().into(),
             s.state.as_str().into(),
             s.view.justification.clone().into(),
@@ -684,6 +698,7 @@ fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
             Value::Int(s.version),
             s.needs_approval.into(),
             s.view.starts_at.map(Value::Int).unwrap_or(Value::Null),
+            s.view.account.clone().into(),
         ],
     )?;
     Ok(())
@@ -769,7 +784,7 @@ fn ensure_enabled(tx: &mut dyn Tx, key: &str) -> Result<()> {
 /// Whether the writer vouches for the read the request's write relied on.
 fn trusted(tx: &dyn Tx, s: &Stored, relied: &Relied, now: Timestamp) -> bool {
     relied.vouch.is_some_and(|v| {
-        tx.unchanged_since(Kind::Account, &s.view.account, v.stamp, v.read_at, ms(now))
+        tx.unchanged_since(Kind::Account, &s.account_key, v.stamp, v.read_at, ms(now))
     })
 }
 

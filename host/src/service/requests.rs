@@ -134,7 +134,8 @@ impl Service {
         let mut stored = Stored {
             view: RequestView {
                 id: id.clone(),
-                account: key.clone(),
+                // As the user spells it; the key is kept beside it for look-ups.
+                account: user.account.clone(),
                 role: role.name.clone(),
                 state: String::new(),
                 justification: justification.trim().to_string(),
@@ -155,6 +156,7 @@ impl Service {
             needs_approval: admission.needs_approval,
             updated_at: ms(now),
             reference: None,
+            account_key: key.clone(),
         };
         if !admission.needs_mfa && answer.is_some() {
             return Err(Error::Invalid {
@@ -182,6 +184,8 @@ impl Service {
                 .await
                 .map(|v| (caller, v));
         }
+        // Before a provider starts anything for it.
+        self.refuse_second(&key, &role.name, ms(now)).await?;
         // MFA: pick the provider the user can use.
         let usability = |p: &str| {
             let Some(lp) = self.providers.get(p) else {
@@ -534,19 +538,136 @@ impl Service {
 
     /// The caller's own requests, newest first.
     pub async fn requests_of(&self, account: &str, limit: i64) -> Result<Vec<RequestView>> {
-        let a = account_key(account);
+        self.list_requests(RequestFilter {
+            account: Some(account.to_string()),
+            limit,
+            ..RequestFilter::default()
+        })
+        .await
+    }
+
+    /// Requests, newest first, as the filter narrows them (MIM's `Get-PAMRequest`): the
+    /// caller's own, or for an admin anyone's.
+    pub async fn list_requests(&self, f: RequestFilter) -> Result<Vec<RequestView>> {
         self.store
             .read(move |tx| {
-                tx.query(
-                    &format!("SELECT {COLUMNS} FROM requests WHERE account_key = $1 ORDER BY created_at DESC LIMIT $2"),
-                    &[a.into(), Value::Int(limit.clamp(1, 10_000))],
-                )?
-                .iter()
-                .map(|r| from_row(r).map(|s| s.view))
-                .collect()
+                let mut sql = format!("SELECT {COLUMNS} FROM requests WHERE 1 = 1");
+                let mut params: Vec<Value> = Vec::new();
+                if let Some(a) = &f.account {
+                    params.push(account_key(a).into());
+                    sql.push_str(&format!(" AND account_key = ${}", params.len()));
+                }
+                if let Some(r) = &f.role {
+                    params.push(r.trim().into());
+                    sql.push_str(&format!(" AND role = ${}", params.len()));
+                }
+                if !f.states.is_empty() {
+                    // The names come from the enum, never from the caller.
+                    let names: Vec<String> = f
+                        .states
+                        .iter()
+                        .map(|s| format!("'{}'", s.as_str()))
+                        .collect();
+                    sql.push_str(&format!(" AND state IN ({})", names.join(", ")));
+                }
+                if let Some(t) = f.before_ms {
+                    params.push(Value::Int(t));
+                    sql.push_str(&format!(" AND created_at < ${}", params.len()));
+                }
+                params.push(Value::Int(f.limit.clamp(1, 10_000)));
+                sql.push_str(&format!(
+                    " ORDER BY created_at DESC, id DESC LIMIT ${}",
+                    params.len()
+                ));
+                tx.query(&sql, &params)?
+                    .iter()
+                    .map(|r| from_row(r).map(|s| s.view))
+                    .collect()
             })
             .await
     }
+
+    /// Refuses a new request while the user has one for the role that holds it or is on its
+    /// way to: read before a provider starts anything (an SMS sent for a request refused
+    /// after it would be a text for nothing); the write checks again ([`insert`]).
+    async fn refuse_second(&self, key: &str, role: &str, now_ms: i64) -> Result<()> {
+        let (k, r) = (key.to_string(), role.to_string());
+        match self
+            .store
+            .read(move |tx| live_request(tx, &k, &r, now_ms))
+            .await?
+        {
+            Some(first) => Err(already_live(&first)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Which requests [`Service::list_requests`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    /// Only this user's (any spelling of the account).
+    pub account: Option<String>,
+    /// Only this role's.
+    pub role: Option<String>,
+    /// Only in these states; any state when empty.
+    pub states: Vec<RequestState>,
+    /// Only those created before this time (Unix ms): the next page.
+    pub before_ms: Option<i64>,
+    /// At most this many (1 to 10,000).
+    pub limit: i64,
+}
+
+/// The states in which a request holds its role or is on its way to: one per user and role.
+const LIVE: &str = "('pending_mfa', 'pending_approval', 'scheduled', 'active')";
+
+/// The user's live request for the role, if any: one whose activation has not run out (the
+/// sweep may not have passed yet) and, waiting for MFA, whose prompt is still open.
+pub(super) fn live_request(
+    tx: &mut dyn Tx,
+    key: &str,
+    role: &str,
+    now_ms: i64,
+) -> Result<Option<Stored>> {
+    for row in tx.query(
+        &format!(
+            "SELECT {COLUMNS} FROM requests WHERE account_key = $1 AND role = $2 AND state IN {LIVE}"
+        ),
+        &[key.into(), role.into()],
+    )? {
+        let s = from_row(&row)?;
+        let ran_out = s.view.expires_at.is_some_and(|e| e <= now_ms);
+        let prompt_gone = s.state == RequestState::PendingMfa
+            && s.ask_expires_at.is_some_and(|e| e <= now_ms);
+        if !ran_out && !prompt_gone {
+            return Ok(Some(s));
+        }
+    }
+    Ok(None)
+}
+
+/// The refusal of a second request: the first one's id, where it stands and until when.
+pub(super) fn already_live(first: &Stored) -> Error {
+    let at = |ms: Option<i64>| {
+        ms.and_then(|m| Timestamp::from_millisecond(m).ok())
+            .map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_else(|| "unknown".into())
+    };
+    let v = &first.view;
+    let standing = match first.state {
+        RequestState::Active => format!("active until {}", at(v.expires_at)),
+        RequestState::Scheduled => format!(
+            "scheduled from {} until {}",
+            at(v.starts_at),
+            at(v.expires_at)
+        ),
+        RequestState::PendingApproval => "waiting for an approver".to_string(),
+        _ => format!("waiting for its MFA until {}", at(first.ask_expires_at)),
+    };
+    Error::Conflict(format!(
+        "you already have request {} for role `{}` ({standing}): one at a time per role; close it first (`rolegate request close {}`)",
+        v.id, v.role, v.id
+    ))
 }
 
 /// A provider that failed to start a challenge, and the one tried next (the role falls back).

@@ -272,6 +272,15 @@ ALTER TABLE credentials ADD COLUMN flag TEXT;
 ALTER TABLE credentials ADD COLUMN flagged_at BIGINT
 "#,
     ),
+    (
+        10,
+        "requests: the account as its user spells it (shown; the key stays for look-ups), and an index of the live ones (one per user and role)",
+        r#"
+ALTER TABLE requests ADD COLUMN account TEXT;
+UPDATE requests SET account = (SELECT users.account FROM users WHERE users.account_key = requests.account_key);
+CREATE INDEX requests_live ON requests (account_key, role) WHERE state IN ('pending_mfa', 'pending_approval', 'scheduled', 'active')
+"#,
+    ),
 ];
 
 /// The version after whose statements every account key is computed again under the one

@@ -18,6 +18,11 @@ pub(super) struct EventQuery {
     #[serde(default)]
     until_ms: Option<i64>,
     #[serde(default)]
+    provider: Option<String>,
+    /// Only events older than this sequence number: the next page.
+    #[serde(default)]
+    before_seq: Option<i64>,
+    #[serde(default)]
     limit: Option<i64>,
 }
 
@@ -33,6 +38,8 @@ pub(super) async fn list_events(
         role: q.role,
         since_ms: q.since_ms,
         until_ms: q.until_ms,
+        provider: q.provider,
+        before_seq: q.before_seq,
         limit: q.limit,
     };
     let list = api

@@ -11,7 +11,7 @@ use axum::http::Uri;
 use super::approvals::Reject;
 use super::enrolments::{EnrolContinue, EnrolStart};
 use super::events::EventQuery;
-use super::requests::{Answer, Limit, NewRequest};
+use super::requests::{Answer, ListQuery, NewRequest};
 use super::roles::changed_settings;
 use super::tokens::TokenBody;
 use super::users::{Unlock, UserBody, UserPatch};
@@ -72,6 +72,6 @@ pub fn decode(route: usize, bytes: &[u8]) -> Result<(), String> {
         }
         10 => json::<TokenBody>(bytes).map(drop),
         11 => query::<EventQuery>("/v1/events", bytes).map(drop),
-        _ => query::<Limit>("/v1/requests", bytes).map(drop),
+        _ => query::<ListQuery>("/v1/requests", bytes).map(drop),
     }
 }

@@ -65,7 +65,22 @@ pub(super) async fn create_request(
 }
 
 #[derive(Deserialize)]
-pub(super) struct Limit {
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    /// Everyone's requests (admins), not only the caller's.
+    #[serde(default)]
+    all: Option<String>,
+    /// Only this user's (with `all`).
+    #[serde(default)]
+    account: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    /// A comma list of states.
+    #[serde(default)]
+    state: Option<String>,
+    /// Only those created before this time (Unix ms): the next page.
+    #[serde(default)]
+    before_ms: Option<i64>,
     #[serde(default)]
     limit: Option<i64>,
 }
@@ -73,12 +88,58 @@ pub(super) struct Limit {
 pub(super) async fn my_requests(
     State(api): State<Api>,
     headers: HeaderMap,
-    Query(q): Query<Limit>,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Json_>> {
-    let c = api.caller(&headers).await?;
+    let all = match q.all.as_deref() {
+        None => false,
+        Some(v) => crate::model::yes_no(v).ok_or_else(|| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("`all` = `{v}` is not a yes/no value (true/false, 1/0, yes/no)"),
+            )
+        })?,
+    };
+    let c = if all {
+        api.admin(&headers).await?
+    } else {
+        api.caller(&headers).await?
+    };
+    let account = match (all, q.account) {
+        (true, a) => a,
+        (false, None) => Some(c.account.clone()),
+        (false, Some(_)) => {
+            return Err(ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                "`account` narrows everyone's requests: send it with `all=true` (admins)".into(),
+            ));
+        }
+    };
+    let mut states = Vec::new();
+    for s in q.state.iter().flat_map(|s| s.split(',')).map(str::trim) {
+        if s.is_empty() {
+            continue;
+        }
+        states.push(s.parse().map_err(|_| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!(
+                    "`state` = `{s}` is not a request state (pending_mfa, pending_approval, scheduled, active, expired, closed, rejected, failed, cancelled)"
+                ),
+            )
+        })?);
+    }
     let v = api
         .service
-        .requests_of(&c.account, q.limit.unwrap_or(100))
+        .list_requests(crate::service::RequestFilter {
+            account,
+            role: q.role,
+            states,
+            before_ms: q.before_ms,
+            limit: q.limit.unwrap_or(100),
+        })
         .await?;
     Ok(Json(json!(v)))
 }

@@ -5,14 +5,39 @@ use super::*;
 use crate::records::events;
 use crate::records::roles::{self, RoleSpec};
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RoleQuery {
+    /// Only the roles the caller may request (is a candidate of).
+    #[serde(default)]
+    mine: Option<String>,
+}
+
 pub(super) async fn list_roles(
     State(api): State<Api>,
     headers: HeaderMap,
+    Query(q): Query<RoleQuery>,
 ) -> ApiResult<Json<Json_>> {
-    api.caller(&headers).await?;
-    Ok(Json(json!(
-        api.service.store().read_long(roles::list).await?
-    )))
+    let c = api.caller(&headers).await?;
+    let mine = match q.mine.as_deref() {
+        None => false,
+        Some(v) => crate::model::yes_no(v).ok_or_else(|| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("`mine` = `{v}` is not a yes/no value (true/false, 1/0, yes/no)"),
+            )
+        })?,
+    };
+    let mut list = api.service.store().read_long(roles::list).await?;
+    if mine {
+        list.retain(|r| {
+            r.candidates
+                .iter()
+                .any(|a| crate::records::users::same_account(a, &c.account))
+        });
+    }
+    Ok(Json(json!(list)))
 }
 
 pub(super) async fn create_role(
@@ -21,6 +46,7 @@ pub(super) async fn create_role(
     Json(spec): Json<RoleSpec>,
 ) -> ApiResult<(StatusCode, Json<Json_>)> {
     let c = api.admin(&headers).await?;
+    roles::check_providers(&spec, None, api.service.providers().ids())?;
     let s = spec.clone();
     api.service
         .store()
@@ -79,10 +105,12 @@ pub(super) async fn set_role(
         ));
     }
     let s = spec.clone();
+    let providers = Arc::clone(api.service.providers());
     api.service
         .store()
         .write(move |tx| {
             let old = roles::get(tx, &s.name)?;
+            roles::check_providers(&s, old.as_ref(), providers.ids())?;
             roles::replace(tx, &s, &c.account, now_ms())?;
             let what = format!("role changed ({})", changed_settings(old.as_ref(), &s));
             events::admin_change(

@@ -122,13 +122,18 @@ pub(super) fn prepare(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result
                         }
                         out.insert(account);
                     }
+                    // The import's rule: a name that is no user (in the users file or
+                    // the store) is left out of the role, with a warning (`--strict`
+                    // refuses); a role naming a non-user is refused everywhere else.
                     None => {
                         warnings.push(warn(
                             &files.roles.name,
                             *line,
-                            format!("role `{}`: {what} `{name}` matches no user", r.name),
+                            format!(
+                                "role `{}`: {what} `{name}` matches no user: left out of the role",
+                                r.name
+                            ),
                         ));
-                        out.insert(name.clone());
                     }
                 }
             }
@@ -209,7 +214,8 @@ mod tests {
         let names = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
         assert_eq!(
             names(&role.candidates),
-            ["CONTOSO\\bob", "CONTOSO\\ghost", "CONTOSO\\jen"]
+            ["CONTOSO\\bob", "CONTOSO\\jen"],
+            "a name that matches no user is left out of the role"
         );
         assert_eq!(names(&role.approvers), ["CONTOSO\\amy"]);
         let stored = db.read(|tx| users::list(tx)).await.unwrap();
