@@ -201,6 +201,35 @@ pub async fn call(
     )
 }
 
+/// Closes the token's user's active activations of `role` through the API: one live request
+/// per user and role, so a test that activates a role again is done with the last one first.
+pub async fn close_active(d: &Daemon, token: &str, role: &str) {
+    let (s, list) = call(
+        d,
+        Some(token),
+        "GET",
+        &format!(
+            "/v1/requests?state=active&role={}",
+            role.replace(' ', "%20")
+        ),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{list}");
+    for v in list.as_array().into_iter().flatten() {
+        let id = v["id"].as_str().unwrap_or_default();
+        let (s, r) = call(
+            d,
+            Some(token),
+            "POST",
+            &format!("/v1/requests/{id}/close"),
+            None,
+        )
+        .await;
+        assert_eq!(s, 200, "{r}");
+    }
+}
+
 /// Runs the `rolegate` CLI against the daemon with `token`, feeding `stdin`; success and the
 /// combined output.
 pub fn cli(d: &Daemon, token: &str, args: &[&str], stdin: &str) -> (bool, String) {

@@ -131,6 +131,27 @@ pub async fn request_event_ids(service: &rolegate::service::Service, request: &s
     ids
 }
 
+/// Closes `account`'s active activations of `role`: one live request per user and role, so a
+/// test that activates a role again is done with the last one first.
+pub async fn close_active(service: &rolegate::service::Service, account: &str, role: &str) {
+    let live = service
+        .list_requests(rolegate::service::RequestFilter {
+            account: Some(account.to_string()),
+            role: Some(role.to_string()),
+            states: vec![rolegate::model::activation::RequestState::Active],
+            before_ms: None,
+            limit: 100,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("listing {account}'s requests: {e}"));
+    for v in live {
+        service
+            .close(&v.id, account, false)
+            .await
+            .unwrap_or_else(|e| panic!("closing {}: {e}", v.id));
+    }
+}
+
 /// An unpinned provider of the test build (`isolation` as the config spells it).
 pub fn provider_config(
     id: &str,

@@ -627,6 +627,7 @@ async fn a_user_enrols_then_activates_with_the_enrolled_factor() {
     // cancelled; a request whose credential went stays pending).
     let (dr, ur) = (&d, user.as_str());
     let new_request = || async move {
+        rolegate_e2e::daemon::close_active(dr, ur, "r").await;
         let (s, r) = call(
             dr,
             Some(ur),
@@ -1029,17 +1030,25 @@ async fn the_web_page_is_served_with_a_strict_policy() {
         html.matches("<script").count(),
         html.matches("<script src=").count()
     );
-    assert!(html.contains("/ui/app.js") && html.contains("/ui/app.css"));
+    assert!(html.contains("/ui/app.css"));
 
-    let r = get("/ui/app.js").await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        r.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/javascript")
-    );
-    let js = r.text().await.unwrap();
+    // The console's scripts, each served as JavaScript.
+    let mut js = String::new();
+    for script in ["/ui/lib.js", "/ui/app.js", "/ui/admin.js"] {
+        assert!(
+            html.contains(&format!("<script src=\"{script}\"")),
+            "{script}"
+        );
+        let r = get(script).await.unwrap();
+        assert_eq!(r.status(), 200, "{script}");
+        assert!(
+            r.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/javascript")
+        );
+        js += &r.text().await.unwrap();
+    }
     assert!(
         !js.contains("innerHTML") && !js.contains("eval("),
         "server data is text only"
@@ -1110,6 +1119,7 @@ async fn a_user_enrols_in_totp_and_activates_with_its_codes() {
 
     // The enrolment's own code is spent: a request answered with it is refused.
     let request = || async {
+        rolegate_e2e::daemon::close_active(&d, &user, "r").await;
         let (s, r) = call(
             &d,
             Some(&user),
@@ -1313,6 +1323,7 @@ async fn a_totp_code_sent_with_the_request_activates_in_one_round_trip() {
     }
 
     // The same code again: the request is stored, open, its prompt answerable with the next.
+    rolegate_e2e::daemon::close_active(&d, &user, "r").await;
     let (s, r) = call(
         &d,
         Some(&user),
@@ -1341,6 +1352,7 @@ async fn a_totp_code_sent_with_the_request_activates_in_one_round_trip() {
     assert_eq!(stored().await, 2);
 
     // Two requests racing with one fresh code: one activation, never two.
+    rolegate_e2e::daemon::close_active(&d, &user, "r").await;
     let fresh = code_for_uri(&uri, unix_now() + 90).unwrap();
     let body = json!({"role": "r", "code": fresh});
     let ((_, ra), (_, rb)) = tokio::join!(
@@ -1353,6 +1365,7 @@ async fn a_totp_code_sent_with_the_request_activates_in_one_round_trip() {
 
     // Refusals store nothing: a malformed code, a role with no MFA, a provider whose prompt
     // must be seen first.
+    rolegate_e2e::daemon::close_active(&d, &user, "r").await;
     for (body, status, says) in [
         (json!({"role": "r", "code": "12ab56"}), 400, "6 digits"),
         (
@@ -1414,7 +1427,7 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
     b.sign_in(&format!("{}/", d.url), &user).await;
 
     // Enrol: the provider list, the QR code image, the key, the confirming code.
-    b.click("button[data-tab=enrol]").await;
+    b.click("#nav a[href='#/enrol']").await;
     b.wait_for(
         "return document.querySelectorAll('#enrol-provider option').length === 1",
         "the providers that need enrolment",
@@ -1457,10 +1470,16 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
     )
     .await;
 
-    // Activate: request, the code prompt, active.
-    b.click("button[data-tab=activate]").await;
-    b.type_into("#role", "r").await;
-    b.click("#request-form button").await;
+    // Activate: the role picked on the request screen, the code prompt, active.
+    b.click("#nav a[href='#/activate']").await;
+    b.wait_for(
+        "return !!document.querySelector('#role option[value=r]')",
+        "the roles the user may request",
+    )
+    .await;
+    b.eval("const s = document.getElementById('role'); s.value = 'r'; s.dispatchEvent(new Event('change')); return true")
+        .await;
+    b.click("#request-form button[type=submit]").await;
     b.wait_for(
         "return !document.getElementById('code-form').hidden",
         "the code prompt",
@@ -1478,10 +1497,29 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
     let (_, list) = call(&d, Some(&user), "GET", "/v1/requests", None).await;
     assert_eq!(list[0]["state"], "active", "{list}");
 
-    // The app's code typed with the request: active at once, no prompt.
+    // The app's code typed with the request: active at once, no prompt. (The role comes
+    // preselected in the request screen's link; the first activation ended first, as a
+    // second one for a role already held is refused.)
+    let first = list[0]["id"].as_str().unwrap().to_string();
+    let (s, v) = call(
+        &d,
+        Some(&user),
+        "POST",
+        &format!("/v1/requests/{first}/close"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
     let later = rolegate_provider_totp::code_for_secret(&app, unix_now() + 60).unwrap();
+    b.eval("location.hash = '#/activate/r'; document.getElementById('request-result').textContent = ''; return true")
+        .await;
+    b.wait_for(
+        "return document.getElementById('scr-activate').dataset.loaded === 'yes' && document.getElementById('role').value === 'r'",
+        "the request screen with the role picked",
+    )
+    .await;
     b.type_into("#request-code", &later).await;
-    b.click("#request-form button").await;
+    b.click("#request-form button[type=submit]").await;
     b.wait_for(
         "return document.getElementById('request-result').textContent.includes(' is active until ')",
         "the second activation",
@@ -1491,7 +1529,17 @@ async fn the_web_page_enrols_and_activates_in_a_real_browser() {
     let newest = list[0]["id"].as_str().unwrap().to_string();
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
     assert_eq!(list[0]["state"], "active", "{list}");
-    assert!(b.text("#request-result").await.contains(&newest), "{list}");
+    // The request's screen: its own link, its id in short.
+    assert_eq!(
+        b.eval("return location.hash").await,
+        json!(format!("#/request/{newest}"))
+    );
+    assert!(
+        b.text("#request-facts")
+            .await
+            .contains(&newest[newest.len() - 8..]),
+        "{list}"
+    );
     // The code is not left in the form.
     b.wait_for(
         "return document.getElementById('request-code').value === ''",
@@ -1509,26 +1557,36 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
         rolegate_e2e::misbehave_lib().display()
     ));
     let admin = d.admin.clone();
+    // The approver the role gets below: roles name existing users only.
+    new_user(&d, &admin, json!({"account": "boss"})).await;
     let b = Browser::start().await;
     b.goto(&format!("{}/", d.url)).await;
     b.type_into("#token", &admin).await;
     b.click("#signin-form button").await;
     b.wait_for(
-        "return !document.querySelector('button[data-tab=admin]').hidden",
-        "the admin's tabs",
+        "return !document.querySelector('#nav .admin-only').hidden",
+        "the admin's screens",
     )
     .await;
     assert_eq!(b.text("#who").await, "admin (admin)");
-    // The first admin's account is no user: their Enrol tab lists no credentials, and no error.
-    b.click("button[data-tab=enrol]").await;
-    b.wait_for(
-        "return document.getElementById('my-credentials-body').dataset.filled === 'yes'",
-        "the admin's own credentials",
-    )
-    .await;
-    assert_eq!(b.text("#error").await, "");
-    assert_eq!(b.text("#my-credentials-body").await, "");
-    b.click("button[data-tab=admin]").await;
+    // The first admin's account is no user: their Enrol screen lists no credentials, and no
+    // error.
+    let screen = |hash: &str| {
+        let route = hash.trim_start_matches("#/").to_string();
+        format!(
+            "if (location.hash !== {h}) {{ location.hash = {h}; return false; }} const s = document.querySelector('.screen:not([hidden])'); return !!s && s.dataset.route === {r} && s.dataset.loaded === 'yes'",
+            h = json!(hash),
+            r = json!(route)
+        )
+    };
+    b.wait_for(&screen("#/enrol"), "the Enrol screen").await;
+    assert_eq!(b.text("#enrol-result").await, "");
+    assert_eq!(
+        b.eval("return document.querySelectorAll('#my-credentials-body tr:not(.empty)').length")
+            .await,
+        json!(0)
+    );
+    b.wait_for(&screen("#/users"), "the Users screen").await;
     let rows_with = |body: &str, text: &str| {
         format!(
             "[...document.querySelectorAll('#{body} tr')].some(r => r.textContent.includes({}))",
@@ -1557,14 +1615,14 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     b.type_into("#user-account", "CONTOSO\\jdoe").await;
     b.type_into("#user-name", "Jane Doe").await;
     b.type_into("#user-phone", "425 555 0100").await;
-    b.click("#user-form button").await;
+    b.click("#user-form button[type=submit]").await;
     b.wait_for(&row_has("users-body", "+14255550100"), "the new user")
         .await;
     b.type_into("#user-account", "eve").await;
     b.type_into("#user-phone", "call me maybe").await;
-    b.click("#user-form button").await;
+    b.click("#user-form button[type=submit]").await;
     b.wait_for(
-        "return document.getElementById('error').textContent.includes('phone')",
+        "return document.getElementById('user-status').textContent.includes('phone')",
         "the refused phone",
     )
     .await;
@@ -1592,14 +1650,14 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
         json!("+14255550100")
     );
     b.type_into("#user-phone", "not a phone").await;
-    b.click("#user-form button").await;
+    b.click("#user-form button[type=submit]").await;
     b.wait_for(
-        "return document.getElementById('error').textContent.includes('phone')",
+        "return document.getElementById('user-status').textContent.includes('phone')",
         "the refused phone",
     )
     .await;
     b.type_into("#user-phone", "+44 20 7946 0958").await;
-    b.click("#user-form button").await;
+    b.click("#user-form button[type=submit]").await;
     b.wait_for(&row_has("users-body", "+442079460958"), "the new number")
         .await;
     let (_, u) = call(&d, Some(&admin), "GET", "/v1/users/CONTOSO%5Cjdoe", None).await;
@@ -1611,10 +1669,22 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=825", None).await;
     assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
 
-    // A role with MFA through hello, then edited: approval on, a new default duration.
+    // A role with MFA through hello, then edited: approval on, a new default duration. The
+    // candidates, approvers and providers are picked from lists, not typed.
+    let tick = |list: &str, value: &str| {
+        format!(
+            "const c = [...document.querySelectorAll('#{list} input[type=checkbox]')].find(c => c.value === {}); c.click(); return c.checked",
+            json!(value)
+        )
+    };
+    b.wait_for(&screen("#/admin-roles"), "the Roles screen")
+        .await;
     b.type_into("#role-name", "Ops").await;
-    b.type_into("#role-candidates", "CONTOSO\\jdoe").await;
-    b.type_into("#role-providers", "hello").await;
+    assert_eq!(
+        b.eval(&tick("role-candidates", "CONTOSO\\jdoe")).await,
+        json!(true)
+    );
+    assert_eq!(b.eval(&tick("role-providers", "hello")).await, json!(true));
     b.click("#role-mfa").await;
     b.type_into("#role-ttl", "30").await;
     b.type_into("#role-max-ttl", "60").await;
@@ -1628,7 +1698,7 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     )
     .await;
     b.click("#role-approval").await;
-    b.type_into("#role-approvers", "boss").await;
+    assert_eq!(b.eval(&tick("role-approvers", "boss")).await, json!(true));
     b.type_into("#role-ttl", "45").await;
     // An availability window: a zone that does not exist is refused, naming it, and the role
     // stays as it was; a real one is kept.
@@ -1638,7 +1708,7 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     b.type_into("#role-tz", "Mars/Olympus").await;
     b.click("#role-save").await;
     b.wait_for(
-        "return document.getElementById('error').textContent.includes('`Mars/Olympus` is not a known time zone')",
+        "return document.getElementById('role-status').textContent.includes('`Mars/Olympus` is not a known time zone')",
         "the refused time zone",
     )
     .await;
@@ -1692,9 +1762,10 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     assert_eq!(role["approvers"], json!(["boss"]), "{role}");
 
     // A token for the user, shown once; it works; revoked from the list, it stops working.
+    b.wait_for(&screen("#/tokens"), "the Tokens screen").await;
     b.type_into("#token-account", "CONTOSO\\jdoe").await;
     b.type_into("#token-label", "laptop").await;
-    b.click("#token-form button").await;
+    b.click("#token-form button[type=submit]").await;
     b.wait_for(
         "return document.getElementById('token-issued').textContent.includes('shown once')",
         "the issued token",
@@ -1728,6 +1799,7 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     )
     .await;
     assert_eq!(s, 200, "{e}");
+    b.wait_for(&screen("#/users"), "the Users screen").await;
     b.eval(&click_labelled("users-body", "jdoe", "Credentials"))
         .await;
     b.wait_for(&row_has("credentials-body", "sec"), "the user's credential")
@@ -1736,22 +1808,32 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
         b.text("#credentials-of").await,
         "Credentials of CONTOSO\\jdoe"
     );
-    b.eval(&click_in_row("credentials-body", "sec")).await;
-    b.wait_for(&row_has("credentials-body", "Click again"), "the question")
+    b.eval(&click_labelled("credentials-body", "sec", "Remove"))
+        .await;
+    b.wait_for(&row_has("credentials-body", "Confirm"), "the question")
         .await;
     let creds = format!("/v1/users/{}/credentials", "CONTOSO%5Cjdoe");
     let (_, list) = call(&d, Some(&admin), "GET", &creds, None).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    b.eval(&click_in_row("credentials-body", "sec")).await;
+    b.eval(&click_labelled("credentials-body", "sec", "Confirm"))
+        .await;
     b.wait_for(&row_gone("credentials-body", "sec"), "the credential gone")
         .await;
     let (_, list) = call(&d, Some(&admin), "GET", &creds, None).await;
     assert_eq!(list, json!([]));
     let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=311", None).await;
     assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+    b.wait_for(&screen("#/tokens"), "the Tokens screen").await;
     b.wait_for(&row_has("tokens-body", "laptop"), "the token in the list")
         .await;
-    b.eval(&click_in_row("tokens-body", "laptop")).await;
+    // Revoking takes a second click too.
+    b.eval(&click_labelled("tokens-body", "laptop", "Revoke"))
+        .await;
+    b.wait_for(&row_has("tokens-body", "Confirm"), "the question")
+        .await;
+    assert_eq!(status(&d, &token, "GET", "/v1/requests").await, 200);
+    b.eval(&click_labelled("tokens-body", "laptop", "Confirm"))
+        .await;
     b.wait_for(
         &row_gone("tokens-body", "laptop"),
         "the revoked token gone from the list",
@@ -1760,11 +1842,15 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
     assert_eq!(status(&d, &token, "GET", "/v1/requests").await, 401);
 
     // The providers, and a lockout lifted (there was none: the page says so).
+    b.wait_for(&screen("#/providers"), "the Providers screen")
+        .await;
     b.wait_for(&row_has("providers-body", "hello"), "the provider list")
         .await;
+    b.wait_for(&screen("#/users"), "the Users screen").await;
     b.type_into("#unlock-account", "CONTOSO\\jdoe").await;
-    b.type_into("#unlock-provider", "hello").await;
-    b.click("#unlock-form button").await;
+    b.eval("document.getElementById('unlock-provider').value = 'hello'; return true")
+        .await;
+    b.click("#unlock-form button[type=submit]").await;
     b.wait_for(
         "return document.getElementById('unlock-result').textContent.includes('was not locked out of hello')",
         "the unlock's answer",
@@ -1799,19 +1885,23 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
 
     // Issue 29: a shadow provider from the form; readiness lists it; the rollback button
     // (two clicks) puts the previous lists back (event 513).
+    b.wait_for(&screen("#/admin-roles"), "the Roles screen")
+        .await;
     b.eval(&click_in_row("roles-body", "Ops")).await;
     b.wait_for(
         "return document.getElementById('role-name').readOnly",
         "the role in the form",
     )
     .await;
-    b.type_into("#role-shadow", "sec").await;
+    assert_eq!(b.eval(&tick("role-shadow", "sec")).await, json!(true));
     b.click("#role-save").await;
     b.wait_for(
         &row_has("roles-body", "hello (shadow: sec)"),
         "the shadow in the role list",
     )
     .await;
+    b.wait_for(&screen("#/providers"), "the Providers screen")
+        .await;
     b.wait_for(
         &format!(
             "return {} && {}",
@@ -1833,20 +1923,20 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
         "{}",
         b.text("#readiness-body").await
     );
-    let roll_back = |body: &str, text: &str| click_labelled(body, text, "Roll back");
-    b.eval(&roll_back("roles-body", "Ops")).await;
-    b.wait_for(
-        &row_has("roles-body", "Click again"),
-        "the rollback's question",
-    )
-    .await;
+    b.wait_for(&screen("#/admin-roles"), "the Roles screen")
+        .await;
+    b.eval(&click_labelled("roles-body", "Ops", "Roll back"))
+        .await;
+    b.wait_for(&row_has("roles-body", "Confirm"), "the rollback's question")
+        .await;
     let (_, role) = call(&d, Some(&admin), "GET", "/v1/roles/Ops", None).await;
     assert_eq!(
         role["shadow"],
         json!(["sec"]),
         "one click changes nothing: {role}"
     );
-    b.eval(&roll_back("roles-body", "Ops")).await;
+    b.eval(&click_labelled("roles-body", "Ops", "Confirm"))
+        .await;
     b.wait_for(
         &row_gone("roles-body", "(shadow: sec)"),
         "the rolled-back role",
@@ -1865,19 +1955,28 @@ async fn the_web_page_lets_an_admin_manage_users_roles_and_tokens_in_a_real_brow
 
     // Removing takes a second click: the first only asks.
     let remove_in_row = |body: &str, text: &str| click_labelled(body, text, "Remove");
+    let confirm_in_row = |body: &str, text: &str| click_labelled(body, text, "Confirm");
     b.eval(&remove_in_row("roles-body", "Ops")).await;
-    b.wait_for(&row_has("roles-body", "Click again"), "the question")
+    b.wait_for(&row_has("roles-body", "Confirm"), "the question")
         .await;
     assert_eq!(status(&d, &admin, "GET", "/v1/roles/Ops").await, 200);
-    b.eval(&remove_in_row("roles-body", "Ops")).await;
+    b.eval(&confirm_in_row("roles-body", "Ops")).await;
     b.wait_for(
         &row_gone("roles-body", "Ops"),
         "the role gone from the list",
     )
     .await;
     assert_eq!(status(&d, &admin, "GET", "/v1/roles/Ops").await, 404);
+    b.wait_for(&screen("#/users"), "the Users screen").await;
+    b.eval(&click_labelled("users-body", "jdoe", "Credentials"))
+        .await;
+    b.wait_for(
+        "return !document.getElementById('credentials').hidden",
+        "the user's credentials on show",
+    )
+    .await;
     b.eval(&remove_in_row("users-body", "jdoe")).await;
-    b.eval(&remove_in_row("users-body", "jdoe")).await;
+    b.eval(&confirm_in_row("users-body", "jdoe")).await;
     b.wait_for(
         &row_gone("users-body", "jdoe"),
         "the user gone from the list",
@@ -2668,13 +2767,28 @@ async fn a_killed_daemon_loses_no_activation_it_reported() {
     let d = start_with("\n[policy]\nrequests_per_minute = 100000\n");
     let admin = d.admin.clone();
     let user = jdoe_with_role(&d, "hello").await;
+    // A role per client: one live activation per user and role.
+    for i in 0..8 {
+        let role = json!({"name": format!("load-{i}"), "candidates": ["jdoe"], "ttl_s": 600,
+                          "max_ttl_s": 600, "mfa_enabled": true, "providers": ["hello"]});
+        let (s, e) = call(&d, Some(&admin), "POST", "/v1/roles", Some(role)).await;
+        assert_eq!(s, 201, "{e}");
+    }
 
-    // Eight clients activate in a loop; each records the ids the daemon reported active.
+    // Eight clients activate in a loop, each its own role, and close each activation before
+    // the next; each records the ids the daemon reported active, and those it reported closed.
     let reported = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let closed = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut clients = Vec::new();
-    for _ in 0..8 {
-        let (url, user, reported) = (d.url.clone(), user.clone(), reported.clone());
+    for i in 0..8 {
+        let (url, user, reported, closed) = (
+            d.url.clone(),
+            user.clone(),
+            reported.clone(),
+            closed.clone(),
+        );
+        let role = format!("load-{i}");
         clients.push(tokio::spawn(async move {
             let client = reqwest::Client::new();
             // Until the daemon is gone (or the bounds are reached): errors end the loop.
@@ -2685,7 +2799,7 @@ async fn a_killed_daemon_loses_no_activation_it_reported() {
                 let Ok(r) = client
                     .post(format!("{url}/v1/requests"))
                     .bearer_auth(&user)
-                    .json(&json!({"role": "r", "justification": "load"}))
+                    .json(&json!({"role": role, "justification": "load"}))
                     .send()
                     .await
                 else {
@@ -2707,8 +2821,23 @@ async fn a_killed_daemon_loses_no_activation_it_reported() {
                 let Ok(done) = done.json::<Value>().await else {
                     break;
                 };
-                if done["state"] == "active" {
-                    reported.lock().unwrap().push(id);
+                if done["state"] != "active" {
+                    continue;
+                }
+                reported.lock().unwrap().push(id.clone());
+                let Ok(c) = client
+                    .post(format!("{url}/v1/requests/{id}/close"))
+                    .bearer_auth(&user)
+                    .send()
+                    .await
+                else {
+                    break;
+                };
+                let Ok(c) = c.json::<Value>().await else {
+                    break;
+                };
+                if c["state"] == "closed" {
+                    closed.lock().unwrap().push(id);
                 }
             }
         }));
@@ -2722,14 +2851,25 @@ async fn a_killed_daemon_loses_no_activation_it_reported() {
         c.await.unwrap();
     }
     let reported = reported.lock().unwrap().clone();
+    let closed = closed.lock().unwrap().clone();
     assert!(reported.len() >= 200, "only {} activations", reported.len());
 
     let cfg = dir.path().join("rolegate.toml");
     let d = serve_config(dir, &cfg);
     assert!(d.admin.is_empty(), "the restart found its database");
+    // Each activation reported is there: closed when its close was reported, else active or
+    // closed (a close the kill cut off may or may not have been written).
     for id in &reported {
         let (s, r) = call(&d, Some(&admin), "GET", &format!("/v1/requests/{id}"), None).await;
-        assert_eq!((s, r["state"].as_str()), (200, Some("active")), "{id}: {r}");
+        let want: &[&str] = if closed.contains(id) {
+            &["closed"]
+        } else {
+            &["active", "closed"]
+        };
+        assert!(
+            s == 200 && want.contains(&r["state"].as_str().unwrap_or_default()),
+            "{id}: {r}"
+        );
     }
     let (_, ev) = call(&d, Some(&admin), "GET", "/v1/events?id=103", None).await;
     assert!(ev.as_array().unwrap().len() >= reported.len(), "{ev}");

@@ -275,6 +275,8 @@ async fn the_migration_guide_followed_literally_moves_a_role_and_back_losing_not
     );
     for (token, app) in [(&jdoe, &jdoe_app), (&bob, &bob_app)] {
         let code = code_for_uri(app, unix_now() + 30).unwrap();
+        // The trial's activation before is closed (one live per user and role).
+        rolegate_e2e::daemon::close_active(&d, token, "Domain Admins").await;
         let (ok, out) = g.run(token, REQUEST, &format!("{code}\n"));
         assert!(ok, "{out}");
         assert!(
@@ -311,6 +313,7 @@ async fn the_migration_guide_followed_literally_moves_a_role_and_back_losing_not
     );
     assert!(ok, "{out}");
     let code = code_for_uri(&jdoe_app, unix_now() + 60).unwrap();
+    rolegate_e2e::daemon::close_active(&d, &jdoe, "Domain Admins").await;
     let (ok, out) = g.run(&jdoe, REQUEST, &format!("{code}\n"));
     assert!(ok && out.contains("is active until"), "{out}");
     assert_eq!(calls(), 3, "TOTP alone: no call");
@@ -356,6 +359,7 @@ async fn the_migration_guide_followed_literally_moves_a_role_and_back_losing_not
         "{r}"
     );
     let code = code_for_uri(&jdoe_app, unix_now() + 90).unwrap();
+    rolegate_e2e::daemon::close_active(&d, &jdoe, "Domain Admins").await;
     let (ok, out) = g.run(&jdoe, REQUEST, &format!("{code}\n"));
     assert!(
         ok && out.contains("the new factor worked") && out.contains("is active until"),

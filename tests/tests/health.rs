@@ -232,6 +232,16 @@ async fn a_role_that_falls_back_uses_the_next_factor_with_an_event_and_one_that_
         "{m}"
     );
 
+    // Done with that activation (one live per user and role).
+    let (s, c) = call(
+        &d,
+        Some(&user),
+        "POST",
+        &format!("/v1/requests/{id}/close"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{c}");
     // The same role, failing closed: no fallback, no event, the request fails.
     let admin = d.admin.clone();
     let (s, e) = call(

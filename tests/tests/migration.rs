@@ -132,6 +132,7 @@ impl World {
 
     /// `account` requests `ops` and answers hello rightly: the view that completes MFA.
     async fn through_hello(&self, account: &str) -> RequestView {
+        rolegate_e2e::close_active(&self.service, account, "ops").await;
         let v = self
             .service
             .request(account, "ops", "moving to TOTP", None, None)

@@ -63,16 +63,24 @@ async fn world_with(backend: Backend, settings: Settings) -> World {
                     0,
                 )?;
             }
+            // Ten more MFA roles: one live request per user and role, and the lockout test
+            // opens ten at once.
+            let more: Vec<(String, Option<&str>, bool)> = (0..10)
+                .map(|i| (format!("mfa-{i}"), Some("hello"), false))
+                .collect();
             for (name, provider, approval) in [
-                ("approval", None, true),
-                ("mfa", Some("hello"), false),
-                ("down", Some("down"), false),
-                ("flaky", Some("flaky"), false),
-            ] {
+                ("approval".to_string(), None, true),
+                ("mfa".to_string(), Some("hello"), false),
+                ("down".to_string(), Some("down"), false),
+                ("flaky".to_string(), Some("flaky"), false),
+            ]
+            .into_iter()
+            .chain(more)
+            {
                 roles::create(
                     tx,
                     &RoleSpec {
-                        name: name.into(),
+                        name,
                         // The candidate is written in another spelling than the user.
                         candidates: ["contoso\\ÅSA".to_string(), BOSS.to_string()].into(),
                         approvers: ["CONTOSO\\A\u{30a}sa".to_string(), BOSS.to_string()].into(),
@@ -250,11 +258,13 @@ async fn lockout_counts_wrong_answers_across_requests_and_stops_every_open_one(b
         ..Default::default()
     })
     .await;
-    // Ten requests opened before any answer, each spelled another way.
+    // Ten requests (of ten roles: one live per user and role) opened before any answer, each
+    // spelled another way.
     let spellings = [ASA, "contoso\\åsa", "CONTOSO\\ÅSA", "CONTOSO\\A\u{30a}sa", "CONTOSO\\\u{212b}sa"];
     let mut open = Vec::new();
     for i in 0..10 {
-        open.push(w.service.request(spellings[i % 5], "mfa", "x", None, None).await.unwrap());
+        let role = format!("mfa-{i}");
+        open.push(w.service.request(spellings[i % 5], &role, "x", None, None).await.unwrap());
     }
     // Wrong answers, three per request, until the answers stop being judged.
     let mut judged = 0;
@@ -486,7 +496,7 @@ async fn free_text_is_bounded_and_names_say_what_they_show(backend) {
         assert!(e.to_string().contains(why), "{name:?}: {e}");
     }
     let n = w.service.store().read(|tx| roles::list(tx)).await.unwrap().len();
-    assert_eq!(n, 4, "nothing was stored");
+    assert_eq!(n, 14, "nothing was stored");
 }
 }
 

@@ -386,6 +386,8 @@ async fn a_right_answer_clears_the_failures_counted_before_it(backend) {
             if right {
                 let r = s.answer(&v.id, u, code(right_code(&v))).await.unwrap();
                 assert_eq!(r.state, "active");
+                // One live activation per user and role: done with it.
+                s.close(&v.id, u, false).await.unwrap();
             }
         }
     };
@@ -597,15 +599,17 @@ async fn a_challenge_continues_after_a_restart(backend) {
         .await;
         s.store()
             .write(|tx| {
-                users::create(
-                    tx,
-                    NewUser {
-                        account: "CONTOSO\\jdoe".into(),
-                        ..Default::default()
-                    },
-                    1,
-                    0,
-                )?;
+                for account in ["CONTOSO\\jdoe", "CONTOSO\\boss"] {
+                    users::create(
+                        tx,
+                        NewUser {
+                            account: account.into(),
+                            ..Default::default()
+                        },
+                        1,
+                        0,
+                    )?;
+                }
                 roles::create(tx, &spec("mfa", true, false), 0)
             })
             .await
@@ -674,10 +678,13 @@ async fn request_creation_is_rate_limited_per_account(backend) {
     })
     .await;
     for _ in 0..3 {
-        w.service
+        let v = w
+            .service
             .request("CONTOSO\\jdoe", "auto", "x", None, None)
             .await
             .unwrap();
+        // One live activation per user and role: closed for the next.
+        w.service.close(&v.id, "CONTOSO\\jdoe", false).await.unwrap();
     }
     let e = w
         .service
@@ -811,9 +818,16 @@ async fn a_change_reaches_the_next_request_though_the_last_one_read_it(backend) 
     // while its writer reports them unchanged): each change below must still count at once.
     let w = world(backend).await;
     let jdoe = "CONTOSO\\jdoe";
+    // Each activation is closed at once: one live per user and role.
     let request = |role: &'static str| {
         let s = Arc::clone(&w.service);
-        async move { s.request(jdoe, role, "x", None, None).await }
+        async move {
+            let v = s.request(jdoe, role, "x", None, None).await?;
+            if v.state != "pending_mfa" {
+                s.close(&v.id, jdoe, false).await?;
+            }
+            Ok::<_, Error>(v)
+        }
     };
     for role in ["auto", "auto", "mfa", "mfa"] {
         request(role).await.unwrap();
@@ -918,16 +932,18 @@ async fn misbehave_role(at: &Location, id: &str, mode: &str) -> Service {
     service
         .store()
         .write(move |tx| {
-            users::create(
-                tx,
-                NewUser {
-                    account: "CONTOSO\\jdoe".into(),
-                    display_name: "Jane".into(),
-                    ..Default::default()
-                },
-                1,
-                0,
-            )?;
+            for account in ["CONTOSO\\jdoe", "CONTOSO\\boss"] {
+                users::create(
+                    tx,
+                    NewUser {
+                        account: account.into(),
+                        display_name: "Jane".into(),
+                        ..Default::default()
+                    },
+                    1,
+                    0,
+                )?;
+            }
             let mut role = spec("patch", true, false);
             role.providers = vec![id];
             roles::create(tx, &role, 0)
@@ -1050,5 +1066,101 @@ async fn a_credential_answering_as_a_copy_is_set_aside_for_the_admin(backend) {
     let done = service.answer(&v.id, jdoe, code("4321".into())).await.unwrap();
     assert_eq!(done.state, "active");
     assert!(service.credentials(jdoe).await.unwrap()[0].flag.is_none());
+}
+}
+
+both! {
+#[tokio::test]
+async fn one_live_request_per_user_and_role(backend) {
+    use rolegate::service::RequestFilter;
+    let w = world(backend).await;
+    // Another spelling of the same account.
+    let jdoe = "contoso\\JDOE";
+    let first = w
+        .service
+        .request("CONTOSO\\jdoe", "auto", "x", None, None)
+        .await
+        .unwrap();
+    assert_eq!(first.account, "CONTOSO\\jdoe", "shown as the user spells it");
+    let e = w
+        .service
+        .request(jdoe, "auto", "again", None, None)
+        .await
+        .unwrap_err();
+    let end = Timestamp::from_millisecond(first.expires_at.unwrap())
+        .unwrap()
+        .strftime("%Y-%m-%d %H:%M UTC")
+        .to_string();
+    assert!(matches!(e, Error::Conflict(_)), "{e:?}");
+    assert!(
+        e.to_string().contains(&first.id) && e.to_string().contains(&format!("active until {end}")),
+        "the first one's id and end: {e}"
+    );
+    // Waiting for an approver holds the place too; other roles and users have their own.
+    let waiting = w.service.request(jdoe, "approval", "x", None, None).await.unwrap();
+    assert_eq!(waiting.state, "pending_approval");
+    let e = w
+        .service
+        .request(jdoe, "approval", "x", None, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("waiting for an approver"), "{e}");
+    w.service
+        .request("CONTOSO\\boss", "auto", "x", None, None)
+        .await
+        .unwrap();
+    // Closed: room again.
+    w.service.close(&first.id, jdoe, false).await.unwrap();
+    let again = w.service.request(jdoe, "auto", "x", None, None).await.unwrap();
+    assert_eq!(again.state, "active");
+    // A prompt left unanswered (a closed tab) gives way to the new request.
+    let p1 = w.service.request(jdoe, "mfa", "x", None, None).await.unwrap();
+    w.clock.advance(SignedDuration::from_secs(1));
+    let p2 = w.service.request(jdoe, "mfa", "x", None, None).await.unwrap();
+    let old = w.service.get(&p1.id, None).await.unwrap();
+    assert_eq!(old.state, "cancelled");
+    assert!(old.reason.as_deref().unwrap_or_default().contains(&p2.id), "{old:?}");
+    assert_eq!(event_ids(&w, &p1.id).await, [200, 205]);
+    let e = w
+        .service
+        .answer(&p1.id, jdoe, code(right_code(&p1)))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(&p1.id), "{e}");
+    let done = w
+        .service
+        .answer(&p2.id, jdoe, code(right_code(&p2)))
+        .await
+        .unwrap();
+    assert_eq!(done.state, "active");
+    // An admin's view: everyone's, narrowed by user, role and state, newest first.
+    let list = |account: Option<&str>, role: Option<&str>, states: &str| {
+        let s = Arc::clone(&w.service);
+        let f = RequestFilter {
+            account: account.map(String::from),
+            role: role.map(String::from),
+            states: states
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse().unwrap())
+                .collect(),
+            before_ms: None,
+            limit: 100,
+        };
+        async move {
+            s.list_requests(f)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|v| v.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(Some("CONTOSO\\jdoe"), Some("mfa"), "").await, [p2.id.clone(), p1.id.clone()]);
+    let active = list(None, None, "active").await;
+    assert_eq!(active.len(), 3, "{active:?}");
+    assert!(active.contains(&again.id) && active.contains(&p2.id));
+    assert_eq!(list(None, None, "pending_approval").await, [waiting.id]);
+    assert_eq!(list(None, None, "").await.len(), 6);
 }
 }

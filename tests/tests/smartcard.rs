@@ -107,18 +107,8 @@ async fn a_piv_card_enrols_and_activates_a_role_through_pcscd() {
     let (_, ev) = call(&d, Some(&d.admin), "GET", "/v1/events?id=103", None).await;
     let msg = ev[0]["message"].as_str().unwrap_or_default().to_string();
     assert!(msg.contains("CN=jdoe") && msg.contains("SHA-256"), "{msg}");
-    // Closed, so that the role may be asked again.
-    let id = |out: &str| {
-        out.split_whitespace()
-            .find(|w| w.len() > 20 && w.chars().all(|c| c.is_ascii_hexdigit()))
-            .map(String::from)
-    };
-    let close = |out: &str| {
-        if let Some(id) = id(out) {
-            let _ = cli(&d, &token, &["request", "close", &id], "");
-        }
-    };
-    close(&out);
+    // Closed, so that the role may be asked again (one live activation per user and role).
+    rolegate_e2e::daemon::close_active(&d, &token, "Domain Admins").await;
 
     // A wrong PIN: the tries left are said, nothing is sent, and the request still waits;
     // `rolegate request answer` completes it with the right PIN.
@@ -148,7 +138,7 @@ async fn a_piv_card_enrols_and_activates_a_role_through_pcscd() {
         "123456\n",
     );
     assert!(okay && out.contains("is active until"), "{out}");
-    close(&out);
+    rolegate_e2e::daemon::close_active(&d, &token, "Domain Admins").await;
 
     // The card pulled mid-signature (in the second reader: vpcd takes a while to offer a
     // reader again after a card vanished in the middle of a command).

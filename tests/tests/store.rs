@@ -139,8 +139,51 @@ fn undo_token_keys(tx: &mut dyn rolegate::store::Tx) -> rolegate::model::error::
     Ok(())
 }
 
+/// Takes the requests back to schema 9: the account by its key only, no index of the live
+/// ones (schema 10's).
+fn undo_request_accounts(tx: &mut dyn rolegate::store::Tx) -> rolegate::model::error::Result<()> {
+    tx.execute("DROP INDEX requests_live", &[])?;
+    tx.execute("ALTER TABLE requests DROP COLUMN account", &[])?;
+    Ok(())
+}
+
+both! {
+#[tokio::test]
+async fn requests_stored_before_schema_10_show_their_user_as_spelled(backend) {
+    let at = Location::new(backend);
+    let db = at.open().await;
+    db.write(|tx| {
+        undo_request_accounts(tx)?;
+        tx.execute(
+            "INSERT INTO users (account, account_key, display_name, phone, email, source, enabled, created_at, updated_at) VALUES ('CONTOSO\\JDoe', 'contoso\\jdoe', 'Jane', NULL, NULL, NULL, 1, 1, 2)",
+            &[],
+        )?;
+        for (id, key) in [("r1", "contoso\\jdoe"), ("r2", "contoso\\gone")] {
+            tx.execute(
+                "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, created_at, updated_at, version, wrong_answers) VALUES ($1, $2, 'ops', 'closed', '', 60, 1, 1, 0, 0)",
+                &[id.into(), key.into()],
+            )?;
+        }
+        tx.execute("DELETE FROM schema_migrations WHERE version >= $1", &[Value::Int(10)])
+    })
+    .await
+    .unwrap();
+    db.close();
+    drop(db);
+    let db = at.open().await;
+    let rows = db
+        .read(|tx| tx.query("SELECT id, account FROM requests ORDER BY id", &[]))
+        .await
+        .unwrap();
+    assert_eq!(rows[0].opt_text(1).unwrap().as_deref(), Some("CONTOSO\\JDoe"), "the user's spelling");
+    assert_eq!(rows[1].opt_text(1).unwrap(), None, "a removed user: the key is all there is");
+    db.close();
+}
+}
+
 /// Takes the credentials back to schema 8: no flag for an admin (schema 9's).
 fn undo_credential_flags(tx: &mut dyn rolegate::store::Tx) -> rolegate::model::error::Result<()> {
+    undo_request_accounts(tx)?;
     tx.execute("ALTER TABLE credentials DROP COLUMN flagged_at", &[])?;
     tx.execute("ALTER TABLE credentials DROP COLUMN flag", &[])?;
     Ok(())

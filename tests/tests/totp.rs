@@ -138,6 +138,7 @@ both! {
         assert_eq!(w.event_ids(&v.id).await, [200, 103, 203]);
         // Stored as the answer left it.
         assert_eq!(w.service.get(&v.id, Some(JDOE)).await.unwrap().state, "active");
+        rolegate_e2e::close_active(&w.service, JDOE, "totp").await;
 
         // The same code again: stored, open, its prompt answerable with the next code.
         let again = w.request("totp", code).await.unwrap();
@@ -160,6 +161,7 @@ both! {
         assert_eq!(w.event_ids(&v.id).await, [200, 103]);
 
         // A malformed code stores nothing.
+        rolegate_e2e::close_active(&w.service, JDOE, "totp").await;
         let before = w.service.requests_of(JDOE, 100).await.unwrap().len();
         let e = w.request("totp", "12 34".into()).await.unwrap_err();
         assert!(e.to_string().contains("6 digits"), "{e}");

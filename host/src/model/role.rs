@@ -132,7 +132,17 @@ impl fmt::Display for AvailabilityWindow {
 
 /// What a role does when the factor chosen for a user is unavailable (the provider fails, or
 /// the host sees it down).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FactorDown {
     /// Refuse: "the factor is unavailable, try later" (the default: nothing weaker is offered).

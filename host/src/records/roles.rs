@@ -12,7 +12,7 @@ use crate::model::role::{AvailabilityWindow, FactorDown, Role};
 use crate::store::{Tx, Value};
 
 /// A role's policy as it is stored and exchanged (API, CLI, import).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoleSpec {
     /// Role name.
@@ -53,7 +53,7 @@ pub struct RoleSpec {
 }
 
 /// An availability window as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSpec {
     /// Days (`mon`, `mon-fri`).
@@ -193,7 +193,7 @@ fn replace_as(
 }
 
 /// One change of a role's providers or shadows, as its history keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ProviderChange {
     /// When, Unix ms.
     pub at: i64,

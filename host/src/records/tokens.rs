@@ -109,7 +109,7 @@ pub fn id_of_hash(hash: &str) -> String {
 }
 
 /// A token as admins see it: an id (the start of its hash), never the secret.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct TokenView {
     /// The first [`ID_LEN`] hex digits of the token's hash.
     pub id: String,

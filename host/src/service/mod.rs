@@ -101,7 +101,7 @@ impl Default for Settings {
 }
 
 /// A request as the API and CLI show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct RequestView {
     /// Request id.
     pub id: String,
@@ -134,7 +134,7 @@ pub struct RequestView {
 }
 
 /// An enrolment step as the API and CLI show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct EnrolmentView {
     /// The provider.
     pub provider: String,
@@ -258,7 +258,7 @@ enum Outcome {
 }
 
 /// A stored credential as admins and its user see it: never its data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CredentialView {
     /// The credential's id among the user's credentials for the provider.
     pub id: String,
@@ -671,15 +671,11 @@ fn usable(row: &Row) -> bool {
 }
 
 /// Inserts a new request as `s` has it: with its first prompt (text, sealed provider state,
-/// when it expires) when [`Stored::asking`] made it, in the same row. Refused while the
-/// user has a live request for the role (checked in the write: two hosts, or two requests
-/// racing, cannot both pass).
+/// when it expires) when [`Stored::asking`] made it, in the same row. One live request per
+/// user and role ([`requests::make_room`]), checked in the write: two hosts, or two
+/// requests racing, cannot both pass.
 fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
-    if let Some(first) =
-        requests::live_request(tx, &s.account_key, &s.view.role, s.view.created_at)?
-    {
-        return Err(requests::already_live(&first));
-    }
+    requests::make_room(tx, s)?;
     tx.execute(
         "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, challenge, ask_expires_at, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at, account) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $12, $13, 0, $14, $15, $16)",
         &[

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::*;
 
 /// A role's readiness, as `rolegate role readiness` and `GET /v1/readiness` show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// The role.
     pub role: String,
@@ -24,7 +24,7 @@ pub struct Readiness {
 }
 
 /// One provider of a role, over all its candidates.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ProviderReadiness {
     /// The provider.
     pub provider: String,
@@ -45,7 +45,7 @@ pub struct ProviderReadiness {
 }
 
 /// One candidate of a role.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct CandidateReadiness {
     /// The candidate as the role names it.
     pub account: String,

@@ -587,17 +587,17 @@ impl Service {
             .await
     }
 
-    /// Refuses a new request while the user has one for the role that holds it or is on its
-    /// way to: read before a provider starts anything (an SMS sent for a request refused
+    /// Refuses a new request while the user has one for the role that holds it or waits for
+    /// an approver: read before a provider starts anything (an SMS sent for a request refused
     /// after it would be a text for nothing); the write checks again ([`insert`]).
     async fn refuse_second(&self, key: &str, role: &str, now_ms: i64) -> Result<()> {
         let (k, r) = (key.to_string(), role.to_string());
-        match self
+        let live = self
             .store
-            .read(move |tx| live_request(tx, &k, &r, now_ms))
-            .await?
-        {
-            Some(first) => Err(already_live(&first)),
+            .read(move |tx| live_requests(tx, &k, &r, now_ms))
+            .await?;
+        match live.iter().find(|s| s.state != RequestState::PendingMfa) {
+            Some(first) => Err(already_live(first)),
             None => Ok(()),
         }
     }
@@ -621,14 +621,16 @@ pub struct RequestFilter {
 /// The states in which a request holds its role or is on its way to: one per user and role.
 const LIVE: &str = "('pending_mfa', 'pending_approval', 'scheduled', 'active')";
 
-/// The user's live request for the role, if any: one whose activation has not run out (the
-/// sweep may not have passed yet) and, waiting for MFA, whose prompt is still open.
-pub(super) fn live_request(
+/// The user's live requests for the role (one, but for rows from before the rule): those
+/// whose activation has not run out (the sweep may not have passed yet) and, waiting for
+/// MFA, whose prompt is still open.
+pub(super) fn live_requests(
     tx: &mut dyn Tx,
     key: &str,
     role: &str,
     now_ms: i64,
-) -> Result<Option<Stored>> {
+) -> Result<Vec<Stored>> {
+    let mut live = Vec::new();
     for row in tx.query(
         &format!(
             "SELECT {COLUMNS} FROM requests WHERE account_key = $1 AND role = $2 AND state IN {LIVE}"
@@ -640,10 +642,46 @@ pub(super) fn live_request(
         let prompt_gone = s.state == RequestState::PendingMfa
             && s.ask_expires_at.is_some_and(|e| e <= now_ms);
         if !ran_out && !prompt_gone {
-            return Ok(Some(s));
+            live.push(s);
         }
     }
-    Ok(None)
+    Ok(live)
+}
+
+/// Makes room for a new request: one that holds the role, is scheduled or waits for an
+/// approver refuses it (with its id and end); one still waiting for its MFA answer — a
+/// prompt abandoned in a closed tab, usually — is cancelled in its favour (event 205
+/// naming the new request), so an abandoned prompt does not keep the user from the role.
+pub(super) fn make_room(tx: &mut dyn Tx, new: &Stored) -> Result<()> {
+    let now_ms = new.view.created_at;
+    let live = live_requests(tx, &new.account_key, &new.view.role, now_ms)?;
+    if let Some(first) = live.iter().find(|s| s.state != RequestState::PendingMfa) {
+        return Err(already_live(first));
+    }
+    let now = Timestamp::from_millisecond(now_ms).map_err(|e| Error::Invalid {
+        what: "request".into(),
+        message: e.to_string(),
+    })?;
+    for mut old in live {
+        old.view.reason = Some(format!(
+            "superseded by request {} before its MFA was answered",
+            new.view.id
+        ));
+        transition(tx, &mut old, RequestState::Cancelled, now)?;
+        let message = old.view.reason.clone().unwrap_or_default();
+        events::append(
+            tx,
+            event(
+                events::REQUEST_CLOSED,
+                Severity::Information,
+                &old,
+                old.view.provider.clone().as_deref(),
+                message,
+            ),
+            now_ms,
+        )?;
+    }
+    Ok(())
 }
 
 /// The refusal of a second request: the first one's id, where it stands and until when.

@@ -13,7 +13,7 @@
 use super::*;
 
 /// What became of a request's shadow factor, as the API and CLI show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ShadowView {
     /// The shadow provider.
     pub provider: String,

@@ -5,17 +5,23 @@
 //! lockouts), `roles`, `events`, `tokens`, `status` (metrics, providers), `providers` (one
 //! provider's test message), `openapi`. This file keeps the shared state, the token check and
 //! its cache, errors and the router.
+//!
+//! The router is built through utoipa-axum's [`OpenApiRouter`]: every route is a handler with
+//! a `#[utoipa::path]` attribute, registered with `routes!`, so the routes served and the
+//! operations `/openapi.json` documents are one list (`openapi.rs` completes the document).
 
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use jiff::SignedDuration;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json_, json};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::model::error::Error;
 use crate::records::tokens::Caller;
@@ -35,23 +41,7 @@ mod status;
 mod tokens;
 mod users;
 
-use approvals::{approvals, approve, reject};
-use enrolments::{enrol_continue, enrol_start};
-use events::{list_events, verify_events};
-use openapi::openapi;
-pub use openapi::openapi_document;
-use providers::test_provider;
-use requests::{answer, close, create_request, get_request, my_requests, poll};
-use roles::{
-    create_role, get_role, list_roles, readiness, remove_role, role_history, role_readiness,
-    rollback_role, set_role,
-};
-use status::{list_providers, metrics};
-use tokens::{create_token, list_tokens, revoke_token};
-use users::{
-    create_user, get_user, list_credentials, list_users, me, remove_credential, remove_user,
-    set_user, unlock_user,
-};
+pub use openapi::{openapi_document, routes};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -81,6 +71,29 @@ type CachedToken = (Caller, i64, Option<Stamp>);
 /// An error as the API returns it: a status and `{"error": {"code", "message"}}`.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, &'static str, String);
+
+/// The body of every error the API answers (the server's own refusals too).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
+}
+
+/// What went wrong: a stable code for programs, a sentence for people.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// `unauthorized` (401), `forbidden` (403: not an admin, or not allowed to see this),
+    /// `refused` (403: the policy refuses), `not_found` (404), `timeout` (408: the body did
+    /// not arrive in time), `conflict` (409), `too_large` (413: a body over 1 MiB), `invalid`
+    /// (422), `rate_limited` (429), `bad_input` (400: the factor could not take the answer),
+    /// `bad_request` (400: the body could not be read), `provider_error` (502),
+    /// `provider_unavailable` (503), `busy` (503, with Retry-After), `malformed_data` and
+    /// `internal` (500).
+    #[schema(example = "not_found")]
+    code: String,
+    /// What happened and what to do, in words for the caller.
+    #[schema(example = "role `ops` not found")]
+    message: String,
+}
 
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
@@ -149,11 +162,13 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.0,
-            Json(json!({"error": {"code": self.1, "message": self.2}})),
-        )
-            .into_response()
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.1.into(),
+                message: self.2,
+            },
+        };
+        (self.0, Json(body)).into_response()
     }
 }
 
@@ -303,53 +318,60 @@ impl Api {
         Ok(c)
     }
 
-    /// The router with every route.
+    /// The router with every route: the API's (documented in `/openapi.json`) and the web
+    /// page's.
     pub fn router(self) -> Router {
-        Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/openapi.json", get(openapi))
-            .route("/metrics", get(metrics))
-            .route("/v1/me", get(me))
-            .route("/v1/requests", post(create_request).get(my_requests))
-            .route("/v1/requests/{id}", get(get_request))
-            .route("/v1/requests/{id}/answer", post(answer))
-            .route("/v1/requests/{id}/poll", post(poll))
-            .route("/v1/requests/{id}/close", post(close))
-            .route("/v1/enrolments", post(enrol_start))
-            .route("/v1/enrolments/continue", post(enrol_continue))
-            .route("/v1/approvals", get(approvals))
-            .route("/v1/approvals/{id}/approve", post(approve))
-            .route("/v1/approvals/{id}/reject", post(reject))
-            .route("/v1/users", get(list_users).post(create_user))
-            .route(
-                "/v1/users/{account}",
-                get(get_user).patch(set_user).delete(remove_user),
-            )
-            .route("/v1/users/{account}/unlock", post(unlock_user))
-            .route("/v1/users/{account}/credentials", get(list_credentials))
-            .route(
-                "/v1/users/{account}/credentials/{provider}/{id}",
-                delete(remove_credential),
-            )
-            .route("/v1/roles", get(list_roles).post(create_role))
-            .route(
-                "/v1/roles/{name}",
-                get(get_role).put(set_role).delete(remove_role),
-            )
-            .route("/v1/roles/{name}/history", get(role_history))
-            .route("/v1/roles/{name}/readiness", get(role_readiness))
-            .route("/v1/readiness", get(readiness))
-            .route("/v1/roles/{name}/rollback", post(rollback_role))
-            .route("/v1/events", get(list_events))
-            .route("/v1/events/verify", get(verify_events))
-            .route("/v1/providers", get(list_providers))
-            .route("/v1/providers/{id}/test", post(test_provider))
-            .route("/v1/tokens", post(create_token).get(list_tokens))
-            .route("/v1/tokens/{id}", delete(revoke_token))
-            .merge(crate::http::web::routes())
+        let (api, _) = api_routes().split_for_parts();
+        api.merge(crate::http::web::routes())
             .with_state(self)
             .layer(axum::middleware::map_response(no_store))
     }
+}
+
+/// The API's routes with their OpenAPI operations: one `routes!` per path (a path's methods
+/// together). What this lists is what is served and what is documented.
+fn api_routes() -> OpenApiRouter<Api> {
+    use utoipa::OpenApi as _;
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(status::healthz))
+        .routes(routes!(openapi::openapi))
+        .routes(routes!(status::metrics))
+        .routes(routes!(users::me))
+        .routes(routes!(requests::create_request, requests::my_requests))
+        .routes(routes!(requests::get_request))
+        .routes(routes!(requests::answer))
+        .routes(routes!(requests::poll))
+        .routes(routes!(requests::close))
+        .routes(routes!(enrolments::enrol_start))
+        .routes(routes!(enrolments::enrol_continue))
+        .routes(routes!(approvals::approvals))
+        .routes(routes!(approvals::approve))
+        .routes(routes!(approvals::reject))
+        .routes(routes!(users::list_users, users::create_user))
+        .routes(routes!(
+            users::get_user,
+            users::set_user,
+            users::remove_user
+        ))
+        .routes(routes!(users::unlock_user))
+        .routes(routes!(users::list_credentials))
+        .routes(routes!(users::remove_credential))
+        .routes(routes!(roles::list_roles, roles::create_role))
+        .routes(routes!(
+            roles::get_role,
+            roles::set_role,
+            roles::remove_role
+        ))
+        .routes(routes!(roles::role_history))
+        .routes(routes!(roles::role_readiness))
+        .routes(routes!(roles::readiness))
+        .routes(routes!(roles::rollback_role))
+        .routes(routes!(events::list_events))
+        .routes(routes!(events::verify_events))
+        .routes(routes!(status::list_providers))
+        .routes(routes!(providers::test_provider))
+        .routes(routes!(tokens::create_token, tokens::list_tokens))
+        .routes(routes!(tokens::revoke_token))
 }
 
 /// Marks every answer not to be stored by browsers or proxies (answers carry tokens, TOTP

@@ -10,7 +10,7 @@ use super::*;
 use crate::records::events::{self, NewEvent, Severity};
 
 /// What a test sends to.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TestBody {
     /// A phone number, written as a user's may be (the default country code applies).
@@ -27,16 +27,50 @@ fn last_four(e164: &str) -> String {
     format!("…{tail}")
 }
 
+/// What a test sent.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TestSent {
+    /// The provider.
+    provider: String,
+    /// The number sent to, E.164.
+    to: String,
+    /// Always true (a failure is an error).
+    sent: bool,
+    /// The provider's reference for the message (a Twilio message SID), if it gave one.
+    reference: Option<String>,
+}
+
 /// Sends one message through a provider that texts or calls a phone (its `needs_phone`),
 /// the way a challenge would, then cancels the challenge; records event 410 either way.
 /// Answers the provider's reference (a message SID) when it sent, or the provider's error
 /// (with the status it maps to) when it did not.
+#[utoipa::path(
+    post,
+    path = "/v1/providers/{id}/test",
+    operation_id = "test_provider",
+    tag = "providers",
+    summary = "Send one test message through a provider that texts or calls",
+    description = "Body `{to}`; answers `{provider, to, sent, reference}` (a message SID), or the \
+provider's error (400/502/503); event 410 either way (`rolegate provider test`).",
+    params(("id" = String, Path, description = "The provider's id")),
+    request_body = TestBody,
+    responses(
+        (status = 200, description = "Sent", body = TestSent),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such provider", body = ErrorBody),
+        (status = 422, description = "`invalid`: not a phone number, or a provider that does not text or call", body = ErrorBody),
+        (status = 502, description = "`provider_error`: the provider sent nothing (its own words)", body = ErrorBody),
+        (status = 503, description = "`provider_unavailable`: the provider is not available now", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+    extensions(("x-rolegate-admin" = json!(true))),
+)]
 pub(super) async fn test_provider(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(id): Path<String>,
     Json(b): Json<TestBody>,
-) -> ApiResult<Json<Json_>> {
+) -> ApiResult<Json<TestSent>> {
     let c = api.admin(&headers).await?;
     let provider = api
         .service
@@ -150,9 +184,12 @@ pub(super) async fn test_provider(
         .await?;
     match failure {
         Some(f) => Err(f),
-        None => Ok(Json(json!({
-            "provider": id, "to": e164, "sent": true, "reference": reference,
-        }))),
+        None => Ok(Json(TestSent {
+            provider: id,
+            to: e164,
+            sent: true,
+            reference,
+        })),
     }
 }
 

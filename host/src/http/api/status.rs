@@ -2,7 +2,37 @@
 
 use super::*;
 
+/// Liveness: `ok` while the daemon serves.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "status",
+    summary = "Liveness",
+    description = "Answers `ok` while the daemon serves. Needs no token.",
+    responses((status = 200, description = "`ok`", content_type = "text/plain", body = String, example = "ok")),
+    extensions(("x-rolegate-admin" = json!(false))),
+)]
+pub(super) async fn healthz() -> &'static str {
+    "ok"
+}
+
 /// The metrics in Prometheus's text format, for the scrape token or an admin.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "get_metrics",
+    tag = "status",
+    summary = "Metrics in Prometheus's text format",
+    description = "For admins, or the holder of the scrape token of `[server] metrics_token_file` \
+(security scheme `metrics_token`: a bearer token that reads this and nothing else).",
+    responses(
+        (status = 200, description = "The metrics (Prometheus text format 0.0.4)", content_type = "text/plain", body = String),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+    ),
+    security(("bearer" = []), ("metrics_token" = [])),
+    extensions(("x-rolegate-admin" = json!(true))),
+)]
 pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> ApiResult<Response> {
     let hash = crate::store::secrets::token_hash(&Api::bearer(&headers)?);
     // Comparing hashes: the time it takes tells nothing of the token.
@@ -25,13 +55,70 @@ pub(super) async fn metrics(State(api): State<Api>, headers: HeaderMap) -> ApiRe
         .into_response())
 }
 
+/// A provider as `/v1/providers` lists it.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ProviderView {
+    /// The provider's id (what roles name).
+    id: String,
+    /// What the provider says of itself (null while it is not loaded): for an admin all of it,
+    /// for a user `{name, version, factor, responder, needs_enrolment, needs_phone}`.
+    #[schema(value_type = Option<Object>)]
+    info: Json_,
+    /// How it runs: `in-process` or `process` (admins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolation: Option<String>,
+    /// The library's SHA-256 (admins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    /// Its health.
+    health: ProviderHealth,
+    /// When it is retired (RFC 3339), if a sunset is set.
+    sunset: Option<String>,
+    /// Whether it is past its sunset (no longer offered).
+    retired: bool,
+}
+
+/// A provider's health.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ProviderHealth {
+    /// The worse of the provider's own answer and what the host has seen of its calls: `ok`,
+    /// `degraded` or `down`.
+    #[schema(value_type = String, example = "ok")]
+    status: Json_,
+    /// The provider's message (admins), or for a user a sentence when it is not `ok`.
+    message: Option<String>,
+    /// The provider's own answer `{status, message}` (admins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    provider: Option<Json_>,
+    /// What the host has seen of its calls (admins): `{status, reason, since,
+    /// failures_in_window, failures_in_a_row}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    seen: Option<Json_>,
+}
+
 /// The providers and their health: the worse of the provider's own answer and what the host
 /// has seen of its calls. An admin gets the detail (library hash, messages, failure counts); a
 /// user, what they can act on.
+#[utoipa::path(
+    get,
+    path = "/v1/providers",
+    operation_id = "list_providers",
+    tag = "providers",
+    summary = "Providers with their health",
+    description = "`health.status` is the worse of the provider's own answer and what the host \
+has seen of its calls (`ok`, `degraded`, `down`). An admin also gets `health.provider`, \
+`health.seen` `{status, reason, since, failures_in_window, failures_in_a_row}`, `sha256` and \
+`isolation`.",
+    responses((status = 200, description = "The providers", body = Vec<ProviderView>)),
+    security(("bearer" = [])),
+    extensions(("x-rolegate-admin" = json!(false))),
+)]
 pub(super) async fn list_providers(
     State(api): State<Api>,
     headers: HeaderMap,
-) -> ApiResult<Json<Json_>> {
+) -> ApiResult<Json<Vec<ProviderView>>> {
     let caller = api.caller(&headers).await?;
     let mut out = Vec::new();
     for p in api.service.providers().iter() {
@@ -51,13 +138,20 @@ pub(super) async fn list_providers(
         let status = own_level.max(seen.status);
         let retired = p.retired_at(api.service.clock().now()).is_some();
         if caller.admin {
-            out.push(json!({
-                "id": p.id(), "info": p.info(), "isolation": p.plugin.isolation.to_string(),
-                "sha256": p.plugin.sha256,
-                "health": {"status": status, "message": own.message, "provider": own, "seen": seen},
-                "sunset": p.sunset().map(|t| t.to_string()),
-                "retired": retired,
-            }));
+            out.push(ProviderView {
+                id: p.id().to_string(),
+                info: json!(p.info()),
+                isolation: Some(p.plugin.isolation.to_string()),
+                sha256: Some(p.plugin.sha256.clone()),
+                health: ProviderHealth {
+                    status: json!(status),
+                    message: Some(own.message.clone()),
+                    provider: Some(json!(own)),
+                    seen: Some(json!(seen)),
+                },
+                sunset: p.sunset().map(|t| t.to_string()),
+                retired,
+            });
         } else {
             let info = p.info().map(|i| {
                 json!({
@@ -69,13 +163,21 @@ pub(super) async fn list_providers(
                 crate::plugins::health::Seen::Ok => None,
                 _ => Some("this factor is unavailable now: try later, or use another factor"),
             };
-            out.push(json!({
-                "id": p.id(), "info": info,
-                "health": {"status": status, "message": note},
-                "sunset": p.sunset().map(|t| t.to_string()),
-                "retired": retired,
-            }));
+            out.push(ProviderView {
+                id: p.id().to_string(),
+                info: json!(info),
+                isolation: None,
+                sha256: None,
+                health: ProviderHealth {
+                    status: json!(status),
+                    message: note.map(str::to_string),
+                    provider: None,
+                    seen: None,
+                },
+                sunset: p.sunset().map(|t| t.to_string()),
+                retired,
+            });
         }
     }
-    Ok(Json(Json_::Array(out)))
+    Ok(Json(out))
 }

@@ -6,21 +6,53 @@ use crate::records::events;
 use crate::records::tokens;
 use crate::records::users;
 
-#[derive(Deserialize)]
+/// A token to issue.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TokenBody {
+    /// The account it speaks for (a user's token: an existing user).
     account: String,
+    /// Whether it may administer.
     #[serde(default)]
     admin: bool,
+    /// The admin's note.
     #[serde(default)]
     label: String,
 }
 
+/// A token just issued: the secret, shown once.
+#[derive(Serialize, ToSchema)]
+pub(super) struct TokenIssued {
+    /// The account it speaks for.
+    account: String,
+    /// Whether it may administer.
+    admin: bool,
+    /// The secret: send it as `Authorization: Bearer <token>`. Never shown again.
+    token: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    operation_id = "create_token",
+    tag = "tokens",
+    summary = "Issue a token",
+    description = "Body `{account, admin?, label?}`; the secret is shown once (event 601).",
+    request_body = TokenBody,
+    responses(
+        (status = 201, description = "The token, shown once", body = TokenIssued),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: a user's token for a user that does not exist", body = ErrorBody),
+        (status = 422, description = "`invalid`: the account or label is not valid", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+    extensions(("x-rolegate-admin" = json!(true))),
+)]
 pub(super) async fn create_token(
     State(api): State<Api>,
     headers: HeaderMap,
     Json(b): Json<TokenBody>,
-) -> ApiResult<(StatusCode, Json<Json_>)> {
+) -> ApiResult<(StatusCode, Json<TokenIssued>)> {
     let c = api.admin(&headers).await?;
     crate::model::limits::check(
         "label",
@@ -63,7 +95,11 @@ pub(super) async fn create_token(
         .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"account": account, "admin": admin, "token": token})),
+        Json(TokenIssued {
+            account,
+            admin,
+            token,
+        }),
     ))
 }
 
@@ -77,20 +113,52 @@ pub(super) fn token_words(admin: bool, label: &str) -> (&'static str, String) {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    operation_id = "list_tokens",
+    tag = "tokens",
+    summary = "List tokens",
+    description = "Each token's id, account, admin, label, created_at and expires_at (never a \
+secret).",
+    responses(
+        (status = 200, description = "The tokens", body = Vec<tokens::TokenView>),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+    extensions(("x-rolegate-admin" = json!(true))),
+)]
 pub(super) async fn list_tokens(
     State(api): State<Api>,
     headers: HeaderMap,
-) -> ApiResult<Json<Json_>> {
+) -> ApiResult<Json<Vec<tokens::TokenView>>> {
     api.admin(&headers).await?;
     let list = api.service.store().read(tokens::list).await?;
-    Ok(Json(json!(list)))
+    Ok(Json(list))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    operation_id = "revoke_token",
+    tag = "tokens",
+    summary = "Revoke a token by its id",
+    description = "It stops working at once on this daemon (within seconds on another sharing \
+the database); event 602. Answers the revoked token.",
+    params(("id" = String, Path, description = "The token's id (the start of its hash, as listed)")),
+    responses(
+        (status = 200, description = "The revoked token", body = tokens::TokenView),
+        (status = 403, description = "`forbidden`: this needs an admin token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no token has this id", body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+    extensions(("x-rolegate-admin" = json!(true))),
+)]
 pub(super) async fn revoke_token(
     State(api): State<Api>,
     headers: HeaderMap,
     Path(id): Path<String>,
-) -> ApiResult<Json<Json_>> {
+) -> ApiResult<Json<tokens::TokenView>> {
     let c = api.admin(&headers).await?;
     let revoked = api
         .service
@@ -121,5 +189,5 @@ pub(super) async fn revoke_token(
         ));
     };
     api.forget_tokens(&[hash]);
-    Ok(Json(json!(token)))
+    Ok(Json(token))
 }
