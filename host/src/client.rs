@@ -343,6 +343,12 @@ pub fn table(value: &Value, columns: &[(&str, &str)]) -> String {
         }
         match cur {
             Value::Null => "-".into(),
+            // Times (Unix ms) as a person reads them, UTC to the second.
+            Value::Number(n) if key.ends_with("_at") => n
+                .as_i64()
+                .and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+                .map(|t| t.strftime("%Y-%m-%d %H:%M:%SZ").to_string())
+                .unwrap_or_else(|| n.to_string()),
             Value::String(s) => s.clone(),
             Value::Array(a) => a
                 .iter()
@@ -653,8 +659,12 @@ pub fn request_summary(v: &Value) -> String {
                 .unwrap_or_else(|| "-".into()),
             end_time(v)
         ),
-        Some("pending_approval") => {
+        // "MFA done" only where there was MFA.
+        Some("pending_approval") if v["provider"].is_string() => {
             format!("request {id}: MFA done; waiting for an approver of `{role}`")
+        }
+        Some("pending_approval") => {
+            format!("request {id}: waiting for an approver of `{role}`")
         }
         Some(state) => format!(
             "request {id}: {state}{}",

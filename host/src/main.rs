@@ -290,6 +290,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Request { command } => go(Remote::Request(command)),
         Command::Approval { command } => go(Remote::Approval(command)),
         Command::Enrol { provider } => go(Remote::Enrol(provider)),
+        // The offline admin token needs no daemon (nor a token to reach it).
+        Command::Token {
+            command:
+                TokenCommand::New {
+                    offline: true,
+                    account,
+                    label,
+                    config: Some(config),
+                    ..
+                },
+        } => cli::token::issue_offline(&config, account.as_deref(), &label, json),
         Command::Token { command } => go(Remote::Token(command)),
         Command::Whoami => go(Remote::Whoami),
         Command::Events {

@@ -2878,6 +2878,165 @@ async fn a_killed_daemon_loses_no_activation_it_reported() {
 }
 
 #[tokio::test]
+async fn request_list_all_shows_an_admin_everyones_requests_with_filters() {
+    let d = start();
+    let admin = d.admin.clone();
+    let user = jdoe_with_role(&d, "hello").await;
+    let id = activate_with_hello(
+        &d,
+        &user,
+        json!({"role": "r", "justification": "patch night", "ttl_s": 60}),
+    )
+    .await;
+    // A second one while it is active: refused, naming it and its end.
+    let (s, e) = call(
+        &d,
+        Some(&user),
+        "POST",
+        "/v1/requests",
+        Some(json!({"role": "r"})),
+    )
+    .await;
+    assert_eq!(s, 409, "{e}");
+    let m = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(m.contains(&id) && m.contains("active until"), "{m}");
+    let (ok, out) = cli(&d, &user, &["request", "new", "--role", "r"], "");
+    assert!(
+        !ok && out.contains(&id) && out.contains("close it first"),
+        "{out}"
+    );
+
+    // The user's own list: justification and length shown, times as dates.
+    let (ok, out) = cli(&d, &user, &["request", "list"], "");
+    assert!(
+        ok && out.contains("JUSTIFICATION") && out.contains("patch night"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&id) && out.contains("active") && out.contains("Z"),
+        "{out}"
+    );
+    // Everyone's: admins only; filters by role, user and state.
+    let (ok, out) = cli(&d, &user, &["request", "list", "--all"], "");
+    assert!(!ok && out.contains("admin"), "{out}");
+    let (ok, out) = cli(&d, &user, &["request", "list", "--account", "jdoe"], "");
+    assert!(!ok && out.contains("--all"), "{out}");
+    for (args, found) in [
+        (vec!["--role", "r", "--state", "active"], true),
+        (
+            vec!["--account", "JDOE", "--state", "active,pending_mfa"],
+            true,
+        ),
+        (vec!["--state", "closed"], false),
+        (vec!["--role", "other"], false),
+    ] {
+        let mut all = vec!["request", "list", "--all"];
+        all.extend(args.iter().copied());
+        let (ok, out) = cli(&d, &admin, &all, "");
+        assert!(ok, "{out}");
+        assert_eq!(out.contains(&id), found, "{args:?}: {out}");
+    }
+    let (ok, out) = cli(
+        &d,
+        &admin,
+        &["request", "list", "--all", "--state", "done"],
+        "",
+    );
+    assert!(
+        !ok && out.contains("`done` is not a request state"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn the_configs_owner_issues_an_admin_token_offline_when_none_is_left() {
+    let d = start();
+    let admin = d.admin.clone();
+    // Every admin token revoked: nothing can be had through the API any more.
+    let (_, list) = call(&d, Some(&admin), "GET", "/v1/tokens", None).await;
+    let first = list[0]["id"].as_str().unwrap().to_string();
+    let (s, r) = call(
+        &d,
+        Some(&admin),
+        "DELETE",
+        &format!("/v1/tokens/{first}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{r}");
+    assert_eq!(status(&d, &admin, "GET", "/v1/me").await, 401);
+
+    let cfg = d.dir.path().join("rolegate.toml");
+    let run = |args: &[&str], as_nobody: bool| {
+        let mut c = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+                .arg(rolegate_bin());
+            c
+        } else {
+            Command::new(rolegate_bin())
+        };
+        let out = c
+            .args(args)
+            .env_remove("ROLEGATE_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let cfg_s = cfg.to_str().unwrap();
+    // Only an admin token, only with the config, only by its owner.
+    let (ok, out) = run(&["token", "new", "--offline", "--config", cfg_s], false);
+    assert!(!ok && out.contains("--admin"), "{out}");
+    let (ok, out) = run(&["token", "new", "--admin", "--offline"], false);
+    assert!(!ok && out.contains("--config"), "{out}");
+    let (ok, out) = run(
+        &["token", "new", "--admin", "--offline", "--config", cfg_s],
+        true,
+    );
+    assert!(
+        !ok && !out.contains("ROLEGATE_TOKEN="),
+        "another user: {out}"
+    );
+
+    let (ok, out) = run(
+        &[
+            "token",
+            "new",
+            "--admin",
+            "--offline",
+            "--config",
+            cfg_s,
+            "--label",
+            "break glass",
+        ],
+        false,
+    );
+    assert!(ok, "{out}");
+    let token = out
+        .split("ROLEGATE_TOKEN=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    // The running daemon takes it at once, as an admin.
+    let (s, me) = call(&d, Some(&token), "GET", "/v1/me", None).await;
+    assert_eq!(
+        (s, &me["account"], &me["admin"]),
+        (200, &json!("admin"), &json!(true)),
+        "{me}"
+    );
+    let (_, ev) = call(&d, Some(&token), "GET", "/v1/events?id=520", None).await;
+    let m = ev[0]["message"].as_str().unwrap_or_default();
+    assert!(m.contains("offline") && m.contains("break glass"), "{ev}");
+    assert!(!m.contains(&token), "never the token: {m}");
+    let (_, v) = call(&d, Some(&token), "GET", "/v1/events/verify", None).await;
+    assert_eq!(v["intact"], true, "{v}");
+}
+
+#[tokio::test]
 async fn sigterm_stops_the_daemon_cleanly_and_a_restart_finds_everything() {
     let d = start();
     let admin = d.admin.clone();

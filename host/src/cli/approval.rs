@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::Out;
 
-use super::request::REQUEST_COLUMNS;
+use super::request::REQUEST_LIST_COLUMNS;
 
 /// The `rolegate approval` commands.
 #[derive(Subcommand)]
@@ -33,7 +33,7 @@ pub(crate) async fn run(client: &Client, json: bool, cmd: ApprovalCommand) -> an
     Ok(match cmd {
         ApprovalCommand::List => (
             client.call("GET", "/v1/approvals", None).await?,
-            Some(REQUEST_COLUMNS),
+            Some(REQUEST_LIST_COLUMNS),
         ),
         ApprovalCommand::Approve { id } => {
             let v = client

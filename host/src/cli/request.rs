@@ -49,7 +49,40 @@ pub(crate) enum RequestCommand {
         /// Request id.
         id: String,
     },
+    /// List requests, newest first: yours, or with `--all` everyone's (admins; MIM's
+    /// Get-PAMRequest across users).
+    List {
+        /// Everyone's requests (admins).
+        #[arg(long)]
+        all: bool,
+        /// Only this user's (with `--all`).
+        #[arg(long, requires = "all")]
+        account: Option<String>,
+        /// Only this role's.
+        #[arg(long)]
+        role: Option<String>,
+        /// Only in these states, comma-separated (active, scheduled, pending_mfa,
+        /// pending_approval, expired, closed, rejected, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
 }
+
+/// The columns of `request list` and `approval list`: who, what, why, for how long, when.
+pub(crate) const REQUEST_LIST_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("USER", "account"),
+    ("ROLE", "role"),
+    ("STATE", "state"),
+    ("JUSTIFICATION", "justification"),
+    ("TTL S", "ttl_s"),
+    ("CREATED", "created_at"),
+    ("ENDS", "expires_at"),
+    ("REASON", "reason"),
+];
 
 /// The request table's columns.
 pub(crate) const REQUEST_COLUMNS: &[(&str, &str)] = &[
@@ -123,8 +156,31 @@ pub(crate) async fn run(client: &Client, json: bool, cmd: RequestCommand) -> any
         ),
         RequestCommand::Get { id: None } => (
             client.call("GET", "/v1/requests", None).await?,
-            Some(REQUEST_COLUMNS),
+            Some(REQUEST_LIST_COLUMNS),
         ),
+        RequestCommand::List {
+            all,
+            account,
+            role,
+            state,
+            limit,
+        } => {
+            let mut query = vec![format!("limit={limit}")];
+            if all {
+                query.push("all=true".into());
+            }
+            for (name, value) in [("account", account), ("role", role), ("state", state)] {
+                if let Some(v) = value {
+                    query.push(format!("{name}={}", segment(&v)));
+                }
+            }
+            (
+                client
+                    .call("GET", &format!("/v1/requests?{}", query.join("&")), None)
+                    .await?,
+                Some(REQUEST_LIST_COLUMNS),
+            )
+        }
         RequestCommand::Close { id } => {
             let v = client
                 .call(

@@ -64,13 +64,14 @@ pub(super) async fn create_token(
         crate::model::identity::NameKind::Account,
         b.account.trim(),
     )?;
-    let (account, admin) = (b.account.clone(), b.admin);
+    let admin = b.admin;
     let token = api
         .service
         .store()
         .write(move |tx| {
             // A user's token speaks for a user: one that does not exist would do nothing.
-            if !b.admin && users::get(tx, &b.account)?.is_none() {
+            let user = users::get(tx, &b.account)?;
+            if !b.admin && user.is_none() {
                 return Err(Error::NotFound {
                     what: format!(
                         "user `{}` (create the user first: `rolegate user new`)",
@@ -78,6 +79,11 @@ pub(super) async fn create_token(
                     ),
                 });
             }
+            // The account as its user spells it, whatever the admin typed.
+            let b = TokenBody {
+                account: user.map_or(b.account, |u| u.account),
+                ..b
+            };
             let token = tokens::issue(tx, &b.account, b.admin, &b.label, now_ms())?;
             let (kind, label) = token_words(b.admin, &b.label);
             let what = format!("{kind} token issued{label}");
@@ -90,9 +96,10 @@ pub(super) async fn create_token(
                 &what,
                 now_ms(),
             )?;
-            Ok(token)
+            Ok((token, b.account))
         })
         .await?;
+    let (token, account) = token;
     Ok((
         StatusCode::CREATED,
         Json(TokenIssued {
