@@ -3,6 +3,10 @@
 //! commit, the WAL fsync'd after its commit) before the API answers.
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p rolegate --bench activation`.
+//!
+//! A user holds one live activation per role: the bench role's activations last 1 s, and the
+//! users are many enough (20,000 for hello, 4,096 for WebAuthn, 192,000 for TOTP) that each
+//! comes round again after its last one ended; every create pays the check for a live one.
 //! `ROLEGATE_BENCH_PROVIDER=totp` gates the role with the TOTP provider instead of hello:
 //! 192,000 enrolled users (`ROLEGATE_BENCH_USERS`), each code computed as the user's app would,
 //! each time step used once per user (replay protection refuses a second use), so the load
@@ -25,7 +29,7 @@
 //! schedule, and that counts against it too.)
 //!
 //! `ROLEGATE_BENCH_PROVIDER=webauthn` gates the role with the WebAuthn provider (the
-//! `passkey` profile, RP `localhost`): 256 users (`ROLEGATE_BENCH_USERS`) each enrol a software
+//! `passkey` profile, RP `localhost`): 4,096 users (`ROLEGATE_BENCH_USERS`) each enrol a software
 //! authenticator (webauthn-authenticator-rs's SoftPasskey, P-256) through the service before
 //! the load; each activation is the request, the authenticator's assertion over the bound
 //! challenge signed in the load generator, and the answer. Each worker owns its users (no
@@ -145,7 +149,16 @@ fn main() {
     let users: usize = std::env::var("ROLEGATE_BENCH_USERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(if totp { 192_000 } else { 256 });
+        // One live activation per user and role: the role's activations last 1 s (no sweep
+        // runs here; a request past its end no longer counts), and each user comes round
+        // again later than that at any level.
+        .unwrap_or(if totp {
+            192_000
+        } else if webauthn {
+            4_096
+        } else {
+            20_000
+        });
     if !lib.exists() {
         eprintln!(
             "{} is missing: run `cargo build --release --workspace` first",
@@ -266,8 +279,9 @@ fn main() {
                         name: "admins".into(),
                         candidates: a2.iter().cloned().collect(),
                         approvers: Default::default(),
-                        ttl_s: 3600,
-                        max_ttl_s: 3600,
+                        // 1 s: a user's next activation finds the last one over.
+                        ttl_s: 1,
+                        max_ttl_s: 1,
                         availability: None,
                         justification_required: false,
                         approval_enabled: false,
