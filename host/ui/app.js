@@ -1,162 +1,314 @@
-// rolegate's web page: the same JSON API the CLI uses, with the token kept in this tab's
-// sessionStorage. Every value from the server is written with textContent, never as HTML.
+// rolegate's console, part 2: signing in, the screens' router, and the screens every user has
+// (my roles, the request form, a request's live status, my requests, approvals, enrolment).
 "use strict";
 
-const $ = (id) => document.getElementById(id);
-let token = sessionStorage.getItem("rolegate-token") || "";
+// --- screens and hash routing: `#/roles`, `#/activate/<role>`, `#/request/<id>`, … ----------
+// The CLI's links (`#request/<id>`, `#enrol/<provider>`) are routes too.
+const screens = {};
 
-async function api(method, path, body) {
-  const init = { method, headers: { "Authorization": "Bearer " + token } };
-  if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+function parseHash() {
+  let h = location.hash.slice(1);
+  if (h.startsWith("/")) h = h.slice(1);
+  const i = h.indexOf("/");
+  const name = i < 0 ? h : h.slice(0, i);
+  let arg = i < 0 ? "" : h.slice(i + 1);
+  try { arg = decodeURIComponent(arg); } catch (_) { /* as typed */ }
+  return { name: name || "roles", arg };
+}
+
+let routeSeq = 0;
+async function route() {
+  if (!me) return;
+  const { name, arg } = parseHash();
+  let target = document.querySelector('.screen[data-route="' + CSS.escape(name) + '"]');
+  if (!target || !screens[name] || (target.dataset.admin && !me.admin)) target = $("scr-missing");
+  const seq = ++routeSeq;
+  for (const s of document.querySelectorAll(".screen")) s.hidden = s !== target;
+  const navName = name === "request" ? "requests" : name;
+  for (const a of document.querySelectorAll("#nav a")) {
+    if (a.getAttribute("href") === "#/" + navName && target !== $("scr-missing")) a.setAttribute("aria-current", "page");
+    else a.removeAttribute("aria-current");
   }
-  const r = await fetch(path, init);
-  const text = await r.text();
-  let data = null;
-  try { data = text ? JSON.parse(text) : null; } catch (_) { data = text; }
-  if (!r.ok) {
-    const message = data && data.error ? data.error.message : (r.status + " " + r.statusText);
-    const e = new Error(message);
-    e.status = r.status;
-    throw e;
+  const h1 = target.querySelector("h1");
+  document.title = (h1 ? h1.textContent : "rolegate") + " – rolegate";
+  if (h1 && routed) h1.focus();
+  routed = true;
+  // `data-loaded` marks a screen whose data arrived (or failed to): tests wait for it.
+  delete target.dataset.loaded;
+  if (target !== $("scr-missing")) {
+    try {
+      await screens[name](arg, () => seq === routeSeq);
+    } catch (e) {
+      const status = target.querySelector(".status");
+      sayError(status, e);
+    }
   }
-  return data;
+  if (seq === routeSeq) target.dataset.loaded = "yes";
+}
+let routed = false;
+
+function go(hash) {
+  if (location.hash === hash) route(); else location.hash = hash;
 }
 
-function showError(e) { $("error").textContent = e ? String(e.message || e) : ""; }
-
-function cell(row, text) {
-  const td = document.createElement("td");
-  td.textContent = text == null ? "" : String(text);
-  row.appendChild(td);
-  return td;
-}
-
-function button(td, label, onclick) {
-  const b = document.createElement("button");
-  b.textContent = label;
-  b.onclick = onclick;
-  td.appendChild(b);
-  return b;
-}
-
-// Replaces the rows of the table body `id` with one row per item, filled by `fillRow(row, item)`;
-// marks the body filled (a test waits for that).
-function fill(id, items, fillRow) {
-  const body = $(id);
-  body.replaceChildren();
-  for (const item of items) {
-    const row = document.createElement("tr");
-    fillRow(row, item);
-    body.appendChild(row);
-  }
-  body.dataset.filled = "yes";
-}
-
-function when(ms) { return ms ? new Date(ms).toLocaleString() : ""; }
-
-function tab(name) {
-  for (const b of document.querySelectorAll(".tab")) {
-    b.setAttribute("aria-current", b.dataset.tab === name ? "true" : "false");
-  }
-  for (const p of document.querySelectorAll(".pane")) p.hidden = p.id !== "tab-" + name;
-  showError(null);
-  if (name === "requests") loadRequests().catch(showError);
-  if (name === "approvals") loadApprovals().catch(showError);
-  if (name === "events") loadEvents().catch(showError);
-  if (name === "admin") loadAdmin().catch(showError);
-  if (name === "enrol") Promise.all([loadEnrolProviders(), loadMyCredentials()]).catch(showError);
-}
-
-// The signed-in caller, as `GET /v1/me` tells: {account, admin}.
-let me = null;
-
+// --- signing in ----------------------------------------------------------------------------
 async function signIn() {
   // The token is checked by asking whose it is.
   try {
     me = await api("GET", "/v1/me");
   } catch (e) {
-    if (e.status === 401) signOut();
+    if (e.status === 401) signOut("This token does not work here.");
     throw e;
   }
-  for (const el of document.querySelectorAll(".admin-only")) el.hidden = !me.admin;
+  for (const e of document.querySelectorAll(".admin-only")) e.hidden = !me.admin;
   $("who").textContent = me.account + (me.admin ? " (admin)" : "");
   $("signin").hidden = true;
   $("app").hidden = false;
   $("signout").hidden = false;
-  loadRequestProviders().catch(showError);
-  followLink().catch(showError);
+  say($("error"), "", "");
+  routed = false;
+  await route();
 }
 
-// A link the CLI printed for a ceremony a terminal cannot run: `#enrol/<provider>` starts that
-// enrolment's page, `#request/<id>` shows the request's prompt.
-async function followLink() {
-  const [what, arg] = decodeURIComponent(location.hash.slice(1)).split("/", 2);
-  if (what === "enrol" && arg) {
-    tab("enrol");
-    await loadEnrolProviders();
-    $("enrol-provider").value = arg;
-    $("enrol-result").textContent = "";
-    enrolStep(await api("POST", "/v1/enrolments", { provider: arg }));
-  } else if (what === "request" && arg) {
-    tab("activate");
-    settle(await api("GET", "/v1/requests/" + encodeURIComponent(arg)));
-  } else {
-    tab("activate");
-  }
-}
-
-function signOut() {
+function signOut(message) {
   token = "";
   me = null;
+  current = null;
   sessionStorage.removeItem("rolegate-token");
   $("app").hidden = true;
   $("signin").hidden = false;
   $("signout").hidden = true;
   $("who").textContent = "";
+  say($("error"), typeof message === "string" ? message : "Signed out.", typeof message === "string" ? "err" : "ok");
 }
 
-// --- activation: create, then walk the prompts --------------------------------------------
+// --- policy words --------------------------------------------------------------------------
+// A role's availability window as a line (`mon-fri, sat 08:00–18:00 Europe/London`).
+function windowText(w) { return w ? w.days.join(", ") + " " + w.from + "–" + w.to + " " + w.time_zone : "any time"; }
+function mfaText(r) {
+  if (!r.mfa_enabled) return "off";
+  return (r.providers.length ? r.providers.join(", ") : "on") +
+    (r.shadow && r.shadow.length ? " (shadow: " + r.shadow.join(", ") + ")" : "");
+}
+function durationText(r) { return minutes(r.ttl_s) + " min (max " + minutes(r.max_ttl_s) + ")"; }
+
+// The providers as GET /v1/providers lists them, by id (read once per screen visit).
+let providersById = {};
+async function loadProviderNames() {
+  const list = await api("GET", "/v1/providers");
+  providersById = {};
+  for (const p of list) providersById[p.id] = p;
+  return list;
+}
+function providerName(id) {
+  const p = providersById[id];
+  return p && p.info ? p.info.name + " (" + id + ")" : id;
+}
+
+// --- My roles ------------------------------------------------------------------------------
+let myRoles = [];
+async function loadMyRoles() {
+  myRoles = await api("GET", "/v1/roles?mine=true");
+  return myRoles;
+}
+
+let myRolesView = null;
+screens.roles = async () => {
+  if (!myRolesView) {
+    myRolesView = listView($("my-roles-list"), {
+      id: "my-roles-body",
+      caption: "Roles",
+      empty: "You may not request any role. Ask an administrator to make you a candidate.",
+      sortBy: 0,
+      columns: [
+        { label: "Role", value: (r) => r.name },
+        { label: "MFA", value: mfaText },
+        { label: "Approval", value: (r) => (r.approval_enabled ? "needed" : "not needed") },
+        { label: "Duration", value: durationText, sort: (r) => r.ttl_s },
+        { label: "Available", value: (r) => windowText(r.availability) },
+        { label: "Justification", value: (r) => (r.justification_required ? "required" : "optional") },
+      ],
+      actions: (td, r) => {
+        td.appendChild(el("a", { class: "button primary", href: "#/activate/" + encodeURIComponent(r.name), "aria-label": "Request " + r.name }, "Request"));
+      },
+    });
+  }
+  myRolesView.set(await loadMyRoles());
+};
+
+// --- Request form --------------------------------------------------------------------------
+function rolePolicy(r) {
+  if (!r) return "";
+  const parts = ["MFA: " + (r.mfa_enabled ? r.providers.map(providerName).join(", ") : "off"),
+    "approval " + (r.approval_enabled ? "needed" : "not needed"),
+    "default " + minutes(r.ttl_s) + " min, at most " + minutes(r.max_ttl_s) + " min",
+    "available " + windowText(r.availability)];
+  if (r.justification_required) parts.push("justification required");
+  return parts.join(" · ");
+}
+
+function fillFactors() {
+  const r = myRoles.find((x) => x.name === $("role").value);
+  const sel = $("request-provider");
+  const keep = sel.value;
+  const opts = [el("option", { value: "" }, r && !r.mfa_enabled ? "no second factor for this role" : "the role's first I can use")];
+  if (r && r.mfa_enabled) {
+    for (const id of r.providers) opts.push(el("option", { value: id }, providerName(id)));
+  }
+  sel.replaceChildren(...opts);
+  if ([...sel.options].some((o) => o.value === keep)) sel.value = keep;
+  $("role-policy").textContent = rolePolicy(r);
+  $("justification").required = !!(r && r.justification_required);
+  $("minutes").max = r ? String(minutes(r.max_ttl_s)) : "";
+  $("minutes").placeholder = r ? String(minutes(r.ttl_s)) : "";
+}
+
+screens.activate = async (arg, live) => {
+  say($("request-form-status"), "", "");
+  const [roles] = await Promise.all([loadMyRoles(), loadProviderNames()]);
+  if (!live()) return;
+  const sel = $("role");
+  const opts = [el("option", { value: "" }, roles.length ? "Choose a role" : "no role you may request")];
+  for (const r of roles) opts.push(el("option", { value: r.name }, r.name));
+  sel.replaceChildren(...opts);
+  if (arg && roles.some((r) => r.name === arg)) sel.value = arg;
+  else if (arg) say($("request-form-status"), "You may not request `" + arg + "`.", "err");
+  fillFactors();
+};
+
+async function submitRequest() {
+  const status = $("request-form-status");
+  const body = { role: $("role").value, justification: $("justification").value };
+  if (!body.role) { say(status, "Choose a role first.", "err"); $("role").focus(); return; }
+  const factor = $("request-provider").value;
+  if (factor) body.provider = factor;
+  const m = parseInt($("minutes").value, 10);
+  if (m > 0) body.ttl_s = m * 60;
+  // An authenticator app's code sent with the request: judged at once, no prompt.
+  const code = $("request-code").value.trim();
+  $("request-code").value = "";
+  if (code) body.code = code;
+  const v = await run(status, () => api("POST", "/v1/requests", body), "Requested.");
+  if (!v) return;
+  current = v;
+  justCreated = v.id;
+  go("#/request/" + encodeURIComponent(v.id));
+}
+
+// --- one request: its live status through every prompt kind ---------------------------------
 let current = null;
 
-function settle(v) {
-  current = v;
-  const mfa = $("mfa");
+// The request just created, shown as its answer came (its screen reads it anew otherwise).
+let justCreated = null;
+
+screens.request = async (id, live) => {
+  const fresh = justCreated === id && current && current.id === id;
+  justCreated = null;
+  if (!fresh) {
+    clearPrompt();
+    $("request-facts").replaceChildren();
+    say($("request-result"), "Loading…", "");
+    const v = await api("GET", "/v1/requests/" + encodeURIComponent(id));
+    if (!live()) return;
+    settle(v);
+  } else {
+    settle(current);
+  }
+};
+
+// What ends when: an active or scheduled activation's end; an expired one's actual end; a
+// closed one's end is when it was closed, which the view does not carry: none is shown.
+function endText(v) {
+  if ((v.state === "active" || v.state === "scheduled") && v.expires_at) return "ends " + when(v.expires_at);
+  if (v.state === "expired" && v.expires_at) return "ended " + when(v.expires_at);
+  return "";
+}
+
+function fact(dl, term, value) {
+  dl.appendChild(el("dt", {}, term));
+  const dd = el("dd");
+  if (value instanceof Node) dd.appendChild(value); else dd.textContent = value == null ? "" : String(value);
+  dl.appendChild(dd);
+}
+
+function requestFacts(v) {
+  const dl = $("request-facts");
+  dl.replaceChildren();
+  const idSpan = el("span");
+  shortId(idSpan, v.id, "request id");
+  fact(dl, "Request", idSpan);
+  fact(dl, "Role", v.role);
+  fact(dl, "State", stateText(v.state));
+  fact(dl, "Requested", when(v.created_at));
+  if (v.starts_at) fact(dl, "Starts", when(v.starts_at));
+  fact(dl, "Duration", minutes(v.ttl_s) + " min");
+  const end = endText(v);
+  if (end) fact(dl, "End", end.replace(/^ends |^ended /, ""));
+  if (v.provider) fact(dl, "Factor", v.provider);
+  if (v.justification) fact(dl, "Justification", v.justification);
+}
+
+function clearPrompt() {
+  $("mfa").hidden = true;
   $("code-form").hidden = true;
   $("mfa-wait").hidden = true;
+  $("mfa-wait").textContent = "";
   $("shadow-skip").hidden = true;
   $("webauthn").hidden = true;
+  $("webauthn-facts").textContent = "";
+  $("smartcard").hidden = true;
+  $("smartcard-command").textContent = "";
+  $("mfa-message").textContent = "";
+  say($("mfa-status"), "", "");
+}
+
+function resultText(v) {
+  const role = v.role;
+  switch (v.state) {
+    case "active": return role + " is active until " + when(v.expires_at) + ".";
+    case "scheduled": return role + " is scheduled: it starts " + when(v.starts_at) + (v.expires_at ? " and ends " + when(v.expires_at) : "") + ".";
+    case "pending_approval": return role + " is waiting for an approver.";
+    case "pending_mfa": return role + " is waiting for your second factor.";
+    case "expired": return role + " expired: it ended " + when(v.expires_at) + ".";
+    case "closed": return role + " is closed" + (v.reason ? ": " + v.reason : "") + ".";
+    default: return role + " is " + stateText(v.state) + (v.reason ? ": " + v.reason : "") + ".";
+  }
+}
+
+// Shows the request `v`: every prompt text is replaced (none survives a state change).
+function settle(v) {
+  const changed = !current || current.id !== v.id || current.state !== v.state;
+  current = v;
+  clearPrompt();
+  requestFacts(v);
+  $("h-request").textContent = "Request for " + v.role;
+  const ok = ["active", "scheduled", "pending_approval"].includes(v.state);
+  const bad = ["failed", "rejected", "cancelled"].includes(v.state);
+  let text = resultText(v);
+  if (v.shadow && v.shadow.reason && v.shadow.outcome !== "asked") text += " " + v.shadow.reason;
+  say($("request-result"), text, ok ? "ok" : bad ? "err" : "");
   // A shadow factor: asked once the real one is done, never deciding the request.
   const shadow = v.shadow && v.shadow.outcome === "asked" ? v.shadow : null;
-  if (v.state !== "pending_mfa") {
-    let text = "Request " + v.id + " is " + v.state.replace("_", " ");
-    if (v.state === "active" && v.expires_at) text += " until " + when(v.expires_at);
-    if (v.reason) text += " (" + v.reason + ")";
-    if (v.shadow && v.shadow.reason) text += ". " + v.shadow.reason;
-    $("request-result").textContent = text + ".";
-    if (!shadow) {
-      mfa.hidden = true;
-      return;
-    }
-  }
-  mfa.hidden = false;
+  if (v.state !== "pending_mfa" && !shadow) return;
+  $("mfa").hidden = false;
   const p = (shadow ? shadow.prompt : v.prompt) || {};
+  // The last answer's outcome (a wrong code), while the prompt is still open.
   const why = shadow ? shadow.reason : v.reason;
+  if (why) say($("mfa-status"), why, "err");
   const trial = shadow ? "This role is trying `" + shadow.provider + "`; your request does not depend on it. " : "";
   if (shadow) $("shadow-skip").hidden = false;
-  $("mfa-message").textContent = trial + (why ? why + " — " : "") + (p.message || p.status || "");
+  $("mfa-message").textContent = trial + (p.message || p.status || "");
   if (p.kind === "code") {
     $("code-form").hidden = false;
     $("code").value = "";
-    $("code").focus();
+    if (changed || !shadow) $("code").focus();
   } else if (p.kind === "wait" || p.kind === "phone") {
     $("mfa-wait").hidden = false;
     $("mfa-wait").textContent = p.status || p.message || "Waiting for the provider";
     const after = Math.min(Math.max(p.poll_after_ms || 1000, 200), 10000);
     setTimeout(() => {
-      if (current && current.id === v.id) {
-        api("POST", "/v1/requests/" + encodeURIComponent(v.id) + "/poll").then(settle, showError);
+      if (current && current.id === v.id && me) {
+        api("POST", "/v1/requests/" + encodeURIComponent(v.id) + "/poll").then(settle, (e) => sayError($("mfa-status"), e));
       }
     }, after);
   } else if (p.kind === "webauthn") {
@@ -164,20 +316,27 @@ function settle(v) {
     const r = (p.options && p.options.request) || {};
     $("webauthn-facts").textContent = "role " + (r.role || v.role) + " for " +
       Math.round((r.ttl_s || v.ttl_s || 0) / 60) + " min" +
-      (r.justification ? ", because: " + r.justification : "") + " (request " + (r.id || v.id) + ")";
+      (r.justification ? ", because: " + r.justification : "") + " (request " + short(r.id || v.id) + ")";
     $("webauthn").hidden = false;
     $("webauthn-go").onclick = () => {
-      showError(null);
-      webauthn(v.id, p.options).catch(showError);
+      say($("mfa-status"), "Follow your browser…", "");
+      webauthn(v.id, p.options).catch((e) => sayError($("mfa-status"), e));
     };
   } else if (p.kind === "smartcard") {
     // A browser cannot reach the card reader: the exact command that answers this prompt.
+    $("smartcard").hidden = false;
+    const cmd = "rolegate request answer " + v.id;
     $("mfa-message").textContent = (p.message || "") +
-      " — a browser cannot reach your card reader: on the computer with the reader, run: rolegate request answer " + v.id;
+      " — a browser cannot reach your card reader: on the computer with the reader, run: " + cmd;
+    $("smartcard-command").textContent = cmd;
+    const row = $("smartcard-command").parentNode;
+    for (const b of row.querySelectorAll("button")) b.remove();
+    const b = button(row, "Copy", () => copy(cmd, b), "small");
+    b.setAttribute("aria-label", "Copy the command");
     // The page follows the request while the terminal answers it.
     setTimeout(() => {
-      if (current && current.id === v.id) {
-        api("GET", "/v1/requests/" + encodeURIComponent(v.id)).then(settle, showError);
+      if (current && current.id === v.id && me) {
+        api("GET", "/v1/requests/" + encodeURIComponent(v.id)).then(settle, (e) => sayError($("mfa-status"), e));
       }
     }, 2000);
   } else {
@@ -237,175 +396,126 @@ async function webauthn(id, options) {
     { input: { kind: "json", value: json } }));
 }
 
-// --- lists --------------------------------------------------------------------------------
-async function loadRequests() {
-  fill("requests-body", await api("GET", "/v1/requests?limit=50"), (row, v) => {
-    cell(row, v.role); cell(row, v.state); cell(row, when(v.expires_at)); cell(row, v.reason);
-    const td = cell(row, "");
-    if (["active", "pending_mfa", "pending_approval", "scheduled"].includes(v.state)) {
-      button(td, v.state === "active" ? "End now" : "Cancel", () =>
-        api("POST", "/v1/requests/" + encodeURIComponent(v.id) + "/close").then(loadRequests, showError));
-    }
-  });
+// --- request lists: mine, and (admin.js) everyone's -----------------------------------------
+const OPEN = ["active", "pending_mfa", "pending_approval", "scheduled"];
+
+// The columns of a request list; `who` adds the requester.
+function requestColumns(who) {
+  const cols = [
+    { label: "Request", value: (v) => v.id, sortable: false, render: (td, v) => shortId(td, v.id, "request id") },
+  ];
+  if (who) cols.push({ label: "Who", value: (v) => v.account });
+  cols.push(
+    { label: "Role", value: (v) => v.role },
+    { label: "State", value: (v) => stateText(v.state) },
+    { label: "Requested", value: (v) => when(v.created_at), sort: (v) => v.created_at },
+    { label: "Minutes", value: (v) => minutes(v.ttl_s), sort: (v) => v.ttl_s },
+    { label: "Ends", value: endText, sort: (v) => v.expires_at || 0 },
+    { label: "Justification", value: (v) => v.justification },
+    { label: "Reason", value: (v) => (v.state === "active" || v.state === "scheduled" ? "" : v.reason || "") },
+  );
+  return cols;
 }
 
-async function loadApprovals() {
-  fill("approvals-body", await api("GET", "/v1/approvals"), (row, v) => {
-    cell(row, v.account); cell(row, v.role); cell(row, v.justification);
-    cell(row, Math.round(v.ttl_s / 60));
-    const td = cell(row, "");
-    for (const [label, verb] of [["Approve", "approve"], ["Reject", "reject"]]) {
-      button(td, label, () => api("POST", "/v1/approvals/" + encodeURIComponent(v.id) + "/" + verb)
-        .then(loadApprovals, showError));
-    }
-  });
-}
-
-async function loadEvents() {
-  fill("events-body", await api("GET", "/v1/events?limit=200"), (row, e) => {
-    cell(row, when(e.at)); cell(row, e.id); cell(row, e.severity);
-    cell(row, e.account); cell(row, e.role); cell(row, e.message);
-  });
-}
-
-// --- administration: users, roles (the policy as the API holds it), tokens -----------------
-const list = (text) => text.split(",").map((s) => s.trim()).filter((s) => s);
-const path = (base, name) => base + "/" + encodeURIComponent(name);
-// The role being edited as the API returned it: fields the form does not show go back
-// unchanged.
-let editing = null;
-
-// A button that acts on its second click only (the first asks), for what cannot be undone.
-function removeButton(td, what, remove) {
-  const b = button(td, "Remove", () => {
-    if (b.dataset.armed) return remove();
-    b.dataset.armed = "1";
-    b.textContent = "Remove " + what + "? Click again";
-  });
-}
-
-async function loadAdmin() {
-  await Promise.all([loadUsers(), loadRoles(), loadTokens(), loadProviders(), loadReadiness()]);
-}
-
-async function loadReadiness() {
-  const all = await api("GET", "/v1/readiness");
-  const rows = [];
-  for (const r of all) for (const p of r.providers) rows.push([r, p]);
-  fill("readiness-body", rows, (row, [r, p]) => {
-    cell(row, r.role); cell(row, p.provider); cell(row, p.shadow ? "shadow" : "");
-    cell(row, p.status); cell(row, p.ready + " of " + p.candidates);
-    cell(row, p.shadow ? p.shadow_completed_by + " of " + p.candidates : "");
-  });
-  const ul = $("readiness-summary");
-  ul.textContent = "";
-  for (const r of all) {
-    for (const s of r.summary) {
-      const li = document.createElement("li");
-      li.textContent = r.role + ": " + s;
-      ul.appendChild(li);
-    }
-  }
-}
-
-async function loadProviders() {
-  fill("providers-body", await api("GET", "/v1/providers"), (row, p) => {
-    cell(row, p.id); cell(row, p.info ? p.info.name : ""); cell(row, p.isolation);
-    cell(row, p.health ? p.health.status : "");
-    // Why, when not ok: what the host saw of its calls, else the provider's own word.
-    const seen = p.health && p.health.seen;
-    cell(row, seen && seen.reason ? seen.reason + " (" + seen.failures_in_window + " failed calls)"
-      : (p.health && p.health.message) || "");
-    cell(row, p.sunset ? (p.retired ? "retired since " : "retires ") + p.sunset : "");
-  });
-}
-
-async function loadUsers() {
-  const users = await api("GET", "/v1/users");
-  // A removed user's credentials are not left on show.
-  if (!users.some((u) => u.account === credentialsOf)) $("credentials").hidden = true;
-  fill("users-body", users, (row, u) => {
-    cell(row, u.account); cell(row, u.display_name); cell(row, u.phone); cell(row, u.enabled ? "yes" : "no");
-    const td = cell(row, "");
-    button(td, u.enabled ? "Disable" : "Enable", () =>
-      api("PATCH", path("/v1/users", u.account), { enabled: !u.enabled }).then(loadUsers, showError));
-    button(td, "Edit", () => editUser(u));
-    button(td, "Credentials", () => loadCredentials(u.account).catch(showError));
-    removeButton(td, u.account, () =>
-      api("DELETE", path("/v1/users", u.account)).then(loadUsers, showError));
-  });
-}
-
-// Puts the `user` or `role` form in edit mode for `name` (its key field read-only), or, with
-// null, empties it and back to adding (its button says `addLabel`).
-function editMode(form, name, addLabel) {
-  const key = $(form === "user" ? "user-account" : "role-name");
-  if (name === null) $(form + "-form").reset();
-  key.readOnly = name !== null;
-  $(form + "-save").textContent = name === null ? addLabel : "Save changes to " + name;
-}
-
-// The user being edited as the API returned it; a save sends only what the form changed (a
-// different phone number raises event 825).
-let editingUser = null;
-
-function editUser(u) {
-  editingUser = u;
-  $("user-account").value = u.account;
-  editMode("user", u.account, "Add user");
-  $("user-name").value = u.display_name || "";
-  $("user-phone").value = u.phone || "";
-  $("user-email").value = u.email || "";
-}
-
-function saveUser() {
-  const [name, phone, email] = ["user-name", "user-phone", "user-email"].map((id) => $(id).value.trim());
-  let done;
-  if (editingUser) {
-    const u = editingUser;
-    const patch = {};
-    if (name !== (u.display_name || "")) patch.display_name = name;
-    if (phone !== (u.phone || "")) patch.phone = phone || null;
-    if (email !== (u.email || "")) patch.email = email || null;
-    done = api("PATCH", path("/v1/users", u.account), patch);
+// The close button of an open request: two steps, its feedback in the list's status line.
+function closeAction(td, v, view, reload) {
+  if (v.state === "pending_mfa" && v.account === (me && me.account)) {
+    td.appendChild(el("a", { class: "button", href: "#/request/" + encodeURIComponent(v.id) }, "Continue"));
   } else {
-    const body = { account: $("user-account").value.trim(), display_name: name };
-    if (phone) body.phone = phone;
-    if (email) body.email = email;
-    done = api("POST", "/v1/users", body);
+    td.appendChild(el("a", { class: "button", href: "#/request/" + encodeURIComponent(v.id), "aria-label": "Open request " + short(v.id) }, "Open"));
   }
-  return done.then(() => {
-    editingUser = null;
-    editMode("user", null, "Add user");
-    return loadUsers();
-  });
+  if (!OPEN.includes(v.state)) return;
+  const label = v.state === "active" ? "End now" : v.state === "pending_approval" || v.state === "pending_mfa" ? "Cancel" : "Close";
+  confirmButton(td, label, v.role + " (" + short(v.id) + ")", () =>
+    run(view.status, async () => {
+      const r = await api("POST", "/v1/requests/" + encodeURIComponent(v.id) + "/close");
+      await reload();
+      return r;
+    }, "Closed " + v.role + " (" + short(v.id) + ")."));
 }
 
-// One user's credentials (never their data), each removable: a lost phone or key.
-let credentialsOf = null;
-async function loadCredentials(account) {
-  credentialsOf = account;
-  const base = path("/v1/users", account) + "/credentials";
-  fill("credentials-body", await api("GET", base), (row, c) => {
-    cell(row, c.provider); cell(row, c.id); cell(row, c.label); cell(row, when(c.created_at));
-    cell(row, flagText(c));
-    removeButton(cell(row, ""), c.provider + " credential", () =>
-      api("DELETE", path(path(base, c.provider), c.id))
-        .then(() => loadCredentials(account), showError));
-  });
-  $("credentials-of").textContent = "Credentials of " + account;
-  $("credentials").hidden = false;
+let requestsView = null;
+let myRequests = [];
+function showMyRequests() {
+  const f = $("requests-state").value;
+  requestsView.set(myRequests.filter((v) => !f || (f === "open" ? OPEN.includes(v.state) : v.state === f)));
 }
+async function reloadMyRequests() {
+  myRequests = await api("GET", "/v1/requests?limit=500");
+  showMyRequests();
+}
+screens.requests = async () => {
+  if (!requestsView) {
+    requestsView = listView($("requests-list"), {
+      id: "requests-body",
+      caption: "My requests",
+      empty: "No requests yet.",
+      sortBy: 3,
+      sortDir: "descending",
+      columns: requestColumns(false),
+      actions: (td, v, view) => closeAction(td, v, view, reloadMyRequests),
+    });
+    $("requests-state").onchange = showMyRequests;
+  }
+  await reloadMyRequests();
+};
 
-async function loadMyCredentials() {
-  if (!me) return;
-  // A token's account need not be a user (the first admin's is not): then it has none.
-  const mine = await api("GET", path("/v1/users", me.account) + "/credentials")
-    .catch((e) => { if (e.status === 404) return []; throw e; });
-  fill("my-credentials-body", mine, (row, c) => {
-    cell(row, c.provider); cell(row, c.label); cell(row, when(c.created_at));
-    cell(row, flagText(c));
-  });
+// --- approver inbox ------------------------------------------------------------------------
+let approvalsView = null;
+async function reloadApprovals() { approvalsView.set(await api("GET", "/v1/approvals")); }
+screens.approvals = async () => {
+  if (!approvalsView) {
+    approvalsView = listView($("approvals-list"), {
+      id: "approvals-body",
+      caption: "Requests to approve",
+      empty: "Nothing waits for your decision.",
+      sortBy: 4,
+      columns: [
+        { label: "Request", value: (v) => v.id, sortable: false, render: (td, v) => shortId(td, v.id, "request id") },
+        { label: "Requester", value: (v) => v.account },
+        { label: "Role", value: (v) => v.role },
+        { label: "Justification", value: (v) => v.justification },
+        { label: "Requested", value: (v) => when(v.created_at), sort: (v) => v.created_at },
+        { label: "Minutes", value: (v) => minutes(v.ttl_s), sort: (v) => v.ttl_s },
+        { label: "State", value: (v) => stateText(v.state) },
+      ],
+      actions: (td, v, view) => {
+        const what = v.role + " for " + v.account;
+        button(td, "Approve", () => run(view.status, async () => {
+          await api("POST", "/v1/approvals/" + encodeURIComponent(v.id) + "/approve");
+          await reloadApprovals();
+        }, "Approved " + what + "."), "primary");
+        const reasonId = "reject-reason-" + v.id.slice(0, 12).replace(/[^A-Za-z0-9_-]/g, "");
+        const extra = el("span", { class: "reason" });
+        extra.appendChild(el("label", { for: reasonId }, "Reason (optional)"));
+        const input = el("input", { id: reasonId });
+        extra.appendChild(input);
+        confirmButton(td, "Reject", what, () => run(view.status, async () => {
+          const reason = input.value.trim();
+          await api("POST", "/v1/approvals/" + encodeURIComponent(v.id) + "/reject", reason ? { reason } : {});
+          await reloadApprovals();
+        }, "Rejected " + what + "."), extra);
+      },
+    });
+  }
+  await reloadApprovals();
+};
+
+// --- enrolment: pick a provider, show its material (QR code), confirm with a code ----------
+let enrolment = null;
+let credsView = null;
+
+async function loadEnrolProviders() {
+  // Replaced in one go after the read: two loads at once leave one list, not both.
+  const options = [];
+  for (const p of await loadProviderNames()) {
+    if (!p.info || !p.info.needs_enrolment) continue;
+    options.push(el("option", { value: p.id }, p.info.name + " (" + p.id + ")"));
+  }
+  const sel = $("enrol-provider");
+  const keep = sel.value;
+  sel.replaceChildren(...options);
+  if (keep && options.some((o) => o.value === keep)) sel.value = keep;
 }
 
 // A credential set aside for an admin (a suspected copy) says so, and why.
@@ -413,118 +523,36 @@ function flagText(c) {
   return c.flag ? "SET ASIDE " + when(c.flagged_at) + ": " + c.flag : "in use";
 }
 
-// A role's availability window as a line (`mon-fri 08:00–18:00 Europe/London`).
-function windowText(w) { return w ? w.days.join(", ") + " " + w.from + "–" + w.to + " " + w.time_zone : "any time"; }
-
-async function loadRoles() {
-  fill("roles-body", await api("GET", "/v1/roles"), (row, r) => {
-    cell(row, r.name);
-    cell(row, r.mfa_enabled ? r.providers.join(", ") + (r.shadow && r.shadow.length ? " (shadow: " + r.shadow.join(", ") + ")" : "") : "off");
-    cell(row, r.approval_enabled ? "on" : "off");
-    cell(row, r.candidates.join(", "));
-    cell(row, Math.round(r.ttl_s / 60) + " (max " + Math.round(r.max_ttl_s / 60) + ")");
-    cell(row, windowText(r.availability));
-    const td = cell(row, "");
-    button(td, "Edit", () => editRole(r));
-    const back = button(td, "Roll back providers", () => {
-      if (!back.dataset.armed) {
-        back.dataset.armed = "1";
-        back.textContent = "Roll back to the previous providers? Click again";
-        return;
-      }
-      api("POST", path("/v1/roles", r.name) + "/rollback").then(() => Promise.all([loadRoles(), loadReadiness()]), showError);
+async function loadMyCredentials() {
+  if (!me) return;
+  if (!credsView) {
+    credsView = listView($("my-credentials-list"), {
+      id: "my-credentials-body",
+      caption: "Your credentials",
+      empty: "You have no credentials here.",
+      columns: [
+        { label: "Provider", value: (c) => c.provider },
+        { label: "Label", value: (c) => c.label },
+        { label: "Enrolled", value: (c) => when(c.created_at), sort: (c) => c.created_at },
+        { label: "Status", value: flagText },
+      ],
     });
-    removeButton(td, r.name, () => api("DELETE", path("/v1/roles", r.name)).then(loadRoles, showError));
-  });
-}
-
-function editRole(r) {
-  editing = r;
-  $("role-name").value = r.name;
-  editMode("role", r.name, "Save role");
-  $("role-candidates").value = r.candidates.join(", ");
-  $("role-approvers").value = r.approvers.join(", ");
-  $("role-providers").value = r.providers.join(", ");
-  $("role-shadow").value = (r.shadow || []).join(", ");
-  $("role-mfa").checked = r.mfa_enabled;
-  $("role-factor-down").value = r.when_factor_down || "fail_closed";
-  $("role-approval").checked = r.approval_enabled;
-  $("role-justification").checked = r.justification_required;
-  $("role-ttl").value = Math.round(r.ttl_s / 60);
-  $("role-max-ttl").value = Math.round(r.max_ttl_s / 60);
-  const w = r.availability || { days: [], from: "", to: "", time_zone: "" };
-  $("role-days").value = w.days.join(", ");
-  $("role-from").value = w.from;
-  $("role-to").value = w.to;
-  $("role-tz").value = w.time_zone;
-}
-
-// The window the form describes: none when its four fields are empty; anything else goes to
-// the API as typed, which names what it refuses.
-function windowSpec() {
-  const [days, from, to, tz] = ["role-days", "role-from", "role-to", "role-tz"].map((id) => $(id).value.trim());
-  if (!days && !from && !to && !tz) return null;
-  return { days: list(days), from, to, time_zone: tz };
-}
-
-function saveRole() {
-  const spec = Object.assign({}, editing || {}, {
-    name: $("role-name").value.trim(),
-    candidates: list($("role-candidates").value),
-    approvers: list($("role-approvers").value),
-    providers: list($("role-providers").value),
-    shadow: list($("role-shadow").value),
-    mfa_enabled: $("role-mfa").checked,
-    when_factor_down: $("role-factor-down").value,
-    approval_enabled: $("role-approval").checked,
-    justification_required: $("role-justification").checked,
-    ttl_s: parseInt($("role-ttl").value, 10) * 60,
-    max_ttl_s: parseInt($("role-max-ttl").value, 10) * 60,
-    availability: windowSpec(),
-  });
-  const done = editing ? api("PUT", path("/v1/roles", spec.name), spec) : api("POST", "/v1/roles", spec);
-  return done.then(() => {
-    editing = null;
-    editMode("role", null, "Save role");
-    return Promise.all([loadRoles(), loadReadiness()]);
-  });
-}
-
-async function loadTokens() {
-  fill("tokens-body", await api("GET", "/v1/tokens"), (row, t) => {
-    cell(row, t.id); cell(row, t.account); cell(row, t.admin ? "yes" : "no"); cell(row, t.label);
-    cell(row, when(t.created_at));
-    button(cell(row, ""), "Revoke", () => api("DELETE", path("/v1/tokens", t.id)).then(loadTokens, showError));
-  });
-}
-
-// --- enrolment: pick a provider, show its material (QR code), confirm with a code ----------
-let enrolment = null;
-
-// The factors a user may choose for a request (the role's policy decides which it accepts).
-async function loadRequestProviders() {
-  const options = [$("request-provider").options[0]];
-  for (const p of await api("GET", "/v1/providers")) {
-    const o = document.createElement("option");
-    o.value = p.id;
-    o.textContent = (p.info ? p.info.name + " " : "") + "(" + p.id + ")";
-    options.push(o);
   }
-  $("request-provider").replaceChildren(...options);
+  // A token's account need not be a user (the first admin's is not): then it has none.
+  const mine = await api("GET", path("/v1/users", me.account) + "/credentials")
+    .catch((e) => { if (e.status === 404) return []; throw e; });
+  credsView.set(mine);
 }
 
-async function loadEnrolProviders() {
-  // Replaced in one go after the read: two loads at once leave one list, not both.
-  const options = [];
-  for (const p of await api("GET", "/v1/providers")) {
-    if (!p.info || !p.info.needs_enrolment) continue;
-    const o = document.createElement("option");
-    o.value = p.id;
-    o.textContent = p.info.name + " (" + p.id + ")";
-    options.push(o);
+screens.enrol = async (arg) => {
+  await Promise.all([loadEnrolProviders(), loadMyCredentials()]);
+  if (arg) {
+    // The CLI's link (`#enrol/<provider>`): that enrolment starts at once.
+    $("enrol-provider").value = arg;
+    say($("enrol-result"), "", "");
+    enrolStep(await api("POST", "/v1/enrolments", { provider: arg }));
   }
-  $("enrol-provider").replaceChildren(...options);
-}
+};
 
 function enrolStep(v) {
   enrolment = v;
@@ -532,13 +560,14 @@ function enrolStep(v) {
   $("enrol-webauthn").hidden = true;
   $("enrol-code-form").hidden = false;
   if (v.done || !v.state) {
-    $("enrol-result").textContent = v.done
+    say($("enrol-result"), v.done
       ? "Enrolled (credential " + v.credential + ")."
-      : (v.message || "The enrolment did not complete.");
+      : (v.message || "The enrolment did not complete."), v.done ? "ok" : "err");
     enrolment = null;
-    loadMyCredentials().catch(showError);
+    loadMyCredentials().catch((e) => sayError($("enrol-result"), e));
     return;
   }
+  say($("enrol-result"), "", "");
   const p = v.prompt || {};
   $("enrol-step").hidden = false;
   $("enrol-message").textContent = p.message || "";
@@ -553,10 +582,19 @@ function enrolStep(v) {
   }
   const key = (p.text || "").split("\n").find((l) => l.startsWith("Key: "));
   $("enrol-key").textContent = key || "";
+  const row = $("enrol-key-row");
+  row.hidden = !key;
+  for (const b of row.querySelectorAll("button")) b.remove();
+  if (key) {
+    const secret = key.slice(5).split("(")[0].replace(/\s+/g, "");
+    const b = button(row, "Copy", () => copy(secret, b), "small");
+    b.setAttribute("aria-label", "Copy the key");
+  }
   // A bare `code` prompt in an enrolment asks for a secret the user chooses (a PIN): no echo.
   const input = $("enrol-code");
   input.type = p.kind === "code" ? "password" : "text";
   input.autocomplete = p.kind === "code" ? "new-password" : "one-time-code";
+  document.querySelector('label[for="enrol-code"]').textContent = p.kind === "code" ? "Your new PIN" : "Code from your app";
   input.value = "";
   input.focus();
 }
@@ -567,6 +605,7 @@ function enrolWebauthn(v, options) {
   const prove = options.ceremony === "get";
   $("enrol-qr").hidden = true;
   $("enrol-key").textContent = "";
+  $("enrol-key-row").hidden = true;
   $("enrol-code-form").hidden = true;
   $("enrol-webauthn").hidden = false;
   $("enrol-label-field").hidden = prove;
@@ -575,98 +614,63 @@ function enrolWebauthn(v, options) {
     : "Name the new credential, then follow your browser (Windows Hello, or touch your security key).";
   $("enrol-webauthn-go").textContent = prove ? "Confirm with a credential you hold" : "Register";
   $("enrol-webauthn-go").onclick = () => {
-    showError(null);
+    say($("enrol-result"), "Follow your browser…", "");
     const answer = prove
       ? assertion(options)
       : registration(options).then((credential) => ({ credential, label: $("enrol-label").value.trim() }));
     answer
       .then((value) => api("POST", "/v1/enrolments/continue",
         { provider: v.provider, state: v.state, input: { kind: "json", value } }))
-      .then(enrolStep, showError);
+      .then(enrolStep, (e) => sayError($("enrol-result"), e));
   };
 }
 
 // --- wiring -------------------------------------------------------------------------------
-// Runs `act` (a promise) when the form `id` is submitted, the last error cleared first and its
-// own failure shown.
+// Runs `act` when the form `id` is submitted (the browser's own checks first).
 function onSubmit(id, act) {
-  $(id).onsubmit = (ev) => {
+  $(id).addEventListener("submit", (ev) => {
     ev.preventDefault();
-    showError(null);
-    act().catch(showError);
-  };
+    act();
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  for (const b of document.querySelectorAll(".tab")) b.onclick = () => tab(b.dataset.tab);
-  $("signin-form").onsubmit = (ev) => {
-    ev.preventDefault();
+  onSubmit("signin-form", () => {
     token = $("token").value.trim();
     $("token").value = "";
     sessionStorage.setItem("rolegate-token", token);
-    signIn().catch(showError);
-  };
-  $("signout").onclick = signOut;
-  onSubmit("request-form", () => {
-    $("request-result").textContent = "";
-    const body = { role: $("role").value.trim(), justification: $("justification").value };
-    const factor = $("request-provider").value;
-    if (factor) body.provider = factor;
-    const minutes = parseInt($("minutes").value, 10);
-    if (minutes > 0) body.ttl_s = minutes * 60;
-    // An authenticator app's code sent with the request: judged at once, no prompt.
-    const code = $("request-code").value.trim();
-    $("request-code").value = "";
-    if (code) body.code = code;
-    return api("POST", "/v1/requests", body).then(settle);
+    say($("error"), "Signing in…", "");
+    signIn().catch((e) => sayError($("error"), e));
   });
+  $("signout").onclick = () => signOut();
+  $("role").onchange = fillFactors;
+  onSubmit("request-form", submitRequest);
   $("shadow-skip").onclick = () => {
     // Skipped: the trial ends unanswered (recorded when it expires); the request stands.
+    const v = current;
     current = null;
-    $("mfa").hidden = true;
+    clearPrompt();
+    if (v) say($("request-result"), resultText(v) + " You skipped the trial.", "ok");
   };
-  $("code-form").onsubmit = (ev) => {
-    ev.preventDefault();
+  onSubmit("code-form", () => {
+    if (!current) return;
     const code = $("code").value.trim();
+    say($("mfa-status"), "Checking…", "");
     api("POST", "/v1/requests/" + encodeURIComponent(current.id) + "/answer", { code })
-      .then(settle, showError);
-  };
-  onSubmit("enrol-form", () => {
-    $("enrol-result").textContent = "";
-    return api("POST", "/v1/enrolments", { provider: $("enrol-provider").value }).then(enrolStep);
+      .then(settle, (e) => sayError($("mfa-status"), e));
   });
-  $("enrol-code-form").onsubmit = (ev) => {
-    ev.preventDefault();
+  onSubmit("enrol-form", () => {
+    say($("enrol-result"), "Starting…", "");
+    api("POST", "/v1/enrolments", { provider: $("enrol-provider").value })
+      .then(enrolStep, (e) => sayError($("enrol-result"), e));
+  });
+  onSubmit("enrol-code-form", () => {
     if (!enrolment) return;
     const body = { provider: enrolment.provider, state: enrolment.state, code: $("enrol-code").value.trim() };
-    api("POST", "/v1/enrolments/continue", body).then(enrolStep, showError);
-  };
-  onSubmit("user-form", saveUser);
-  onSubmit("unlock-form", () => {
-    const account = $("unlock-account").value.trim();
-    const provider = $("unlock-provider").value.trim();
-    return api("POST", path("/v1/users", account) + "/unlock", { provider }).then((v) => {
-      $("unlock-result").textContent = v.unlocked
-        ? account + " may use " + provider + " again."
-        : account + " was not locked out of " + provider + ".";
-    });
+    say($("enrol-result"), "Checking…", "");
+    api("POST", "/v1/enrolments/continue", body).then(enrolStep, (e) => sayError($("enrol-result"), e));
   });
-  onSubmit("role-form", saveRole);
-  onSubmit("token-form", () => {
-    const body = { account: $("token-account").value.trim(), label: $("token-label").value, admin: $("token-admin").checked };
-    return api("POST", "/v1/tokens", body).then((t) => {
-      // Shown once, here only; it is not kept by the page.
-      $("token-issued").textContent = "Token for " + body.account + " (shown once): " + t.token;
-      $("token-form").reset();
-      return loadTokens();
-    });
-  });
-  $("verify").onclick = () => api("GET", "/v1/events/verify").then((v) => {
-    $("verify-result").textContent = v.intact
-      ? "intact: " + v.events + " events"
-      : "BROKEN at event " + v.seq + ": " + v.reason;
-  }, showError);
-  // A link followed while signed in (the CLI's, pasted into this tab).
-  window.addEventListener("hashchange", () => { if (me) followLink().catch(showError); });
-  if (token) signIn().catch(showError);
+  if (typeof wireAdmin === "function") wireAdmin();
+  window.addEventListener("hashchange", () => { route(); });
+  if (token) signIn().catch((e) => sayError($("error"), e));
 });

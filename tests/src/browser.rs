@@ -253,6 +253,75 @@ impl Browser {
         .await;
     }
 
+    /// Runs a Chrome DevTools Protocol command through chromedriver (`goog/cdp/execute`)
+    /// and returns its result.
+    pub async fn cdp(&self, cmd: &str, params: Value) -> Value {
+        self.cmd(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": cmd, "params": params})),
+        )
+        .await
+    }
+
+    /// Makes the page's viewport `width` x `height` CSS pixels (DevTools device metrics;
+    /// below 600 px wide as a phone, with its meta viewport applied).
+    pub async fn set_viewport(&self, width: u32, height: u32) {
+        self.cdp(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}),
+        )
+        .await;
+    }
+
+    /// Saves a PNG of the whole page (beyond the viewport too) to `path`, making its folder.
+    pub async fn screenshot(&self, path: &std::path::Path) {
+        use base64::Engine as _;
+        let v = self
+            .cdp(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(v["data"].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("screenshot: {e}"));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        }
+        std::fs::write(path, png).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+
+    /// Sends keys to the element without clearing it first (WebDriver key codes: Escape is
+    /// `\u{E00C}`, Enter `\u{E007}`, Tab `\u{E004}`).
+    pub async fn press(&self, css: &str, keys: &str) {
+        let id = self.element(css).await;
+        self.cmd(
+            "POST",
+            &format!("/element/{id}/value"),
+            Some(json!({"text": keys})),
+        )
+        .await;
+    }
+
+    /// Waits (bounded, `secs`) until `script` returns true; panics with `what` and every
+    /// status line the page shows otherwise.
+    pub async fn wait_until(&self, script: &str, what: &str, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if self.eval(script).await == Value::Bool(true) {
+                return;
+            }
+            if Instant::now() > deadline {
+                let said = self
+                    .eval("return [...document.querySelectorAll('.status')].map(e => e.textContent).filter(t => t).join(' | ') + ' @ ' + location.hash")
+                    .await;
+                panic!("waited {secs} s for {what}; the page says: {said}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Opens the page at `url` and signs in with `token`, waiting (bounded) for the
     /// signed-in page.
     pub async fn sign_in(&self, url: &str, token: &str) {

@@ -4,11 +4,13 @@
 mod anchor;
 mod api;
 mod check_cli;
+mod console;
 mod guide;
 mod health;
 mod isolation;
 mod loader;
 mod migration;
+mod openapi;
 mod separation;
 mod service;
 mod smartcard;

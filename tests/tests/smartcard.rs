@@ -169,10 +169,16 @@ async fn a_piv_card_enrols_and_activates_a_role_through_pcscd() {
     // answers it, and it follows the request while the terminal answers.
     let _card = Card::insert(&pcscd, CardSpec::new(&jdoe, "123456"));
     let b = Browser::start().await;
-    b.sign_in(&format!("{}/", d.url), &token).await;
-    b.type_into("#role", "Domain Admins").await;
+    // The console's request screen, the role picked from My roles' link.
+    b.sign_in(&format!("{}/#/activate/Domain%20Admins", d.url), &token)
+        .await;
+    b.wait_for(
+        "return document.getElementById('role').value === 'Domain Admins'",
+        "the role picked",
+    )
+    .await;
     b.type_into("#justification", "from the page").await;
-    b.click("#request-form button").await;
+    b.click("#request-form button[type=submit]").await;
     b.wait_for(
         "return document.getElementById('mfa-message').textContent.includes('rolegate request answer ')",
         "the smartcard prompt's command",

@@ -110,20 +110,20 @@ async fn setup(d: &Daemon) -> String {
     t["token"].as_str().unwrap().to_string()
 }
 
-/// Enrols in `provider` from the page's Enrol tab, naming the credential `label`; the text
-/// the page shows when it is over (the result, or the error line).
+/// Enrols in `provider` from the console's Enrol screen, naming the credential `label`; the
+/// text the page shows beside the enrolment when it is over (the result, or the error).
 async fn enrol(b: &Browser, provider: &str, label: &str) -> String {
-    b.click("button[data-tab=enrol]").await;
+    b.eval("location.hash = '#/enrol'; return true").await;
     b.wait_for(
         &format!("return !!document.querySelector('#enrol-provider option[value=\"{provider}\"]')"),
         "the providers that need enrolment",
     )
     .await;
     b.eval(&format!(
-        "document.getElementById('enrol-provider').value = '{provider}'; document.getElementById('enrol-result').textContent = ''; document.getElementById('error').textContent = ''; return true"
+        "document.getElementById('enrol-provider').value = '{provider}'; document.getElementById('enrol-result').textContent = ''; return true"
     ))
     .await;
-    b.click("#enrol-form button").await;
+    b.click("#enrol-form button[type=submit]").await;
     b.wait_for(
         "return !document.getElementById('enrol-webauthn').hidden",
         "the WebAuthn enrolment step",
@@ -131,42 +131,48 @@ async fn enrol(b: &Browser, provider: &str, label: &str) -> String {
     .await;
     b.type_into("#enrol-label", label).await;
     b.click("#enrol-webauthn-go").await;
-    b.wait_for(
-        "return document.getElementById('enrol-result').textContent !== '' || document.getElementById('error').textContent !== ''",
-        "the enrolment's end",
-    )
-    .await;
-    b.eval("return document.getElementById('enrol-result').textContent || document.getElementById('error').textContent")
-        .await
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
+    b.wait_for(ENROL_OVER, "the enrolment's end").await;
+    b.text("#enrol-result").await
 }
 
-/// Requests `role` with `provider` from the page and confirms with the authenticator; what
-/// the page says of the request in the end (or its error line).
+/// The enrolment's status line says how it ended (not that it is under way).
+const ENROL_OVER: &str = "const s = document.getElementById('enrol-result').classList; return s.contains('ok') || s.contains('err')";
+
+/// Requests `role` with `provider` from the console's request screen (the role preselected
+/// by its link) and confirms with the authenticator; what the page says of the request in
+/// the end (or the refusal beside the form or the prompt).
 async fn activate(b: &Browser, role: &str, provider: &str, justification: &str) -> String {
-    b.click("button[data-tab=activate]").await;
+    b.eval(&format!(
+        "location.hash = '#/activate/' + encodeURIComponent({}); return true",
+        json!(role)
+    ))
+    .await;
     b.wait_for(
         &format!(
-            "return !!document.querySelector('#request-provider option[value=\"{provider}\"]')"
+            "return document.getElementById('scr-activate').dataset.loaded === 'yes' && document.getElementById('role').value === {} && !!document.querySelector('#request-provider option[value=\"{provider}\"]')",
+            json!(role)
         ),
-        "the factors to choose from",
+        "the role picked and its factors to choose from",
     )
     .await;
     b.eval(&format!(
-        "document.getElementById('request-provider').value = '{provider}'; document.getElementById('request-result').textContent = ''; document.getElementById('error').textContent = ''; return true"
+        "document.getElementById('request-provider').value = '{provider}'; document.getElementById('request-result').textContent = ''; return true"
     ))
     .await;
-    b.type_into("#role", role).await;
     b.type_into("#justification", justification).await;
     b.type_into("#minutes", "30").await;
-    b.click("#request-form button").await;
+    b.click("#request-form button[type=submit]").await;
     b.wait_for(
-        "return !document.getElementById('webauthn').hidden || document.getElementById('request-result').textContent !== '' || document.getElementById('error').textContent !== ''",
+        "return document.getElementById('request-form-status').classList.contains('err') || document.getElementById('request-result').textContent !== ''",
         "the WebAuthn prompt",
     )
     .await;
+    if b.eval("return document.getElementById('request-form-status').classList.contains('err')")
+        .await
+        == Value::Bool(true)
+    {
+        return b.text("#request-form-status").await;
+    }
     if b.eval("return !document.getElementById('webauthn').hidden")
         .await
         == Value::Bool(true)
@@ -178,16 +184,37 @@ async fn activate(b: &Browser, role: &str, provider: &str, justification: &str) 
         );
         b.click("#webauthn-go").await;
         b.wait_for(
-            "return document.getElementById('request-result').textContent !== '' || document.getElementById('error').textContent !== ''",
+            "return document.getElementById('mfa-status').classList.contains('err') || !document.getElementById('request-result').textContent.includes('waiting for your second factor')",
             "the request's end",
         )
         .await;
     }
-    b.eval("return document.getElementById('request-result').textContent || document.getElementById('error').textContent")
+    b.eval("return document.getElementById('request-result').textContent + ' ' + document.getElementById('mfa-status').textContent")
         .await
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// Closes the user's open requests for `role` (one at a time per role: the next request for
+/// it would be refused).
+async fn close_open(d: &Daemon, user: &str, role: &str) {
+    let (_, list) = call(d, Some(user), "GET", "/v1/requests", None).await;
+    for v in list.as_array().cloned().unwrap_or_default() {
+        let open = ["active", "scheduled", "pending_mfa", "pending_approval"];
+        if v["role"] == role && open.contains(&v["state"].as_str().unwrap_or_default()) {
+            let id = v["id"].as_str().unwrap_or_default();
+            let (s, e) = call(
+                d,
+                Some(user),
+                "POST",
+                &format!("/v1/requests/{id}/close"),
+                None,
+            )
+            .await;
+            assert_eq!(s, 200, "{e}");
+        }
+    }
 }
 
 async fn events(d: &Daemon, id: u32) -> Vec<Value> {
@@ -248,6 +275,7 @@ async fn windows_hello_enrols_and_activates_in_a_real_browser() {
     assert!(!events(&d, 203).await.is_empty());
     // Requested in a terminal: the CLI gives the link to the request's prompt on the page,
     // where the ceremony completes it.
+    close_open(&d, &user, "Domain Admins").await;
     let (okay, out) = cli(
         &d,
         &user,
@@ -302,12 +330,14 @@ async fn windows_hello_enrols_and_activates_in_a_real_browser() {
     let key = b.add_authenticator("usb", false).await;
     let said = enrol(&b, "security-key", "yubikey").await;
     assert!(said.starts_with("Enrolled"), "{said}");
+    close_open(&d, &user, "Key only").await;
     let said = activate(&b, "Key only", "security-key", "key please").await;
     assert!(said.contains(" is active until "), "{said}");
     // The Windows Hello credential signs a key-only request's very challenge (the page's
     // code, told to use the laptop's credential; the key unplugged): refused, the request
     // still waiting.
     b.remove_authenticator(&key).await;
+    close_open(&d, &user, "Key only").await;
     let (s, r) = call(
         &d,
         Some(&user),
@@ -358,6 +388,7 @@ async fn windows_hello_enrols_and_activates_in_a_real_browser() {
     )
     .await;
     assert!(s >= 400, "{r}");
+    close_open(&d, &user, "Domain Admins").await;
     let (okay, out) = cli(
         &d,
         &user,
@@ -381,6 +412,7 @@ async fn windows_hello_enrols_and_activates_in_a_real_browser() {
     b.remove_authenticator(&hello).await;
     let clone = b.add_authenticator("internal", true).await;
     b.add_credential(&clone, copy).await;
+    close_open(&d, &user, "Domain Admins").await;
     let said = activate(&b, "Domain Admins", "windows-hello", "cloned").await;
     assert!(said.contains("set aside for an administrator"), "{said}");
     let flagged = events(&d, 312).await;
@@ -407,6 +439,7 @@ async fn windows_hello_enrols_and_activates_in_a_real_browser() {
         .find(|c| c["provider"] == "windows-hello")
         .unwrap();
     assert!(hello_cred["flag"].is_string(), "{creds}");
+    close_open(&d, &user, "Domain Admins").await;
     let said = activate(&b, "Domain Admins", "windows-hello", "again").await;
     assert!(said.contains("not enrolled"), "{said}");
 }
@@ -431,15 +464,8 @@ async fn windows_hello_refuses_an_authenticator_that_is_not_windows_hello() {
     .await;
     b.type_into("#enrol-label", "not hello").await;
     b.click("#enrol-webauthn-go").await;
-    b.wait_for(
-        "return document.getElementById('enrol-result').textContent !== '' || document.getElementById('error').textContent !== ''",
-        "the enrolment's end",
-    )
-    .await;
-    let said = b
-        .eval("return document.getElementById('enrol-result').textContent + document.getElementById('error').textContent")
-        .await;
-    let said = said.as_str().unwrap_or_default();
+    b.wait_for(ENROL_OVER, "the enrolment's end").await;
+    let said = b.text("#enrol-result").await;
     assert!(
         said.contains(&format!("AAGUID {VIRTUAL_AAGUID}"))
             && said.contains("not one this provider accepts"),

@@ -1,6 +1,7 @@
-//! The web page for candidates, approvers and admins: one static page over the JSON API,
-//! built into the binary and served with a strict Content-Security-Policy (no inline script,
-//! no third-party origin, no framing).
+//! The web console for candidates, approvers and admins: one static page of screens over the
+//! JSON API (hash-routed: `#/roles`, `#/requests`, …), built into the binary and served with a
+//! strict Content-Security-Policy (no inline script or style, no third-party origin, no
+//! framing). `docs/console.md` describes the screens.
 
 use axum::Router;
 use axum::http::{HeaderValue, header};
@@ -8,7 +9,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 const INDEX: &str = include_str!("../../ui/index.html");
+const LIB_JS: &str = include_str!("../../ui/lib.js");
 const APP_JS: &str = include_str!("../../ui/app.js");
+const ADMIN_JS: &str = include_str!("../../ui/admin.js");
 const APP_CSS: &str = include_str!("../../ui/app.css");
 
 /// The policy every page response carries.
@@ -35,17 +38,18 @@ fn page(content_type: &'static str, body: &'static str) -> Response {
     r
 }
 
-/// The page's routes: `/`, `/ui/app.js`, `/ui/app.css`.
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// The page's routes: `/`, `/ui/lib.js`, `/ui/app.js`, `/ui/admin.js`, `/ui/app.css`.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route(
             "/",
             get(|| async { page("text/html; charset=utf-8", INDEX) }),
         )
-        .route(
-            "/ui/app.js",
-            get(|| async { page("text/javascript; charset=utf-8", APP_JS) }),
-        )
+        .route("/ui/lib.js", get(|| async { page(JS, LIB_JS) }))
+        .route("/ui/app.js", get(|| async { page(JS, APP_JS) }))
+        .route("/ui/admin.js", get(|| async { page(JS, ADMIN_JS) }))
         .route(
             "/ui/app.css",
             get(|| async { page("text/css; charset=utf-8", APP_CSS) }),
