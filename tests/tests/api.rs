@@ -2878,6 +2878,104 @@ async fn a_killed_daemon_loses_no_activation_it_reported() {
 }
 
 #[tokio::test]
+async fn a_role_naming_an_unknown_provider_candidate_or_approver_is_refused_naming_each() {
+    let d = start();
+    let admin = d.admin.clone();
+    new_user(&d, &admin, json!({"account": "CONTOSO\\jdoe"})).await;
+    let role = |providers: Value, candidates: Value, approvers: Value| {
+        json!({"name": "Ops", "candidates": candidates, "approvers": approvers, "ttl_s": 60,
+               "max_ttl_s": 60, "mfa_enabled": true, "approval_enabled": true,
+               "providers": providers})
+    };
+    let (s, e) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/roles",
+        Some(role(
+            json!(["totpp"]),
+            json!(["CONTOSO\\jdoe"]),
+            json!(["CONTOSO\\jdoe"]),
+        )),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    let m = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("unknown provider `totpp`") && m.contains("(configured: `hello`)"),
+        "{m}"
+    );
+    let (s, e) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/roles",
+        Some(role(
+            json!(["hello"]),
+            json!(["CONTOSO\\jdoe", "ghost"]),
+            json!(["boss"]),
+        )),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    let m = e["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        m.contains("candidate `ghost`") && m.contains("approver `boss`"),
+        "{m}"
+    );
+    let (s, roles) = call(&d, Some(&admin), "GET", "/v1/roles", None).await;
+    assert_eq!((s, roles), (200, json!([])), "nothing stored");
+    // The CLI says the same, as a sentence.
+    let (ok, out) = cli(
+        &d,
+        &admin,
+        &[
+            "role",
+            "new",
+            "Ops",
+            "--candidates",
+            "CONTOSO\\jdoe",
+            "--ttl",
+            "60",
+            "--mfa-enabled",
+            "yes",
+            "--providers",
+            "totpp",
+        ],
+        "",
+    );
+    assert!(!ok && out.contains("unknown provider `totpp`"), "{out}");
+    // Spelled right, it is taken; an edit adding a stranger is refused.
+    let (s, e) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/roles",
+        Some(role(
+            json!(["hello"]),
+            json!(["contoso\\JDOE"]),
+            json!(["CONTOSO\\jdoe"]),
+        )),
+    )
+    .await;
+    assert_eq!(s, 201, "{e}");
+    let (s, e) = call(
+        &d,
+        Some(&admin),
+        "PUT",
+        "/v1/roles/Ops",
+        Some(role(
+            json!(["hello"]),
+            json!(["CONTOSO\\jdoe", "eve"]),
+            json!(["CONTOSO\\jdoe"]),
+        )),
+    )
+    .await;
+    assert_eq!(s, 422, "{e}");
+    assert!(e.to_string().contains("candidate `eve`"), "{e}");
+}
+
+#[tokio::test]
 async fn request_list_all_shows_an_admin_everyones_requests_with_filters() {
     let d = start();
     let admin = d.admin.clone();
