@@ -177,3 +177,79 @@ async fn a_code_sent_with_the_request_activates_through_a_worker_process() {
     assert_eq!(v.state, "active", "{v:?}");
     assert_eq!(w.event_ids(&v.id).await, [200, 103, 203]);
 }
+
+impl World {
+    /// Another host on the same store (a second service over the same database and key, its
+    /// own plugin instance and caches), as two daemons sharing PostgreSQL are.
+    async fn second_host(&self) -> Service {
+        let totp = rolegate_e2e::provider_config("totp", totp_lib(), "in-process");
+        let providers = rolegate_e2e::load_providers(vec![totp]).await.unwrap();
+        let store = Arc::new(self._at.open().await);
+        let key =
+            Arc::new(SealingKey::load_or_create(&self._at.path().join("rolegate.key")).unwrap());
+        Service::new(
+            store,
+            Arc::new(providers),
+            self.clock.clone(),
+            key,
+            Settings::default(),
+        )
+    }
+}
+
+both! {
+    #[tokio::test]
+    async fn any_host_continues_a_challenge_another_host_took_a_wrong_answer_to(backend) {
+        // Issue 33: created on A (which keeps it for the answer), answered wrongly on B, then
+        // rightly on A — A must judge against the request as stored, not its own copy.
+        let w = world(backend, "in-process").await;
+        let b = w.second_host().await;
+        let v = w.service.request(JDOE, "totp", "x", None, None).await.unwrap();
+        assert_eq!(v.state, "pending_mfa", "{v:?}");
+        let wrong = b
+            .answer(&v.id, JDOE, Input::Code { code: "000000".into() })
+            .await
+            .unwrap();
+        assert_eq!(wrong.state, "pending_mfa", "{wrong:?}");
+        let done = w
+            .service
+            .answer(&v.id, JDOE, Input::Code { code: w.code(0) })
+            .await
+            .unwrap();
+        assert_eq!(done.state, "active", "{done:?}");
+        assert_eq!(w.event_ids(&v.id).await, [200, 103, 203]);
+        let chain = w.service.store().read_long(rolegate::records::events::verify).await.unwrap();
+        assert!(matches!(chain, rolegate::records::events::Verification::Intact(_)), "{chain:?}");
+    }
+}
+
+both! {
+    #[tokio::test]
+    async fn a_code_used_on_two_hosts_at_once_counts_once_and_the_other_hears_it_was_used(backend) {
+        let w = world(backend, "in-process").await;
+        let b = w.second_host().await;
+        // Two requests (two roles: one live per user and role), one on each host.
+        let r1 = w.service.request(JDOE, "totp", "x", None, None).await.unwrap();
+        let r2 = b.request(JDOE, "totp-approved", "x", None, None).await.unwrap();
+        let code = w.code(0);
+        let (a1, a2) = tokio::join!(
+            w.service.answer(&r1.id, JDOE, Input::Code { code: code.clone() }),
+            b.answer(&r2.id, JDOE, Input::Code { code }),
+        );
+        let moved = |r: &rolegate::Result<RequestView>| {
+            matches!(r, Ok(v) if v.state == "active" || v.state == "pending_approval")
+        };
+        assert_eq!(
+            [moved(&a1), moved(&a2)].iter().filter(|m| **m).count(),
+            1,
+            "one code, one success: {a1:?} {a2:?}"
+        );
+        let other = if moved(&a1) { &a2 } else { &a1 };
+        let said = match other {
+            Ok(v) => v.reason.clone().unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        assert!(said.contains("used already"), "the second hears the code was used: {said}");
+        assert!(!said.contains("an admin"), "{said}");
+    }
+}

@@ -46,10 +46,36 @@ impl Service {
         account: &str,
         input: Option<Input>,
     ) -> Result<RequestView> {
+        let kept = self.recall(id, account);
+        if kept.is_none() {
+            return self.continue_mfa_from(id, account, input, None).await;
+        }
+        match self
+            .continue_mfa_from(id, account, input.clone(), kept)
+            .await
+        {
+            // The request this host kept moved on elsewhere since (another host, sharing
+            // PostgreSQL, took a wrong answer to it): any host continues any challenge, so
+            // the answer is judged again against the request as it is stored now.
+            Err(Error::Conflict(m)) if m.ends_with(ALREADY_ANSWERED) => {
+                self.continue_mfa_from(id, account, input, None).await
+            }
+            other => other,
+        }
+    }
+
+    /// [`Service::continue_mfa`] from the request this host kept (`kept`), or as stored.
+    async fn continue_mfa_from(
+        &self,
+        id: &str,
+        account: &str,
+        input: Option<Input>,
+        kept: Option<Awaiting>,
+    ) -> Result<RequestView> {
         let now = self.clock.now();
         // Only a typed answer can be wrong and asked again; a poll's outcome ends the call.
         let answered = input.is_some();
-        let (stored, user, credential_rows, kept_state, vouch) = match self.recall(id, account) {
+        let (stored, user, credential_rows, kept_state, vouch) = match kept {
             Some(a) => (a.stored, a.user, a.credentials, Some(a.state), a.vouch),
             None => match self.pending(id, account).await {
                 Ok((stored, user, creds)) => (stored, user, creds, None, None),
@@ -110,9 +136,9 @@ impl Service {
                         {
                             Error::Conflict(m)
                         }
-                        Error::Conflict(_) => Error::Conflict(format!(
-                            "request `{id}` changed meanwhile: this prompt was already answered"
-                        )),
+                        Error::Conflict(_) => {
+                            Error::Conflict(format!("request `{id}` {ALREADY_ANSWERED}"))
+                        }
                         e => e,
                     }
                 })
@@ -160,8 +186,10 @@ const CREDENTIALS_CHANGED: &str =
     "the credentials changed while the answer was checked (an admin removed or replaced one)";
 
 /// Why an answer was undone when another answer changed its credential first.
-const CREDENTIAL_RACE: &str =
-    "the credential changed meanwhile (another request used it): answer again with a new code";
+const CREDENTIAL_RACE: &str = "this code was used already: another request used the credential meanwhile (a code counts once); answer again with a new code";
+
+/// The end of the refusal of an answer to a request that moved on while it was judged.
+const ALREADY_ANSWERED: &str = "changed meanwhile: this prompt was already answered";
 
 /// Prepares an approval's credential update for the write: the stored sealed value it was
 /// computed from, and the new value sealed here rather than on the writer's thread.
@@ -208,18 +236,30 @@ fn still_allowed(
     }
     ensure_enabled(tx, &s.account_key)?;
     let rows = tx.query(
-        "SELECT sealed FROM credentials WHERE account_key = $1 AND provider = $2 AND flag IS NULL",
+        "SELECT id, sealed FROM credentials WHERE account_key = $1 AND provider = $2 AND flag IS NULL",
         &[s.account_key.clone().into(), provider.into()],
     )?;
-    let mut current: Vec<Vec<u8>> = rows.iter().filter_map(|r| r.blob(0).ok()).collect();
+    let mut current: Vec<(String, Vec<u8>)> = rows
+        .iter()
+        .filter_map(|r| Some((r.text(0).ok()?, r.blob(1).ok()?)))
+        .collect();
     current.sort();
-    if current != relied.seen {
+    if current == relied.seen {
+        return Ok(());
+    }
+    // The same credentials with another value: another request's answer used one (a TOTP
+    // code's step, a key's counter) — on this host or another sharing the database.
+    let ids = |v: &[(String, Vec<u8>)]| v.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
+    if ids(&current) == ids(&relied.seen) {
         return Err(Error::Conflict(format!(
-            "{CREDENTIALS_CHANGED}: `{}` in `{provider}` (request `{}`)",
-            s.view.account, s.view.id
+            "{CREDENTIAL_RACE} (request `{}`)",
+            s.view.id
         )));
     }
-    Ok(())
+    Err(Error::Conflict(format!(
+        "{CREDENTIALS_CHANGED}: `{}` in `{provider}` (request `{}`)",
+        s.view.account, s.view.id
+    )))
 }
 
 /// Refuses the write of a verdict while the request's account is locked out of its

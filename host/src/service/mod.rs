@@ -341,8 +341,8 @@ struct Awaiting {
 /// What the answer's write relied on: the provider's credentials as the provider saw them,
 /// and, when the writer can vouch for it, the read of the account they came from.
 struct Relied {
-    /// The sealed values of the provider's credentials, sorted.
-    seen: Vec<Vec<u8>>,
+    /// The provider's credentials (id, sealed value), sorted.
+    seen: Vec<(String, Vec<u8>)>,
     /// The read, when the store keeps an account of changed keys (SQLite).
     vouch: Option<Vouch>,
 }
@@ -350,10 +350,10 @@ struct Relied {
 impl Relied {
     /// The provider's credentials among a user's rows, and the read they came from.
     fn new(rows: &[Row], provider: &str, vouch: Option<Vouch>) -> Self {
-        let mut seen: Vec<Vec<u8>> = rows
+        let mut seen: Vec<(String, Vec<u8>)> = rows
             .iter()
             .filter(|r| r.text(1).is_ok_and(|p| p == provider) && usable(r))
-            .filter_map(|r| r.blob(3).ok())
+            .filter_map(|r| Some((r.text(0).ok()?, r.blob(3).ok()?)))
             .collect();
         seen.sort();
         Self { seen, vouch }

@@ -486,7 +486,7 @@ fn settle(
                 )?
             {
                 return Err(Error::Conflict(format!(
-                    "the credential changed meanwhile (another request used it): answer the trial factor of request `{id}` again with a new code"
+                    "this code was used already: another request used the credential meanwhile; answer the trial factor of request `{id}` again with a new code"
                 )));
             }
             end(
