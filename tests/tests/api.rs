@@ -3135,6 +3135,19 @@ async fn the_configs_owner_issues_an_admin_token_offline_when_none_is_left() {
 }
 
 #[tokio::test]
+async fn sighup_without_tls_or_access_log_reloads_nothing_and_the_daemon_keeps_serving() {
+    // `systemctl reload rolegate` sends SIGHUP: it must never stop the gate (systemd counts a
+    // death by SIGHUP as a clean exit, and would not restart it).
+    let d = start();
+    d.hangup();
+    assert!(d.said("SIGHUP").contains("nothing to reload"));
+    d.hangup();
+    d.said("nothing to reload");
+    let (s, me) = call(&d, Some(&d.admin), "GET", "/v1/me", None).await;
+    assert_eq!(s, 200, "still serving: {me}");
+}
+
+#[tokio::test]
 async fn sigterm_stops_the_daemon_cleanly_and_a_restart_finds_everything() {
     let d = start();
     let admin = d.admin.clone();

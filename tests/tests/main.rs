@@ -11,6 +11,7 @@ mod isolation;
 mod loader;
 mod migration;
 mod openapi;
+mod package;
 mod separation;
 mod service;
 mod smartcard;

@@ -374,15 +374,14 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
 /// What SIGHUP (`systemctl reload rolegate`, a certificate renewal hook, logrotate) does: the
 /// TLS certificate and key are read again, and the access log is opened again. Says which
 /// certificate HTTPS is served with, and warns twice a day while it nears its end. Without
-/// either, SIGHUP keeps its usual meaning.
+/// either, SIGHUP reloads nothing and is said to — it never stops the daemon (systemd's
+/// `ExecReload` sends it, and a gate stopped by a reload would stay down: systemd counts a
+/// death by SIGHUP as a clean exit).
 pub(crate) fn on_hangup(
     tls: Option<std::sync::Arc<rolegate::http::tls::ServerTls>>,
     access_log: Option<rolegate::http::access::AccessLog>,
 ) -> anyhow::Result<()> {
     use rolegate::http::tls::EXPIRY_WARNING;
-    if tls.is_none() && access_log.is_none() {
-        return Ok(());
-    }
     let file = tls
         .as_ref()
         .map(|t| t.cert_path().display().to_string())
@@ -423,6 +422,10 @@ pub(crate) fn on_hangup(
                 got = hup.recv() => {
                     if got.is_none() {
                         break;
+                    }
+                    if tls.is_none() && access_log.is_none() {
+                        let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("rolegate: SIGHUP: nothing to reload (no TLS, no access log)\n"));
+                        continue;
                     }
                     if let Some(log) = &access_log {
                         log.reopen();
