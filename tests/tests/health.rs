@@ -371,3 +371,91 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Issue 33: a host whose PostgreSQL is unreachable stays alive (`/healthz`), says it is not
+/// ready (`/readyz` 503) so that a load balancer takes it out, answers calls with 503
+/// `store_unavailable` and Retry-After instead of a 500, and serves again once the database is
+/// back — reconnecting by itself.
+#[tokio::test]
+async fn a_host_whose_database_is_away_is_alive_not_ready_and_comes_back() {
+    let conn = rolegate_e2e::pg::fresh_database();
+    let port: u16 = conn
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    let proxy = rolegate_e2e::proxy::Cuttable::start(([127, 0, 0, 1], port).into());
+    let through = conn.replace(&format!("port={port}"), &format!("port={}", proxy.port));
+    let d = start("ok", &format!("\n[store]\npostgres = \"{through}\"\n"));
+    let admin = d.admin.clone();
+    let client = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut r = client.get(format!("{}{path}", d.url));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(String::from);
+            (status, retry, r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/readyz", None).await.0, 200);
+    assert_eq!(get("/v1/roles", Some(&admin)).await.0, 200);
+
+    proxy.cut();
+    let (s, _, body) = get("/healthz", None).await;
+    assert_eq!(
+        (s, body.as_str()),
+        (200, "ok"),
+        "alive: liveness does not ask the store"
+    );
+    let (s, retry, body) = get("/readyz", None).await;
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        retry.is_some() && body.contains("store_unavailable"),
+        "{retry:?} {body}"
+    );
+    // A read and a write: 503 with Retry-After, never a 500.
+    let (s, retry, body) = get("/v1/roles", Some(&admin)).await;
+    assert_eq!((s, retry.as_deref()), (503, Some("5")), "{body}");
+    assert!(body.contains("the store is unreachable now"), "{body}");
+    let (s, e) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (503, &json!("store_unavailable")),
+        "{e}"
+    );
+
+    // Back: ready again within a few seconds, and the write goes through.
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get("/readyz", None).await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready again 15 s after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, e) = call(
+        &d,
+        Some(&admin),
+        "POST",
+        "/v1/users",
+        Some(json!({"account": "jdoe"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{e}");
+}

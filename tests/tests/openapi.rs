@@ -24,7 +24,7 @@ fn start() -> Daemon {
 }
 
 /// The two operations that need no token.
-const PUBLIC: [&str; 2] = ["/healthz", "/openapi.json"];
+const PUBLIC: [&str; 3] = ["/healthz", "/readyz", "/openapi.json"];
 
 const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 

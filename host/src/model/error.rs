@@ -188,6 +188,16 @@ pub enum Error {
         /// Which row and column, and what it holds.
         message: String,
     },
+    /// The database cannot be reached (refused, dropped or timed-out connection, a server
+    /// shutting down): the call may succeed later, on this host or another.
+    #[error("database unreachable: {what}: {message}")]
+    StoreUnavailable {
+        /// What was being done.
+        what: String,
+        /// The connection's error.
+        message: String,
+    },
+
     /// The database failed.
     #[error("database: {what}: {message}")]
     Store {

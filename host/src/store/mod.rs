@@ -281,6 +281,10 @@ impl From<postgres::Postgres> for Store {
     }
 }
 
+/// How [`Error::StoreUnavailable`] reads: a batch's failure that starts so was the database
+/// going away.
+pub(crate) const UNREACHABLE: &str = "database unreachable:";
+
 /// Tells a queued write's caller how its batch's commit went (`Some(error)` when it failed).
 pub(crate) type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 /// A queued write: runs in the batch's transaction, says whether it succeeded.
@@ -328,6 +332,14 @@ impl Writer {
                         metrics.committed(events);
                         Ok(v)
                     }
+                    // A batch that failed because the database went away says so (a 503
+                    // to the caller, not a 500).
+                    (Ok(_), Some(e)) if e.starts_with(UNREACHABLE) => {
+                        Err(Error::StoreUnavailable {
+                            what: "committing".into(),
+                            message: e.to_string(),
+                        })
+                    }
                     (Ok(_), Some(e)) => Err(Error::Store {
                         what: "committing".into(),
                         message: e.to_string(),
@@ -368,11 +380,18 @@ impl Writer {
     }
 }
 
-/// A transaction that refuses everything (its batch could not begin).
-pub(crate) struct FailTx(pub(crate) &'static str);
+/// A transaction that refuses everything (its batch could not begin): its backend, and
+/// whether that was because the database could not be reached.
+pub(crate) struct FailTx(pub(crate) &'static str, pub(crate) bool);
 
 impl Tx for FailTx {
     fn execute(&mut self, _: &str, _: &[Value]) -> Result<u64> {
+        if self.1 {
+            return Err(Error::StoreUnavailable {
+                what: "writing".into(),
+                message: "the transaction could not begin".into(),
+            });
+        }
         Err(Error::Store {
             what: "writing".into(),
             message: "the transaction could not begin".into(),

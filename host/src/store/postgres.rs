@@ -33,9 +33,31 @@ fn db_error(what: &str, e: &::postgres::Error) -> Error {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => e.to_string(),
     };
+    if unreachable(e) {
+        return Error::StoreUnavailable {
+            what: what.to_string(),
+            message,
+        };
+    }
     Error::Store {
         what: what.to_string(),
         message,
+    }
+}
+
+/// Whether an error says the server cannot be reached now, rather than that a statement
+/// failed: no SQLSTATE at all (the socket refused, dropped, timed out), class 08 (connection
+/// exception), or the server shutting down or starting (57P01–57P03).
+fn unreachable(e: &::postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => e.as_db_error().is_none(),
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+        }
     }
 }
 
@@ -386,6 +408,7 @@ fn write_loop(conn: Conn, config: &::postgres::Config, rx: mpsc::Receiver<Queued
         }
         let durable = batch.iter().any(|q| q.durable);
         let begun = begin(&mut conn, config, durable);
+        let away = matches!(begun, Err(Error::StoreUnavailable { .. }));
         let mut completions = Vec::with_capacity(batch.len());
         // Set when a savepoint could not be taken or undone: the transaction may be aborted,
         // and PostgreSQL answers COMMIT on an aborted transaction by rolling back quietly.
@@ -394,7 +417,7 @@ fn write_loop(conn: Conn, config: &::postgres::Config, rx: mpsc::Receiver<Queued
             let c = match (&begun, conn.as_mut()) {
                 (Ok(()), Some(c)) => c,
                 _ => {
-                    let (_, done) = job(&mut FailTx("postgres"));
+                    let (_, done) = job(&mut FailTx("postgres", away));
                     completions.push(done);
                     continue;
                 }
@@ -415,7 +438,13 @@ fn write_loop(conn: Conn, config: &::postgres::Config, rx: mpsc::Receiver<Queued
         }
         let outcome = match (&begun, conn.as_mut()) {
             (Err(e), _) => Some(e.to_string()),
-            (Ok(()), None) => Some("the connection was lost".to_string()),
+            (Ok(()), None) => Some(
+                Error::StoreUnavailable {
+                    what: "writing".into(),
+                    message: "the connection was lost".into(),
+                }
+                .to_string(),
+            ),
             (Ok(()), Some(c)) if broken => {
                 let _ = c.batch("ROLLBACK");
                 Some("the transaction failed and was rolled back".to_string())

@@ -141,6 +141,16 @@ impl From<Error> for ApiError {
                     ),
                 );
             }
+            // The database is away: a load balancer's retry (or the client's, after
+            // Retry-After) may find it back, or another host that reaches it.
+            Error::StoreUnavailable { .. } => {
+                tracing::warn!(error = %e, "the store is unreachable");
+                return ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    STORE_UNAVAILABLE,
+                    "the store is unreachable now: try again shortly".into(),
+                );
+            }
             // Named to the caller: the rows that can be malformed are an admin's to read.
             Error::Malformed { .. } => {
                 tracing::error!(error = %e, "a stored row is malformed");
@@ -160,15 +170,29 @@ impl From<Error> for ApiError {
     }
 }
 
+/// The error code of a call the store could not serve (503, with Retry-After).
+const STORE_UNAVAILABLE: &str = "store_unavailable";
+
+/// How long a client should wait before it tries again while the store is away, seconds.
+const STORE_RETRY_AFTER_S: &str = "5";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let retry = self.1 == STORE_UNAVAILABLE;
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.1.into(),
                 message: self.2,
             },
         };
-        (self.0, Json(body)).into_response()
+        let mut r = (self.0, Json(body)).into_response();
+        if retry {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(STORE_RETRY_AFTER_S),
+            );
+        }
+        r
     }
 }
 
@@ -334,6 +358,7 @@ fn api_routes() -> OpenApiRouter<Api> {
     use utoipa::OpenApi as _;
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(status::healthz))
+        .routes(routes!(status::readyz))
         .routes(routes!(openapi::openapi))
         .routes(routes!(status::metrics))
         .routes(routes!(users::me))

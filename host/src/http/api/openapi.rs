@@ -192,11 +192,22 @@ fn complete(doc: &mut Document) {
                 p.iter()
                     .any(|p| matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query))
             });
+            let has_body = op.request_body.is_some();
             let r = &mut op.responses.responses;
             let mut add = |status: &str, response: RefOr<Response>| {
                 r.entry(status.to_string()).or_insert(response);
             };
             if secured {
+                add(
+                    "503",
+                    error(if has_body {
+                        "`store_unavailable`: the store is unreachable now (Retry-After); \
+                         `busy`: too many large bodies are being received (Retry-After); or \
+                         `provider_unavailable`"
+                    } else {
+                        "`store_unavailable`: the store is unreachable now (Retry-After)"
+                    }),
+                );
                 add(
                     "401",
                     error("`unauthorized`: no `Authorization: Bearer` token, or not a valid one"),
@@ -283,12 +294,13 @@ mod tests {
                     ids.insert(id.to_string()),
                     "{method} {path}: id `{id}` twice"
                 );
-                let public = ["/healthz", "/openapi.json"].contains(&path.as_str());
+                let public = ["/healthz", "/readyz", "/openapi.json"].contains(&path.as_str());
                 assert_eq!(op["security"].is_array(), !public, "{method} {path}");
                 let text = op.to_string();
+                // Readiness is public, and its 503 has the error shape.
                 assert_eq!(
                     text.contains("#/components/schemas/ErrorBody"),
-                    !public,
+                    !public || path == "/readyz",
                     "{method} {path}"
                 );
             }

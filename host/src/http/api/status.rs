@@ -17,6 +17,49 @@ pub(super) async fn healthz() -> &'static str {
     "ok"
 }
 
+/// How long `/readyz` waits for the store before it calls this host not ready.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Readiness: whether this host can serve calls now — its store answers a read within 2 s.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "status",
+    summary = "Readiness",
+    description = "`ready` (200) while the store answers a read within 2 s; otherwise 503 \
+`store_unavailable` with Retry-After, for a load balancer to take this host out until its \
+database is back. `/healthz` is liveness only: it answers while the process serves, whatever \
+the store. Needs no token.",
+    responses(
+        (status = 200, description = "`ready`", content_type = "text/plain", body = String, example = "ready"),
+        (status = 503, description = "the store is unreachable (Retry-After)", body = ErrorBody),
+    ),
+    extensions(("x-rolegate-admin" = json!(false))),
+)]
+pub(super) async fn readyz(State(api): State<Api>) -> ApiResult<&'static str> {
+    let probe = api
+        .service
+        .store()
+        .read(|tx| tx.query("SELECT 1", &[]).map(drop));
+    match tokio::time::timeout(READY_WAIT, probe).await {
+        Ok(Ok(())) => Ok("ready"),
+        Ok(Err(e)) => Err(match e {
+            Error::StoreUnavailable { .. } => e.into(),
+            other => Error::StoreUnavailable {
+                what: "the readiness probe".into(),
+                message: other.to_string(),
+            }
+            .into(),
+        }),
+        Err(_) => Err(Error::StoreUnavailable {
+            what: "the readiness probe".into(),
+            message: format!("no answer within {} s", READY_WAIT.as_secs()),
+        }
+        .into()),
+    }
+}
+
 /// The metrics in Prometheus's text format, for the scrape token or an admin.
 #[utoipa::path(
     get,

@@ -174,7 +174,7 @@ pub(super) fn write_loop(
         let mut undo_all = false;
         for Queued { job, durable: d } in batch.drain(..) {
             if !begun || undo_all {
-                let (_, done) = job(&mut FailTx("sqlite"));
+                let (_, done) = job(&mut FailTx("sqlite", false));
                 at_once.push(done);
                 continue;
             }
