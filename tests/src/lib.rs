@@ -192,7 +192,7 @@ pub mod daemon;
 pub mod ldap;
 pub mod pcsc;
 pub mod pg;
-pub mod proxy;
 pub mod phonefactor;
+pub mod proxy;
 pub mod stores;
 pub mod twilio;

@@ -2882,39 +2882,27 @@ async fn a_role_naming_an_unknown_provider_candidate_or_approver_is_refused_nami
     let d = start();
     let admin = d.admin.clone();
     new_user(&d, &admin, json!({"account": "CONTOSO\\jdoe"})).await;
-    let role = |providers: Value, candidates: Value, approvers: Value| {
-        json!({"name": "Ops", "candidates": candidates, "approvers": approvers, "ttl_s": 60,
-               "max_ttl_s": 60, "mfa_enabled": true, "approval_enabled": true,
-               "providers": providers})
+    // A role `Ops` with these providers, candidates and approvers, sent by the admin.
+    let send = |method: &'static str, path: &'static str, p: Value, c: Value, a: Value| {
+        let role = json!({"name": "Ops", "candidates": c, "approvers": a, "ttl_s": 60,
+                          "max_ttl_s": 60, "mfa_enabled": true, "approval_enabled": true,
+                          "providers": p});
+        call(&d, Some(&admin), method, path, Some(role))
     };
-    let (s, e) = call(
-        &d,
-        Some(&admin),
-        "POST",
-        "/v1/roles",
-        Some(role(
-            json!(["totpp"]),
-            json!(["CONTOSO\\jdoe"]),
-            json!(["CONTOSO\\jdoe"]),
-        )),
-    )
-    .await;
+    let jdoe = || json!(["CONTOSO\\jdoe"]);
+    let (s, e) = send("POST", "/v1/roles", json!(["totpp"]), jdoe(), jdoe()).await;
     assert_eq!(s, 422, "{e}");
     let m = e["error"]["message"].as_str().unwrap_or_default();
     assert!(
         m.contains("unknown provider `totpp`") && m.contains("(configured: `hello`)"),
         "{m}"
     );
-    let (s, e) = call(
-        &d,
-        Some(&admin),
+    let (s, e) = send(
         "POST",
         "/v1/roles",
-        Some(role(
-            json!(["hello"]),
-            json!(["CONTOSO\\jdoe", "ghost"]),
-            json!(["boss"]),
-        )),
+        json!(["hello"]),
+        json!(["CONTOSO\\jdoe", "ghost"]),
+        json!(["boss"]),
     )
     .await;
     assert_eq!(s, 422, "{e}");
@@ -2926,49 +2914,26 @@ async fn a_role_naming_an_unknown_provider_candidate_or_approver_is_refused_nami
     let (s, roles) = call(&d, Some(&admin), "GET", "/v1/roles", None).await;
     assert_eq!((s, roles), (200, json!([])), "nothing stored");
     // The CLI says the same, as a sentence.
-    let (ok, out) = cli(
-        &d,
-        &admin,
-        &[
-            "role",
-            "new",
-            "Ops",
-            "--candidates",
-            "CONTOSO\\jdoe",
-            "--ttl",
-            "60",
-            "--mfa-enabled",
-            "yes",
-            "--providers",
-            "totpp",
-        ],
-        "",
-    );
+    let args =
+        "role new Ops --candidates CONTOSO\\jdoe --ttl 60 --mfa-enabled yes --providers totpp";
+    let (ok, out) = cli(&d, &admin, &args.split(' ').collect::<Vec<_>>(), "");
     assert!(!ok && out.contains("unknown provider `totpp`"), "{out}");
     // Spelled right, it is taken; an edit adding a stranger is refused.
-    let (s, e) = call(
-        &d,
-        Some(&admin),
+    let (s, e) = send(
         "POST",
         "/v1/roles",
-        Some(role(
-            json!(["hello"]),
-            json!(["contoso\\JDOE"]),
-            json!(["CONTOSO\\jdoe"]),
-        )),
+        json!(["hello"]),
+        json!(["contoso\\JDOE"]),
+        jdoe(),
     )
     .await;
     assert_eq!(s, 201, "{e}");
-    let (s, e) = call(
-        &d,
-        Some(&admin),
+    let (s, e) = send(
         "PUT",
         "/v1/roles/Ops",
-        Some(role(
-            json!(["hello"]),
-            json!(["CONTOSO\\jdoe", "eve"]),
-            json!(["CONTOSO\\jdoe"]),
-        )),
+        json!(["hello"]),
+        json!(["CONTOSO\\jdoe", "eve"]),
+        jdoe(),
     )
     .await;
     assert_eq!(s, 422, "{e}");

@@ -205,6 +205,18 @@ async fn a_role_activates_with_the_code_from_the_sms() {
     let e = w.service.answer(&v.id, JDOE, code(&c)).await.unwrap_err();
     assert!(e.to_string().contains("not waiting for MFA"), "{e}");
     assert_eq!(w.double.messages().len(), 1);
+    // A second request while the role is held: refused before anything is sent.
+    let e = w
+        .service
+        .request(JDOE, "sms-admins", "again", None, None)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(&v.id), "the first one named: {e}");
+    assert_eq!(
+        w.double.messages().len(),
+        1,
+        "no text for a refused request"
+    );
 }
 
 #[tokio::test]

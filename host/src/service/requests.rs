@@ -184,8 +184,6 @@ impl Service {
                 .await
                 .map(|v| (caller, v));
         }
-        // Before a provider starts anything for it.
-        self.refuse_second(&key, &role.name, ms(now)).await?;
         // MFA: pick the provider the user can use.
         let usability = |p: &str| {
             let Some(lp) = self.providers.get(p) else {
@@ -233,6 +231,19 @@ impl Service {
                     order.push(p.clone());
                 }
             }
+        }
+        // A second live request is refused before a provider that sends or calls starts
+        // anything for it (a text for a refused request). Quick providers (brief computation,
+        // no I/O: TOTP, WebAuthn, a card's challenge) start nothing: when every provider this
+        // request may try is one, the write's own check suffices — a read fewer on the hot path.
+        let quick = |p: &String| {
+            self.providers
+                .get(p)
+                .and_then(|p| p.info())
+                .is_some_and(|i| i.quick)
+        };
+        if !order.iter().all(quick) {
+            self.refuse_second(&key, &role.name, ms(now)).await?;
         }
         let mut fallbacks: Vec<Fallback> = Vec::new();
         let mut answer = answer;
