@@ -7,6 +7,7 @@ mod check_cli;
 mod console;
 mod guide;
 mod health;
+mod hosts;
 mod isolation;
 mod loader;
 mod migration;

@@ -410,14 +410,15 @@ pub(super) async fn remove_user(
         .service
         .store()
         .write(move |tx| {
-            if users::get(tx, &a)?.is_none() {
+            // The account as its user spells it, whatever the path's spelling.
+            let Some(a) = users::get(tx, &a)?.map(|u| u.account) else {
                 return Ok(None);
-            }
+            };
             // What the user holds or waits for ends with the account.
             let ended = crate::service::end_access(
                 tx,
                 &a,
-                &format!("`{}` was removed by `{}`", a.trim(), c.account),
+                &format!("`{a}` was removed by `{}`", c.account),
                 now_ms(),
             )?;
             users::remove(tx, &a)?;
