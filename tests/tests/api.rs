@@ -3095,6 +3095,8 @@ async fn the_configs_owner_issues_an_admin_token_offline_when_none_is_left() {
     let m = ev[0]["message"].as_str().unwrap_or_default();
     assert!(m.contains("offline") && m.contains("break glass"), "{ev}");
     assert!(!m.contains(&token), "never the token: {m}");
+    // The running daemon's next events follow the offline one in one chain.
+    new_user(&d, &token, json!({"account": "CONTOSO\\after"})).await;
     let (_, v) = call(&d, Some(&token), "GET", "/v1/events/verify", None).await;
     assert_eq!(v["intact"], true, "{v}");
 }
