@@ -183,6 +183,231 @@ fn from_row(r: &Row) -> Result<User> {
     })
 }
 
+/// A new user checked on its own (name, e-mail, display name, phone, mixed scripts), as it
+/// would be stored.
+fn checked(new: NewUser, rules: UserRules, now_ms: i64) -> Result<User> {
+    let account = new.account.trim().to_string();
+    crate::model::identity::check_name(crate::model::identity::NameKind::Account, &account)?;
+    if let Some(e) = &new.email {
+        check_email(e)?;
+    }
+    check_display_name(new.display_name.trim(), rules.display_name_chars)?;
+    let phone = normalise_phone(new.phone.as_deref(), rules.default_country_code)?;
+    if !rules.allow_lookalike
+        && let Some(label) = crate::model::identity::mixed_script_label(&account)
+    {
+        return Err(Error::Invalid {
+            what: "account".into(),
+            message: format!(
+                "{} mixes scripts in {} (a look-alike trick): check the spelling, or allow this one name with `--allow-lookalike`",
+                crate::model::identity::quoted(&account),
+                crate::model::identity::quoted(label)
+            ),
+        });
+    }
+    let display_name = if new.display_name.trim().is_empty() {
+        account.clone()
+    } else {
+        new.display_name.trim().to_string()
+    };
+    Ok(User {
+        account,
+        display_name,
+        phone,
+        email: new.email,
+        source: new.source,
+        enabled: true,
+        created_at: now_ms,
+        updated_at: now_ms,
+    })
+}
+
+/// The refusal of an account that exists (`existing`, spelled as stored) under `account`.
+fn exists_already(existing: &str, account: &str) -> Error {
+    Error::Conflict(format!(
+        "user {} exists already{}",
+        crate::model::identity::quoted(existing),
+        if existing == account {
+            String::new()
+        } else {
+            format!(
+                " ({} is another spelling of it)",
+                crate::model::identity::quoted(account)
+            )
+        }
+    ))
+}
+
+/// The refusal of an account that reads like `other`'s.
+fn looks_like(account: &str, other: &str) -> Error {
+    Error::Conflict(format!(
+        "{} looks like the existing user {}: check the spelling, or allow this one name with `--allow-lookalike`",
+        crate::model::identity::quoted(account),
+        crate::model::identity::quoted(other)
+    ))
+}
+
+/// How many users [`create_many`] looks up or inserts per statement.
+const BULK_CHUNK: usize = 500;
+
+/// Creates many users at once (an import): each checked as [`create`] checks one — and
+/// against the others of the batch —, the look-ups and inserts made a chunk of 500 at a
+/// time instead of four statements per user (round trips, on PostgreSQL). All or nothing:
+/// a refusal says which user (its index in `new`) and why.
+pub fn create_many(
+    tx: &mut dyn Tx,
+    new: Vec<NewUser>,
+    rules: impl Into<UserRules>,
+    now_ms: i64,
+) -> std::result::Result<Vec<User>, (usize, Error)> {
+    use std::collections::HashMap;
+    let rules = rules.into();
+    let mut users = Vec::with_capacity(new.len());
+    // Each key and skeleton of the batch, with the index that holds it.
+    let mut keys: HashMap<String, usize> = HashMap::with_capacity(new.len());
+    let mut skeletons: HashMap<String, usize> = HashMap::with_capacity(new.len());
+    for (i, n) in new.into_iter().enumerate() {
+        let user = checked(n, rules, now_ms).map_err(|e| (i, e))?;
+        let key = account_key(&user.account);
+        if let Some(&j) = keys.get(&key) {
+            let first: &User = &users[j];
+            return Err((
+                i,
+                Error::Conflict(format!(
+                    "user {} is in the batch twice (also as {})",
+                    crate::model::identity::quoted(&user.account),
+                    crate::model::identity::quoted(&first.account)
+                )),
+            ));
+        }
+        keys.insert(key, i);
+        let skeleton = crate::model::identity::skeleton(&user.account);
+        if !rules.allow_lookalike
+            && let Some(&j) = skeletons.get(&skeleton)
+        {
+            let first: &User = &users[j];
+            return Err((
+                i,
+                Error::Conflict(format!(
+                    "{} looks like {}, another new user of the batch: check the spelling, or allow this one name with `--allow-lookalike`",
+                    crate::model::identity::quoted(&user.account),
+                    crate::model::identity::quoted(&first.account)
+                )),
+            ));
+        }
+        skeletons.insert(skeleton, i);
+        users.push(user);
+    }
+    let in_list = |n: usize| {
+        (1..=n)
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Accounts that exist already, under any spelling.
+    let all_keys: Vec<(&String, &usize)> = keys.iter().collect();
+    for chunk in all_keys.chunks(BULK_CHUNK) {
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT account, account_key FROM users WHERE account_key IN ({})",
+                    in_list(chunk.len())
+                ),
+                &chunk
+                    .iter()
+                    .map(|(k, _)| (*k).clone().into())
+                    .collect::<Vec<Value>>(),
+            )
+            .map_err(|e| (0, e))?;
+        if let Some(r) = rows.first() {
+            let (existing, key) = (
+                r.text(0).map_err(|e| (0, e))?,
+                r.text(1).map_err(|e| (0, e))?,
+            );
+            let i = keys.get(&key).copied().unwrap_or(0);
+            return Err((i, exists_already(&existing, &users[i].account)));
+        }
+    }
+    // Accounts that read like a stored one.
+    if !rules.allow_lookalike {
+        let all: Vec<(&String, &usize)> = skeletons.iter().collect();
+        for chunk in all.chunks(BULK_CHUNK) {
+            let rows = tx
+                .query(
+                    &format!(
+                        "SELECT u.account, s.skeleton FROM account_skeletons s JOIN users u ON u.account_key = s.account_key WHERE s.skeleton IN ({})",
+                        in_list(chunk.len())
+                    ),
+                    &chunk.iter().map(|(s, _)| (*s).clone().into()).collect::<Vec<Value>>(),
+                )
+                .map_err(|e| (0, e))?;
+            if let Some(r) = rows.first() {
+                let (other, skeleton) = (
+                    r.text(0).map_err(|e| (0, e))?,
+                    r.text(1).map_err(|e| (0, e))?,
+                );
+                let i = skeletons.get(&skeleton).copied().unwrap_or(0);
+                return Err((i, looks_like(&users[i].account, &other)));
+            }
+        }
+    }
+    for (c, chunk) in users.chunks(BULK_CHUNK).enumerate() {
+        let at = c * BULK_CHUNK;
+        let mut values = Vec::with_capacity(chunk.len());
+        let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 9);
+        let mut skeleton_values = Vec::with_capacity(chunk.len());
+        let mut skeleton_params: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
+        for (k, u) in chunk.iter().enumerate() {
+            let p = k * 9;
+            values.push(format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5,
+                p + 6,
+                p + 7,
+                p + 8,
+                p + 9
+            ));
+            params.extend([
+                u.account.clone().into(),
+                u.display_name.clone().into(),
+                u.phone.clone().into(),
+                u.email.clone().into(),
+                u.source.clone().into(),
+                u.enabled.into(),
+                Value::Int(now_ms),
+                Value::Int(now_ms),
+                account_key(&u.account).into(),
+            ]);
+            skeleton_values.push(format!("(${}, ${})", k * 2 + 1, k * 2 + 2));
+            skeleton_params.extend([
+                account_key(&u.account).into(),
+                crate::model::identity::skeleton(&u.account).into(),
+            ]);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO users ({COLUMNS}, account_key) VALUES {}",
+                values.join(", ")
+            ),
+            &params,
+        )
+        .map_err(|e| (at, e))?;
+        tx.execute(
+            &format!(
+                "INSERT INTO account_skeletons (account_key, skeleton) VALUES {}",
+                skeleton_values.join(", ")
+            ),
+            &skeleton_params,
+        )
+        .map_err(|e| (at, e))?;
+    }
+    Ok(users)
+}
+
 /// Creates a user; an account that exists (under any spelling of the same key) is a
 /// conflict, and one that mixes scripts in a label or looks like an existing account is
 /// refused unless `rules` allow it.
@@ -193,61 +418,16 @@ pub fn create(
     now_ms: i64,
 ) -> Result<User> {
     let rules = rules.into();
-    let account = new.account.trim().to_string();
-    crate::model::identity::check_name(crate::model::identity::NameKind::Account, &account)?;
-    if let Some(e) = &new.email {
-        check_email(e)?;
-    }
-    check_display_name(new.display_name.trim(), rules.display_name_chars)?;
-    let phone = normalise_phone(new.phone.as_deref(), rules.default_country_code)?;
+    let user = checked(new, rules, now_ms)?;
+    let account = user.account.clone();
     if let Some(existing) = get(tx, &account)? {
-        return Err(Error::Conflict(format!(
-            "user {} exists already{}",
-            crate::model::identity::quoted(&existing.account),
-            if existing.account == account {
-                String::new()
-            } else {
-                format!(
-                    " ({} is another spelling of it)",
-                    crate::model::identity::quoted(&account)
-                )
-            }
-        )));
+        return Err(exists_already(&existing.account, &account));
     }
-    if !rules.allow_lookalike {
-        if let Some(label) = crate::model::identity::mixed_script_label(&account) {
-            return Err(Error::Invalid {
-                what: "account".into(),
-                message: format!(
-                    "{} mixes scripts in {} (a look-alike trick): check the spelling, or allow this one name with `--allow-lookalike`",
-                    crate::model::identity::quoted(&account),
-                    crate::model::identity::quoted(label)
-                ),
-            });
-        }
-        if let Some(other) = lookalike_of(tx, &account)? {
-            return Err(Error::Conflict(format!(
-                "{} looks like the existing user {}: check the spelling, or allow this one name with `--allow-lookalike`",
-                crate::model::identity::quoted(&account),
-                crate::model::identity::quoted(&other)
-            )));
-        }
+    if !rules.allow_lookalike
+        && let Some(other) = lookalike_of(tx, &account)?
+    {
+        return Err(looks_like(&account, &other));
     }
-    let display_name = if new.display_name.trim().is_empty() {
-        account.clone()
-    } else {
-        new.display_name.trim().to_string()
-    };
-    let user = User {
-        account: account.clone(),
-        display_name,
-        phone,
-        email: new.email,
-        source: new.source,
-        enabled: true,
-        created_at: now_ms,
-        updated_at: now_ms,
-    };
     tx.execute(
         &format!(
             "INSERT INTO users ({COLUMNS}, account_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
@@ -272,6 +452,35 @@ pub fn create(
         ],
     )?;
     Ok(user)
+}
+
+/// The users with these accounts (any spelling), by account key: one statement per 500
+/// accounts (an import's look-ups), not one each.
+pub fn get_many(
+    tx: &mut dyn Tx,
+    accounts: &[&str],
+) -> Result<std::collections::HashMap<String, User>> {
+    let mut keys: Vec<String> = accounts.iter().map(|a| account_key(a)).collect();
+    keys.sort();
+    keys.dedup();
+    let mut out = std::collections::HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(BULK_CHUNK) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let rows = tx.query(
+            &format!(
+                "SELECT {COLUMNS}, account_key FROM users WHERE account_key IN ({})",
+                list.join(", ")
+            ),
+            &chunk
+                .iter()
+                .map(|k| k.clone().into())
+                .collect::<Vec<Value>>(),
+        )?;
+        for r in &rows {
+            out.insert(r.text(8)?, from_row(r)?);
+        }
+    }
+    Ok(out)
 }
 
 /// The user with this account (any case).
@@ -372,6 +581,86 @@ mod tests {
     use super::*;
     use crate::records::events::{Filter, PHONE_CHANGED};
     use crate::store::sqlite::Sqlite;
+
+    #[tokio::test]
+    async fn many_users_at_once_are_checked_as_one_at_a_time_and_all_or_nothing() {
+        let (_dir, db) = db();
+        let u = |a: &str| NewUser {
+            account: a.into(),
+            phone: Some("425 555 0100".into()),
+            ..Default::default()
+        };
+        db.write(move |tx| {
+            create(tx, u("CONTOSO\\jdoe"), 1, 1)?;
+            create(tx, u("CONTOSO\\ops"), 1, 1).map(drop)
+        })
+        .await
+        .unwrap();
+        // 1,201 users: three chunks, the last one short.
+        let many: Vec<NewUser> = (0..1_201)
+            .map(|i| u(&format!("CONTOSO\\user{i}")))
+            .collect();
+        let made = db
+            .write(move |tx| create_many(tx, many, 1, 2).map_err(|(_, e)| e))
+            .await
+            .unwrap();
+        assert_eq!(made.len(), 1_201);
+        assert_eq!(made[7].phone.as_deref(), Some("+14255550100"));
+        let stored = db.read(list).await.unwrap();
+        assert_eq!(stored.len(), 1_203);
+        let one = db
+            .read(|tx| get(tx, "contoso\\USER1200"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (one.account.as_str(), one.created_at),
+            ("CONTOSO\\user1200", 2)
+        );
+        // Each refusal names the user (its index) and stores nothing of the batch.
+        for (batch, index, says) in [
+            (
+                vec!["CONTOSO\\new1", "contoso\\JDOE"],
+                1,
+                "user `CONTOSO\\jdoe` exists already (`contoso\\JDOE` is another spelling of it)",
+            ),
+            (
+                vec!["CONTOSO\\new1", "CONTOSO\\new2", "contoso\\NEW1"],
+                2,
+                "user `contoso\\NEW1` is in the batch twice (also as `CONTOSO\\new1`)",
+            ),
+            (
+                vec!["CONTOSO\\new1", "CONTOSO\\jd\u{43e}e"],
+                1,
+                "mixes scripts",
+            ),
+            (
+                vec!["CONTOSO\\new1", "CONTOSO\\орѕ"],
+                1,
+                "looks like the existing user `CONTOSO\\ops`",
+            ),
+            (
+                vec!["CONTOSO\\sys", "CONTOSO\\ѕуѕ"],
+                1,
+                "looks like `CONTOSO\\sys`, another new user of the batch",
+            ),
+            (vec!["CONTOSO\\new1", ""], 1, "account"),
+        ] {
+            let users: Vec<NewUser> = batch.iter().map(|a| u(a)).collect();
+            let (i, e) = db
+                .write(move |tx| Ok(create_many(tx, users, 1, 3)))
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(i, index, "{batch:?}: {e}");
+            assert!(e.to_string().contains(says), "{batch:?}: {e}");
+        }
+        assert_eq!(
+            db.read(list).await.unwrap().len(),
+            1_203,
+            "nothing of a refused batch"
+        );
+    }
 
     fn db() -> (tempfile::TempDir, Sqlite) {
         let dir = tempfile::tempdir().unwrap();

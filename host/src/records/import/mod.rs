@@ -517,12 +517,15 @@ fn prepared_plan(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result<Plan
         warnings,
         ..Plan::default()
     };
+    // The stored users the file names, in a few statements.
+    let names: Vec<&str> = users.iter().map(|(_, u)| u.account.as_str()).collect();
+    let stored = users::get_many(tx, &names)?;
     for (_, u) in &users {
         let phone = match &u.phone {
             Some(raw) => Some(crate::model::phone::parse(raw, default_cc)?.to_string()),
             None => None,
         };
-        match users::get(tx, &u.account)? {
+        match stored.get(&users::account_key(&u.account)).cloned() {
             None => p.users_created.push(u.account.clone()),
             Some(existing) => {
                 let mut changed = Vec::new();
@@ -584,18 +587,35 @@ pub fn apply(
         what: format!("{what} line {line}"),
         message: e.to_string(),
     };
+    // New users in bulk (a few statements per 500 users, not four each), with their events
+    // in one chained run; a refusal names the file's line.
+    let created: std::collections::HashSet<&String> = p.users_created.iter().collect();
+    let (lines, new): (Vec<usize>, Vec<_>) = users
+        .iter()
+        .filter(|(_, u)| created.contains(&u.account))
+        .map(|(line, u)| (*line, u.clone()))
+        .unzip();
+    let made = users::create_many(tx, new, default_cc, now_ms)
+        .map_err(|(i, e)| at(lines.get(i).unwrap_or(&0), "users", e))?;
+    crate::records::events::append_many(
+        tx,
+        made.iter()
+            .map(|u| {
+                let mut e = crate::records::events::NewEvent::new(
+                    crate::records::events::USER_CREATED,
+                    crate::records::events::Severity::Information,
+                    "admin",
+                    format!("user imported by `{actor}`"),
+                );
+                e.account = Some(u.account.clone());
+                e
+            })
+            .collect(),
+        now_ms,
+    )?;
     for (line, u) in &users {
-        if p.users_created.contains(&u.account) {
-            users::create(tx, u.clone(), default_cc, now_ms).map_err(|e| at(line, "users", e))?;
-            crate::records::events::admin_change(
-                tx,
-                crate::records::events::USER_CREATED,
-                actor,
-                Some(&u.account),
-                None,
-                "user imported",
-                now_ms,
-            )?;
+        if created.contains(&u.account) {
+            continue;
         } else if let Some((_, fields)) = p
             .users_changed
             .iter()

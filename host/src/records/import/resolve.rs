@@ -48,6 +48,20 @@ pub(super) fn prepare(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result
     // Each file user's key to its account and whether it will have a phone.
     let mut known: BTreeMap<String, (String, bool)> = BTreeMap::new();
     let mut out_users = Vec::new();
+    // The stored users the files name (a phone kept when the file has none; a candidate
+    // found in the store), in a few statements rather than one each.
+    let mut names: Vec<&str> = files
+        .users
+        .users
+        .iter()
+        .map(|(_, u)| u.account.as_str())
+        .collect();
+    for (_, r) in &files.roles.roles {
+        names.extend(r.candidates.iter().map(String::as_str));
+        names.extend(r.approvers.iter().map(String::as_str));
+    }
+    let stored = users::get_many(tx, &names)?;
+    let stored_user = |name: &str| stored.get(&users::account_key(name));
     for (line, u) in &files.users.users {
         let mut u = u.clone();
         if let Some(Err(e)) = u
@@ -81,7 +95,7 @@ pub(super) fn prepare(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result
         }
         let stored_phone = match u.phone {
             Some(_) => false,
-            None => users::get(tx, &u.account)?.is_some_and(|s| s.phone.is_some()),
+            None => stored_user(&u.account).is_some_and(|s| s.phone.is_some()),
         };
         let has_phone = u.phone.is_some() || stored_phone;
         known.insert(
@@ -93,9 +107,9 @@ pub(super) fn prepare(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result
     let mut out_roles = Vec::new();
     for (line, r) in &files.roles.roles {
         let mut r = r.clone();
-        let mut resolve = |names: &BTreeSet<String>,
-                           what: &str,
-                           warnings: &mut Vec<Warning>|
+        let resolve = |names: &BTreeSet<String>,
+                       what: &str,
+                       warnings: &mut Vec<Warning>|
          -> Result<BTreeSet<String>> {
             let mut out = BTreeSet::new();
             for name in names {
@@ -104,7 +118,7 @@ pub(super) fn prepare(tx: &mut dyn Tx, files: &Files, default_cc: u16) -> Result
                     Some(k) => Some(k.clone()),
                     None => match files.users.aliases.get(&key) {
                         Some(acc) => known.get(&users::account_key(acc)).cloned(),
-                        None => users::get(tx, name)?.map(|s| (s.account, s.phone.is_some())),
+                        None => stored_user(name).map(|s| (s.account.clone(), s.phone.is_some())),
                     },
                 };
                 match found {
