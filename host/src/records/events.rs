@@ -382,14 +382,11 @@ pub fn append_many(tx: &mut dyn Tx, new: Vec<NewEvent>, at_ms: i64) -> Result<Ve
         let (sql, params) = if chunk.len() == 1 {
             (INSERT_EVENT.to_string(), event_params(&chunk[0]))
         } else {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|r| {
-                    let cols: Vec<String> = (1..=13).map(|c| format!("${}", r * 13 + c)).collect();
-                    format!("({})", cols.join(", "))
-                })
-                .collect();
             (
-                format!("{INSERT_EVENT_COLUMNS} VALUES {}", values.join(", ")),
+                format!(
+                    "{INSERT_EVENT_COLUMNS} VALUES {}",
+                    crate::store::value_rows(chunk.len(), 13)
+                ),
                 chunk.iter().flat_map(event_params).collect(),
             )
         };

@@ -298,12 +298,6 @@ pub fn create_many(
         skeletons.insert(skeleton, i);
         users.push(user);
     }
-    let in_list = |n: usize| {
-        (1..=n)
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     // Accounts that exist already, under any spelling.
     let all_keys: Vec<(&String, &usize)> = keys.iter().collect();
     for chunk in all_keys.chunks(BULK_CHUNK) {
@@ -311,7 +305,7 @@ pub fn create_many(
             .query(
                 &format!(
                     "SELECT account, account_key FROM users WHERE account_key IN ({})",
-                    in_list(chunk.len())
+                    crate::store::placeholders(chunk.len())
                 ),
                 &chunk
                     .iter()
@@ -336,7 +330,7 @@ pub fn create_many(
                 .query(
                     &format!(
                         "SELECT u.account, s.skeleton FROM account_skeletons s JOIN users u ON u.account_key = s.account_key WHERE s.skeleton IN ({})",
-                        in_list(chunk.len())
+                        crate::store::placeholders(chunk.len())
                     ),
                     &chunk.iter().map(|(s, _)| (*s).clone().into()).collect::<Vec<Value>>(),
                 )
@@ -353,24 +347,9 @@ pub fn create_many(
     }
     for (c, chunk) in users.chunks(BULK_CHUNK).enumerate() {
         let at = c * BULK_CHUNK;
-        let mut values = Vec::with_capacity(chunk.len());
         let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 9);
-        let mut skeleton_values = Vec::with_capacity(chunk.len());
         let mut skeleton_params: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
-        for (k, u) in chunk.iter().enumerate() {
-            let p = k * 9;
-            values.push(format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5,
-                p + 6,
-                p + 7,
-                p + 8,
-                p + 9
-            ));
+        for u in chunk {
             params.extend([
                 u.account.clone().into(),
                 u.display_name.clone().into(),
@@ -382,7 +361,6 @@ pub fn create_many(
                 Value::Int(now_ms),
                 account_key(&u.account).into(),
             ]);
-            skeleton_values.push(format!("(${}, ${})", k * 2 + 1, k * 2 + 2));
             skeleton_params.extend([
                 account_key(&u.account).into(),
                 crate::model::identity::skeleton(&u.account).into(),
@@ -391,7 +369,7 @@ pub fn create_many(
         tx.execute(
             &format!(
                 "INSERT INTO users ({COLUMNS}, account_key) VALUES {}",
-                values.join(", ")
+                crate::store::value_rows(chunk.len(), 9)
             ),
             &params,
         )
@@ -399,7 +377,7 @@ pub fn create_many(
         tx.execute(
             &format!(
                 "INSERT INTO account_skeletons (account_key, skeleton) VALUES {}",
-                skeleton_values.join(", ")
+                crate::store::value_rows(chunk.len(), 2)
             ),
             &skeleton_params,
         )
@@ -417,41 +395,12 @@ pub fn create(
     rules: impl Into<UserRules>,
     now_ms: i64,
 ) -> Result<User> {
-    let rules = rules.into();
-    let user = checked(new, rules, now_ms)?;
-    let account = user.account.clone();
-    if let Some(existing) = get(tx, &account)? {
-        return Err(exists_already(&existing.account, &account));
-    }
-    if !rules.allow_lookalike
-        && let Some(other) = lookalike_of(tx, &account)?
-    {
-        return Err(looks_like(&account, &other));
-    }
-    tx.execute(
-        &format!(
-            "INSERT INTO users ({COLUMNS}, account_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-        ),
-        &[
-            user.account.clone().into(),
-            user.display_name.clone().into(),
-            user.phone.clone().into(),
-            user.email.clone().into(),
-            user.source.clone().into(),
-            user.enabled.into(),
-            Value::Int(now_ms),
-            Value::Int(now_ms),
-            account_key(&account).into(),
-        ],
-    )?;
-    tx.execute(
-        "INSERT INTO account_skeletons (account_key, skeleton) VALUES ($1, $2)",
-        &[
-            account_key(&account).into(),
-            crate::model::identity::skeleton(&account).into(),
-        ],
-    )?;
-    Ok(user)
+    // A batch of one: the same checks, look-ups and inserts.
+    let mut made = create_many(tx, vec![new], rules, now_ms).map_err(|(_, e)| e)?;
+    made.pop().ok_or_else(|| Error::Store {
+        what: "creating a user".into(),
+        message: "nothing was created".into(),
+    })
 }
 
 /// The users with these accounts (any spelling), by account key: one statement per 500
@@ -465,11 +414,10 @@ pub fn get_many(
     keys.dedup();
     let mut out = std::collections::HashMap::with_capacity(keys.len());
     for chunk in keys.chunks(BULK_CHUNK) {
-        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let rows = tx.query(
             &format!(
                 "SELECT {COLUMNS}, account_key FROM users WHERE account_key IN ({})",
-                list.join(", ")
+                crate::store::placeholders(chunk.len())
             ),
             &chunk
                 .iter()

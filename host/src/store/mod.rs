@@ -281,6 +281,26 @@ impl From<postgres::Postgres> for Store {
     }
 }
 
+/// `$1, $2, … $n`: the parameters of an `IN (…)` list of `n` values.
+pub fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($1, $2), ($3, $4), …`: the parameters of a multi-row `VALUES` of `rows` rows of `cols`
+/// columns each.
+pub fn value_rows(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How [`Error::StoreUnavailable`] reads: a batch's failure that starts so was the database
 /// going away.
 pub(crate) const UNREACHABLE: &str = "database unreachable:";

@@ -198,6 +198,21 @@ impl IntoResponse for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// A yes/no query parameter (`name` = `value`): absent is no; anything but a yes/no value
+/// (see [`crate::model::yes_no`]) is refused naming it.
+fn query_flag(name: &str, value: Option<&str>) -> ApiResult<bool> {
+    match value {
+        None => Ok(false),
+        Some(v) => crate::model::yes_no(v).ok_or_else(|| {
+            ApiError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid",
+                format!("`{name}` = `{v}` is not a yes/no value (true/false, 1/0, yes/no)"),
+            )
+        }),
+    }
+}
+
 fn unauthorized(m: &str) -> ApiError {
     ApiError(StatusCode::UNAUTHORIZED, "unauthorized", m.into())
 }

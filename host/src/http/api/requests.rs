@@ -143,16 +143,7 @@ pub(super) async fn my_requests(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Vec<RequestView>>> {
-    let all = match q.all.as_deref() {
-        None => false,
-        Some(v) => crate::model::yes_no(v).ok_or_else(|| {
-            ApiError(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                format!("`all` = `{v}` is not a yes/no value (true/false, 1/0, yes/no)"),
-            )
-        })?,
-    };
+    let all = query_flag("all", q.all.as_deref())?;
     let c = if all {
         api.admin(&headers).await?
     } else {

@@ -37,16 +37,7 @@ pub(super) async fn list_roles(
     Query(q): Query<RoleQuery>,
 ) -> ApiResult<Json<Vec<RoleSpec>>> {
     let c = api.caller(&headers).await?;
-    let mine = match q.mine.as_deref() {
-        None => false,
-        Some(v) => crate::model::yes_no(v).ok_or_else(|| {
-            ApiError(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid",
-                format!("`mine` = `{v}` is not a yes/no value (true/false, 1/0, yes/no)"),
-            )
-        })?,
-    };
+    let mine = query_flag("mine", q.mine.as_deref())?;
     let mut list = api.service.store().read_long(roles::list).await?;
     if mine {
         list.retain(|r| {
