@@ -799,3 +799,42 @@ async fn accounts_stored_before_the_identity_rule_get_their_new_keys(backend) {
     }
 }
 }
+
+both! {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_reads_the_events_its_batch_appended(backend) {
+    // PostgreSQL's writer holds a batch's events for one insert before it commits: a write
+    // that reads the log must still see its own and its batch's earlier ones.
+    let at = Location::new(backend);
+    let db = Arc::new(at.open().await);
+    let mut tasks = Vec::new();
+    for i in 0..8i64 {
+        let db = Arc::clone(&db);
+        tasks.push(tokio::spawn(async move {
+            db.write(move |tx| {
+                events::append(
+                    tx,
+                    NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", format!("seen {i}")),
+                    1000 + i,
+                )?;
+                let rows = tx.query(
+                    "SELECT count(*) FROM events WHERE message = $1",
+                    &[format!("seen {i}").into()],
+                )?;
+                rows[0].int(0)
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 1);
+    }
+    let all = db
+        .read(|tx| tx.query("SELECT count(*) FROM events WHERE message LIKE 'seen %'", &[]))
+        .await
+        .unwrap();
+    assert_eq!(all[0].int(0).unwrap(), 8);
+    assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(8));
+    db.close();
+}
+}

@@ -378,19 +378,11 @@ pub fn append_many(tx: &mut dyn Tx, new: Vec<NewEvent>, at_ms: i64) -> Result<Ve
         (seq, hash) = (event.seq, event.hash.clone());
         out.push(event);
     }
-    for chunk in out.chunks(EVENTS_PER_INSERT) {
-        let (sql, params) = if chunk.len() == 1 {
-            (INSERT_EVENT.to_string(), event_params(&chunk[0]))
-        } else {
-            (
-                format!(
-                    "{INSERT_EVENT_COLUMNS} VALUES {}",
-                    crate::store::value_rows(chunk.len(), 13)
-                ),
-                chunk.iter().flat_map(event_params).collect(),
-            )
-        };
-        tx.execute(&sql, &params)?;
+    let rows: Vec<Vec<Value>> = out.iter().map(event_params).collect();
+    match tx.held_events() {
+        // The writer inserts its batch's events together, before it commits.
+        Some(held) => held.extend(rows),
+        None => insert_rows(tx, &rows)?,
     }
     for event in &out {
         crate::model::metrics::appended(event.id, event.provider.as_deref());
@@ -406,6 +398,24 @@ pub fn append_many(tx: &mut dyn Tx, new: Vec<NewEvent>, at_ms: i64) -> Result<Ve
         }
     }
     Ok(out)
+}
+
+/// Inserts event rows (as [`event_params`] makes them), up to 200 per statement.
+pub(crate) fn insert_rows(tx: &mut dyn Tx, rows: &[Vec<Value>]) -> Result<()> {
+    for chunk in rows.chunks(EVENTS_PER_INSERT) {
+        let (sql, params) = match chunk {
+            [one] => (INSERT_EVENT.to_string(), one.clone()),
+            _ => (
+                format!(
+                    "{INSERT_EVENT_COLUMNS} VALUES {}",
+                    crate::store::value_rows(chunk.len(), 13)
+                ),
+                chunk.concat(),
+            ),
+        };
+        tx.execute(&sql, &params)?;
+    }
+    Ok(())
 }
 
 /// An event's row as [`INSERT_EVENT`] takes it.
@@ -433,7 +443,7 @@ fn event_params(event: &Event) -> Vec<Value> {
 const INSERT_EVENT: &str = "INSERT INTO events (seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash, account_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 /// [`INSERT_EVENT`] without its one row of values, for several rows.
-const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash, account_key)";
+pub(crate) const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash, account_key)";
 
 /// The key of an event's account, when it is not the account as written.
 fn account_key_if_other(account: Option<&str>) -> Option<String> {

@@ -219,38 +219,72 @@ pub(super) fn with_prior(
     })
 }
 
+/// What a verdict's write checks of the account, read in one statement (one round trip on
+/// PostgreSQL instead of three): whether its user is enabled, its lockout from the provider,
+/// and the provider's credentials in use.
+struct AccountNow {
+    /// The account is an enabled user.
+    enabled: bool,
+    /// Until when (Unix ms) it is locked out of the provider, if it is.
+    locked_until: Option<i64>,
+    /// Its wrong answers counted toward a lockout.
+    failures: i64,
+    /// The provider's credentials in use (id, sealed), sorted.
+    credentials: Vec<(String, Vec<u8>)>,
+}
+
+impl AccountNow {
+    fn read(tx: &mut dyn Tx, account_key: &str, provider: &str) -> Result<Self> {
+        let rows = tx.query(
+            // In this order: PostgreSQL types a UNION's columns pair by pair from the left,
+            // and the first two branches leave no column NULL in both.
+            "SELECT 'l', locked_until, failures, NULL, NULL FROM lockouts WHERE account_key = $1 AND provider = $2 \
+             UNION ALL SELECT 'c', NULL, NULL, id, sealed FROM credentials WHERE account_key = $1 AND provider = $2 AND flag IS NULL \
+             UNION ALL SELECT 'u', enabled, NULL, NULL, NULL FROM users WHERE account_key = $1",
+            &[account_key.into(), provider.into()],
+        )?;
+        let mut now = AccountNow {
+            enabled: false,
+            locked_until: None,
+            failures: 0,
+            credentials: Vec::new(),
+        };
+        let int = |r: &Row, i: usize| match r.0.get(i) {
+            Some(Value::Int(v)) => Some(*v),
+            _ => None,
+        };
+        for r in &rows {
+            match r.text(0)?.as_str() {
+                "u" => now.enabled = int(r, 1).is_some_and(|e| e != 0),
+                "l" => {
+                    now.locked_until = int(r, 1);
+                    now.failures = int(r, 2).unwrap_or(0);
+                }
+                _ => now.credentials.push((r.text(3)?, r.blob(4)?)),
+            }
+        }
+        now.credentials.sort();
+        Ok(now)
+    }
+}
+
 /// Inside an approval's write: the user is still enabled, and the provider's credentials are
 /// still the ones it verified against (an admin may have disabled the user or removed a lost
 /// key while the answer was on its way); otherwise the approval is refused and undone.
-/// A read the writer vouches for (`trusted`: nothing changed the account since) stands for
-/// a new one.
-fn still_allowed(
-    tx: &mut dyn Tx,
-    s: &Stored,
-    provider: &str,
-    relied: &Relied,
-    trusted: bool,
-) -> Result<()> {
-    if trusted {
-        return Ok(());
+fn still_allowed(s: &Stored, provider: &str, relied: &Relied, now: &AccountNow) -> Result<()> {
+    if !now.enabled {
+        return Err(Error::Refused(Refusal::UserNotAllowed {
+            account: s.account_key.clone(),
+        }));
     }
-    ensure_enabled(tx, &s.account_key)?;
-    let rows = tx.query(
-        "SELECT id, sealed FROM credentials WHERE account_key = $1 AND provider = $2 AND flag IS NULL",
-        &[s.account_key.clone().into(), provider.into()],
-    )?;
-    let mut current: Vec<(String, Vec<u8>)> = rows
-        .iter()
-        .filter_map(|r| Some((r.text(0).ok()?, r.blob(1).ok()?)))
-        .collect();
-    current.sort();
-    if current == relied.seen {
+    let current = &now.credentials;
+    if *current == relied.seen {
         return Ok(());
     }
     // The same credentials with another value: another request's answer used one (a TOTP
     // code's step, a key's counter) — on this host or another sharing the database.
     let ids = |v: &[(String, Vec<u8>)]| v.iter().map(|(id, _)| id.clone()).collect::<Vec<_>>();
-    if ids(&current) == ids(&relied.seen) {
+    if ids(current) == ids(&relied.seen) {
         return Err(Error::Conflict(format!(
             "{CREDENTIAL_RACE} (request `{}`)",
             s.view.id
@@ -264,15 +298,11 @@ fn still_allowed(
 
 /// Refuses the write of a verdict while the request's account is locked out of its
 /// provider (a lockout another request's wrong answers set while this one was judged).
-fn refuse_if_locked(tx: &mut dyn Tx, s: &Stored, provider: &str, now: Timestamp) -> Result<()> {
-    let rows = tx.query(
-        "SELECT locked_until FROM lockouts WHERE account_key = $1 AND provider = $2",
-        &[s.account_key.clone().into(), provider.into()],
-    )?;
-    if let Some(Value::Int(until)) = rows.first().and_then(|r| r.0.first())
-        && *until > ms(now)
+fn refuse_if_locked(now_state: &AccountNow, provider: &str, now: Timestamp) -> Result<()> {
+    if let Some(until) = now_state.locked_until
+        && until > ms(now)
     {
-        let until = Timestamp::from_millisecond(*until)
+        let until = Timestamp::from_millisecond(until)
             .map(|t| t.to_string())
             .unwrap_or_default();
         return Err(Error::Refused(Refusal::LockedOut {
@@ -478,11 +508,18 @@ pub(super) fn apply(
     let provider = s.view.provider.clone().unwrap_or_default();
     // Asked before this write changes the account itself (a credential's update, a failure).
     let trust = trusted(tx, &s, relied, now);
-    if matches!(outcome, Outcome::Approved(..) | Outcome::Denied(..)) && !trust {
+    // What the account is now, unless a read the writer vouches for stands for it.
+    let account_now = match (&outcome, trust) {
+        (Outcome::Approved(..) | Outcome::Denied(..), false) => {
+            Some(AccountNow::read(tx, &s.account_key, &provider)?)
+        }
+        _ => None,
+    };
+    if let Some(a) = &account_now {
         // A verdict lands only while the account is not locked out of the provider, whatever
         // it says: during a lockout a right answer and a wrong one get the same refusal.
         // (A read the writer vouches for saw no lockout, and nothing changed since.)
-        refuse_if_locked(tx, &s, &provider, now)?;
+        refuse_if_locked(a, &provider, now)?;
     }
     match outcome {
         Outcome::Prompt {
@@ -506,7 +543,9 @@ pub(super) fn apply(
             Ok(s.view)
         }
         Outcome::Approved(credential, detail) => {
-            still_allowed(tx, &s, &provider, relied, trust)?;
+            if let Some(a) = &account_now {
+                still_allowed(&s, &provider, relied, a)?;
+            }
             if let Some(update) = credential
                 && !write_credential_update(tx, &s.account_key, &provider, update, key, now)?
             {
@@ -515,9 +554,13 @@ pub(super) fn apply(
                     s.view.id
                 )));
             }
-            // Failures are cleared; a read the writer vouches for that found none needs no
-            // statement (else only a row with failures is rewritten).
-            if !(trust && relied.vouch.is_some_and(|v| !v.failures)) {
+            // Failures are cleared; a read that found none (this write's own, or one the
+            // writer vouches for) needs no statement.
+            let none = match &account_now {
+                Some(a) => a.failures == 0,
+                None => trust && relied.vouch.is_some_and(|v| !v.failures),
+            };
+            if !none {
                 tx.execute(
                     "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2 AND failures <> 0",
                     &[s.account_key.clone().into(), provider.clone().into()],

@@ -150,6 +150,11 @@ pub trait Tx {
     fn event_head(&mut self) -> Option<&mut EventHead> {
         None
     }
+    /// Where this writer holds event rows to insert all of its batch's together, when it
+    /// does (PostgreSQL's writer: one statement a batch instead of one an event).
+    fn held_events(&mut self) -> Option<&mut Vec<Vec<Value>>> {
+        None
+    }
     /// Whether this writer vouches that no write changed the rows of `key` since a read
     /// stamped `read` (before it) at `read_at` (Unix ms), younger than the bound at `now_ms`
     /// — this transaction's own writes included: a check that would read them again may then
