@@ -36,6 +36,13 @@
 //! two answers race on one credential's counter). A line under the table gives the load
 //! generator's own CPU per activation (the signing included), to subtract from the process's.
 //!
+//! `ROLEGATE_BENCH_HOSTS=2` (with PostgreSQL) serves from that many separate processes on
+//! the one database — this binary again, each a whole server — and splits the workers
+//! between them (worker `w` to host `w mod n`), as a load balancer would; the CPU column
+//! then counts the hosts' processes and the load generator. With PostgreSQL, a line under
+//! the table gives the database's own CPU per activation (every `postgres` process on the
+//! machine), to add to rolegate's.
+//!
 //! `ROLEGATE_BENCH_CODE_AHEAD=1` (with TOTP) sends each code with its request (`code` in
 //! `POST /v1/requests`, as `rolegate request new --code` does): one round trip per
 //! activation instead of two.
@@ -174,10 +181,23 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
+    // ROLEGATE_BENCH_HOSTS=2: the load goes to that many server processes sharing the
+    // PostgreSQL database (this bench's binary again, started with ROLEGATE_BENCH_CHILD naming
+    // the folder of the sealing key), split between them.
+    let child = std::env::var_os("ROLEGATE_BENCH_CHILD").map(PathBuf::from);
+    let hosts: usize = std::env::var("ROLEGATE_BENCH_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if hosts > 0 && std::env::var("ROLEGATE_BENCH_POSTGRES").is_err() {
+        eprintln!("ROLEGATE_BENCH_HOSTS needs ROLEGATE_BENCH_POSTGRES: hosts share one database");
+        std::process::exit(2);
+    }
+    let key_dir = child.clone().unwrap_or_else(|| dir.path().to_path_buf());
     let tls_files = std::env::var("ROLEGATE_BENCH_TLS")
         .is_ok_and(|v| v == "1")
         .then(|| test_certificate(dir.path()));
-    let (url, user_tokens, authenticators) = server_rt.block_on(async {
+    let (urls, user_tokens, authenticators, started_hosts) = server_rt.block_on(async {
         // ROLEGATE_BENCH_POSTGRES names an empty PostgreSQL database to run on instead.
         let store = Arc::new(match std::env::var("ROLEGATE_BENCH_POSTGRES") {
             Ok(conn) if !conn.is_empty() => {
@@ -198,9 +218,13 @@ fn main() {
                 Store::from(Sqlite::open_sized(&dir.path().join("bench.db"), 0, wal_mb).unwrap())
             }
         });
-        println!("store: {}", store.backend());
-        let key = Arc::new(SealingKey::load_or_create(&dir.path().join("bench.key")).unwrap());
-        println!("provider: {provider}, users: {users}");
+        if child.is_none() {
+            println!("store: {}", store.backend());
+        }
+        let key = Arc::new(SealingKey::load_or_create(&key_dir.join("bench.key")).unwrap());
+        if child.is_none() {
+            println!("provider: {provider}, users: {users}");
+        }
         let sealing = Arc::clone(&key);
         let config = Config {
             providers: vec![ProviderConfig {
@@ -240,65 +264,15 @@ fn main() {
             settings,
         ));
         let accounts: Vec<String> = (0..users).map(|i| format!("CONTOSO\\user{i}")).collect();
-        let a2 = accounts.clone();
-        let tokens = store
-            .write(move |tx| {
-                let mut out = Vec::new();
-                for (i, a) in a2.iter().enumerate() {
-                    users::create(
-                        tx,
-                        users::NewUser {
-                            account: a.clone(),
-                            ..Default::default()
-                        },
-                        1,
-                        0,
-                    )?;
-                    out.push(tokens::issue(tx, a, false, "bench", 0)?);
-                    if totp {
-                        // Enrolled as a finished enrolment stores it.
-                        let data = serde_json::to_vec(&totp_secret(i)).unwrap();
-                        let credential = rolegate_sdk::Credential {
-                            id: "totp-1".into(),
-                            label: "Authenticator app".into(),
-                            data: data.into(),
-                        };
-                        rolegate::service::store_credential(
-                            tx,
-                            &sealing,
-                            a,
-                            "totp",
-                            &credential,
-                            0,
-                        )?;
-                    }
-                }
-                roles::create(
-                    tx,
-                    &RoleSpec {
-                        name: "admins".into(),
-                        candidates: a2.iter().cloned().collect(),
-                        approvers: Default::default(),
-                        // 1 s: a user's next activation finds the last one over.
-                        ttl_s: 1,
-                        max_ttl_s: 1,
-                        availability: None,
-                        justification_required: false,
-                        approval_enabled: false,
-                        mfa_enabled: true,
-                        providers: vec![provider.into()],
-                        when_factor_down: Default::default(),
-                        shadow: Vec::new(),
-                    },
-                    0,
-                )?;
-                Ok(out)
-            })
-            .await
-            .unwrap();
+        // A host started by the bench serves what the bench enrolled.
+        let tokens = if child.is_some() {
+            Vec::new()
+        } else {
+            enrol(&store, &sealing, &accounts, totp, provider).await
+        };
         // WebAuthn: each user enrols a software authenticator through the service.
         let mut authenticators = Vec::new();
-        if webauthn {
+        if webauthn && child.is_none() {
             use webauthn_authenticator_rs::WebauthnAuthenticator as _;
             let origin = webauthn_authenticator_rs::prelude::Url::parse(WEBAUTHN_ORIGIN).unwrap();
             for a in &accounts {
@@ -322,6 +296,13 @@ fn main() {
                 assert!(done.done, "{:?}", done.message);
                 authenticators.push(std::sync::Mutex::new(soft));
             }
+        }
+        if hosts > 0 {
+            // The hosts serve; this process only makes the load.
+            store.close();
+            let (started, urls) = Hosts::start(hosts, dir.path());
+            println!("hosts: {hosts} processes on one database, the load split between them");
+            return (urls, tokens, authenticators, Some(started));
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -355,7 +336,20 @@ fn main() {
             },
             std::future::pending(),
         ));
-        (url, tokens, authenticators)
+        if child.is_some() {
+            // A host of ROLEGATE_BENCH_HOSTS: says where it serves, and serves until the
+            // bench closes its standard input.
+            use std::io::{Read as _, Write as _};
+            println!("{url}");
+            let _ = std::io::stdout().flush();
+            let _ = tokio::task::spawn_blocking(|| {
+                let mut rest = Vec::new();
+                let _ = std::io::stdin().read_to_end(&mut rest);
+            })
+            .await;
+            std::process::exit(0);
+        }
+        (vec![url], tokens, authenticators, None)
     });
     let authenticators = Arc::new(authenticators);
 
@@ -387,7 +381,11 @@ fn main() {
     // TOTP: per user, the last time step used + 1 (0: none yet).
     let used: Arc<Vec<AtomicU64>> =
         Arc::new((0..tokens.len()).map(|_| AtomicU64::new(0)).collect());
-    let addr = url.trim_start_matches("http://").to_string();
+    let addrs: Arc<Vec<String>> = Arc::new(
+        urls.iter()
+            .map(|u| u.trim_start_matches("http://").to_string())
+            .collect(),
+    );
     let tls_client = tls_files.as_ref().map(|(_, _, ca)| {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.clone()).unwrap();
@@ -431,15 +429,21 @@ fn main() {
         let duration = Duration::from_secs(8);
         let _ = server_quantiles();
         let probe = Probe::start(probe_work);
-        let cpu_before = process_cpu_seconds();
-        let writer_before = thread_cpu_seconds(WRITER_THREAD);
+        let hosts_before = started_hosts
+            .as_ref()
+            .map_or((0.0, 0.0), Hosts::cpu_seconds);
+        let cpu_before = process_cpu_seconds() + hosts_before.0;
+        let writer_before = thread_cpu_seconds(WRITER_THREAD) + hosts_before.1;
+        let postgres_before = postgres_cpu_seconds();
         let loadgen_before = thread_cpu_seconds(LOADGEN_THREAD);
         let level_start = std::time::SystemTime::now();
         let start = Instant::now();
         let (count, lat) = client_rt.block_on(async {
             let mut tasks = Vec::new();
             for w in 0..c {
-                let (addr, tokens, used) = (addr.clone(), Arc::clone(&tokens), Arc::clone(&used));
+                // Split between the hosts, when there are several.
+                let addr = addrs[w % addrs.len()].clone();
+                let (tokens, used) = (Arc::clone(&tokens), Arc::clone(&used));
                 let authenticators = Arc::clone(&authenticators);
                 let tls_client = tls_client.clone();
                 tasks.push(tokio::spawn(async move {
@@ -615,9 +619,14 @@ fn main() {
         lat.sort();
         let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
         let (s50, s99) = server_quantiles();
-        let cpu = (process_cpu_seconds() - cpu_before) / count.max(1) as f64 * 1e6;
-        let writer =
-            (thread_cpu_seconds(WRITER_THREAD) - writer_before) / count.max(1) as f64 * 1e6;
+        let hosts_after = started_hosts
+            .as_ref()
+            .map_or((0.0, 0.0), Hosts::cpu_seconds);
+        let cpu = (process_cpu_seconds() + hosts_after.0 - cpu_before) / count.max(1) as f64 * 1e6;
+        let writer = (thread_cpu_seconds(WRITER_THREAD) + hosts_after.1 - writer_before)
+            / count.max(1) as f64
+            * 1e6;
+        let postgres = (postgres_cpu_seconds() - postgres_before) / count.max(1) as f64 * 1e6;
         let loadgen =
             (thread_cpu_seconds(LOADGEN_THREAD) - loadgen_before) / count.max(1) as f64 * 1e6;
         println!(
@@ -631,6 +640,12 @@ fn main() {
             "load generator at c={c}: {loadgen:.0} CPU µs/act of the {cpu:.0} (the process's less this: {:.0} µs/act of the server's)",
             cpu - loadgen
         ));
+        if postgres > 0.0 {
+            tails.push(format!(
+                "PostgreSQL at c={c}: {postgres:.0} CPU µs/act (all its processes), {:.0} with rolegate's",
+                postgres + cpu
+            ));
+        }
         tails.push(format!(
             "tail at c={c}: p95 {:.2} ms, p98 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}; {:.2}% of activations took 10 ms or more; host: {:.1}% of 50-ms windows at half speed or less, {overlapped:.1}% of activations ran in them; the others: p99 {quiet_p99:.2} ms, {quiet_over:.2}% took 10 ms or more",
             p(0.95),
@@ -757,6 +772,169 @@ struct HostSpeed {
     slow: Vec<(Instant, Instant)>,
 }
 
+/// Enrols the bench's users (a token each; with TOTP, a finished enrolment's credential) and
+/// creates its role: users made 2,000 to a write (`users::create_many`, as an import makes
+/// them), so that PostgreSQL's enrolment is not one round trip per user per table.
+async fn enrol(
+    store: &Arc<Store>,
+    sealing: &Arc<SealingKey>,
+    accounts: &[String],
+    totp: bool,
+    provider: &'static str,
+) -> Vec<String> {
+    let started = Instant::now();
+    let mut out = Vec::with_capacity(accounts.len());
+    for (chunk, names) in accounts.chunks(2_000).enumerate() {
+        let names = names.to_vec();
+        let sealing = Arc::clone(sealing);
+        let first = chunk * 2_000;
+        out.extend(
+            store
+                .write(move |tx| {
+                    let new = names
+                        .iter()
+                        .map(|a| users::NewUser {
+                            account: a.clone(),
+                            ..Default::default()
+                        })
+                        .collect();
+                    users::create_many(tx, new, 1, 0).map_err(|(_, e)| e)?;
+                    let mut tokens = Vec::with_capacity(names.len());
+                    for (i, a) in names.iter().enumerate() {
+                        tokens.push(tokens::issue(tx, a, false, "bench", 0)?);
+                        if totp {
+                            // Enrolled as a finished enrolment stores it.
+                            let data = serde_json::to_vec(&totp_secret(first + i)).unwrap();
+                            let credential = rolegate_sdk::Credential {
+                                id: "totp-1".into(),
+                                label: "Authenticator app".into(),
+                                data: data.into(),
+                            };
+                            rolegate::service::store_credential(
+                                tx,
+                                &sealing,
+                                a,
+                                "totp",
+                                &credential,
+                                0,
+                            )?;
+                        }
+                    }
+                    Ok(tokens)
+                })
+                .await
+                .unwrap(),
+        );
+    }
+    let candidates = accounts.iter().cloned().collect();
+    store
+        .write(move |tx| {
+            roles::create(
+                tx,
+                &RoleSpec {
+                    name: "admins".into(),
+                    candidates,
+                    approvers: Default::default(),
+                    // 1 s: a user's next activation finds the last one over.
+                    ttl_s: 1,
+                    max_ttl_s: 1,
+                    availability: None,
+                    justification_required: false,
+                    approval_enabled: false,
+                    mfa_enabled: true,
+                    providers: vec![provider.into()],
+                    when_factor_down: Default::default(),
+                    shadow: Vec::new(),
+                },
+                0,
+            )
+        })
+        .await
+        .unwrap();
+    println!(
+        "(enrolled {} users in {:.1} s)",
+        accounts.len(),
+        started.elapsed().as_secs_f64()
+    );
+    out
+}
+
+/// The server processes of ROLEGATE_BENCH_HOSTS: each this binary again, serving until its
+/// standard input closes (when this process drops it).
+struct Hosts(Vec<std::process::Child>);
+
+impl Hosts {
+    /// Starts `n` hosts on the database of `ROLEGATE_BENCH_POSTGRES` with the sealing key in
+    /// `key_dir`; returns them and their URLs.
+    fn start(n: usize, key_dir: &std::path::Path) -> (Self, Vec<String>) {
+        use std::io::BufRead as _;
+        let exe = std::env::current_exe().unwrap();
+        let mut children = Vec::new();
+        let mut urls = Vec::new();
+        for _ in 0..n {
+            let mut c = std::process::Command::new(&exe)
+                .env("ROLEGATE_BENCH_CHILD", key_dir)
+                .env_remove("ROLEGATE_BENCH_HOSTS")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
+            let mut line = String::new();
+            while !line.starts_with("http://") {
+                line.clear();
+                assert!(
+                    out.read_line(&mut line).unwrap() > 0,
+                    "a host ended before serving"
+                );
+            }
+            urls.push(line.trim().to_string());
+            children.push(c);
+        }
+        (Self(children), urls)
+    }
+
+    /// The hosts' CPU time so far, and that of their database writers.
+    fn cpu_seconds(&self) -> (f64, f64) {
+        let mut all = 0.0;
+        let mut writers = 0.0;
+        for c in &self.0 {
+            let proc = format!("/proc/{}", c.id());
+            all += stat_cpu_seconds(
+                &std::fs::read_to_string(format!("{proc}/stat")).unwrap_or_default(),
+            );
+            writers += tasks_cpu_seconds(&format!("{proc}/task"), WRITER_THREAD);
+        }
+        (all, writers)
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            drop(c.stdin.take());
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The CPU time so far of every process named `postgres` (the server and its backends): the
+/// database's share of an activation's cost.
+fn postgres_cpu_seconds() -> f64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    procs
+        .flatten()
+        .filter(|p| {
+            std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim_end() == "postgres")
+        })
+        .map(|p| {
+            stat_cpu_seconds(&std::fs::read_to_string(p.path().join("stat")).unwrap_or_default())
+        })
+        .sum()
+}
+
 /// The database writer's thread, per backend (names as the kernel keeps them: ≤ 15 bytes).
 const WRITER_THREAD: [&str; 2] = ["sqlite-writer", "pg-writer"];
 
@@ -770,7 +948,13 @@ fn process_cpu_seconds() -> f64 {
 
 /// The CPU time so far of this process's threads with one of these names.
 fn thread_cpu_seconds(names: [&str; 2]) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    tasks_cpu_seconds("/proc/self/task", names)
+}
+
+/// The CPU time so far of the threads under `tasks` (a /proc task folder) with one of these
+/// names.
+fn tasks_cpu_seconds(tasks: &str, names: [&str; 2]) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(tasks) else {
         return 0.0;
     };
     tasks

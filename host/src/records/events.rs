@@ -442,8 +442,7 @@ fn event_params(event: &Event) -> Vec<Value> {
 /// events of requests name the account by its key already, and store no second copy.
 const INSERT_EVENT: &str = "INSERT INTO events (seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash, account_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
-/// [`INSERT_EVENT`] without its one row of values, for several rows.
-pub(crate) const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash, account_key)";
+use crate::store::INSERT_EVENT_COLUMNS;
 
 /// The key of an event's account, when it is not the account as written.
 fn account_key_if_other(account: Option<&str>) -> Option<String> {

@@ -170,7 +170,9 @@ pub fn masked(phone: Option<&str>) -> String {
 const COLUMNS: &str =
     "account, display_name, phone, email, source, enabled, created_at, updated_at";
 
-fn from_row(r: &Row) -> Result<User> {
+/// A user from a row of its columns, in the order `account, display_name, phone, email,
+/// source, enabled, created_at, updated_at`.
+pub(crate) fn from_row(r: &Row) -> Result<User> {
     Ok(User {
         account: r.text(0)?,
         display_name: r.text(1)?,

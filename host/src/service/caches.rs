@@ -85,6 +85,24 @@ impl Service {
         Ok(role)
     }
 
+    /// Reads and caches role `name` when no revision of it is cached, once for all the
+    /// requests that find it missing meanwhile (the first reads; the others then find it).
+    /// A role that cannot be read is left to the caller's own read, which names the problem.
+    pub(super) async fn load_role_once(&self, name: &str) {
+        let _one = self.role_loading.lock().await;
+        if self.cached_revision(name) != 0 {
+            return;
+        }
+        let n = name.trim().to_string();
+        if let Ok(Some((revision, policy))) = self
+            .store
+            .read(move |tx| roles::get_if_changed(tx, &n, 0))
+            .await
+        {
+            let _ = self.role_from(name.trim(), revision, policy).await;
+        }
+    }
+
     /// The cached role `name`, when the store's writer has not changed it since it was read.
     pub(super) fn fresh_role(&self, c: &Changes, name: &str, now_ms: i64) -> Option<Arc<Role>> {
         let cache = self.role_cache.lock().ok()?;

@@ -298,6 +298,9 @@ pub struct Service {
     /// Parsed roles by name, with the policy text they were parsed from: a role is parsed
     /// again only when its stored policy changes.
     role_cache: std::sync::Mutex<std::collections::HashMap<String, CachedRole>>,
+    /// Held while a role missing from the cache is read: requests that find it missing
+    /// together wait for one read and parse (a role of 100,000 candidates is megabytes).
+    role_loading: tokio::sync::Mutex<()>,
     /// The rows a create reads per account, kept while the store's writer reports them
     /// unchanged (SQLite; see [`Changes`]), by account key.
     accounts: std::sync::Mutex<std::collections::HashMap<String, Arc<AccountRows>>>,
@@ -427,6 +430,7 @@ impl Service {
             settings,
             buckets: crate::model::caches::Buckets::default(),
             role_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+            role_loading: tokio::sync::Mutex::new(()),
             accounts: std::sync::Mutex::new(std::collections::HashMap::new()),
             awaiting: std::sync::Mutex::new(std::collections::HashMap::new()),
         }

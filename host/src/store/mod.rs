@@ -306,6 +306,10 @@ pub fn value_rows(rows: usize, cols: usize) -> String {
         .join(", ")
 }
 
+/// The event log's insert without its rows of values, in the order of an event's row
+/// (`records::events` makes the rows; PostgreSQL's writer inserts a batch's together).
+pub const INSERT_EVENT_COLUMNS: &str = "INSERT INTO events (seq, id, severity, source, at, account, role, request, provider, message, prev_hash, hash, account_key)";
+
 /// How [`Error::StoreUnavailable`] reads: a batch's failure that starts so was the database
 /// going away.
 pub(crate) const UNREACHABLE: &str = "database unreachable:";

@@ -453,17 +453,14 @@ impl Tx for BatchTx<'_> {
     }
 }
 
-/// Inserts event rows (as `records::events` makes them) in one statement, each column bound
+/// Inserts event rows (in the order of [`super::INSERT_EVENT_COLUMNS`]) in one statement, each column bound
 /// as one array (`UNNEST`): one round trip and one prepared statement for any number.
 fn insert_events(conn: &mut Conn, rows: &[Vec<Value>]) -> Result<()> {
     let Some(first) = rows.first() else {
         return Ok(());
     };
     let width = first.len();
-    let mut sql = format!(
-        "{} SELECT * FROM UNNEST(",
-        crate::records::events::INSERT_EVENT_COLUMNS
-    );
+    let mut sql = format!("{} SELECT * FROM UNNEST(", super::INSERT_EVENT_COLUMNS);
     let mut columns: Vec<Box<dyn ToSql + Sync>> = Vec::with_capacity(width);
     for c in 0..width {
         let cells = rows.iter().map(|r| r.get(c).unwrap_or(&Value::Null));
