@@ -679,30 +679,49 @@ fn usable(row: &Row) -> bool {
 /// user and role ([`requests::make_room`]), checked in the write: two hosts, or two
 /// requests racing, cannot both pass.
 fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
+    let params = [
+        s.view.id.clone().into(),
+        s.account_key.clone().into(),
+        s.view.role.clone().into(),
+        s.state.as_str().into(),
+        s.view.justification.clone().into(),
+        Value::Int(s.view.ttl_s),
+        s.view.provider.clone().into(),
+        s.view.prompt.as_ref().map(|p| p.to_string()).into(),
+        s.challenge.clone().map(Value::Blob).unwrap_or(Value::Null),
+        s.ask_expires_at.map(Value::Int).unwrap_or(Value::Null),
+        s.view.expires_at.map(Value::Int).unwrap_or(Value::Null),
+        Value::Int(s.view.created_at),
+        Value::Int(s.version),
+        s.needs_approval.into(),
+        s.view.starts_at.map(Value::Int).unwrap_or(Value::Null),
+        s.view.account.clone().into(),
+    ];
+    // The usual case in one statement (one round trip on PostgreSQL, not two): inserted when
+    // the user has no request for the role that is live and has not run out. Any other —
+    // even one whose prompt lapsed — leaves it to `make_room`, which judges each.
+    let inserted = tx.execute(
+        &format!(
+            "INSERT INTO requests ({INSERT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $12, $13, 0, $14, $15, $16 WHERE NOT EXISTS (SELECT 1 FROM requests WHERE account_key = $2 AND role = $3 AND state IN {} AND (expires_at IS NULL OR expires_at > $12))",
+            requests::LIVE
+        ),
+        &params,
+    )?;
+    if inserted == 1 {
+        return Ok(());
+    }
     requests::make_room(tx, s)?;
     tx.execute(
-        "INSERT INTO requests (id, account_key, role, state, justification, ttl_s, provider, prompt, challenge, ask_expires_at, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at, account) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $12, $13, 0, $14, $15, $16)",
-        &[
-            s.view.id.clone().into(),
-            s.account_key.clone().into(),
-            s.view.role.clone().into(),
-            s.state.as_str().into(),
-            s.view.justification.clone().into(),
-            Value::Int(s.view.ttl_s),
-            s.view.provider.clone().into(),
-            s.view.prompt.as_ref().map(|p| p.to_string()).into(),
-            s.challenge.clone().map(Value::Blob).unwrap_or(Value::Null),
-            s.ask_expires_at.map(Value::Int).unwrap_or(Value::Null),
-            s.view.expires_at.map(Value::Int).unwrap_or(Value::Null),
-            Value::Int(s.view.created_at),
-            Value::Int(s.version),
-            s.needs_approval.into(),
-            s.view.starts_at.map(Value::Int).unwrap_or(Value::Null),
-            s.view.account.clone().into(),
-        ],
+        &format!(
+            "INSERT INTO requests ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $12, $13, 0, $14, $15, $16)"
+        ),
+        &params,
     )?;
     Ok(())
 }
+
+/// The columns [`insert`] writes, in its parameters' order.
+const INSERT_COLUMNS: &str = "id, account_key, role, state, justification, ttl_s, provider, prompt, challenge, ask_expires_at, expires_at, reason, created_at, updated_at, version, wrong_answers, needs_approval, starts_at, account";
 
 fn created_events(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
     let t = s.view.created_at;

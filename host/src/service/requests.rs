@@ -685,7 +685,7 @@ pub struct RequestFilter {
 }
 
 /// The states in which a request holds its role or is on its way to: one per user and role.
-const LIVE: &str = "('pending_mfa', 'pending_approval', 'scheduled', 'active')";
+pub(super) const LIVE: &str = "('pending_mfa', 'pending_approval', 'scheduled', 'active')";
 
 /// The user's live requests for the role (one, but for rows from before the rule): those
 /// whose activation has not run out (the sweep may not have passed yet) and, waiting for
