@@ -678,6 +678,38 @@ async fn failed_writes_on_two_instances_at_once_leave_one_chain_and_every_good_w
     b.close();
 }
 
+/// However many reads are in flight, an instance holds at most 17 connections (16 reading,
+/// one writing): a burst of requests queues for a reader instead of opening a connection
+/// each, which would exhaust the server's `max_connections` with a few instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_reads_opens_at_most_sixteen_reading_connections() {
+    let at = Location::new(Backend::Postgres);
+    let db = Arc::new(at.open().await);
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let db = Arc::clone(&db);
+        tasks.push(tokio::spawn(async move {
+            db.read(|tx| tx.query("SELECT 1 FROM pg_sleep(0.05)", &[]))
+                .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap().len(), 1);
+    }
+    let open = db
+        .read(|tx| {
+            tx.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()",
+                &[],
+            )
+        })
+        .await
+        .unwrap();
+    let open = open[0].int(0).unwrap();
+    assert!((2..=17).contains(&open), "{open} connections");
+    db.close();
+}
+
 #[test]
 fn a_bad_or_remote_connection_string_is_refused_without_echoing_it() {
     let e = parse_config("host=db.example.com user=rolegate password=hunter2", None).unwrap_err();

@@ -50,8 +50,9 @@ impl Service {
                 .map(|r| Arc::clone(&r.role))
         });
         let (revision, policy) = match (policy, cached) {
-            (Some(policy), _) => (revision, policy),
-            (None, Some(role)) => return Ok(role),
+            // Parsed meanwhile by a request that read the same revision.
+            (_, Some(role)) => return Ok(role),
+            (Some(policy), None) => (revision, policy),
             (None, None) => {
                 let n = name.to_string();
                 let fresh = self
