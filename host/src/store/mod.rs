@@ -3,8 +3,8 @@
 //! Writes go through one writer per store that commits whatever is queued in a single
 //! transaction (group commit): each write is durable (fsync'd) before its caller hears of it,
 //! and a burst of writes shares one fsync. One failing write does not undo the others of its
-//! batch (PostgreSQL: a savepoint per write; SQLite: the batch's good writes are run again
-//! after a rollback). Reads run on a pool of connections
+//! batch: the batch is rolled back (PostgreSQL: to its one savepoint, its lock kept) and the
+//! good writes' statements are run again. Reads run on a pool of connections
 //! beside the writer.
 //!
 //! SQL is written once, in the subset both databases speak, with `$1`-style parameters and
