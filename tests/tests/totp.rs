@@ -138,6 +138,29 @@ both! {
         assert_eq!(w.event_ids(&v.id).await, [200, 103, 203]);
         // Stored as the answer left it.
         assert_eq!(w.service.get(&v.id, Some(JDOE)).await.unwrap().state, "active");
+        // One row write: the granting transition inserts it, its prompt and sealed challenge
+        // already gone, at the version an insert and an update would have left.
+        let id = v.id.clone();
+        let row = w
+            .service
+            .store()
+            .read(move |tx| {
+                tx.query(
+                    "SELECT state, version, wrong_answers, CASE WHEN challenge IS NULL AND ask_expires_at IS NULL AND prompt IS NULL AND reason IS NULL THEN 1 ELSE 0 END, expires_at FROM requests WHERE id = $1",
+                    &[id.into()],
+                )
+            })
+            .await
+            .unwrap();
+        assert_eq!(row.len(), 1);
+        assert_eq!(row[0].text(0).unwrap(), "active");
+        assert_eq!((row[0].int(1).unwrap(), row[0].int(2).unwrap(), row[0].int(3).unwrap()), (2, 0, 1));
+        assert_eq!(Some(row[0].int(4).unwrap()), v.expires_at);
+        // A second request with the next code while this one holds the role: refused by the
+        // write that would have granted it, which is undone whole — the code is not spent
+        // (it answers a prompt below).
+        let e = w.request("totp", w.code(1)).await.unwrap_err();
+        assert!(e.to_string().contains("active until"), "{e}");
         rolegate_e2e::close_active(&w.service, JDOE, "totp").await;
 
         // The same code again: stored, open, its prompt answerable with the next code.

@@ -163,6 +163,10 @@ struct Stored {
     updated_at: i64,
     /// What the provider's first step sent (a message SID), for event 200; not a column.
     reference: Option<String>,
+    /// Not in the database yet: its first transition inserts it in its new state (a request
+    /// that came with its answer, approved in the write that creates it: one statement, not
+    /// an insert and an update).
+    unsaved: bool,
 }
 
 const COLUMNS: &str = "id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, challenge, ask_expires_at, version, wrong_answers, needs_approval, updated_at, starts_at, account";
@@ -207,6 +211,7 @@ fn from_row(r: &Row) -> Result<Stored> {
         updated_at: r.int(16)?,
         reference: None,
         account_key,
+        unsaved: false,
     })
 }
 
@@ -640,6 +645,7 @@ impl Stored {
             needs_approval: self.needs_approval,
             updated_at: self.updated_at,
             reference: self.reference.clone(),
+            unsaved: self.unsaved,
         }
     }
 
@@ -696,13 +702,16 @@ fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
         s.needs_approval.into(),
         s.view.starts_at.map(Value::Int).unwrap_or(Value::Null),
         s.view.account.clone().into(),
+        Value::Int(s.updated_at),
+        s.view.reason.clone().into(),
+        Value::Int(s.wrong_answers),
     ];
     // The usual case in one statement (one round trip on PostgreSQL, not two): inserted when
     // the user has no request for the role that is live and has not run out. Any other —
     // even one whose prompt lapsed — leaves it to `make_room`, which judges each.
     let inserted = tx.execute(
         &format!(
-            "INSERT INTO requests ({INSERT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $12, $13, 0, $14, $15, $16 WHERE NOT EXISTS (SELECT 1 FROM requests WHERE account_key = $2 AND role = $3 AND state IN {} AND (expires_at IS NULL OR expires_at > $12))",
+            "INSERT INTO requests ({INSERT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $18, $12, $17, $13, $19, $14, $15, $16 WHERE NOT EXISTS (SELECT 1 FROM requests WHERE account_key = $2 AND role = $3 AND state IN {} AND (expires_at IS NULL OR expires_at > $12))",
             requests::LIVE
         ),
         &params,
@@ -713,7 +722,7 @@ fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
     requests::make_room(tx, s)?;
     tx.execute(
         &format!(
-            "INSERT INTO requests ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, NULL, $12, $12, $13, 0, $14, $15, $16)"
+            "INSERT INTO requests ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $18, $12, $17, $13, $19, $14, $15, $16)"
         ),
         &params,
     )?;
@@ -819,6 +828,19 @@ fn ensure_updated(n: u64, id: &str) -> Result<()> {
 /// Writes a state change, checked against the state machine and the stored version.
 fn transition(tx: &mut dyn Tx, s: &mut Stored, next: RequestState, now: Timestamp) -> Result<()> {
     s.state.transition(next)?;
+    if s.unsaved {
+        // Its first write: inserted as it is now.
+        s.version += 1;
+        s.state = next;
+        s.view.state = next.to_string();
+        s.view.prompt = None;
+        s.challenge = None;
+        s.ask_expires_at = None;
+        s.updated_at = ms(now);
+        insert(tx, s)?;
+        s.unsaved = false;
+        return Ok(());
+    }
     let n = tx.execute(
         "UPDATE requests SET state = $1, version = version + 1, updated_at = $2, expires_at = $3, reason = $4, prompt = NULL, challenge = NULL, ask_expires_at = NULL WHERE id = $5 AND version = $6",
         &[

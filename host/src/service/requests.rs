@@ -156,6 +156,7 @@ impl Service {
             needs_approval: admission.needs_approval,
             updated_at: ms(now),
             reference: None,
+            unsaved: false,
             account_key: key.clone(),
         };
         if !admission.needs_mfa && answer.is_some() {
@@ -343,7 +344,12 @@ impl Service {
             let view = self
                 .store
                 .write(move |tx| {
-                    insert(tx, &asked)?;
+                    let mut asked = asked;
+                    // Approved: the row is written once, by the transition that grants it.
+                    asked.unsaved = matches!(judged, Outcome::Approved(..));
+                    if !asked.unsaved {
+                        insert(tx, &asked)?;
+                    }
                     created_events(tx, &asked)?;
                     fallback_events(tx, &asked, &fallbacks)?;
                     apply(tx, asked, judged, true, &relied, &settings, &key, now)
