@@ -20,6 +20,19 @@ fn role_row(i: i64) -> [Value; 5] {
 }
 
 /// Appends test event `i` (MFA completed, at 1000 + i ms); shared with the anchor tests.
+/// How many of the spawned writes succeeded.
+async fn succeeded<T>(
+    tasks: Vec<tokio::task::JoinHandle<rolegate::model::error::Result<T>>>,
+) -> usize {
+    let mut ok = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            ok += 1;
+        }
+    }
+    ok
+}
+
 pub(crate) async fn append(store: &Store, i: i64) {
     store
         .write(move |tx| {
@@ -658,12 +671,7 @@ async fn failed_writes_on_two_instances_at_once_leave_one_chain_and_every_good_w
             .await
         }));
     }
-    let mut ok = 0;
-    for t in tasks {
-        if t.await.unwrap().is_ok() {
-            ok += 1;
-        }
-    }
+    let ok = succeeded(tasks).await;
     assert_eq!(ok, 96);
     let tally = a
         .read(|tx| tx.query("SELECT n FROM tally", &[]))
@@ -786,12 +794,7 @@ async fn events_of_a_failed_write_leave_no_gap_in_the_chain(backend) {
             .await
         }));
     }
-    let mut ok = 0;
-    for t in tasks {
-        if t.await.unwrap().is_ok() {
-            ok += 1;
-        }
-    }
+    let ok = succeeded(tasks).await;
     assert_eq!(ok, 51);
     assert_eq!(db.read(events::verify).await.unwrap(), Verification::Intact(51));
     db.close();
