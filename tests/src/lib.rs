@@ -196,3 +196,23 @@ pub mod phonefactor;
 pub mod proxy;
 pub mod stores;
 pub mod twilio;
+
+/// Creates users of these accounts with nothing else set (the tests' plain candidates and
+/// approvers), inside the caller's write.
+pub fn create_users(
+    tx: &mut dyn rolegate::store::Tx,
+    accounts: &[&str],
+) -> rolegate::model::error::Result<()> {
+    for account in accounts {
+        rolegate::records::users::create(
+            tx,
+            rolegate::records::users::NewUser {
+                account: (*account).into(),
+                ..Default::default()
+            },
+            1,
+            0,
+        )?;
+    }
+    Ok(())
+}

@@ -10,7 +10,6 @@ use jiff::SignedDuration;
 use rolegate::model::clock::ManualClock;
 use rolegate::records::events::{self, Filter};
 use rolegate::records::roles::{self, RoleSpec};
-use rolegate::records::users::{self, NewUser};
 use rolegate::service::{RequestView, Service, Settings};
 use rolegate::store::secrets::SealingKey;
 use rolegate_e2e::both;
@@ -52,17 +51,7 @@ async fn hosts(backend: Backend) -> Hosts {
     let a = host(&at, &clock).await;
     a.store()
         .write(|tx| {
-            for account in [JDOE, BOSS] {
-                users::create(
-                    tx,
-                    NewUser {
-                        account: account.into(),
-                        ..Default::default()
-                    },
-                    1,
-                    0,
-                )?;
-            }
+            rolegate_e2e::create_users(tx, &[JDOE, BOSS])?;
             for i in 0..ROUNDS {
                 for (kind, mfa, approval) in [
                     ("mfa", true, false),

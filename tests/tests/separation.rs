@@ -52,17 +52,7 @@ async fn world_with(backend: Backend, settings: Settings) -> World {
     service
         .store()
         .write(|tx| {
-            for a in [ASA, BOSS] {
-                users::create(
-                    tx,
-                    NewUser {
-                        account: a.into(),
-                        ..Default::default()
-                    },
-                    1,
-                    0,
-                )?;
-            }
+            rolegate_e2e::create_users(tx, &[ASA, BOSS])?;
             // Ten more MFA roles: one live request per user and role, and the lockout test
             // opens ten at once.
             let more: Vec<(String, Option<&str>, bool)> = (0..10)

@@ -599,17 +599,7 @@ async fn a_challenge_continues_after_a_restart(backend) {
         .await;
         s.store()
             .write(|tx| {
-                for account in ["CONTOSO\\jdoe", "CONTOSO\\boss"] {
-                    users::create(
-                        tx,
-                        NewUser {
-                            account: account.into(),
-                            ..Default::default()
-                        },
-                        1,
-                        0,
-                    )?;
-                }
+                rolegate_e2e::create_users(tx, &["CONTOSO\\jdoe", "CONTOSO\\boss"])?;
                 roles::create(tx, &spec("mfa", true, false), 0)
             })
             .await

@@ -219,52 +219,43 @@ pub(super) fn with_prior(
     })
 }
 
-/// What a verdict's write checks of the account, read in one statement (one round trip on
-/// PostgreSQL instead of three): whether its user is enabled, its lockout from the provider,
-/// and the provider's credentials in use.
+/// What a verdict's write checks of the account, read in one statement
+/// ([`account_and_role`]): whether its user is enabled, its lockout from the provider, and
+/// the provider's credentials in use.
 struct AccountNow {
     /// The account is an enabled user.
     enabled: bool,
     /// Until when (Unix ms) it is locked out of the provider, if it is.
     locked_until: Option<i64>,
-    /// Its wrong answers counted toward a lockout.
-    failures: i64,
+    /// A lockout or failure count is on record for the provider: a success has one to clear.
+    failures_on_record: bool,
     /// The provider's credentials in use (id, sealed), sorted.
     credentials: Vec<(String, Vec<u8>)>,
 }
 
 impl AccountNow {
     fn read(tx: &mut dyn Tx, account_key: &str, provider: &str) -> Result<Self> {
-        let rows = tx.query(
-            // In this order: PostgreSQL types a UNION's columns pair by pair from the left,
-            // and the first two branches leave no column NULL in both.
-            "SELECT 'l', locked_until, failures, NULL, NULL FROM lockouts WHERE account_key = $1 AND provider = $2 \
-             UNION ALL SELECT 'c', NULL, NULL, id, sealed FROM credentials WHERE account_key = $1 AND provider = $2 AND flag IS NULL \
-             UNION ALL SELECT 'u', enabled, NULL, NULL, NULL FROM users WHERE account_key = $1",
-            &[account_key.into(), provider.into()],
-        )?;
-        let mut now = AccountNow {
-            enabled: false,
-            locked_until: None,
-            failures: 0,
-            credentials: Vec::new(),
-        };
-        let int = |r: &Row, i: usize| match r.0.get(i) {
-            Some(Value::Int(v)) => Some(*v),
-            _ => None,
-        };
-        for r in &rows {
-            match r.text(0)?.as_str() {
-                "u" => now.enabled = int(r, 1).is_some_and(|e| e != 0),
-                "l" => {
-                    now.locked_until = int(r, 1);
-                    now.failures = int(r, 2).unwrap_or(0);
-                }
-                _ => now.credentials.push((r.text(3)?, r.blob(4)?)),
-            }
-        }
-        now.credentials.sort();
-        Ok(now)
+        let (user, credentials, lockouts, _) = account_and_role(tx, account_key, None)?;
+        let of_provider = |r: &&Row| r.text(1).is_ok_and(|p| p == provider);
+        let lockout = lockouts
+            .iter()
+            .find(|r| r.text(0).is_ok_and(|p| p == provider));
+        let mut credentials = credentials
+            .iter()
+            .filter(of_provider)
+            .filter(|r| usable(r))
+            .map(|r| Ok((r.text(0)?, r.blob(3)?)))
+            .collect::<Result<Vec<_>>>()?;
+        credentials.sort();
+        Ok(AccountNow {
+            enabled: user.is_some_and(|u| u.enabled),
+            locked_until: lockout.and_then(|r| match r.0.get(1) {
+                Some(Value::Int(v)) => Some(*v),
+                _ => None,
+            }),
+            failures_on_record: lockout.is_some(),
+            credentials,
+        })
     }
 }
 
@@ -557,7 +548,7 @@ pub(super) fn apply(
             // Failures are cleared; a read that found none (this write's own, or one the
             // writer vouches for) needs no statement.
             let none = match &account_now {
-                Some(a) => a.failures == 0,
+                Some(a) => !a.failures_on_record,
                 None => trust && relied.vouch.is_some_and(|v| !v.failures),
             };
             if !none {

@@ -674,6 +674,66 @@ fn credential_rows(tx: &mut dyn Tx, account_key: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// What a request reads of its account and role, and a verdict's write of its account, in one
+/// statement (one round trip on PostgreSQL instead of four): the user, its credentials (as [`credential_rows`] gives them),
+/// its lockouts and failure counts (provider, end or NULL), and — when `role` names one with
+/// the revision cached — the role as [`roles::get_if_changed`] gives it.
+#[allow(clippy::type_complexity)] // the four reads it stands for, in their own shapes
+pub(super) fn account_and_role(
+    tx: &mut dyn Tx,
+    key: &str,
+    role: Option<(&str, i64)>,
+) -> Result<(
+    Option<users::User>,
+    Vec<Row>,
+    Vec<Row>,
+    Option<Option<(i64, Option<String>)>>,
+)> {
+    // One row shape for all: the tag, five text columns, three integers, one of bytes. The
+    // user's branch comes first and the credentials' second: PostgreSQL types a UNION's
+    // columns pair by pair from the left, and these two leave no column NULL in both.
+    let mut sql = String::from(
+        "SELECT 'u', account, display_name, phone, email, source, enabled, created_at, updated_at, NULL FROM users WHERE account_key = $1 \
+         UNION ALL SELECT 'c', id, provider, label, flag, NULL, created_at, flagged_at, NULL, sealed FROM credentials WHERE account_key = $1 \
+         UNION ALL SELECT 'l', provider, NULL, NULL, NULL, NULL, locked_until, NULL, NULL, NULL FROM lockouts WHERE account_key = $1 AND (locked_until IS NOT NULL OR failures <> 0)",
+    );
+    let mut params: Vec<Value> = vec![key.into()];
+    if let Some((name, known)) = role {
+        sql.push_str(" UNION ALL SELECT 'r', CASE WHEN revision = $3 THEN NULL ELSE policy END, NULL, NULL, NULL, NULL, revision, NULL, NULL, NULL FROM roles WHERE name = $2");
+        params.push(name.trim().into());
+        params.push(Value::Int(known));
+    }
+    let at = |r: &Row, i: usize| r.0.get(i).cloned().unwrap_or(Value::Null);
+    let (mut user, mut creds, mut lockouts) = (None, Vec::new(), Vec::new());
+    let mut spec = role.map(|_| None);
+    for r in tx.query(&sql, &params)? {
+        match r.text(0)?.as_str() {
+            "u" => user = Some(users::from_row(&Row((1..=8).map(|i| at(&r, i)).collect()))?),
+            // id, provider, label, sealed, created_at, flag, flagged_at
+            "c" => creds.push(Row(vec![
+                at(&r, 1),
+                at(&r, 2),
+                at(&r, 3),
+                at(&r, 9),
+                at(&r, 6),
+                at(&r, 4),
+                at(&r, 7),
+            ])),
+            "l" => lockouts.push(Row(vec![at(&r, 1), at(&r, 6)])),
+            _ => {
+                let policy = match at(&r, 1) {
+                    Value::Null => None,
+                    _ => Some(r.text(1)?),
+                };
+                spec = Some(Some((r.int(6)?, policy)));
+            }
+        }
+    }
+    // Sorted here rather than by ORDER BY, as `credential_rows` sorts them.
+    creds.sort_by_key(|r| r.int(4).unwrap_or(0));
+    Ok((user, creds, lockouts, spec))
+}
+
 /// Whether a credential row of [`credential_rows`] may be offered to its provider: not
 /// marked for an admin (a suspected clone).
 fn usable(row: &Row) -> bool {
