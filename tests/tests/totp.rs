@@ -276,3 +276,90 @@ both! {
         assert!(!said.contains("an admin"), "{said}");
     }
 }
+
+both! {
+    #[tokio::test]
+    async fn a_right_answer_is_refused_when_another_host_disabled_the_user_or_changed_the_credentials(backend) {
+        // The answer's write checks the account in the credential's own update when it cannot
+        // trust the create's read (another host wrote meanwhile): each change below must still
+        // refuse it, say why, and leave the code unspent.
+        let w = world(backend, "in-process").await;
+        let b = w.second_host().await;
+        let set_enabled = |on: bool| {
+            b.store().write(move |tx| {
+                users::update(
+                    tx,
+                    JDOE,
+                    users::UserChanges {
+                        enabled: Some(on),
+                        ..Default::default()
+                    },
+                    1,
+                    "admin",
+                    0,
+                )
+            })
+        };
+
+        // Disabled on B after the create on A.
+        let v = w.service.request(JDOE, "totp", "x", None, None).await.unwrap();
+        set_enabled(false).await.unwrap();
+        let e = w
+            .service
+            .answer(&v.id, JDOE, Input::Code { code: w.code(0) })
+            .await
+            .unwrap_err();
+        assert!(matches!(e, rolegate::Error::Refused(_)), "{e:?}");
+        set_enabled(true).await.unwrap();
+        let stored = w.service.get(&v.id, Some(JDOE)).await.unwrap();
+        assert_ne!(stored.state, "active", "{stored:?}");
+        w.service.close(&v.id, JDOE, false).await.unwrap();
+
+        // A second key of the provider enrolled on B after the create on A.
+        let v = w.service.request(JDOE, "totp", "x", None, None).await.unwrap();
+        let key = Arc::new(SealingKey::load_or_create(&w._at.path().join("rolegate.key")).unwrap());
+        let second = Credential {
+            id: "app2".into(),
+            label: "Second app".into(),
+            data: serde_json::to_vec(&w.app).unwrap().into(),
+        };
+        b.store()
+            .write(move |tx| service::store_credential(tx, &key, JDOE, "totp", &second, 1))
+            .await
+            .unwrap();
+        let e = w
+            .service
+            .answer(&v.id, JDOE, Input::Code { code: w.code(0) })
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("credentials changed"), "{e}");
+        let stored = w.service.get(&v.id, Some(JDOE)).await.unwrap();
+        assert_ne!(stored.state, "active", "{stored:?}");
+
+        // Neither refusal spent the code: the same code still activates on B.
+        let done = w.request_on(&b, "totp-approved", w.code(0)).await.unwrap();
+        assert_eq!(done.state, "pending_approval", "{done:?}");
+    }
+}
+
+impl World {
+    /// Requests `role` on `host` with `code` sent along.
+    async fn request_on(
+        &self,
+        host: &Service,
+        role: &str,
+        code: String,
+    ) -> rolegate::Result<RequestView> {
+        host.request_as(
+            Requester::Account(JDOE.into()),
+            NewRequest {
+                role,
+                justification: "patch night",
+                answer: Some(Input::Code { code }),
+                ..Default::default()
+            },
+        )
+        .await
+        .map(|(_, v)| v)
+    }
+}

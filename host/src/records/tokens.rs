@@ -56,21 +56,8 @@ pub fn verify(tx: &mut dyn Tx, token: &str, now_ms: i64) -> Result<Option<Caller
 /// ([`crate::model::role::Refusal::UserNotAllowed`]). An admin token whose account is no user (the
 /// first admin) stays valid.
 pub fn verify_hash(tx: &mut dyn Tx, hash: &str, now_ms: i64) -> Result<Option<Caller>> {
-    lookup(tx, hash, now_ms, true)
-}
-
-/// [`verify_hash`] for a read that reads the token's user itself and refuses a disabled or
-/// missing one (a request's creation): the token alone, without its user.
-pub fn holder_of_hash(tx: &mut dyn Tx, hash: &str, now_ms: i64) -> Result<Option<Caller>> {
-    lookup(tx, hash, now_ms, false)
-}
-
-fn lookup(tx: &mut dyn Tx, hash: &str, now_ms: i64, with_user: bool) -> Result<Option<Caller>> {
-    let sql = if with_user {
-        "SELECT t.account, t.admin, t.expires_at, u.enabled FROM tokens t LEFT JOIN users u ON u.account_key = t.account_key WHERE t.hash = $1"
-    } else {
-        "SELECT account, admin, expires_at, 1 FROM tokens WHERE hash = $1"
-    };
+    // A create reads its token with its account instead (`service::account_and_role`).
+    let sql = "SELECT t.account, t.admin, t.expires_at, u.enabled FROM tokens t LEFT JOIN users u ON u.account_key = t.account_key WHERE t.hash = $1";
     let rows = tx.query(sql, &[hash.into()])?;
     let Some(r) = rows.first() else {
         return Ok(None);

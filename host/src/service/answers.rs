@@ -235,7 +235,12 @@ struct AccountNow {
 
 impl AccountNow {
     fn read(tx: &mut dyn Tx, account_key: &str, provider: &str) -> Result<Self> {
-        let (user, credentials, lockouts, _) = account_and_role(tx, account_key, None)?;
+        let AccountRead {
+            user,
+            credentials,
+            lockouts,
+            ..
+        } = account_and_role(tx, AccountOf::Key(account_key), None)?;
         let of_provider = |r: &&Row| r.text(1).is_ok_and(|p| p == provider);
         let lockout = lockouts
             .iter()
@@ -393,23 +398,47 @@ fn record_failure(
     Ok(false)
 }
 
-/// Stores a verified answer's credential update (a TOTP step, a sign count) for the account
-/// and provider; false when the stored value is no longer the one the provider saw.
+/// Writes a provider's credential update; false when the stored value is no longer the one
+/// the provider saw (another answer advanced it first).
 pub(super) fn write_credential_update(
     tx: &mut dyn Tx,
     account_key: &str,
     provider: &str,
-    update: CredentialUpdate,
+    update: &CredentialUpdate,
     key: &SealingKey,
     now: Timestamp,
 ) -> Result<bool> {
-    let CredentialUpdate {
-        credential: c,
-        sealed,
-        prior,
-    } = update;
-    let sealed = match sealed {
-        Some(sealed) => sealed,
+    write_update(tx, account_key, provider, update, key, now, false)
+}
+
+/// A credential update whose statement also checks what a verdict's write must find of the
+/// account ([`AccountNow`]): the user enabled, no lockout or failure count on record for the
+/// provider, and the updated credential the provider's only one in use. One statement for
+/// what was a read and an update; false (nothing written) when any of it does not hold, and
+/// the caller then reads the account to say which.
+fn write_checked_credential_update(
+    tx: &mut dyn Tx,
+    account_key: &str,
+    provider: &str,
+    update: &CredentialUpdate,
+    key: &SealingKey,
+    now: Timestamp,
+) -> Result<bool> {
+    write_update(tx, account_key, provider, update, key, now, true)
+}
+
+fn write_update(
+    tx: &mut dyn Tx,
+    account_key: &str,
+    provider: &str,
+    update: &CredentialUpdate,
+    key: &SealingKey,
+    now: Timestamp,
+    check_account: bool,
+) -> Result<bool> {
+    let c = &update.credential;
+    let sealed = match &update.sealed {
+        Some(sealed) => sealed.clone(),
         None => key.seal(
             c.data.as_slice(),
             &Service::credential_context(account_key, provider, &c.id),
@@ -420,26 +449,28 @@ pub(super) fn write_credential_update(
         Value::Int(ms(now)),
         account_key.into(),
         provider.into(),
-        c.id.into(),
+        c.id.clone().into(),
         crate::model::limits::cut(&c.label, crate::model::limits::PROVIDER_LABEL_CHARS).into(),
     ];
+    let mut sql = String::from(
+        "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
+    );
     // Replay protection (a TOTP step, a sign count) holds only if two answers cannot both
     // advance the same credential value: the update is conditional on the value the provider
     // saw, and a miss undoes the caller's whole write.
-    let n = match prior {
-        Some(prior) => {
-            params.push(Value::Blob(prior));
-            tx.execute(
-                "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5 AND sealed = $7",
-                &params,
-            )?
-        }
-        None => tx.execute(
-            "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
-            &params,
-        )?,
-    };
-    Ok(n > 0)
+    if let Some(prior) = &update.prior {
+        params.push(Value::Blob(prior.clone()));
+        sql.push_str(" AND sealed = $7");
+    }
+    if check_account {
+        sql.push_str(
+            " AND flag IS NULL \
+             AND EXISTS (SELECT 1 FROM users WHERE account_key = $3 AND enabled <> 0) \
+             AND NOT EXISTS (SELECT 1 FROM lockouts WHERE account_key = $3 AND provider = $4 AND (locked_until IS NOT NULL OR failures <> 0)) \
+             AND NOT EXISTS (SELECT 1 FROM credentials o WHERE o.account_key = $3 AND o.provider = $4 AND o.id <> $5 AND o.flag IS NULL)",
+        );
+    }
+    Ok(tx.execute(&sql, &params)? > 0)
 }
 
 /// Sets a user's credential aside for an admin (a suspected copy: its signature counter went
@@ -499,8 +530,25 @@ pub(super) fn apply(
     let provider = s.view.provider.clone().unwrap_or_default();
     // Asked before this write changes the account itself (a credential's update, a failure).
     let trust = trusted(tx, &s, relied, now);
+    // An approval that advances the provider's one credential in use checks the account in
+    // that update's own statement when no read the writer vouches for stands for it
+    // (PostgreSQL): one statement instead of two. When the check or the update misses, the
+    // account is read to tell why, as below.
+    let mut outcome = outcome;
+    let mut settled = false;
+    if !trust
+        && let Outcome::Approved(update, _) = &mut outcome
+        && let Some(u) = update.as_ref()
+        && u.prior.as_ref().is_some_and(|prior| {
+            matches!(relied.seen.as_slice(), [(id, seen)] if *id == u.credential.id && seen == prior)
+        })
+        && write_checked_credential_update(tx, &s.account_key, &provider, u, key, now)?
+    {
+        *update = None;
+        settled = true;
+    }
     // What the account is now, unless a read the writer vouches for stands for it.
-    let account_now = match (&outcome, trust) {
+    let account_now = match (&outcome, trust || settled) {
         (Outcome::Approved(..) | Outcome::Denied(..), false) => {
             Some(AccountNow::read(tx, &s.account_key, &provider)?)
         }
@@ -537,7 +585,7 @@ pub(super) fn apply(
             if let Some(a) = &account_now {
                 still_allowed(&s, &provider, relied, a)?;
             }
-            if let Some(update) = credential
+            if let Some(update) = &credential
                 && !write_credential_update(tx, &s.account_key, &provider, update, key, now)?
             {
                 return Err(Error::Conflict(format!(
@@ -549,6 +597,8 @@ pub(super) fn apply(
             // writer vouches for) needs no statement.
             let none = match &account_now {
                 Some(a) => !a.failures_on_record,
+                // The checked update found no failures on record.
+                None if settled => true,
                 None => trust && relied.vouch.is_some_and(|v| !v.failures),
             };
             if !none {

@@ -25,7 +25,7 @@ use crate::model::role::{FactorDown, Refusal, Role, Usability};
 use crate::plugins::Providers;
 use crate::records::events::{self, NewEvent, Severity};
 use crate::records::roles;
-use crate::records::tokens::{self, Caller};
+use crate::records::tokens::Caller;
 use crate::records::users::{self, User, account_key};
 use crate::store::Store;
 use crate::store::changes::{self, Changes, Kind, Stamp};
@@ -674,29 +674,56 @@ fn credential_rows(tx: &mut dyn Tx, account_key: &str) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// What a request reads of its account and role, and a verdict's write of its account, in one
-/// statement (one round trip on PostgreSQL instead of four): the user, its credentials (as [`credential_rows`] gives them),
-/// its lockouts and failure counts (provider, end or NULL), and — when `role` names one with
-/// the revision cached — the role as [`roles::get_if_changed`] gives it.
-#[allow(clippy::type_complexity)] // the four reads it stands for, in their own shapes
+/// Whose account [`account_and_role`] reads: one named by its key, or the holder of a bearer
+/// token not verified lately (its token read in the same statement).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum AccountOf<'a> {
+    /// The account with this key.
+    Key(&'a str),
+    /// The holder of the token with this hash, as of `now_ms` (an expired token has none).
+    Token { hash: &'a str, now_ms: i64 },
+}
+
+/// What [`account_and_role`] read.
+#[derive(Debug, Default)]
+pub(super) struct AccountRead {
+    /// The token's holder, when the account was named by a token that is valid.
+    pub(super) caller: Option<Caller>,
+    /// The user, if there is one.
+    pub(super) user: Option<users::User>,
+    /// Its credential rows, as [`credential_rows`] gives them.
+    pub(super) credentials: Vec<Row>,
+    /// Its lockouts and failure counts (provider, end or NULL).
+    pub(super) lockouts: Vec<Row>,
+    /// The role, when asked for: `None` when there is no such role, else its revision and
+    /// its policy (`None` when the cached revision is current).
+    pub(super) role: Option<Option<(i64, Option<String>)>>,
+}
+
+/// What a request reads of its account (and of the token that names it, when it needs a
+/// look) and role, and a verdict's write of its account, in one statement: one round trip
+/// on PostgreSQL instead of five. `role` names the role with the revision cached; the role
+/// is then read as [`roles::get_if_changed`] gives it.
 pub(super) fn account_and_role(
     tx: &mut dyn Tx,
-    key: &str,
+    of: AccountOf<'_>,
     role: Option<(&str, i64)>,
-) -> Result<(
-    Option<users::User>,
-    Vec<Row>,
-    Vec<Row>,
-    Option<Option<(i64, Option<String>)>>,
-)> {
+) -> Result<AccountRead> {
     // One row shape for all: the tag, five text columns, three integers, one of bytes. The
     // user's branch comes first and the credentials' second: PostgreSQL types a UNION's
     // columns pair by pair from the left, and these two leave no column NULL in both.
-    let mut sql = String::from(
-        "SELECT 'u', account, display_name, phone, email, source, enabled, created_at, updated_at, NULL FROM users WHERE account_key = $1 \
-         UNION ALL SELECT 'c', id, provider, label, flag, NULL, created_at, flagged_at, NULL, sealed FROM credentials WHERE account_key = $1 \
-         UNION ALL SELECT 'l', provider, NULL, NULL, NULL, NULL, locked_until, NULL, NULL, NULL FROM lockouts WHERE account_key = $1 AND (locked_until IS NOT NULL OR failures <> 0)",
+    let (key, subject) = match of {
+        AccountOf::Key(k) => (k, "$1"),
+        AccountOf::Token { hash, .. } => (hash, "(SELECT account_key FROM tokens WHERE hash = $1)"),
+    };
+    let mut sql = format!(
+        "SELECT 'u', account, display_name, phone, email, source, enabled, created_at, updated_at, NULL FROM users WHERE account_key = {subject} \
+         UNION ALL SELECT 'c', id, provider, label, flag, NULL, created_at, flagged_at, NULL, sealed FROM credentials WHERE account_key = {subject} \
+         UNION ALL SELECT 'l', provider, NULL, NULL, NULL, NULL, locked_until, NULL, NULL, NULL FROM lockouts WHERE account_key = {subject} AND (locked_until IS NOT NULL OR failures <> 0)",
     );
+    if matches!(of, AccountOf::Token { .. }) {
+        sql.push_str(" UNION ALL SELECT 't', account, NULL, NULL, NULL, NULL, admin, expires_at, NULL, NULL FROM tokens WHERE hash = $1");
+    }
     let mut params: Vec<Value> = vec![key.into()];
     if let Some((name, known)) = role {
         sql.push_str(" UNION ALL SELECT 'r', CASE WHEN revision = $3 THEN NULL ELSE policy END, NULL, NULL, NULL, NULL, revision, NULL, NULL, NULL FROM roles WHERE name = $2");
@@ -704,13 +731,15 @@ pub(super) fn account_and_role(
         params.push(Value::Int(known));
     }
     let at = |r: &Row, i: usize| r.0.get(i).cloned().unwrap_or(Value::Null);
-    let (mut user, mut creds, mut lockouts) = (None, Vec::new(), Vec::new());
-    let mut spec = role.map(|_| None);
+    let mut read = AccountRead {
+        role: role.map(|_| None),
+        ..AccountRead::default()
+    };
     for r in tx.query(&sql, &params)? {
         match r.text(0)?.as_str() {
-            "u" => user = Some(users::from_row(&Row((1..=8).map(|i| at(&r, i)).collect()))?),
+            "u" => read.user = Some(users::from_row(&Row((1..=8).map(|i| at(&r, i)).collect()))?),
             // id, provider, label, sealed, created_at, flag, flagged_at
-            "c" => creds.push(Row(vec![
+            "c" => read.credentials.push(Row(vec![
                 at(&r, 1),
                 at(&r, 2),
                 at(&r, 3),
@@ -719,19 +748,43 @@ pub(super) fn account_and_role(
                 at(&r, 4),
                 at(&r, 7),
             ])),
-            "l" => lockouts.push(Row(vec![at(&r, 1), at(&r, 6)])),
+            "l" => read.lockouts.push(Row(vec![at(&r, 1), at(&r, 6)])),
+            "t" => {
+                // As `tokens::verify_hash` judges it: an expired token names no one.
+                let expires_at = match at(&r, 7) {
+                    Value::Int(e) => Some(e),
+                    _ => None,
+                };
+                let now_ms = match of {
+                    AccountOf::Token { now_ms, .. } => now_ms,
+                    AccountOf::Key(_) => i64::MIN,
+                };
+                if expires_at.is_none_or(|e| now_ms < e) {
+                    read.caller = Some(Caller {
+                        account: r.text(1)?,
+                        admin: r.int(6)? != 0,
+                        expires_at,
+                    });
+                }
+            }
             _ => {
                 let policy = match at(&r, 1) {
                     Value::Null => None,
                     _ => Some(r.text(1)?),
                 };
-                spec = Some(Some((r.int(6)?, policy)));
+                read.role = Some(Some((r.int(6)?, policy)));
             }
         }
     }
+    if matches!(of, AccountOf::Token { .. }) && read.caller.is_none() {
+        // No valid token: nothing of an account is returned with it.
+        read.user = None;
+        read.credentials.clear();
+        read.lockouts.clear();
+    }
     // Sorted here rather than by ORDER BY, as `credential_rows` sorts them.
-    creds.sort_by_key(|r| r.int(4).unwrap_or(0));
-    Ok((user, creds, lockouts, spec))
+    read.credentials.sort_by_key(|r| r.int(4).unwrap_or(0));
+    Ok(read)
 }
 
 /// Whether a credential row of [`credential_rows`] may be offered to its provider: not

@@ -432,23 +432,34 @@ impl Service {
         }
         let known = self.cached_revision(role_name);
         let r = fresh_role.is_none().then(|| role_name.to_string());
-        let (account, caller, spec, user, credentials, lockouts) = self
+        let (account, read) = self
             .store
             .read(move |tx| {
-                let (account, caller) = match who {
-                    Requester::Account(a) => (a, None),
-                    // Its user is read below, and a disabled or missing one refused.
-                    Requester::TokenHash(h) => match tokens::holder_of_hash(tx, &h, now_ms)? {
-                        Some(c) => (c.account.clone(), Some(c)),
-                        None => return Err(Error::Unauthorized),
-                    },
-                };
-                let key = account_key(&account);
-                let (user, creds, lockouts, spec) =
-                    account_and_role(tx, &key, r.as_deref().map(|r| (r, known)))?;
-                Ok((account, caller, spec, user, creds, lockouts))
+                let role = r.as_deref().map(|r| (r, known));
+                Ok(match who {
+                    Requester::Account(a) => {
+                        let read = account_and_role(tx, AccountOf::Key(&account_key(&a)), role)?;
+                        (a, read)
+                    }
+                    // Its user is read with it, and a disabled or missing one refused below.
+                    Requester::TokenHash(h) => {
+                        let of = AccountOf::Token { hash: &h, now_ms };
+                        let read = account_and_role(tx, of, role)?;
+                        match &read.caller {
+                            Some(c) => (c.account.clone(), read),
+                            None => return Err(Error::Unauthorized),
+                        }
+                    }
+                })
             })
             .await?;
+        let AccountRead {
+            caller,
+            user,
+            credentials,
+            lockouts,
+            role: spec,
+        } = read;
         let role = match (fresh_role, spec) {
             (Some(role), _) => role,
             (None, spec) => {

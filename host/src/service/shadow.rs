@@ -475,7 +475,7 @@ fn settle(
         }
         Outcome::Approved(update, _) => {
             // As a real answer's: only over the value the provider saw (replay).
-            if let Some(update) = update
+            if let Some(update) = &update
                 && !answers::write_credential_update(
                     tx,
                     &row.account_key,
