@@ -712,17 +712,23 @@ pub(super) fn account_and_role(
     // One row shape for all: the tag, five text columns, three integers, one of bytes. The
     // user's branch comes first and the credentials' second: PostgreSQL types a UNION's
     // columns pair by pair from the left, and these two leave no column NULL in both.
-    let (key, subject) = match of {
-        AccountOf::Key(k) => (k, "$1"),
-        AccountOf::Token { hash, .. } => (hash, "(SELECT account_key FROM tokens WHERE hash = $1)"),
+    // The token, when it names the account, is read once (a CTE referred to twice is read
+    // once by both databases) and its account's rows by the key it holds.
+    let (key, with, subject) = match of {
+        AccountOf::Key(k) => (k, "", "$1"),
+        AccountOf::Token { hash, .. } => (
+            hash,
+            "WITH t AS (SELECT account, account_key, admin, expires_at FROM tokens WHERE hash = $1) ",
+            "(SELECT account_key FROM t)",
+        ),
     };
     let mut sql = format!(
-        "SELECT 'u', account, display_name, phone, email, source, enabled, created_at, updated_at, NULL FROM users WHERE account_key = {subject} \
+        "{with}SELECT 'u', account, display_name, phone, email, source, enabled, created_at, updated_at, NULL FROM users WHERE account_key = {subject} \
          UNION ALL SELECT 'c', id, provider, label, flag, NULL, created_at, flagged_at, NULL, sealed FROM credentials WHERE account_key = {subject} \
          UNION ALL SELECT 'l', provider, NULL, NULL, NULL, NULL, locked_until, NULL, NULL, NULL FROM lockouts WHERE account_key = {subject} AND (locked_until IS NOT NULL OR failures <> 0)",
     );
     if matches!(of, AccountOf::Token { .. }) {
-        sql.push_str(" UNION ALL SELECT 't', account, NULL, NULL, NULL, NULL, admin, expires_at, NULL, NULL FROM tokens WHERE hash = $1");
+        sql.push_str(" UNION ALL SELECT 't', account, NULL, NULL, NULL, NULL, admin, expires_at, NULL, NULL FROM t");
     }
     let mut params: Vec<Value> = vec![key.into()];
     if let Some((name, known)) = role {
