@@ -363,3 +363,86 @@ impl World {
         .map(|(_, v)| v)
     }
 }
+
+both! {
+    #[tokio::test]
+    async fn a_code_sent_after_a_wrong_one_activates_and_clears_the_failure(backend) {
+        // A failure on record makes the write judge the account again before it stores the
+        // request (on PostgreSQL the insert's own check misses first): it activates, and the
+        // failure count is cleared as an answered prompt's success clears it.
+        let w = world(backend, "in-process").await;
+        let wrong = w.request("totp", "000000".into()).await.unwrap();
+        assert_eq!(wrong.state, "pending_mfa", "{wrong:?}");
+        let failures = || {
+            w.service.store().read(|tx| {
+                tx.query(
+                    "SELECT failures FROM lockouts WHERE account_key = $1 AND provider = 'totp'",
+                    &[users::account_key(JDOE).into()],
+                )
+                .map(|r| r.first().and_then(|r| r.int(0).ok()).unwrap_or(0))
+            })
+        };
+        assert_eq!(failures().await.unwrap(), 1);
+        let v = w.request("totp-approved", w.code(0)).await.unwrap();
+        assert_eq!(v.state, "pending_approval", "{v:?}");
+        assert_eq!(failures().await.unwrap(), 0);
+        // The code is spent.
+        w.service.close(&wrong.id, JDOE, false).await.unwrap();
+        let again = w.request("totp", w.code(0)).await.unwrap();
+        assert_eq!(again.state, "pending_mfa", "{again:?}");
+        assert!(again.reason.as_deref().unwrap_or("").contains("used already"), "{again:?}");
+    }
+}
+
+both! {
+    #[tokio::test]
+    async fn an_activation_stays_written_when_a_later_write_of_its_batch_fails(backend) {
+        // On PostgreSQL a write that fails is undone by rolling its group commit back and
+        // running the others' statements again: the activation's one statement (the request
+        // inserted with the credential's update) must be among them.
+        let w = world(backend, "in-process").await;
+        let store = w.service.store().clone();
+        let pause = match backend {
+            Backend::Postgres => "SELECT 1 FROM pg_sleep(1)",
+            Backend::Sqlite => "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000) SELECT count(*) FROM n",
+        };
+        // The writer busy while the activation's write and then a failing one queue behind it
+        // (one group commit).
+        let busy = store.write(move |tx| tx.query(pause, &[]).map(|_| ()));
+        let activation = async {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            w.request("totp", w.code(0)).await
+        };
+        let failing = async {
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            store
+                .write(|tx| {
+                    tx.execute(
+                        "UPDATE users SET display_name = 'x' WHERE account_key = $1",
+                        &[users::account_key(JDOE).into()],
+                    )?;
+                    Err::<(), _>(rolegate::Error::Conflict("this write fails".into()))
+                })
+                .await
+        };
+        let (busy, activation, failing) = tokio::join!(busy, activation, failing);
+        busy.unwrap();
+        assert!(failing.is_err());
+        let v = activation.unwrap();
+        assert_eq!(v.state, "active", "{v:?}");
+        // Written: read back by another host, its events on record, the code spent, and the
+        // failed write's change gone.
+        let b = w.second_host().await;
+        assert_eq!(b.get(&v.id, Some(JDOE)).await.unwrap().state, "active");
+        assert_eq!(w.event_ids(&v.id).await, [200, 103, 203]);
+        let again = w.request_on(&b, "totp-approved", w.code(0)).await.unwrap();
+        assert_eq!(again.state, "pending_mfa", "{again:?}");
+        assert!(again.reason.as_deref().unwrap_or("").contains("used already"), "{again:?}");
+        let name = store
+            .read(|tx| users::get(tx, JDOE))
+            .await
+            .unwrap()
+            .map(|u| u.display_name);
+        assert_eq!(name.as_deref(), Some(JDOE));
+    }
+}

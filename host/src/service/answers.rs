@@ -436,6 +436,22 @@ fn write_update(
     now: Timestamp,
     check_account: bool,
 ) -> Result<bool> {
+    let (sql, params) =
+        credential_update(0, account_key, provider, update, key, now, check_account)?;
+    Ok(tx.execute(&sql, &params)? > 0)
+}
+
+/// The statement (its parameters numbered from `$base + 1`) and parameters of a credential
+/// update, as [`write_credential_update`] and [`write_checked_credential_update`] run it.
+pub(super) fn credential_update(
+    base: usize,
+    account_key: &str,
+    provider: &str,
+    update: &CredentialUpdate,
+    key: &SealingKey,
+    now: Timestamp,
+    check_account: bool,
+) -> Result<(String, Vec<Value>)> {
     let c = &update.credential;
     let sealed = match &update.sealed {
         Some(sealed) => sealed.clone(),
@@ -452,25 +468,75 @@ fn write_update(
         c.id.clone().into(),
         crate::model::limits::cut(&c.label, crate::model::limits::PROVIDER_LABEL_CHARS).into(),
     ];
-    let mut sql = String::from(
-        "UPDATE credentials SET sealed = $1, label = $6, updated_at = $2 WHERE account_key = $3 AND provider = $4 AND id = $5",
+    let p = |i: usize| format!("${}", base + i);
+    let (sealed, at, account, provider, id, label) = (p(1), p(2), p(3), p(4), p(5), p(6));
+    let mut sql = format!(
+        "UPDATE credentials SET sealed = {sealed}, label = {label}, updated_at = {at} WHERE account_key = {account} AND provider = {provider} AND id = {id}"
     );
     // Replay protection (a TOTP step, a sign count) holds only if two answers cannot both
     // advance the same credential value: the update is conditional on the value the provider
     // saw, and a miss undoes the caller's whole write.
     if let Some(prior) = &update.prior {
         params.push(Value::Blob(prior.clone()));
-        sql.push_str(" AND sealed = $7");
+        sql.push_str(&format!(" AND sealed = {}", p(7)));
     }
     if check_account {
-        sql.push_str(
+        sql.push_str(&format!(
             " AND flag IS NULL \
-             AND EXISTS (SELECT 1 FROM users WHERE account_key = $3 AND enabled <> 0) \
-             AND NOT EXISTS (SELECT 1 FROM lockouts WHERE account_key = $3 AND provider = $4 AND (locked_until IS NOT NULL OR failures <> 0)) \
-             AND NOT EXISTS (SELECT 1 FROM credentials o WHERE o.account_key = $3 AND o.provider = $4 AND o.id <> $5 AND o.flag IS NULL)",
-        );
+             AND EXISTS (SELECT 1 FROM users WHERE account_key = {account} AND enabled <> 0) \
+             AND NOT EXISTS (SELECT 1 FROM lockouts WHERE account_key = {account} AND provider = {provider} AND (locked_until IS NOT NULL OR failures <> 0)) \
+             AND NOT EXISTS (SELECT 1 FROM credentials o WHERE o.account_key = {account} AND o.provider = {provider} AND o.id <> {id} AND o.flag IS NULL)"
+        ));
     }
-    Ok(tx.execute(&sql, &params)? > 0)
+    Ok((sql, params))
+}
+
+/// A checked credential update left for the statement that inserts its request (PostgreSQL:
+/// one statement for both), with what its write relied on, to judge it again when it misses.
+#[derive(Debug)]
+pub(super) struct CheckedWithInsert {
+    /// The update (its parameters numbered after the insert's [`INSERT_PARAMS`]), and its
+    /// parameters.
+    pub(super) sql: String,
+    pub(super) params: Vec<Value>,
+    /// The update as [`write_credential_update`] runs it (its parameters from `$1`), for
+    /// [`settle`].
+    plain: (String, Vec<Value>),
+    /// The provider, and the credentials it saw.
+    provider: String,
+    seen: Vec<(String, Vec<u8>)>,
+}
+
+/// When the check of a [`CheckedWithInsert`] missed (nothing was written): judges the account
+/// as a verdict's write does without it — a lockout, a disabled user, other credentials are
+/// refused; failures on record are cleared — and writes the credential's update.
+pub(super) fn settle(
+    tx: &mut dyn Tx,
+    s: &Stored,
+    c: CheckedWithInsert,
+    now: Timestamp,
+) -> Result<()> {
+    let account = AccountNow::read(tx, &s.account_key, &c.provider)?;
+    refuse_if_locked(&account, &c.provider, now)?;
+    let relied = Relied {
+        seen: c.seen,
+        vouch: None,
+    };
+    still_allowed(s, &c.provider, &relied, &account)?;
+    let (sql, params) = &c.plain;
+    if tx.execute(sql, params)? == 0 {
+        return Err(Error::Conflict(format!(
+            "{CREDENTIAL_RACE} (request `{}`)",
+            s.view.id
+        )));
+    }
+    if account.failures_on_record {
+        tx.execute(
+            "UPDATE lockouts SET failures = 0 WHERE account_key = $1 AND provider = $2 AND failures <> 0",
+            &[s.account_key.clone().into(), c.provider.into()],
+        )?;
+    }
+    Ok(())
 }
 
 /// Sets a user's credential aside for an admin (a suspected copy: its signature counter went
@@ -534,6 +600,8 @@ pub(super) fn apply(
     // that update's own statement when no read the writer vouches for stands for it
     // (PostgreSQL): one statement instead of two. When the check or the update misses, the
     // account is read to tell why, as below.
+    // A request not stored yet (its answer came with it) leaves the update to the statement
+    // that inserts it, on PostgreSQL (`insert`): one statement for three.
     let mut outcome = outcome;
     let mut settled = false;
     if !trust
@@ -542,10 +610,41 @@ pub(super) fn apply(
         && u.prior.as_ref().is_some_and(|prior| {
             matches!(relied.seen.as_slice(), [(id, seen)] if *id == u.credential.id && seen == prior)
         })
-        && write_checked_credential_update(tx, &s.account_key, &provider, u, key, now)?
     {
-        *update = None;
-        settled = true;
+        if s.unsaved && tx.backend() == "postgres" {
+            let (sql, params) = credential_update(
+                INSERT_PARAMS,
+                &s.account_key,
+                &provider,
+                u,
+                key,
+                now,
+                true,
+            )?;
+            // Sealed once: the plain update writes the same value.
+            let plain_update = CredentialUpdate {
+                credential: u.credential.clone(),
+                sealed: params.first().and_then(|p| match p {
+                    Value::Blob(b) => Some(b.clone()),
+                    _ => None,
+                }),
+                prior: u.prior.clone(),
+            };
+            let plain =
+                credential_update(0, &s.account_key, &provider, &plain_update, key, now, false)?;
+            s.checked_with_insert = Some(Box::new(CheckedWithInsert {
+                sql,
+                params,
+                plain,
+                provider: provider.clone(),
+                seen: relied.seen.clone(),
+            }));
+            *update = None;
+            settled = true;
+        } else if write_checked_credential_update(tx, &s.account_key, &provider, u, key, now)? {
+            *update = None;
+            settled = true;
+        }
     }
     // What the account is now, unless a read the writer vouches for stands for it.
     let account_now = match (&outcome, trust || settled) {

@@ -167,6 +167,8 @@ struct Stored {
     /// that came with its answer, approved in the write that creates it: one statement, not
     /// an insert and an update).
     unsaved: bool,
+    /// The checked credential update its insert runs too (PostgreSQL), if any.
+    checked_with_insert: Option<Box<answers::CheckedWithInsert>>,
 }
 
 const COLUMNS: &str = "id, account_key, role, state, justification, ttl_s, provider, prompt, expires_at, reason, created_at, challenge, ask_expires_at, version, wrong_answers, needs_approval, updated_at, starts_at, account";
@@ -212,6 +214,7 @@ fn from_row(r: &Row) -> Result<Stored> {
         reference: None,
         account_key,
         unsaved: false,
+        checked_with_insert: None,
     })
 }
 
@@ -646,6 +649,7 @@ impl Stored {
             updated_at: self.updated_at,
             reference: self.reference.clone(),
             unsaved: self.unsaved,
+            checked_with_insert: None,
         }
     }
 
@@ -804,7 +808,53 @@ fn usable(row: &Row) -> bool {
 /// user and role ([`requests::make_room`]), checked in the write: two hosts, or two
 /// requests racing, cannot both pass.
 fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
-    let params = [
+    let params = insert_params(s);
+    // The usual case in one statement (one round trip on PostgreSQL, not two): inserted when
+    // the user has no request for the role that is live and has not run out. Any other —
+    // even one whose prompt lapsed — leaves it to `make_room`, which judges each.
+    if tx.execute(&insert_if_room(), &params)? == 1 {
+        return Ok(());
+    }
+    insert_making_room(tx, s, &params)
+}
+
+/// [`insert`] with a checked credential update ([`answers::CheckedWithInsert`]) in the same
+/// statement: the request is inserted only if the update lands. When its check misses, nothing
+/// is written and the account is judged again ([`answers::settle`]) before the insert.
+fn insert_with_update(
+    tx: &mut dyn Tx,
+    s: &Stored,
+    checked: answers::CheckedWithInsert,
+    now: Timestamp,
+) -> Result<()> {
+    let mut params = insert_params(s);
+    params.extend(checked.params.iter().cloned());
+    let rows = tx.query(
+        &format!(
+            "WITH c AS ({} RETURNING 1), i AS ({} AND EXISTS (SELECT 1 FROM c) RETURNING 1) SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM i)",
+            checked.sql,
+            insert_if_room()
+        ),
+        &params,
+    )?;
+    let counts = rows.first().map(|r| (r.int(0), r.int(1)));
+    match counts {
+        Some((Ok(1), Ok(1))) => Ok(()),
+        // Updated, but another request of the user's for the role is on record.
+        Some((Ok(1), _)) => insert_making_room(tx, s, &params[..INSERT_PARAMS]),
+        _ => {
+            answers::settle(tx, s, checked, now)?;
+            insert(tx, s)
+        }
+    }
+}
+
+/// How many parameters [`insert_params`] gives.
+const INSERT_PARAMS: usize = 19;
+
+/// The parameters of [`insert_if_room`] and [`insert_making_room`]'s insert, as `s` has it.
+fn insert_params(s: &Stored) -> Vec<Value> {
+    vec![
         s.view.id.clone().into(),
         s.account_key.clone().into(),
         s.view.role.clone().into(),
@@ -824,26 +874,27 @@ fn insert(tx: &mut dyn Tx, s: &Stored) -> Result<()> {
         Value::Int(s.updated_at),
         s.view.reason.clone().into(),
         Value::Int(s.wrong_answers),
-    ];
-    // The usual case in one statement (one round trip on PostgreSQL, not two): inserted when
-    // the user has no request for the role that is live and has not run out. Any other —
-    // even one whose prompt lapsed — leaves it to `make_room`, which judges each.
-    let inserted = tx.execute(
-        &format!(
-            "INSERT INTO requests ({INSERT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $18, $12, $17, $13, $19, $14, $15, $16 WHERE NOT EXISTS (SELECT 1 FROM requests WHERE account_key = $2 AND role = $3 AND state IN {} AND (expires_at IS NULL OR expires_at > $12))",
-            requests::LIVE
-        ),
-        &params,
-    )?;
-    if inserted == 1 {
-        return Ok(());
-    }
+    ]
+}
+
+/// The insert of a new request ([`insert_params`]) when the user has no request for the
+/// role that is live and has not run out.
+fn insert_if_room() -> String {
+    format!(
+        "INSERT INTO requests ({INSERT_COLUMNS}) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $18, $12, $17, $13, $19, $14, $15, $16 WHERE NOT EXISTS (SELECT 1 FROM requests WHERE account_key = $2 AND role = $3 AND state IN {} AND (expires_at IS NULL OR expires_at > $12))",
+        requests::LIVE
+    )
+}
+
+/// Inserts a new request when another of the user's for the role is on record:
+/// [`requests::make_room`] judges it (a lapsed one is ended, a live one refuses).
+fn insert_making_room(tx: &mut dyn Tx, s: &Stored, params: &[Value]) -> Result<()> {
     requests::make_room(tx, s)?;
     tx.execute(
         &format!(
             "INSERT INTO requests ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $18, $12, $17, $13, $19, $14, $15, $16)"
         ),
-        &params,
+        params,
     )?;
     Ok(())
 }
@@ -956,7 +1007,10 @@ fn transition(tx: &mut dyn Tx, s: &mut Stored, next: RequestState, now: Timestam
         s.challenge = None;
         s.ask_expires_at = None;
         s.updated_at = ms(now);
-        insert(tx, s)?;
+        match s.checked_with_insert.take() {
+            Some(checked) => insert_with_update(tx, s, *checked, now)?,
+            None => insert(tx, s)?,
+        }
         s.unsaved = false;
         return Ok(());
     }

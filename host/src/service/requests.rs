@@ -157,6 +157,7 @@ impl Service {
             updated_at: ms(now),
             reference: None,
             unsaved: false,
+            checked_with_insert: None,
             account_key: key.clone(),
         };
         if !admission.needs_mfa && answer.is_some() {

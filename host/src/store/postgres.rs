@@ -452,9 +452,16 @@ impl Tx for BatchTx<'_> {
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         self.flush_before(sql)?;
-        self.conn
+        let rows = self
+            .conn
             .query(sql, params)
-            .inspect_err(|_| self.failed = true)
+            .inspect_err(|_| self.failed = true)?;
+        // A query that writes (a `WITH … UPDATE/INSERT`) runs again with the batch's others.
+        if !sql.trim_start().starts_with("SELECT") {
+            self.redo
+                .push(Redone::Statement(sql.to_string(), params.to_vec()));
+        }
+        Ok(rows)
     }
 
     fn backend(&self) -> &'static str {
