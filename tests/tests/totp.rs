@@ -108,18 +108,7 @@ impl World {
 
     /// Requests `role` with `code` sent along.
     async fn request(&self, role: &str, code: String) -> rolegate::Result<RequestView> {
-        self.service
-            .request_as(
-                Requester::Account(JDOE.into()),
-                NewRequest {
-                    role,
-                    justification: "patch night",
-                    answer: Some(Input::Code { code }),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map(|(_, v)| v)
+        self.request_on(&self.service, role, code).await
     }
 
     async fn event_ids(&self, request: &str) -> Vec<i64> {

@@ -399,35 +399,13 @@ fn record_failure(
 }
 
 /// Writes a provider's credential update; false when the stored value is no longer the one
-/// the provider saw (another answer advanced it first).
+/// the provider saw (another answer advanced it first). With `check_account`, the same
+/// statement checks what a verdict's write must find of the account ([`AccountNow`]): the
+/// user enabled, no lockout or failure count on record for the provider, and the updated
+/// credential the provider's only one in use — one statement for a read and an update; false
+/// (nothing written) when any of it does not hold, and the caller then reads the account to
+/// say which.
 pub(super) fn write_credential_update(
-    tx: &mut dyn Tx,
-    account_key: &str,
-    provider: &str,
-    update: &CredentialUpdate,
-    key: &SealingKey,
-    now: Timestamp,
-) -> Result<bool> {
-    write_update(tx, account_key, provider, update, key, now, false)
-}
-
-/// A credential update whose statement also checks what a verdict's write must find of the
-/// account ([`AccountNow`]): the user enabled, no lockout or failure count on record for the
-/// provider, and the updated credential the provider's only one in use. One statement for
-/// what was a read and an update; false (nothing written) when any of it does not hold, and
-/// the caller then reads the account to say which.
-fn write_checked_credential_update(
-    tx: &mut dyn Tx,
-    account_key: &str,
-    provider: &str,
-    update: &CredentialUpdate,
-    key: &SealingKey,
-    now: Timestamp,
-) -> Result<bool> {
-    write_update(tx, account_key, provider, update, key, now, true)
-}
-
-fn write_update(
     tx: &mut dyn Tx,
     account_key: &str,
     provider: &str,
@@ -442,7 +420,7 @@ fn write_update(
 }
 
 /// The statement (its parameters numbered from `$base + 1`) and parameters of a credential
-/// update, as [`write_credential_update`] and [`write_checked_credential_update`] run it.
+/// update, as [`write_credential_update`] runs it.
 pub(super) fn credential_update(
     base: usize,
     account_key: &str,
@@ -641,7 +619,7 @@ pub(super) fn apply(
             }));
             *update = None;
             settled = true;
-        } else if write_checked_credential_update(tx, &s.account_key, &provider, u, key, now)? {
+        } else if write_credential_update(tx, &s.account_key, &provider, u, key, now, true)? {
             *update = None;
             settled = true;
         }
@@ -685,7 +663,7 @@ pub(super) fn apply(
                 still_allowed(&s, &provider, relied, a)?;
             }
             if let Some(update) = &credential
-                && !write_credential_update(tx, &s.account_key, &provider, update, key, now)?
+                && !write_credential_update(tx, &s.account_key, &provider, update, key, now, false)?
             {
                 return Err(Error::Conflict(format!(
                     "{CREDENTIAL_RACE} (request `{}`)",

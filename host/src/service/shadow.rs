@@ -483,6 +483,7 @@ fn settle(
                     update,
                     key,
                     now,
+                    false,
                 )?
             {
                 return Err(Error::Conflict(format!(
