@@ -435,3 +435,36 @@ both! {
         assert_eq!(name.as_deref(), Some(JDOE));
     }
 }
+
+both! {
+    #[tokio::test]
+    async fn a_code_sent_with_requests_on_two_hosts_at_once_activates_once(backend) {
+        // The same code sent along with two requests (two roles), one on each host, at once:
+        // each host's provider accepts it, and the writes race on the credential's update
+        // (on PostgreSQL, the statement that also inserts the request) — one activation, the
+        // other hears the code was used, and the event chain stays whole.
+        let w = world(backend, "in-process").await;
+        let b = w.second_host().await;
+        let code = w.code(0);
+        let (a1, a2) = tokio::join!(
+            w.request("totp", code.clone()),
+            w.request_on(&b, "totp-approved", code),
+        );
+        let granted = |r: &rolegate::Result<RequestView>| {
+            matches!(r, Ok(v) if v.state == "active" || v.state == "pending_approval")
+        };
+        assert_eq!(
+            [granted(&a1), granted(&a2)].iter().filter(|g| **g).count(),
+            1,
+            "one code, one success: {a1:?} {a2:?}"
+        );
+        let other = if granted(&a1) { &a2 } else { &a1 };
+        let said = match other {
+            Ok(v) => v.reason.clone().unwrap_or_default(),
+            Err(e) => e.to_string(),
+        };
+        assert!(said.contains("used already"), "the other hears the code was used: {said}");
+        let chain = w.service.store().read_long(rolegate::records::events::verify).await.unwrap();
+        assert!(matches!(chain, rolegate::records::events::Verification::Intact(_)), "{chain:?}");
+    }
+}
