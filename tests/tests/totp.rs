@@ -235,6 +235,21 @@ both! {
     }
 }
 
+/// Asserts that exactly one of two outcomes moved its request on (active, or on to
+/// approval) and returns what the other said (its reason, or its error).
+fn one_granted(a1: &rolegate::Result<RequestView>, a2: &rolegate::Result<RequestView>) -> String {
+    let granted = |r: &rolegate::Result<RequestView>| matches!(r, Ok(v) if v.state == "active" || v.state == "pending_approval");
+    assert_eq!(
+        [granted(a1), granted(a2)].iter().filter(|g| **g).count(),
+        1,
+        "one code, one success: {a1:?} {a2:?}"
+    );
+    match if granted(a1) { a2 } else { a1 } {
+        Ok(v) => v.reason.clone().unwrap_or_default(),
+        Err(e) => e.to_string(),
+    }
+}
+
 both! {
     #[tokio::test]
     async fn a_code_used_on_two_hosts_at_once_counts_once_and_the_other_hears_it_was_used(backend) {
@@ -248,19 +263,7 @@ both! {
             w.service.answer(&r1.id, JDOE, Input::Code { code: code.clone() }),
             b.answer(&r2.id, JDOE, Input::Code { code }),
         );
-        let moved = |r: &rolegate::Result<RequestView>| {
-            matches!(r, Ok(v) if v.state == "active" || v.state == "pending_approval")
-        };
-        assert_eq!(
-            [moved(&a1), moved(&a2)].iter().filter(|m| **m).count(),
-            1,
-            "one code, one success: {a1:?} {a2:?}"
-        );
-        let other = if moved(&a1) { &a2 } else { &a1 };
-        let said = match other {
-            Ok(v) => v.reason.clone().unwrap_or_default(),
-            Err(e) => e.to_string(),
-        };
+        let said = one_granted(&a1, &a2);
         assert!(said.contains("used already"), "the second hears the code was used: {said}");
         assert!(!said.contains("an admin"), "{said}");
     }
@@ -450,19 +453,7 @@ both! {
             w.request("totp", code.clone()),
             w.request_on(&b, "totp-approved", code),
         );
-        let granted = |r: &rolegate::Result<RequestView>| {
-            matches!(r, Ok(v) if v.state == "active" || v.state == "pending_approval")
-        };
-        assert_eq!(
-            [granted(&a1), granted(&a2)].iter().filter(|g| **g).count(),
-            1,
-            "one code, one success: {a1:?} {a2:?}"
-        );
-        let other = if granted(&a1) { &a2 } else { &a1 };
-        let said = match other {
-            Ok(v) => v.reason.clone().unwrap_or_default(),
-            Err(e) => e.to_string(),
-        };
+        let said = one_granted(&a1, &a2);
         assert!(said.contains("used already"), "the other hears the code was used: {said}");
         let chain = w.service.store().read_long(rolegate::records::events::verify).await.unwrap();
         assert!(matches!(chain, rolegate::records::events::Verification::Intact(_)), "{chain:?}");

@@ -414,30 +414,40 @@ pub(super) fn write_credential_update(
     now: Timestamp,
     check_account: bool,
 ) -> Result<bool> {
+    let sealed = sealed_value(update, key, account_key, provider)?;
     let (sql, params) =
-        credential_update(0, account_key, provider, update, key, now, check_account)?;
+        credential_update(0, account_key, provider, update, sealed, now, check_account);
     Ok(tx.execute(&sql, &params)? > 0)
 }
 
+/// The update's value as stored: sealed before the write when it could be, else now.
+fn sealed_value(
+    update: &CredentialUpdate,
+    key: &SealingKey,
+    account_key: &str,
+    provider: &str,
+) -> Result<Vec<u8>> {
+    match &update.sealed {
+        Some(sealed) => Ok(sealed.clone()),
+        None => key.seal(
+            update.credential.data.as_slice(),
+            &Service::credential_context(account_key, provider, &update.credential.id),
+        ),
+    }
+}
+
 /// The statement (its parameters numbered from `$base + 1`) and parameters of a credential
-/// update, as [`write_credential_update`] runs it.
-pub(super) fn credential_update(
+/// update storing `sealed`, as [`write_credential_update`] describes it.
+fn credential_update(
     base: usize,
     account_key: &str,
     provider: &str,
     update: &CredentialUpdate,
-    key: &SealingKey,
+    sealed: Vec<u8>,
     now: Timestamp,
     check_account: bool,
-) -> Result<(String, Vec<Value>)> {
+) -> (String, Vec<Value>) {
     let c = &update.credential;
-    let sealed = match &update.sealed {
-        Some(sealed) => sealed.clone(),
-        None => key.seal(
-            c.data.as_slice(),
-            &Service::credential_context(account_key, provider, &c.id),
-        )?,
-    };
     let mut params = vec![
         Value::Blob(sealed),
         Value::Int(ms(now)),
@@ -466,23 +476,40 @@ pub(super) fn credential_update(
              AND NOT EXISTS (SELECT 1 FROM credentials o WHERE o.account_key = {account} AND o.provider = {provider} AND o.id <> {id} AND o.flag IS NULL)"
         ));
     }
-    Ok((sql, params))
+    (sql, params)
 }
 
-/// A checked credential update left for the statement that inserts its request (PostgreSQL:
-/// one statement for both), with what its write relied on, to judge it again when it misses.
+/// A credential update with its account check, left for the statement that inserts its
+/// request (PostgreSQL: one statement for both), with what its write relied on, to judge it
+/// again when it misses.
 #[derive(Debug)]
 pub(super) struct CheckedWithInsert {
-    /// The update (its parameters numbered after the insert's [`INSERT_PARAMS`]), and its
-    /// parameters.
-    pub(super) sql: String,
-    pub(super) params: Vec<Value>,
-    /// The update as [`write_credential_update`] runs it (its parameters from `$1`), for
-    /// [`settle`].
-    plain: (String, Vec<Value>),
+    /// The update, sealed.
+    update: CredentialUpdate,
+    sealed: Vec<u8>,
     /// The provider, and the credentials it saw.
     provider: String,
     seen: Vec<(String, Vec<u8>)>,
+}
+
+impl CheckedWithInsert {
+    /// The checked update for request `s`, its parameters numbered from `$base + 1`.
+    pub(super) fn statement(
+        &self,
+        base: usize,
+        s: &Stored,
+        now: Timestamp,
+    ) -> (String, Vec<Value>) {
+        credential_update(
+            base,
+            &s.account_key,
+            &self.provider,
+            &self.update,
+            self.sealed.clone(),
+            now,
+            true,
+        )
+    }
 }
 
 /// When the check of a [`CheckedWithInsert`] missed (nothing was written): judges the account
@@ -501,8 +528,16 @@ pub(super) fn settle(
         vouch: None,
     };
     still_allowed(s, &c.provider, &relied, &account)?;
-    let (sql, params) = &c.plain;
-    if tx.execute(sql, params)? == 0 {
+    let (sql, params) = credential_update(
+        0,
+        &s.account_key,
+        &c.provider,
+        &c.update,
+        c.sealed,
+        now,
+        false,
+    );
+    if tx.execute(&sql, &params)? == 0 {
         return Err(Error::Conflict(format!(
             "{CREDENTIAL_RACE} (request `{}`)",
             s.view.id
@@ -576,10 +611,10 @@ pub(super) fn apply(
     let trust = trusted(tx, &s, relied, now);
     // An approval that advances the provider's one credential in use checks the account in
     // that update's own statement when no read the writer vouches for stands for it
-    // (PostgreSQL): one statement instead of two. When the check or the update misses, the
-    // account is read to tell why, as below.
-    // A request not stored yet (its answer came with it) leaves the update to the statement
-    // that inserts it, on PostgreSQL (`insert`): one statement for three.
+    // (PostgreSQL): one statement instead of two. A request not stored yet (its answer came
+    // with it) leaves that update to the statement that inserts it, on PostgreSQL (`insert`):
+    // one statement for three. When the check or the update misses, the account is read to
+    // tell why, as below.
     let mut outcome = outcome;
     let mut settled = false;
     if !trust
@@ -590,35 +625,16 @@ pub(super) fn apply(
         })
     {
         if s.unsaved && tx.backend() == "postgres" {
-            let (sql, params) = credential_update(
-                INSERT_PARAMS,
-                &s.account_key,
-                &provider,
-                u,
-                key,
-                now,
-                true,
-            )?;
-            // Sealed once: the plain update writes the same value.
-            let plain_update = CredentialUpdate {
-                credential: u.credential.clone(),
-                sealed: params.first().and_then(|p| match p {
-                    Value::Blob(b) => Some(b.clone()),
-                    _ => None,
-                }),
-                prior: u.prior.clone(),
-            };
-            let plain =
-                credential_update(0, &s.account_key, &provider, &plain_update, key, now, false)?;
-            s.checked_with_insert = Some(Box::new(CheckedWithInsert {
-                sql,
-                params,
-                plain,
-                provider: provider.clone(),
-                seen: relied.seen.clone(),
-            }));
-            *update = None;
-            settled = true;
+            let sealed = sealed_value(u, key, &s.account_key, &provider)?;
+            if let Some(u) = update.take() {
+                s.checked_with_insert = Some(Box::new(CheckedWithInsert {
+                    update: u,
+                    sealed,
+                    provider: provider.clone(),
+                    seen: relied.seen.clone(),
+                }));
+                settled = true;
+            }
         } else if write_credential_update(tx, &s.account_key, &provider, u, key, now, true)? {
             *update = None;
             settled = true;

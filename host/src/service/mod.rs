@@ -828,11 +828,11 @@ fn insert_with_update(
     now: Timestamp,
 ) -> Result<()> {
     let mut params = insert_params(s);
-    params.extend(checked.params.iter().cloned());
+    let (update, update_params) = checked.statement(INSERT_PARAMS, s, now);
+    params.extend(update_params);
     let rows = tx.query(
         &format!(
-            "WITH c AS ({} RETURNING 1), i AS ({} AND EXISTS (SELECT 1 FROM c) RETURNING 1) SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM i)",
-            checked.sql,
+            "WITH c AS ({update} RETURNING 1), i AS ({} AND EXISTS (SELECT 1 FROM c) RETURNING 1) SELECT (SELECT count(*) FROM c), (SELECT count(*) FROM i)",
             insert_if_room()
         ),
         &params,
