@@ -407,6 +407,19 @@ async fn a_host_whose_database_is_away_is_alive_not_ready_and_comes_back() {
     };
     assert_eq!(get("/readyz", None).await.0, 200);
     assert_eq!(get("/v1/roles", Some(&admin)).await.0, 200);
+    // The request path's read (pipelined on shared connections) opens them before the cut.
+    let user = jdoe(&d, &["hello"], "fallback").await;
+    let close = |id: String| {
+        let (d, user) = (&d, user.clone());
+        async move {
+            let path = format!("/v1/requests/{id}/close");
+            let (s, c) = call(d, Some(&user), "POST", &path, None).await;
+            assert_eq!(s, 200, "{c}");
+        }
+    };
+    let (s, r) = ask(&d, &user).await;
+    assert_eq!(s, 201, "{r}");
+    close(r["id"].as_str().unwrap().to_string()).await;
 
     proxy.cut();
     let (s, _, body) = get("/healthz", None).await;
@@ -430,9 +443,16 @@ async fn a_host_whose_database_is_away_is_alive_not_ready_and_comes_back() {
         Some(&admin),
         "POST",
         "/v1/users",
-        Some(json!({"account": "jdoe"})),
+        Some(json!({"account": "asmith"})),
     )
     .await;
+    assert_eq!(
+        (s, &e["error"]["code"]),
+        (503, &json!("store_unavailable")),
+        "{e}"
+    );
+    // A user's request too: its read's shared connection is gone.
+    let (s, e) = ask(&d, &user).await;
     assert_eq!(
         (s, &e["error"]["code"]),
         (503, &json!("store_unavailable")),
@@ -454,8 +474,11 @@ async fn a_host_whose_database_is_away_is_alive_not_ready_and_comes_back() {
         Some(&admin),
         "POST",
         "/v1/users",
-        Some(json!({"account": "jdoe"})),
+        Some(json!({"account": "asmith"})),
     )
     .await;
     assert_eq!(s, 201, "{e}");
+    // And the user's request, on connections opened again.
+    let (s, r) = ask(&d, &user).await;
+    assert_eq!((s, &r["state"]), (201, &json!("pending_mfa")), "{r}");
 }

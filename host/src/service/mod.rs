@@ -713,6 +713,17 @@ pub(super) fn account_and_role(
     of: AccountOf<'_>,
     role: Option<(&str, i64)>,
 ) -> Result<AccountRead> {
+    let (sql, params) = account_and_role_sql(of, role);
+    let rows = tx.query(&sql, &params)?;
+    account_read(of, role.is_some(), rows)
+}
+
+/// The statement of [`account_and_role`] and its parameters, to run where the caller
+/// chooses ([`crate::store::Store::query`] on the request path).
+pub(super) fn account_and_role_sql(
+    of: AccountOf<'_>,
+    role: Option<(&str, i64)>,
+) -> (String, Vec<Value>) {
     // One row shape for all: the tag, five text columns, three integers, one of bytes. The
     // user's branch comes first and the credentials' second: PostgreSQL types a UNION's
     // columns pair by pair from the left, and these two leave no column NULL in both.
@@ -740,12 +751,21 @@ pub(super) fn account_and_role(
         params.push(name.trim().into());
         params.push(Value::Int(known));
     }
+    (sql, params)
+}
+
+/// What the rows of [`account_and_role_sql`] say (`with_role`: whether it read the role).
+pub(super) fn account_read(
+    of: AccountOf<'_>,
+    with_role: bool,
+    rows: Vec<Row>,
+) -> Result<AccountRead> {
     let at = |r: &Row, i: usize| r.0.get(i).cloned().unwrap_or(Value::Null);
     let mut read = AccountRead {
-        role: role.map(|_| None),
+        role: with_role.then_some(None),
         ..AccountRead::default()
     };
-    for r in tx.query(&sql, &params)? {
+    for r in rows {
         match r.text(0)?.as_str() {
             "u" => read.user = Some(users::from_row(&Row((1..=8).map(|i| at(&r, i)).collect()))?),
             // id, provider, label, sealed, created_at, flag, flagged_at

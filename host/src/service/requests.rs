@@ -433,27 +433,27 @@ impl Service {
         }
         let known = self.cached_revision(role_name);
         let r = fresh_role.is_none().then(|| role_name.to_string());
-        let (account, read) = self
-            .store
-            .read(move |tx| {
-                let role = r.as_deref().map(|r| (r, known));
-                Ok(match who {
-                    Requester::Account(a) => {
-                        let read = account_and_role(tx, AccountOf::Key(&account_key(&a)), role)?;
-                        (a, read)
-                    }
-                    // Its user is read with it, and a disabled or missing one refused below.
-                    Requester::TokenHash(h) => {
-                        let of = AccountOf::Token { hash: &h, now_ms };
-                        let read = account_and_role(tx, of, role)?;
-                        match &read.caller {
-                            Some(c) => (c.account.clone(), read),
-                            None => return Err(Error::Unauthorized),
-                        }
-                    }
-                })
-            })
-            .await?;
+        // One statement, pipelined on PostgreSQL with the other requests' reads.
+        let role = r.as_deref().map(|r| (r, known));
+        let key = match &who {
+            Requester::Account(a) => account_key(a),
+            Requester::TokenHash(h) => h.clone(),
+        };
+        let of = match &who {
+            Requester::Account(_) => AccountOf::Key(&key),
+            Requester::TokenHash(_) => AccountOf::Token { hash: &key, now_ms },
+        };
+        let (sql, params) = account_and_role_sql(of, role);
+        let rows = self.store.query(sql, params).await?;
+        let read = account_read(of, role.is_some(), rows)?;
+        let account = match who {
+            Requester::Account(a) => a,
+            // Its user is read with it, and a disabled or missing one refused below.
+            Requester::TokenHash(_) => match &read.caller {
+                Some(c) => c.account.clone(),
+                None => return Err(Error::Unauthorized),
+            },
+        };
         let AccountRead {
             caller,
             user,

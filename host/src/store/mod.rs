@@ -236,6 +236,16 @@ impl Store {
         }
     }
 
+    /// Runs one reading statement: PostgreSQL pipelines it on a connection shared with the
+    /// other reads in flight (fewer round trips to wake the server for than one connection
+    /// a read); SQLite runs it as [`Store::read`] does. For the request path's one read.
+    pub async fn query(&self, sql: String, params: Vec<Value>) -> Result<Vec<Row>> {
+        match self {
+            Store::Sqlite(s) => s.read(move |tx| tx.query(&sql, &params)).await,
+            Store::Postgres(p) => p.query(&sql, &params).await,
+        }
+    }
+
     /// Like [`Store::read`], for a read that may take long (the whole event chain, a long
     /// listing): never on the async runtime's threads.
     pub async fn read_long<T: Send + 'static>(

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,6 +32,11 @@ const MAX_BATCH: usize = 512;
 /// `max_connections` is 100). 8, 16 and 64 measured alike at c=32 (run to run noise); an
 /// unbounded pool opened one connection per request in flight.
 const MAX_READERS: usize = 16;
+
+/// How many connections the pipelined reads of the request path share ([`Postgres::query`]):
+/// each carries many reads at once, which the server runs back to back without waking for
+/// each, so a few keep up with any load.
+const PIPELINED: usize = 4;
 
 /// Key of the advisory lock that keeps two instances from migrating at once.
 const MIGRATION_LOCK: i64 = 0x726f_6c65_6761_7465; // "rolegate"
@@ -160,8 +166,8 @@ struct Conn {
 }
 
 impl Conn {
-    fn connect(config: &::postgres::Config) -> Result<Self> {
-        let client = config
+    fn connect(config: &tokio_postgres::Config) -> Result<Self> {
+        let client = ::postgres::Config::from(config.clone())
             .connect(NoTls)
             .map_err(|e| db_error("connecting to PostgreSQL", &e))?;
         Ok(Self {
@@ -231,15 +237,15 @@ impl Tx for Conn {
 pub fn parse_config(
     text: &str,
     password: Option<String>,
-) -> std::result::Result<::postgres::Config, String> {
-    let mut config: ::postgres::Config = text
+) -> std::result::Result<tokio_postgres::Config, String> {
+    let mut config: tokio_postgres::Config = text
         .parse()
         .map_err(|e: ::postgres::Error| format!("not a valid connection string: {e}"))?;
     if let Some(p) = password {
         config.password(p);
     }
     for host in config.get_hosts() {
-        if let ::postgres::config::Host::Tcp(name) = host {
+        if let tokio_postgres::config::Host::Tcp(name) = host {
             let local =
                 name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
             if !local {
@@ -256,11 +262,82 @@ pub fn parse_config(
     Ok(config)
 }
 
+/// A connection that carries many reads at once: its statements are pipelined.
+struct Pipelined {
+    client: tokio_postgres::Client,
+    statements: Mutex<HashMap<String, Statement>>,
+}
+
+impl Pipelined {
+    async fn connect(config: &tokio_postgres::Config) -> Result<Self> {
+        let (client, connection) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| db_error("connecting to PostgreSQL", &e))?;
+        // The connection's socket is driven by a task of the runtime that opened it; when
+        // that runtime ends, the client reads as closed and is opened again.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            client,
+            statements: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn statement(&self, sql: &str) -> Result<Statement> {
+        if let Some(s) = self
+            .statements
+            .lock()
+            .ok()
+            .and_then(|m| m.get(sql).cloned())
+        {
+            return Ok(s);
+        }
+        let s = self
+            .client
+            .prepare(sql)
+            .await
+            .map_err(|e| db_error("preparing a statement", &e))?;
+        if let Ok(mut m) = self.statements.lock() {
+            if m.len() >= 256 {
+                m.clear();
+            }
+            m.insert(sql.to_string(), s.clone());
+        }
+        Ok(s)
+    }
+
+    async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let stmt = self.statement(sql).await?;
+        let params: Vec<Param<'_>> = params.iter().map(Param).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = self
+            .client
+            .query(&stmt, &refs)
+            .await
+            .map_err(|e| db_error("reading", &e))?;
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| column(r, i))
+                    .collect::<Result<Vec<_>>>()
+                    .map(Row)
+            })
+            .collect()
+    }
+}
+
 /// A PostgreSQL store.
 pub struct Postgres {
-    config: ::postgres::Config,
+    config: tokio_postgres::Config,
     writer: Writer,
     readers: Arc<Mutex<Vec<Conn>>>,
+    /// The connections of [`Postgres::query`], opened when first used.
+    pipelined: Vec<Mutex<Option<Arc<Pipelined>>>>,
+    /// Which of `pipelined` the next query goes to.
+    next: AtomicUsize,
     /// Bounds the reads in flight, and so the reading connections.
     reading: Arc<tokio::sync::Semaphore>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -279,7 +356,7 @@ impl Postgres {
     /// Connects and migrates (one instance at a time, under an advisory lock).
     ///
     /// Blocking: call it before the async runtime serves, or from `spawn_blocking`.
-    pub fn open(config: ::postgres::Config, now_ms: i64) -> Result<Self> {
+    pub fn open(config: tokio_postgres::Config, now_ms: i64) -> Result<Self> {
         let mut conn = Conn::connect(&config)?;
         conn.batch("BEGIN").map_err(|e| db_error("migrating", &e))?;
         let migrated = conn
@@ -311,6 +388,8 @@ impl Postgres {
             config,
             writer: Writer::new(tx),
             readers: Arc::new(Mutex::new(Vec::new())),
+            pipelined: (0..PIPELINED).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
             reading: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             threads: Mutex::new(vec![writer]),
         })
@@ -363,9 +442,59 @@ impl Postgres {
             })?
     }
 
+    /// Runs one reading statement on a connection shared with other reads in flight, which
+    /// the server then runs back to back: the request path's reads, without a blocking thread
+    /// or a connection of their own. Read once more on a fresh connection when the shared one
+    /// was closed (the server restarted, the runtime that drove it ended).
+    pub async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.pipelined.len();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let conn = self.pipelined_conn(slot).await?;
+            match conn.query(sql, params).await {
+                Err(_) if tries == 1 && conn.client.is_closed() => {
+                    if let Some(Ok(mut s)) = self.pipelined.get(slot).map(Mutex::lock)
+                        && s.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn))
+                    {
+                        *s = None;
+                    }
+                }
+                answer => return answer,
+            }
+        }
+    }
+
+    /// The open connection of `slot`, opened now when it is not.
+    async fn pipelined_conn(&self, slot: usize) -> Result<Arc<Pipelined>> {
+        let cell = self.pipelined.get(slot).ok_or_else(|| Error::Store {
+            what: "reading".into(),
+            message: format!("no connection {slot}"),
+        })?;
+        if let Some(c) = cell.lock().ok().and_then(|c| c.clone())
+            && !c.client.is_closed()
+        {
+            return Ok(c);
+        }
+        let fresh = Arc::new(Pipelined::connect(&self.config).await?);
+        if let Ok(mut c) = cell.lock() {
+            match c.as_ref() {
+                // Another read opened it meanwhile: share that one.
+                Some(open) if !open.client.is_closed() => return Ok(Arc::clone(open)),
+                _ => *c = Some(Arc::clone(&fresh)),
+            }
+        }
+        Ok(fresh)
+    }
+
     /// Finishes queued writes and closes the connections.
     pub fn close(&self) {
         self.writer.close();
+        for cell in &self.pipelined {
+            if let Ok(mut c) = cell.lock() {
+                c.take();
+            }
+        }
         let threads: Vec<_> = self
             .threads
             .lock()
@@ -531,7 +660,7 @@ fn insert_events(conn: &mut Conn, rows: &[Vec<Value>]) -> Result<()> {
 /// it, and sets the savepoint that a failed write rolls the batch back to.
 fn begin(
     conn: &mut Option<Conn>,
-    config: &::postgres::Config,
+    config: &tokio_postgres::Config,
     durable: bool,
 ) -> Result<(i64, String)> {
     if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
@@ -597,7 +726,7 @@ fn finish(c: &mut Conn, head: &EventHead, events: &[Vec<Value>]) -> Result<()> {
     c.batch("COMMIT").map_err(|e| db_error("committing", &e))
 }
 
-fn write_loop(conn: Conn, config: &::postgres::Config, rx: mpsc::Receiver<Queued>) {
+fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::Receiver<Queued>) {
     let mut conn = Some(conn);
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut events: Vec<Vec<Value>> = Vec::new();
