@@ -935,3 +935,55 @@ async fn a_write_reads_the_events_its_batch_appended(backend) {
     db.close();
 }
 }
+
+both! {
+/// Issue 33: the request path's reads, many at once (PostgreSQL pipelines them on shared
+/// connections, spilling to more past a depth): each gets its own answer, and an error in
+/// one (a statement the server refuses) stays with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_reads_at_once_each_get_their_own_answer(backend) {
+    let at = Location::new(backend);
+    let db = Arc::new(at.open().await);
+    db.write(|tx| {
+        for i in 0..100 {
+            tx.execute(
+                "INSERT INTO roles (name, revision, policy, created_at, updated_at) VALUES ($1, $2, $3, $4, $5)",
+                &role_row(i),
+            )?;
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let mut tasks = Vec::new();
+    for round in 0..3 {
+        for i in 0..100i64 {
+            let db = Arc::clone(&db);
+            tasks.push(tokio::spawn(async move {
+                if i % 25 == 7 {
+                    // Refused by the server: its error, and nothing else's.
+                    let e = db
+                        .query("SELECT revision FROM no_such_table WHERE name = $1".into(), vec![format!("r{i}").into()])
+                        .await
+                        .unwrap_err();
+                    assert!(e.to_string().contains("no_such_table"), "{e}");
+                    return;
+                }
+                let rows = db
+                    .query(
+                        "SELECT revision, name FROM roles WHERE name = $1".into(),
+                        vec![format!("r{i}").into()],
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(rows.len(), 1, "round {round}, role r{i}");
+                assert_eq!(rows[0].int(0).unwrap(), i + 1);
+                assert_eq!(rows[0].text(1).unwrap(), format!("r{i}"));
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+}
