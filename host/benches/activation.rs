@@ -436,6 +436,12 @@ fn main() {
         let writer_before = thread_cpu_seconds(WRITER_THREAD) + hosts_before.1;
         let postgres_before = postgres_cpu_seconds();
         let loadgen_before = thread_cpu_seconds(LOADGEN_THREAD);
+        let store = &rolegate::model::metrics::METRICS;
+        let batches_before = (
+            store.store_batch_seconds.count(),
+            store.store_batch_seconds.sum(),
+            store.store_write_seconds.count(),
+        );
         let level_start = std::time::SystemTime::now();
         let start = Instant::now();
         let (count, lat) = client_rt.block_on(async {
@@ -640,6 +646,23 @@ fn main() {
             "load generator at c={c}: {loadgen:.0} CPU µs/act of the {cpu:.0} (the process's less this: {:.0} µs/act of the server's)",
             cpu - loadgen
         ));
+        // The writer's batches (this process's server only): how long each held the write
+        // lock, the share of the level's time it was held — what hosts sharing a database
+        // take in turn.
+        let batches = store.store_batch_seconds.count() - batches_before.0;
+        if started_hosts.is_none() && batches > 0 {
+            let held = store
+                .store_batch_seconds
+                .sum()
+                .saturating_sub(batches_before.1);
+            let writes = store.store_write_seconds.count() - batches_before.2;
+            tails.push(format!(
+                "batches at c={c}: {batches}, {:.1} writes each, {:.2} ms each from begin to commit; the write lock held {:.0}% of the level's time",
+                writes as f64 / batches as f64,
+                held.as_secs_f64() * 1e3 / batches as f64,
+                held.as_secs_f64() * 100.0 / duration.as_secs_f64()
+            ));
+        }
         if postgres > 0.0 {
             tails.push(format!(
                 "PostgreSQL at c={c}: {postgres:.0} CPU µs/act (all its processes), {:.0} with rolegate's",

@@ -3805,6 +3805,16 @@ async fn metrics_count_committed_activations_for_the_scrape_token_and_admins_onl
         sample(&text, "rolegate_store_write_duration_seconds_count") >= 5.0,
         "{text}"
     );
+    // Each write ran in a batch, a batch held at least one; each took some time.
+    let batches = sample(&text, "rolegate_store_batch_duration_seconds_count");
+    assert!(
+        batches >= 1.0 && batches <= sample(&text, "rolegate_store_write_duration_seconds_count"),
+        "{text}"
+    );
+    assert!(
+        sample(&text, "rolegate_store_batch_duration_seconds_sum") > 0.0,
+        "{text}"
+    );
     assert_eq!(sample(&text, "rolegate_store_commit_failures_total"), 0.0);
     assert!(sample(&text, "rolegate_connections_open") >= 1.0, "{text}");
     assert!(sample(&text, "rolegate_start_time_seconds") as u64 > unix_now() - 600);

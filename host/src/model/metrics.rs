@@ -61,6 +61,11 @@ impl Histogram {
             .sum()
     }
 
+    /// The recorded durations' sum.
+    pub fn sum(&self) -> Duration {
+        Duration::from_nanos(self.sum_ns.load(Ordering::Relaxed))
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0u64;
@@ -156,6 +161,8 @@ pub struct Metrics {
     pub http_seconds: Histogram,
     /// How long each store write waited for its durable commit (queue, batch, fsync).
     pub store_write_seconds: Histogram,
+    /// How long each group-commit batch held the database's write lock, begin to commit.
+    pub store_batch_seconds: Histogram,
     /// Writes whose batch did not commit (a full disk, an I/O error, a lost connection).
     pub store_commit_failures: AtomicU64,
     /// Each provider's calls, by provider id.
@@ -208,6 +215,7 @@ impl Metrics {
             http_status: [const { AtomicU64::new(0) }; STATUS_CODES],
             http_seconds: Histogram::new(),
             store_write_seconds: Histogram::new(),
+            store_batch_seconds: Histogram::new(),
             store_commit_failures: AtomicU64::new(0),
             providers: Mutex::new(BTreeMap::new()),
             connections_open: AtomicI64::new(0),
@@ -376,6 +384,14 @@ impl Metrics {
         );
         self.store_write_seconds
             .render(&mut out, "rolegate_store_write_duration_seconds", "");
+        head(
+            &mut out,
+            "rolegate_store_batch_duration_seconds",
+            "histogram",
+            "How long each group-commit batch held the database's write lock, from its begin to its commit (PostgreSQL: the event chain's head row, which instances take in turn).",
+        );
+        self.store_batch_seconds
+            .render(&mut out, "rolegate_store_batch_duration_seconds", "");
         scalar(
             &mut out,
             "rolegate_store_commit_failures_total",

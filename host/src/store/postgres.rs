@@ -27,10 +27,11 @@ use crate::model::error::{Error, Result};
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// The most reads an instance runs at once, and so its reading connections: with the
-/// writer's, at most 17 connections an instance, whatever the load (PostgreSQL's default
-/// `max_connections` is 100). 8, 16 and 64 measured alike at c=32 (run to run noise); an
-/// unbounded pool opened one connection per request in flight.
+/// The most reads of a closure ([`Postgres::read`]) an instance runs at once, and so its
+/// pooled reading connections: with the writer's and the [`PIPELINED`] ones, at most 21
+/// connections an instance, whatever the load (PostgreSQL's default `max_connections` is
+/// 100). 8, 16 and 64 measured alike at c=32 (run to run noise); an unbounded pool opened one
+/// connection per request in flight.
 const MAX_READERS: usize = 16;
 
 /// The most connections the pipelined reads of the request path share ([`Postgres::query`]).
@@ -797,6 +798,7 @@ fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::Receiver<Qu
             }
         }
         let durable = batch.iter().any(|q| q.durable);
+        let started = std::time::Instant::now();
         let begun = begin(&mut conn, config, durable);
         let away = matches!(begun, Err(Error::StoreUnavailable { .. }));
         let mut head = match &begun {
@@ -872,6 +874,13 @@ fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::Receiver<Qu
                 e.to_string()
             }),
         };
+        if begun.is_ok() {
+            // How long the chain's head was held: what the instances sharing the database
+            // take in turn.
+            crate::model::metrics::METRICS
+                .store_batch_seconds
+                .observe(started.elapsed());
+        }
         for done in completions {
             done(outcome.as_deref());
         }

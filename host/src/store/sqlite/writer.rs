@@ -156,6 +156,7 @@ pub(super) fn write_loop(
         last_batch = batch.len();
         let mut durable = Vec::with_capacity(batch.len());
         let mut at_once = Vec::new();
+        let started = std::time::Instant::now();
         let begun = exec_cached(&conn, "BEGIN IMMEDIATE");
         // With the write lock held, nothing else commits until this batch has: a commit made
         // before it by another process (`rolegate import`) leaves the caches and the event head
@@ -243,6 +244,11 @@ pub(super) fn write_loop(
                 e.to_string()
             })
         };
+        if begun {
+            crate::model::metrics::METRICS
+                .store_batch_seconds
+                .observe(started.elapsed());
+        }
         if outcome.is_some() {
             head = EventHead::default();
         }
