@@ -2,7 +2,8 @@
 //! several rolegate instances can share one state (see `docs/ha-postgresql.md`).
 //!
 //! Each instance has one writer connection that commits whatever is queued in one
-//! transaction, and a pool of reading connections. Every batch first locks and reads the
+//! transaction, a few connections on which the request path's reads are pipelined, and a
+//! pool of reading connections for the rest. Every batch first locks and reads the
 //! event chain's head row: batches of different instances then commit one after the other
 //! and can never deadlock, the hash chain stays a chain, and the head read stays true for the
 //! batch (stored once, with the batch's events in one insert, before it commits). A write
