@@ -6,7 +6,7 @@
 
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ pub struct Cuttable {
     up: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    forwarded: Arc<AtomicUsize>,
     accept: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -29,7 +30,8 @@ impl Cuttable {
         let up = Arc::new(AtomicBool::new(true));
         let stop = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (u, s, o) = (up.clone(), stop.clone(), open.clone());
+        let forwarded = Arc::new(AtomicUsize::new(0));
+        let (u, s, o, f) = (up.clone(), stop.clone(), open.clone(), forwarded.clone());
         let accept = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
                 let client = match listener.accept() {
@@ -48,6 +50,7 @@ impl Cuttable {
                 let Ok(server) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else {
                     continue;
                 };
+                f.fetch_add(1, Ordering::SeqCst);
                 client.set_nonblocking(false).unwrap();
                 let pair = [
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
@@ -70,6 +73,7 @@ impl Cuttable {
             up,
             stop,
             open,
+            forwarded,
             accept: Some(accept),
         }
     }
@@ -82,6 +86,11 @@ impl Cuttable {
                 let _ = s.shutdown(std::net::Shutdown::Both);
             }
         }
+    }
+
+    /// How many connections were forwarded to the target so far.
+    pub fn forwarded(&self) -> usize {
+        self.forwarded.load(Ordering::SeqCst)
     }
 
     /// Forwards new connections again.

@@ -603,6 +603,47 @@ async fn the_event_chain_detects_an_edit_and_a_deletion(backend) {
 }
 }
 
+/// Issue 33: the request path's reads arriving all at once on a fresh instance open one
+/// connection per pipelined slot, not one each: the connections an instance opens stay
+/// bounded (the writer and at most four), whatever the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_first_reads_opens_few_connections() {
+    let conn = rolegate_e2e::pg::fresh_database();
+    let port: u16 = conn
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    // Counted on their way: every connection the instance opens, kept or not.
+    let proxy = rolegate_e2e::proxy::Cuttable::start(([127, 0, 0, 1], port).into());
+    let through = conn.replace(&format!("port={port}"), &format!("port={}", proxy.port));
+    let config = parse_config(&through, None).unwrap();
+    let db: Arc<Store> = Arc::new(
+        tokio::task::spawn_blocking(move || Postgres::open(config, 0))
+            .await
+            .unwrap()
+            .unwrap()
+            .into(),
+    );
+    let mut tasks = Vec::new();
+    for i in 0..200i64 {
+        let db = Arc::clone(&db);
+        tasks.push(tokio::spawn(async move {
+            let rows = db
+                .query("SELECT $1::bigint + 1".into(), vec![Value::Int(i)])
+                .await
+                .unwrap();
+            assert_eq!(rows[0].int(0).unwrap(), i + 1);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let opened = proxy.forwarded();
+    assert!((2..=5).contains(&opened), "{opened} connections opened");
+    db.close();
+}
+
 /// Two rolegate instances on one PostgreSQL database, appending at once: one unbroken chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_event_chain() {

@@ -340,6 +340,12 @@ impl Pipelined {
 #[derive(Default)]
 struct Slot {
     conn: Mutex<Option<Arc<Pipelined>>>,
+    /// Held while the connection is being opened: the reads that find it missing together
+    /// wait for one connection instead of each opening its own.
+    opening: tokio::sync::Mutex<()>,
+    /// When opening it last failed, and why: the reads that waited for that attempt fail
+    /// with it rather than each waiting out a connect timeout of its own, one after another.
+    failed: Mutex<Option<(std::time::Instant, bool, String)>>,
     in_flight: AtomicUsize,
 }
 
@@ -506,12 +512,45 @@ impl Postgres {
         config: &tokio_postgres::Config,
     ) -> Result<Arc<Pipelined>> {
         let cell = &slot.conn;
-        if let Some(c) = cell.lock().ok().and_then(|c| c.clone())
-            && !c.client.is_closed()
-        {
+        let open = || {
+            cell.lock()
+                .ok()
+                .and_then(|c| c.clone())
+                .filter(|c| !c.client.is_closed())
+        };
+        if let Some(c) = open() {
             return Ok(c);
         }
-        let fresh = Arc::new(Pipelined::connect(config).await?);
+        let asked = std::time::Instant::now();
+        let _opening = slot.opening.lock().await;
+        // Opened by the read that held the lock before this one — or that read's attempt
+        // failed while this one waited.
+        if let Some(c) = open() {
+            return Ok(c);
+        }
+        if let Some((at, away, message)) = slot.failed.lock().ok().and_then(|f| f.clone())
+            && at >= asked
+        {
+            let what = "connecting to PostgreSQL".to_string();
+            return Err(match away {
+                true => Error::StoreUnavailable { what, message },
+                false => Error::Store { what, message },
+            });
+        }
+        let fresh = match Pipelined::connect(config).await {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                let (away, message) = match &e {
+                    Error::StoreUnavailable { message, .. } => (true, message.clone()),
+                    Error::Store { message, .. } => (false, message.clone()),
+                    other => (false, other.to_string()),
+                };
+                if let Ok(mut f) = slot.failed.lock() {
+                    *f = Some((std::time::Instant::now(), away, message));
+                }
+                return Err(e);
+            }
+        };
         if let Ok(mut c) = cell.lock() {
             match c.as_ref() {
                 // Another read opened it meanwhile: share that one.
