@@ -22,6 +22,19 @@ pub struct Cuttable {
 }
 
 impl Cuttable {
+    /// Starts forwarding to the 127.0.0.1 port a `key=value` connection string names; returns
+    /// the forwarder and the string rewritten to go through it.
+    pub fn in_front_of(conn: &str) -> (Self, String) {
+        let port: u16 = conn
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("port="))
+            .and_then(|p| p.parse().ok())
+            .expect("the connection string names a port");
+        let proxy = Self::start(([127, 0, 0, 1], port).into());
+        let through = conn.replace(&format!("port={port}"), &format!("port={}", proxy.port));
+        (proxy, through)
+    }
+
     /// Starts forwarding to `target` (up).
     pub fn start(target: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

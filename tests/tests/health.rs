@@ -378,14 +378,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// back — reconnecting by itself.
 #[tokio::test]
 async fn a_host_whose_database_is_away_is_alive_not_ready_and_comes_back() {
-    let conn = rolegate_e2e::pg::fresh_database();
-    let port: u16 = conn
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("port="))
-        .and_then(|p| p.parse().ok())
-        .unwrap();
-    let proxy = rolegate_e2e::proxy::Cuttable::start(([127, 0, 0, 1], port).into());
-    let through = conn.replace(&format!("port={port}"), &format!("port={}", proxy.port));
+    let (proxy, through) =
+        rolegate_e2e::proxy::Cuttable::in_front_of(&rolegate_e2e::pg::fresh_database());
     let d = start("ok", &format!("\n[store]\npostgres = \"{through}\"\n"));
     let admin = d.admin.clone();
     let client = reqwest::Client::new();

@@ -608,15 +608,9 @@ async fn the_event_chain_detects_an_edit_and_a_deletion(backend) {
 /// bounded (the writer and at most four), whatever the burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_first_reads_opens_few_connections() {
-    let conn = rolegate_e2e::pg::fresh_database();
-    let port: u16 = conn
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("port="))
-        .and_then(|p| p.parse().ok())
-        .unwrap();
     // Counted on their way: every connection the instance opens, kept or not.
-    let proxy = rolegate_e2e::proxy::Cuttable::start(([127, 0, 0, 1], port).into());
-    let through = conn.replace(&format!("port={port}"), &format!("port={}", proxy.port));
+    let (proxy, through) =
+        rolegate_e2e::proxy::Cuttable::in_front_of(&rolegate_e2e::pg::fresh_database());
     let config = parse_config(&through, None).unwrap();
     let db: Arc<Store> = Arc::new(
         tokio::task::spawn_blocking(move || Postgres::open(config, 0))

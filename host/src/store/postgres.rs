@@ -166,6 +166,32 @@ fn column(row: &::postgres::Row, i: usize) -> Result<Value> {
     })
 }
 
+/// The parameters as the client takes them.
+fn refs<'a>(params: &'a [Param<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
+}
+
+/// Rows as rolegate reads them.
+fn rows_of(rows: &[::postgres::Row]) -> Result<Vec<Row>> {
+    rows.iter()
+        .map(|r| {
+            (0..r.len())
+                .map(|i| column(r, i))
+                .collect::<Result<Vec<_>>>()
+                .map(Row)
+        })
+        .collect()
+}
+
+/// Keeps a prepared statement for its text; past 256 a connection starts over (statements
+/// are built from a bounded set of shapes, so this only bounds a surprise).
+fn remember(statements: &mut HashMap<String, Statement>, sql: &str, s: &Statement) {
+    if statements.len() >= 256 {
+        statements.clear();
+    }
+    statements.insert(sql.to_string(), s.clone());
+}
+
 /// One connection and its prepared statements.
 struct Conn {
     client: Client,
@@ -191,10 +217,7 @@ impl Conn {
             .client
             .prepare(sql)
             .map_err(|e| db_error("preparing a statement", &e))?;
-        if self.statements.len() >= 256 {
-            self.statements.clear();
-        }
-        self.statements.insert(sql.to_string(), s.clone());
+        remember(&mut self.statements, sql, &s);
         Ok(s)
     }
 
@@ -207,8 +230,7 @@ impl Tx for Conn {
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         let stmt = self.statement(sql)?;
         let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let refs = refs(&params);
         self.client
             .execute(&stmt, &refs)
             .map_err(|e| db_error("writing", &e))
@@ -217,20 +239,12 @@ impl Tx for Conn {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let stmt = self.statement(sql)?;
         let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let refs = refs(&params);
         let rows = self
             .client
             .query(&stmt, &refs)
             .map_err(|e| db_error("reading", &e))?;
-        rows.iter()
-            .map(|r| {
-                (0..r.len())
-                    .map(|i| column(r, i))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .map(|r| r.map(Row))
-            .collect()
+        rows_of(&rows)
     }
 
     fn backend(&self) -> &'static str {
@@ -307,10 +321,7 @@ impl Pipelined {
             .await
             .map_err(|e| db_error("preparing a statement", &e))?;
         if let Ok(mut m) = self.statements.lock() {
-            if m.len() >= 256 {
-                m.clear();
-            }
-            m.insert(sql.to_string(), s.clone());
+            remember(&mut m, sql, &s);
         }
         Ok(s)
     }
@@ -318,21 +329,13 @@ impl Pipelined {
     async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         let stmt = self.statement(sql).await?;
         let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-        let refs: Vec<&(dyn ToSql + Sync)> =
-            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let refs = refs(&params);
         let rows = self
             .client
             .query(&stmt, &refs)
             .await
             .map_err(|e| db_error("reading", &e))?;
-        rows.iter()
-            .map(|r| {
-                (0..r.len())
-                    .map(|i| column(r, i))
-                    .collect::<Result<Vec<_>>>()
-                    .map(Row)
-            })
-            .collect()
+        rows_of(&rows)
     }
 }
 
