@@ -638,6 +638,43 @@ async fn a_burst_of_first_reads_opens_few_connections() {
     db.close();
 }
 
+/// Issue 33: a pipelined reading connection that the server ends (a restart, an admin's
+/// `pg_terminate_backend`) costs no read: the next one opens a fresh connection, or reads
+/// again on one when the read it sent was cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_after_the_server_ends_their_connection() {
+    let at = Location::new(Backend::Postgres);
+    let db = Arc::new(at.open().await);
+    let one = |db: Arc<Store>, i: i64| async move {
+        db.query("SELECT $1::bigint * 2".into(), vec![Value::Int(i)])
+            .await
+            .map(|rows| rows[0].int(0).unwrap())
+    };
+    for round in 0..5i64 {
+        assert_eq!(one(Arc::clone(&db), round).await.unwrap(), round * 2);
+        // Ended from a pooled connection: every other backend of this database (the
+        // pipelined one and the writer's).
+        let ended = db
+            .read(|tx| {
+                tx.query(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend') t",
+                    &[],
+                )
+            })
+            .await
+            .unwrap();
+        assert!(ended[0].int(0).unwrap() >= 1, "round {round}");
+        // Reads at once, some finding the connection closed, some sent on it as it closes.
+        let reads: Vec<_> = (0..8)
+            .map(|i| tokio::spawn(one(Arc::clone(&db), i)))
+            .collect();
+        for (i, r) in reads.into_iter().enumerate() {
+            assert_eq!(r.await.unwrap().unwrap(), i as i64 * 2, "round {round}");
+        }
+    }
+    db.close();
+}
+
 /// Two rolegate instances on one PostgreSQL database, appending at once: one unbroken chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_event_chain() {

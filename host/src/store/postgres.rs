@@ -474,7 +474,7 @@ impl Postgres {
     /// Runs one reading statement on a connection shared with other reads in flight, which
     /// the server then runs back to back: the request path's reads, without a blocking thread
     /// or a connection of their own. Read once more on a fresh connection when the shared one
-    /// was closed (the server restarted, the runtime that drove it ended).
+    /// was lost (the server restarted or ended it, the runtime that drove it ended).
     pub async fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
         // The first connection not yet carrying its share, else the least busy.
         let slot = self
@@ -497,7 +497,9 @@ impl Postgres {
             tries += 1;
             let conn = Self::pipelined_conn(slot, &self.config).await?;
             match conn.query(sql, params).await {
-                Err(_) if tries == 1 && conn.client.is_closed() => {
+                // The server ended the connection (a restart, `pg_terminate_backend`): the
+                // error may come before the client reads as closed, so it is set aside now.
+                Err(Error::StoreUnavailable { .. }) if tries == 1 => {
                     if let Ok(mut s) = slot.conn.lock()
                         && s.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn))
                     {
