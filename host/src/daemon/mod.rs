@@ -316,11 +316,12 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::from_std(std_listener)
             .with_context(|| format!("cannot listen on {}", config.server.listen))?;
         let scheme = if tls.is_some() { "https" } else { "http" };
-        eprintln!(
+        let serving_on = format!(
             "rolegate: serving on {scheme}://{} (web page at /, OpenAPI at /openapi.json, metrics at /metrics); Ctrl-C or SIGTERM stops",
             listener.local_addr()?
         );
-        on_hangup(tls.clone(), access_log.clone())?;
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot listen for SIGHUP")?;
         let app = rolegate::http::api::Api::new(service)
             .with_anchors(Some(Arc::clone(&anchor_file)))
             .with_directory(config.directory.clone())
@@ -332,9 +333,15 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
         // requests in progress finish, then close the store cleanly.
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot listen for SIGTERM")?;
+        let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("cannot listen for SIGINT")?;
+        // Said only once SIGHUP, SIGTERM and SIGINT are handled: a reload or a stop sent as
+        // soon as it reads "serving" (systemd, a test) must not meet a signal's default action.
+        eprintln!("{serving_on}");
+        on_hangup(hangup, tls.clone(), access_log.clone());
         let stop = async move {
             let signal = tokio::select! {
-                _ = tokio::signal::ctrl_c() => "interrupt",
+                _ = interrupt.recv() => "interrupt",
                 _ = terminate.recv() => "SIGTERM",
             };
             eprintln!("rolegate: stopping ({signal}): finishing the requests in progress");
@@ -376,11 +383,12 @@ pub(crate) fn serve(config_path: &Path) -> anyhow::Result<ExitCode> {
 /// certificate HTTPS is served with, and warns twice a day while it nears its end. Without
 /// either, SIGHUP reloads nothing and is said to — it never stops the daemon (systemd's
 /// `ExecReload` sends it, and a gate stopped by a reload would stay down: systemd counts a
-/// death by SIGHUP as a clean exit).
+/// death by SIGHUP as a clean exit). `hup` listens from before the daemon says it serves.
 pub(crate) fn on_hangup(
+    mut hup: tokio::signal::unix::Signal,
     tls: Option<std::sync::Arc<rolegate::http::tls::ServerTls>>,
     access_log: Option<rolegate::http::access::AccessLog>,
-) -> anyhow::Result<()> {
+) {
     use rolegate::http::tls::EXPIRY_WARNING;
     let file = tls
         .as_ref()
@@ -412,8 +420,6 @@ pub(crate) fn on_hangup(
     if let Some(log) = &access_log {
         eprintln!("rolegate: access log {}", log.path().display());
     }
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot listen for SIGHUP")?;
     let mut twice_a_day = tokio::time::interval(Duration::from_secs(12 * 3600));
     twice_a_day.reset();
     tokio::spawn(async move {
@@ -451,7 +457,6 @@ pub(crate) fn on_hangup(
             }
         }
     });
-    Ok(())
 }
 
 /// Raises the soft limit on open files as far as `max_connections` clients (each a file
