@@ -432,9 +432,8 @@ impl Service {
             self.load_role_once(role_name).await;
         }
         let known = self.cached_revision(role_name);
-        let r = fresh_role.is_none().then(|| role_name.to_string());
         // One statement, pipelined on PostgreSQL with the other requests' reads.
-        let role = r.as_deref().map(|r| (r, known));
+        let role = fresh_role.is_none().then_some((role_name, known));
         let key = match &who {
             Requester::Account(a) => account_key(a),
             Requester::TokenHash(h) => h.clone(),

@@ -492,22 +492,22 @@ impl Postgres {
             })?;
         slot.in_flight.fetch_add(1, Ordering::Relaxed);
         let _counted = InFlight(&slot.in_flight);
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let conn = Self::pipelined_conn(slot, &self.config).await?;
-            match conn.query(sql, params).await {
-                // The server ended the connection (a restart, `pg_terminate_backend`): the
-                // error may come before the client reads as closed, so it is set aside now.
-                Err(Error::StoreUnavailable { .. }) if tries == 1 => {
-                    if let Ok(mut s) = slot.conn.lock()
-                        && s.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn))
-                    {
-                        *s = None;
-                    }
+        let conn = Self::pipelined_conn(slot, &self.config).await?;
+        match conn.query(sql, params).await {
+            // The server ended the connection (a restart, `pg_terminate_backend`): the error
+            // may come before the client reads as closed, so it is set aside now.
+            Err(Error::StoreUnavailable { .. }) => {
+                if let Ok(mut s) = slot.conn.lock()
+                    && s.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn))
+                {
+                    *s = None;
                 }
-                answer => return answer,
+                Self::pipelined_conn(slot, &self.config)
+                    .await?
+                    .query(sql, params)
+                    .await
             }
+            answer => answer,
         }
     }
 
@@ -818,13 +818,10 @@ fn finish(c: &mut Conn, head: &EventHead, events: &[Vec<Value>]) -> Result<()> {
         (Some((seq, hash)), true) => Some((*seq, hash.as_str())),
         _ => None,
     };
-    match (events.is_empty(), dirty) {
-        (false, dirty) => insert_events(c, events, dirty)?,
-        (_, Some((seq, hash))) => {
-            insert_events(c, events, None)?;
-            crate::store::store_event_head(c, seq, hash)?;
-        }
-        (_, None) => insert_events(c, events, None)?,
+    match dirty {
+        // Events held before a statement that read the log were inserted then.
+        Some((seq, hash)) if events.is_empty() => crate::store::store_event_head(c, seq, hash)?,
+        dirty => insert_events(c, events, dirty)?,
     }
     c.batch("COMMIT").map_err(|e| db_error("committing", &e))
 }
