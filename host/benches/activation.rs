@@ -441,6 +441,10 @@ fn main() {
             store.store_batch_seconds.count(),
             store.store_batch_seconds.sum(),
             store.store_write_seconds.count(),
+            store.store_leads.load(std::sync::atomic::Ordering::Relaxed),
+            store
+                .store_rewinds
+                .load(std::sync::atomic::Ordering::Relaxed),
         );
         let level_start = std::time::SystemTime::now();
         let start = Instant::now();
@@ -662,6 +666,18 @@ fn main() {
                 held.as_secs_f64() * 1e3 / batches as f64,
                 held.as_secs_f64() * 100.0 / duration.as_secs_f64()
             ));
+            let leads =
+                store.store_leads.load(std::sync::atomic::Ordering::Relaxed) - batches_before.3;
+            let rewinds = store
+                .store_rewinds
+                .load(std::sync::atomic::Ordering::Relaxed)
+                - batches_before.4;
+            if leads > 0 || rewinds > 0 {
+                tails.push(format!(
+                    "leads at c={c}: {leads} statements sent ahead ({:.1} a batch), {rewinds} batches rolled back to their start",
+                    leads as f64 / batches as f64
+                ));
+            }
         }
         if postgres > 0.0 {
             tails.push(format!(

@@ -165,6 +165,10 @@ pub struct Metrics {
     pub store_batch_seconds: Histogram,
     /// Writes whose batch did not commit (a full disk, an I/O error, a lost connection).
     pub store_commit_failures: AtomicU64,
+    /// Statements PostgreSQL's writer sent ahead, with its batch's begin.
+    pub store_leads: AtomicU64,
+    /// Batches rolled back to their start to run a write alone (PostgreSQL).
+    pub store_rewinds: AtomicU64,
     /// Each provider's calls, by provider id.
     providers: Mutex<BTreeMap<String, Arc<ProviderCalls>>>,
     /// Connections open now.
@@ -217,6 +221,8 @@ impl Metrics {
             store_write_seconds: Histogram::new(),
             store_batch_seconds: Histogram::new(),
             store_commit_failures: AtomicU64::new(0),
+            store_leads: AtomicU64::new(0),
+            store_rewinds: AtomicU64::new(0),
             providers: Mutex::new(BTreeMap::new()),
             connections_open: AtomicI64::new(0),
             connections_refused: AtomicU64::new(0),
@@ -398,6 +404,20 @@ impl Metrics {
             "counter",
             "Writes whose batch did not commit (a full disk, an I/O error, a lost database connection).",
             self.store_commit_failures.load(Ordering::Relaxed),
+        );
+        scalar(
+            &mut out,
+            "rolegate_store_leads_total",
+            "counter",
+            "Statements PostgreSQL's writer sent back to back with a batch's begin, before their writes ran.",
+            self.store_leads.load(Ordering::Relaxed),
+        );
+        scalar(
+            &mut out,
+            "rolegate_store_rewinds_total",
+            "counter",
+            "Times a PostgreSQL batch was rolled back to its start and its writes so far run again: a failed write, or one that did not run the statement sent ahead for it.",
+            self.store_rewinds.load(Ordering::Relaxed),
         );
 
         head(

@@ -246,6 +246,7 @@ fn event(
 }
 
 /// What a provider's step means for the stored request.
+#[derive(Clone)]
 enum Outcome {
     /// A new prompt (or wait) with its sealed state.
     Prompt {
@@ -286,7 +287,7 @@ pub struct CredentialView {
 }
 
 /// A provider's credential update on its way to the store.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct CredentialUpdate {
     credential: Credential,
     /// The update sealed for storage (sealed before the write, off the writer's thread).
@@ -351,6 +352,7 @@ struct Awaiting {
 
 /// What the answer's write relied on: the provider's credentials as the provider saw them,
 /// and, when the writer can vouch for it, the read of the account they came from.
+#[derive(Clone)]
 struct Relied {
     /// The provider's credentials (id, sealed value), sorted.
     seen: Vec<(String, Vec<u8>)>,

@@ -342,19 +342,28 @@ impl Service {
             let asked = stored.asking(prompt, sealed, *expires_at);
             let settings = self.settings.clone();
             let key = Arc::clone(&self.key);
+            // An approval is one statement (the checked update with the insert), found here
+            // so that PostgreSQL's writer sends it with its batch's others.
+            let lead = (self.store.wants_leads() && matches!(judged, Outcome::Approved(..)))
+                .then(|| {
+                    let write = AtOnce {
+                        asked: asked.clone_for_write(),
+                        judged: judged.clone(),
+                        fallbacks: fallbacks.clone(),
+                        relied: relied.clone(),
+                    };
+                    crate::store::lead_of(|tx| write.run(tx, &settings, &key, now))
+                })
+                .flatten();
+            let write = AtOnce {
+                asked,
+                judged,
+                fallbacks,
+                relied,
+            };
             let view = self
                 .store
-                .write(move |tx| {
-                    let mut asked = asked;
-                    // Approved: the row is written once, by the transition that grants it.
-                    asked.unsaved = matches!(judged, Outcome::Approved(..));
-                    if !asked.unsaved {
-                        insert(tx, &asked)?;
-                    }
-                    created_events(tx, &asked)?;
-                    fallback_events(tx, &asked, &fallbacks)?;
-                    apply(tx, asked, judged, true, &relied, &settings, &key, now)
-                })
+                .write_led(true, lead, move |tx| write.run(tx, &settings, &key, now))
                 .await?;
             let view = self
                 .after_mfa(view, &user, &credential_rows, Some(&role.shadow))
@@ -385,9 +394,14 @@ impl Service {
         // A request still waiting for its answer is cheap to lose in a power cut (the user
         // asks again); anything that decides it is fsync'd before the caller hears of it.
         let durable = !matches!(outcome, Outcome::Prompt { .. });
+        // The request with its first prompt is one statement (the insert), found here so
+        // that PostgreSQL's writer sends it with its batch's others.
+        let lead = (self.store.wants_leads() && matches!(outcome, Outcome::Prompt { .. }))
+            .then(|| crate::store::lead_of(|tx| insert(tx, &s)))
+            .flatten();
         let view = self
             .store
-            .write_with(durable, move |tx| {
+            .write_led(durable, lead, move |tx| {
                 insert(tx, &s)?;
                 created_events(tx, &s)?;
                 fallback_events(tx, &s, &fallbacks)?;
@@ -731,7 +745,41 @@ pub(super) fn already_live(first: &Stored) -> Error {
     ))
 }
 
+/// The write of a request whose answer came with it: stored with its outcome at once.
+struct AtOnce {
+    asked: Stored,
+    judged: Outcome,
+    fallbacks: Vec<Fallback>,
+    relied: Relied,
+}
+
+impl AtOnce {
+    fn run(
+        self,
+        tx: &mut dyn Tx,
+        settings: &Settings,
+        key: &SealingKey,
+        now: Timestamp,
+    ) -> Result<RequestView> {
+        let AtOnce {
+            mut asked,
+            judged,
+            fallbacks,
+            relied,
+        } = self;
+        // Approved: the row is written once, by the transition that grants it.
+        asked.unsaved = matches!(judged, Outcome::Approved(..));
+        if !asked.unsaved {
+            insert(tx, &asked)?;
+        }
+        created_events(tx, &asked)?;
+        fallback_events(tx, &asked, &fallbacks)?;
+        apply(tx, asked, judged, true, &relied, settings, key, now)
+    }
+}
+
 /// A provider that failed to start a challenge, and the one tried next (the role falls back).
+#[derive(Clone)]
 struct Fallback {
     from: String,
     to: String,

@@ -224,6 +224,25 @@ impl Store {
         }
     }
 
+    /// Like [`Store::write_with`], for a write that will run `lead` ([`lead_of`]) — on
+    /// PostgreSQL sent with its batch's others in one round trip; SQLite has no use for it.
+    pub async fn write_led<T: Send + 'static>(
+        &self,
+        durable: bool,
+        lead: Option<Lead>,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match self {
+            Store::Sqlite(s) => s.write_with(durable, op).await,
+            Store::Postgres(p) => p.write_led(durable, lead, op).await,
+        }
+    }
+
+    /// Whether writes have a use for their [`Lead`] (PostgreSQL), worth finding beforehand.
+    pub fn wants_leads(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
     /// Runs `op` on a reading connection (SQLite: in place, for the short indexed reads of
     /// the request path; PostgreSQL: on a blocking thread).
     pub async fn read<T: Send + 'static>(
@@ -335,6 +354,84 @@ pub(crate) struct Queued {
     pub(crate) durable: bool,
     /// The write.
     pub(crate) job: Job,
+    /// The statement the write will run first, when its caller could tell ([`lead_of`]).
+    pub(crate) lead: Option<Lead>,
+}
+
+/// The one statement a write will run, known before the writer runs it: PostgreSQL's writer
+/// sends a batch's leads back to back with its `BEGIN` (one round trip for all), and the write
+/// then finds its answer waiting. Only a hint: a write that runs anything else is run as if
+/// there were none (the batch is rolled back to its start and the writes before it run again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lead {
+    /// The statement.
+    pub sql: String,
+    /// Its parameters.
+    pub params: Vec<Value>,
+    /// Whether the write reads its rows ([`Tx::query`]) rather than a count ([`Tx::execute`]).
+    pub rows: bool,
+}
+
+/// The first statement `op` runs, found by running it on a transaction that records that
+/// statement and refuses it (so `op` must be free of effects outside its transaction, and
+/// give the same statement again when run for real). `None` when that statement only reads
+/// (a write after a read needs its answer first) or reads or writes the event log (which the
+/// writer holds back until its batch ends).
+pub fn lead_of<T>(op: impl FnOnce(&mut dyn Tx) -> Result<T>) -> Option<Lead> {
+    let mut planner = Planner::default();
+    let _ = op(&mut planner);
+    planner
+        .lead
+        .filter(|l| !l.sql.trim_start().starts_with("SELECT") && !l.sql.contains("event"))
+}
+
+/// The transaction [`lead_of`] runs a write on: PostgreSQL's writer as a write sees it (an
+/// event head and held events in memory), which records the first statement and refuses it.
+#[derive(Default)]
+struct Planner {
+    lead: Option<Lead>,
+    head: EventHead,
+    events: Vec<Vec<Value>>,
+}
+
+impl Planner {
+    fn record(&mut self, sql: &str, params: &[Value], rows: bool) -> Error {
+        if self.lead.is_none() {
+            self.lead = Some(Lead {
+                sql: sql.to_string(),
+                params: params.to_vec(),
+                rows,
+            });
+        }
+        Error::Store {
+            what: "planning a write".into(),
+            message: "statements are only recorded here".into(),
+        }
+    }
+}
+
+impl Tx for Planner {
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
+        Err(self.record(sql, params, false))
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
+        Err(self.record(sql, params, true))
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn event_head(&mut self) -> Option<&mut EventHead> {
+        // Any head: the events' hashes are not among a lead's parameters.
+        self.head.head.get_or_insert_with(|| (0, String::new()));
+        Some(&mut self.head)
+    }
+
+    fn held_events(&mut self) -> Option<&mut Vec<Vec<Value>>> {
+        Some(&mut self.events)
+    }
 }
 
 /// The sending side of a backend's group-commit writer thread.
@@ -346,10 +443,11 @@ impl Writer {
         Self(Mutex::new(Some(tx)))
     }
 
-    /// Queues `op` and waits for its batch's commit.
+    /// Queues `op` (its first statement `lead`, when known) and waits for its batch's commit.
     pub(crate) async fn submit<T: Send + 'static>(
         &self,
         durable: bool,
+        lead: Option<Lead>,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = oneshot::channel::<Result<T>>();
@@ -400,7 +498,7 @@ impl Writer {
                 message: "the store is closed".into(),
             })?;
         sender
-            .send(Queued { durable, job })
+            .send(Queued { durable, job, lead })
             .map_err(|_| Error::Store {
                 what: "writing".into(),
                 message: "the database writer stopped".into(),

@@ -358,7 +358,7 @@ impl Sqlite {
         &self,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.writer.submit(true, op).await
+        self.writer.submit(true, None, op).await
     }
 
     /// Like [`Sqlite::write`], but when `durable` is false the caller hears back once the
@@ -369,7 +369,7 @@ impl Sqlite {
         durable: bool,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.writer.submit(durable, op).await
+        self.writer.submit(durable, None, op).await
     }
 
     /// Runs `op` on a read-only connection, on the calling thread.

@@ -173,7 +173,10 @@ pub(super) fn write_loop(
         let mut redo: Redo = Vec::new();
         // Set when a failed write could not be undone alone: the whole batch then is.
         let mut undo_all = false;
-        for Queued { job, durable: d } in batch.drain(..) {
+        for Queued {
+            job, durable: d, ..
+        } in batch.drain(..)
+        {
             if !begun || undo_all {
                 let (_, done) = job(&mut FailTx("sqlite", false));
                 at_once.push(done);

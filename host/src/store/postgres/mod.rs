@@ -22,8 +22,10 @@ use ::postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use ::postgres::{Client, NoTls, Statement};
 use bytes::BytesMut;
 
-use super::{EventHead, FailTx, Queued, Row, Tx, Value, Writer};
+use super::{Lead, Queued, Row, Tx, Value, Writer};
 use crate::model::error::{Error, Result};
+
+mod writer;
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -403,12 +405,13 @@ impl Postgres {
                 return Err(e);
             }
         }
+        let writer_conn = writer::WriterConn::connect(&config)?;
         let (tx, rx) = mpsc::channel::<Queued>();
         let writer = {
             let config = config.clone();
             std::thread::Builder::new()
                 .name("pg-writer".into())
-                .spawn(move || write_loop(conn, &config, rx))
+                .spawn(move || writer::write_loop(writer_conn, &config, rx))
                 .map_err(|source| Error::Io {
                     what: "starting the database writer".into(),
                     source,
@@ -417,7 +420,8 @@ impl Postgres {
         Ok(Self {
             config,
             writer: Writer::new(tx),
-            readers: Arc::new(Mutex::new(Vec::new())),
+            // The migration's connection is the first reader's.
+            readers: Arc::new(Mutex::new(vec![conn])),
             pipelined: (0..PIPELINED).map(|_| Slot::default()).collect(),
             reading: Arc::new(tokio::sync::Semaphore::new(MAX_READERS)),
             threads: Mutex::new(vec![writer]),
@@ -431,7 +435,18 @@ impl Postgres {
         durable: bool,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.writer.submit(durable, op).await
+        self.writer.submit(durable, None, op).await
+    }
+
+    /// [`Postgres::write_with`] for a write that will run `lead` first: sent with the other
+    /// leads of its batch, right behind the batch's `BEGIN`.
+    pub async fn write_led<T: Send + 'static>(
+        &self,
+        durable: bool,
+        lead: Option<Lead>,
+        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.writer.submit(durable, lead, op).await
     }
 
     /// Runs `op` on a pooled connection (each statement sees what is committed), off the
@@ -598,333 +613,5 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-/// What a batch ran, in order, to run again when one of its writes fails and the batch is
-/// rolled back to its start: statements, and held events inserted before one that reads them.
-enum Redone {
-    Statement(String, Vec<Value>),
-    Events(Vec<Vec<Value>>),
-}
-
-/// The writer's transaction: the batch's event head (read under its lock when the batch
-/// began, stored once before it commits), the events held for one insert, and what ran.
-struct BatchTx<'a> {
-    conn: &'a mut Conn,
-    head: &'a mut EventHead,
-    events: &'a mut Vec<Vec<Value>>,
-    redo: &'a mut Vec<Redone>,
-    /// Set when a statement failed: PostgreSQL has then aborted the transaction.
-    failed: bool,
-    /// How often held events were inserted before a statement that reads them.
-    flushes: usize,
-}
-
-impl BatchTx<'_> {
-    /// Inserts the held events before a statement that may read or change the log.
-    fn flush_before(&mut self, sql: &str) -> Result<()> {
-        if self.events.is_empty() || !sql.contains("event") {
-            return Ok(());
-        }
-        let rows = std::mem::take(self.events);
-        self.flushes += 1;
-        match insert_events(self.conn, &rows, None) {
-            Ok(()) => {
-                self.redo.push(Redone::Events(rows));
-                Ok(())
-            }
-            Err(e) => {
-                self.failed = true;
-                Err(e)
-            }
-        }
-    }
-}
-
-impl Tx for BatchTx<'_> {
-    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        self.flush_before(sql)?;
-        match self.conn.execute(sql, params) {
-            Ok(n) => {
-                self.redo
-                    .push(Redone::Statement(sql.to_string(), params.to_vec()));
-                Ok(n)
-            }
-            Err(e) => {
-                self.failed = true;
-                Err(e)
-            }
-        }
-    }
-
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        self.flush_before(sql)?;
-        let rows = self
-            .conn
-            .query(sql, params)
-            .inspect_err(|_| self.failed = true)?;
-        // A query that writes (a `WITH … UPDATE/INSERT`) runs again with the batch's others.
-        if !sql.trim_start().starts_with("SELECT") {
-            self.redo
-                .push(Redone::Statement(sql.to_string(), params.to_vec()));
-        }
-        Ok(rows)
-    }
-
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
-    fn event_head(&mut self) -> Option<&mut EventHead> {
-        Some(self.head)
-    }
-
-    fn held_events(&mut self) -> Option<&mut Vec<Vec<Value>>> {
-        Some(self.events)
-    }
-}
-
-/// Inserts event rows (in the order of [`super::INSERT_EVENT_COLUMNS`]) in one statement, each column bound
-/// as one array (`UNNEST`): one round trip and one prepared statement for any number.
-fn insert_events(conn: &mut Conn, rows: &[Vec<Value>], head: Option<(i64, &str)>) -> Result<()> {
-    let Some(first) = rows.first() else {
-        return Ok(());
-    };
-    let width = first.len();
-    // The chain's new head stored by the same statement (one round trip less a batch).
-    let mut sql = match head {
-        Some(_) => format!(
-            "WITH h AS (UPDATE event_head SET seq = ${}, hash = ${} WHERE one = 1) ",
-            width + 1,
-            width + 2
-        ),
-        None => String::new(),
-    };
-    sql.push_str(&format!(
-        "{} SELECT * FROM UNNEST(",
-        super::INSERT_EVENT_COLUMNS
-    ));
-    let mut columns: Vec<Box<dyn ToSql + Sync>> = Vec::with_capacity(width);
-    for c in 0..width {
-        let cells = rows.iter().map(|r| r.get(c).unwrap_or(&Value::Null));
-        let ints = rows
-            .iter()
-            .all(|r| matches!(r.get(c), Some(Value::Int(_) | Value::Null)));
-        if c > 0 {
-            sql.push_str(", ");
-        }
-        if ints {
-            sql.push_str(&format!("${}::bigint[]", c + 1));
-            let column: Vec<Option<i64>> = cells
-                .map(|v| match v {
-                    Value::Int(i) => Some(*i),
-                    _ => None,
-                })
-                .collect();
-            columns.push(Box::new(column));
-        } else {
-            sql.push_str(&format!("${}::text[]", c + 1));
-            let column = cells
-                .map(|v| match v {
-                    Value::Null => Ok(None),
-                    Value::Text(t) => Ok(Some(t.clone())),
-                    other => Err(Error::Store {
-                        what: "appending events".into(),
-                        message: format!("column {c} holds {other:?}, not text"),
-                    }),
-                })
-                .collect::<Result<Vec<Option<String>>>>()?;
-            columns.push(Box::new(column));
-        }
-    }
-    sql.push(')');
-    if let Some((seq, hash)) = head {
-        columns.push(Box::new(seq));
-        columns.push(Box::new(hash.to_string()));
-    }
-    let stmt = conn.statement(&sql)?;
-    let refs: Vec<&(dyn ToSql + Sync)> = columns.iter().map(|c| c.as_ref()).collect();
-    conn.client
-        .execute(&stmt, &refs)
-        .map_err(|e| db_error("appending events", &e))?;
-    Ok(())
-}
-
-/// Begins a batch: reconnects when the connection was lost, locks the event head and reads
-/// it, and sets the savepoint that a failed write rolls the batch back to.
-fn begin(
-    conn: &mut Option<Conn>,
-    config: &tokio_postgres::Config,
-    durable: bool,
-) -> Result<(i64, String)> {
-    if conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-        *conn = None;
-        *conn = Some(Conn::connect(config)?);
-    }
-    let Some(c) = conn.as_mut() else {
-        return Err(Error::Store {
-            what: "writing".into(),
-            message: "no connection".into(),
-        });
-    };
-    let sync = if durable { "on" } else { "off" };
-    // One round trip: the head row's lock keeps other instances' batches out until this
-    // one commits, so the head read here stays true for the whole batch.
-    let answer = c
-        .client
-        .simple_query(&format!(
-            "BEGIN; SET LOCAL synchronous_commit = {sync}; SELECT seq, hash FROM event_head WHERE one = 1 FOR UPDATE; SAVEPOINT batch"
-        ))
-        .map_err(|e| {
-            let _ = c.batch("ROLLBACK");
-            db_error("beginning a transaction", &e)
-        })?;
-    let head = answer.iter().find_map(|m| match m {
-        ::postgres::SimpleQueryMessage::Row(r) => Some((
-            r.get(0).and_then(|v| v.parse::<i64>().ok()),
-            r.get(1).map(str::to_string),
-        )),
-        _ => None,
-    });
-    match head {
-        Some((Some(seq), Some(hash))) => Ok((seq, hash)),
-        _ => {
-            let _ = c.batch("ROLLBACK");
-            Err(Error::Store {
-                what: "beginning a transaction".into(),
-                message: "the event chain has no head row".into(),
-            })
-        }
-    }
-}
-
-/// Rolls the batch back to its start and runs what its good writes ran again, leaving the
-/// database as if the failed write had never run (the head's lock, taken before, is kept).
-/// False when that fails (the caller then undoes the whole batch).
-fn redo_from_start(c: &mut Conn, redo: &[Redone]) -> bool {
-    if c.batch("ROLLBACK TO SAVEPOINT batch").is_err() {
-        return false;
-    }
-    redo.iter().all(|r| match r {
-        Redone::Statement(sql, params) => c.execute(sql, params).is_ok(),
-        Redone::Events(rows) => insert_events(c, rows, None).is_ok(),
-    })
-}
-
-/// Stores what the batch held back (its events, the head) and commits.
-fn finish(c: &mut Conn, head: &EventHead, events: &[Vec<Value>]) -> Result<()> {
-    let dirty = match (&head.head, head.dirty) {
-        (Some((seq, hash)), true) => Some((*seq, hash.as_str())),
-        _ => None,
-    };
-    match dirty {
-        // Events held before a statement that read the log were inserted then.
-        Some((seq, hash)) if events.is_empty() => crate::store::store_event_head(c, seq, hash)?,
-        dirty => insert_events(c, events, dirty)?,
-    }
-    c.batch("COMMIT").map_err(|e| db_error("committing", &e))
-}
-
-fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::Receiver<Queued>) {
-    let mut conn = Some(conn);
-    let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
-    let mut events: Vec<Vec<Value>> = Vec::new();
-    let mut redo: Vec<Redone> = Vec::new();
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
-        let durable = batch.iter().any(|q| q.durable);
-        let started = std::time::Instant::now();
-        let begun = begin(&mut conn, config, durable);
-        let away = matches!(begun, Err(Error::StoreUnavailable { .. }));
-        let mut head = match &begun {
-            Ok(h) => EventHead {
-                head: Some(h.clone()),
-                dirty: false,
-            },
-            Err(_) => EventHead::default(),
-        };
-        events.clear();
-        redo.clear();
-        let mut completions = Vec::with_capacity(batch.len());
-        // Set when a failed write could not be undone alone: the whole batch then is (and
-        // PostgreSQL answers COMMIT on an aborted transaction by rolling back quietly).
-        let mut undo_all = false;
-        // No savepoint per write (two round trips each): what each write ran is recorded
-        // instead, and when one fails, the batch is rolled back to its start and the others'
-        // statements run again — failures are rare (a lost race, a refused credential).
-        for Queued { job, .. } in batch.drain(..) {
-            let c = match (&begun, conn.as_mut()) {
-                (Ok(_), Some(c)) if !undo_all => c,
-                _ => {
-                    let (_, done) = job(&mut FailTx("postgres", away));
-                    completions.push(done);
-                    continue;
-                }
-            };
-            let (before, held, ran_mark) = (head.clone(), events.len(), redo.len());
-            let mut tx = BatchTx {
-                conn: c,
-                head: &mut head,
-                events: &mut events,
-                redo: &mut redo,
-                failed: false,
-                flushes: 0,
-            };
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&mut tx)));
-            let (failed, flushed) = (tx.failed, tx.flushes > 0);
-            match ran {
-                Ok((true, done)) if !failed => completions.push(done),
-                ran => {
-                    // A write that failed (or claimed success past a failed statement, which
-                    // aborted the transaction) is undone alone — unless it had inserted
-                    // earlier writes' held events, which the undo would lose.
-                    let ok = matches!(ran, Ok((true, _)));
-                    head = before;
-                    events.truncate(held);
-                    redo.truncate(ran_mark);
-                    if ok || flushed || !redo_from_start(c, &redo) {
-                        undo_all = true;
-                    }
-                    if let Ok((_, done)) = ran {
-                        completions.push(done);
-                    }
-                }
-            }
-        }
-        let outcome = match (&begun, conn.as_mut()) {
-            (Err(e), _) => Some(e.to_string()),
-            (Ok(_), None) => Some(
-                Error::StoreUnavailable {
-                    what: "writing".into(),
-                    message: "the connection was lost".into(),
-                }
-                .to_string(),
-            ),
-            (Ok(_), Some(c)) if undo_all => {
-                let _ = c.batch("ROLLBACK");
-                Some("the transaction failed and was rolled back".to_string())
-            }
-            (Ok(_), Some(c)) => finish(c, &head, &events).err().map(|e| {
-                let _ = c.batch("ROLLBACK");
-                e.to_string()
-            }),
-        };
-        if begun.is_ok() {
-            // How long the chain's head was held: what the instances sharing the database
-            // take in turn.
-            crate::model::metrics::METRICS
-                .store_batch_seconds
-                .observe(started.elapsed());
-        }
-        for done in completions {
-            done(outcome.as_deref());
-        }
     }
 }
