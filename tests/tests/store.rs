@@ -1060,3 +1060,147 @@ async fn many_reads_at_once_each_get_their_own_answer(backend) {
     }
 }
 }
+
+both! {
+/// Issue 33: statements a write says it will run first (its lead) are sent by PostgreSQL's
+/// writer with its batch's `BEGIN`, before the write runs. Whatever a write then does — takes
+/// its lead's answer, runs more after it, runs something else, runs nothing, fails after it,
+/// or has a lead that fails — the store answers as if each write ran its own statements one
+/// after the other: every increment seen once, no lead a write did not run left in, one chain.
+/// (SQLite has no use for leads: the same writes, the same answers.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_sent_ahead_answer_as_if_each_ran_alone(backend) {
+    use rolegate::store::Lead;
+    let at = Location::new(backend);
+    let a = Arc::new(at.open().await);
+    // On PostgreSQL a second instance on the same database, whose batches take turns.
+    let b = match backend {
+        Backend::Postgres => Arc::new(at.open().await),
+        Backend::Sqlite => Arc::clone(&a),
+    };
+    a.write(|tx| {
+        tx.execute(
+            "CREATE TABLE tally (one BIGINT NOT NULL, n BIGINT NOT NULL CHECK (n < 1000000))",
+            &[],
+        )?;
+        tx.execute("INSERT INTO tally VALUES (1, 0)", &[])
+    })
+    .await
+    .unwrap();
+    const ADD: &str = "UPDATE tally SET n = n + 1 WHERE one = $1 RETURNING n";
+    let lead = |sql: &str, rows: bool| Lead {
+        sql: sql.to_string(),
+        params: vec![Value::Int(1)],
+        rows,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..200i64 {
+        let s = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        let kind = i % 8;
+        let ahead = match kind {
+            0 | 1 | 4 => Some(lead(ADD, true)),
+            // A lead the write does not run: what it did must not stay.
+            2 | 3 => Some(lead("UPDATE tally SET n = n + 1000 WHERE one = $1 RETURNING n", true)),
+            // A lead that fails when it runs (the check), after it prepared.
+            5 => Some(lead("UPDATE tally SET n = n + 1000000 WHERE one = $1 RETURNING n", true)),
+            7 => Some(lead("UPDATE tally SET n = n + 1 WHERE one = $1", false)),
+            _ => None,
+        };
+        let run = {
+            let ahead = ahead.clone();
+            move |tx: &mut dyn rolegate::store::Tx| -> rolegate::model::error::Result<Option<i64>> {
+                let seen = match kind {
+                    3 => None,
+                    5 => {
+                        let l = ahead.as_ref().map(|l| l.sql.clone()).unwrap_or_default();
+                        Some(tx.query(&l, &[Value::Int(1)])?[0].int(0)?)
+                    }
+                    7 => {
+                        let n = tx.execute("UPDATE tally SET n = n + 1 WHERE one = $1", &[Value::Int(1)])?;
+                        assert_eq!(n, 1);
+                        None
+                    }
+                    _ => Some(tx.query(ADD, &[Value::Int(1)])?[0].int(0)?),
+                };
+                if kind == 1 {
+                    // More after the lead: it must see the lead's own effect, and no later one.
+                    let now = tx.query("SELECT n FROM tally WHERE one = 1", &[])?[0].int(0)?;
+                    assert_eq!(Some(now), seen, "write {i} read another write's increment");
+                }
+                events::append(
+                    tx,
+                    NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", format!("write {i}")),
+                    1000 + i,
+                )?;
+                if kind == 4 {
+                    tx.execute("INSERT INTO nowhere VALUES (1)", &[])?;
+                }
+                Ok(seen)
+            }
+        };
+        tasks.push(tokio::spawn(async move { (kind, s.write_led(true, ahead, run).await) }));
+    }
+    let mut seen = Vec::new();
+    let mut good = 0;
+    for t in tasks {
+        let (kind, r) = t.await.unwrap();
+        match (kind, r) {
+            (4 | 5, Err(_)) => {}
+            (4 | 5, Ok(_)) => panic!("a write of kind {kind} succeeded"),
+            (_, Err(e)) => panic!("a write of kind {kind} failed: {e}"),
+            (_, Ok(n)) => {
+                good += 1;
+                seen.extend(n);
+            }
+        }
+    }
+    assert_eq!(good, 150);
+    // Kinds 0, 1, 2, 6 and 7 added one each: 125, each value seen by one write only.
+    let tally = a
+        .read(|tx| tx.query("SELECT n FROM tally", &[]))
+        .await
+        .unwrap();
+    assert_eq!(tally[0].int(0).unwrap(), 125, "a lead no write ran stayed, or one ran twice");
+    seen.sort_unstable();
+    let before = seen.len();
+    seen.dedup();
+    assert_eq!(seen.len(), before, "two writes saw the same increment");
+    assert_eq!(seen.len(), 100);
+    assert!(seen.iter().all(|n| (1..=125).contains(n)), "{seen:?}");
+    assert_eq!(a.read(events::verify).await.unwrap(), Verification::Intact(150));
+    // Writes that take their lead beside writes that leave theirs unrun, and nothing else to
+    // roll their batches back: the unrun leads must still be undone.
+    let mut tasks = Vec::new();
+    for i in 0..40i64 {
+        let s = Arc::clone(if i % 2 == 0 { &a } else { &b });
+        let ahead = if i % 4 < 2 {
+            lead(ADD, true)
+        } else {
+            lead("UPDATE tally SET n = n + 1000 WHERE one = $1 RETURNING n", true)
+        };
+        let add = i % 4 < 2;
+        tasks.push(tokio::spawn(async move {
+            s.write_led(true, Some(ahead), move |tx| {
+                if add {
+                    tx.query(ADD, &[Value::Int(1)])?;
+                }
+                Ok(())
+            })
+            .await
+        }));
+    }
+    assert_eq!(succeeded(tasks).await, 40);
+    let tally = a
+        .read(|tx| tx.query("SELECT n FROM tally", &[]))
+        .await
+        .unwrap();
+    assert_eq!(tally[0].int(0).unwrap(), 145, "a lead no write ran stayed");
+    if let Backend::Postgres = backend {
+        let m = &rolegate::model::metrics::METRICS;
+        assert!(m.store_leads.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        assert!(m.store_rewinds.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+    a.close();
+    b.close();
+}
+}

@@ -152,6 +152,13 @@ impl Tx for SqliteTx<'_> {
             }
             out.push(Row(row));
         }
+        // A query that writes (`UPDATE … RETURNING`, a `WITH` that changes rows) is redone
+        // with the batch's other statements when a neighbour fails, as `execute`'s are.
+        if let Some(redo) = self.redo.as_deref_mut()
+            && !sql.trim_start().starts_with("SELECT")
+        {
+            redo.push((cached_sql(sql), params.to_vec()));
+        }
         Ok(out)
     }
 

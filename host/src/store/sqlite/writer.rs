@@ -312,6 +312,23 @@ pub(super) fn redo_from_scratch(conn: &Connection, redo: &Redo) -> bool {
     if !exec_cached(conn, "ROLLBACK") || !exec_cached(conn, "BEGIN IMMEDIATE") {
         return false;
     }
-    redo.iter()
-        .all(|(sql, params)| run(conn, sql, params).is_ok())
+    redo.iter().all(|(sql, params)| rerun(conn, sql, params))
+}
+
+/// Runs a recorded statement again, stepping through any rows it returns (a query that
+/// writes, which `execute` would refuse).
+fn rerun(conn: &Connection, sql: &str, params: &[Value]) -> bool {
+    let Ok(mut stmt) = conn.prepare_cached(sql) else {
+        return false;
+    };
+    let Ok(mut rows) = stmt.query(rusqlite::params_from_iter(params.iter().map(Param))) else {
+        return false;
+    };
+    loop {
+        match rows.next() {
+            Ok(Some(_)) => {}
+            Ok(None) => return true,
+            Err(_) => return false,
+        }
+    }
 }
