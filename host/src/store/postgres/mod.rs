@@ -7,8 +7,8 @@
 //! event chain's head row: batches of different instances then commit one after the other
 //! and can never deadlock, the hash chain stays a chain, and the head read stays true for the
 //! batch (stored once, with the batch's events in one insert, before it commits). The
-//! statements writes say they will run are sent together with the batch's `BEGIN` (see
-//! [`writer`]). A write that fails is undone by rolling the batch back to its start and
+//! statements writes say they will run are sent together with the batch's `BEGIN` (see the
+//! `writer` module). A write that fails is undone by rolling the batch back to its start and
 //! running the others' statements again. A batch of writes that need not be durable commits with
 //! `synchronous_commit = off`.
 
