@@ -13,14 +13,17 @@
 //! `synchronous_commit = off`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use ::postgres::types::{IsNull, ToSql, Type, to_sql_checked};
-use ::postgres::{Client, NoTls, Statement};
+use ::postgres::{NoTls, Statement};
 use bytes::BytesMut;
 
 use super::{Lead, Queued, Row, Tx, Value, Writer};
@@ -195,21 +198,42 @@ fn remember(statements: &mut HashMap<String, Statement>, sql: &str, s: &Statemen
     statements.insert(sql.to_string(), s.clone());
 }
 
-/// One connection and its prepared statements.
+/// One connection and its prepared statements: a tokio-postgres client driven by a runtime of
+/// its own, on whichever thread uses it (the writer's, a blocking reader's), so that the writer
+/// can send statements back to back (a blocking client waits for each answer before it sends
+/// the next).
 struct Conn {
-    client: Client,
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
     statements: HashMap<String, Statement>,
 }
 
 impl Conn {
+    /// Connects, with a runtime that runs only while its user waits on it.
     fn connect(config: &tokio_postgres::Config) -> Result<Self> {
-        let client = ::postgres::Config::from(config.clone())
-            .connect(NoTls)
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|source| Error::Io {
+                what: "starting a database connection".into(),
+                source,
+            })?;
+        let (client, connection) = rt
+            .block_on(config.connect(NoTls))
             .map_err(|e| db_error("connecting to PostgreSQL", &e))?;
+        rt.spawn(async move {
+            // Ends with the connection; the client then reads as closed.
+            let _ = connection.await;
+        });
         Ok(Self {
+            rt,
             client,
             statements: HashMap::new(),
         })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
     }
 
     fn statement(&mut self, sql: &str) -> Result<Statement> {
@@ -217,15 +241,38 @@ impl Conn {
             return Ok(s.clone());
         }
         let s = self
-            .client
-            .prepare(sql)
+            .rt
+            .block_on(self.client.prepare(sql))
             .map_err(|e| db_error("preparing a statement", &e))?;
         remember(&mut self.statements, sql, &s);
         Ok(s)
     }
 
-    fn batch(&mut self, sql: &str) -> std::result::Result<(), ::postgres::Error> {
-        self.client.batch_execute(sql)
+    fn batch(&mut self, sql: &str) -> std::result::Result<(), tokio_postgres::Error> {
+        self.rt.block_on(self.client.batch_execute(sql))
+    }
+
+    /// Runs `sending` to the end, sent in their order: each is first polled (and so hands its
+    /// message to the connection) after the ones before it, whatever any of them answers.
+    fn all<T>(&self, mut sending: Vec<Pin<Box<dyn Future<Output = T> + '_>>>) -> Vec<T> {
+        let mut out: Vec<Option<T>> = sending.iter().map(|_| None).collect();
+        self.rt.block_on(std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (f, o) in sending.iter_mut().zip(out.iter_mut()) {
+                if o.is_none() {
+                    match f.as_mut().poll(cx) {
+                        Poll::Ready(v) => *o = Some(v),
+                        Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        }));
+        out.into_iter().flatten().collect()
     }
 }
 
@@ -234,8 +281,8 @@ impl Tx for Conn {
         let stmt = self.statement(sql)?;
         let params: Vec<Param<'_>> = params.iter().map(Param).collect();
         let refs = refs(&params);
-        self.client
-            .execute(&stmt, &refs)
+        self.rt
+            .block_on(self.client.execute(&stmt, &refs))
             .map_err(|e| db_error("writing", &e))
     }
 
@@ -244,8 +291,8 @@ impl Tx for Conn {
         let params: Vec<Param<'_>> = params.iter().map(Param).collect();
         let refs = refs(&params);
         let rows = self
-            .client
-            .query(&stmt, &refs)
+            .rt
+            .block_on(self.client.query(&stmt, &refs))
             .map_err(|e| db_error("reading", &e))?;
         rows_of(&rows)
     }
@@ -393,8 +440,11 @@ impl Postgres {
         let mut conn = Conn::connect(&config)?;
         conn.batch("BEGIN").map_err(|e| db_error("migrating", &e))?;
         let migrated = conn
-            .client
-            .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .rt
+            .block_on(
+                conn.client
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]),
+            )
             .map_err(|e| db_error("migrating", &e))
             .and_then(|_| super::schema::migrate(&mut conn, now_ms));
         match migrated {
@@ -406,7 +456,7 @@ impl Postgres {
                 return Err(e);
             }
         }
-        let writer_conn = writer::WriterConn::connect(&config)?;
+        let writer_conn = Conn::connect(&config)?;
         let (tx, rx) = mpsc::channel::<Queued>();
         let writer = {
             let config = config.clone();

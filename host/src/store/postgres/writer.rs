@@ -15,28 +15,17 @@
 //! got the first time, or the whole batch is undone); the rest of the batch then runs a
 //! statement at a time. The head's lock, taken before the savepoint, is kept throughout.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::task::Poll;
 
 use ::postgres::types::ToSql;
-use ::postgres::{NoTls, SimpleQueryMessage, Statement};
+use ::postgres::{SimpleQueryMessage, Statement};
 
-use super::{MAX_BATCH, Param, db_error, refs, remember, rows_of};
+use super::{Conn, MAX_BATCH, Param, db_error, refs, rows_of};
 use crate::model::error::{Error, Result};
 use crate::store::{EventHead, FailTx, Lead, Queued, Row, Tx, Value};
-
-/// The writer's connection: a tokio-postgres client driven by a runtime of its own on the
-/// writer's thread, so that statements can be sent back to back (the blocking client waits for
-/// each answer before it sends the next).
-pub(super) struct WriterConn {
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-    statements: HashMap<String, Statement>,
-}
 
 /// A statement's answer as the write asks for it.
 enum Answer {
@@ -51,100 +40,6 @@ enum Sent {
 }
 
 type Sending<'a> = Pin<Box<dyn Future<Output = Sent> + 'a>>;
-
-impl WriterConn {
-    /// Connects, with a runtime that runs only while the writer waits on it.
-    pub(super) fn connect(config: &tokio_postgres::Config) -> Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|source| Error::Io {
-                what: "starting the database writer".into(),
-                source,
-            })?;
-        let (client, connection) = rt
-            .block_on(config.connect(NoTls))
-            .map_err(|e| db_error("connecting to PostgreSQL", &e))?;
-        rt.spawn(async move {
-            // Ends with the connection; the client then reads as closed.
-            let _ = connection.await;
-        });
-        Ok(Self {
-            rt,
-            client,
-            statements: HashMap::new(),
-        })
-    }
-
-    fn is_closed(&self) -> bool {
-        self.client.is_closed()
-    }
-
-    fn statement(&mut self, sql: &str) -> Result<Statement> {
-        if let Some(s) = self.statements.get(sql) {
-            return Ok(s.clone());
-        }
-        let s = self
-            .rt
-            .block_on(self.client.prepare(sql))
-            .map_err(|e| db_error("preparing a statement", &e))?;
-        remember(&mut self.statements, sql, &s);
-        Ok(s)
-    }
-
-    fn batch(&mut self, sql: &str) -> std::result::Result<(), tokio_postgres::Error> {
-        self.rt.block_on(self.client.batch_execute(sql))
-    }
-
-    /// Runs `sending` to the end, sent in their order: each is first polled (and so hands its
-    /// message to the connection) after the ones before it, whatever any of them answers.
-    fn all(&self, mut sending: Vec<Sending<'_>>) -> Vec<Sent> {
-        let mut out: Vec<Option<Sent>> = sending.iter().map(|_| None).collect();
-        self.rt.block_on(std::future::poll_fn(|cx| {
-            let mut pending = false;
-            for (f, o) in sending.iter_mut().zip(out.iter_mut()) {
-                if o.is_none() {
-                    match f.as_mut().poll(cx) {
-                        Poll::Ready(v) => *o = Some(v),
-                        Poll::Pending => pending = true,
-                    }
-                }
-            }
-            if pending {
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        }));
-        out.into_iter().flatten().collect()
-    }
-}
-
-impl Tx for WriterConn {
-    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
-        let stmt = self.statement(sql)?;
-        let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-        let refs = refs(&params);
-        self.rt
-            .block_on(self.client.execute(&stmt, &refs))
-            .map_err(|e| db_error("writing", &e))
-    }
-
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>> {
-        let stmt = self.statement(sql)?;
-        let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-        let refs = refs(&params);
-        let rows = self
-            .rt
-            .block_on(self.client.query(&stmt, &refs))
-            .map_err(|e| db_error("reading", &e))?;
-        rows_of(&rows)
-    }
-
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-}
 
 /// What a write's statement answered, to check that running it again answers the same.
 #[derive(PartialEq)]
@@ -180,7 +75,7 @@ impl Ahead {
 /// began, stored once before it commits), the events held for one insert, what ran, and the
 /// write's lead with its answer.
 struct BatchTx<'a> {
-    conn: &'a mut WriterConn,
+    conn: &'a mut Conn,
     head: &'a mut EventHead,
     events: &'a mut Vec<Vec<Value>>,
     redo: &'a mut Vec<Redone>,
@@ -323,7 +218,7 @@ struct EventsInsert {
 }
 
 impl EventsInsert {
-    fn run(&self, conn: &mut WriterConn) -> Result<()> {
+    fn run(&self, conn: &mut Conn) -> Result<()> {
         let stmt = conn.statement(&self.sql)?;
         let refs: Vec<&(dyn ToSql + Sync)> = self.columns.iter().map(|c| c.as_ref()).collect();
         conn.rt
@@ -401,14 +296,14 @@ type Begun = ((i64, String), Vec<Option<Answer>>);
 /// writes' leads right behind, in their order: one round trip for all. Returns the head and
 /// each lead's answer (none for a write without one, or whose lead could not be prepared).
 fn begin(
-    conn: &mut Option<WriterConn>,
+    conn: &mut Option<Conn>,
     config: &tokio_postgres::Config,
     durable: bool,
     leads: &[Option<Lead>],
 ) -> Result<Begun> {
-    if conn.as_ref().is_none_or(WriterConn::is_closed) {
+    if conn.as_ref().is_none_or(Conn::is_closed) {
         *conn = None;
-        *conn = Some(WriterConn::connect(config)?);
+        *conn = Some(Conn::connect(config)?);
     }
     let Some(c) = conn.as_mut() else {
         return Err(Error::Store {
@@ -521,7 +416,7 @@ fn begin(
 /// database as if nothing else had run (the head's lock, taken before, is kept). False when
 /// that fails, or a statement answers otherwise than it did (the caller then undoes the
 /// whole batch).
-fn redo_from_start(c: &mut WriterConn, redo: &[Redone]) -> bool {
+fn redo_from_start(c: &mut Conn, redo: &[Redone]) -> bool {
     crate::model::metrics::METRICS
         .store_rewinds
         .fetch_add(1, Ordering::Relaxed);
@@ -540,7 +435,7 @@ fn redo_from_start(c: &mut WriterConn, redo: &[Redone]) -> bool {
 }
 
 /// Stores what the batch held back (its events, the head) and commits, sent together.
-fn finish(c: &mut WriterConn, head: &EventHead, events: &[Vec<Value>]) -> Result<()> {
+fn finish(c: &mut Conn, head: &EventHead, events: &[Vec<Value>]) -> Result<()> {
     let dirty = match (&head.head, head.dirty) {
         (Some((seq, hash)), true) => Some((*seq, hash.as_str())),
         _ => None,
@@ -583,11 +478,7 @@ fn finish(c: &mut WriterConn, head: &EventHead, events: &[Vec<Value>]) -> Result
 
 /// The writer thread: takes what is queued, up to [`MAX_BATCH`] writes, and commits them in
 /// one transaction, each write's caller hearing how its batch's commit went.
-pub(super) fn write_loop(
-    conn: WriterConn,
-    config: &tokio_postgres::Config,
-    rx: mpsc::Receiver<Queued>,
-) {
+pub(super) fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::Receiver<Queued>) {
     let mut conn = Some(conn);
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut events: Vec<Vec<Value>> = Vec::new();
