@@ -218,10 +218,7 @@ impl Store {
         durable: bool,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        match self {
-            Store::Sqlite(s) => s.write_with(durable, op).await,
-            Store::Postgres(p) => p.write_with(durable, op).await,
-        }
+        self.write_led(durable, None, op).await
     }
 
     /// Like [`Store::write_with`], for a write that will run `lead` ([`lead_of`]) — on

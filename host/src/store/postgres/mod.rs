@@ -480,17 +480,9 @@ impl Postgres {
     }
 
     /// Runs `op` in the next group-commit transaction; returns once it is committed (when
-    /// `durable`) — a batch of only non-durable writes does not wait for the WAL flush.
-    pub async fn write_with<T: Send + 'static>(
-        &self,
-        durable: bool,
-        op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.writer.submit(durable, None, op).await
-    }
-
-    /// [`Postgres::write_with`] for a write that will run `lead` first: sent with the other
-    /// leads of its batch, right behind the batch's `BEGIN`.
+    /// `durable`) — a batch of only non-durable writes does not wait for the WAL flush. A
+    /// write that will run `lead` first has it sent with the other leads of its batch, right
+    /// behind the batch's `BEGIN`.
     pub async fn write_led<T: Send + 'static>(
         &self,
         durable: bool,
