@@ -43,6 +43,11 @@
 //! the table gives the database's own CPU per activation (every `postgres` process on the
 //! machine), to add to rolegate's.
 //!
+//! `ROLEGATE_BENCH_HOST_CPU=0.3` (with `ROLEGATE_BENCH_HOSTS`, as root) holds each host process
+//! to that share of one core (a cgroup v1 `cpu` group of its own, `cfs_quota_us` over a 10 ms
+//! period): on a machine too small to give each host cores of its own, it shows whether hosts
+//! add up once their own CPU is not what binds them — what the database takes in turn.
+//!
 //! `ROLEGATE_BENCH_CODE_AHEAD=1` (with TOTP) sends each code with its request (`code` in
 //! `POST /v1/requests`, as `rolegate request new --code` does): one round trip per
 //! activation instead of two.
@@ -197,7 +202,7 @@ fn main() {
     let tls_files = std::env::var("ROLEGATE_BENCH_TLS")
         .is_ok_and(|v| v == "1")
         .then(|| test_certificate(dir.path()));
-    let (urls, user_tokens, authenticators, started_hosts) = server_rt.block_on(async {
+    let (urls, user_tokens, authenticators, mut started_hosts) = server_rt.block_on(async {
         // ROLEGATE_BENCH_POSTGRES names an empty PostgreSQL database to run on instead.
         let store = Arc::new(match std::env::var("ROLEGATE_BENCH_POSTGRES") {
             Ok(conn) if !conn.is_empty() => {
@@ -338,13 +343,22 @@ fn main() {
         ));
         if child.is_some() {
             // A host of ROLEGATE_BENCH_HOSTS: says where it serves, and serves until the
-            // bench closes its standard input.
-            use std::io::{Read as _, Write as _};
+            // bench closes its standard input; a line in says its writer's counts so far.
+            use std::io::{BufRead as _, Write as _};
             println!("{url}");
             let _ = std::io::stdout().flush();
             let _ = tokio::task::spawn_blocking(|| {
-                let mut rest = Vec::new();
-                let _ = std::io::stdin().read_to_end(&mut rest);
+                let m = &rolegate::model::metrics::METRICS;
+                for _ in std::io::stdin().lock().lines() {
+                    println!(
+                        "{} {} {} {}",
+                        m.store_batch_seconds.count(),
+                        m.store_batch_seconds.sum().as_secs_f64(),
+                        m.store_chain_seconds.sum().as_secs_f64(),
+                        m.store_write_seconds.count()
+                    );
+                    let _ = std::io::stdout().flush();
+                }
             })
             .await;
             std::process::exit(0);
@@ -437,6 +451,17 @@ fn main() {
         let postgres_before = postgres_cpu_seconds();
         let loadgen_before = thread_cpu_seconds(LOADGEN_THREAD);
         let store = &rolegate::model::metrics::METRICS;
+        // The writers' batches, writes and lock times: this process's, or the hosts' summed.
+        let writers = |hosts: &mut Option<Hosts>| match hosts.as_mut() {
+            Some(h) => h.writers(),
+            None => (
+                store.store_batch_seconds.count(),
+                store.store_batch_seconds.sum().as_secs_f64(),
+                store.store_chain_seconds.sum().as_secs_f64(),
+                store.store_write_seconds.count(),
+            ),
+        };
+        let writers_before = writers(&mut started_hosts);
         let batches_before = (
             store.store_batch_seconds.count(),
             store.store_batch_seconds.sum(),
@@ -650,22 +675,24 @@ fn main() {
             "load generator at c={c}: {loadgen:.0} CPU µs/act of the {cpu:.0} (the process's less this: {:.0} µs/act of the server's)",
             cpu - loadgen
         ));
-        // The writer's batches (this process's server only): how long each held the write
-        // lock, the share of the level's time it was held — what hosts sharing a database
-        // take in turn.
-        let batches = store.store_batch_seconds.count() - batches_before.0;
-        if started_hosts.is_none() && batches > 0 {
-            let held = store
-                .store_batch_seconds
-                .sum()
-                .saturating_sub(batches_before.1);
-            let writes = store.store_write_seconds.count() - batches_before.2;
+        // The writers' batches (every host's): how long each held its locks, and the share of
+        // the level's time that what hosts sharing a database take in turn was held — near
+        // 100%, another host adds nothing.
+        let writers_after = writers(&mut started_hosts);
+        let batches = writers_after.0 - writers_before.0;
+        if batches > 0 {
+            let held = writers_after.1 - writers_before.1;
+            let chain = writers_after.2 - writers_before.2;
+            let writes = writers_after.3 - writers_before.3;
             tails.push(format!(
-                "batches at c={c}: {batches}, {:.1} writes each, {:.2} ms each from begin to commit; the write lock held {:.0}% of the level's time",
+                "batches at c={c}: {batches}, {:.1} writes each, {:.2} ms each from begin to commit; the write lock held {:.0}% of the level's time (summed over hosts); what the hosts take in turn (PostgreSQL) held {:.0}%",
                 writes as f64 / batches as f64,
-                held.as_secs_f64() * 1e3 / batches as f64,
-                held.as_secs_f64() * 100.0 / duration.as_secs_f64()
+                held * 1e3 / batches as f64,
+                held * 100.0 / duration.as_secs_f64(),
+                chain * 100.0 / duration.as_secs_f64()
             ));
+        }
+        if started_hosts.is_none() && batches > 0 {
             let leads =
                 store.store_leads.load(std::sync::atomic::Ordering::Relaxed) - batches_before.3;
             let rewinds = store
@@ -927,7 +954,10 @@ async fn settle(store: &Store) {
 
 /// The server processes of ROLEGATE_BENCH_HOSTS: each this binary again, serving until its
 /// standard input closes (when this process drops it).
-struct Hosts(Vec<std::process::Child>);
+struct Hosts(
+    Vec<std::process::Child>,
+    Vec<std::io::BufReader<std::process::ChildStdout>>,
+);
 
 impl Hosts {
     /// Starts `n` hosts on the database of `ROLEGATE_BENCH_POSTGRES` with the sealing key in
@@ -935,9 +965,14 @@ impl Hosts {
     fn start(n: usize, key_dir: &std::path::Path) -> (Self, Vec<String>) {
         use std::io::BufRead as _;
         let exe = std::env::current_exe().unwrap();
+        let share: Option<f64> = std::env::var("ROLEGATE_BENCH_HOST_CPU").ok().map(|v| {
+            v.parse()
+                .expect("ROLEGATE_BENCH_HOST_CPU is a share of one core")
+        });
         let mut children = Vec::new();
+        let mut outs = Vec::new();
         let mut urls = Vec::new();
-        for _ in 0..n {
+        for i in 0..n {
             let mut c = std::process::Command::new(&exe)
                 .env("ROLEGATE_BENCH_CHILD", key_dir)
                 .env_remove("ROLEGATE_BENCH_HOSTS")
@@ -945,6 +980,21 @@ impl Hosts {
                 .stdout(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
+            if let Some(share) = share {
+                // Its own group, so that each host gets the share (a group for all would share it).
+                let group = format!(
+                    "/sys/fs/cgroup/cpu/rolegate-bench-{}-{i}",
+                    std::process::id()
+                );
+                std::fs::create_dir_all(&group).expect("a cgroup v1 cpu group (run as root)");
+                std::fs::write(format!("{group}/cpu.cfs_period_us"), "10000").unwrap();
+                std::fs::write(
+                    format!("{group}/cpu.cfs_quota_us"),
+                    format!("{}", (share * 10_000.0) as u64),
+                )
+                .unwrap();
+                std::fs::write(format!("{group}/cgroup.procs"), c.id().to_string()).unwrap();
+            }
             let mut out = std::io::BufReader::new(c.stdout.take().unwrap());
             let mut line = String::new();
             while !line.starts_with("http://") {
@@ -956,8 +1006,32 @@ impl Hosts {
             }
             urls.push(line.trim().to_string());
             children.push(c);
+            outs.push(out);
         }
-        (Self(children), urls)
+        (Self(children, outs), urls)
+    }
+
+    /// The hosts' writers so far, summed: batches, seconds they held their locks, seconds
+    /// they held what the hosts take in turn, writes.
+    fn writers(&mut self) -> (u64, f64, f64, u64) {
+        use std::io::{BufRead as _, Write as _};
+        let mut sum = (0, 0.0, 0.0, 0);
+        for (c, out) in self.0.iter_mut().zip(&mut self.1) {
+            let Some(stdin) = c.stdin.as_mut() else {
+                continue;
+            };
+            let _ = writeln!(stdin, "stats").and_then(|()| stdin.flush());
+            let mut line = String::new();
+            let _ = out.read_line(&mut line);
+            let v: Vec<&str> = line.split_whitespace().collect();
+            if let [b, h, ch, w] = v[..] {
+                sum.0 += b.parse::<u64>().unwrap_or(0);
+                sum.1 += h.parse::<f64>().unwrap_or(0.0);
+                sum.2 += ch.parse::<f64>().unwrap_or(0.0);
+                sum.3 += w.parse::<u64>().unwrap_or(0);
+            }
+        }
+        sum
     }
 
     /// The hosts' CPU time so far, and that of their database writers.
@@ -980,6 +1054,13 @@ impl Drop for Hosts {
         for c in &mut self.0 {
             drop(c.stdin.take());
             let _ = c.wait();
+        }
+        for i in 0..self.0.len() {
+            // Gone with its process (an empty group is removed; none was made without a share).
+            let _ = std::fs::remove_dir(format!(
+                "/sys/fs/cgroup/cpu/rolegate-bench-{}-{i}",
+                std::process::id()
+            ));
         }
     }
 }

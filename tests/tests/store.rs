@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rolegate::records::events::{self, NewEvent, Severity, Verification};
 use rolegate::store::postgres::{Postgres, parse_config};
-use rolegate::store::{Store, Value};
+use rolegate::store::{Plan, Store, Value};
 use rolegate_e2e::both;
 use rolegate_e2e::stores::{Backend, Location};
 
@@ -676,6 +676,104 @@ async fn reads_go_on_after_the_server_ends_their_connection() {
     db.close();
 }
 
+/// Issue 33: instances sharing PostgreSQL write for different accounts at once. While one
+/// instance's batch on account `alice` is held open, another's batch on `bob` commits (its
+/// event chained after everything committed before it); a write on `alice`, and a write that
+/// may change anything, wait until alice's batch ends. Then one unbroken chain, in commit
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_for_different_accounts_do_not_wait_for_each_other() {
+    let at = Location::new(Backend::Postgres);
+    let (a, b, c) = (
+        Arc::new(at.open().await),
+        Arc::new(at.open().await),
+        Arc::new(at.open().await),
+    );
+    let on = |account: &str| Plan {
+        durable: true,
+        lead: None,
+        account: Some(account.to_string()),
+    };
+    let event = |what: &str| {
+        let mut e = NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", what);
+        e.account = Some(what.split(' ').next().unwrap_or_default().to_string());
+        e
+    };
+    append(&a, 0).await;
+    // alice's batch on `a`: its event appended (held unchained), then held open.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (inside, entered) = tokio::sync::oneshot::channel::<()>();
+    let held = tokio::spawn({
+        let (a, e) = (Arc::clone(&a), event("alice first"));
+        async move {
+            a.write_planned(on("alice"), move |tx| {
+                events::append(tx, e, 10)?;
+                let _ = inside.send(());
+                wait.recv_timeout(std::time::Duration::from_secs(30)).ok();
+                Ok(())
+            })
+            .await
+        }
+    });
+    entered.await.unwrap();
+    // bob's commits meanwhile (it would wait for alice's if batches locked the whole store).
+    let e = event("bob");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        b.write_planned(on("bob"), move |tx| events::append(tx, e, 20)),
+    )
+    .await
+    .expect("a write for bob waited for alice's batch")
+    .unwrap();
+    // A second write for alice, and one that may change anything, wait.
+    let e = event("alice second");
+    let alice_again = tokio::spawn({
+        let b = Arc::clone(&b);
+        async move {
+            b.write_planned(on("alice"), move |tx| events::append(tx, e, 30))
+                .await
+        }
+    });
+    let e = event("admin");
+    let anything = tokio::spawn({
+        let c = Arc::clone(&c);
+        async move { c.write(move |tx| events::append(tx, e, 40)).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !alice_again.is_finished(),
+        "a second write for alice did not wait"
+    );
+    assert!(
+        !anything.is_finished(),
+        "a write on the whole store did not wait"
+    );
+    go.send(()).unwrap();
+    held.await.unwrap().unwrap();
+    alice_again.await.unwrap().unwrap();
+    anything.await.unwrap().unwrap();
+    assert_eq!(
+        a.read(events::verify).await.unwrap(),
+        Verification::Intact(5)
+    );
+    let order: Vec<String> = a
+        .read(|tx| tx.query("SELECT message FROM events ORDER BY seq", &[]))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.text(0).unwrap())
+        .collect();
+    // bob's committed first, so it is chained first; the last two in either order.
+    assert_eq!(
+        order[1..3],
+        ["bob".to_string(), "alice first".to_string()],
+        "{order:?}"
+    );
+    for s in [a, b, c] {
+        s.close();
+    }
+}
+
 /// Two rolegate instances on one PostgreSQL database, appending at once: one unbroken chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_one_event_chain() {
@@ -1138,7 +1236,14 @@ async fn writes_sent_ahead_answer_as_if_each_ran_alone(backend) {
                 Ok(seen)
             }
         };
-        tasks.push(tokio::spawn(async move { (kind, s.write_led(true, ahead, run).await) }));
+        // Most on one account (PostgreSQL locks it, not the store), some on the whole store:
+        // the same answers either way.
+        let plan = Plan {
+            durable: true,
+            lead: ahead,
+            account: (i % 5 != 0).then(|| "tally".to_string()),
+        };
+        tasks.push(tokio::spawn(async move { (kind, s.write_planned(plan, run).await) }));
     }
     let mut seen = Vec::new();
     let mut good = 0;
@@ -1179,8 +1284,13 @@ async fn writes_sent_ahead_answer_as_if_each_ran_alone(backend) {
             lead("UPDATE tally SET n = n + 1000 WHERE one = $1 RETURNING n", true)
         };
         let add = i % 4 < 2;
+        let plan = Plan {
+            durable: true,
+            lead: Some(ahead),
+            account: (i % 3 != 0).then(|| "tally".to_string()),
+        };
         tasks.push(tokio::spawn(async move {
-            s.write_led(true, Some(ahead), move |tx| {
+            s.write_planned(plan, move |tx| {
                 if add {
                     tx.query(ADD, &[Value::Int(1)])?;
                 }

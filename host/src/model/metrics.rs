@@ -163,6 +163,9 @@ pub struct Metrics {
     pub store_write_seconds: Histogram,
     /// How long each group-commit batch held the database's write lock, begin to commit.
     pub store_batch_seconds: Histogram,
+    /// PostgreSQL: how long each batch held what all instances take in turn (the store and
+    /// the chain's head for its whole length, or the head alone while its events are chained).
+    pub store_chain_seconds: Histogram,
     /// Writes whose batch did not commit (a full disk, an I/O error, a lost connection).
     pub store_commit_failures: AtomicU64,
     /// Statements PostgreSQL's writer sent ahead, with its batch's begin.
@@ -220,6 +223,7 @@ impl Metrics {
             http_seconds: Histogram::new(),
             store_write_seconds: Histogram::new(),
             store_batch_seconds: Histogram::new(),
+            store_chain_seconds: Histogram::new(),
             store_commit_failures: AtomicU64::new(0),
             store_leads: AtomicU64::new(0),
             store_rewinds: AtomicU64::new(0),
@@ -394,10 +398,18 @@ impl Metrics {
             &mut out,
             "rolegate_store_batch_duration_seconds",
             "histogram",
-            "How long each group-commit batch held the database's write lock, from its begin to its commit (PostgreSQL: the event chain's head row, which instances take in turn).",
+            "How long each group-commit batch held the database's write lock, from its begin to its commit (PostgreSQL: the locks of the accounts it writes for, or of the whole store).",
         );
         self.store_batch_seconds
             .render(&mut out, "rolegate_store_batch_duration_seconds", "");
+        head(
+            &mut out,
+            "rolegate_store_chain_hold_seconds",
+            "histogram",
+            "PostgreSQL: how long each batch held what every instance sharing the database takes in turn: the whole store for a batch that may change anything, the event chain's head while a batch on accounts chains its events and commits.",
+        );
+        self.store_chain_seconds
+            .render(&mut out, "rolegate_store_chain_hold_seconds", "");
         scalar(
             &mut out,
             "rolegate_store_commit_failures_total",

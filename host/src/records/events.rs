@@ -88,7 +88,7 @@ pub fn admin_change(
     role: Option<&str>,
     what: &str,
     at_ms: i64,
-) -> Result<Event> {
+) -> Result<()> {
     let mut e = NewEvent::new(
         id,
         Severity::Information,
@@ -191,25 +191,41 @@ pub struct Event {
 }
 
 fn chain_hash(prev: &str, e: &Event) -> String {
-    // A JSON array is an unambiguous encoding of the fields (lengths and nulls included).
-    // Serialized as a tuple: the same bytes as a `json!` array, without building one.
-    let canonical = serde_json::to_vec(&(
-        e.seq,
+    let tail = canonical_tail(
         e.id,
         &e.severity,
         &e.source,
         e.at,
-        &e.account,
-        &e.role,
-        &e.request,
-        &e.provider,
+        [&e.account, &e.role, &e.request, &e.provider],
         &e.message,
-    ))
-    .unwrap_or_default();
+    );
     let mut h = Sha256::new();
     h.update(prev.as_bytes());
-    h.update(&canonical);
+    h.update(format!("[{},", e.seq).as_bytes());
+    h.update(&tail);
     hex::encode(h.finalize())
+}
+
+/// The bytes an event's hash covers after its sequence number: a JSON array is an
+/// unambiguous encoding of the fields (lengths and nulls included), and the whole is
+/// `[seq,` followed by these — the same bytes as a `json!` array of all the fields. Apart so
+/// that PostgreSQL can chain events whose numbers are only known when their batch commits.
+fn canonical_tail(
+    id: i64,
+    severity: &str,
+    source: &str,
+    at: i64,
+    [account, role, request, provider]: [&Option<String>; 4],
+    message: &str,
+) -> Vec<u8> {
+    // Serialized as a tuple: the same bytes as a `json!` array, without building one.
+    let mut tail = serde_json::to_vec(&(
+        id, severity, source, at, account, role, request, provider, message,
+    ))
+    .unwrap_or_default();
+    // `[` starts the array; the sequence number and its comma stand in its place.
+    tail.remove(0);
+    tail
 }
 
 const COLUMNS: &str =
@@ -316,12 +332,18 @@ fn from_row(r: &Row) -> Result<Event> {
 }
 
 /// Appends an event inside the caller's transaction, extending the chain.
-pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<Event> {
-    let mut all = append_many(tx, vec![e], at_ms)?;
-    all.pop().ok_or_else(|| Error::Store {
-        what: "appending an event".into(),
-        message: "nothing was appended".into(),
-    })
+pub fn append(tx: &mut dyn Tx, e: NewEvent, at_ms: i64) -> Result<()> {
+    append_many(tx, vec![e], at_ms).map(drop)
+}
+
+/// Bounded: the chain keeps what it holds for ever (fields that feed a message have their own
+/// limits; this catches whatever slips past them).
+fn bounded(message: String) -> String {
+    if message.len() > crate::model::limits::EVENT_MESSAGE_CHARS {
+        crate::model::limits::cut(&message, crate::model::limits::EVENT_MESSAGE_CHARS)
+    } else {
+        message
+    }
 }
 
 /// How many events [`append_many`] inserts per statement.
@@ -330,8 +352,40 @@ const EVENTS_PER_INSERT: usize = 200;
 /// Appends events in order, chained as [`append`] chains one: the head read once, the rows
 /// inserted up to 200 per statement, the head stored once — an import's thousands of events
 /// in a few round trips rather than three each.
+///
+/// Returns the events as chained, or none when the writer chains them as its batch commits
+/// ([`Tx::unchained_events`]: their numbers and hashes are not known before).
 pub fn append_many(tx: &mut dyn Tx, new: Vec<NewEvent>, at_ms: i64) -> Result<Vec<Event>> {
     if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Some(unchained) = tx.unchained_events() {
+        for e in new {
+            let message = bounded(e.message);
+            let tail = canonical_tail(
+                e.id,
+                e.severity,
+                e.source,
+                at_ms,
+                [&e.account, &e.role, &e.request, &e.provider],
+                &message,
+            );
+            crate::model::metrics::appended(e.id, e.provider.as_deref());
+            let key = account_key_if_other(e.account.as_deref());
+            unchained.push(vec![
+                Value::Int(e.id),
+                e.severity.into(),
+                e.source.into(),
+                Value::Int(at_ms),
+                e.account.into(),
+                e.role.into(),
+                e.request.into(),
+                e.provider.into(),
+                message.into(),
+                key.into(),
+                Value::Blob(tail),
+            ]);
+        }
         return Ok(Vec::new());
     }
     let cached = tx.event_head().and_then(|h| h.head.clone());
@@ -364,13 +418,7 @@ pub fn append_many(tx: &mut dyn Tx, new: Vec<NewEvent>, at_ms: i64) -> Result<Ve
             role: e.role,
             request: e.request,
             provider: e.provider,
-            // Bounded: the chain keeps what it holds for ever (fields that feed a message
-            // have their own limits; this catches whatever slips past them).
-            message: if e.message.len() > crate::model::limits::EVENT_MESSAGE_CHARS {
-                crate::model::limits::cut(&e.message, crate::model::limits::EVENT_MESSAGE_CHARS)
-            } else {
-                e.message
-            },
+            message: bounded(e.message),
             prev_hash: hash,
             hash: String::new(),
         };

@@ -121,9 +121,10 @@ impl Service {
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
         let relied = Relied::new(&credential_rows, &provider_id, vouch);
+        let owner = stored.account_key.clone();
         let view = self
             .store
-            .write(move |tx| {
+            .write_planned(on_account(&owner, true, None), move |tx| {
                 // The answer counts only if nothing happened to the request meanwhile: every
                 // update `apply` makes is conditional on the version read before the provider
                 // ran, and a miss undoes the whole write (credential, lockout, events).

@@ -55,8 +55,11 @@ impl Service {
         let approver = approver.to_string();
         let reason = reason.map(String::from);
         let timeout = self.settings.approval_timeout;
+        // The request's account's rows change (the approver's are only read: a user's
+        // account is changed by an admin, whose writes lock the whole store).
+        let owner = stored.account_key.clone();
         self.store
-            .write(move |tx| {
+            .write_planned(on_account(&owner, true, None), move |tx| {
                 // Whoever decides must be an enabled user when they decide (a token checked
                 // a moment ago, or an account disabled since, decides nothing).
                 if !users::get(tx, &approver)?.is_some_and(|u| u.enabled) {

@@ -825,6 +825,17 @@ fn usable(row: &Row) -> bool {
     matches!(row.opt_text(5), Ok(None))
 }
 
+/// How a write that changes only the rows of the account `key` (its requests, credentials,
+/// lockouts, shadow challenges) is queued: PostgreSQL then locks that account rather than
+/// the whole store, and other instances write for other accounts meanwhile.
+fn on_account(key: &str, durable: bool, lead: Option<crate::store::Lead>) -> crate::store::Plan {
+    crate::store::Plan {
+        durable,
+        lead,
+        account: Some(key.to_string()),
+    }
+}
+
 /// Inserts a new request as `s` has it: with its first prompt (text, sealed provider state,
 /// when it expires) when [`Stored::asking`] made it, in the same row. One live request per
 /// user and role ([`requests::make_room`]), checked in the write: two hosts, or two

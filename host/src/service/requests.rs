@@ -111,6 +111,8 @@ impl Service {
             }
         };
         let key = account_key(&account);
+        // The writes below change this account's rows only (and append events).
+        let owner = key.clone();
         if caller.is_some() {
             self.rate_limit(&key, now)?;
         }
@@ -178,7 +180,7 @@ impl Service {
             let s = stored.clone_for_write();
             return self
                 .store
-                .write(move |tx| {
+                .write_planned(on_account(&owner, true, None), move |tx| {
                     insert(tx, &s)?;
                     created_events(tx, &s)?;
                     Ok(s.view)
@@ -363,7 +365,9 @@ impl Service {
             };
             let view = self
                 .store
-                .write_led(true, lead, move |tx| write.run(tx, &settings, &key, now))
+                .write_planned(on_account(&owner, true, lead), move |tx| {
+                    write.run(tx, &settings, &key, now)
+                })
                 .await?;
             let view = self
                 .after_mfa(view, &user, &credential_rows, Some(&role.shadow))
@@ -401,7 +405,7 @@ impl Service {
             .flatten();
         let view = self
             .store
-            .write_led(durable, lead, move |tx| {
+            .write_planned(on_account(&owner, durable, lead), move |tx| {
                 insert(tx, &s)?;
                 created_events(tx, &s)?;
                 fallback_events(tx, &s, &fallbacks)?;

@@ -210,7 +210,9 @@ impl Service {
                 message,
             );
             self.store
-                .write(move |tx| events::append(tx, e, ms(now)).map(|_| ()))
+                .write_planned(on_account(&key, true, None), move |tx| {
+                    events::append(tx, e, ms(now))
+                })
                 .await?;
             return Ok(ShadowView {
                 provider: first,
@@ -249,8 +251,11 @@ impl Service {
         let id = view.id.clone();
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
+        let owner = row.account_key.clone();
         self.store
-            .write(move |tx| settle(tx, &id, row, outcome, false, true, &settings, &key, now))
+            .write_planned(on_account(&owner, true, None), move |tx| {
+                settle(tx, &id, row, outcome, false, true, &settings, &key, now)
+            })
             .await
     }
 
@@ -326,9 +331,12 @@ impl Service {
         let i = id.to_string();
         let settings = self.settings.clone();
         let key = Arc::clone(&self.key);
+        let owner = row.account_key.clone();
         let shadow = self
             .store
-            .write(move |tx| settle(tx, &i, row, outcome, answered, false, &settings, &key, now))
+            .write_planned(on_account(&owner, true, None), move |tx| {
+                settle(tx, &i, row, outcome, answered, false, &settings, &key, now)
+            })
             .await?;
         let (i, a) = (id.to_string(), account.to_string());
         let mut view = self.get(&i, Some(&a)).await?;

@@ -155,6 +155,14 @@ pub trait Tx {
     fn held_events(&mut self) -> Option<&mut Vec<Vec<Value>>> {
         None
     }
+    /// Where this writer holds its batch's events unchained, when it chains them as the batch
+    /// commits (PostgreSQL's writer, for writes on one account's rows: other instances append
+    /// meanwhile, so numbers and hashes are only known then). Each row: id, severity, source,
+    /// at, account, role, request, provider, message, account key (where it differs from the
+    /// account), and the bytes its hash covers after its number.
+    fn unchained_events(&mut self) -> Option<&mut Vec<Vec<Value>>> {
+        None
+    }
     /// Whether this writer vouches that no write changed the rows of `key` since a read
     /// stamped `read` (before it) at `read_at` (Unix ms), younger than the bound at `now_ms`
     /// — this transaction's own writes included: a check that would read them again may then
@@ -218,20 +226,28 @@ impl Store {
         durable: bool,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.write_led(durable, None, op).await
+        self.write_planned(
+            Plan {
+                durable,
+                ..Plan::default()
+            },
+            op,
+        )
+        .await
     }
 
-    /// Like [`Store::write_with`], for a write that will run `lead` ([`lead_of`]) — on
-    /// PostgreSQL sent with its batch's others in one round trip; SQLite has no use for it.
-    pub async fn write_led<T: Send + 'static>(
+    /// Like [`Store::write_with`], for a write of which more is known beforehand ([`Plan`]):
+    /// on PostgreSQL its first statement is sent with its batch's others, and a write on one
+    /// account's rows does not wait for other instances' writes on other accounts. SQLite
+    /// has no use for either.
+    pub async fn write_planned<T: Send + 'static>(
         &self,
-        durable: bool,
-        lead: Option<Lead>,
+        plan: Plan,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         match self {
-            Store::Sqlite(s) => s.write_with(durable, op).await,
-            Store::Postgres(p) => p.write_led(durable, lead, op).await,
+            Store::Sqlite(s) => s.write_with(plan.durable, op).await,
+            Store::Postgres(p) => p.write_planned(plan, op).await,
         }
     }
 
@@ -345,7 +361,7 @@ pub(crate) type Completion = Box<dyn FnOnce(Option<&str>) + Send>;
 /// A queued write: runs in the batch's transaction, says whether it succeeded.
 pub(crate) type Job = Box<dyn FnOnce(&mut dyn Tx) -> (bool, Completion) + Send>;
 
-/// A queued write and whether it must reach the disk before its caller hears back.
+/// A queued write and what is known of it beforehand.
 pub(crate) struct Queued {
     /// Whether the write must be durable before it is acknowledged.
     pub(crate) durable: bool,
@@ -353,6 +369,24 @@ pub(crate) struct Queued {
     pub(crate) job: Job,
     /// The statement the write will run first, when its caller could tell ([`lead_of`]).
     pub(crate) lead: Option<Lead>,
+    /// The one account whose rows the write changes, when its caller could tell.
+    pub(crate) account: Option<String>,
+}
+
+/// What a write's caller knows of it before it runs ([`Store::write_planned`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Whether it must reach the disk before its caller hears back ([`Store::write_with`]).
+    pub durable: bool,
+    /// The statement it will run first ([`lead_of`]).
+    pub lead: Option<Lead>,
+    /// The key of the one account whose rows it changes — its requests, credentials, lockouts
+    /// and shadow challenges, nothing else but new events — when that is all it changes.
+    /// PostgreSQL's writer then locks that account, not the whole store: instances sharing
+    /// the database write for different accounts at once, and take turns only to chain
+    /// their events as they commit. `None`: the write may change anything (an admin's
+    /// change, a sweep), and runs while no other instance writes.
+    pub account: Option<String>,
 }
 
 /// The one statement a write will run, known before the writer runs it: PostgreSQL's writer
@@ -443,8 +477,7 @@ impl Writer {
     /// Queues `op` (its first statement `lead`, when known) and waits for its batch's commit.
     pub(crate) async fn submit<T: Send + 'static>(
         &self,
-        durable: bool,
-        lead: Option<Lead>,
+        plan: Plan,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = oneshot::channel::<Result<T>>();
@@ -495,7 +528,12 @@ impl Writer {
                 message: "the store is closed".into(),
             })?;
         sender
-            .send(Queued { durable, job, lead })
+            .send(Queued {
+                durable: plan.durable,
+                job,
+                lead: plan.lead,
+                account: plan.account,
+            })
             .map_err(|_| Error::Store {
                 what: "writing".into(),
                 message: "the database writer stopped".into(),

@@ -281,7 +281,64 @@ UPDATE requests SET account = (SELECT users.account FROM users WHERE users.accou
 CREATE INDEX requests_live ON requests (account_key, role) WHERE state IN ('pending_mfa', 'pending_approval', 'scheduled', 'active')
 "#,
     ),
+    (
+        11,
+        "PostgreSQL: the event chain's append and the locking of accounts as functions of the server, so that instances write for different accounts at once and chain a batch's events as it commits (SQLite: nothing)",
+        "",
+    ),
 ];
+
+/// The version after whose statements PostgreSQL gets [`APPEND_EVENTS`] and [`LOCK_ACCOUNTS`].
+const APPEND_FUNCTION: i64 = 11;
+
+/// The function that chains and inserts a batch's events when the batch commits, with the
+/// head's row lock held only for that: each event's hash covers the previous hash, `[`, its
+/// number, `,`, and the bytes the writer sent (`tails`: the rest of its JSON array, as
+/// `records::events` hashes it). Returns the new head's number.
+pub(crate) const APPEND_EVENTS: &str = r#"
+CREATE OR REPLACE FUNCTION rolegate_append_events(
+    ids BIGINT[], severities TEXT[], sources TEXT[], ats BIGINT[], accounts TEXT[],
+    roles TEXT[], requests TEXT[], providers TEXT[], messages TEXT[], account_keys TEXT[],
+    tails BYTEA[]
+) RETURNS BIGINT LANGUAGE plpgsql AS $append$
+DECLARE
+    s BIGINT;
+    h TEXT;
+    prev TEXT;
+BEGIN
+    SELECT seq, hash INTO s, h FROM event_head WHERE one = 1 FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'the event chain has no head row';
+    END IF;
+    FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+        s := s + 1;
+        prev := h;
+        h := encode(sha256(convert_to(prev || '[' || s || ',', 'UTF8') || tails[i]), 'hex');
+        INSERT INTO events (seq, id, severity, source, at, account, role, request, provider,
+                            message, prev_hash, hash, account_key)
+            VALUES (s, ids[i], severities[i], sources[i], ats[i], accounts[i], roles[i],
+                    requests[i], providers[i], messages[i], prev, h, account_keys[i]);
+    END LOOP;
+    UPDATE event_head SET seq = s, hash = h WHERE one = 1;
+    RETURN s;
+END
+$append$
+"#;
+
+/// The function that locks a batch's accounts for the rest of its transaction, in the order
+/// given (the writer sorts them, so that two instances never wait for each other's).
+pub(crate) const LOCK_ACCOUNTS: &str = r#"
+CREATE OR REPLACE FUNCTION rolegate_lock_accounts(class INT, keys INT[])
+RETURNS VOID LANGUAGE plpgsql AS $lock$
+DECLARE
+    k INT;
+BEGIN
+    FOREACH k IN ARRAY keys LOOP
+        PERFORM pg_advisory_xact_lock(class, k);
+    END LOOP;
+END
+$lock$
+"#;
 
 /// The version after whose statements every account key is computed again under the one
 /// identity rule, and the columns it adds are filled (in Rust: see [`rekey_accounts`]).
@@ -336,6 +393,10 @@ pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
         }
         if *version == IDENTITY_RULE {
             rekey_accounts(tx)?;
+        }
+        if *version == APPEND_FUNCTION && tx.backend() == "postgres" {
+            tx.execute(APPEND_EVENTS, &[])?;
+            tx.execute(LOCK_ACCOUNTS, &[])?;
         }
         tx.execute(
             "INSERT INTO schema_migrations (version, description, applied_at) VALUES ($1, $2, $3)",

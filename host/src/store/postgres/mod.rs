@@ -26,7 +26,7 @@ use ::postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use ::postgres::{NoTls, Statement};
 use bytes::BytesMut;
 
-use super::{Lead, Queued, Row, Tx, Value, Writer};
+use super::{Plan, Queued, Row, Tx, Value, Writer};
 use crate::model::error::{Error, Result};
 
 mod writer;
@@ -480,16 +480,16 @@ impl Postgres {
     }
 
     /// Runs `op` in the next group-commit transaction; returns once it is committed (when
-    /// `durable`) — a batch of only non-durable writes does not wait for the WAL flush. A
-    /// write that will run `lead` first has it sent with the other leads of its batch, right
-    /// behind the batch's `BEGIN`.
-    pub async fn write_led<T: Send + 'static>(
+    /// `plan.durable`) — a batch of only non-durable writes does not wait for the WAL flush.
+    /// A write that will run `plan.lead` first has it sent with the other leads of its batch,
+    /// right behind the batch's `BEGIN`; a batch whose writes each name their account locks
+    /// only those accounts ([`Plan::account`]).
+    pub async fn write_planned<T: Send + 'static>(
         &self,
-        durable: bool,
-        lead: Option<Lead>,
+        plan: Plan,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.writer.submit(durable, lead, op).await
+        self.writer.submit(plan, op).await
     }
 
     /// Runs `op` on a pooled connection (each statement sees what is committed), off the

@@ -14,6 +14,14 @@
 //! rolled back to its start and the writes before it run again (each must get the answer it
 //! got the first time, or the whole batch is undone); the rest of the batch then runs a
 //! statement at a time. The head's lock, taken before the savepoint, is kept throughout.
+//!
+//! A batch whose writes each change one account's rows ([`crate::store::Plan::account`]) does
+//! not lock the head at its start: it locks those accounts (sorted, so that two instances
+//! never wait for each other's), and its events are chained as it commits, by a function of
+//! the server (`rolegate_append_events`) that holds the head's lock only from then until the
+//! commit is on disk. Other instances' batches on other accounts run meanwhile. A batch with
+//! any other write locks the whole store: every batch holds a shared advisory lock ([`GATE`]),
+//! and such a batch an exclusive one, with the head, for its whole length.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,9 +31,27 @@ use std::sync::mpsc;
 use ::postgres::types::ToSql;
 use ::postgres::{SimpleQueryMessage, Statement};
 
+use sha2::Digest as _;
+
 use super::{Conn, MAX_BATCH, Param, db_error, refs, rows_of};
 use crate::model::error::{Error, Result};
 use crate::store::{EventHead, FailTx, Lead, Queued, Row, Tx, Value};
+
+/// The advisory lock every batch takes ("rolegate" in ASCII): shared by a batch of writes on
+/// accounts, exclusive by a batch that may change anything, which so runs while no other
+/// instance writes.
+const GATE: i64 = 8_245_928_625_520_604_261;
+
+/// The first key of the accounts' advisory locks ("role" in ASCII); the second is the
+/// account's ([`account_lock`]).
+const ACCOUNT_CLASS: i32 = 1_919_904_869;
+
+/// An account's lock: the first four bytes of its key's SHA-256, the same on every instance
+/// and release (two accounts that share one merely take turns).
+fn account_lock(account_key: &str) -> i32 {
+    let d = sha2::Sha256::digest(account_key.as_bytes());
+    i32::from_be_bytes([d[0], d[1], d[2], d[3]])
+}
 
 /// A statement's answer as the write asks for it.
 enum Answer {
@@ -78,6 +104,8 @@ struct BatchTx<'a> {
     conn: &'a mut Conn,
     head: &'a mut EventHead,
     events: &'a mut Vec<Vec<Value>>,
+    /// The batch's events to chain as it commits, when it locked accounts, not the head.
+    unchained: Option<&'a mut Vec<Vec<Value>>>,
     redo: &'a mut Vec<Redone>,
     ahead: &'a mut Ahead,
     lead: Option<(Lead, Answer)>,
@@ -123,7 +151,19 @@ impl BatchTx<'_> {
 
     /// Inserts the held events before a statement that may read or change the log.
     fn flush_before(&mut self, sql: &str) -> Result<()> {
-        if self.events.is_empty() || !sql.contains("event") {
+        if !sql.contains("event") {
+            return Ok(());
+        }
+        if self.unchained.is_some() {
+            // Its events are not in the log before the batch commits, and other instances
+            // append meanwhile: a write that reads or changes the log locks the store.
+            self.failed = true;
+            return Err(Error::Store {
+                what: "writing".into(),
+                message: "a write on one account's rows touched the event log".into(),
+            });
+        }
+        if self.events.is_empty() {
             return Ok(());
         }
         let rows = std::mem::take(self.events);
@@ -192,11 +232,15 @@ impl Tx for BatchTx<'_> {
     }
 
     fn event_head(&mut self) -> Option<&mut EventHead> {
-        Some(self.head)
+        self.unchained.is_none().then_some(&mut *self.head)
     }
 
     fn held_events(&mut self) -> Option<&mut Vec<Vec<Value>>> {
-        Some(self.events)
+        self.unchained.is_none().then_some(&mut *self.events)
+    }
+
+    fn unchained_events(&mut self) -> Option<&mut Vec<Vec<Value>>> {
+        self.unchained.as_deref_mut()
     }
 }
 
@@ -238,48 +282,18 @@ fn events_insert(rows: &[Vec<Value>], head: Option<(i64, &str)>) -> Result<Event
         ),
         None => String::new(),
     };
-    let mut columns: Vec<Box<dyn ToSql + Sync>> = Vec::with_capacity(width + 2);
+    let mut columns = Vec::with_capacity(width + 2);
     if width == 0 {
         // Only the head: an update of its own.
         sql = "UPDATE event_head SET seq = $1, hash = $2 WHERE one = 1".into();
     } else {
+        let (casts, arrays) = array_columns(rows, None)?;
         sql.push_str(&format!(
-            "{} SELECT * FROM UNNEST(",
-            crate::store::INSERT_EVENT_COLUMNS
+            "{} SELECT * FROM UNNEST({})",
+            crate::store::INSERT_EVENT_COLUMNS,
+            casts.join(", ")
         ));
-        for c in 0..width {
-            let cells = rows.iter().map(|r| r.get(c).unwrap_or(&Value::Null));
-            let ints = rows
-                .iter()
-                .all(|r| matches!(r.get(c), Some(Value::Int(_) | Value::Null)));
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            if ints {
-                sql.push_str(&format!("${}::bigint[]", c + 1));
-                let column: Vec<Option<i64>> = cells
-                    .map(|v| match v {
-                        Value::Int(i) => Some(*i),
-                        _ => None,
-                    })
-                    .collect();
-                columns.push(Box::new(column));
-            } else {
-                sql.push_str(&format!("${}::text[]", c + 1));
-                let column = cells
-                    .map(|v| match v {
-                        Value::Null => Ok(None),
-                        Value::Text(t) => Ok(Some(t.clone())),
-                        other => Err(Error::Store {
-                            what: "appending events".into(),
-                            message: format!("column {c} holds {other:?}, not text"),
-                        }),
-                    })
-                    .collect::<Result<Vec<Option<String>>>>()?;
-                columns.push(Box::new(column));
-            }
-        }
-        sql.push(')');
+        columns = arrays;
     }
     if let Some((seq, hash)) = head {
         columns.push(Box::new(seq));
@@ -288,17 +302,87 @@ fn events_insert(rows: &[Vec<Value>], head: Option<(i64, &str)>) -> Result<Event
     Ok(EventsInsert { sql, columns })
 }
 
-/// A batch begun: the event chain's head (seq, hash), and its leads' answers in order.
-type Begun = ((i64, String), Vec<Option<Answer>>);
+/// The call that chains a batch's unchained events ([`Tx::unchained_events`]) under the
+/// head's lock and inserts them, as the batch commits.
+fn events_append(rows: &[Vec<Value>]) -> Result<EventsInsert> {
+    let (casts, columns) = array_columns(rows, Some(&APPEND_TYPES))?;
+    Ok(EventsInsert {
+        sql: format!("SELECT rolegate_append_events({})", casts.join(", ")),
+        columns,
+    })
+}
 
-/// Begins a batch — reconnecting when the connection was lost, locking the event head and
-/// reading it, setting the savepoint a failed write rolls the batch back to — and sends the
-/// writes' leads right behind, in their order: one round trip for all. Returns the head and
-/// each lead's answer (none for a write without one, or whose lead could not be prepared).
+/// The types of `rolegate_append_events`' parameters, in the order of an unchained row.
+const APPEND_TYPES: [&str; 11] = [
+    "bigint", "text", "text", "bigint", "text", "text", "text", "text", "text", "text", "bytea",
+];
+
+/// Each column of `rows` as one array parameter (`$1::bigint[]`, `text[]` or `bytea[]`: as
+/// `types` says, else by what the column holds), with the casts that name them in order.
+#[allow(clippy::type_complexity)]
+fn array_columns(
+    rows: &[Vec<Value>],
+    types: Option<&[&str]>,
+) -> Result<(Vec<String>, Vec<Box<dyn ToSql + Sync>>)> {
+    let width = types.map_or_else(|| rows.first().map_or(0, Vec::len), <[&str]>::len);
+    let mut casts = Vec::with_capacity(width);
+    let mut columns: Vec<Box<dyn ToSql + Sync>> = Vec::with_capacity(width + 2);
+    for c in 0..width {
+        let cells = || rows.iter().map(move |r| r.get(c).unwrap_or(&Value::Null));
+        let all = |kind: &str, f: fn(&Value) -> bool| match types {
+            Some(t) => t.get(c) == Some(&kind),
+            None => cells().all(|v| matches!(v, Value::Null) || f(v)),
+        };
+        if all("bigint", |v| matches!(v, Value::Int(_))) {
+            casts.push(format!("${}::bigint[]", c + 1));
+            let column: Vec<Option<i64>> = cells()
+                .map(|v| match v {
+                    Value::Int(i) => Some(*i),
+                    _ => None,
+                })
+                .collect();
+            columns.push(Box::new(column));
+        } else if all("bytea", |v| matches!(v, Value::Blob(_))) {
+            casts.push(format!("${}::bytea[]", c + 1));
+            let column: Vec<Option<Vec<u8>>> = cells()
+                .map(|v| match v {
+                    Value::Blob(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect();
+            columns.push(Box::new(column));
+        } else {
+            casts.push(format!("${}::text[]", c + 1));
+            let column = cells()
+                .map(|v| match v {
+                    Value::Null => Ok(None),
+                    Value::Text(t) => Ok(Some(t.clone())),
+                    other => Err(Error::Store {
+                        what: "appending events".into(),
+                        message: format!("column {c} holds {other:?}, not text"),
+                    }),
+                })
+                .collect::<Result<Vec<Option<String>>>>()?;
+            columns.push(Box::new(column));
+        }
+    }
+    Ok((casts, columns))
+}
+
+/// A batch begun: the event chain's head (seq, hash) when it locked the head, and its leads'
+/// answers in order.
+type Begun = (Option<(i64, String)>, Vec<Option<Answer>>);
+
+/// Begins a batch — reconnecting when the connection was lost, locking `accounts` (sorted)
+/// or else the whole store and the event head (read), setting the savepoint a failed write
+/// rolls the batch back to — and sends the writes' leads right behind, in their order: one
+/// round trip for all. Returns the head and each lead's answer (none for a write without one,
+/// or whose lead could not be prepared).
 fn begin(
     conn: &mut Option<Conn>,
     config: &tokio_postgres::Config,
     durable: bool,
+    accounts: Option<&[i32]>,
     leads: &[Option<Lead>],
 ) -> Result<Begun> {
     if conn.as_ref().is_none_or(Conn::is_closed) {
@@ -324,11 +408,23 @@ fn begin(
         });
     }
     let sync = if durable { "on" } else { "off" };
-    // The head row's lock keeps other instances' batches out until this one commits, so
-    // the head read here stays true for the whole batch.
-    let begin_sql = format!(
-        "BEGIN; SET LOCAL synchronous_commit = {sync}; SELECT seq, hash FROM event_head WHERE one = 1 FOR UPDATE; SAVEPOINT batch"
-    );
+    let locks = match accounts {
+        // Numbers only: nothing a write says reaches this text.
+        Some(keys) => format!(
+            "SELECT pg_advisory_xact_lock_shared({GATE}); SELECT rolegate_lock_accounts({ACCOUNT_CLASS}, '{{{}}}')",
+            keys.iter()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        // The store's lock keeps other instances' batches out until this one commits, and
+        // the head row's keeps the head read here true for the whole batch.
+        None => format!(
+            "SELECT pg_advisory_xact_lock({GATE}); SELECT seq, hash FROM event_head WHERE one = 1 FOR UPDATE"
+        ),
+    };
+    let begin_sql =
+        format!("BEGIN; SET LOCAL synchronous_commit = {sync}; {locks}; SAVEPOINT batch");
     let params: Vec<Vec<Param<'_>>> = leads
         .iter()
         .map(|l| {
@@ -393,15 +489,19 @@ fn begin(
         let _ = c.batch("ROLLBACK");
         db_error("beginning a transaction", &e)
     })?;
+    if accounts.is_some() {
+        return Ok((None, answers));
+    }
+    // The head's is the row of two columns (the locks' are of one).
     let head = answer.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(r) => Some((
+        SimpleQueryMessage::Row(r) if r.len() == 2 => Some((
             r.get(0).and_then(|v| v.parse::<i64>().ok()),
             r.get(1).map(str::to_string),
         )),
         _ => None,
     });
     match head {
-        Some((Some(seq), Some(hash))) => Ok(((seq, hash), answers)),
+        Some((Some(seq), Some(hash))) => Ok((Some((seq, hash)), answers)),
         _ => {
             let _ = c.batch("ROLLBACK");
             Err(Error::Store {
@@ -434,16 +534,23 @@ fn redo_from_start(c: &mut Conn, redo: &[Redone]) -> bool {
     })
 }
 
-/// Stores what the batch held back (its events, the head) and commits, sent together.
-fn finish(c: &mut Conn, head: &EventHead, events: &[Vec<Value>]) -> Result<()> {
+/// Stores what the batch held back (its events, the head; or its unchained events, chained
+/// now) and commits, sent together.
+fn finish(
+    c: &mut Conn,
+    head: &EventHead,
+    events: &[Vec<Value>],
+    unchained: &[Vec<Value>],
+) -> Result<()> {
     let dirty = match (&head.head, head.dirty) {
         (Some((seq, hash)), true) => Some((*seq, hash.as_str())),
         _ => None,
     };
-    if events.is_empty() && dirty.is_none() {
-        return c.batch("COMMIT").map_err(|e| db_error("committing", &e));
-    }
-    let insert = events_insert(events, dirty)?;
+    let insert = match (unchained.is_empty(), events.is_empty() && dirty.is_none()) {
+        (true, true) => return c.batch("COMMIT").map_err(|e| db_error("committing", &e)),
+        (false, _) => events_append(unchained)?,
+        (true, false) => events_insert(events, dirty)?,
+    };
     let stmt = c.statement(&insert.sql)?;
     let bound: Vec<&(dyn ToSql + Sync)> = insert.columns.iter().map(|c| c.as_ref()).collect();
     let client = &c.client;
@@ -457,6 +564,7 @@ fn finish(c: &mut Conn, head: &EventHead, events: &[Vec<Value>]) -> Result<()> {
                     .await
                     .map_err(|e| db_error("appending events", &e)),
             )))
+            // (The append's one row counts as one.)
         }),
         Box::pin(async move { Sent::Simple(client.simple_query("COMMIT").await) }),
     ];
@@ -482,6 +590,7 @@ pub(super) fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::
     let mut conn = Some(conn);
     let mut batch: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut events: Vec<Vec<Value>> = Vec::new();
+    let mut unchained: Vec<Vec<Value>> = Vec::new();
     let mut redo: Vec<Redone> = Vec::new();
     while let Ok(first) = rx.recv() {
         batch.push(first);
@@ -494,13 +603,24 @@ pub(super) fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::
         let durable = batch.iter().any(|q| q.durable);
         let started = std::time::Instant::now();
         let leads: Vec<Option<Lead>> = batch.iter_mut().map(|q| q.lead.take()).collect();
-        let begun = begin(&mut conn, config, durable, &leads);
+        // The accounts to lock, when every write named its own.
+        let accounts = batch
+            .iter()
+            .map(|q| q.account.as_deref().map(account_lock))
+            .collect::<Option<Vec<i32>>>()
+            .map(|mut keys| {
+                keys.sort_unstable();
+                keys.dedup();
+                keys
+            });
+        let keyed = accounts.is_some();
+        let begun = begin(&mut conn, config, durable, accounts.as_deref(), &leads);
         let away = matches!(begun, Err(Error::StoreUnavailable { .. }));
         let (begun, mut head, answers) = match begun {
             Ok((h, answers)) => (
                 Ok(()),
                 EventHead {
-                    head: Some(h),
+                    head: h,
                     dirty: false,
                 },
                 answers,
@@ -510,6 +630,7 @@ pub(super) fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::
         let live = answers.iter().filter(|a| a.is_some()).count();
         let mut ahead = Ahead { answers, live };
         events.clear();
+        unchained.clear();
         redo.clear();
         let mut completions = Vec::with_capacity(batch.len());
         // Set when a failed write could not be undone alone: the whole batch then is (and
@@ -526,10 +647,12 @@ pub(super) fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::
             };
             let waiting = ahead.answers.get_mut(i).and_then(Option::take);
             let (before, held, ran_mark) = (head.clone(), events.len(), redo.len());
+            let held_unchained = unchained.len();
             let mut tx = BatchTx {
                 conn: c,
                 head: &mut head,
                 events: &mut events,
+                unchained: keyed.then_some(&mut unchained),
                 redo: &mut redo,
                 ahead: &mut ahead,
                 lead: lead.zip(waiting),
@@ -558,6 +681,7 @@ pub(super) fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::
                     let ok = matches!(ran, Ok((true, _)));
                     head = before;
                     events.truncate(held);
+                    unchained.truncate(held_unchained);
                     redo.truncate(ran_mark);
                     ahead.forget();
                     if ok || flushed || !redo_from_start(c, &redo) {
@@ -582,14 +706,25 @@ pub(super) fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::
                 let _ = c.batch("ROLLBACK");
                 Some("the transaction failed and was rolled back".to_string())
             }
-            (Ok(()), Some(c)) => finish(c, &head, &events).err().map(|e| {
-                let _ = c.batch("ROLLBACK");
-                e.to_string()
-            }),
+            (Ok(()), Some(c)) => {
+                let finishing = std::time::Instant::now();
+                let finished = finish(c, &head, &events, &unchained).err().map(|e| {
+                    let _ = c.batch("ROLLBACK");
+                    e.to_string()
+                });
+                // What every instance took in turn: the whole batch, or (on accounts) the
+                // chaining of its events and its commit — measured from here, so a bound
+                // from above (the round trip's way there and back included).
+                let held = if keyed { finishing } else { started };
+                crate::model::metrics::METRICS
+                    .store_chain_seconds
+                    .observe(held.elapsed());
+                finished
+            }
         };
         if begun.is_ok() {
-            // How long the chain's head was held: what the instances sharing the database
-            // take in turn.
+            // How long the batch held its locks: the whole store's (and the chain's head),
+            // or its accounts'.
             crate::model::metrics::METRICS
                 .store_batch_seconds
                 .observe(started.elapsed());

@@ -365,7 +365,15 @@ impl Sqlite {
         &self,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.writer.submit(true, None, op).await
+        self.writer
+            .submit(
+                crate::store::Plan {
+                    durable: true,
+                    ..Default::default()
+                },
+                op,
+            )
+            .await
     }
 
     /// Like [`Sqlite::write`], but when `durable` is false the caller hears back once the
@@ -376,7 +384,15 @@ impl Sqlite {
         durable: bool,
         op: impl FnOnce(&mut dyn Tx) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.writer.submit(durable, None, op).await
+        self.writer
+            .submit(
+                crate::store::Plan {
+                    durable,
+                    ..Default::default()
+                },
+                op,
+            )
+            .await
     }
 
     /// Runs `op` on a read-only connection, on the calling thread.
