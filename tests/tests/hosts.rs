@@ -206,3 +206,43 @@ async fn expiry_sweeps_on_two_hosts_end_each_activation_once(backend) {
     drop(h.at);
 }
 }
+
+both! {
+/// One user's request for one role sent to both hosts at once: one is live, the other
+/// refused as a second live request (or, while the first waits for its MFA, supersedes it) — on PostgreSQL each host's batch locks the user's
+/// account, not the store, and the one-live-request rule still holds between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_sent_to_both_hosts_at_once_is_stored_once(backend) {
+    let h = hosts(backend).await;
+    for i in 0..ROUNDS {
+        // A request still waiting for its MFA is superseded by the next (both stored, the
+        // first cancelled): one stays live.
+        let role = format!("mfa-{i}");
+        let (x, y) = tokio::join!(
+            h.a.request(JDOE, &role, "race", None, None),
+            h.b.request(JDOE, &role, "race", None, None)
+        );
+        let (x, y) = (x.unwrap(), y.unwrap());
+        let mut states = Vec::new();
+        for id in [&x.id, &y.id] {
+            states.push(h.a.get(id, None).await.unwrap().state);
+        }
+        states.sort();
+        assert_eq!(states, ["cancelled", "pending_mfa"], "{role}");
+        for kind in ["auto", "approval"] {
+            let role = format!("{kind}-{i}");
+            let (x, y) = tokio::join!(
+                h.a.request(JDOE, &role, "race", None, None),
+                h.b.request(JDOE, &role, "race", None, None)
+            );
+            let stored: Vec<&RequestView> = [&x, &y].into_iter().filter_map(|r| r.as_ref().ok()).collect();
+            assert_eq!(stored.len(), 1, "{role}: {x:?} {y:?}");
+            let refused = if x.is_ok() { &y } else { &x };
+            let e = refused.as_ref().unwrap_err().to_string();
+            assert!(e.contains(&stored[0].id), "the refusal names the live request: {e}");
+            assert_eq!(count(&h, &stored[0].id, events::REQUEST_CREATED).await, 1, "{role}");
+        }
+    }
+    chain_intact(&h).await;
+}
+}

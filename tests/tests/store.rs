@@ -769,9 +769,77 @@ async fn writes_for_different_accounts_do_not_wait_for_each_other() {
         ["bob".to_string(), "alice first".to_string()],
         "{order:?}"
     );
+    // alice's first batch was held open half a second, but held the chain only to commit.
+    let m = &rolegate::model::metrics::METRICS;
+    let (batches, chain) = (m.store_batch_seconds.sum(), m.store_chain_seconds.sum());
+    assert!(
+        m.store_chain_seconds.count() >= 5,
+        "every batch that committed is counted"
+    );
+    assert!(
+        batches.saturating_sub(chain) >= std::time::Duration::from_millis(400),
+        "batches {batches:?}, chain held {chain:?}"
+    );
     for s in [a, b, c] {
         s.close();
     }
+}
+
+/// Issue 33: schema 11 changes how instances take turns (accounts' locks), which a running
+/// instance of an older release would not respect: the migration refuses while one is
+/// connected, says so and from where, and changes nothing; once it is gone, it runs.
+#[tokio::test]
+async fn the_migration_to_schema_11_waits_for_older_instances_to_stop() {
+    let at = Location::new(Backend::Postgres);
+    let db = at.open().await;
+    append(&db, 0).await;
+    db.write(|tx| tx.execute("DELETE FROM schema_migrations WHERE version >= 11", &[]))
+        .await
+        .unwrap();
+    db.close();
+    drop(db);
+    let conn = at.postgres.clone().unwrap();
+    // An older release's connection (its application name); blocking clients, off the runtime.
+    let (e, version) = tokio::task::spawn_blocking(move || {
+        let mut older = postgres::Client::connect(
+            &format!("{conn} application_name=rolegate"),
+            postgres::NoTls,
+        )
+        .unwrap();
+        let e = Store::open(
+            &rolegate::store::StoreConfig {
+                postgres: Some(conn.clone()),
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap_err()
+        .to_string();
+        let version = older
+            .query_one("SELECT max(version) FROM schema_migrations", &[])
+            .unwrap()
+            .get::<_, i64>(0);
+        older.close().unwrap();
+        (e, version)
+    })
+    .await
+    .unwrap();
+    assert!(
+        e.contains("schema 11") && e.contains("1 connection(s) of an older rolegate"),
+        "{e}"
+    );
+    assert!(
+        e.contains("stop every instance of the older release"),
+        "{e}"
+    );
+    assert_eq!(version, 10, "nothing migrated");
+    let db = at.open().await;
+    append(&db, 1).await;
+    assert_eq!(
+        db.read(events::verify).await.unwrap(),
+        Verification::Intact(2)
+    );
+    db.close();
 }
 
 /// Two rolegate instances on one PostgreSQL database, appending at once: one unbroken chain.

@@ -406,7 +406,7 @@ impl Metrics {
             &mut out,
             "rolegate_store_chain_hold_seconds",
             "histogram",
-            "PostgreSQL: how long each batch held what every instance sharing the database takes in turn: the whole store for a batch that may change anything, the event chain's head while a batch on accounts chains its events and commits.",
+            "PostgreSQL: how long each batch spent on what every instance sharing the database takes in turn: the whole store for a batch that may change anything; for a batch on accounts, its events' chaining and commit (a wait for another instance's turn included).",
         );
         self.store_chain_seconds
             .render(&mut out, "rolegate_store_chain_hold_seconds", "");

@@ -304,26 +304,59 @@ CREATE OR REPLACE FUNCTION rolegate_append_events(
 DECLARE
     s BIGINT;
     h TEXT;
-    prev TEXT;
+    n INT := coalesce(array_length(ids, 1), 0);
+    prevs TEXT[] := '{}';
+    hashes TEXT[] := '{}';
 BEGIN
     SELECT seq, hash INTO s, h FROM event_head WHERE one = 1 FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'the event chain has no head row';
     END IF;
-    FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
-        s := s + 1;
-        prev := h;
-        h := encode(sha256(convert_to(prev || '[' || s || ',', 'UTF8') || tails[i]), 'hex');
-        INSERT INTO events (seq, id, severity, source, at, account, role, request, provider,
-                            message, prev_hash, hash, account_key)
-            VALUES (s, ids[i], severities[i], sources[i], ats[i], accounts[i], roles[i],
-                    requests[i], providers[i], messages[i], prev, h, account_keys[i]);
+    FOR i IN 1 .. n LOOP
+        prevs[i] := h;
+        h := encode(sha256(convert_to(h || '[' || (s + i) || ',', 'UTF8') || tails[i]), 'hex');
+        hashes[i] := h;
     END LOOP;
-    UPDATE event_head SET seq = s, hash = h WHERE one = 1;
-    RETURN s;
+    INSERT INTO events (seq, id, severity, source, at, account, role, request, provider,
+                        message, prev_hash, hash, account_key)
+        SELECT s + e.i, e.id, e.severity, e.source, e.at, e.account, e.role, e.request,
+               e.provider, e.message, e.prev_hash, e.hash, e.account_key
+        FROM unnest(ids, severities, sources, ats, accounts, roles, requests, providers,
+                    messages, prevs, hashes, account_keys)
+             WITH ORDINALITY AS e(id, severity, source, at, account, role, request, provider,
+                                  message, prev_hash, hash, account_key, i);
+    UPDATE event_head SET seq = s + n, hash = h WHERE one = 1;
+    RETURN s + n;
 END
 $append$
 "#;
+
+/// The application name of the connections of releases before schema 11 (later ones add the
+/// schema they were made for: see `store::postgres`).
+const OLDER_APPLICATION: &str = "rolegate";
+
+/// Refuses schema 11 while an instance of an older release is connected: its batches lock
+/// the event chain's head only, and would not wait for this release's locks of accounts
+/// (two live requests of one user, batches waiting on each other until PostgreSQL ends one).
+fn refuse_older_instances(tx: &mut dyn Tx) -> Result<()> {
+    let rows = tx.query(
+        "SELECT count(*), coalesce(string_agg(DISTINCT coalesce(host(client_addr), 'the local socket'), ', '), '') FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()",
+        &[OLDER_APPLICATION.into()],
+    )?;
+    let (n, from) = match rows.first() {
+        Some(r) => (r.int(0)?, r.text(1)?),
+        None => (0, String::new()),
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    Err(Error::Store {
+        what: "migrating the database to schema 11".into(),
+        message: format!(
+            "{n} connection(s) of an older rolegate are open (from {from}): stop every instance of the older release, then start this one — from schema 11 instances write for different accounts at once, and an older one would not wait for them"
+        ),
+    })
+}
 
 /// The function that locks a batch's accounts for the rest of its transaction, in the order
 /// given (the writer sorts them, so that two instances never wait for each other's).
@@ -380,6 +413,9 @@ pub fn migrate(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
     };
     let mut ran = 0;
     for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
+        if *version == APPEND_FUNCTION && tx.backend() == "postgres" {
+            refuse_older_instances(tx)?;
+        }
         for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             let statement = match statement.strip_prefix("{sqlite}") {
                 Some(_) if tx.backend() != "sqlite" => continue,

@@ -329,9 +329,14 @@ pub fn parse_config(
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }
-    config.application_name("rolegate");
+    // Named with the schema whose locking it follows, so that a migration can tell an older
+    // release's connections (`rolegate`) from this one's.
+    config.application_name(APPLICATION_NAME);
     Ok(config)
 }
+
+/// The application name of this release's connections (`pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "rolegate (schema 11)";
 
 /// A connection that carries many reads at once: its statements are pipelined.
 struct Pipelined {

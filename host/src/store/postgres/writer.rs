@@ -712,9 +712,9 @@ pub(super) fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::
                     let _ = c.batch("ROLLBACK");
                     e.to_string()
                 });
-                // What every instance took in turn: the whole batch, or (on accounts) the
+                // What every instance takes in turn: the whole batch, or (on accounts) the
                 // chaining of its events and its commit — measured from here, so a bound
-                // from above (the round trip's way there and back included).
+                // from above (the round trip, and any wait for another instance's turn).
                 let held = if keyed { finishing } else { started };
                 crate::model::metrics::METRICS
                     .store_chain_seconds
