@@ -415,6 +415,11 @@ both! {
 #[tokio::test]
 async fn activations_expire_with_the_clock_and_prompts_time_out(backend) {
     let w = world(backend).await;
+    // Nothing due yet: the sweep writes nothing (no batch holding every instance's writes).
+    let writes = || rolegate::model::metrics::METRICS.store_write_seconds.count();
+    let before = writes();
+    assert_eq!(w.service.expire_due().await.unwrap(), 0);
+    assert_eq!(writes(), before, "a sweep with nothing due wrote");
     let active = w
         .service
         .request("CONTOSO\\jdoe", "auto", "x", None, None)
@@ -425,6 +430,9 @@ async fn activations_expire_with_the_clock_and_prompts_time_out(backend) {
         .request("CONTOSO\\jdoe", "mfa", "x", None, None)
         .await
         .unwrap();
+    let before = writes();
+    assert_eq!(w.service.expire_due().await.unwrap(), 0, "nothing due before its time");
+    assert_eq!(writes(), before, "a sweep with nothing due wrote");
     w.clock.advance(SignedDuration::from_mins(30));
     assert_eq!(
         w.service.expire_due().await.unwrap(),

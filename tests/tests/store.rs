@@ -716,11 +716,17 @@ async fn writes_for_different_accounts_do_not_wait_for_each_other() {
         }
     });
     entered.await.unwrap();
-    // bob's commits meanwhile (it would wait for alice's if batches locked the whole store).
+    // bob's commits meanwhile (it would wait for alice's if batches locked the whole store);
+    // the server chains what the client hashes: quotes, a line break, non-ASCII, no role.
     let e = event("bob");
+    let mut odd = event("bob téléphone ✓ \"quoted\"\n\u{1f}");
+    odd.provider = Some("totp".into());
     tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        b.write_planned(on("bob"), move |tx| events::append(tx, e, 20)),
+        b.write_planned(on("bob"), move |tx| {
+            events::append(tx, e, 20)?;
+            events::append(tx, odd, -1)
+        }),
     )
     .await
     .expect("a write for bob waited for alice's batch")
@@ -754,7 +760,7 @@ async fn writes_for_different_accounts_do_not_wait_for_each_other() {
     anything.await.unwrap().unwrap();
     assert_eq!(
         a.read(events::verify).await.unwrap(),
-        Verification::Intact(5)
+        Verification::Intact(6)
     );
     let order: Vec<String> = a
         .read(|tx| tx.query("SELECT message FROM events ORDER BY seq", &[]))
@@ -763,10 +769,14 @@ async fn writes_for_different_accounts_do_not_wait_for_each_other() {
         .iter()
         .map(|r| r.text(0).unwrap())
         .collect();
-    // bob's committed first, so it is chained first; the last two in either order.
+    // bob's committed first, so they are chained first; the last two in either order.
     assert_eq!(
-        order[1..3],
-        ["bob".to_string(), "alice first".to_string()],
+        order[1..4],
+        [
+            "bob".to_string(),
+            "bob téléphone ✓ \"quoted\"\n\u{1f}".to_string(),
+            "alice first".to_string()
+        ],
         "{order:?}"
     );
     // alice's first batch was held open half a second, but held the chain only to commit.

@@ -9,25 +9,63 @@ impl Service {
     pub async fn expire_due(&self) -> Result<usize> {
         let now = self.clock.now();
         let timeout = self.settings.approval_timeout.as_millis() as i64;
+        let (t, before) = (ms(now), ms(now) - timeout);
+        // Nothing due (most seconds of a quiet instance): no write at all — no commit, and on
+        // PostgreSQL no pause of every instance's writes, which a sweep's batch holds back.
+        let any = self
+            .store
+            .read(move |tx| {
+                tx.query(
+                    &format!(
+                        "SELECT (SELECT count(*) FROM (SELECT 1 FROM requests WHERE {DUE} LIMIT 1) r) + (SELECT count(*) FROM (SELECT 1 FROM shadow_challenges WHERE expires_at <= $1 LIMIT 1) s)"
+                    ),
+                    &[Value::Int(t), Value::Int(before)],
+                )
+            })
+            .await?;
+        if any.first().map(|r| r.int(0)).transpose()?.unwrap_or(0) == 0 {
+            return Ok(0);
+        }
         self.store
             .write(move |tx| {
-                let t = ms(now);
                 let due = tx.query(
-                    &format!(
-                        "SELECT {COLUMNS} FROM requests WHERE (state = 'active' AND expires_at <= $1) OR (state = 'scheduled' AND starts_at <= $1) OR (state = 'pending_mfa' AND ask_expires_at <= $1) OR (state = 'pending_approval' AND updated_at <= $2) LIMIT 10000"
-                    ),
-                    &[Value::Int(t), Value::Int(t - timeout)],
+                    &format!("SELECT {COLUMNS} FROM requests WHERE {DUE} LIMIT 10000"),
+                    &[Value::Int(t), Value::Int(before)],
                 )?;
                 let mut n = 0;
                 for row in &due {
                     let mut s = from_row(row)?;
                     // What is due for each state: where it goes, why, and which event says so.
                     let (next, reason, id, severity, message) = match s.state {
-                        RequestState::Active => (RequestState::Expired, Some("the activation ran its time"), events::REQUEST_EXPIRED, Severity::Information, "activation expired"),
+                        RequestState::Active => (
+                            RequestState::Expired,
+                            Some("the activation ran its time"),
+                            events::REQUEST_EXPIRED,
+                            Severity::Information,
+                            "activation expired",
+                        ),
                         // Its time came; expires_at was set from the start when granted.
-                        RequestState::Scheduled => (RequestState::Active, None, events::REQUEST_ACTIVATED, Severity::Information, "activated (delayed start)"),
-                        RequestState::PendingMfa => (RequestState::Failed, Some("MFA was not completed in time"), events::MFA_NOT_COMPLETED, Severity::Error, "MFA not completed: the prompt expired"),
-                        RequestState::PendingApproval => (RequestState::Rejected, Some("approval timed out"), events::REQUEST_REJECTED, Severity::Warning, "approval timed out"),
+                        RequestState::Scheduled => (
+                            RequestState::Active,
+                            None,
+                            events::REQUEST_ACTIVATED,
+                            Severity::Information,
+                            "activated (delayed start)",
+                        ),
+                        RequestState::PendingMfa => (
+                            RequestState::Failed,
+                            Some("MFA was not completed in time"),
+                            events::MFA_NOT_COMPLETED,
+                            Severity::Error,
+                            "MFA not completed: the prompt expired",
+                        ),
+                        RequestState::PendingApproval => (
+                            RequestState::Rejected,
+                            Some("approval timed out"),
+                            events::REQUEST_REJECTED,
+                            Severity::Warning,
+                            "approval timed out",
+                        ),
                         _ => continue,
                     };
                     let provider = (id == events::MFA_NOT_COMPLETED)
@@ -50,6 +88,11 @@ impl Service {
             .await
     }
 }
+
+/// What is due at `$1` (now, Unix ms) with approvals asked before `$2`: activations past
+/// their end, scheduled ones past their start, prompts past their expiry, approvals past the
+/// timeout.
+const DUE: &str = "(state = 'active' AND expires_at <= $1) OR (state = 'scheduled' AND starts_at <= $1) OR (state = 'pending_mfa' AND ask_expires_at <= $1) OR (state = 'pending_approval' AND updated_at <= $2)";
 
 /// Ends, inside an admin's write, what an account holds or waits for when the account is
 /// disabled or removed: active and scheduled activations close, pending requests are
