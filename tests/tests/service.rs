@@ -412,6 +412,32 @@ async fn a_right_answer_clears_the_failures_counted_before_it(backend) {
 }
 
 both! {
+/// One sweep ends what is due for every account (the accounts it reads first are the ones its
+/// write locks), and leaves what is not due.
+#[tokio::test]
+async fn one_sweep_ends_what_is_due_for_every_account(backend) {
+    let w = world(backend).await;
+    let mut due = Vec::new();
+    for u in ["CONTOSO\\jdoe", "CONTOSO\\boss"] {
+        due.push(w.service.request(u, "auto", "x", None, None).await.unwrap().id);
+    }
+    w.clock.advance(SignedDuration::from_mins(61));
+    let later = w
+        .service
+        .request("CONTOSO\\jdoe", "mfa", "x", None, None)
+        .await
+        .unwrap()
+        .id;
+    assert_eq!(w.service.expire_due().await.unwrap(), 2);
+    for id in &due {
+        assert_eq!(w.service.get(id, None).await.unwrap().state, "expired");
+    }
+    assert_eq!(w.service.get(&later, None).await.unwrap().state, "pending_mfa");
+    assert_eq!(w.service.expire_due().await.unwrap(), 0, "each ended once");
+}
+}
+
+both! {
 #[tokio::test]
 async fn activations_expire_with_the_clock_and_prompts_time_out(backend) {
     let w = world(backend).await;

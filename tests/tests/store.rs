@@ -692,7 +692,7 @@ async fn writes_for_different_accounts_do_not_wait_for_each_other() {
     let on = |account: &str| Plan {
         durable: true,
         lead: None,
-        account: Some(account.to_string()),
+        accounts: vec![account.to_string()],
     };
     let event = |what: &str| {
         let mut e = NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", what);
@@ -1319,7 +1319,7 @@ async fn writes_sent_ahead_answer_as_if_each_ran_alone(backend) {
         let plan = Plan {
             durable: true,
             lead: ahead,
-            account: (i % 5 != 0).then(|| "tally".to_string()),
+            accounts: (i % 5 != 0).then(|| "tally".to_string()).into_iter().collect(),
         };
         tasks.push(tokio::spawn(async move { (kind, s.write_planned(plan, run).await) }));
     }
@@ -1365,7 +1365,7 @@ async fn writes_sent_ahead_answer_as_if_each_ran_alone(backend) {
         let plan = Plan {
             durable: true,
             lead: Some(ahead),
-            account: (i % 3 != 0).then(|| "tally".to_string()),
+            accounts: (i % 3 != 0).then(|| "tally".to_string()).into_iter().collect(),
         };
         tasks.push(tokio::spawn(async move {
             s.write_planned(plan, move |tx| {

@@ -10,27 +10,42 @@ impl Service {
         let now = self.clock.now();
         let timeout = self.settings.approval_timeout.as_millis() as i64;
         let (t, before) = (ms(now), ms(now) - timeout);
-        // Nothing due (most seconds of a quiet instance): no write at all — no commit, and on
-        // PostgreSQL no pause of every instance's writes, which a sweep's batch holds back.
-        let any = self
+        // Whose requests are due, read first: nothing due (most seconds of a quiet instance)
+        // writes nothing, and the write locks only those accounts (on PostgreSQL other
+        // instances' writes for other accounts go on meanwhile). What falls due in between
+        // waits for the next sweep.
+        let accounts: Vec<String> = self
             .store
             .read(move |tx| {
                 tx.query(
                     &format!(
-                        "SELECT (SELECT count(*) FROM (SELECT 1 FROM requests WHERE {DUE} LIMIT 1) r) + (SELECT count(*) FROM (SELECT 1 FROM shadow_challenges WHERE expires_at <= $1 LIMIT 1) s)"
+                        "SELECT account_key FROM (SELECT account_key FROM requests WHERE {DUE} LIMIT {SWEPT_ACCOUNTS}) r UNION SELECT account_key FROM (SELECT account_key FROM shadow_challenges WHERE expires_at <= $1 LIMIT {SWEPT_ACCOUNTS}) s"
                     ),
                     &[Value::Int(t), Value::Int(before)],
                 )
             })
-            .await?;
-        if any.first().map(|r| r.int(0)).transpose()?.unwrap_or(0) == 0 {
+            .await?
+            .iter()
+            .map(|r| r.text(0))
+            .collect::<Result<_>>()?;
+        if accounts.is_empty() {
             return Ok(0);
         }
+        let plan = crate::store::Plan {
+            durable: true,
+            lead: None,
+            accounts: accounts.clone(),
+        };
         self.store
-            .write(move |tx| {
+            .write_planned(plan, move |tx| {
+                let mut params = vec![Value::Int(t), Value::Int(before)];
+                params.extend(accounts.iter().map(|a| Value::from(a.as_str())));
                 let due = tx.query(
-                    &format!("SELECT {COLUMNS} FROM requests WHERE {DUE} LIMIT 10000"),
-                    &[Value::Int(t), Value::Int(before)],
+                    &format!(
+                        "SELECT {COLUMNS} FROM requests WHERE ({DUE}) AND account_key IN ({}) LIMIT 10000",
+                        numbered(3, accounts.len())
+                    ),
+                    &params,
                 )?;
                 let mut n = 0;
                 for row in &due {
@@ -82,11 +97,23 @@ impl Service {
                     )?;
                     n += 1;
                 }
-                n += Self::expire_shadows(tx, t)?;
+                n += Self::expire_shadows(tx, t, &accounts)?;
                 Ok(n)
             })
             .await
     }
+}
+
+/// How many requests and shadow challenges a sweep reads the accounts of (the rest wait for
+/// the next sweep, a second later).
+const SWEPT_ACCOUNTS: usize = 1000;
+
+/// `$from, …`: `n` numbered parameters from `from`.
+pub(super) fn numbered(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// What is due at `$1` (now, Unix ms) with approvals asked before `$2`: activations past

@@ -832,7 +832,7 @@ fn on_account(key: &str, durable: bool, lead: Option<crate::store::Lead>) -> cra
     crate::store::Plan {
         durable,
         lead,
-        account: Some(key.to_string()),
+        accounts: vec![key.to_string()],
     }
 }
 

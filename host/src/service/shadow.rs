@@ -344,13 +344,21 @@ impl Service {
         Ok(Some(view))
     }
 
-    /// Ends the shadow challenges past their time (event 208 each); returns how many.
-    pub(super) fn expire_shadows(tx: &mut dyn Tx, now_ms: i64) -> Result<usize> {
+    /// Ends the shadow challenges of `accounts` past their time (event 208 each); returns how
+    /// many.
+    pub(super) fn expire_shadows(
+        tx: &mut dyn Tx,
+        now_ms: i64,
+        accounts: &[String],
+    ) -> Result<usize> {
+        let mut params = vec![Value::Int(now_ms)];
+        params.extend(accounts.iter().map(|a| Value::from(a.as_str())));
         let due = tx.query(
             &format!(
-                "SELECT request_id, {SHADOW_COLUMNS} FROM shadow_challenges WHERE expires_at <= $1 LIMIT 10000"
+                "SELECT request_id, {SHADOW_COLUMNS} FROM shadow_challenges WHERE expires_at <= $1 AND account_key IN ({}) LIMIT 10000",
+                super::expiry::numbered(2, accounts.len())
             ),
-            &[Value::Int(now_ms)],
+            &params,
         )?;
         for r in &due {
             let id = r.text(0)?;

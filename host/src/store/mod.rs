@@ -369,8 +369,8 @@ pub(crate) struct Queued {
     pub(crate) job: Job,
     /// The statement the write will run first, when its caller could tell ([`lead_of`]).
     pub(crate) lead: Option<Lead>,
-    /// The one account whose rows the write changes, when its caller could tell.
-    pub(crate) account: Option<String>,
+    /// The accounts whose rows alone the write changes, when its caller could tell ([`Plan`]).
+    pub(crate) accounts: Vec<String>,
 }
 
 /// What a write's caller knows of it before it runs ([`Store::write_planned`]).
@@ -380,13 +380,13 @@ pub struct Plan {
     pub durable: bool,
     /// The statement it will run first ([`lead_of`]).
     pub lead: Option<Lead>,
-    /// The key of the one account whose rows it changes — its requests, credentials, lockouts
-    /// and shadow challenges, nothing else but new events — when that is all it changes.
-    /// PostgreSQL's writer then locks that account, not the whole store: instances sharing
-    /// the database write for different accounts at once, and take turns only to chain
-    /// their events as they commit. `None`: the write may change anything (an admin's
-    /// change, a sweep), and runs while no other instance writes.
-    pub account: Option<String>,
+    /// The keys of the accounts whose rows alone it changes — their requests, credentials,
+    /// lockouts and shadow challenges, nothing else but new events — when that is all it
+    /// changes. PostgreSQL's writer then locks those accounts, not the whole store: instances
+    /// sharing the database write for different accounts at once, and take turns only to
+    /// chain their events as they commit. Empty (the default): the write may change anything
+    /// (an admin's change, an import), and runs while no other instance writes.
+    pub accounts: Vec<String>,
 }
 
 /// The one statement a write will run, known before the writer runs it: PostgreSQL's writer
@@ -532,7 +532,7 @@ impl Writer {
                 durable: plan.durable,
                 job,
                 lead: plan.lead,
-                account: plan.account,
+                accounts: plan.accounts,
             })
             .map_err(|_| Error::Store {
                 what: "writing".into(),

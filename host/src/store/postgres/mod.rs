@@ -488,7 +488,7 @@ impl Postgres {
     /// `plan.durable`) — a batch of only non-durable writes does not wait for the WAL flush.
     /// A write that will run `plan.lead` first has it sent with the other leads of its batch,
     /// right behind the batch's `BEGIN`; a batch whose writes each name their account locks
-    /// only those accounts ([`Plan::account`]).
+    /// only those accounts ([`Plan::accounts`]).
     pub async fn write_planned<T: Send + 'static>(
         &self,
         plan: Plan,

@@ -15,7 +15,7 @@
 //! got the first time, or the whole batch is undone); the rest of the batch then runs a
 //! statement at a time. The head's lock, taken before the savepoint, is kept throughout.
 //!
-//! A batch whose writes each change one account's rows ([`crate::store::Plan::account`]) does
+//! A batch whose writes each name the accounts whose rows alone they change ([`crate::store::Plan::accounts`]) does
 //! not lock the head at its start: it locks those accounts (sorted, so that two instances
 //! never wait for each other's), and its events are chained as it commits, by a function of
 //! the server (`rolegate_append_events`) that holds the head's lock only from then until the
@@ -604,15 +604,15 @@ pub(super) fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::
         let started = std::time::Instant::now();
         let leads: Vec<Option<Lead>> = batch.iter_mut().map(|q| q.lead.take()).collect();
         // The accounts to lock, when every write named its own.
-        let accounts = batch
-            .iter()
-            .map(|q| q.account.as_deref().map(account_lock))
-            .collect::<Option<Vec<i32>>>()
-            .map(|mut keys| {
-                keys.sort_unstable();
-                keys.dedup();
-                keys
-            });
+        let accounts = batch.iter().all(|q| !q.accounts.is_empty()).then(|| {
+            let mut keys: Vec<i32> = batch
+                .iter()
+                .flat_map(|q| q.accounts.iter().map(|a| account_lock(a)))
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
+        });
         let keyed = accounts.is_some();
         let begun = begin(&mut conn, config, durable, accounts.as_deref(), &leads);
         let away = matches!(begun, Err(Error::StoreUnavailable { .. }));
