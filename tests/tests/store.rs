@@ -795,6 +795,65 @@ async fn writes_for_different_accounts_do_not_wait_for_each_other() {
     }
 }
 
+/// Issue 33: a batch for more accounts than PostgreSQL's writer locks one by one (256: its
+/// lock table is shared and bounded) locks the whole store instead — correct, and other
+/// instances' writes for any account wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_for_hundreds_of_accounts_locks_the_whole_store() {
+    let at = Location::new(Backend::Postgres);
+    let (a, b) = (Arc::new(at.open().await), Arc::new(at.open().await));
+    let many = Plan {
+        durable: true,
+        lead: None,
+        accounts: (0..300).map(|i| format!("user{i}")).collect(),
+    };
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (inside, entered) = tokio::sync::oneshot::channel::<()>();
+    let held = tokio::spawn({
+        let a = Arc::clone(&a);
+        async move {
+            a.write_planned(many, move |tx| {
+                let e = NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", "many");
+                events::append(tx, e, 1)?;
+                let _ = inside.send(());
+                wait.recv_timeout(std::time::Duration::from_secs(30)).ok();
+                Ok(())
+            })
+            .await
+        }
+    });
+    entered.await.unwrap();
+    let other = tokio::spawn({
+        let b = Arc::clone(&b);
+        let plan = Plan {
+            durable: true,
+            lead: None,
+            accounts: vec!["zed".into()],
+        };
+        async move {
+            b.write_planned(plan, |tx| {
+                let e = NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", "zed");
+                events::append(tx, e, 2)
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        !other.is_finished(),
+        "a write for another account did not wait"
+    );
+    go.send(()).unwrap();
+    held.await.unwrap().unwrap();
+    other.await.unwrap().unwrap();
+    assert_eq!(
+        a.read(events::verify).await.unwrap(),
+        Verification::Intact(2)
+    );
+    a.close();
+    b.close();
+}
+
 /// Issue 33: schema 11 changes how instances take turns (accounts' locks), which a running
 /// instance of an older release would not respect: the migration refuses while one is
 /// connected, says so and from where, and changes nothing; once it is gone, it runs.

@@ -46,6 +46,12 @@ const GATE: i64 = 8_245_928_625_520_604_261;
 /// account's ([`account_lock`]).
 const ACCOUNT_CLASS: i32 = 1_919_904_869;
 
+/// The most accounts a batch locks one by one; a batch for more locks the whole store instead.
+/// PostgreSQL keeps every lock in one table shared by all its connections, sized
+/// `max_locks_per_transaction` × `max_connections` (6,400 by default): a few instances
+/// locking hundreds each must not fill it.
+const MAX_ACCOUNT_LOCKS: usize = 256;
+
 /// An account's lock: the first four bytes of its key's SHA-256, the same on every instance
 /// and release (two accounts that share one merely take turns).
 fn account_lock(account_key: &str) -> i32 {
@@ -604,15 +610,19 @@ pub(super) fn write_loop(conn: Conn, config: &tokio_postgres::Config, rx: mpsc::
         let started = std::time::Instant::now();
         let leads: Vec<Option<Lead>> = batch.iter_mut().map(|q| q.lead.take()).collect();
         // The accounts to lock, when every write named its own.
-        let accounts = batch.iter().all(|q| !q.accounts.is_empty()).then(|| {
-            let mut keys: Vec<i32> = batch
-                .iter()
-                .flat_map(|q| q.accounts.iter().map(|a| account_lock(a)))
-                .collect();
-            keys.sort_unstable();
-            keys.dedup();
-            keys
-        });
+        let accounts = batch
+            .iter()
+            .all(|q| !q.accounts.is_empty())
+            .then(|| {
+                let mut keys: Vec<i32> = batch
+                    .iter()
+                    .flat_map(|q| q.accounts.iter().map(|a| account_lock(a)))
+                    .collect();
+                keys.sort_unstable();
+                keys.dedup();
+                keys
+            })
+            .filter(|keys| keys.len() <= MAX_ACCOUNT_LOCKS);
         let keyed = accounts.is_some();
         let begun = begin(&mut conn, config, durable, accounts.as_deref(), &leads);
         let away = matches!(begun, Err(Error::StoreUnavailable { .. }));
