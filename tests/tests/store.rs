@@ -676,6 +676,33 @@ async fn reads_go_on_after_the_server_ends_their_connection() {
     db.close();
 }
 
+/// A write planned as `plan` that appends `e` and is then held open inside its batch (the
+/// batch's locks taken) until the sender returned is used or dropped; returns once it is in.
+async fn hold_open(
+    store: &Arc<Store>,
+    plan: Plan,
+    e: NewEvent,
+) -> (
+    std::sync::mpsc::Sender<()>,
+    tokio::task::JoinHandle<rolegate::model::error::Result<()>>,
+) {
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let (inside, entered) = tokio::sync::oneshot::channel::<()>();
+    let store = Arc::clone(store);
+    let held = tokio::spawn(async move {
+        store
+            .write_planned(plan, move |tx| {
+                events::append(tx, e, 10)?;
+                let _ = inside.send(());
+                wait.recv_timeout(std::time::Duration::from_secs(30)).ok();
+                Ok(())
+            })
+            .await
+    });
+    entered.await.unwrap();
+    (go, held)
+}
+
 /// Issue 33: instances sharing PostgreSQL write for different accounts at once. While one
 /// instance's batch on account `alice` is held open, another's batch on `bob` commits (its
 /// event chained after everything committed before it); a write on `alice`, and a write that
@@ -701,21 +728,7 @@ async fn writes_for_different_accounts_do_not_wait_for_each_other() {
     };
     append(&a, 0).await;
     // alice's batch on `a`: its event appended (held unchained), then held open.
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    let (inside, entered) = tokio::sync::oneshot::channel::<()>();
-    let held = tokio::spawn({
-        let (a, e) = (Arc::clone(&a), event("alice first"));
-        async move {
-            a.write_planned(on("alice"), move |tx| {
-                events::append(tx, e, 10)?;
-                let _ = inside.send(());
-                wait.recv_timeout(std::time::Duration::from_secs(30)).ok();
-                Ok(())
-            })
-            .await
-        }
-    });
-    entered.await.unwrap();
+    let (go, held) = hold_open(&a, on("alice"), event("alice first")).await;
     // bob's commits meanwhile (it would wait for alice's if batches locked the whole store);
     // the server chains what the client hashes: quotes, a line break, non-ASCII, no role.
     let e = event("bob");
@@ -807,22 +820,8 @@ async fn a_batch_for_hundreds_of_accounts_locks_the_whole_store() {
         lead: None,
         accounts: (0..300).map(|i| format!("user{i}")).collect(),
     };
-    let (go, wait) = std::sync::mpsc::channel::<()>();
-    let (inside, entered) = tokio::sync::oneshot::channel::<()>();
-    let held = tokio::spawn({
-        let a = Arc::clone(&a);
-        async move {
-            a.write_planned(many, move |tx| {
-                let e = NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", "many");
-                events::append(tx, e, 1)?;
-                let _ = inside.send(());
-                wait.recv_timeout(std::time::Duration::from_secs(30)).ok();
-                Ok(())
-            })
-            .await
-        }
-    });
-    entered.await.unwrap();
+    let e = NewEvent::new(events::MFA_COMPLETED, Severity::Information, "x", "many");
+    let (go, held) = hold_open(&a, many, e).await;
     let other = tokio::spawn({
         let b = Arc::clone(&b);
         let plan = Plan {
