@@ -43,7 +43,7 @@ impl Service {
                 let due = tx.query(
                     &format!(
                         "SELECT {COLUMNS} FROM requests WHERE ({DUE}) AND account_key IN ({}) LIMIT 10000",
-                        numbered(3, accounts.len())
+                        crate::store::placeholders_from(3, accounts.len())
                     ),
                     &params,
                 )?;
@@ -108,14 +108,6 @@ impl Service {
 /// the next sweep, a second later). A sweep for more accounts than PostgreSQL's writer locks
 /// one by one locks the whole store: a backlog (after an outage) is cleared as fast as before.
 const SWEPT_ACCOUNTS: usize = 10_000;
-
-/// `$from, …`: `n` numbered parameters from `from`.
-pub(super) fn numbered(from: usize, n: usize) -> String {
-    (from..from + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// What is due at `$1` (now, Unix ms) with approvals asked before `$2`: activations past
 /// their end, scheduled ones past their start, prompts past their expiry, approvals past the

@@ -356,7 +356,7 @@ impl Service {
         let due = tx.query(
             &format!(
                 "SELECT request_id, {SHADOW_COLUMNS} FROM shadow_challenges WHERE expires_at <= $1 AND account_key IN ({}) LIMIT 10000",
-                super::expiry::numbered(2, accounts.len())
+                crate::store::placeholders_from(2, accounts.len())
             ),
             &params,
         )?;

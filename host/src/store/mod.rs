@@ -330,7 +330,12 @@ impl From<postgres::Postgres> for Store {
 
 /// `$1, $2, … $n`: the parameters of an `IN (…)` list of `n` values.
 pub fn placeholders(n: usize) -> String {
-    (1..=n)
+    placeholders_from(1, n)
+}
+
+/// `$first, … `: the parameters of an `IN (…)` list of `n` values after `first - 1` others.
+pub fn placeholders_from(first: usize, n: usize) -> String {
+    (first..first + n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")

@@ -570,7 +570,6 @@ fn finish(
                     .await
                     .map_err(|e| db_error("appending events", &e)),
             )))
-            // (The append's one row counts as one.)
         }),
         Box::pin(async move { Sent::Simple(client.simple_query("COMMIT").await) }),
     ];
