@@ -339,17 +339,28 @@ const OLDER_APPLICATION: &str = "rolegate";
 /// the event chain's head only, and would not wait for this release's locks of accounts
 /// (two live requests of one user, batches waiting on each other until PostgreSQL ends one).
 fn refuse_older_instances(tx: &mut dyn Tx) -> Result<()> {
-    let rows = tx.query(
-        "SELECT count(*), coalesce(string_agg(DISTINCT coalesce(host(client_addr), 'the local socket'), ', '), '') FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()",
-        &[OLDER_APPLICATION.into()],
-    )?;
-    let (n, from) = match rows.first() {
-        Some(r) => (r.int(0)?, r.text(1)?),
-        None => (0, String::new()),
+    // An instance stopped a moment ago may still be listed while its backends exit: looked
+    // at again for up to 2 s (the activity view is a snapshot per transaction, cleared first).
+    let mut looks = 0;
+    let (n, from) = loop {
+        tx.execute("SELECT pg_stat_clear_snapshot()", &[])?;
+        let rows = tx.query(
+            "SELECT count(*), coalesce(string_agg(DISTINCT coalesce(host(client_addr), 'the local socket'), ', '), '') FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()",
+            &[OLDER_APPLICATION.into()],
+        )?;
+        let (n, from) = match rows.first() {
+            Some(r) => (r.int(0)?, r.text(1)?),
+            None => (0, String::new()),
+        };
+        looks += 1;
+        if n == 0 {
+            return Ok(());
+        }
+        if looks == 20 {
+            break (n, from);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     };
-    if n == 0 {
-        return Ok(());
-    }
     Err(Error::Store {
         what: "migrating the database to schema 11".into(),
         message: format!(
